@@ -1,0 +1,40 @@
+# cantainer — everyday targets. `sudo make demo` and `sudo make test` work on a fresh Debian/Ubuntu box.
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+# What the lab and the tests need from the OS: sshd for lab hosts, busybox for the offline rootfs,
+# iproute2/ping/iperf3 for checks and benchmarks, util-linux for unshare/nsenter.
+APT_PACKAGES := openssh-server openssh-client busybox-static iproute2 iputils-ping iperf3 python3-venv util-linux procps
+NEEDS_ROOT = @if [ "$$(id -u)" != 0 ]; then echo "make $@ needs root (it installs packages and creates namespaces) — run: sudo make $@" >&2; exit 1; fi
+
+.PHONY: setup demo test test-unit clean-labs
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(NEEDS_ROOT)
+	@missing=""; for pkg in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+demo: setup
+	$(NEEDS_ROOT)
+	$(VENV)/bin/python -m lab.demo
+
+test: setup
+	$(NEEDS_ROOT)
+	$(VENV)/bin/python -m pytest -q tests
+
+test-unit: setup
+	$(VENV)/bin/python -m pytest -q tests/unit
+
+clean-labs:
+	$(NEEDS_ROOT)
+	@for lab in $$(ls /var/lib/cantainer-lab 2>/dev/null); do [ -f /var/lib/cantainer-lab/$$lab/state.json ] && $(VENV)/bin/python -m lab down --name $$lab; done; true

@@ -1,0 +1,34 @@
+"""Shared fixtures: the session lab of real namespaced SSH hosts, torn down whatever happens."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+LAB_NAME = "ctest"
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root: run `sudo make test`")
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """A 3-host lab. A leftover of a crashed earlier run is removed first; `down` runs on any exit."""
+    require_root()
+    from lab.lab import Lab
+
+    instance = Lab(LAB_NAME)
+    instance.down()
+    try:
+        instance.up(3)
+        yield instance
+    finally:
+        instance.down()
+
+
+@pytest.fixture(scope="session")
+def lab_inventory(lab) -> Path:
+    return lab.inventory_file
