@@ -1,0 +1,160 @@
+"""Small fixed Python programs run on hosts with `python3 -c`, and the host-side file layout.
+
+They are constants: inputs travel as argv items (quoted by the connector), never spliced into code.
+One probe answers everything `up` must know about a host in one round trip.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+DATA_DIR = "/var/lib/cantainer"
+CONFIG_DIR = "/etc/cantainer"
+RUN_DIR = "/run/cantainer"
+LOG_DIR = "/var/log/cantainer"
+BUNDLES_DIR = f"{DATA_DIR}/bundles"
+CONFIG_FILE = f"{CONFIG_DIR}/agent.json"
+SECRET_FILE = f"{CONFIG_DIR}/secret"
+SOCKET_PATH = f"{RUN_DIR}/agent.sock"
+PID_FILE = f"{RUN_DIR}/agent.pid"
+UNIT_NAME = "cantainer-agent.service"
+UNIT_FILE = f"/etc/systemd/system/{UNIT_NAME}"
+MEMBERS_FILE = f"{DATA_DIR}/members.json"  # the agent's record of raft membership: "has state"
+MIN_PYTHON = (3, 10)
+
+
+def bundle_dir(digest: str) -> str:
+    # The directory is what `python3 DIR` runs, so `ps` shows the agent's name and version.
+    return f"{BUNDLES_DIR}/cantainer_agent-{digest[:16]}"
+
+
+PROBE = r"""
+import hashlib, json, os, platform, sys
+def read(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+def agent_pid():
+    raw = read(sys.argv[1])
+    try:
+        pid = int(raw.split()[0])
+        cmdline = read(f"/proc/{pid}/cmdline") or b""
+    except (AttributeError, IndexError, ValueError):
+        return None
+    return pid if b"cantainer_agent" in cmdline else None
+config = read(sys.argv[2])
+conn = os.environ.get("SSH_CONNECTION", "").split()
+print(json.dumps({
+    "python": list(sys.version_info[:3]),
+    "machine": platform.machine(),
+    "kernel": platform.release(),
+    "hostname": platform.node(),
+    "systemd": os.path.isdir("/run/systemd/system"),
+    "bundles": sorted(e.name for e in os.scandir(sys.argv[3]) if os.path.isfile(os.path.join(e.path, ".complete")))
+               if os.path.isdir(sys.argv[3]) else [],
+    "secret_sha256": hashlib.sha256(read(sys.argv[5]) or b"").hexdigest() if read(sys.argv[5]) else None,
+    "config": json.loads(config) if config else None,
+    "has_state": os.path.exists(sys.argv[4]),
+    "agent_pid": agent_pid(),
+    "ssh_server_address": conn[2] if len(conn) == 4 else None,
+}))
+"""
+
+# Unpacks a pushed bundle next to its final place, then renames it in: a half-written bundle is
+# never visible under its real name. The tarball is ours, but extraction is still filtered.
+INSTALL_BUNDLE = r"""
+import os, shutil, sys, tarfile
+archive, target = sys.argv[1], sys.argv[2]
+staging = target + ".partial"
+shutil.rmtree(staging, ignore_errors=True)
+os.makedirs(staging, mode=0o755)
+with tarfile.open(archive) as tar:
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(staging, filter="data")
+    else:
+        tar.extractall(staging)
+open(os.path.join(staging, ".complete"), "w").close()
+shutil.rmtree(target, ignore_errors=True)
+os.rename(staging, target)
+os.unlink(archive)
+"""
+
+# Stops the agent whose PID is in the pid file (only if that PID really is our agent) and waits.
+STOP_AGENT = r"""
+import os, signal, sys, time
+try:
+    pid = int(open(sys.argv[1]).read().split()[0])
+    if b"cantainer_agent" not in open(f"/proc/{pid}/cmdline", "rb").read():
+        sys.exit(0)
+    os.kill(pid, signal.SIGTERM)
+except (OSError, ValueError, IndexError):
+    sys.exit(0)
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit(0)
+    time.sleep(0.02)
+os.kill(pid, signal.SIGKILL)
+"""
+
+
+# Empties each directory (and removes it unless it is a mount point, as in the lab). Refuses to
+# descend into other file systems, so a mounted container rootfs is never wiped through.
+REMOVE_TREES = r"""
+import os, shutil, sys
+def remove(path, device):
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            if entry.stat(follow_symlinks=False).st_dev != device:
+                sys.exit(f"refusing to remove {entry.path}: another file system is mounted there")
+            remove(entry.path, device)
+            os.rmdir(entry.path)
+        else:
+            os.unlink(entry.path)
+for path in sys.argv[1:]:
+    if os.path.isdir(path):
+        remove(path, os.stat(path).st_dev)
+        if not os.path.ismount(path):
+            os.rmdir(path)
+"""
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    python: tuple[int, int, int]
+    machine: str
+    kernel: str
+    hostname: str
+    systemd: bool
+    bundles: tuple[str, ...]
+    secret_sha256: str | None
+    config: dict | None
+    has_state: bool
+    agent_pid: int | None
+    ssh_server_address: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> "ProbeResult":
+        data = json.loads(text)
+        return cls(tuple(data["python"]), data["machine"], data["kernel"], data["hostname"], data["systemd"],
+                   tuple(data["bundles"]), data["secret_sha256"], data["config"], data["has_state"], data["agent_pid"],
+                   data["ssh_server_address"])
+
+
+def systemd_unit(python: str, digest: str, cluster: str) -> str:
+    """The agent's unit. KillMode=process: containers are not the agent's to take down with it."""
+    return (
+        "[Unit]\n"
+        f"Description=cantainer agent (cluster {cluster})\n"
+        "After=network-online.target\nWants=network-online.target\n\n"
+        "[Service]\n"
+        "Type=simple\n"
+        f"ExecStart={python} {bundle_dir(digest)} run --config {CONFIG_FILE}\n"
+        "Restart=always\nRestartSec=1\nKillMode=process\n"
+        f"RuntimeDirectory=cantainer\nRuntimeDirectoryPreserve=yes\n\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )

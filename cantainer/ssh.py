@@ -1,0 +1,181 @@
+"""The SSH connector: one asyncssh connection per host, and the only module that speaks SSH.
+
+Like pyinfra's connectors, everything above this module asks for "run this argv", "write this file",
+"open the agent's socket" and never sees asyncssh. Command lines are built from argv lists with
+`shlex.join`, so user strings are never interpreted by the remote shell.
+
+OpenSSH behaviour is kept: ~/.ssh/config (Host aliases, ProxyJump, IdentityFile, User), ssh-agent
+keys and known_hosts checking are asyncssh's defaults, which we leave on. The inventory may name an
+identity file and a known_hosts file; `host_key_checking = "accept-new"` records the key of a host
+that has no entry yet (like OpenSSH's StrictHostKeyChecking=accept-new) and still refuses a host
+whose recorded key differs.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from cantainer.errors import CantainerError
+from cantainer.inventory import Host
+
+
+class HostError(CantainerError):
+    """Something went wrong with one host; other hosts carry on."""
+
+    def __init__(self, host: str, message: str, hint: str = "") -> None:
+        super().__init__(f"{host}: {message}", hint)
+        self.host = host
+
+
+class RemoteCommandError(HostError):
+    def __init__(self, host: str, argv: list[str], exit_status: int | None, stderr: str) -> None:
+        detail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {exit_status}"
+        super().__init__(host, f"`{shlex.join(argv[:3])}{' …' if len(argv) > 3 else ''}` failed: {detail}")
+        self.exit_status = exit_status
+        self.stderr = stderr
+
+
+@dataclass
+class CommandResult:
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+def _known_hosts_arg(host: Host) -> object:
+    return str(host.known_hosts) if host.known_hosts else ()
+
+
+def _has_recorded_key(host: Host) -> bool:
+    path = host.known_hosts or Path.home() / ".ssh" / "known_hosts"
+    if not path.exists():
+        return False
+    trusted = asyncssh.read_known_hosts(str(path)).match(host.address, "", host.port)
+    return any(trusted[:3])
+
+
+def _record_host_key(host: Host, key: asyncssh.SSHKey) -> None:
+    path = host.known_hosts or Path.home() / ".ssh" / "known_hosts"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+    with open(path, "a", encoding="utf-8") as known_hosts:
+        known_hosts.write(f"{name} {key.export_public_key().decode().strip()}\n")
+
+
+class Connection:
+    """An open SSH connection to one inventory host."""
+
+    def __init__(self, host: Host, conn: asyncssh.SSHClientConnection) -> None:
+        self.host = host
+        self._conn = conn
+        self._sftp: asyncssh.SFTPClient | None = None
+
+    @property
+    def needs_sudo(self) -> bool:
+        return self.host.become and self.host.user != "root"
+
+    def command_line(self, argv: list[str]) -> str:
+        argv = ["sudo", "-n", "--", *argv] if self.needs_sudo else argv
+        return shlex.join(argv)
+
+    async def run(self, argv: list[str], input: str | None = None, check: bool = True,
+                  timeout: float | None = 120) -> CommandResult:
+        try:
+            result = await self._conn.run(self.command_line(argv), input=input, check=False, timeout=timeout)
+        except asyncssh.TimeoutError:
+            raise HostError(self.host.name, f"`{argv[0]}` did not finish within {timeout:.0f}s") from None
+        except (asyncssh.Error, OSError) as error:
+            raise HostError(self.host.name, f"connection lost: {error}") from None
+        status = result.exit_status if result.exit_status is not None else 255
+        out = CommandResult(status, str(result.stdout or ""), str(result.stderr or ""))
+        if check and status != 0:
+            raise RemoteCommandError(self.host.name, argv, status, out.stderr)
+        return out
+
+    async def write_file(self, path: str, data: bytes, mode: int) -> None:
+        """Write `data` to `path` atomically (temp file + rename), with `mode` set before any byte lands."""
+        if self.needs_sudo:
+            # SFTP runs as the login user; stage in a private temp dir and let sudo install it.
+            staging = f"/tmp/.cantainer-{os.getpid()}-{abs(hash(path))}"
+            await self._put(staging, data, 0o600)
+            await self.run(["install", "-m", f"{mode:o}", "-D", staging, path])
+            await self.run(["rm", "-f", staging], check=False)
+            return
+        partial = f"{path}.partial"
+        await self._put(partial, data, mode)
+        sftp = await self._sftp_client()
+        await sftp.posix_rename(partial, path)
+
+    async def _sftp_client(self) -> asyncssh.SFTPClient:
+        if self._sftp is None:
+            self._sftp = await self._conn.start_sftp_client()
+        return self._sftp
+
+    async def _put(self, path: str, data: bytes, mode: int) -> None:
+        sftp = await self._sftp_client()
+        attrs = asyncssh.SFTPAttrs(permissions=mode)
+        async with sftp.open(path, "wb", attrs) as remote:
+            await remote.write(data)
+        await sftp.chmod(path, mode)
+
+    async def open_unix(self, socket_path: str) -> tuple[asyncssh.SSHReader, asyncssh.SSHWriter]:
+        """A byte stream to a unix socket on the host (SSH direct-streamlocal)."""
+        return await self._conn.open_unix_connection(socket_path)
+
+    async def open_exec_stream(self, argv: list[str]) -> tuple[asyncssh.SSHReader, asyncssh.SSHWriter]:
+        """A byte stream to a remote command's stdin/stdout (used where sudo is needed)."""
+        writer, reader, _ = await self._conn.open_session(self.command_line(argv), encoding=None)
+        return reader, writer
+
+    def close(self) -> None:
+        self._conn.close()
+
+    async def wait_closed(self) -> None:
+        await self._conn.wait_closed()
+
+
+def _describe_connect_failure(host: Host, error: BaseException) -> HostError:
+    where = f"{host.address}:{host.port}"
+    if isinstance(error, asyncssh.HostKeyNotVerifiable):
+        return HostError(host.name, f"host key of {where} is not trusted ({error.reason})",
+                         "if the host was reinstalled, remove its old entry from known_hosts; if it is new, "
+                         'add its key or set host_key_checking = "accept-new"')
+    if isinstance(error, asyncssh.PermissionDenied):
+        return HostError(host.name, f"authentication failed for user {host.user!r} on {where}",
+                         "check identity_file in the inventory, your ssh-agent, or the host's authorized_keys")
+    if isinstance(error, (asyncio.TimeoutError, asyncssh.ConnectionLost)) or "timed out" in str(error).lower():
+        return HostError(host.name, f"unreachable: no SSH answer from {where} within {host.connect_timeout:g}s",
+                         "check the address, the network and that sshd runs")
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error)
+        return HostError(host.name, f"unreachable: {where}: {reason}", "check the address, the port and that sshd runs")
+    if isinstance(error, asyncssh.Error):
+        return HostError(host.name, f"SSH to {where} failed: {error.reason}")
+    return HostError(host.name, f"SSH to {where} failed: {error}")
+
+
+async def connect(host: Host) -> Connection:
+    options: dict = {
+        "port": host.port,
+        "username": host.user,
+        "known_hosts": _known_hosts_arg(host),
+        "connect_timeout": host.connect_timeout,
+        "login_timeout": host.connect_timeout,
+        "keepalive_interval": 15,
+    }
+    if host.identity_file:
+        options["client_keys"] = [str(host.identity_file)]
+    if host.host_key_checking == "accept-new" and not _has_recorded_key(host):
+        options["known_hosts"] = None
+    try:
+        conn = await asyncssh.connect(host.address, **options)
+    except (OSError, asyncssh.Error, asyncio.TimeoutError) as error:
+        raise _describe_connect_failure(host, error) from None
+    if options["known_hosts"] is None:
+        _record_host_key(host, conn.get_server_host_key())
+    return Connection(host, conn)
