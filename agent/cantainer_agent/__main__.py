@@ -1,0 +1,36 @@
+"""``python3 -m cantainer_agent run --config PATH [--daemon]`` | ``python3 -m cantainer_agent version``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cantainer_agent", description="cantainer host agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the agent")
+    run.add_argument("--config", required=True, help="path of the agent config (JSON)")
+    run.add_argument("--daemon", action="store_true", help="detach; exit 0 once ready, 1 with one error line")
+    sub.add_parser("version", help="print the agent version")
+    args = parser.parse_args(argv)
+
+    if args.command == "version":
+        print(__version__)
+        return 0
+
+    from .config import ConfigError, load_config
+    from .daemon import run_daemon, run_foreground
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"cantainer-agent: error: {exc}", file=sys.stderr)
+        return 1
+    return run_daemon(cfg) if args.daemon else run_foreground(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

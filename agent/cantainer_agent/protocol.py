@@ -1,0 +1,242 @@
+"""Versioned JSON-lines wire protocol between the workstation and an agent.
+
+The agent owns this module; the workstation imports it from here (never the other way round).
+It is pure: no sockets, no threads, no I/O — only encoding, decoding and dispatch of single lines.
+
+One message per line, UTF-8 JSON object, terminated by ``\\n``, at most ``MAX_LINE`` bytes
+(newline included)::
+
+    request   {"v":1,"id":N,"method":"status","params":{}}
+    success   {"v":1,"id":N,"ok":true,"result":...}
+    failure   {"v":1,"id":N,"ok":false,"error":{"code":"unknown_method","message":"..."}}
+
+``id`` is an int chosen by the client and echoed back; it is ``null`` in an error response to a
+line whose id could not be read. Every malformed input (oversized, not JSON, not an object, wrong
+version, bad field types, unknown method) yields an error response, never an exception escaping
+:func:`dispatch`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+PROTOCOL_VERSION = 1
+MAX_LINE = 1024 * 1024  # bytes, including the trailing newline
+
+# Error codes (the "code" field of an error response).
+BAD_REQUEST = "bad_request"
+UNSUPPORTED_VERSION = "unsupported_version"
+UNKNOWN_METHOD = "unknown_method"
+TOO_LARGE = "too_large"
+NOT_LEADER = "not_leader"
+UNAVAILABLE = "unavailable"
+INTERNAL = "internal"
+ERROR_CODES = frozenset(
+    {BAD_REQUEST, UNSUPPORTED_VERSION, UNKNOWN_METHOD, TOO_LARGE, NOT_LEADER, UNAVAILABLE, INTERNAL}
+)
+
+_METHOD_RE = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
+_MAX_ID = 2**53  # JSON-safe integer range
+
+
+class ProtocolError(Exception):
+    """An error that travels on the wire as ``{"code": ..., "message": ...}``."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int
+    method: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Response:
+    id: int | None
+    ok: bool
+    result: Any = None
+    error: ProtocolError | None = None
+
+    def unwrap(self) -> Any:
+        """Return the result, or raise the carried :class:`ProtocolError`."""
+        if self.ok:
+            return self.result
+        assert self.error is not None
+        raise self.error
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _dumps_line(obj: dict) -> bytes:
+    try:
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(INTERNAL, f"value is not JSON-serialisable: {exc}") from None
+    data = text.encode("ascii") + b"\n"
+    if len(data) > MAX_LINE:
+        raise ProtocolError(TOO_LARGE, f"message of {len(data)} bytes exceeds the {MAX_LINE}-byte limit")
+    return data
+
+
+def _loads_object(line: bytes | str) -> dict:
+    if isinstance(line, str):
+        line = line.encode("utf-8", "surrogatepass")
+    if len(line) > MAX_LINE:
+        raise ProtocolError(TOO_LARGE, f"line of {len(line)} bytes exceeds the {MAX_LINE}-byte limit")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(BAD_REQUEST, "line is not valid UTF-8") from None
+    text = text.strip()
+    if not text:
+        raise ProtocolError(BAD_REQUEST, "empty line")
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(BAD_REQUEST, f"malformed JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(BAD_REQUEST, "message must be a JSON object")
+    return obj
+
+
+def _check_version(obj: dict) -> None:
+    v = obj.get("v")
+    if v is None:
+        raise ProtocolError(BAD_REQUEST, 'missing protocol version "v"')
+    if type(v) is not int:
+        raise ProtocolError(BAD_REQUEST, '"v" must be an integer')
+    if v != PROTOCOL_VERSION:
+        raise ProtocolError(
+            UNSUPPORTED_VERSION,
+            f"protocol version {v} is not supported (this agent speaks {PROTOCOL_VERSION}); "
+            "re-run `cantainer up` to push a matching agent",
+        )
+
+
+def _valid_id(value: Any) -> bool:
+    return type(value) is int and 0 <= value < _MAX_ID
+
+
+# ---------------------------------------------------------------- requests
+
+
+def encode_request(id: int, method: str, params: Mapping | None = None) -> bytes:
+    """Encode one request line (client side)."""
+    if not _valid_id(id):
+        raise ProtocolError(BAD_REQUEST, "request id must be a non-negative integer")
+    if not isinstance(method, str) or not _METHOD_RE.match(method):
+        raise ProtocolError(BAD_REQUEST, f"invalid method name {method!r}")
+    return _dumps_line({"v": PROTOCOL_VERSION, "id": id, "method": method, "params": dict(params or {})})
+
+
+def peek_id(line: bytes | str) -> int | None:
+    """Best-effort extraction of a request id, to address an error response."""
+    try:
+        obj = _loads_object(line)
+    except ProtocolError:
+        return None
+    rid = obj.get("id")
+    return rid if _valid_id(rid) else None
+
+
+def decode_request(line: bytes | str) -> Request:
+    """Decode one request line (server side); raises :class:`ProtocolError`."""
+    obj = _loads_object(line)
+    _check_version(obj)
+    rid = obj.get("id")
+    if not _valid_id(rid):
+        raise ProtocolError(BAD_REQUEST, '"id" must be a non-negative integer')
+    method = obj.get("method")
+    if not isinstance(method, str) or not _METHOD_RE.match(method):
+        raise ProtocolError(BAD_REQUEST, '"method" must be a lowercase name like "status"')
+    params = obj.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ProtocolError(BAD_REQUEST, '"params" must be a JSON object')
+    extra = set(obj) - {"v", "id", "method", "params"}
+    if extra:
+        raise ProtocolError(BAD_REQUEST, f"unexpected request fields: {', '.join(sorted(extra))}")
+    return Request(id=rid, method=method, params=params)
+
+
+# --------------------------------------------------------------- responses
+
+
+def encode_result(id: int | None, result: Any) -> bytes:
+    """Encode a success response. Falls back to an error line if the result cannot be sent."""
+    try:
+        return _dumps_line({"v": PROTOCOL_VERSION, "id": id, "ok": True, "result": result})
+    except ProtocolError as exc:
+        return encode_error(id, exc.code, exc.message)
+
+
+def encode_error(id: int | None, code: str, message: str) -> bytes:
+    """Encode an error response. Never raises (messages are truncated to fit)."""
+    if not _valid_id(id):
+        id = None
+    message = str(message)[:4096]
+    return _dumps_line(
+        {"v": PROTOCOL_VERSION, "id": id, "ok": False, "error": {"code": str(code), "message": message}}
+    )
+
+
+def decode_response(line: bytes | str) -> Response:
+    """Decode one response line (client side); raises :class:`ProtocolError` if malformed."""
+    obj = _loads_object(line)
+    _check_version(obj)
+    rid = obj.get("id")
+    if rid is not None and not _valid_id(rid):
+        raise ProtocolError(BAD_REQUEST, 'response "id" must be an integer or null')
+    ok = obj.get("ok")
+    if ok is True:
+        if "result" not in obj:
+            raise ProtocolError(BAD_REQUEST, 'success response without "result"')
+        return Response(id=rid, ok=True, result=obj["result"])
+    if ok is False:
+        err = obj.get("error")
+        if not isinstance(err, dict) or not isinstance(err.get("code"), str):
+            raise ProtocolError(BAD_REQUEST, 'error response without a valid "error" object')
+        return Response(id=rid, ok=False, error=ProtocolError(err["code"], str(err.get("message", ""))))
+    raise ProtocolError(BAD_REQUEST, 'response "ok" must be true or false')
+
+
+# ---------------------------------------------------------------- dispatch
+
+Handler = Callable[[dict], Any]
+
+
+def dispatch(line: bytes | str, handlers: Mapping[str, Handler]) -> tuple[bytes, Request | None]:
+    """Decode *line*, call ``handlers[method](params)`` and encode the answer.
+
+    Returns ``(response_line, request_or_None)``. Never raises: a handler raising
+    :class:`ProtocolError` yields that error; any other exception yields ``internal``.
+    """
+    try:
+        req = decode_request(line)
+    except ProtocolError as exc:
+        return encode_error(peek_id(line) if exc.code != TOO_LARGE else None, exc.code, exc.message), None
+    handler = handlers.get(req.method)
+    if handler is None:
+        known = ", ".join(sorted(handlers))
+        return encode_error(req.id, UNKNOWN_METHOD, f"unknown method {req.method!r} (known: {known})"), req
+    try:
+        result = handler(req.params)
+    except ProtocolError as exc:
+        return encode_error(req.id, exc.code, exc.message), req
+    except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the connection
+        return encode_error(req.id, INTERNAL, f"{type(exc).__name__}: {exc}"), req
+    return encode_result(req.id, result), req

@@ -1,0 +1,133 @@
+import os
+import socket
+import stat
+import threading
+
+import pytest
+
+from cantainer_agent import protocol
+from cantainer_agent.api import AfterReply, ApiServer, build_status
+
+
+def snap(**over):
+    s = {
+        "self": "10.0.0.1:7480",
+        "role": "leader",
+        "leader": "10.0.0.1:7480",
+        "term": 4,
+        "commit_index": 40,
+        "last_applied": 40,
+        "log_len": 12,
+        "has_quorum": True,
+        "members": ["10.0.0.1:7480", "10.0.0.2:7480", "10.0.0.3:7480"],
+        "connected": ["10.0.0.2:7480"],
+        "ready": True,
+        "state": {
+            "nodes": {
+                name: {"address": f"10.0.0.{i}", "raft_addr": f"10.0.0.{i}:7480", "join_addr": f"10.0.0.{i}:7481",
+                       "version": "0.1.0", "bundle": "b", "heartbeat": hb, "joined_at": 1.0}
+                for i, (name, hb) in enumerate([("h1", 50.0), ("h2", 99.0), ("h3", 10.0)], start=1)
+            },
+            "networks": {},
+            "containers": {},
+        },
+    }
+    s.update(over)
+    return s
+
+
+def test_build_status_shapes_and_liveness():
+    st = build_status(node="h1", cluster="c", snap=snap(), now=100.0, heartbeat_interval=2.0, voters=3)
+    assert st["node"] == "h1" and st["leader"] == "h1" and st["term"] == 4 and st["commit_index"] == 40
+    assert st["raft"]["role"] == "leader" and st["raft"]["voters"] == 3
+    by = {n["name"]: n for n in st["nodes"]}
+    assert by["h1"]["state"] == "up"  # this node: always up, even with an old heartbeat
+    assert by["h2"]["state"] == "up"  # 1 s old < 3 intervals
+    assert by["h3"]["state"] == "down" and by["h3"]["last_seen"] == 10.0
+    assert [by[n]["role"] for n in ("h1", "h2", "h3")] == ["leader", "follower", "follower"]
+    assert st["networks"] == [] and st["containers"] == []
+    assert set(by["h2"]) >= {"name", "address", "role", "state", "version", "bundle", "last_seen"}
+
+
+def test_build_status_follower_view_and_unregistered_member():
+    s = snap(self="10.0.0.2:7480", role="follower", leader="10.0.0.1:7480",
+             members=["10.0.0.1:7480", "10.0.0.2:7480", "10.0.0.3:7480", "10.0.0.4:7480"])
+    st = build_status(node="h2", cluster="c", snap=s, now=100.0, heartbeat_interval=2.0, voters=3)
+    by = {n["name"]: n for n in st["nodes"]}
+    assert st["leader"] == "h1" and by["h2"]["role"] == "follower"
+    assert by["10.0.0.4:7480"]["registered"] is False and by["10.0.0.4:7480"]["state"] == "down"
+
+
+def test_build_status_no_leader():
+    st = build_status(node="h1", cluster="c", snap=snap(leader=None, role="candidate"), now=100.0,
+                      heartbeat_interval=2.0, voters=3)
+    assert st["leader"] is None and st["raft"]["role"] == "candidate"
+    assert {n["name"]: n["role"] for n in st["nodes"]}["h1"] == "candidate"
+
+
+@pytest.fixture
+def api(tmp_path):
+    stopped = threading.Event()
+    path = str(tmp_path / "agent.sock")
+    srv = ApiServer(path, {
+        "hello": lambda p: {"node": "h1"},
+        "stop": lambda p: AfterReply({"stopping": True}, stopped.set),
+    })
+    srv.start()
+    yield srv, path, stopped
+    srv.stop()
+
+
+def talk(path, *lines):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(path)
+        f = s.makefile("rwb")
+        out = []
+        for line in lines:
+            f.write(line)
+            f.flush()
+            out.append(protocol.decode_response(f.readline()))
+        return out
+
+
+def test_socket_mode_0600(api):
+    _, path, _ = api
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_many_requests_on_one_connection(api):
+    _, path, _ = api
+    a, b, c = talk(path, protocol.encode_request(1, "hello"), b"garbage\n", protocol.encode_request(2, "nope"))
+    assert a.result == {"node": "h1"}
+    assert b.error.code == protocol.BAD_REQUEST and c.error.code == protocol.UNKNOWN_METHOD
+
+
+def test_stop_replies_then_acts(api):
+    _, path, stopped = api
+    (resp,) = talk(path, protocol.encode_request(3, "stop"))
+    assert resp.result == {"stopping": True}
+    assert stopped.wait(2)
+
+
+def test_oversized_line(api):
+    _, path, _ = api
+    (resp,) = talk(path, b"a" * (protocol.MAX_LINE + 1) + b"\n")
+    assert resp.error.code == protocol.TOO_LARGE
+
+
+def test_stale_socket_replaced_live_one_refused(tmp_path, api):
+    srv, path, _ = api
+    with pytest.raises(OSError, match="another agent"):
+        ApiServer(path, {})
+    stale = str(tmp_path / "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(stale)
+    s.close()  # leaves the inode, nobody listening
+    other = ApiServer(stale, {"hello": lambda p: 1})
+    other.start()
+    try:
+        assert talk(stale, protocol.encode_request(1, "hello"))[0].result == 1
+    finally:
+        other.stop()
+    assert not os.path.exists(stale)

@@ -1,0 +1,97 @@
+"""RaftNode on one loopback port in-process: replicated commands, journal replay, members file."""
+
+import json
+import os
+import socket
+import time
+
+import pytest
+
+from cantainer_agent.raft import CommandFailed, RaftError, RaftNode, load_members, members_path, save_members
+
+SECRET = b"k" * 32
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_leader(node, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.snapshot()["role"] == "leader":
+            return
+        time.sleep(0.05)
+    raise AssertionError("no leader")
+
+
+def test_members_file_round_trip(tmp_path):
+    m = save_members(str(tmp_path), "c", "10.0.0.1:7480", ["10.0.0.3:7480", "10.0.0.2:7480"])
+    assert m.members == ("10.0.0.1:7480", "10.0.0.2:7480", "10.0.0.3:7480")
+    assert load_members(str(tmp_path)) == m
+    assert load_members(str(tmp_path)).partners == ["10.0.0.2:7480", "10.0.0.3:7480"]
+    assert os.stat(members_path(str(tmp_path))).st_mode & 0o777 == 0o600
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_members_file_missing_or_corrupt(tmp_path):
+    assert load_members(str(tmp_path)) is None
+    with open(members_path(str(tmp_path)), "w") as f:
+        f.write("{nope")
+    with pytest.raises(RaftError, match="unreadable"):
+        load_members(str(tmp_path))
+    with open(members_path(str(tmp_path)), "w") as f:
+        json.dump({"cluster": "c", "self": "a:1", "members": "a:1"}, f)
+    with pytest.raises(RaftError, match="malformed"):
+        load_members(str(tmp_path))
+
+
+def test_single_node_commands_and_replay_after_restart(tmp_path):
+    addr = f"127.0.0.1:{free_port()}"
+    node = RaftNode(cluster="c", self_addr=addr, partners=[], data_dir=str(tmp_path), secret=SECRET)
+    node.start()
+    try:
+        wait_leader(node)
+        rec = node.register_node(name="h1", address="127.0.0.1", join_addr="127.0.0.1:1", version="v", bundle="b",
+                                 ts=10.0)
+        assert rec["joined_at"] == 10.0
+        assert node.heartbeat("h1", ts=20.0) is True
+        assert node.heartbeat("ghost", ts=20.0) is False
+        # a rejected command comes back as an error and does not wedge the apply loop
+        with pytest.raises(CommandFailed, match="already belongs"):
+            node._call(node.store.register_node, "h2", "127.0.0.1", addr, "x:1", "v", "b", 30.0, timeout=3)
+        assert node.heartbeat("h1", ts=25.0) is True
+        snap = node.snapshot()
+        assert snap["state"]["nodes"]["h1"]["heartbeat"] == 25.0 and snap["members"] == [addr]
+        assert snap["leader"] == addr and snap["term"] >= 1
+        assert node.add_member(addr) == "already"
+    finally:
+        node.stop()
+
+    again = RaftNode(cluster="c", self_addr=addr, partners=[], data_dir=str(tmp_path), secret=SECRET)
+    again.start()
+    try:
+        wait_leader(again)
+        deadline = time.monotonic() + 5
+        while again.snapshot()["state"]["nodes"].get("h1", {}).get("heartbeat") != 25.0:
+            assert time.monotonic() < deadline, "journal not replayed"
+            time.sleep(0.05)
+    finally:
+        again.stop()
+
+
+def test_bind_failure_is_reported(tmp_path):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    addr = f"127.0.0.1:{blocker.getsockname()[1]}"
+    try:
+        node = RaftNode(cluster="c", self_addr=addr, partners=[], data_dir=str(tmp_path), secret=SECRET)
+        with pytest.raises(RaftError, match="cannot bind the raft port"):
+            node.start()
+    finally:
+        blocker.close()
