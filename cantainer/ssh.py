@@ -35,7 +35,8 @@ class HostError(CantainerError):
 class RemoteCommandError(HostError):
     def __init__(self, host: str, argv: list[str], exit_status: int | None, stderr: str) -> None:
         detail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {exit_status}"
-        super().__init__(host, f"`{shlex.join(argv[:3])}{' …' if len(argv) > 3 else ''}` failed: {detail}")
+        shown = ["<script>" if "\n" in part else part for part in argv[:3]]
+        super().__init__(host, f"`{shlex.join(shown)}{' …' if len(argv) > 3 else ''}` failed: {detail}")
         self.exit_status = exit_status
         self.stderr = stderr
 
@@ -142,9 +143,12 @@ class Connection:
 def _describe_connect_failure(host: Host, error: BaseException) -> HostError:
     where = f"{host.address}:{host.port}"
     if isinstance(error, asyncssh.HostKeyNotVerifiable):
-        return HostError(host.name, f"host key of {where} is not trusted ({error.reason})",
-                         "if the host was reinstalled, remove its old entry from known_hosts; if it is new, "
-                         'add its key or set host_key_checking = "accept-new"')
+        if _has_recorded_key(host):
+            return HostError(host.name, f"host key of {where} does not match the key recorded in known_hosts "
+                             "(possible man-in-the-middle)",
+                             "if the host was reinstalled, remove its old entry from known_hosts and connect again")
+        return HostError(host.name, f"host key of {where} is unknown (no entry in known_hosts)",
+                         'add the host\'s key to known_hosts or set host_key_checking = "accept-new"')
     if isinstance(error, asyncssh.PermissionDenied):
         return HostError(host.name, f"authentication failed for user {host.user!r} on {where}",
                          "check identity_file in the inventory, your ssh-agent, or the host's authorized_keys")

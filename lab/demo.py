@@ -1,49 +1,55 @@
-"""`sudo make demo`: a lab of three SSH hosts, a look inside each over SSH, then a clean teardown."""
+"""`sudo make demo`: a 3-host lab, `cantainer up` on it, `cantainer status`, then a clean teardown.
+
+Each step is the real command a user would type, printed before it runs. Set DEMO_KEEP=1 to keep
+the lab and cluster running afterwards for exploring by hand.
+"""
 from __future__ import annotations
 
-import asyncio
+import os
+import shlex
+import subprocess
 import sys
+from pathlib import Path
 
-import asyncssh
 from rich.console import Console
-from rich.table import Table
 
 from lab.lab import Lab, LabError
 
 console = Console()
+BIN = Path(sys.executable).parent
 
 
-async def visit(lab: Lab, address: str) -> list[str]:
-    async with asyncssh.connect(address, username="root", client_keys=[str(lab.dir / "id_ed25519")],
-                                known_hosts=str(lab.dir / "known_hosts"), config=None) as conn:
-        result = await conn.run("hostname; uname -r; ls /run | tr '\\n' ' '", check=True)
-    return result.stdout.splitlines()
-
-
-async def visit_all(lab: Lab) -> Table:
-    state = lab.load()
-    table = Table(title=f"lab {lab.name} — {state.subnet}")
-    for column in ("host", "address", "hostname over SSH", "kernel", "its private /run"):
-        table.add_column(column)
-    answers = await asyncio.gather(*(visit(lab, host.address) for host in state.hosts.values()))
-    for host, (hostname, kernel, run) in zip(state.hosts.values(), answers):
-        table.add_row(host.name, host.address, hostname, kernel, run)
-    return table
+def step(title: str, argv: list[str]) -> None:
+    shown = [Path(argv[0]).name if argv[0].startswith(str(BIN)) else argv[0], *argv[1:]]
+    console.rule(f"[bold]{title}")
+    console.print(f"[dim]$ {shlex.join(shown)}[/]")
+    result = subprocess.run(argv, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise LabError(f"`{shlex.join(shown)}` exited with {result.returncode}")
 
 
 def main() -> int:
     lab = Lab("demo")
+    keep = os.environ.get("DEMO_KEEP") == "1"
+    cantainer = str(BIN / "cantainer")
     try:
         with console.status("creating 3 lab hosts (namespaces + sshd each)…"):
-            inventory = lab.up(3)
-        console.print(f"[green]lab up[/] — inventory at {inventory}")
-        console.print(asyncio.run(visit_all(lab)))
+            inventory = str(lab.up(3))
+        console.print(f"[green]lab up[/] — 3 hosts, inventory at {inventory}")
+        step("push and start the agents, form the raft cluster", [cantainer, "up", inventory])
+        step("re-run: nothing to do, nothing touched", [cantainer, "up", inventory])
+        step("the cluster as the agents see it", [cantainer, "status", "-i", inventory])
     except LabError as error:
         console.print(f"[red]demo failed:[/] {error}")
+        keep = False
         return 1
     finally:
-        lab.down()
-        console.print("[green]lab down[/] — every namespace, link, mount and process removed")
+        if keep:
+            console.print(f"\nkept running. Try: [bold]{cantainer} status --watch -i {inventory}[/]\n"
+                          f"remove with: [bold]{sys.executable} -m lab down --name demo[/]")
+        else:
+            lab.down()
+            console.print("[green]lab down[/] — every namespace, link, mount and process removed")
     return 0
 
 

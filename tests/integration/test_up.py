@@ -1,0 +1,290 @@
+"""`cantainer up / status / down` against the real lab: real sshd, real agents, real raft."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cantainer import remote
+
+pytestmark = pytest.mark.lab
+CANTAINER = [sys.executable, "-m", "cantainer.cli"]
+
+
+def cantainer(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*CANTAINER, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+def status(inventory: Path) -> dict:
+    result = cantainer("status", "--json", "-i", str(inventory))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def host_exec(lab, host: str, *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lab", "exec", "--name", lab.name, host, "--", *command],
+                          capture_output=True, text=True, timeout=30)
+
+
+def agent_pid(lab, host: str) -> int | None:
+    result = host_exec(lab, host, "cat", remote.PID_FILE)
+    return int(result.stdout.split()[0]) if result.returncode == 0 else None
+
+
+@pytest.fixture(scope="module")
+def cluster(lab):
+    result = cantainer("up", str(lab.inventory_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    yield lab.inventory_file
+    cantainer("down", "--purge", "-i", str(lab.inventory_file))
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_up_forms_a_cluster_of_three_up_nodes_with_one_leader(cluster):
+    doc = status(cluster)
+    assert sorted(n["name"] for n in doc["nodes"]) == ["h1", "h2", "h3"]
+    assert all(n["state"] == "up" for n in doc["nodes"])
+    leaders = [n["name"] for n in doc["nodes"] if n["role"] == "leader"]
+    assert leaders == [doc["leader"]]
+    assert doc["networks"] == [] and doc["containers"] == []
+
+
+def test_status_works_from_any_host_and_renders(cluster):
+    result = cantainer("status", "-i", str(cluster))
+    assert result.returncode == 0, result.stderr
+    assert "leader" in result.stdout and all(h in result.stdout for h in ("h1", "h2", "h3"))
+
+
+def test_rerun_of_up_changes_nothing(lab, cluster):
+    before = {h: agent_pid(lab, h) for h in ("h1", "h2", "h3")}
+    result = cantainer("up", str(cluster))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("unchanged") == 3
+    assert "pushed" not in result.stdout
+    assert {h: agent_pid(lab, h) for h in ("h1", "h2", "h3")} == before
+
+
+def test_agent_runs_under_the_hosts_python_and_names_itself(lab, cluster):
+    pid = agent_pid(lab, "h2")
+    exe = host_exec(lab, "h2", "readlink", f"/proc/{pid}/exe").stdout.strip()
+    assert exe.startswith("/usr/bin/python3")
+    cmdline = host_exec(lab, "h2", "cat", f"/proc/{pid}/cmdline").stdout.split("\0")
+    assert any("cantainer_agent" in part for part in cmdline)
+    assert ".venv" not in " ".join(cmdline)
+
+
+def test_secret_is_0600_on_workstation_and_hosts_and_never_printed(lab, cluster):
+    secret_path = lab.dir / "cluster.secret"
+    assert stat.S_IMODE(secret_path.stat().st_mode) == 0o600
+    secret = secret_path.read_text().strip()
+    mode = host_exec(lab, "h1", "stat", "-c", "%a", remote.SECRET_FILE).stdout.strip()
+    assert mode == "600"
+    assert host_exec(lab, "h1", "stat", "-c", "%a", remote.CONFIG_FILE).stdout.strip() == "600"
+    log = host_exec(lab, "h1", "cat", f"{remote.LOG_DIR}/agent.log").stdout
+    assert secret not in log and secret not in cantainer("status", "--json", "-i", str(cluster)).stdout
+
+
+def test_killed_agent_is_restarted_and_rejoins_on_up(lab, cluster):
+    pid = agent_pid(lab, "h3")
+    assert host_exec(lab, "h3", "kill", "-9", str(pid)).returncode == 0
+    result = cantainer("up", str(cluster))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"h3 .*started", result.stdout)
+    assert agent_pid(lab, "h3") != pid
+    doc = status(cluster)
+    assert {n["name"]: n["state"] for n in doc["nodes"]} == {"h1": "up", "h2": "up", "h3": "up"}
+
+
+def test_agent_socket_is_root_only_and_there_is_no_tcp_api(lab, cluster):
+    assert host_exec(lab, "h1", "stat", "-c", "%a", remote.SOCKET_PATH).stdout.strip() in ("600", "700")
+    listening = host_exec(lab, "h1", "cat", "/proc/net/tcp").stdout.splitlines()[1:]
+    ports = sorted({int(line.split()[1].split(":")[1], 16) for line in listening if line.split()[3] == "0A"})
+    assert ports == [22, 7480, 7481]
+
+
+def test_systemd_unit_verifies(tmp_path):
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / remote.UNIT_NAME
+    unit.write_text(remote.systemd_unit("/usr/bin/python3", "ab" * 32, "prod"))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    problems = [line for line in result.stderr.splitlines() if remote.UNIT_NAME in line and "ExecStart" not in line]
+    assert problems == [], result.stderr
+    assert "Restart=always" in unit.read_text() and "KillMode=process" in unit.read_text()
+
+
+def test_config_change_restarts_agents_one_at_a_time_keeping_quorum(lab, cluster, tmp_path):
+    changed = variant(lab, tmp_path, append="")
+    text = changed.read_text().replace("[cluster]\n", "[cluster]\nvoters = 5\n", 1)
+    changed.write_text(text)
+    before = {h: agent_pid(lab, h) for h in ("h1", "h2", "h3")}
+    result = cantainer("up", str(changed))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("restarted") == 3
+    after = {h: agent_pid(lab, h) for h in ("h1", "h2", "h3")}
+    assert all(after[h] != before[h] for h in after)
+    assert status(changed)["leader"] in ("h1", "h2", "h3")
+    assert cantainer("up", str(cluster)).returncode == 0  # back to the original config
+
+
+def test_status_shows_a_crashed_host_as_down_and_up_brings_it_back(lab, cluster):
+    import time
+
+    lab.crash("h3")
+    try:
+        deadline = time.monotonic() + 20  # a node is "down" once its heartbeats stop arriving
+        while True:
+            doc = status(cluster)
+            states = {n["name"]: n["state"] for n in doc["nodes"]}
+            if states["h3"] == "down" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert states["h3"] == "down" and states["h1"] == states["h2"] == "up"
+    finally:
+        lab.boot("h3")
+    result = cantainer("up", str(cluster))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {n["name"]: n["state"] for n in status(cluster)["nodes"]} == {"h1": "up", "h2": "up", "h3": "up"}
+
+
+def test_status_watch_refreshes_until_interrupted(cluster):
+    import signal
+    import time
+
+    process = subprocess.Popen([*CANTAINER, "status", "--watch", "-i", str(cluster)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    time.sleep(3)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and "h1" in out
+
+
+def test_accept_new_records_unknown_host_keys(lab, cluster, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    inventory = variant(lab, tmp_path, {str(lab.dir / "known_hosts"): str(empty)},)
+    strict = cantainer("up", str(inventory))
+    assert strict.returncode == 1 and "is unknown" in strict.stdout
+    inventory.write_text(inventory.read_text().replace("[defaults]\n", '[defaults]\nhost_key_checking = "accept-new"\n', 1))
+    assert cantainer("up", str(inventory)).returncode == 0
+    assert len(empty.read_text().splitlines()) == 3
+
+
+def test_missing_or_old_python_is_a_clear_per_host_error(lab, cluster, tmp_path):
+    missing = variant(lab, tmp_path, append="")
+    missing.write_text(missing.read_text().replace("[defaults]\n", '[defaults]\npython = "/usr/bin/python9"\n', 1))
+    result = cantainer("up", str(missing))
+    assert result.returncode == 1 and re.search(r"h1: /usr/bin/python9 not found on the host", result.stdout)
+    fake = lab.dir / "oldpython"  # the lab directory is visible inside hosts
+    fake.write_text('#!/bin/sh\necho \'{"python": [3, 8, 10], "machine": "x86_64", "kernel": "", "hostname": "", '
+                    '"systemd": false, "bundles": [], "secret_sha256": null, "config": null, "has_state": false, '
+                    '"agent_pid": null, "ssh_server_address": null}\'\n')
+    fake.chmod(0o755)
+    missing.write_text(missing.read_text().replace("/usr/bin/python9", str(fake)))
+    result = cantainer("up", str(missing))
+    assert result.returncode == 1 and re.search(r"h2: python 3\.8\.10 .* is too old", result.stdout)
+
+
+# -- per-host failures: one clear line per host, the others carry on ----------------------------------
+def variant(lab, tmp_path: Path, replace: dict[str, str] | None = None, append: str = "") -> Path:
+    text = lab.inventory_file.read_text()
+    for old, new in (replace or {}).items():
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / "inventory.toml"
+    path.write_text(text + append)
+    return path
+
+
+def test_wrong_key_is_an_authentication_error_naming_each_host(lab, cluster, tmp_path):
+    other_key = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)
+    inventory = variant(lab, tmp_path, {str(lab.dir / "id_ed25519"): str(other_key)})
+    result = cantainer("up", str(inventory), env={"SSH_AUTH_SOCK": ""})
+    assert result.returncode == 1
+    for host in ("h1", "h2", "h3"):
+        assert re.search(rf"{host}: authentication failed", result.stdout)
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_missing_key_file_is_an_inventory_error(lab, tmp_path):
+    inventory = variant(lab, tmp_path, {str(lab.dir / "id_ed25519"): str(tmp_path / "nope")})
+    assert_one_line_error(cantainer("up", str(inventory)), "identity_file", str(tmp_path / "nope"))
+
+
+def test_host_key_mismatch_is_refused(lab, cluster, tmp_path):
+    bad_known_hosts = tmp_path / "known_hosts"
+    lines = (lab.dir / "known_hosts").read_text().splitlines()
+    foreign = (lab.dir / "hosts" / "h2" / "ssh_host_ed25519_key.pub").read_text().split()
+    lines[0] = f"{lines[0].split()[0]} {foreign[0]} {foreign[1]}"  # h1's address with h2's key
+    bad_known_hosts.write_text("\n".join(lines) + "\n")
+    inventory = variant(lab, tmp_path, {str(lab.dir / "known_hosts"): str(bad_known_hosts)})
+    result = cantainer("up", str(inventory))
+    assert result.returncode == 1
+    assert re.search(r"h1: host key of \S+ does not match", result.stdout)
+    assert "2/3 hosts ready" in result.stdout
+
+
+def test_unreachable_host_fails_alone(lab, cluster, tmp_path):
+    network = lab.load().network
+    ghost = f'\n[[hosts]]\nname = "ghost"\naddress = "{network[200]}"\nconnect_timeout = 2\n'
+    result = cantainer("up", str(variant(lab, tmp_path, append=ghost)))
+    assert result.returncode == 1
+    assert re.search(r"ghost: unreachable", result.stdout)
+    assert "3/4 hosts ready" in result.stdout
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["up", "/nonexistent/inventory.toml"], ["/nonexistent/inventory.toml"]),
+    (["status"], ["no inventory given"]),
+    (["frobnicate"], ["invalid choice"]),
+    (["status", "--frob", "-i", "x.toml"], ["unrecognized arguments: --frob"]),
+])
+def test_usage_and_inventory_errors_are_one_line(args, needles):
+    result = cantainer(*args, env={"CANTAINER_INVENTORY": ""})
+    assert_one_line_error(result, *needles)
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("", ["the file is empty"]),
+    ("[[hosts]]\nname = 'a'\n", ["address"]),
+    ("[[hosts]]\nname = 'a'\naddress = '10.0.0.1'\nport = 70000\n", ["port"]),
+    ("[[hosts]]\nname = 'a'\naddress = '10.0.0.1'\ncolour = 'red'\n", ["colour"]),
+    ("[[hosts]\n", ["invalid TOML"]),
+])
+def test_invalid_inventories_are_one_line_errors(tmp_path, text, needles):
+    path = tmp_path / "inventory.toml"
+    path.write_text(text)
+    assert_one_line_error(cantainer("up", str(path)), str(path), *needles)
+
+
+def test_down_stops_agents_and_purge_removes_state(lab, cluster):
+    result = cantainer("down", "-i", str(cluster))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for host in ("h1", "h2", "h3"):
+        assert agent_pid(lab, host) is None
+        assert host_exec(lab, host, "test", "-e", remote.MEMBERS_FILE).returncode == 0  # state kept
+    # up resumes the same cluster from its state
+    assert cantainer("up", str(cluster)).returncode == 0
+    assert len([n for n in status(cluster)["nodes"] if n["state"] == "up"]) == 3
+    assert cantainer("down", "--purge", "-i", str(cluster)).returncode == 0
+    for host in ("h1", "h2", "h3"):
+        assert host_exec(lab, host, "test", "-e", remote.MEMBERS_FILE).returncode != 0
+        assert host_exec(lab, host, "test", "-e", remote.CONFIG_FILE).returncode != 0
