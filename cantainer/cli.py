@@ -41,6 +41,19 @@ def build_parser() -> Parser:
     status = command("status", "show nodes, raft, networks and containers")
     status.add_argument("--json", action="store_true", help="print one JSON document")
     status.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C")
+    network = command("network", "create, list and remove overlay networks")
+    network_verbs = network.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+    network_verbs.required = True
+    for verb, text in (("create", "create a network (one CIDR, one VXLAN VNI)"), ("rm", "remove an unused network")):
+        sub = network_verbs.add_parser(verb, help=text, description=text)
+        sub.add_argument("cidr", metavar="CIDR", help="e.g. 10.0.0.0/24")
+    listing = network_verbs.add_parser("ls", help="list networks", description="list networks")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    for sub in network_verbs.choices.values():
+        sub.add_argument("-i", "--inventory", help=f"inventory TOML (default: ${INVENTORY_ENV})")
+    ps = command("ps", "list containers")
+    ps.add_argument("-a", "--all", action="store_true", help="include exited containers")
+    ps.add_argument("--json", action="store_true", help="print JSON")
     down = command("down", "stop the agents and remove what they created on the hosts")
     down.add_argument("--purge", action="store_true", help="also remove raft state, config and bundles")
     down.add_argument("--fanout", type=int, default=32, help="hosts handled at once (default 32)")
@@ -126,7 +139,66 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 1 if result.errors else 0
 
 
-COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down}
+def cluster_call(args: argparse.Namespace, method: str, params: dict | None = None):
+    """Call `method` on whichever agent answers first (writes are forwarded to the leader)."""
+    import asyncio
+
+    from cantainer.status import open_status_source
+
+    inventory = load(args)
+
+    async def main():
+        client, _ = await open_status_source(inventory)
+        try:
+            return await client.call(method, params or {})
+        finally:
+            client.close()
+            client.connection.close()
+
+    return asyncio.run(main())
+
+
+def cmd_network(args: argparse.Namespace) -> int:
+    if args.verb == "create":
+        network = cluster_call(args, "network.create", {"cidr": args.cidr})
+        print(f"{network['cidr']} vni {network['vni']}")
+    elif args.verb == "rm":
+        cluster_call(args, "network.rm", {"cidr": args.cidr})
+        print(f"removed {args.cidr}")
+    else:
+        networks = cluster_call(args, "network.ls")
+        if args.json:
+            print(json.dumps(networks, indent=2, sort_keys=True))
+        else:
+            print_table(["CIDR", "VNI", "HOSTS", "CONTAINERS"],
+                        [[n["cidr"], n["vni"], ",".join(n["hosts"]) or "-", n["containers"]] for n in networks])
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    containers = cluster_call(args, "container.ps")
+    if not args.all:
+        containers = [c for c in containers if c["state"] not in ("exited", "dead")]
+    if args.json:
+        print(json.dumps(containers, indent=2, sort_keys=True))
+        return 0
+    rows = []
+    for c in containers:
+        state = c["state"] if c["exit_code"] is None else f"{c['state']} ({c['exit_code']})"
+        rows.append([c["name"], c["host"], c["network"], c["ip"], state, " ".join(c["command"])[:40]])
+    print_table(["NAME", "HOST", "NETWORK", "IP", "STATE", "COMMAND"], rows)
+    return 0
+
+
+def print_table(header: list[str], rows: list[list]) -> None:
+    """Plain aligned columns (pipes and scripts read these; `status` is the rich view)."""
+    cells = [header] + [[str(value) for value in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
+
+
+COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "network": cmd_network, "ps": cmd_ps}
 
 
 def main(argv: list[str] | None = None) -> int:

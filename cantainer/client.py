@@ -32,8 +32,11 @@ for chunk in iter(lambda: sock.recv(65536), b""):
 class AgentError(CantainerError):
     """The agent answered with an error (its code is kept for callers that branch on it)."""
 
+    USER_ERRORS = (protocol.REJECTED, protocol.NOT_FOUND)
+
     def __init__(self, host: str, code: str, message: str) -> None:
-        super().__init__(f"{host}: {message}")
+        # A refused request is about the user's input, not about the host that relayed it.
+        super().__init__(message if code in self.USER_ERRORS else f"{host}: {message}")
         self.code = code
 
 

@@ -27,7 +27,10 @@ async def _status_from(host: Host) -> tuple[AgentClient, dict]:
 
 
 async def open_status_source(inventory: Inventory) -> tuple[AgentClient, dict]:
-    """The first agent whose status names a leader; else any answer; else a clear error."""
+    """The first agent whose status names a leader; else any answer; else a clear error.
+
+    Also the way into the cluster for any command not tied to one host: every agent serves
+    reads from its replica and forwards writes to the leader."""
     tasks = {asyncio.ensure_future(_status_from(host)): host for host in inventory.hosts}
     fallback: tuple[AgentClient, dict] | None = None
     errors: list[str] = []

@@ -29,6 +29,7 @@ import threading
 from typing import Any, Callable, Mapping
 
 from . import protocol
+from .views import container_view, network_views
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,8 @@ def build_status(*, node: str, cluster: str, snap: dict, now: float, heartbeat_i
             "voters": voters,
         },
         "nodes": nodes,
-        "networks": sorted(state["networks"].values(), key=lambda n: n.get("name", "")),
-        "containers": sorted(state["containers"].values(), key=lambda c: c.get("name", "")),
+        "networks": network_views(state),
+        "containers": [container_view(record) for _, record in sorted(state["containers"].items())],
     }
 
 

@@ -39,6 +39,7 @@ from .api import AfterReply, ApiServer, build_status
 from .config import AgentConfig, ConfigError, read_secret
 from .fsutil import atomic_write, ensure_dir
 from .join import JoinError, JoinServer, JoinService, join_cluster, request as join_request
+from .service import ClusterMethods
 from .raft import RaftError, RaftNode, journal_path, load_members, save_members
 
 log = logging.getLogger("cantainer_agent")
@@ -231,7 +232,7 @@ class Agent:
         def stop(_params: dict) -> AfterReply:
             return AfterReply({"stopping": True}, self.stop_event.set)
 
-        return {"hello": hello, "status": status, "stop": stop}
+        return {"hello": hello, "status": status, "stop": stop, **ClusterMethods(lambda: self.raft).handlers()}
 
     # -------------------------------------------------------------- running
 

@@ -34,8 +34,10 @@ TOO_LARGE = "too_large"
 NOT_LEADER = "not_leader"
 UNAVAILABLE = "unavailable"
 INTERNAL = "internal"
+REJECTED = "rejected"  # the request was understood but refused (bad CIDR, duplicate name, …)
+NOT_FOUND = "not_found"
 ERROR_CODES = frozenset(
-    {BAD_REQUEST, UNSUPPORTED_VERSION, UNKNOWN_METHOD, TOO_LARGE, NOT_LEADER, UNAVAILABLE, INTERNAL}
+    {REJECTED, NOT_FOUND, BAD_REQUEST, UNSUPPORTED_VERSION, UNKNOWN_METHOD, TOO_LARGE, NOT_LEADER, UNAVAILABLE, INTERNAL}
 )
 
 _METHOD_RE = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")

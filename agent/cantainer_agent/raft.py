@@ -88,6 +88,10 @@ class CommandFailed(RaftError):
     """A replicated command did not commit (leader change, timeout, rejected by the state)."""
 
 
+class CommandRejected(CommandFailed):
+    """The command committed but the state machine refused it (the user's input is at fault)."""
+
+
 # ------------------------------------------------------------------ members file
 
 
@@ -157,17 +161,13 @@ class StateStore(SyncObjConsumer):
         super().__init__()
         self.state = ClusterState()
 
+    # The ONE replicated method. PySyncObj numbers replicated methods by sorted name, and log
+    # entries carry that number: adding or renaming a method would make an older log (or an
+    # older node in a rolling upgrade) call the wrong function. Commands are therefore named by
+    # string, and a node that does not know a command rejects it instead of misapplying it.
     @replicated
-    def register_node(self, name, address, raft_addr, join_addr, version, bundle, ts):
-        return _guarded(self.state.apply_register_node, name, address, raft_addr, join_addr, version, bundle, ts)
-
-    @replicated
-    def heartbeat(self, name, ts):
-        return _guarded(self.state.apply_heartbeat, name, ts)
-
-    @replicated
-    def remove_node(self, name):
-        return _guarded(self.state.apply_remove_node, name)
+    def apply(self, command, args):
+        return _guarded(self.state.apply_command, command, args)
 
 
 # ------------------------------------------------------------------- raft node
@@ -322,20 +322,27 @@ class RaftNode:
         except Exception as exc:  # SyncObjException carries a FAIL_REASON code or 'Timeout'
             code = getattr(exc, "errorCode", None)
             raise CommandFailed(f"command not committed: {FAIL_NAMES.get(code, code)}") from None
-        if not isinstance(res, dict) or not res.get("ok"):
-            raise CommandFailed(str(res.get("error") if isinstance(res, dict) else res))
+        if not isinstance(res, dict):
+            raise CommandFailed(str(res))
+        if not res.get("ok"):
+            raise CommandRejected(str(res.get("error")))
         return res.get("value")
 
     def register_node(self, *, name: str, address: str, join_addr: str, version: str, bundle: str,
                       ts: float | None = None, timeout: float = 3.0) -> dict:
-        return self._call(self.store.register_node, name, address, self.self_addr, join_addr, version, bundle,
-                          time.time() if ts is None else ts, timeout=timeout)
+        return self.apply("register_node", {"name": name, "address": address, "raft_addr": self.self_addr,
+                                            "join_addr": join_addr, "version": version, "bundle": bundle,
+                                            "ts": time.time() if ts is None else ts}, timeout=timeout)
 
     def heartbeat(self, name: str, ts: float | None = None, timeout: float = 3.0) -> bool:
-        return self._call(self.store.heartbeat, name, time.time() if ts is None else ts, timeout=timeout)
+        return self.apply("heartbeat", {"name": name, "ts": time.time() if ts is None else ts}, timeout=timeout)
 
     def remove_node(self, name: str, timeout: float = 3.0) -> bool:
-        return self._call(self.store.remove_node, name, timeout=timeout)
+        return self.apply("remove_node", {"name": name}, timeout=timeout)
+
+    def apply(self, command: str, args: dict, timeout: float = 5.0) -> Any:
+        """Replicate ``ClusterState.apply_<command>(**args)``; returns its result or raises."""
+        return self._call(self.store.apply, command, args, timeout=timeout)
 
     def add_member(self, addr: str, timeout: float = 10.0) -> str:
         """Add *addr* to the raft configuration (leader only, one change at a time).

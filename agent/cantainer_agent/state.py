@@ -9,22 +9,35 @@ Schema::
 
     nodes:      {name: {"address", "raft_addr", "join_addr", "version", "bundle",
                         "heartbeat": float, "joined_at": float}}
-    networks:   {}   (later issue)
-    containers: {}   (later issue)
+    networks:   {cidr: {"cidr", "vni", "created_at", "ips": {ip: container name}}}
+    containers: {name: {"name", "id", "host", "network", "ip", "mac", "image", "command", "env",
+                        "workdir", "limits", "created_at", "desired": "running"|"stopped",
+                        "observed": {"state", "exit_code", "pid", "started_at", "finished_at",
+                                     "reason", "reported_at"}}}
+
+A container's address is decided here (lowest free address of its network, see ipam.py) inside
+the replicated command, so it is the same on every node and never handed out twice. The host
+that runs a container reports what it observes (``apply_container_observed``); the cluster
+state is the meeting point of desired (``desired``) and observed (``observed``).
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from typing import Any
 
+from . import ipam
+from .errors import StateError
+
 SCHEMA_VERSION = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# Container names are hostnames inside the container: lowercase letters, digits, hyphens.
+CONTAINER_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+CONTAINER_STATES = ("created", "running", "exited", "dead", "unknown")
 
 
-class StateError(ValueError):
-    """A command was rejected; the state is unchanged."""
 
 
 def _check_name(name: Any) -> str:
@@ -128,6 +141,116 @@ class ClusterState:
         _check_name(name)
         return self.nodes.pop(name, None) is not None
 
+    # Commands reachable through the one replicated entry point (raft.StateStore.apply).
+    COMMANDS = ("register_node", "heartbeat", "remove_node", "create_network", "delete_network", "create_container", "container_observed",
+                "set_container_desired", "remove_container")
+
+    def apply_command(self, command: str, args: dict) -> Any:
+        if command not in self.COMMANDS or not isinstance(args, dict):
+            raise StateError(f"unknown state command {command!r}")
+        method = getattr(self, f"apply_{command}")
+        try:
+            inspect.signature(method).bind(**args)
+        except TypeError as error:
+            raise StateError(f"bad arguments for {command}: {error}") from None
+        return method(**args)
+
+    # ------------------------------------------------------------ networks
+
+    def apply_create_network(self, cidr: str, ts: float) -> dict:
+        """Create a network (idempotent for the same CIDR); returns its record without ``ips``."""
+        network = ipam.parse_cidr(cidr)
+        key = str(network)
+        if key not in self.networks:
+            ipam.check_no_overlap(network, list(self.networks))
+            vni = ipam.lowest_free_vni({n["vni"] for n in self.networks.values()})
+            self.networks[key] = {"cidr": key, "vni": vni, "created_at": _check_ts("ts", ts), "ips": {}}
+        return _network_view(self.networks[key])
+
+    def apply_delete_network(self, cidr: str) -> bool:
+        key = str(ipam.parse_cidr(cidr))
+        record = self.networks.get(key)
+        if record is None:
+            raise StateError(f"network {key} does not exist")
+        if record["ips"]:
+            users = ", ".join(sorted(record["ips"].values())[:5])
+            raise StateError(f"network {key} still has {len(record['ips'])} container(s) attached ({users}) — remove them first")
+        del self.networks[key]
+        return True
+
+    # ---------------------------------------------------------- containers
+
+    def apply_create_container(self, spec: dict, ts: float) -> dict:
+        """Record a container and allocate its address (creating its network implicitly)."""
+        name = check_container_name(spec.get("name"))
+        if name in self.containers:
+            raise StateError(f"container name {name!r} is already in use — pick another name or remove it first")
+        host = _check_name(spec.get("host"))
+        if host not in self.nodes:
+            raise StateError(f"host {host!r} is not a member of this cluster")
+        network = self.apply_create_network(spec.get("network"), ts)
+        record = self.networks[network["cidr"]]
+        ip = ipam.lowest_free_address(ipam.parse_cidr(network["cidr"]), set(record["ips"]))
+        record["ips"][ip] = name
+        container = {
+            "name": name,
+            "id": _check_str("id", spec.get("id"), 64),
+            "host": host,
+            "network": network["cidr"],
+            "ip": ip,
+            "mac": ipam.mac_for_ip(ip),
+            "image": _check_str("image", spec.get("image"), 128),
+            "command": _check_str_list("command", spec.get("command")),
+            "env": _check_env(spec.get("env", {})),
+            "workdir": _check_str("workdir", spec.get("workdir", "/"), 1024),
+            "limits": _check_limits(spec.get("limits", {})),
+            "created_at": _check_ts("ts", ts),
+            "desired": "running",
+            "observed": {"state": "created", "exit_code": None, "pid": None, "started_at": None,
+                         "finished_at": None, "reason": None, "reported_at": _check_ts("ts", ts)},
+        }
+        self.containers[name] = container
+        return copy.deepcopy(container)
+
+    def apply_container_observed(self, name: str, host: str, observed: dict, ts: float) -> bool:
+        """The container's host reports what it sees; reports from any other host are refused."""
+        container = self._container(name)
+        if container["host"] != host:
+            raise StateError(f"container {name!r} runs on {container['host']}, not {host}")
+        state = observed.get("state")
+        if state not in CONTAINER_STATES:
+            raise StateError(f"unknown container state {state!r}")
+        report = {key: observed.get(key) for key in ("state", "exit_code", "pid", "started_at", "finished_at", "reason")}
+        report["reported_at"] = _check_ts("ts", ts)
+        changed = {k: v for k, v in report.items() if k != "reported_at"} != {
+            k: v for k, v in container["observed"].items() if k != "reported_at"}
+        container["observed"] = report
+        return changed
+
+    def apply_set_container_desired(self, name: str, desired: str) -> bool:
+        if desired not in ("running", "stopped"):
+            raise StateError(f"desired state must be running or stopped, not {desired!r}")
+        container = self._container(name)
+        changed = container["desired"] != desired
+        container["desired"] = desired
+        return changed
+
+    def apply_remove_container(self, name: str) -> dict:
+        """Forget a container and release its address; returns the removed record."""
+        container = self._container(name)
+        network = self.networks.get(container["network"])
+        if network is not None:
+            network["ips"].pop(container["ip"], None)
+        del self.containers[name]
+        return container
+
+    def _container(self, name: Any) -> dict:
+        check_container_name(name)
+        container = self.containers.get(name)
+        if container is None:
+            raise StateError(f"no container named {name!r}")
+        return container
+
     # ------------------------------------------------------------------ reads
 
     def node_by_raft_addr(self, raft_addr: str) -> str | None:
@@ -143,6 +266,46 @@ class ClusterState:
             "networks": copy.deepcopy(self.networks),
             "containers": copy.deepcopy(self.containers),
         }
+
+
+def check_container_name(name: Any) -> str:
+    if not isinstance(name, str) or not CONTAINER_NAME_RE.match(name):
+        raise StateError(f"container name {name!r} is invalid — use 1-63 lowercase letters, digits and "
+                         "hyphens, starting and ending with a letter or digit")
+    return name
+
+
+def _network_view(record: dict) -> dict:
+    return {"cidr": record["cidr"], "vni": record["vni"], "created_at": record["created_at"],
+            "containers": len(record["ips"])}
+
+
+def _check_str_list(key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or len(value) > 256:
+        raise StateError(f"{key} must be a non-empty list of at most 256 strings")
+    return [_check_str(key, item, 4096) for item in value]
+
+
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def _check_env(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or len(value) > 256:
+        raise StateError("env must be a mapping of at most 256 variables")
+    for key, item in value.items():
+        if not isinstance(key, str) or not ENV_KEY_RE.match(key):
+            raise StateError(f"environment variable name {key!r} is invalid — use letters, digits and _")
+        _check_str(f"env {key}", item, 4096)
+    return dict(value)
+
+
+def _check_limits(value: Any) -> dict:
+    if not isinstance(value, dict) or set(value) - {"memory", "cpus", "pids"}:
+        raise StateError("limits may only name memory, cpus and pids")
+    for key, item in value.items():
+        if item is not None and (type(item) not in (int, float) or item <= 0 or item != item):
+            raise StateError(f"limit {key} must be a positive number")
+    return dict(value)
 
 
 # Function forms, for callers that prefer them (delegating to the methods above).

@@ -63,7 +63,8 @@ def test_single_node_commands_and_replay_after_restart(tmp_path):
         assert node.heartbeat("ghost", ts=20.0) is False
         # a rejected command comes back as an error and does not wedge the apply loop
         with pytest.raises(CommandFailed, match="already belongs"):
-            node._call(node.store.register_node, "h2", "127.0.0.1", addr, "x:1", "v", "b", 30.0, timeout=3)
+            node.apply("register_node", {"name": "h2", "address": "127.0.0.1", "raft_addr": addr, "join_addr": "x:1",
+                                          "version": "v", "bundle": "b", "ts": 30.0}, timeout=3)
         assert node.heartbeat("h1", ts=25.0) is True
         snap = node.snapshot()
         assert snap["state"]["nodes"]["h1"]["heartbeat"] == 25.0 and snap["members"] == [addr]

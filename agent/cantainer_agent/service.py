@@ -1,0 +1,76 @@
+"""The agent API's cluster methods: networks and containers.
+
+Each method validates, turns the request into replicated commands (decided in raft, identical on
+every node), and for containers placed on this host drives the local runtime and network. Reads
+come from this node's replica, which is enough for listing; anything that must be exact (names,
+addresses) is decided inside a replicated command.
+
+Methods (params → result):
+``network.create {cidr}`` → ``{cidr, vni, containers}``
+``network.ls``            → ``[{cidr, vni, hosts, containers}]``
+``network.rm {cidr}``     → ``{removed: cidr}``
+``container.ps``          → ``[{name, id, host, network, ip, mac, image, command, state, exit_code, …}]``
+``container.run``, ``container.stop``, ``container.rm``, ``image.status``, ``image.import``:
+see :class:`cantainer_agent.containers.LocalContainers`.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from . import protocol
+from .raft import CommandFailed, CommandRejected, RaftError, RaftNode
+from .views import container_view, network_views
+
+
+def _raft_or_unavailable(get_raft: Callable[[], RaftNode | None]) -> RaftNode:
+    raft = get_raft()
+    if raft is None:
+        raise protocol.ProtocolError(protocol.UNAVAILABLE, "the agent is still starting")
+    return raft
+
+
+def replicate(raft: RaftNode, command: str, args: dict, timeout: float = 5.0) -> Any:
+    """Run a state command through raft, mapping failures onto protocol errors."""
+    try:
+        return raft.apply(command, args, timeout=timeout)
+    except CommandRejected as error:
+        raise protocol.ProtocolError(protocol.REJECTED, str(error)) from None
+    except CommandFailed as error:
+        raise protocol.ProtocolError(protocol.UNAVAILABLE, f"{error} (is a majority of the cluster up?)") from None
+
+
+def read_state(raft: RaftNode) -> dict:
+    try:
+        return raft.snapshot()["state"]
+    except RaftError as error:
+        raise protocol.ProtocolError(protocol.UNAVAILABLE, str(error)) from None
+
+
+class ClusterMethods:
+    def __init__(self, get_raft: Callable[[], RaftNode | None]) -> None:
+        self._get_raft = get_raft
+
+    def handlers(self) -> dict[str, Callable[[dict], Any]]:
+        return {
+            "network.create": self.network_create,
+            "network.ls": self.network_ls,
+            "network.rm": self.network_rm,
+            "container.ps": self.container_ps,
+        }
+
+    def network_create(self, params: dict) -> dict:
+        raft = _raft_or_unavailable(self._get_raft)
+        return replicate(raft, "create_network", {"cidr": params.get("cidr"), "ts": time.time()})
+
+    def network_ls(self, _params: dict) -> list[dict]:
+        return network_views(read_state(_raft_or_unavailable(self._get_raft)))
+
+    def network_rm(self, params: dict) -> dict:
+        raft = _raft_or_unavailable(self._get_raft)
+        replicate(raft, "delete_network", {"cidr": params.get("cidr")})
+        return {"removed": params.get("cidr")}
+
+    def container_ps(self, _params: dict) -> list[dict]:
+        state = read_state(_raft_or_unavailable(self._get_raft))
+        return [container_view(record) for _, record in sorted(state["containers"].items())]
