@@ -32,7 +32,9 @@ def build_parser() -> Parser:
 
     def command(name: str, help_text: str) -> Parser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("-i", "--inventory", help=f"inventory TOML (default: ${INVENTORY_ENV})")
+        # run and exec use -i for --interactive (as docker does); they take --inventory only.
+        flags = ["--inventory"] if name in ("run", "exec") else ["-i", "--inventory"]
+        sub.add_argument(*flags, help=f"inventory TOML (default: ${INVENTORY_ENV})")
         return sub
 
     up = command("up", "push and start the agent on every host and form the cluster")
@@ -51,6 +53,32 @@ def build_parser() -> Parser:
     listing.add_argument("--json", action="store_true", help="print JSON")
     for sub in network_verbs.choices.values():
         sub.add_argument("-i", "--inventory", help=f"inventory TOML (default: ${INVENTORY_ENV})")
+    run = command("run", "start a container on a host: cantainer run --host H -n CIDR [opts] [-- CMD ARGS...]")
+    run.add_argument("--host", required=True, help="inventory host to run on")
+    run.add_argument("-n", "--network", required=True, metavar="CIDR", help="network, created on first use")
+    run.add_argument("--name", help="unique container name (default: generated)")
+    run.add_argument("--image", default="alpine", help="image name (default: alpine)")
+    run.add_argument("-d", "--detach", action="store_true", help="print name and IP and return")
+    run.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
+    run.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+    run.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable")
+    run.add_argument("-w", "--workdir", default="/", help="working directory inside the container")
+    run.add_argument("--memory", help="memory limit, e.g. 256m")
+    run.add_argument("--cpus", type=float, help="CPU limit, e.g. 0.5")
+    run.add_argument("--pids", type=int, help="maximum number of processes")
+    execute = command("exec", "run a command in a running container: cantainer exec NAME -- CMD ARGS...")
+    execute.add_argument("name", metavar="NAME")
+    execute.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
+    execute.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+    logs = command("logs", "print a container's output")
+    logs.add_argument("name", metavar="NAME")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep following until the container exits")
+    stop = command("stop", "stop a container (SIGTERM, then SIGKILL)")
+    stop.add_argument("name", metavar="NAME")
+    stop.add_argument("--time", type=float, default=10.0, help="seconds before SIGKILL (default 10)")
+    rm = command("rm", "remove a stopped container and release its address")
+    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
     ps = command("ps", "list containers")
     ps.add_argument("-a", "--all", action="store_true", help="include exited containers")
     ps.add_argument("--json", action="store_true", help="print JSON")
@@ -190,6 +218,62 @@ def cmd_ps(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_async(coroutine):
+    import asyncio
+
+    return asyncio.run(coroutine)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cantainer import containers
+
+    if (args.interactive or args.tty) and args.detach:
+        raise UsageError("-d cannot be combined with -i/-t", "use `cantainer exec -it NAME -- sh` on a detached container")
+    if args.tty and not containers.stdin_is_tty():
+        raise UsageError("-t needs a terminal on stdin and stdout", "drop -t when piping")
+    request = containers.RunRequest(
+        host=args.host, network=args.network, image=args.image, name=args.name,
+        command=args.command_argv or ["/bin/sh"], env=containers.parse_env(args.env), workdir=args.workdir,
+        memory=containers.parse_size(args.memory) if args.memory else None, cpus=args.cpus, pids=args.pids,
+    )
+    if request.cpus is not None and request.cpus <= 0 or request.pids is not None and request.pids <= 0:
+        raise UsageError("--cpus and --pids must be positive")
+    return run_async(containers.run(load(args), request, args.detach, args.interactive, args.tty))
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from cantainer import containers
+
+    if not args.command_argv:
+        raise UsageError("no command given", "write it after --, e.g. cantainer exec web -- cat /etc/hostname")
+    if args.tty and not containers.stdin_is_tty():
+        raise UsageError("-t needs a terminal on stdin and stdout", "drop -t when piping")
+    return run_async(containers.exec_in(load(args), args.name, args.command_argv, args.interactive, args.tty))
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from cantainer import containers
+
+    run_async(containers.logs(load(args), args.name, args.follow))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from cantainer import containers
+
+    result = run_async(containers.stop(load(args), args.name, args.time))
+    print(f"{args.name} {result.get('state', 'stopped')}")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from cantainer import containers
+
+    run_async(containers.remove(load(args), args.name, args.force))
+    print(f"removed {args.name}")
+    return 0
+
+
 def print_table(header: list[str], rows: list[list]) -> None:
     """Plain aligned columns (pipes and scripts read these; `status` is the rich view)."""
     cells = [header] + [[str(value) for value in row] for row in rows]
@@ -198,12 +282,23 @@ def print_table(header: list[str], rows: list[list]) -> None:
         print("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
 
 
-COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "network": cmd_network, "ps": cmd_ps}
+COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "network": cmd_network, "ps": cmd_ps,
+            "run": cmd_run, "exec": cmd_exec, "logs": cmd_logs, "stop": cmd_stop, "rm": cmd_rm}
+
+
+def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Everything after the first `--` is the container command, passed through untouched."""
+    if "--" in argv:
+        index = argv.index("--")
+        return argv[:index], argv[index + 1:]
+    return argv, []
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        options, command_argv = split_command(sys.argv[1:] if argv is None else argv)
+        args = build_parser().parse_args(options)
+        args.command_argv = command_argv
         return COMMANDS[args.command](args)
     except CantainerError as error:
         print(f"cantainer: error: {error}", file=sys.stderr)

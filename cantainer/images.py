@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cantainer.errors import CantainerError
+
 
 @dataclass(frozen=True)
 class PinnedImage:
@@ -47,3 +49,64 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class ImageError(CantainerError):
+    """An image cannot be resolved, fetched or verified."""
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    name: str
+    sha256: str
+    path: Path  # a local tarball whose sha256 has been verified
+
+
+def _verified(name: str, path: Path, sha256: str) -> ResolvedImage:
+    actual = file_sha256(path)
+    if actual != sha256:
+        raise ImageError(f"image {name!r}: sha256 mismatch for {path} (expected {sha256[:16]}…, got {actual[:16]}…)",
+                         "the file is corrupt or not the pinned image; fix the path or the sha256 in the inventory")
+    return ResolvedImage(name, sha256, path)
+
+
+def _download(name: str, url: str, sha256: str) -> Path:
+    import urllib.request
+
+    target = cached_path(sha256)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".download")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise ImageError(f"image {name!r}: cannot download {url} ({error})",
+                         f"put the tarball at {target} (it is checked against sha256 {sha256[:16]}…)") from None
+    if file_sha256(partial) != sha256:
+        partial.unlink(missing_ok=True)
+        raise ImageError(f"image {name!r}: sha256 mismatch for the download from {url}",
+                         "the pin or the mirror is wrong; check the sha256 in the inventory")
+    partial.replace(target)
+    return target
+
+
+def resolve_image(name: str, overrides: dict) -> ResolvedImage:
+    """The inventory's [images.NAME] wins over the built-in catalog; the cache avoids re-fetching."""
+    source = overrides.get(name)
+    if source is not None:
+        if source.path is not None:
+            if not source.path.exists():
+                raise ImageError(f"image {name!r}: file {source.path} does not exist", "fix `path` in the inventory's [images]")
+            return _verified(name, source.path, source.sha256)
+        url, sha256 = source.url, source.sha256
+    elif name in CATALOG:
+        url, sha256 = CATALOG[name].url, CATALOG[name].sha256
+    else:
+        known = ", ".join(sorted(set(CATALOG) | set(overrides)))
+        raise ImageError(f"unknown image {name!r}", f"use one of: {known}, or add [images.{name}] to the inventory")
+    cached = cached_path(sha256)
+    if cached.exists():
+        return _verified(name, cached, sha256)
+    return ResolvedImage(name, sha256, _download(name, url, sha256))

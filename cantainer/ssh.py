@@ -124,6 +124,13 @@ class Connection:
             await remote.write(data)
         await sftp.chmod(path, mode)
 
+    async def create_process(self, argv: list[str], **options) -> asyncssh.SSHClientProcess:
+        """A remote process with streams (and optionally a PTY) for interactive use."""
+        try:
+            return await self._conn.create_process(self.command_line(argv), **options)
+        except (asyncssh.Error, OSError) as error:
+            raise HostError(self.host.name, f"cannot start `{argv[0]}`: {error}") from None
+
     async def open_unix(self, socket_path: str) -> tuple[asyncssh.SSHReader, asyncssh.SSHWriter]:
         """A byte stream to a unix socket on the host (SSH direct-streamlocal)."""
         return await self._conn.open_unix_connection(socket_path)

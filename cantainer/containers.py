@@ -1,0 +1,156 @@
+"""Workstation side of the container commands: run, exec, logs, stop, rm.
+
+`run` talks to the chosen host's agent; the others first find the container's host from the
+cluster state (any agent can answer), then act there. Output streams (logs, exec, attached run)
+travel over SSH exec channels running the agent bundle's own tools on the host, so no TCP port
+and no shell command line built from user strings is involved.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from cantainer import remote, ssh
+from cantainer.client import AgentClient
+from cantainer.errors import CantainerError
+from cantainer.images import resolve_image
+from cantainer.inventory import Host, Inventory
+from cantainer.status import open_status_source
+from cantainer.terminal import stream_command
+
+IMAGE_INCOMING = f"{remote.DATA_DIR}/images/incoming"
+
+
+class ContainerNotFound(CantainerError):
+    pass
+
+
+@dataclass
+class RunRequest:
+    host: str
+    network: str
+    image: str = "alpine"
+    name: str | None = None
+    command: list[str] = field(default_factory=lambda: ["/bin/sh"])
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    memory: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
+
+
+class HostSession:
+    """One SSH connection + agent client to a host, closed on exit."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    async def __aenter__(self) -> "HostSession":
+        self.connection = await ssh.connect(self.host)
+        self.client = AgentClient(self.connection)
+        hello = await self.client.call("hello")
+        self.bundle = remote.bundle_dir(hello["bundle"])
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.client.close()
+        self.connection.close()
+
+    def tool(self, *args: str) -> list[str]:
+        """argv for one of the agent bundle's host-side tools."""
+        return [self.host.python, self.bundle, *args]
+
+
+async def ensure_image(session: HostSession, image) -> None:
+    if (await session.client.call("image.status", {"sha256": image.sha256}))["present"]:
+        return
+    staging = f"{IMAGE_INCOMING}/{image.sha256}.tar.gz"
+    await session.connection.run(["install", "-d", "-m", "700", IMAGE_INCOMING])
+    await session.connection.write_file(staging, image.path.read_bytes(), 0o600)
+    await session.client.call("image.import", {"sha256": image.sha256, "path": staging}, timeout=120)
+
+
+async def run(inventory: Inventory, request: RunRequest, detach: bool, interactive: bool, use_tty: bool) -> int:
+    host = inventory.host(request.host)
+    image = resolve_image(request.image, inventory.images)
+    async with HostSession(host) as session:
+        await ensure_image(session, image)
+        params = {"name": request.name, "network": request.network, "image": request.image,
+                  "image_sha256": image.sha256, "command": request.command, "env": request.env,
+                  "workdir": request.workdir, "interactive": interactive, "tty": use_tty,
+                  "limits": {k: v for k, v in (("memory", request.memory), ("cpus", request.cpus),
+                                               ("pids", request.pids)) if v is not None}}
+        created = await session.client.call("container.run", params, timeout=60)
+        if detach:
+            print(f"{created['name']} {created['ip']}")
+            return 0
+        if interactive or use_tty:
+            return await stream_command(session.connection, session.tool("attach", created["id"]), interactive, use_tty)
+        return await stream_command(session.connection, session.tool("logs", created["id"], "--follow", "--exit-code"),
+                                    interactive=False, use_tty=False)
+
+
+async def find(inventory: Inventory, name: str) -> tuple[dict, Host]:
+    client, _ = await open_status_source(inventory)
+    try:
+        containers = await client.call("container.ps")
+    finally:
+        client.close()
+        client.connection.close()
+    for container in containers:
+        if container["name"] == name:
+            return container, inventory.host(container["host"])
+    raise ContainerNotFound(f"no container named {name!r}", "see `cantainer ps -a` for the containers that exist")
+
+
+async def exec_in(inventory: Inventory, name: str, command: list[str], interactive: bool, use_tty: bool) -> int:
+    container, host = await find(inventory, name)
+    async with HostSession(host) as session:
+        argv = session.tool("exec", container["id"], *(["--tty"] if use_tty else []), "--", *command)
+        return await stream_command(session.connection, argv, interactive, use_tty)
+
+
+async def logs(inventory: Inventory, name: str, follow: bool) -> int:
+    container, host = await find(inventory, name)
+    async with HostSession(host) as session:
+        argv = session.tool("logs", container["id"], *(["--follow"] if follow else []))
+        return await stream_command(session.connection, argv, interactive=False, use_tty=False)
+
+
+async def stop(inventory: Inventory, name: str, timeout: float) -> dict:
+    _, host = await find(inventory, name)
+    async with HostSession(host) as session:
+        return await session.client.call("container.stop", {"name": name, "timeout": timeout}, timeout=timeout + 10)
+
+
+async def remove(inventory: Inventory, name: str, force: bool) -> dict:
+    _, host = await find(inventory, name)
+    async with HostSession(host) as session:
+        return await session.client.call("container.rm", {"name": name, "force": force}, timeout=30)
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CantainerError(f"-e {item!r} is not KEY=VALUE", "write it like -e GREETING=hello")
+        env[key] = value
+    return env
+
+
+def parse_size(text: str) -> int:
+    """'256m' → bytes (k, m, g suffixes, powers of 1024)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    body, unit = (text[:-1], units[text[-1].lower()]) if text and text[-1].lower() in units else (text, 1)
+    try:
+        value = int(float(body) * unit)
+    except ValueError:
+        raise CantainerError(f"--memory {text!r} is not a size", "write it like 256m or 1g") from None
+    if value < 4 << 20:
+        raise CantainerError(f"--memory {text} is too small", "give at least 4m")
+    return value
+
+
+def stdin_is_tty() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
