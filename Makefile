@@ -33,7 +33,7 @@ test: setup
 	$(VENV)/bin/python -m pytest -q tests
 
 test-unit: setup
-	$(VENV)/bin/python -m pytest -q tests/unit
+	$(VENV)/bin/python -m pytest -q tests/unit tests/overlay/test_model.py tests/overlay/test_plan.py
 
 clean-labs:
 	$(NEEDS_ROOT)

@@ -1,0 +1,377 @@
+"""Desired vs observed → the minimal list of actions, as pure data (no kernel access).
+
+The diff is level-triggered and idempotent: when the kernel already matches, it is empty, so an
+agent restart or a periodic pass never deletes and re-adds a correct entry (no flapping, no
+packet loss). Actions come in a safe order:
+
+1. delete links nobody wants (orphaned container veths, devices of networks no longer needed
+   here, devices of the wrong kind or with the wrong VXLAN settings — those are recreated);
+2. delete routes and addresses on our devices, then stale FDB and neighbour entries;
+3. create missing bridges, then VXLAN devices, and fix MTU / master / up / inet settings;
+4. fix container veth ports (master, MTU, up);
+5. add or replace the FDB and neighbour entries for remote containers.
+
+Forwarding model (docker's peerDB, flannel's vxlan backend): for each remote container on a
+network this host has, one permanent FDB entry (its MAC → its host's VTEP) and one permanent
+neighbour entry (its IP → its MAC) on the network's VXLAN device, which runs with ``learning
+off`` and ``proxy`` on, so ARP requests for remote containers are answered on this host and
+never cross the underlay. No all-zero (flooding) FDB entry is needed — broadcasts and unknown
+unicast are never sent to other hosts — and any such entry found is removed.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from .model import (
+    DesiredHost,
+    FdbEntry,
+    LinkState,
+    NeighEntry,
+    Observed,
+    RouteEntry,
+    VxlanInfo,
+    bridge_name,
+    owned_kind,
+    vxlan_name,
+)
+
+IPV6_ADDR_GEN_MODE_NONE = 1  # IN6_ADDR_GEN_MODE_NONE: the kernel adds no link-local address
+
+
+class Action:
+    """Base of all actions. Subclasses are frozen dataclasses; ``str()`` is a one-line summary."""
+
+    dev: str
+
+
+@dataclass(frozen=True)
+class DeleteLink(Action):
+    dev: str
+    reason: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        return f"delete link {self.dev}" + (f" ({self.reason})" if self.reason else "")
+
+
+@dataclass(frozen=True)
+class CreateBridge(Action):
+    """Create a bridge: MTU set, IPv4 forwarding off, no IPv6 link-local, then up."""
+
+    dev: str
+    mtu: int
+
+    def __str__(self) -> str:
+        return f"create bridge {self.dev} mtu {self.mtu}"
+
+
+@dataclass(frozen=True)
+class CreateVxlan(Action):
+    """Create a VXLAN device (learning off, proxy on, no group), enslave it to ``master``, up."""
+
+    dev: str
+    vni: int
+    local: str
+    port: int
+    mtu: int
+    master: str
+
+    def __str__(self) -> str:
+        return (f"create vxlan {self.dev} id {self.vni} local {self.local} dstport {self.port} "
+                f"mtu {self.mtu} master {self.master}")
+
+
+@dataclass(frozen=True)
+class SetMtu(Action):
+    dev: str
+    mtu: int
+
+    def __str__(self) -> str:
+        return f"set {self.dev} mtu {self.mtu}"
+
+
+@dataclass(frozen=True)
+class SetMaster(Action):
+    dev: str
+    master: str
+
+    def __str__(self) -> str:
+        return f"set {self.dev} master {self.master}"
+
+
+@dataclass(frozen=True)
+class SetUp(Action):
+    dev: str
+
+    def __str__(self) -> str:
+        return f"set {self.dev} up"
+
+
+@dataclass(frozen=True)
+class SetInetConf(Action):
+    """Per-device inet settings: IPv4 forwarding off (bridges), IPv6 address generation none."""
+
+    dev: str
+    ipv4_forwarding: int | None = None
+    ipv6_addr_gen_mode: int | None = None
+
+    def __str__(self) -> str:
+        parts = []
+        if self.ipv4_forwarding is not None:
+            parts.append(f"ipv4 forwarding {self.ipv4_forwarding}")
+        if self.ipv6_addr_gen_mode is not None:
+            parts.append(f"ipv6 addrgenmode {self.ipv6_addr_gen_mode}")
+        return f"set {self.dev} " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class DeleteAddress(Action):
+    dev: str
+    address: str  # "ip/prefixlen"
+
+    def __str__(self) -> str:
+        return f"delete address {self.address} from {self.dev}"
+
+
+@dataclass(frozen=True)
+class DeleteRoute(Action):
+    route: RouteEntry
+
+    @property
+    def dev(self) -> str:  # type: ignore[override]
+        return self.route.dev
+
+    def __str__(self) -> str:
+        r = self.route
+        return f"delete route {r.dst or 'default'}/{r.dst_len} table {r.table} dev {r.dev}"
+
+
+@dataclass(frozen=True)
+class DeleteFdb(Action):
+    entry: FdbEntry
+
+    @property
+    def dev(self) -> str:  # type: ignore[override]
+        return self.entry.dev
+
+    def __str__(self) -> str:
+        return f"delete fdb {self.entry.mac} dst {self.entry.dst} dev {self.entry.dev}"
+
+
+@dataclass(frozen=True)
+class ReplaceFdb(Action):
+    """Add, or rewrite in place, the permanent FDB entry ``mac → dst`` on VXLAN device ``dev``."""
+
+    dev: str
+    mac: str
+    dst: str
+
+    def __str__(self) -> str:
+        return f"fdb {self.mac} dst {self.dst} dev {self.dev} permanent"
+
+
+@dataclass(frozen=True)
+class DeleteNeigh(Action):
+    entry: NeighEntry
+
+    @property
+    def dev(self) -> str:  # type: ignore[override]
+        return self.entry.dev
+
+    def __str__(self) -> str:
+        return f"delete neigh {self.entry.ip} dev {self.entry.dev}"
+
+
+@dataclass(frozen=True)
+class ReplaceNeigh(Action):
+    """Add, or rewrite in place, the permanent neighbour entry ``ip → mac`` on ``dev``."""
+
+    dev: str
+    ip: str
+    mac: str
+
+    def __str__(self) -> str:
+        return f"neigh {self.ip} lladdr {self.mac} dev {self.dev} permanent"
+
+
+# -------------------------------------------------------------------------------- wanted state
+
+
+def wanted_fdb(desired: DesiredHost) -> set[FdbEntry]:
+    vni = {net.cidr: net.vni for net in desired.networks}
+    return {FdbEntry(vxlan_name(vni[ep.network_cidr]), ep.mac, ep.vtep) for ep in desired.remote}
+
+
+def wanted_neigh(desired: DesiredHost) -> set[NeighEntry]:
+    vni = {net.cidr: net.vni for net in desired.networks}
+    return {NeighEntry(vxlan_name(vni[ep.network_cidr]), ep.ip, ep.mac) for ep in desired.remote}
+
+
+def wanted_vxlan(desired: DesiredHost, vni: int) -> VxlanInfo:
+    return VxlanInfo(vni=vni, local=desired.vtep, port=desired.vxlan_port, learning=False, proxy=True, group=None)
+
+
+# ----------------------------------------------------------------------------------------- diff
+
+
+def diff(desired: DesiredHost, observed: Observed) -> list[Action]:
+    """The actions that turn ``observed`` into ``desired``; empty when they already agree."""
+    mtu = desired.mtu
+    links = observed.links
+    nets = {net.vni: net for net in desired.networks}
+    vni_of = {net.cidr: net.vni for net in desired.networks}
+    veths = {ep.host_veth: ep for ep in desired.local}
+
+    deletes: list[Action] = []
+    cleanup: list[Action] = []
+    creates: list[Action] = []
+    ports: list[Action] = []
+    adds: list[Action] = []
+    gone: set[str] = set()  # links deleted by this plan: their entries/addresses go with them
+
+    def delete(name: str, reason: str) -> None:
+        deletes.append(DeleteLink(name, reason))
+        gone.add(name)
+
+    # 1. links we own but nobody wants — ports first, bridges last
+    order = {"veth": 0, "vxlan": 1, "bridge": 2}
+    owned = []
+    for name in links:
+        kind_vni = owned_kind(name)
+        if kind_vni is not None:
+            owned.append((order[kind_vni[0]], name, kind_vni[0], kind_vni[1]))
+    for _, name, kind, vni in sorted(owned):
+        if kind == "veth" and name not in veths:
+            delete(name, "no such container on this host")
+        elif kind in ("vxlan", "bridge") and vni not in nets:
+            delete(name, f"network with VNI {vni} not needed on this host")
+
+    # 2./3. per network: bridge, then VXLAN device
+    for vni, net in sorted(nets.items()):
+        br, vx = bridge_name(vni), vxlan_name(vni)
+        link = links.get(br)
+        if link is not None and link.kind != "bridge":
+            delete(br, f"is a {link.kind}, not a bridge")
+            link = None
+        if link is None:
+            creates.append(CreateBridge(br, mtu))
+        else:
+            creates.extend(_fix_link(link, mtu, master=None, forwarding=0))
+            cleanup.extend(DeleteAddress(br, a) for a in link.addresses)
+
+        link = links.get(vx)
+        want = wanted_vxlan(desired, vni)
+        if link is not None and (link.kind != "vxlan" or link.vxlan != want):
+            delete(vx, "VXLAN settings differ" if link.kind == "vxlan" else f"is a {link.kind}, not a vxlan")
+            link = None
+        if link is None:
+            creates.append(CreateVxlan(vx, vni, desired.vtep, desired.vxlan_port, mtu, br))
+        else:
+            creates.extend(_fix_link(link, mtu, master=br, forwarding=None))
+            cleanup.extend(DeleteAddress(vx, a) for a in link.addresses)
+
+    # 4. container veths that exist (creating them is attach_container's job: it needs the PID)
+    for name, ep in sorted(veths.items()):
+        link = links.get(name)
+        if link is None or name in gone:
+            continue
+        if link.kind != "veth":
+            delete(name, f"is a {link.kind}, not a veth")
+            continue
+        ports.extend(_fix_link(link, mtu, master=bridge_name(vni_of[ep.network_cidr]), forwarding=None))
+        cleanup.extend(DeleteAddress(name, a) for a in link.addresses)
+
+    # 2. routes through our devices: a bridge must never be a route's output device
+    cleanup[:0] = [DeleteRoute(r) for r in sorted(observed.routes) if r.dev not in gone]
+
+    # 2./5. FDB: grouped per (device, MAC) — a device holds one entry per MAC, possibly with
+    # several remotes; rewrite a single wrong remote in place rather than delete + add
+    want_fdb = {(e.dev, e.mac): e for e in wanted_fdb(desired)}
+    have_fdb: dict[tuple[str, str], list[FdbEntry]] = defaultdict(list)
+    for entry in observed.fdb:
+        if entry.dev not in gone:
+            have_fdb[(entry.dev, entry.mac)].append(entry)
+    for key in sorted(set(want_fdb) | set(have_fdb)):
+        want_entry, have = want_fdb.get(key), sorted(have_fdb.get(key, ()))
+        if want_entry is not None and want_entry in have:
+            stale = [e for e in have if e != want_entry]
+        elif want_entry is not None and len(have) == 1 and have[0].port is None and have[0].vni is None:
+            stale = []  # replaced in place below
+        else:
+            stale = have
+        cleanup.extend(DeleteFdb(e) for e in stale)
+        if want_entry is not None and want_entry not in have:
+            adds.append(ReplaceFdb(want_entry.dev, want_entry.mac, want_entry.dst))  # type: ignore[arg-type]
+
+    # 2./5. neighbours: one per (device, IP); replace rewrites in place
+    want_neigh = {(e.dev, e.ip): e for e in wanted_neigh(desired)}
+    have_neigh = {(e.dev, e.ip): e for e in observed.neigh if e.dev not in gone}
+    for key in sorted(set(want_neigh) | set(have_neigh)):
+        want_n, have_n = want_neigh.get(key), have_neigh.get(key)
+        if want_n is None:
+            cleanup.append(DeleteNeigh(have_n))  # type: ignore[arg-type]
+        elif want_n != have_n:
+            adds.append(ReplaceNeigh(want_n.dev, want_n.ip, want_n.mac))  # type: ignore[arg-type]
+
+    return deletes + cleanup + creates + ports + adds
+
+
+def _fix_link(link: LinkState, mtu: int, master: str | None, forwarding: int | None) -> list[Action]:
+    """Settings of an existing device: only what differs. Unknown (unreported) values are left."""
+    actions: list[Action] = []
+    if link.mtu != mtu:
+        actions.append(SetMtu(link.name, mtu))
+    if master is not None and link.master != master:
+        actions.append(SetMaster(link.name, master))
+    fwd = forwarding if forwarding is not None and link.ipv4_forwarding not in (None, forwarding) else None
+    gen = (IPV6_ADDR_GEN_MODE_NONE
+           if link.ipv6_addr_gen_mode not in (None, IPV6_ADDR_GEN_MODE_NONE) else None)
+    if fwd is not None or gen is not None:
+        actions.append(SetInetConf(link.name, fwd, gen))
+    if not link.up:
+        actions.append(SetUp(link.name))
+    return actions
+
+
+# --------------------------------------------------------------------------------------- health
+
+
+def health(desired: DesiredHost, observed: Observed) -> dict:
+    """Expected vs programmed state per network, JSON-ready, for ``status``.
+
+    ``pending`` counts the actions a reconcile would still apply (0 = converged);
+    ``ports_missing`` lists local containers whose veth is not on the bridge (not attached yet).
+    """
+    fdb, neigh = wanted_fdb(desired), wanted_neigh(desired)
+    networks = {}
+    for net in desired.networks:
+        br, vx = bridge_name(net.vni), vxlan_name(net.vni)
+        bl, vl = observed.links.get(br), observed.links.get(vx)
+        want_f = {e for e in fdb if e.dev == vx}
+        want_n = {e for e in neigh if e.dev == vx}
+        local = [ep for ep in desired.local if ep.network_cidr == net.cidr]
+        missing = sorted(ep.container_id for ep in local
+                         if (observed.links.get(ep.host_veth) or _NO_LINK).master != br)
+        networks[net.cidr] = {
+            "vni": net.vni,
+            "bridge": bool(bl and bl.kind == "bridge" and bl.up and bl.mtu == desired.mtu),
+            "vxlan": bool(vl and vl.vxlan == wanted_vxlan(desired, net.vni) and vl.up
+                          and vl.mtu == desired.mtu and vl.master == br),
+            "fdb_expected": len(want_f),
+            "fdb_programmed": len(want_f & observed.fdb),
+            "neigh_expected": len(want_n),
+            "neigh_programmed": len(want_n & observed.neigh),
+            "local_containers": len(local),
+            "ports_missing": missing,
+        }
+    return {
+        "node": desired.node,
+        "vtep": desired.vtep,
+        "mtu": desired.mtu,
+        "networks": networks,
+        "pending": len(diff(desired, observed)),
+        "skipped": list(desired.skipped),
+    }
+
+
+_NO_LINK = LinkState(name="", index=0, kind=None, mtu=0, up=False)

@@ -1,0 +1,78 @@
+"""The agent's level-triggered control loop.
+
+Each reconciler compares desired state (the raft replica) with observed state (kernel, /proc,
+disk) and applies the minimal difference; it is idempotent, so running it too often is harmless
+and running it after a missed event repairs everything. One thread owns the loop, so reconcilers
+never race each other. It runs when triggered (a raft command applied, a container exited, an API
+write) and at least every ``period`` seconds — the period is the safety net, not the mechanism.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler(Protocol):
+    name: str
+
+    def reconcile(self) -> None: ...
+
+
+class ReconcileLoop:
+    def __init__(self, reconcilers: list[Reconciler], period: float = 5.0) -> None:
+        self._reconcilers = reconcilers
+        self._period = period
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._done = threading.Condition()
+        self._generation = 0  # completed passes, for callers that wait for one
+        self._running = False
+        self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    def run_once_and_wait(self, timeout: float = 10.0) -> bool:
+        """Trigger a pass and wait until a pass that started after this call has finished."""
+        with self._done:
+            # A pass already running may have read the state before our caller's change.
+            target = self._generation + (2 if self._running else 1)
+        self.trigger()
+        deadline = time.monotonic() + timeout
+        with self._done:
+            while self._generation < target:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._done.wait(left):
+                    return False
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._period)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            with self._done:
+                self._running = True
+            for reconciler in self._reconcilers:
+                try:
+                    reconciler.reconcile()
+                except Exception:  # noqa: BLE001 - one failing pass must not stop the loop
+                    log.exception("%s reconcile failed; retrying on the next pass", reconciler.name)
+            with self._done:
+                self._running = False
+                self._generation += 1
+                self._done.notify_all()
