@@ -81,6 +81,7 @@ def desired_config(inventory: Inventory, outcome: HostOutcome, addresses: dict[s
         "bootstrap": bootstrap,
         "secret_file": remote.SECRET_FILE,
         "voters": cluster.voters,
+        "vxlan_port": cluster.vxlan_port,
         "bundle": outcome.bundle.digest,
         "data_dir": remote.DATA_DIR,
         "run_dir": remote.RUN_DIR,

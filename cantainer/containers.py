@@ -106,7 +106,7 @@ async def find(inventory: Inventory, name: str) -> tuple[dict, Host]:
 async def exec_in(inventory: Inventory, name: str, command: list[str], interactive: bool, use_tty: bool) -> int:
     container, host = await find(inventory, name)
     async with HostSession(host) as session:
-        argv = session.tool("exec", container["id"], *(["--tty"] if use_tty else []), "--", *command)
+        argv = session.tool("exec", *(["--tty"] if use_tty else []), container["id"], "--", *command)
         return await stream_command(session.connection, argv, interactive, use_tty)
 
 

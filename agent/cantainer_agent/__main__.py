@@ -15,7 +15,23 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", required=True, help="path of the agent config (JSON)")
     run.add_argument("--daemon", action="store_true", help="detach; exit 0 once ready, 1 with one error line")
     sub.add_parser("version", help="print the agent version")
+    logs = sub.add_parser("logs", help="print a container's log (host-side tool)")
+    logs.add_argument("id")
+    logs.add_argument("--follow", action="store_true")
+    logs.add_argument("--exit-code", action="store_true", help="exit with the container's exit code")
+    execute = sub.add_parser("exec", help="run a command in a container (host-side tool)")
+    execute.add_argument("id")
+    execute.add_argument("--tty", action="store_true", help="stdio is a terminal (informational)")
+    execute.add_argument("argv", nargs=argparse.REMAINDER)
+    for tool in (logs, execute):
+        tool.add_argument("--config", default="/etc/cantainer/agent.json")
     args = parser.parse_args(argv)
+    if args.command in ("logs", "exec"):
+        from .tools import main as tool_main
+
+        if args.command == "exec":
+            args.argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        return tool_main(args.command, args)
 
     if args.command == "version":
         print(__version__)

@@ -16,6 +16,7 @@ Keys (unknown keys are rejected so typos surface)::
     voters              int   3         odd, 1..9 (reported; every member is a voter for now)
     bundle              str   ""        content hash of the pushed agent bundle (reported in status)
     heartbeat_interval  float 2.0       seconds between heartbeats (0.1..60)
+    vxlan_port          int   4789      UDP port of the overlay's VXLAN devices
 
 Every error raised is a :class:`ConfigError` whose message names the file and the key.
 """
@@ -45,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "voters": 3,
     "bundle": "",
     "heartbeat_interval": 2.0,
+    "vxlan_port": 4789,
 }
 REQUIRED = ("cluster", "node", "address", "secret_file")
 KNOWN_KEYS = frozenset(REQUIRED) | frozenset(DEFAULTS)
@@ -70,6 +72,7 @@ class AgentConfig:
     voters: int = 3
     bundle: str = ""
     heartbeat_interval: float = 2.0
+    vxlan_port: int = 4789
 
     @property
     def raft_addr(self) -> str:
@@ -197,6 +200,7 @@ def parse_config(data: Any, where: str = "config", check_files: bool = True) -> 
         voters=voters,
         bundle=bundle,
         heartbeat_interval=float(hb),
+        vxlan_port=_port(where, "vxlan_port", merged["vxlan_port"]),
     )
     if check_files:
         check_secret_file(cfg.secret_file)

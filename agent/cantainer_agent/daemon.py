@@ -39,6 +39,9 @@ from .api import AfterReply, ApiServer, build_status
 from .config import AgentConfig, ConfigError, read_secret
 from .fsutil import atomic_write, ensure_dir
 from .join import JoinError, JoinServer, JoinService, join_cluster, request as join_request
+from .containers import LocalContainers
+from .network import HostNetwork
+from .reconcile import ReconcileLoop
 from .service import ClusterMethods
 from .raft import RaftError, RaftNode, journal_path, load_members, save_members
 
@@ -68,6 +71,8 @@ class Agent:
         self._hb_thread: threading.Thread | None = None
         self._pid_written = False
         self.start_mode = ""
+        self.reconcile_loop: ReconcileLoop | None = None
+        self.containers: LocalContainers | None = None
 
     # ------------------------------------------------------------ start-up
 
@@ -81,6 +86,9 @@ class Agent:
             raise StartupError(f"cannot create directory {exc.filename}: {exc.strerror}") from None
         self._take_lock()
         self._write_pid()
+        self.network = HostNetwork(cfg, self._read_state)
+        self.containers = LocalContainers(cfg, lambda: self.raft, self.network, self._trigger_reconcile)
+        self.reconcile_loop = ReconcileLoop([self.containers, self.network])
         try:
             self._api = ApiServer(cfg.socket_path, self._handlers())
         except OSError as exc:
@@ -102,6 +110,8 @@ class Agent:
         except RaftError as exc:
             raise StartupError(str(exc)) from None
         self.raft = raft
+        raft.on_state_change = self.reconcile_loop.trigger
+        self.reconcile_loop.start()
         self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self._hb_thread.start()
         log.info("agent %s ready: node=%s cluster=%s raft=%s join=%s mode=%s", __version__, cfg.node,
@@ -232,7 +242,15 @@ class Agent:
         def stop(_params: dict) -> AfterReply:
             return AfterReply({"stopping": True}, self.stop_event.set)
 
-        return {"hello": hello, "status": status, "stop": stop, **ClusterMethods(lambda: self.raft).handlers()}
+        return {"hello": hello, "status": status, "stop": stop, **ClusterMethods(lambda: self.raft).handlers(),
+                **self.containers.handlers()}
+
+    def _read_state(self) -> dict:
+        return self.raft.snapshot()["state"]
+
+    def _trigger_reconcile(self) -> None:
+        if self.reconcile_loop is not None:
+            self.reconcile_loop.trigger()
 
     # -------------------------------------------------------------- running
 
@@ -255,6 +273,10 @@ class Agent:
                     log.exception("error stopping %s server", name)
         if self._hb_thread is not None:
             self._hb_thread.join(5)
+        if self.reconcile_loop is not None:
+            self.reconcile_loop.stop()
+        if self.containers is not None:
+            self.containers.close()  # stops the fork server only: containers keep running
         if self.raft is not None:
             self.raft.stop()
         if self._pid_written and _read_pid(self.cfg.pid_file) == os.getpid():

@@ -65,6 +65,9 @@ class ClusterState:
         self.nodes: dict[str, dict] = {}
         self.networks: dict[str, dict] = {}
         self.containers: dict[str, dict] = {}
+        # Counts commands that may change what a host must program (everything but heartbeats),
+        # so reconcilers wake on real changes only.
+        self.revision = 0
 
     # pickling: plain dicts plus a schema number, so a snapshot stays readable
     def __getstate__(self) -> dict:
@@ -73,12 +76,14 @@ class ClusterState:
             "nodes": self.nodes,
             "networks": self.networks,
             "containers": self.containers,
+            "revision": self.revision,
         }
 
     def __setstate__(self, data: dict) -> None:
         self.nodes = dict(data.get("nodes", {}))
         self.networks = dict(data.get("networks", {}))
         self.containers = dict(data.get("containers", {}))
+        self.revision = int(data.get("revision", 0))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ClusterState) and self.to_dict() == other.to_dict()
@@ -153,7 +158,10 @@ class ClusterState:
             inspect.signature(method).bind(**args)
         except TypeError as error:
             raise StateError(f"bad arguments for {command}: {error}") from None
-        return method(**args)
+        result = method(**args)
+        if command != "heartbeat":
+            self.revision += 1
+        return result
 
     # ------------------------------------------------------------ networks
 

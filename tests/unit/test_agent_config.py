@@ -134,3 +134,13 @@ def test_read_secret(secret, tmp_path):
     os.close(fd)
     with pytest.raises(ConfigError, match="weak"):
         read_secret(str(weak))
+
+
+def test_importing_the_agent_keeps_a_working_inet_ntop():
+    """pysyncobj replaces socket.inet_ntop with a Windows shim; the agent package undoes it."""
+    import socket
+
+    import cantainer_agent.raft  # noqa: F401  (pulls in pysyncobj's transport)
+    import pysyncobj.tcp_connection  # noqa: F401
+
+    assert socket.inet_ntop(socket.AF_INET, bytes([198, 18, 0, 1])) == "198.18.0.1"

@@ -1,0 +1,57 @@
+"""This host's overlay, derived from the raft replica: the glue between state and `overlay`.
+
+Which containers count as endpoints: every container the cluster state holds whose last observed
+state is not exited/dead — a created-but-starting container must already be reachable the moment
+its process runs, and an exited one has no veth left to reach.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .config import AgentConfig
+from .overlay import DesiredHost, EndpointSpec, NetworkSpec, OverlayReconciler, underlay_mtu
+
+GONE_STATES = ("exited", "dead")
+
+
+def desired_host(state: dict, node: str, vtep: str, mtu: int, vxlan_port: int) -> DesiredHost:
+    """Pure: this node's share of the cluster's overlay."""
+    networks = [NetworkSpec(cidr, record["vni"]) for cidr, record in state["networks"].items()]
+    endpoints = []
+    for container in state["containers"].values():
+        if container.get("observed", {}).get("state") in GONE_STATES:
+            continue
+        host = state["nodes"].get(container["host"])
+        if host is None:
+            continue  # its host left the cluster: nothing to forward to
+        endpoints.append(EndpointSpec(container["id"], container["network"], container["ip"], container["host"],
+                                      host["address"]))
+    return DesiredHost.build(node, vtep, mtu, networks, endpoints, vxlan_port=vxlan_port)
+
+
+class HostNetwork:
+    """Owns this host's overlay devices; runs inside the agent's reconcile loop."""
+
+    name = "overlay"
+
+    def __init__(self, cfg: AgentConfig, read_state: Callable[[], dict]) -> None:
+        self._cfg = cfg
+        self._read_state = read_state
+        self._mtu: int | None = None
+        self._reconciler = OverlayReconciler(self.desired)
+
+    @property
+    def underlay_mtu(self) -> int:
+        if self._mtu is None:
+            self._mtu = underlay_mtu(self._cfg.address)
+        return self._mtu
+
+    def desired(self) -> DesiredHost:
+        return desired_host(self._read_state(), self._cfg.node, self._cfg.address, self.underlay_mtu,
+                            self._cfg.vxlan_port)
+
+    def reconcile(self) -> None:
+        self._reconciler.reconcile()  # raises OverlayError on failed actions: the loop logs and retries
+
+    def health(self) -> dict:
+        return self._reconciler.health()
