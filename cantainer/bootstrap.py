@@ -185,6 +185,9 @@ class Bootstrapper:
             await connection.write_file(archive, bundle.data, 0o600)
             await connection.run([host.python, "-c", remote.INSTALL_BUNDLE, archive, remote.bundle_dir(bundle.digest)])
             outcome.pushed = True
+            keep = [remote.bundle_dir(digest).rsplit("/", 1)[1]
+                    for digest in (bundle.digest, (probe.config or {}).get("bundle")) if digest]
+            await connection.run([host.python, "-c", remote.PRUNE_BUNDLES, remote.BUNDLES_DIR, *keep])
         if outcome.secret_changed:
             await connection.write_file(remote.SECRET_FILE, self.secret + b"\n", 0o600)
         if write_config:

@@ -81,6 +81,15 @@ os.rename(staging, target)
 os.unlink(archive)
 """
 
+# Removes agent bundles other than the ones named (the new one and the one still running).
+PRUNE_BUNDLES = r"""
+import os, shutil, sys
+keep = set(sys.argv[2:])
+for entry in os.scandir(sys.argv[1]):
+    if entry.name.startswith("cantainer_agent-") and entry.name not in keep:
+        shutil.rmtree(entry.path, ignore_errors=True)
+"""
+
 # Stops the agent whose PID is in the pid file (only if that PID really is our agent) and waits.
 STOP_AGENT = r"""
 import os, signal, sys, time

@@ -1,11 +1,14 @@
 """`cantainer down`: stop the agents (leader last) and remove what they created on the hosts.
 
-Without --purge, raft state, config and bundles stay, so a later `up` resumes the same cluster.
+Agents stop first (so nothing re-creates what is being removed), then each host's containers
+(processes, mounts, cgroups) and overlay devices go. Without --purge, raft state, config and
+bundles stay, so a later `up` resumes the same cluster (its containers then show as dead).
 With --purge, everything cantainer wrote on the hosts is removed.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 
 from cantainer import remote
@@ -60,6 +63,11 @@ class Teardown:
             await connection.run(["systemctl", "daemon-reload"])
         else:
             await connection.run([host.python, "-c", remote.STOP_AGENT, remote.PID_FILE, "10"])
+        # Agent stopped: now its containers and overlay devices can go without being re-created.
+        config = await connection.run(["cat", remote.CONFIG_FILE], check=False)
+        if config.exit_status == 0:
+            bundle = remote.bundle_dir(json.loads(config.stdout)["bundle"])
+            await connection.run([host.python, bundle, "teardown"])
         paths = [remote.RUN_DIR]
         if self.purge:
             paths += [remote.DATA_DIR, remote.CONFIG_DIR, remote.LOG_DIR]

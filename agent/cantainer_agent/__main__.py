@@ -23,10 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     execute.add_argument("id")
     execute.add_argument("--tty", action="store_true", help="stdio is a terminal (informational)")
     execute.add_argument("argv", nargs=argparse.REMAINDER)
-    for tool in (logs, execute):
+    teardown = sub.add_parser("teardown", help="remove this host's containers and overlay devices (agent stopped)")
+    for tool in (logs, execute, teardown):
         tool.add_argument("--config", default="/etc/cantainer/agent.json")
     args = parser.parse_args(argv)
-    if args.command in ("logs", "exec"):
+    if args.command in ("logs", "exec", "teardown"):
         from .tools import main as tool_main
 
         if args.command == "exec":

@@ -47,11 +47,26 @@ def logs(runtime: Runtime, container_id: str, follow: bool, exit_code: bool) -> 
     return 0
 
 
+def teardown(runtime: Runtime) -> int:
+    """Remove every container of this host and every overlay device (for `cantainer down`).
+
+    Run only after the agent has stopped, or it would start reconciling them back."""
+    from .overlay import DesiredHost, OverlayReconciler
+
+    for info in runtime.list():
+        runtime.remove(info.id, force=True)
+    nothing = DesiredHost.build("teardown", "127.0.0.1", 1500, [], [])
+    OverlayReconciler(lambda: nothing).reconcile()
+    return 0
+
+
 def main(command: str, args) -> int:
     try:
         runtime = open_runtime(args.config)
         if command == "logs":
             return logs(runtime, args.id, args.follow, args.exit_code)
+        if command == "teardown":
+            return teardown(runtime)
         return runtime.exec(args.id, args.argv)
     except (ConfigError, ContainerError, OSError) as error:
         print(f"cantainer: error: {error}", file=sys.stderr)
