@@ -55,7 +55,7 @@ def observed_from(info: ContainerInfo | None) -> dict:
     """What the runtime shows, in the shape of the cluster state's ``observed`` record."""
     if info is None:
         return {"state": "dead", "exit_code": None, "pid": None, "started_at": None, "finished_at": None,
-                "reason": "not found on its host (host restarted?)"}
+                "reason": "its process is gone (host restarted?)"}
     reason = "oom-killed" if info.oom_killed else (f"killed by signal {info.signal}" if info.signal else None)
     return {"state": info.state, "exit_code": info.exit_code, "pid": info.pid, "started_at": info.started_at,
             "finished_at": info.finished_at, "reason": reason}
@@ -244,12 +244,19 @@ class LocalContainers:
         with self._busy_lock:
             busy = set(self._busy)
         local = {info.id: info for info in self.runtime.list()}
-        state = read_state(raft)
+        snapshot = raft.snapshot()
+        if not snapshot["ready"]:
+            return  # a replica still replaying its log would "correct" records back to old states
+        state = snapshot["state"]
         mine = {c["id"]: c for c in state["containers"].values() if c["host"] == self._cfg.node}
         for container_id, record in mine.items():
             if container_id in busy:
                 continue
             info = local.get(container_id)
+            if info is not None and info.state == "created":
+                # Not being started by this agent (not busy), so it never will run: its start was
+                # interrupted, or it ran and its runtime records in /run went with a reboot.
+                info = None
             if record["desired"] == "stopped" and info is not None and info.running:
                 info = self.runtime.stop(container_id, timeout=10.0)
             if info is None and record["observed"]["state"] in ("exited", "dead"):

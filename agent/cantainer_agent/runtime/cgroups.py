@@ -1,0 +1,372 @@
+"""Per-container cgroups on cgroup v1 (this lab machine) and cgroup v2 (Ubuntu 22.04+).
+
+Detection (``parse_mountinfo``): if cgroup v1 hierarchies carrying memory/cpu/pids are mounted, the
+machine is v1 (also "hybrid" machines, whose /sys/fs/cgroup/unified has no controllers); otherwise
+the cgroup2 mount (preferably /sys/fs/cgroup) is used.
+
+A container's cgroup is ``<mount>/<parent>/<id>`` in every hierarchy we use:
+
+- v1: memory, cpu, cpuacct, pids, cpuset (co-mounted controllers share one directory). cpuset
+  refuses tasks until cpuset.cpus/mems are set, so new levels copy them from their parent.
+- v2: one directory; memory, cpu and pids are enabled in ``cgroup.subtree_control`` of every level
+  from the mount root down to ``<parent>`` (never in the leaf: "no internal processes").
+
+Limits: memory -> memory.limit_in_bytes + memory.memsw.limit_in_bytes (v1) / memory.max +
+memory.swap.max = 0 (v2) — no extra swap, so the limit means an OOM kill like docker users expect;
+cpus -> CFS quota per 100 ms period; pids -> pids.max. Swap files are skipped where swap accounting
+is off. Processes join by writing "0" (= the writer) to cgroup.procs, which works on v1 and v2.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from .errors import CgroupError
+from .spec import Limits
+
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "cpuset")
+V1_REQUIRED = ("memory", "cpu", "pids")
+V2_CONTROLLERS = ("memory", "cpu", "pids")
+CFS_PERIOD_US = 100_000
+_COMPONENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+@dataclass(frozen=True)
+class CgroupLayout:
+    """Where the hierarchies are: version 1 -> {controller: mount point}; version 2 -> the mount point."""
+
+    version: int
+    v1_mounts: tuple[tuple[str, str], ...] = ()
+    v2_mount: str = ""
+
+    def mount_of(self, controller: str) -> str | None:
+        return dict(self.v1_mounts).get(controller)
+
+
+def parse_mountinfo(text: str) -> CgroupLayout:
+    v1: dict[str, str] = {}
+    v2: list[str] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        sep = fields.index("-")
+        if len(fields) < sep + 4:
+            continue
+        fstype, mountpoint = fields[sep + 1], _unescape(fields[4])
+        if fstype == "cgroup":
+            for option in fields[sep + 3].split(","):
+                if option in V1_CONTROLLERS:
+                    current = v1.get(option)
+                    # prefer the canonical location if a hierarchy is mounted twice
+                    if current is None or (not current.startswith("/sys/fs/cgroup/") and mountpoint.startswith("/sys/fs/cgroup/")):
+                        v1[option] = mountpoint
+        elif fstype == "cgroup2":
+            v2.append(mountpoint)
+    if any(controller in v1 for controller in V1_REQUIRED):
+        return CgroupLayout(1, tuple(sorted(v1.items())))
+    if v2:
+        return CgroupLayout(2, v2_mount="/sys/fs/cgroup" if "/sys/fs/cgroup" in v2 else v2[0])
+    raise CgroupError("no cgroup filesystem is mounted (looked for cgroup v1 and cgroup2 in /proc/self/mountinfo)")
+
+
+def detect(mountinfo: str = "/proc/self/mountinfo") -> CgroupLayout:
+    with open(mountinfo, encoding="utf-8") as handle:
+        return parse_mountinfo(handle.read())
+
+
+@dataclass(frozen=True)
+class LimitWrite:
+    controller: str
+    filename: str
+    value: str
+    optional: bool = False  # skipped if the file does not exist (e.g. no swap accounting)
+
+
+def limit_writes(version: int, limits: Limits) -> list[LimitWrite]:
+    """The cgroup files to write, in order, to apply *limits*."""
+    writes: list[LimitWrite] = []
+    quota = None if limits.cpus is None else max(1000, round(limits.cpus * CFS_PERIOD_US))
+    if version == 1:
+        if limits.memory is not None:
+            writes.append(LimitWrite("memory", "memory.limit_in_bytes", str(limits.memory)))
+            writes.append(LimitWrite("memory", "memory.memsw.limit_in_bytes", str(limits.memory), optional=True))
+        if quota is not None:
+            writes.append(LimitWrite("cpu", "cpu.cfs_period_us", str(CFS_PERIOD_US)))
+            writes.append(LimitWrite("cpu", "cpu.cfs_quota_us", str(quota)))
+        if limits.pids is not None:
+            writes.append(LimitWrite("pids", "pids.max", str(limits.pids)))
+    else:
+        if limits.memory is not None:
+            writes.append(LimitWrite("memory", "memory.max", str(limits.memory)))
+            writes.append(LimitWrite("memory", "memory.swap.max", "0", optional=True))
+        if quota is not None:
+            writes.append(LimitWrite("cpu", "cpu.max", f"{quota} {CFS_PERIOD_US}"))
+        if limits.pids is not None:
+            writes.append(LimitWrite("pids", "pids.max", str(limits.pids)))
+    return writes
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="ascii") as handle:
+        return handle.read()
+
+
+def _write(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _fail(what: str, path: str, exc: OSError) -> CgroupError:
+    return CgroupError(f"cannot {what} {path}: {exc.strerror or exc}")
+
+
+class Cgroup:
+    """One container's cgroup, in every hierarchy the layout has."""
+
+    def __init__(self, layout: CgroupLayout, relpath: str):
+        self.layout = layout
+        self.relpath = relpath
+        if layout.version == 1:
+            self.paths = {ctrl: os.path.join(mount, relpath) for ctrl, mount in layout.v1_mounts}
+        else:
+            path = os.path.join(layout.v2_mount, relpath)
+            self.paths = {ctrl: path for ctrl in V2_CONTROLLERS}
+
+    @property
+    def dirs(self) -> list[str]:
+        """Distinct directories (co-mounted v1 controllers share one)."""
+        return list(dict.fromkeys(self.paths.values()))
+
+    def path(self, controller: str) -> str | None:
+        return self.paths.get(controller)
+
+    @property
+    def procs_files(self) -> list[str]:
+        return [os.path.join(directory, "cgroup.procs") for directory in self.dirs]
+
+    @property
+    def join_files(self) -> list[str]:
+        """Files a single-threaded process writes "0" to in order to join.
+
+        v1: ``tasks`` (moves the writing thread only, so the kernel skips the global
+        threadgroup lock and its RCU grace period: ~1 ms instead of ~10 ms per container here).
+        v2: ``cgroup.procs`` (cgroup.threads cannot cross domains) — the runtime prefers
+        clone3(CLONE_INTO_CGROUP) there and uses this only as a fallback.
+        """
+        name = "tasks" if self.layout.version == 1 else "cgroup.procs"
+        return [os.path.join(directory, name) for directory in self.dirs]
+
+    def exists(self) -> bool:
+        return any(os.path.isdir(directory) for directory in self.dirs)
+
+    # -- create / configure ----------------------------------------------------------------------
+    def create(self, limits: Limits | None = None) -> None:
+        """mkdir the cgroup (and missing parents) and apply *limits*; all or nothing for the leaf."""
+        created: list[str] = []
+        try:
+            if self.layout.version == 1:
+                mounts = dict.fromkeys(mount for _, mount in self.layout.v1_mounts)
+                cpuset_mount = self.layout.mount_of("cpuset")
+                for mount in mounts:
+                    self._create_v1(mount, os.path.join(mount, self.relpath), mount == cpuset_mount, created)
+            else:
+                self._create_v2(created)
+            if limits is not None:
+                self.apply(limits)
+        except BaseException:
+            for directory in created:
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    pass
+            raise
+
+    @staticmethod
+    def _mkdir_leaf(leaf: str, created: list[str]) -> None:
+        try:
+            os.mkdir(leaf, 0o755)
+        except FileExistsError:
+            raise CgroupError(f"cgroup {leaf} already exists") from None
+        except OSError as exc:
+            raise _fail("create cgroup", leaf, exc) from None
+        created.append(leaf)
+
+    def _create_v1(self, mount: str, leaf: str, cpuset: bool, created: list[str]) -> None:
+        levels = []
+        path = leaf
+        while len(path) > len(mount):
+            levels.append(path)
+            path = os.path.dirname(path)
+        for level in reversed(levels):
+            if level == leaf:
+                self._mkdir_leaf(leaf, created)
+            else:
+                try:
+                    os.mkdir(level, 0o755)
+                except FileExistsError:
+                    pass  # parents are shared and stay (but may still be uninitialised: see below)
+                except OSError as exc:
+                    raise _fail("create cgroup", level, exc) from None
+            if cpuset:  # checked even for existing levels: a concurrent creator may not be done yet
+                for knob in ("cpuset.cpus", "cpuset.mems"):
+                    mine = os.path.join(level, knob)
+                    try:
+                        if not _read(mine).strip():
+                            _write(mine, _read(os.path.join(os.path.dirname(level), knob)).strip())
+                    except OSError as exc:
+                        raise _fail("initialise", mine, exc) from None
+
+    def _create_v2(self, created: list[str]) -> None:
+        mount = self.layout.v2_mount
+        leaf = self.paths["memory"]
+        levels = []
+        path = os.path.dirname(leaf)
+        while len(path) > len(mount):
+            levels.append(path)
+            path = os.path.dirname(path)
+        enable_controllers(mount)
+        for level in reversed(levels):  # from the mount root down to the parent
+            try:
+                os.mkdir(level, 0o755)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise _fail("create cgroup", level, exc) from None
+            enable_controllers(level)
+        self._mkdir_leaf(leaf, created)
+
+    def apply(self, limits: Limits) -> None:
+        for write in limit_writes(self.layout.version, limits):
+            directory = self.paths.get(write.controller)
+            if directory is None:
+                raise CgroupError(f"cannot apply a {write.controller} limit: the {write.controller} cgroup controller is not mounted")
+            path = os.path.join(directory, write.filename)
+            try:
+                _write(path, write.value)
+            except FileNotFoundError:
+                if write.optional:
+                    continue
+                raise CgroupError(f"cannot apply a {write.controller} limit: {path} does not exist "
+                                  f"(is the {write.controller} controller enabled?)") from None
+            except OSError as exc:
+                raise _fail(f"write {write.value} to", path, exc) from None
+
+    def read(self, controller: str, filename: str) -> str:
+        return _read(os.path.join(self.paths[controller], filename)).strip()
+
+    # -- processes -------------------------------------------------------------------------------
+    def add(self, pid: int) -> None:
+        for path in self.procs_files:
+            try:
+                _write(path, str(pid))
+            except OSError as exc:
+                raise _fail(f"move pid {pid} into", path, exc) from None
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for path in self.procs_files:
+            try:
+                found.update(int(line) for line in _read(path).split())
+            except FileNotFoundError:
+                continue
+        return found
+
+    def oom_killed(self) -> bool:
+        """True if the kernel OOM-killed a process of this cgroup (needs Linux >= 4.13 on v1)."""
+        directory = self.paths.get("memory")
+        return directory is not None and oom_kill_count(directory, self.layout.version) > 0
+
+    # -- removal ---------------------------------------------------------------------------------
+    def remove(self, timeout: float = 2.0) -> None:
+        """rmdir in every hierarchy; EBUSY (tasks still exiting) is retried until *timeout*."""
+        deadline = time.monotonic() + timeout
+        for directory in self.dirs:
+            delay = 0.001
+            while True:
+                try:
+                    os.rmdir(directory)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                        raise _fail("remove cgroup", directory, exc) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+
+
+def oom_kill_count(memory_dir: str, version: int) -> int:
+    """OOM kills in the memory cgroup *memory_dir* (0 if unknown)."""
+    filename = "memory.oom_control" if version == 1 else "memory.events"
+    try:
+        text = _read(os.path.join(memory_dir, filename))
+    except OSError:
+        return 0
+    match = re.search(r"^oom_kill (\d+)$", text, re.M)
+    return int(match.group(1)) if match else 0
+
+
+def enable_controllers(directory: str, wanted: tuple[str, ...] = V2_CONTROLLERS) -> None:
+    """cgroup v2: make sure *wanted* (as far as available) are enabled for children of *directory*."""
+    try:
+        available = set(_read(os.path.join(directory, "cgroup.controllers")).split())
+        enabled = set(_read(os.path.join(directory, "cgroup.subtree_control")).split())
+    except OSError as exc:
+        raise _fail("read controllers of", directory, exc) from None
+    missing = [controller for controller in wanted if controller in available and controller not in enabled]
+    if not missing:
+        return
+    path = os.path.join(directory, "cgroup.subtree_control")
+    try:
+        _write(path, " ".join(f"+{controller}" for controller in missing))
+    except OSError as exc:
+        hint = " (the cgroup has processes of its own: v2 forbids controllers there)" if exc.errno == errno.EBUSY else ""
+        raise CgroupError(f"cannot enable {' '.join(missing)} in {path}: {exc.strerror}{hint}") from None
+
+
+class CgroupManager:
+    """Makes ``Cgroup`` objects rooted at ``<mount>/<parent>`` (parent "cantainer" by default)."""
+
+    def __init__(self, parent: str = "cantainer", layout: CgroupLayout | None = None):
+        parts = parent.strip("/").split("/")
+        if not parent.strip("/") or not all(_COMPONENT_RE.fullmatch(part) for part in parts):
+            raise CgroupError(f"invalid cgroup parent {parent!r}: use relative path components of A-Z a-z 0-9 _ . -")
+        self.parent = "/".join(parts)
+        self._layout = layout
+
+    @property
+    def layout(self) -> CgroupLayout:
+        if self._layout is None:
+            self._layout = detect()
+        return self._layout
+
+    def relpath(self, container_id: str) -> str:
+        return f"{self.parent}/{container_id}"
+
+    def cgroup(self, container_id: str) -> Cgroup:
+        return Cgroup(self.layout, self.relpath(container_id))
+
+    def parent_dirs(self) -> list[str]:
+        if self.layout.version == 1:
+            return list(dict.fromkeys(os.path.join(mount, self.parent) for _, mount in self.layout.v1_mounts))
+        return [os.path.join(self.layout.v2_mount, self.parent)]
+
+    def remove_parent(self) -> None:
+        """rmdir the parent cgroup(s) if no container cgroup is left in them (for tests and uninstall)."""
+        for directory in self.parent_dirs():
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass

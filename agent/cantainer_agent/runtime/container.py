@@ -1,0 +1,666 @@
+"""The container runtime used by the agent: start, stop, kill, remove, list/inspect, wait, exec, logs.
+
+Start path (all from the running agent, no new interpreter per container)::
+
+    agent thread                  zygote (started once)   warm shim (forked ahead)   init (PID 1)
+    mkdir state dir, seed
+    upper/etc, write config,
+    cgroup mkdir + limits ──request──> hand to warm ──────> (own session, PID ns)   (v1: forked ahead,
+                                       slot, fork the                                uts/ipc/net ns,
+                                       next one              forward request ──────> caps bounding set)
+                                                             (v2: clone3 init into   join cgroup, mnt +
+                                                              its cgroup)            cgroup ns, overlay,
+                           <──────── ready(pid) ───────────                          pivot_root, /proc,
+    before_exec(pid)   (e.g. move a veth into /proc/<pid>/ns/net)                    /dev, /sys, hostname
+                       ──────── go ───────────────────────>  ──────────────────────> capset, execve
+                       <──────── started ───────────────── (pids.json written)
+
+Without a hook the ready/go round trip is skipped.
+
+If anything fails — including ``before_exec`` raising — the shim kills init, the cgroup and the
+directories are removed and the error propagates: no half-started container is left.
+
+Supervision: the shim (a fork of the zygote, in its own session) owns the log pipe and is the parent
+of init, so it records the exit code; neither depends on the agent or the zygote. A new ``Runtime``
+re-adopts running containers from disk (see state.py): with ``on_exit`` set, a watcher thread holds a
+pidfd per running container (the shim's; init's if the shim was killed) in a selector and calls
+``on_exit(ContainerInfo)`` when it becomes readable — no polling. ``list()`` gives the level view.
+
+Mounts exist only in each container's own mount namespace (the overlay included), so the host's
+mount table never holds container mounts and they vanish with the container's last process.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import select
+import selectors
+import shutil
+import signal
+import socket
+import stat
+import threading
+import time
+from typing import Callable
+
+from . import linux
+from .cgroups import Cgroup, CgroupLayout, CgroupManager
+from .errors import (
+    ContainerExists,
+    ContainerNotFound,
+    ContainerNotRunning,
+    ContainerRunning,
+    RuntimeFailure,
+    SpecError,
+    StartError,
+)
+from .spec import ContainerSpec
+from .state import CREATED, DEAD, EXITED, RUNNING, ContainerInfo, derive_state, read_json, write_json
+from .zygote import Zygote
+
+log = logging.getLogger("cantainer_agent.runtime")
+
+DEFAULT_STATE_DIR = "/var/lib/cantainer/containers"
+DEFAULT_RUN_DIR = "/run/cantainer/containers"
+DEFAULT_LOG_MAX = 10 * 1024 * 1024
+
+DOCKER_DEFAULT_CAPS = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+)
+# Docker's set minus CAP_MKNOD: docker relies on a device cgroup allow-list to make mknod harmless;
+# we have none on cgroup v2 (it needs a BPF program), and without it a container could mknod the
+# host's disks. Images cannot bring device nodes either (extraction skips them).
+DEFAULT_CAPS = tuple(cap for cap in DOCKER_DEFAULT_CAPS if cap != "CAP_MKNOD")
+
+START_TIMEOUT = 30.0
+_OVERLAY_UNSAFE = (",", ":", "\\", "\n")
+
+
+def _poll_fd(fd: int, timeout: float | None) -> bool:
+    """Wait until *fd* (a pidfd) is readable, i.e. the process exited. False on timeout."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if poller.poll(None if remaining is None else int(remaining * 1000) + 1):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+
+
+def _recv(chan: socket.socket, timeout: float) -> dict:
+    chan.settimeout(timeout)
+    try:
+        data = chan.recv(65536)
+    except socket.timeout:
+        raise StartError(f"the container did not report within {timeout:.0f}s") from None
+    if not data:
+        raise StartError("the container's shim exited unexpectedly")
+    message = json.loads(data)
+    if message.get("event") == "error":
+        raise StartError(message.get("message") or "unknown error")
+    return message
+
+
+class _ExitWatcher:
+    """One thread, one selector: a pidfd per running container, plus a wake-up pipe."""
+
+    def __init__(self, runtime: "Runtime", callback: Callable[[ContainerInfo], None]):
+        self._runtime = runtime
+        self._callback = callback
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, int]] = []
+        self._watched: dict[str, int] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="cantainer-exit-watch", daemon=True)
+        self._thread.start()
+
+    def add(self, container_id: str, pidfd: int) -> None:
+        with self._lock:
+            if self._closed:
+                if pidfd >= 0:
+                    os.close(pidfd)
+                return
+            self._pending.append((container_id, pidfd))
+        os.write(self._wake_w, b"\0")
+
+    def fire_later(self, container_id: str) -> None:
+        """Report *container_id* as soon as possible (it exited before it could be watched)."""
+        self.add(container_id, -1)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                events = self._selector.select()
+            except (OSError, ValueError):  # closed under us (close() called from a callback)
+                return
+            for key, _ in events:
+                if key.data is None:
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    with self._lock:
+                        if self._closed:
+                            return
+                        pending, self._pending = self._pending, []
+                    for container_id, pidfd in pending:
+                        if pidfd < 0:
+                            self._fire(container_id)
+                        elif container_id in self._watched:
+                            os.close(pidfd)
+                        else:
+                            self._watched[container_id] = pidfd
+                            self._selector.register(pidfd, selectors.EVENT_READ, container_id)
+                    continue
+                container_id = key.data
+                self._selector.unregister(key.fd)
+                os.close(key.fd)
+                self._watched.pop(container_id, None)
+                self._fire(container_id)
+
+    def _fire(self, container_id: str) -> None:
+        try:
+            info = self._runtime.inspect(container_id)
+        except ContainerNotFound:
+            return
+        except Exception:  # noqa: BLE001
+            log.exception("cannot inspect container %s after its exit", container_id)
+            return
+        if info.state == RUNNING:  # the shim died but init lives on: watch init instead
+            fd = self._runtime._pidfd_for(info)
+            if fd is not None:
+                self._watched[container_id] = fd
+                self._selector.register(fd, selectors.EVENT_READ, container_id)
+                return
+            info = self._runtime.inspect(container_id)
+        try:
+            self._callback(info)
+        except Exception:  # noqa: BLE001
+            log.exception("on_exit callback failed for container %s", container_id)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        os.write(self._wake_w, b"\0")
+        if threading.current_thread() is not self._thread:
+            self._thread.join(5)
+        for fd in list(self._watched.values()):
+            os.close(fd)
+        with self._lock:
+            for _, fd in self._pending:
+                if fd >= 0:
+                    os.close(fd)
+            self._pending = []
+        self._watched.clear()
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+class Runtime:
+    """Containers of one host, rooted in *state_dir* (persistent) and *run_dir* (tmpfs).
+
+    Thread-safe. Constructing it is cheap (no process is started until the first ``start``), so a
+    short-lived CLI process can use it for ``exec``/``inspect``/``logs`` too.
+    """
+
+    def __init__(
+        self,
+        state_dir: str = DEFAULT_STATE_DIR,
+        run_dir: str = DEFAULT_RUN_DIR,
+        cgroup_parent: str = "cantainer",
+        *,
+        on_exit: Callable[[ContainerInfo], None] | None = None,
+        log_max_bytes: int = DEFAULT_LOG_MAX,
+        capabilities: tuple[str, ...] = DEFAULT_CAPS,
+        cgroup_layout: CgroupLayout | None = None,
+        python: str | None = None,
+    ):
+        self.state_dir = os.path.abspath(state_dir)
+        self.run_dir = os.path.abspath(run_dir)
+        for path in (self.state_dir, self.run_dir):
+            if any(ch in path for ch in _OVERLAY_UNSAFE):
+                raise ValueError(f"directory {path!r} cannot be used in overlayfs options (contains , : \\ or newline)")
+        self.cgroups = CgroupManager(cgroup_parent, cgroup_layout)
+        self.log_max_bytes = log_max_bytes
+        self.caps_mask = linux.caps_mask(capabilities)
+        self.cap_last = linux.last_cap()
+        self.zygote = Zygote(python, lambda: {"caps": self.caps_mask, "cap_last": self.cap_last,
+                                              "prefork_init": self.cgroups.layout.version == 1})
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._starting: set[str] = set()
+        self._watcher: _ExitWatcher | None = None
+        if on_exit is not None:
+            self._watcher = _ExitWatcher(self, on_exit)
+            for info in self.list():
+                if info.state == RUNNING:
+                    fd = self._pidfd_for(info)
+                    if fd is not None:
+                        self._watcher.add(info.id, fd)
+
+    # -- paths -----------------------------------------------------------------------------------
+    def container_dir(self, container_id: str) -> str:
+        return os.path.join(self.state_dir, container_id)
+
+    def _run_path(self, container_id: str) -> str:
+        return os.path.join(self.run_dir, container_id)
+
+    def _lock(self, container_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(container_id, threading.Lock())
+
+    def warm_up(self) -> None:
+        """Start the zygote now rather than on the first ``start`` (it takes ~50 ms once)."""
+        self.zygote.ensure()
+
+    # -- start -----------------------------------------------------------------------------------
+    def start(self, spec: ContainerSpec, rootfs: str,
+              before_exec: Callable[[int], None] | None = None, timeout: float = START_TIMEOUT) -> ContainerInfo:
+        """Create and start a container from the image tree *rootfs*; return once its command runs.
+
+        *before_exec(pid)* is called in this thread with the host pid of the container's init once
+        its namespaces exist and before the command is executed (its network namespace is
+        ``/proc/<pid>/ns/net``). If it raises, the container is torn down and the exception propagates.
+        """
+        if not isinstance(spec, ContainerSpec):
+            raise TypeError("spec must be a ContainerSpec")
+        lower = os.path.abspath(rootfs)
+        if any(ch in lower for ch in _OVERLAY_UNSAFE):
+            raise StartError(f"image path {lower!r} cannot be used in overlayfs options")
+        if not os.path.isdir(lower):
+            raise StartError(f"image root filesystem {lower} does not exist")
+        cid = spec.id
+        cdir, rdir = self.container_dir(cid), self._run_path(cid)
+        with self._lock(cid):
+            os.makedirs(self.state_dir, 0o700, exist_ok=True)
+            os.makedirs(self.run_dir, 0o700, exist_ok=True)
+            try:
+                os.mkdir(cdir, 0o700)
+            except FileExistsError:
+                raise ContainerExists(f"container {cid} already exists") from None
+            self._starting.add(cid)
+            cgroup = self.cgroups.cgroup(cid)
+            chan = None
+            shim_fd = None
+            hook_error = False
+            try:
+                if os.path.lexists(rdir):
+                    shutil.rmtree(rdir, ignore_errors=True)
+                os.mkdir(rdir, 0o700)
+                for sub in ("upper", "work", "rootfs"):
+                    os.mkdir(os.path.join(cdir, sub), 0o755)
+                _seed_etc(lower, os.path.join(cdir, "upper"), spec)
+                created_at = time.time()
+                write_json(os.path.join(cdir, "config.json"), {
+                    "version": 1, "spec": spec.to_dict(), "created_at": created_at, "boot_id": linux.boot_id(),
+                    "rootfs": lower, "cgroup": cgroup.relpath,
+                })
+                cgroup.create(spec.limits)
+                chan = self.zygote.request({
+                    "op": "start", "id": cid, "hostname": spec.hostname, "argv": list(spec.command),
+                    "env": spec.environ(), "workdir": spec.workdir, "lower": lower,
+                    "upper": os.path.join(cdir, "upper"), "work": os.path.join(cdir, "work"),
+                    "rootfs": os.path.join(cdir, "rootfs"),
+                    "cgroup_join": cgroup.join_files, "memory_cgroup": cgroup.path("memory"),
+                    "cgroup_v2_dir": cgroup.dirs[0] if cgroup.layout.version == 2 else None,
+                    "cgroup_version": cgroup.layout.version, "caps": self.caps_mask, "cap_last": self.cap_last,
+                    "wait_for_go": before_exec is not None,
+                    "log": os.path.join(cdir, "log"), "log_max": self.log_max_bytes,
+                    "pids_file": os.path.join(rdir, "pids.json"), "exit_file": os.path.join(cdir, "exit.json"),
+                })
+                if before_exec is not None:
+                    ready = _recv(chan, timeout)
+                    # The shim is blocked waiting for our reply, so its pid cannot have been recycled.
+                    shim_fd = os.pidfd_open(ready["shim_pid"])
+                    hook_error = True
+                    before_exec(ready["pid"])
+                    hook_error = False
+                    chan.send(b'{"op": "go"}')
+                started = _recv(chan, timeout)
+                if shim_fd is None:
+                    shim_fd = linux.pidfd_open_verified(started["shim_pid"], started["shim_start"])
+                    if shim_fd is None:  # already gone: the command was that quick; watch nothing
+                        shim_fd = -1
+            except BaseException as exc:
+                self._abort_start(cid, cgroup, chan, shim_fd)
+                self._starting.discard(cid)
+                if hook_error or isinstance(exc, (StartError, KeyboardInterrupt, SystemExit)):
+                    raise
+                if isinstance(exc, RuntimeFailure):
+                    raise StartError(f"cannot start container {spec.name}: {exc}") from exc
+                if isinstance(exc, OSError):
+                    raise StartError(f"cannot start container {spec.name}: {exc.strerror or exc}"
+                                     + (f": {exc.filename}" if exc.filename else "")) from exc
+                raise
+            finally:
+                if chan is not None:
+                    chan.close()
+            self._starting.discard(cid)
+        info = ContainerInfo(
+            id=cid, state=RUNNING, spec=spec, pid=started["pid"], shim_pid=started["shim_pid"],
+            created_at=created_at, started_at=started.get("started_at"), log_path=os.path.join(cdir, "log"),
+        )
+        if shim_fd == -1:
+            if self._watcher is not None:
+                self._watcher.fire_later(cid)
+        elif self._watcher is not None:
+            self._watcher.add(cid, shim_fd)
+        else:
+            os.close(shim_fd)
+        return info
+
+    def _abort_start(self, cid: str, cgroup: Cgroup, chan: socket.socket | None, shim_fd: int | None) -> None:
+        if chan is not None:
+            try:
+                chan.send(b'{"op": "abort"}')
+            except OSError:
+                pass
+            chan.close()
+        if shim_fd is not None and shim_fd >= 0:
+            if not _poll_fd(shim_fd, 5.0):
+                try:
+                    signal.pidfd_send_signal(shim_fd, signal.SIGKILL)
+                except OSError:
+                    pass
+                _poll_fd(shim_fd, 2.0)
+            os.close(shim_fd)
+        try:
+            self._kill_cgroup(cgroup)
+            cgroup.remove(timeout=5.0)
+        except Exception:  # noqa: BLE001
+            log.exception("cannot remove the cgroup of failed container %s", cid)
+        shutil.rmtree(self.container_dir(cid), ignore_errors=True)
+        shutil.rmtree(self._run_path(cid), ignore_errors=True)
+
+    @staticmethod
+    def _kill_cgroup(cgroup: Cgroup) -> None:
+        for pid in cgroup.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # -- state -----------------------------------------------------------------------------------
+    def inspect(self, container_id: str) -> ContainerInfo:
+        cdir = self.container_dir(container_id)
+        config = read_json(os.path.join(cdir, "config.json"))
+        if config is None and not os.path.isdir(cdir):
+            raise ContainerNotFound(f"no container {container_id}")
+        exit_record = read_json(os.path.join(cdir, "exit.json"))
+        pids = read_json(os.path.join(self._run_path(container_id), "pids.json"))
+        state, pid, shim = derive_state(config, pids, exit_record, linux.boot_id())
+        if config is None:
+            state = CREATED if container_id in self._starting else DEAD
+        spec = None
+        if config is not None:
+            try:
+                spec = ContainerSpec.from_dict(config.get("spec") or {})
+            except (SpecError, TypeError):
+                spec = None
+        exit_record = exit_record or {}
+        return ContainerInfo(
+            id=container_id, state=state, spec=spec, pid=pid, shim_pid=shim,
+            exit_code=exit_record.get("exit_code"), signal=exit_record.get("signal"),
+            oom_killed=bool(exit_record.get("oom_killed")),
+            created_at=(config or {}).get("created_at"),
+            started_at=exit_record.get("started_at") or (pids or {}).get("started_at"),
+            finished_at=exit_record.get("finished_at"), log_path=os.path.join(cdir, "log"),
+        )
+
+    def list(self) -> list[ContainerInfo]:
+        """Every container on disk with its derived state (created/running/exited/dead)."""
+        try:
+            names = os.listdir(self.state_dir)
+        except FileNotFoundError:
+            return []
+        infos = []
+        for name in names:
+            if os.path.isdir(os.path.join(self.state_dir, name)):
+                try:
+                    infos.append(self.inspect(name))
+                except ContainerNotFound:
+                    continue
+        return sorted(infos, key=lambda info: (info.created_at or 0, info.id))
+
+    def logs(self, container_id: str) -> str:
+        """Path of the container's log file (stdout+stderr; the older part is in ``<path>.1``)."""
+        if not os.path.isdir(self.container_dir(container_id)):
+            raise ContainerNotFound(f"no container {container_id}")
+        return os.path.join(self.container_dir(container_id), "log")
+
+    def _pidfd_for(self, info: ContainerInfo) -> int | None:
+        """A verified pidfd of the process whose exit ends the container: the shim, else init."""
+        fd = self._verified_pidfd(info.id, "shim_pid")
+        return fd if fd is not None else self._verified_pidfd(info.id, "pid")
+
+    def wait(self, container_id: str, timeout: float | None = None) -> ContainerInfo:
+        """Block until the container is no longer running (or *timeout*); return its state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            info = self.inspect(container_id)
+            if info.state != RUNNING:
+                return info
+            fd = self._pidfd_for(info)
+            if fd is None:  # both processes just went away: the next inspect tells how
+                time.sleep(0.001)
+                continue
+            try:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not _poll_fd(fd, remaining):
+                    return self.inspect(container_id)
+            finally:
+                os.close(fd)
+
+    # -- stop / kill / remove --------------------------------------------------------------------
+    def _verified_pidfd(self, container_id: str, which: str) -> int | None:
+        """pidfd of the container's init ("pid") or shim ("shim_pid") if it is still that process."""
+        pids = read_json(os.path.join(self._run_path(container_id), "pids.json")) or {}
+        pid = pids.get(which)
+        start = pids.get("pid_start" if which == "pid" else "shim_start")
+        if not pid or start is None or pids.get("boot_id") != linux.boot_id():
+            return None
+        return linux.pidfd_open_verified(pid, start)
+
+    def kill(self, container_id: str, sig: int = signal.SIGKILL) -> None:
+        """Send *sig* to the container's init. Note: as PID 1 of its namespace, init ignores signals
+        it has no handler for (SIGKILL excepted)."""
+        info = self.inspect(container_id)
+        fd = self._verified_pidfd(container_id, "pid") if info.state == RUNNING else None
+        if fd is None:
+            raise ContainerNotRunning(f"container {info.name} is not running")
+        try:
+            signal.pidfd_send_signal(fd, sig)
+        finally:
+            os.close(fd)
+
+    def stop(self, container_id: str, timeout: float = 10.0) -> ContainerInfo:
+        """SIGTERM to init, SIGKILL after *timeout* seconds; wait until the exit is recorded."""
+        info = self.inspect(container_id)
+        if info.state != RUNNING:
+            return info
+        fd = self._verified_pidfd(container_id, "pid")
+        if fd is not None:
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGTERM)
+                if not _poll_fd(fd, timeout):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    _poll_fd(fd, 10.0)
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(fd)
+        shim = self._verified_pidfd(container_id, "shim_pid")
+        if shim is not None:
+            try:
+                _poll_fd(shim, 10.0)
+            finally:
+                os.close(shim)
+        return self.inspect(container_id)
+
+    def remove(self, container_id: str, force: bool = False) -> None:
+        """Delete a stopped container: cgroup, mounts (if any leaked), state and run directories.
+
+        Idempotent (no error if it does not exist). A running container needs ``force=True``
+        (SIGKILL first), else ``ContainerRunning`` is raised.
+        """
+        with self._lock(container_id):
+            try:
+                info = self.inspect(container_id)
+            except ContainerNotFound:
+                shutil.rmtree(self._run_path(container_id), ignore_errors=True)
+                return
+            if container_id in self._starting:
+                raise ContainerRunning(f"container {info.name} is being started")
+            if info.state == RUNNING:
+                if not force:
+                    raise ContainerRunning(f"container {info.name} is running: stop it first (or force)")
+                self.stop(container_id, timeout=0)
+            config = read_json(os.path.join(self.container_dir(container_id), "config.json")) or {}
+            cgroup = Cgroup(self.cgroups.layout, config.get("cgroup") or self.cgroups.relpath(container_id))
+            self._kill_cgroup(cgroup)  # strays (e.g. init alive after its shim was killed and stop raced)
+            cgroup.remove(timeout=5.0)
+            for root in (self.container_dir(container_id), self._run_path(container_id)):
+                _unmount_below(root)
+                shutil.rmtree(root, ignore_errors=True)
+                if os.path.lexists(root):
+                    raise RuntimeFailure(f"cannot remove {root}")
+
+    def update_etc_file(self, container_id: str, name: str, text: str) -> None:
+        """Rewrite /etc/hosts, /etc/resolv.conf or /etc/hostname of a (running) container in place.
+
+        The file lives in the container's overlay upper dir, which the container can modify: it is
+        opened without following symlinks at any level, and only a regular file is written.
+        """
+        if name not in ETC_FILES:
+            raise ValueError(f"{name!r} is not one of {', '.join(ETC_FILES)}")
+        if not os.path.isdir(self.container_dir(container_id)):
+            raise ContainerNotFound(f"no container {container_id}")
+        fd = _open_beneath(os.path.join(self.container_dir(container_id), "upper"), f"etc/{name}")
+        try:
+            os.ftruncate(fd, 0)
+            data = text.encode()
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
+
+    # -- exec ------------------------------------------------------------------------------------
+    def exec(self, container_id: str, argv: list[str], env: dict[str, str] | None = None,
+             workdir: str | None = None) -> int:
+        """Run *argv* inside the running container (its namespaces, cgroup, capability set) with this
+        process's stdio; return its exit code (128+N if killed by signal N; 126/127 if it cannot be
+        executed). Forks: call it from a single-threaded process (the CLI's ``exec``), not the agent.
+        """
+        from .nsexec import exec_in_container
+
+        info = self.inspect(container_id)
+        if info.state != RUNNING or info.spec is None:
+            raise ContainerNotRunning(f"container {info.name} is not running")
+        pids = read_json(os.path.join(self._run_path(container_id), "pids.json")) or {}
+        config = read_json(os.path.join(self.container_dir(container_id), "config.json")) or {}
+        cgroup = Cgroup(self.cgroups.layout, config.get("cgroup") or self.cgroups.relpath(container_id))
+        environ = info.spec.environ()
+        environ.update(env or {})
+        return exec_in_container(
+            pids.get("pid") or 0, pids.get("pid_start"), argv, environ, workdir or info.spec.workdir,
+            cgroup.join_files, self.caps_mask, name=info.name, cap_last=self.cap_last,
+        )
+
+    # -- shutdown --------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the exit watcher and the zygote. Containers keep running."""
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+        self.zygote.close()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+ETC_FILES = ("hosts", "resolv.conf", "hostname")
+
+
+def _seed_etc(lower: str, upper: str, spec: ContainerSpec) -> None:
+    """Write /etc/hosts, resolv.conf and hostname into the (fresh, empty) overlay upper dir.
+
+    Cheaper than bind mounts, and the files stay the container's own, like docker's. upper/etc
+    takes the owner and mode of the image's /etc so the merged directory looks the same.
+    """
+    etc = os.path.join(upper, "etc")
+    os.mkdir(etc, 0o755)
+    try:
+        image_etc = os.lstat(os.path.join(lower, "etc"))
+    except OSError:
+        image_etc = None
+    if image_etc is not None and stat.S_ISDIR(image_etc.st_mode):
+        mine = os.lstat(etc)
+        if (mine.st_uid, mine.st_gid) != (image_etc.st_uid, image_etc.st_gid):
+            os.chown(etc, image_etc.st_uid, image_etc.st_gid)
+        if stat.S_IMODE(mine.st_mode) != stat.S_IMODE(image_etc.st_mode):
+            os.chmod(etc, stat.S_IMODE(image_etc.st_mode))
+    for name, text in (("hosts", spec.hosts_file()), ("resolv.conf", spec.resolv_conf),
+                       ("hostname", spec.hostname + "\n")):
+        fd = os.open(os.path.join(etc, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, text.encode())
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
+
+
+def _open_beneath(root: str, relpath: str) -> int:
+    """Open the regular file *relpath* below *root* for writing, following no symlink on the way."""
+    parts = [part for part in relpath.split("/") if part]
+    flags = os.O_CLOEXEC | os.O_NOFOLLOW
+    dfd = os.open(root, flags | os.O_PATH | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            nfd = os.open(part, flags | os.O_PATH | os.O_DIRECTORY, dir_fd=dfd)
+            os.close(dfd)
+            dfd = nfd
+        fd = os.open(parts[-1], flags | os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK, 0o644, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RuntimeFailure(f"/{relpath} in the container is not a regular file")
+    return fd
+
+
+def _unmount_below(root: str) -> None:
+    """Detach every mount at or below *root* in our mount namespace (normally there is none)."""
+    prefix = root.rstrip("/") + "/"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+            points = [line.split()[4] for line in handle]
+    except OSError:
+        return
+    points = [p.replace("\\040", " ") for p in points]
+    for point in sorted((p for p in points if p == root or p.startswith(prefix)), key=len, reverse=True):
+        try:
+            linux.umount2(point, linux.MNT_DETACH)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOENT):
+                raise
+
+
+__all__ = ["Runtime", "DEFAULT_CAPS", "DOCKER_DEFAULT_CAPS", "CREATED", "RUNNING", "EXITED", "DEAD"]

@@ -1,0 +1,526 @@
+"""Code that runs in processes forked from the zygote: the per-container shim and the container init.
+
+Process tree of one container (host PID namespace on the left)::
+
+    zygote ──fork──> shim (setsid; unshare(NEWPID)) ──fork──> init = PID 1 of the container
+                      │  holds the log pipe, waits,                (cgroup, namespaces, overlay,
+                      │  writes pids.json + exit.json              pivot_root, /proc /dev /sys,
+                      │                                            hostname, caps, no_new_privs, execve)
+
+Both are forked *before* their request arrives (a "warm slot", see zygote.py): the shim is already
+in its session and PID namespace; on cgroup v1 the init is already forked too and has done
+``prepare_init`` (UTS/IPC/net namespaces, signal dispositions, no_new_privs, bounding set). On
+cgroup v2 the init is forked at request time with clone3(CLONE_INTO_CGROUP), born in its cgroup.
+
+Start protocol over the per-container channel (a SOCK_SEQPACKET socket the agent sent along with the
+request; JSON messages). With a ``before_exec`` hook (``wait_for_go``)::
+
+    shim -> agent  {"event": "ready", "pid", "pid_start", "shim_pid", "shim_start"}
+                   namespaces and rootfs are ready; init waits on a pipe before execve
+    agent -> shim  {"op": "go"}        after the agent's before_exec(pid) hook
+                   {"op": "abort"} or EOF (agent gone): the shim kills init and exits
+    shim -> agent  {"event": "started", "started_at", "pid", ...}   execve succeeded (seen as EOF
+                   on a close-on-exec pipe), or {"event": "error", "message"} at any step
+
+Without a hook only "started" (or "error") is sent. After "started" the shim no longer needs the
+agent: it copies the container's stdout+stderr to the log file (rotated at ``log_max`` bytes, one old
+file kept), reaps init, records exit.json (exit code, 128+signal for a signal, oom_killed) and
+exits. Both processes are plain forks of the zygote interpreter: no new Python start per container.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import stat
+import time
+
+from . import linux
+from .linux import (
+    CLONE_NEWCGROUP,
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUTS,
+    MNT_DETACH,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    MS_STRICTATIME,
+)
+
+CONTAINER_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP
+
+# docker's /proc and /sys hardening (moby oci/defaults.go)
+MASKED_PATHS = (
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+DEVICES = (  # name, major, minor (mode 0666)
+    ("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0),
+)
+DEV_SYMLINKS = (
+    ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"),
+)
+
+
+# -- container init ------------------------------------------------------------------------------
+def _ensure_dir(path: str, mode: int = 0o755) -> None:
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+
+
+def setup_rootfs(req: dict) -> None:
+    """Mount the container's filesystem tree and make it the root. Runs in the new mount namespace."""
+    linux.mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we do propagates back to the host
+    root = req["rootfs"]
+    linux.mount("overlay", root, "overlay", MS_NODEV,
+                f"lowerdir={req['lower']},upperdir={req['upper']},workdir={req['work']}")
+
+    # runc's pivot_root: no temporary directory needed, the old root is stacked and detached
+    os.chdir(root)
+    linux.pivot_root(".", ".")
+    linux.umount2(".", MNT_DETACH)
+    os.chdir("/")
+
+    _ensure_dir("/proc")
+    linux.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+    _ensure_dir("/dev")
+    linux.mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k")
+    for name, major, minor in DEVICES:
+        os.mknod(f"/dev/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
+    for name, target in DEV_SYMLINKS:
+        os.symlink(target, f"/dev/{name}")
+    for name, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o1777)):
+        os.mkdir(f"/dev/{name}", mode)
+    linux.mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    linux.mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    linux.mount("mqueue", "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+    _ensure_dir("/sys")
+    linux.mount("sysfs", "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+    for path in MASKED_PATHS:
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            linux.mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
+        else:
+            linux.mount("/dev/null", path, None, MS_BIND)
+    for path in READONLY_PATHS:
+        if os.path.exists(path):
+            linux.mount(path, path, None, MS_BIND | MS_REC)
+            linux.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _reset_signals() -> None:
+    """Default disposition for every signal (ignored ones survive execve), nothing blocked."""
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(sig) is not signal.SIG_DFL:
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def exec_command(argv: list[str], env: dict[str, str], caps: int, cap_last: int | None = None) -> None:
+    """Last steps before becoming the user's command (used by exec; start uses its warm variant)."""
+    os.umask(0o022)
+    _reset_signals()
+    linux.set_no_new_privs()
+    linux.drop_capabilities(caps, cap_last)
+    os.execvpe(argv[0], argv, env)
+
+
+def describe_exec_error(argv0: str, exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"{argv0}: executable file not found"
+    if isinstance(exc, PermissionError):
+        return f"{argv0}: permission denied"
+    if isinstance(exc, OSError):
+        return f"{argv0}: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def join_cgroup(files: list[str]) -> None:
+    """Move the calling process into a cgroup by writing "0" (= the writer) to each file."""
+    for path in files:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+
+def prepare_init(caps: int, cap_last: int | None) -> None:
+    """The part of init that does not depend on the request: done ahead of time in a warm slot.
+
+    The mount namespace is *not* created here: a copy made now could miss mounts the host makes
+    before the request (e.g. the image store). Dropping the bounding set and setting
+    no_new_privs only matter at execve; our current privileges (mounts) are unaffected.
+    """
+    linux.unshare(CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET)
+    _reset_signals()
+    linux.set_no_new_privs()
+    linux.drop_bounding_set(caps, cap_last)
+
+
+def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: bool,
+                   prepared_caps: int | None) -> None:
+    """PID 1 of the container until execve. Never returns.
+
+    *prepared_caps* is the capability mask ``prepare_init`` already ran with, or None.
+    """
+    step = "set up stdio"
+    try:
+        gc.disable()
+        os.dup2(out_w, 1)
+        os.dup2(out_w, 2)
+        os.close(out_w)
+        os.umask(0)
+        if prepared_caps is None:
+            step = "create namespaces"
+            prepare_init(req["caps"], req.get("cap_last"))
+        elif prepared_caps != req["caps"]:
+            linux.drop_bounding_set(req["caps"], req.get("cap_last"))
+        if not in_cgroup:
+            step = "join the cgroup"
+            join_cgroup(req["cgroup_join"])
+        step = "create namespaces"
+        linux.unshare(CLONE_NEWNS | CLONE_NEWCGROUP)  # cgroup ns after joining: its root is our cgroup
+        step = "set up the root filesystem"
+        setup_rootfs(req)
+        step = "set the hostname"
+        socket.sethostname(req["hostname"])
+        step = f"enter the working directory {req['workdir']}"
+        try:
+            os.chdir(req["workdir"])
+        except FileNotFoundError:
+            os.makedirs(req["workdir"], 0o755)
+            os.chdir(req["workdir"])
+        os.write(status_w, b"R")
+        if req.get("wait_for_go", True) and os.read(go_r, 1) != b"G":
+            os._exit(1)
+        os.setsid()
+        os.umask(0o022)
+        step = "drop capabilities"
+        linux.set_capabilities(req["caps"])
+        step = "execute the command"
+        argv = req["argv"]
+        os.execvpe(argv[0], argv, req["env"])
+        raise OSError(errno.ENOEXEC, "execve returned")
+    except BaseException as exc:  # noqa: BLE001 - report whatever it is, then die
+        if step == "execute the command":
+            message = describe_exec_error(req["argv"][0], exc)
+        else:
+            message = f"cannot {step}: {exc}"
+        try:
+            os.write(status_w, b"E" + message.encode("utf-8", "replace")[:3000])
+        except OSError:
+            pass
+    os._exit(127)
+
+
+# -- the shim ------------------------------------------------------------------------------------
+def _write_json(path: str, data: dict, durable: bool) -> None:
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, json.dumps(data).encode())
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _read_to_eof(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _send(chan: socket.socket | None, message: dict) -> None:
+    if chan is None:
+        return
+    try:
+        chan.send(json.dumps(message).encode())
+    except OSError:
+        pass  # the agent is gone; we carry on without it
+
+
+def _exit_code(status: int) -> tuple[int, int | None]:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return 128 - code, -code
+    return code, None
+
+
+class _Log:
+    """Append-only log with one rotation: <path> grows to *limit* bytes, then becomes <path>.1."""
+
+    def __init__(self, path: str, limit: int):
+        self.path, self.limit = path, limit
+        self.fd = -1
+        self.size = 0
+        self._open()
+
+    def _open(self) -> None:
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self.size = os.fstat(self.fd).st_size
+
+    def write(self, data: bytes) -> None:
+        try:
+            _write_all(self.fd, data)
+            self.size += len(data)
+            if self.limit and self.size >= self.limit:
+                os.replace(self.path, self.path + ".1")
+                os.close(self.fd)
+                self._open()
+        except OSError:
+            pass  # a full disk must not block the container: drop output rather than stall it
+
+
+def _fork_into(directory: str | None) -> tuple[int, bool]:
+    """fork(); on cgroup v2 straight into *directory*. Returns (pid, born in the cgroup)."""
+    if directory:
+        try:
+            cgroup_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            cgroup_fd = -1
+        if cgroup_fd >= 0:
+            try:
+                pid = linux.fork_into_cgroup(cgroup_fd)
+            except OSError:
+                pid = -1  # e.g. kernel < 5.7: fall back to joining via cgroup.procs
+            if pid == 0:
+                return 0, True
+            os.close(cgroup_fd)
+            if pid > 0:
+                return pid, True
+    return os.fork(), False
+
+
+def _kill_and_exit(pid: int, code: int) -> None:
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+    os._exit(code)
+
+
+def _oom_kills(memory_dir: str, version: int) -> int:
+    """Like cgroups.oom_kill_count, without importing that module into the zygote."""
+    try:
+        with open(os.path.join(memory_dir, "memory.oom_control" if version == 1 else "memory.events"), "rb") as handle:
+            for line in handle.read().splitlines():
+                if line.startswith(b"oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+SLOT_FD = 3
+
+
+def run_shim(slot_fd: int, opts: dict) -> None:
+    """Body of a shim, forked by the zygote *before* its request arrives. Never returns.
+
+    Warm phase: own session, pipes, a new PID namespace and — where joining a cgroup later is
+    cheap (v1) — the container's init already forked and prepared (``prepare_init``). Then wait on
+    the slot socket for the request (+ the agent's channel); EOF means the zygote is gone: clean up.
+    """
+    os.dup2(slot_fd, SLOT_FD)
+    os.closerange(SLOT_FD + 1, 1 << 30)  # zygote socket, any fd that came with the fork (close_range)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the zygote ignores it to auto-reap us
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP,
+                signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    os.setsid()  # not in the agent's session or process group: survives it
+    devnull = os.open("/dev/null", os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(devnull, target)
+    os.close(devnull)
+    linux.set_process_name("cshim-warm")
+    slot = socket.socket(fileno=SLOT_FD)
+    slot.set_inheritable(False)
+    pid = 0
+    try:
+        out_r, out_w = os.pipe()
+        status_r, status_w = os.pipe()
+        go_r, go_w = os.pipe()
+        req_r, req_w = os.pipe()
+        linux.unshare(CLONE_NEWPID)
+        if opts.get("prefork_init"):
+            pid = os.fork()
+            if pid == 0:
+                for fd in (slot.detach(), out_r, status_r, go_w, req_w):
+                    os.close(fd)
+                _warm_init(opts, req_r, out_w, status_w, go_r)
+            os.close(req_r)
+        else:
+            os.close(req_r)
+            os.close(req_w)
+    except BaseException:  # noqa: BLE001 - a broken slot: the zygote falls back to a fresh one
+        _kill_and_exit(pid, 1)
+
+    # -- wait for the request (or for our prepared init to die, or the zygote to go away)
+    poller = select.poll()
+    poller.register(slot.fileno(), select.POLLIN)
+    init_fd = os.pidfd_open(pid) if pid else -1
+    if init_fd >= 0:
+        poller.register(init_fd, select.POLLIN)
+    while True:
+        events = dict(poller.poll())
+        if init_fd >= 0 and init_fd in events:
+            _kill_and_exit(pid, 1)
+        if events:
+            break
+    try:
+        message, fds, _flags, _addr = socket.recv_fds(slot, 1 << 18, 1, socket.MSG_CMSG_CLOEXEC)
+    except OSError:
+        message, fds = b"", []
+    slot.close()
+    if init_fd >= 0:
+        os.close(init_fd)
+    if not message or not fds:
+        for fd in fds:
+            os.close(fd)
+        _kill_and_exit(pid, 0)
+    chan = socket.socket(fileno=fds[0])
+    if pid:  # hand the request to the waiting init first: it has the longer way to go
+        try:
+            _write_all(req_w, message)
+        except OSError:
+            pass  # init died: reported below through the status pipe
+        os.close(req_w)
+    try:
+        req = json.loads(message)
+    except ValueError as exc:
+        _send(chan, {"event": "error", "message": f"bad request: {exc}"})
+        _kill_and_exit(pid, 1)
+    linux.set_process_name(f"cshim-{req.get('id', '')}")
+    _supervise(req, chan, pid, (out_r, out_w), (status_r, status_w), (go_r, go_w))
+
+
+def _supervise(req: dict, chan: socket.socket, pid: int, out: tuple[int, int], status: tuple[int, int],
+               go: tuple[int, int]) -> None:
+    """The shim once it has its request; *pid* is the prepared init (already given the request) or 0."""
+    out_r, out_w = out
+    status_r, status_w = status
+    go_r, go_w = go
+    try:
+        if not pid:
+            pid, in_cgroup = _fork_into(req.get("cgroup_v2_dir"))
+            if pid == 0:
+                for fd in (chan.detach(), out_r, status_r, go_w):
+                    os.close(fd)
+                container_init(req, out_w, status_w, go_r, in_cgroup, None)
+                os._exit(127)  # not reached
+        for fd in (out_w, status_w, go_r):
+            os.close(fd)
+        identity = {"pid": pid, "pid_start": linux.proc_start_time(pid),
+                    "shim_pid": os.getpid(), "shim_start": linux.proc_start_time(os.getpid())}
+        log = _Log(req["log"], req.get("log_max", 0))
+
+        first = os.read(status_r, 1)
+        if first != b"R":
+            detail = _read_to_eof(status_r).decode("utf-8", "replace") if first == b"E" else ""
+            _, wstatus = os.waitpid(pid, 0)
+            raise RuntimeError(detail or f"container init died during setup (exit status {_exit_code(wstatus)[0]})")
+        if req.get("wait_for_go", True):
+            _send(chan, {"event": "ready", **identity})
+            try:
+                reply = json.loads(chan.recv(65536) or b"{}")
+            except (OSError, ValueError):
+                reply = {}
+            if reply.get("op") != "go":
+                _kill_and_exit(pid, 0)
+            os.write(go_w, b"G")
+        os.close(go_w)
+        result = _read_to_eof(status_r)  # EOF without data: execve closed the close-on-exec pipe
+        os.close(status_r)
+        if result:
+            os.waitpid(pid, 0)
+            raise RuntimeError(result[1:].decode("utf-8", "replace") or "container init failed")
+        started_at = time.time()
+        _write_json(req["pids_file"], {"boot_id": linux.boot_id(), **identity, "started_at": started_at},
+                    durable=False)
+        _send(chan, {"event": "started", "started_at": started_at, **identity})
+    except BaseException as exc:  # noqa: BLE001
+        _send(chan, {"event": "error", "message": str(exc) or type(exc).__name__})
+        _kill_and_exit(pid, 1)
+    chan.close()
+
+    while True:
+        try:
+            data = os.read(out_r, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        log.write(data)
+    _, wstatus = os.waitpid(pid, 0)
+    finished_at = time.time()
+    code, sig = _exit_code(wstatus)
+    memory = req.get("memory_cgroup")
+    oom = bool(memory) and _oom_kills(memory, req["cgroup_version"]) > 0
+    try:
+        _write_json(req["exit_file"], {"exit_code": code, "signal": sig, "oom_killed": oom,
+                                       "started_at": started_at, "finished_at": finished_at}, durable=True)
+    except OSError:
+        pass
+    os._exit(0)
+
+
+def _warm_init(opts: dict, req_r: int, out_w: int, status_w: int, go_r: int) -> None:
+    """A prepared container init waiting for its request. Never returns."""
+    try:
+        prepare_init(opts["caps"], opts.get("cap_last"))
+        failure = None
+    except BaseException as exc:  # noqa: BLE001 - reported once the request (and a channel) exists
+        failure = f"cannot create namespaces: {exc}"
+    data = _read_to_eof(req_r)
+    os.close(req_r)
+    if not data:
+        os._exit(0)  # the slot was abandoned
+    if failure:
+        try:
+            os.write(status_w, b"E" + failure.encode())
+        finally:
+            os._exit(127)
+    container_init(json.loads(data), out_w, status_w, go_r, False, opts["caps"])

@@ -1,0 +1,239 @@
+"""The fork server ("zygote"): a single-threaded interpreter that forks one shim per container.
+
+Why: the agent is multi-threaded (PySyncObj, API threads). After fork() only the forking thread
+exists in the child, so any lock another thread held (import lock, logging, allocator, a buffered
+file) stays locked forever — running Python in such a child is unsafe. Spawning a new interpreter
+per container is safe but costs ~20-50 ms. So the runtime starts one fresh interpreter *once*
+(``python3 -I -S -c ...`` via fork+exec from C, which is thread-safe), lets it import and warm up
+everything, and asks it to fork. Its forks are cheap (~1 ms) and run only our own code.
+
+Protocol: the agent holds one end of a SOCK_SEQPACKET socketpair; each message is a JSON start
+request carrying (SCM_RIGHTS) one end of a fresh per-container channel. The zygote keeps one *warm
+slot* — a shim forked ahead of time that has done everything not depending on the request (see
+shim.py) — hands it the request and the channel, and forks the next warm slot. All replies travel
+on the channel, so concurrent starts from several agent threads need no demultiplexing. If the warm
+slot is broken, a fresh one is forked on the spot.
+
+Lifetime: EOF on the socket (the agent exited or was killed) ends the zygote and its warm slot
+(which notices its slot socket close and kills its prepared init). Running shims do not depend
+on it: they are in their own sessions and get reparented to init (or the nearest subreaper) — the
+zygote ignores SIGCHLD so they never become zombies while it lives. The next agent spawns a new
+zygote; running containers are re-adopted from disk, not from the zygote.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+MAX_REQUEST = 1 << 18
+REFILL_DELAY = 0.0  # seconds after a start before the next warm slot is prepared
+
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from cantainer_agent.runtime.zygote import main; main(int(sys.argv[2]), sys.argv[3])"
+)
+
+
+def package_root() -> str:
+    """The directory (or zip file) that contains the ``cantainer_agent`` package."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class _Slot:
+    """A warm shim waiting for its request on *sock*."""
+
+    def __init__(self, pid: int, sock: socket.socket):
+        self.pid, self.sock = pid, sock
+
+
+def _spawn_slot(zygote_sock: socket.socket, opts: dict) -> _Slot:
+    from . import shim
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ours.close()
+            shim.run_shim(theirs.detach(), opts)
+        finally:
+            os._exit(70)
+    theirs.close()
+    return _Slot(pid, ours)
+
+
+def _retire(slot: _Slot, wait: float = 0.0) -> None:
+    """Close a slot's socket (its shim then cleans up and exits); optionally wait for that."""
+    try:
+        pidfd = os.pidfd_open(slot.pid) if wait else -1
+    except OSError:
+        pidfd = -1
+    slot.sock.close()
+    if pidfd >= 0:
+        select.select([pidfd], [], [], wait)
+        os.close(pidfd)
+
+
+def main(fd: int, opts_json: str) -> None:
+    """Zygote process body."""
+    from . import linux, shim  # noqa: F401 - import and warm up before the first fork
+
+    opts = json.loads(opts_json)
+    linux.boot_id()
+    os.set_inheritable(fd, False)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # shims are reaped automatically
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    linux.set_process_name("cantainer-zyg")
+    sock = socket.socket(fileno=fd)
+    gc.collect()
+    gc.freeze()  # forks share the heap; keep the collector from touching (copying) its pages
+    warm: _Slot | None = None
+    refill_at = 0.0
+    failures = 0
+    while True:
+        if warm is None:
+            delay = refill_at - time.monotonic()
+            if delay <= 0:
+                try:
+                    warm = _spawn_slot(sock, opts)
+                    failures = 0
+                except OSError:
+                    failures += 1
+                    refill_at = time.monotonic() + min(5.0, 0.05 * 2 ** failures)
+                continue
+            if not select.select([sock], [], [], delay)[0]:
+                continue
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, 4, socket.MSG_CMSG_CLOEXEC)
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+        if not message:
+            for extra in fds:
+                os.close(extra)
+            break
+        if not fds:
+            continue
+        chan = fds[0]
+        for extra in fds[1:]:
+            os.close(extra)
+        delivered = False
+        for attempt in (0, 1):  # the warm slot, else a fresh one
+            slot, warm = warm, None
+            try:
+                if slot is None:
+                    slot = _spawn_slot(sock, opts)
+                socket.send_fds(slot.sock, [message], [chan])
+                delivered = True
+            except OSError as exc:
+                error = exc
+            if slot is not None:
+                slot.sock.close()
+            if delivered:
+                break
+        if not delivered:
+            try:
+                os.write(chan, json.dumps({"event": "error", "message": f"zygote: {error}"}).encode())
+            except OSError:
+                pass
+        os.close(chan)
+        refill_at = time.monotonic() + REFILL_DELAY
+    if warm is not None:
+        _retire(warm, wait=2.0)
+    os._exit(0)
+
+
+class Zygote:
+    """Agent-side handle: spawns the zygote lazily and re-spawns it if it died."""
+
+    def __init__(self, python: str | None = None, options: "dict | Callable[[], dict] | None" = None):
+        """*options* (or a function returning them, called at spawn): what warm slots prepare ahead
+        of a request — {"prefork_init": bool (cgroup v1), "caps": mask, "cap_last": int}."""
+        import threading  # noqa: PLC0415 - agent side only; the zygote process stays lean
+
+        self.python = python or sys.executable
+        self.options = options
+        self._lock = threading.Lock()
+        self._proc = None  # subprocess.Popen
+        self._sock: socket.socket | None = None
+
+    def _options(self) -> dict:
+        return dict((self.options() if callable(self.options) else self.options) or {})
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def _spawn(self) -> None:
+        import subprocess  # noqa: PLC0415
+
+        self._close_locked()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = subprocess.Popen(
+                [self.python, "-I", "-S", "-c", _BOOT, package_root(), str(theirs.fileno()), json.dumps(self._options())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                start_new_session=True, close_fds=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock = ours
+
+    def ensure(self) -> None:
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._spawn()
+
+    def request(self, payload: dict) -> socket.socket:
+        """Send a start request; return the agent's end of the new container's channel."""
+        data = json.dumps(payload).encode()
+        if len(data) > MAX_REQUEST:
+            raise ValueError(f"start request too large ({len(data)} bytes)")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            with self._lock:
+                for attempt in (0, 1):
+                    if self._proc is None or self._proc.poll() is not None:
+                        self._spawn()
+                    try:
+                        socket.send_fds(self._sock, [data], [theirs.fileno()])
+                        break
+                    except (BrokenPipeError, ConnectionResetError):
+                        if attempt:
+                            raise
+                        self._close_locked()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return ours
+
+    def _close_locked(self) -> None:
+        import subprocess  # noqa: PLC0415
+
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def close(self) -> None:
+        """Stop the zygote (running containers are unaffected)."""
+        with self._lock:
+            self._close_locked()

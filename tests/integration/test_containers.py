@@ -1,0 +1,313 @@
+"""Containers and the overlay on the real lab: run/exec/logs/stop/rm, limits, supervision, IPAM,
+cross-host reachability, isolation, MTU and reconciliation of forwarding entries."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from cantainer import remote
+
+pytestmark = pytest.mark.lab
+CANTAINER = [sys.executable, "-m", "cantainer.cli"]
+
+
+def cli(inventory: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CANTAINER_INVENTORY": str(inventory), "COLUMNS": "200"}
+    return subprocess.run([*CANTAINER, *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          stdin=subprocess.DEVNULL)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def host_exec(lab, host: str, *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lab", "exec", "--name", lab.name, host, "--", *command],
+                          capture_output=True, text=True, timeout=30)
+
+
+def ps(inventory: Path) -> dict[str, dict]:
+    return {c["name"]: c for c in json.loads(ok(cli(inventory, "ps", "--all", "--json")))}
+
+
+def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def pings(inventory: Path, name: str, address: str, size: int = 56, count: int = 1) -> bool:
+    result = cli(inventory, "exec", name, "--", "ping", "-c", str(count), "-W", "2", "-s", str(size), address)
+    return result.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def cluster(lab):
+    inventory = lab.inventory_file
+    ok(cli(inventory, "up", str(inventory)))
+    yield inventory
+    cli(inventory, "down", "--purge")
+
+
+@pytest.fixture(scope="module")
+def web(cluster):
+    """c1@h1 and c2@h2 on 10.0.0.0/24, c3@h3 and c4@h1 on 10.1.0.0/24, all sleeping."""
+    for name, host, network in (("c1", "h1", "10.0.0.0/24"), ("c2", "h2", "10.0.0.0/24"),
+                                ("c3", "h3", "10.1.0.0/24"), ("c4", "h1", "10.1.0.0/24")):
+        ok(cli(cluster, "run", "--host", host, "-n", network, "--name", name, "-d", "--", "sleep", "100000"))
+    return {name: c["ip"] for name, c in ps(cluster).items()}
+
+
+# -- runtime ----------------------------------------------------------------------------------------
+def test_run_detached_gives_an_alpine_container_with_its_name_and_command_as_pid_1(cluster, web):
+    assert ok(cli(cluster, "exec", "c1", "--", "cat", "/etc/alpine-release")) == "3.20.3\n"
+    assert ok(cli(cluster, "exec", "c1", "--", "hostname")) == "c1\n"
+    assert ok(cli(cluster, "exec", "c1", "--", "cat", "/proc/1/cmdline")).split("\0")[:2] == ["sleep", "100000"]
+    assert ps(cluster)["c1"]["state"] == "running"
+
+
+def test_exit_codes_of_run_and_exec_are_propagated(cluster):
+    result = cli(cluster, "run", "--host", "h2", "-n", "10.2.0.0/24", "--name", "exits", "--",
+                 "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert result.returncode == 7 and "out" in result.stdout
+    assert ps(cluster)["exits"]["state"] == "exited" and ps(cluster)["exits"]["exit_code"] == 7
+    assert "out" in ok(cli(cluster, "logs", "exits"))
+    ok(cli(cluster, "rm", "exits"))
+
+
+def test_exec_prints_exactly_the_commands_output_and_its_exit_code(cluster, web):
+    result = cli(cluster, "exec", "c4", "--", "sh", "-c", "printf 'a b\\n'; exit 3")
+    assert result.returncode == 3 and result.stdout == "a b\n"
+
+
+def test_memory_limit_oom_kill_is_recorded(cluster):
+    ok(cli(cluster, "run", "--host", "h3", "-n", "10.2.0.0/24", "--name", "hog", "-d", "--memory", "16m", "--",
+           "sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' x); echo survived"))
+    deadline = time.monotonic() + 30
+    while ps(cluster)["hog"]["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    hog = ps(cluster)["hog"]
+    assert hog["state"] == "exited" and hog["reason"] == "oom-killed", hog
+    ok(cli(cluster, "rm", "hog"))
+
+
+def test_pids_limit_is_enforced(cluster):
+    result = cli(cluster, "run", "--host", "h2", "-n", "10.2.0.0/24", "--name", "forks", "--pids", "4", "--",
+                 "sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 3 & done; wait; echo finished")
+    assert "can't fork" in result.stdout + result.stderr or "Resource temporarily unavailable" in result.stdout
+    ok(cli(cluster, "rm", "forks"))
+
+
+def test_stop_then_rm_frees_the_address_and_the_next_run_reuses_it(cluster, web):
+    ok(cli(cluster, "run", "--host", "h2", "-n", "10.3.0.0/24", "--name", "first", "-d", "--", "sleep", "1000"))
+    ok(cli(cluster, "run", "--host", "h2", "-n", "10.3.0.0/24", "--name", "second", "-d", "--", "sleep", "1000"))
+    assert ps(cluster)["first"]["ip"] == "10.3.0.1"
+    one_line_error(cli(cluster, "rm", "first"), "running")
+    ok(cli(cluster, "stop", "first", "--time", "2"))
+    assert ps(cluster)["first"]["state"] == "exited"
+    ok(cli(cluster, "rm", "first"))
+    assert "first" not in ps(cluster)
+    ok(cli(cluster, "run", "--host", "h1", "-n", "10.3.0.0/24", "--name", "third", "-d", "--", "sleep", "1000"))
+    assert ps(cluster)["third"]["ip"] == "10.3.0.1"
+    ok(cli(cluster, "rm", "-f", "second"))
+    ok(cli(cluster, "rm", "-f", "third"))
+
+
+def test_logs_are_kept_and_survive_an_agent_kill(lab, cluster):
+    ok(cli(cluster, "run", "--host", "h3", "-n", "10.2.0.0/24", "--name", "talker", "-d", "--",
+           "sh", "-c", "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done"))
+    pid = host_exec(lab, "h3", "cat", remote.PID_FILE).stdout.split()[0]
+    assert host_exec(lab, "h3", "kill", "-9", pid).returncode == 0
+    time.sleep(1.0)  # the container keeps logging while no agent runs
+    ok(cli(cluster, "up", str(cluster)))
+    assert ps(cluster)["talker"]["state"] == "running"
+    lines = ok(cli(cluster, "logs", "talker")).splitlines()
+    assert len(lines) >= 5 and lines[0] == "line 0"
+    assert ok(cli(cluster, "exec", "talker", "--", "echo", "still here")) == "still here\n"
+    ok(cli(cluster, "rm", "-f", "talker"))
+
+
+# -- overlay ----------------------------------------------------------------------------------------
+def test_same_network_reaches_across_hosts_both_ways(cluster, web):
+    assert pings(cluster, "c1", web["c2"]) and pings(cluster, "c2", web["c1"])
+    assert pings(cluster, "c3", web["c4"]) and pings(cluster, "c4", web["c3"])
+
+
+def test_networks_are_isolated_also_on_one_host(cluster, web):
+    assert not pings(cluster, "c4", web["c1"])  # same host h1, other network
+    assert not pings(cluster, "c3", web["c2"])
+    assert not pings(cluster, "c1", web["c4"])
+
+
+def test_mtu_is_underlay_minus_50_and_large_packets_cross_hosts(cluster, web):
+    assert "mtu 1450" in ok(cli(cluster, "exec", "c1", "--", "ip", "link", "show", "eth0"))
+    assert pings(cluster, "c1", web["c2"], size=1400)
+
+
+def test_two_containers_on_one_host_and_subnet_ping_each_other(cluster, web):
+    ok(cli(cluster, "run", "--host", "h1", "-n", "10.0.0.0/24", "--name", "c5", "-d", "--", "sleep", "100000"))
+    assert pings(cluster, "c5", web["c1"])
+    ok(cli(cluster, "rm", "-f", "c5"))
+
+
+def test_a_new_container_is_reachable_from_another_host_right_after_run(cluster, web):
+    ip = ok(cli(cluster, "run", "--host", "h2", "-n", "10.0.0.0/24", "--name", "fresh", "-d", "--",
+                "sleep", "100000")).split()[1]
+    # ping sends one probe per second: within 3 probes means within ~2 s of `run` returning
+    assert pings(cluster, "c1", ip, count=3) is True
+    ok(cli(cluster, "rm", "-f", "fresh"))
+
+
+def fdb(lab, host: str) -> str:
+    return host_exec(lab, host, "bridge", "fdb", "show", "dev", "cvx-4096").stdout
+
+
+def test_agent_restart_leaves_correct_entries_untouched(lab, cluster, web):
+    before_link = host_exec(lab, "h1", "ip", "-o", "link", "show", "cvx-4096").stdout.split(":")[0]
+    before = fdb(lab, "h1")
+    assert "02:42:0a:00:00:02" in before  # c2's MAC -> h2
+    pid = host_exec(lab, "h1", "cat", remote.PID_FILE).stdout.split()[0]
+    host_exec(lab, "h1", "kill", "-9", pid)
+    ok(cli(cluster, "up", str(cluster)))
+    time.sleep(1)
+    assert host_exec(lab, "h1", "ip", "-o", "link", "show", "cvx-4096").stdout.split(":")[0] == before_link
+    assert fdb(lab, "h1") == before
+
+
+def test_containers_keep_talking_while_every_agent_is_down(lab, cluster, web):
+    ok(cli(cluster, "run", "--host", "h1", "-n", "10.0.0.0/24", "--name", "pinger", "-d", "--",
+           "ping", "-i", "0.2", "-c", "25", web["c2"]))
+    time.sleep(1.0)
+    for host in ("h1", "h2", "h3"):
+        pid = host_exec(lab, host, "cat", remote.PID_FILE).stdout.split()[0]
+        assert host_exec(lab, host, "kill", "-9", pid).returncode == 0
+    time.sleep(2.5)  # no agent anywhere while the pings flow
+    for host in ("h1", "h2", "h3"):
+        assert "cantainer_agent" not in host_exec(lab, host, "ps", "-eo", "args").stdout
+    ok(cli(cluster, "up", str(cluster)))
+    deadline = time.monotonic() + 15
+    while ps(cluster)["pinger"]["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    log = ok(cli(cluster, "logs", "pinger"))
+    assert "25 packets transmitted, 25 packets received, 0% packet loss" in log, log
+    ok(cli(cluster, "rm", "pinger"))
+
+
+def test_rm_removes_every_entry_for_the_container_on_every_host(lab, cluster, web):
+    ok(cli(cluster, "run", "--host", "h2", "-n", "10.0.0.0/24", "--name", "gone", "-d", "--", "sleep", "100000"))
+    ip = ps(cluster)["gone"]["ip"]
+    mac = "02:42:" + ":".join(f"{int(octet):02x}" for octet in ip.split("."))
+    deadline = time.monotonic() + 5
+    while mac not in fdb(lab, "h1") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert mac in fdb(lab, "h1")
+    ok(cli(cluster, "rm", "-f", "gone"))
+    deadline = time.monotonic() + 5
+    while mac in fdb(lab, "h1") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for host in ("h1", "h2", "h3"):
+        assert mac not in fdb(lab, host)
+        assert ip not in host_exec(lab, host, "ip", "neigh", "show", "dev", "cvx-4096").stdout
+
+
+def test_crashed_host_is_reported_and_its_entries_go(lab, cluster, web):
+    lab.crash("h3")
+    lab.boot("h3")
+    ok(cli(cluster, "up", str(cluster)))
+    deadline = time.monotonic() + 10
+    while ps(cluster)["c3"]["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    c3 = ps(cluster)["c3"]
+    assert c3["state"] == "dead" and "process is gone" in c3["reason"], c3
+    mac = "02:42:" + ":".join(f"{int(octet):02x}" for octet in web["c3"].split("."))
+    assert mac not in host_exec(lab, "h1", "bridge", "fdb", "show").stdout
+    ok(cli(cluster, "rm", "c3"))
+
+
+# -- bad input: one clear line, nothing created -------------------------------------------------------
+@pytest.mark.parametrize("args, needles", [
+    (["--host", "h9", "-n", "10.9.0.0/24"], ["unknown host", "h9"]),
+    (["--host", "h1", "-n", "garbage"], ["not a valid CIDR"]),
+    (["--host", "h1", "-n", "10.9.0.0/33"], ["not a valid CIDR"]),
+    (["--host", "h1", "-n", "10.9.0.1/24"], ["host bits set"]),
+    (["--host", "h1", "-n", "10.9.0.0/32"], ["too small"]),
+    (["--host", "h1", "-n", "10.0.0.0/16"], ["overlaps"]),
+    (["--host", "h1", "-n", "10.9.0.0/24", "--image", "ubuntu"], ["unknown image 'ubuntu'"]),
+    (["--host", "h1", "-n", "10.9.0.0/24", "--name", "c1"], ["already in use"]),
+    (["--host", "h1", "-n", "10.9.0.0/24", "--name", "two words"], ["container name"]),
+    (["--host", "h1", "-n", "10.9.0.0/24", "--name", "a;touch /tmp/pwned"], ["container name"]),
+    (["--host", "h1", "-n", "10.9.0.0/24", "--name", "$(touch /tmp/pwned)"], ["container name"]),
+    (["--host", "h1", "-n", "10.9.0.0/24", "--name", "../etc"], ["container name"]),
+    (["--host", "h1", "-n", "10.9.0.0/24", "--name", "x" * 64], ["container name"]),
+    (["--host", "h1", "-n", "10.9.0.0/24", "-e", "NOEQUALS"], ["KEY=VALUE"]),
+    (["--host", "h1", "-n", "10.9.0.0/24", "--memory", "lots"], ["not a size"]),
+])
+def test_bad_run_input_is_one_line_and_creates_nothing(lab, cluster, web, args, needles):
+    before = ps(cluster)
+    one_line_error(cli(cluster, "run", *args, "-d", "--", "true"), *needles)
+    assert ps(cluster) == before
+    assert host_exec(lab, "h1", "test", "-e", "/tmp/pwned").returncode != 0
+
+
+def test_exhausted_network_is_a_clear_error(cluster, web):
+    ok(cli(cluster, "run", "--host", "h1", "-n", "10.4.0.0/30", "--name", "full1", "-d", "--", "sleep", "1000"))
+    ok(cli(cluster, "run", "--host", "h2", "-n", "10.4.0.0/30", "--name", "full2", "-d", "--", "sleep", "1000"))
+    one_line_error(cli(cluster, "run", "--host", "h1", "-n", "10.4.0.0/30", "-d", "--", "true"), "is full")
+    for name in ("full1", "full2"):
+        ok(cli(cluster, "rm", "-f", name))
+
+
+@pytest.mark.parametrize("command", [["exec", "nosuch", "--", "true"], ["logs", "nosuch"], ["rm", "nosuch"],
+                                     ["stop", "nosuch"]])
+def test_unknown_container_is_a_clear_error(cluster, command):
+    one_line_error(cli(cluster, *command), "no container named 'nosuch'")
+
+
+def write_inventory_with_image(lab, tmp_path: Path, name: str, tarball: Path, sha256: str) -> Path:
+    text = lab.inventory_file.read_text()
+    section = f'\n[images.{name}]\npath = "{tarball}"\nsha256 = "{sha256}"\n'
+    hosts_at = text.index("[[hosts]]")
+    path = tmp_path / "inventory.toml"
+    path.write_text(text[:hosts_at] + section + "\n" + text[hosts_at:])
+    return path
+
+
+def test_sha256_mismatch_is_refused(lab, cluster, tmp_path):
+    tarball = tmp_path / "image.tar.gz"
+    tarball.write_bytes(gzip.compress(b"not really an image"))
+    inventory = write_inventory_with_image(lab, tmp_path, "fake", tarball, "0" * 64)
+    one_line_error(cli(inventory, "run", "--host", "h1", "-n", "10.9.0.0/24", "--image", "fake", "-d", "--", "true"),
+                   "sha256 mismatch")
+
+
+def test_tarball_with_traversal_and_escaping_symlink_is_refused(lab, cluster, tmp_path):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, kind, target in (("./bin", tarfile.DIRTYPE, ""), ("./bin/escape", tarfile.SYMTYPE, "/../../etc"),
+                                   ("../../evil", tarfile.REGTYPE, "")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tar.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+    tarball = tmp_path / "evil.tar.gz"
+    tarball.write_bytes(gzip.compress(raw.getvalue()))
+    sha = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    inventory = write_inventory_with_image(lab, tmp_path, "evil", tarball, sha)
+    line = one_line_error(cli(inventory, "run", "--host", "h1", "-n", "10.9.0.0/24", "--image", "evil", "-d", "--", "true"),
+                          "image refused")
+    assert "evil" not in ps(cluster)
+    assert host_exec(lab, "h1", "test", "-e", "/var/lib/evil").returncode != 0, line
