@@ -1,4 +1,5 @@
-"""`sudo make demo`: a 3-host lab, `cantainer up` on it, `cantainer status`, then a clean teardown.
+"""`sudo make demo`: a 3-host lab, `cantainer up`, Alpine containers on two hosts pinging each other
+over the VXLAN overlay, `cantainer status`, then a clean teardown.
 
 Each step is the real command a user would type, printed before it runs. Set DEMO_KEEP=1 to keep
 the lab and cluster running afterwards for exploring by hand.
@@ -19,11 +20,12 @@ console = Console()
 BIN = Path(sys.executable).parent
 
 
-def step(title: str, argv: list[str]) -> None:
+def step(title: str, argv: list[str], inventory: str | None = None) -> None:
     shown = [Path(argv[0]).name if argv[0].startswith(str(BIN)) else argv[0], *argv[1:]]
     console.rule(f"[bold]{title}")
     console.print(f"[dim]$ {shlex.join(shown)}[/]")
-    result = subprocess.run(argv, stdin=subprocess.DEVNULL)
+    env = {**os.environ, **({"CANTAINER_INVENTORY": inventory} if inventory else {})}
+    result = subprocess.run(argv, stdin=subprocess.DEVNULL, env=env)
     if result.returncode != 0:
         raise LabError(f"`{shlex.join(shown)}` exited with {result.returncode}")
 
@@ -38,6 +40,14 @@ def main() -> int:
         console.print(f"[green]lab up[/] — 3 hosts, inventory at {inventory}")
         step("push and start the agents, form the raft cluster", [cantainer, "up", inventory])
         step("re-run: nothing to do, nothing touched", [cantainer, "up", inventory])
+        step("an Alpine container on h1 …", [cantainer, "run", "--host", "h1", "-n", "10.0.0.0/24", "--name", "web",
+                                              "-d", "--", "sleep", "3600"], inventory)
+        step("… and one on h2, same network", [cantainer, "run", "--host", "h2", "-n", "10.0.0.0/24", "--name", "db",
+                                                "-d", "--", "sleep", "3600"], inventory)
+        step("inside web", [cantainer, "exec", "web", "--", "sh", "-c",
+                            "echo \"alpine $(cat /etc/alpine-release) on $(hostname)\"; ip -br addr show eth0"], inventory)
+        step("web on h1 pings db on h2 over the VXLAN overlay", [cantainer, "exec", "web", "--", "ping", "-c", "3", "10.0.0.2"],
+             inventory)
         step("the cluster as the agents see it", [cantainer, "status", "-i", inventory])
     except LabError as error:
         console.print(f"[red]demo failed:[/] {error}")
