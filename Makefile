@@ -4,7 +4,7 @@ PYTHON ?= /usr/bin/python3
 VENV := .venv
 # What the lab and the tests need from the OS: sshd for lab hosts, busybox for the offline rootfs,
 # iproute2/ping/iperf3 for checks and benchmarks, util-linux for unshare/nsenter.
-APT_PACKAGES := openssh-server openssh-client busybox-static iproute2 iputils-ping iperf3 python3-venv util-linux procps
+APT_PACKAGES := openssh-server openssh-client busybox-static iproute2 iputils-ping iperf3 python3-venv util-linux procps tmux
 NEEDS_ROOT = @if [ "$$(id -u)" != 0 ]; then echo "make $@ needs root (it installs packages and creates namespaces) — run: sudo make $@" >&2; exit 1; fi
 
 .PHONY: setup demo test test-unit clean-labs

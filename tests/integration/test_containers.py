@@ -315,3 +315,38 @@ def test_tarball_with_traversal_and_escaping_symlink_is_refused(lab, cluster, tm
                           "image refused")
     assert "evil" not in ps(cluster)
     assert host_exec(lab, "h1", "test", "-e", "/var/lib/evil").returncode != 0, line
+
+
+def test_exec_it_is_a_real_interactive_terminal(cluster, web):
+    """Through tmux, as a person would: resize, Ctrl-C, exit code."""
+    session = "cantainer-test-tty"
+    env = f"CANTAINER_INVENTORY={cluster}"
+    command = f"{env} {sys.executable} -m cantainer.cli exec -it c1 -- sh; echo EXIT=$?; sleep 30"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command], check=True)
+
+    def screen() -> str:
+        return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"], capture_output=True, text=True).stdout
+
+    def send(*keys: str, wait_for: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", session, *keys], check=True)
+        deadline = time.monotonic() + 10
+        while wait_for not in screen() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert wait_for in screen(), screen()
+
+    try:
+        send(wait_for="/ #")  # the shell's prompt: the terminal is live
+        # busybox's line editor queries the terminal (ESC[6n) as it starts and eats keys typed
+        # before the answer arrives; a person types later than tmux does.
+        time.sleep(1.0)
+        send("echo hello-$((6*7)); stty size", "Enter", wait_for="hello-42")
+        assert "30 100" in screen()
+        subprocess.run(["tmux", "resize-window", "-t", session, "-x", "120", "-y", "40"], check=True)
+        time.sleep(0.5)
+        send("stty size", "Enter", wait_for="40 120")
+        send("sleep 100", "Enter", wait_for="sleep 100")
+        send("C-c", wait_for="^C")
+        send("echo after-$((1+1))", "Enter", wait_for="after-2")
+        send("exit 5", "Enter", wait_for="EXIT=5")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
