@@ -69,8 +69,3 @@ def lowest_free_vni(used: set[int]) -> int:
             return vni
     raise IpamError("no VXLAN network identifier left")
 
-
-def mac_for_ip(ip: str) -> str:
-    """Docker-style MAC derived from the IPv4 address: every host can compute peers' MACs."""
-    octets = ipaddress.IPv4Address(ip).packed
-    return "02:42:" + ":".join(f"{b:02x}" for b in octets)

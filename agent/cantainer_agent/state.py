@@ -29,6 +29,7 @@ import re
 from typing import Any
 
 from . import ipam
+from .overlay.model import mac_for_ip  # one derivation, shared with the overlay
 from .errors import StateError
 
 SCHEMA_VERSION = 1
@@ -206,7 +207,7 @@ class ClusterState:
             "host": host,
             "network": network["cidr"],
             "ip": ip,
-            "mac": ipam.mac_for_ip(ip),
+            "mac": mac_for_ip(ip),
             "image": _check_str("image", spec.get("image"), 128),
             "command": _check_str_list("command", spec.get("command")),
             "env": _check_env(spec.get("env", {})),
