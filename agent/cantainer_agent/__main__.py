@@ -23,11 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     execute.add_argument("id")
     execute.add_argument("--tty", action="store_true", help="stdio is a terminal (informational)")
     execute.add_argument("argv", nargs=argparse.REMAINDER)
+    attach = sub.add_parser("attach", help="attach stdio to a tty/stdin container; exit with its code (host-side tool)")
+    attach.add_argument("id")
     teardown = sub.add_parser("teardown", help="remove this host's containers and overlay devices (agent stopped)")
-    for tool in (logs, execute, teardown):
+    for tool in (logs, execute, attach, teardown):
         tool.add_argument("--config", default="/etc/cantainer/agent.json")
     args = parser.parse_args(argv)
-    if args.command in ("logs", "exec", "teardown"):
+    if args.command in ("logs", "exec", "attach", "teardown"):
         from .tools import main as tool_main
 
         if args.command == "exec":

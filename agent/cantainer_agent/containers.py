@@ -144,7 +144,8 @@ class LocalContainers:
                 "image": params.get("image") or sha256[:12], "command": params.get("command") or ["/bin/sh"],
                 "env": params.get("env") or {}, "workdir": params.get("workdir") or "/",
                 "limits": params.get("limits") or {}}, "ts": time.time()})
-            info = self._start(record, sha256, rootfs)
+            info = self._start(record, sha256, rootfs, tty=bool(params.get("tty")),
+                               stdin=bool(params.get("interactive")))
         except (ContainerError, OverlayError, OSError) as error:
             self._undo_create(raft, name, container_id)
             raise protocol.ProtocolError(protocol.INTERNAL, f"container {name} failed to start: {error}") from None
@@ -156,14 +157,15 @@ class LocalContainers:
         return {"name": record["name"], "id": container_id, "ip": record["ip"], "host": record["host"],
                 "network": record["network"]}
 
-    def _start(self, record: dict, sha256: str, rootfs: str) -> ContainerInfo:
+    def _start(self, record: dict, sha256: str, rootfs: str, tty: bool = False, stdin: bool = False) -> ContainerInfo:
+        """*tty*/*stdin* (run -t/-i): the container waits (briefly) for `attach` — see runtime/shim.py."""
         state = read_state(self._get_raft())
         network = NetworkSpec(record["network"], state["networks"][record["network"]]["vni"])
         endpoint = EndpointSpec(record["id"], record["network"], record["ip"], record["host"], self._cfg.address)
         mtu = overlay_mtu(self._network.underlay_mtu)
         spec = ContainerSpec(id=record["id"], name=record["name"], image=sha256, command=record["command"],
                              env=record["env"], workdir=record["workdir"], limits=record["limits"],
-                             hosts=[(record["ip"], (record["name"],))], resolv_conf="")
+                             hosts=[(record["ip"], (record["name"],))], resolv_conf="", tty=tty, stdin=stdin)
         return self.runtime.start(spec, rootfs, before_exec=lambda pid: attach_container(pid, endpoint, network, mtu))
 
     def _undo_create(self, raft: RaftNode, name: str, container_id: str) -> None:

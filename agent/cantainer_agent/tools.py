@@ -1,4 +1,4 @@
-"""Host-side tools the workstation runs over SSH exec channels: `logs` and `exec`.
+"""Host-side tools the workstation runs over SSH exec channels: `logs`, `exec`, `attach`, `teardown`.
 
 They are short-lived, single-threaded processes (so `exec` may fork safely) that read the
 container's records on disk through the runtime; they need no agent to be running, so logs and
@@ -7,8 +7,12 @@ exec keep working while the agent restarts.
 from __future__ import annotations
 
 import os
+import select
+import signal
 import sys
+import termios
 import time
+import tty
 
 from .config import ConfigError, load_config
 from .runtime import ContainerError, Runtime
@@ -47,6 +51,79 @@ def logs(runtime: Runtime, container_id: str, follow: bool, exit_code: bool) -> 
     return 0
 
 
+def _winsize_frame(fd: int) -> bytes | None:
+    from .runtime.shim import encode_winsize
+
+    try:
+        size = os.get_terminal_size(fd)
+    except OSError:
+        return None
+    return encode_winsize(size.lines, size.columns)
+
+
+def attach(runtime: Runtime, container_id: str) -> int:
+    """Relay this process's stdio to a tty/stdin container's attach socket; return its exit code.
+
+    Run by `cantainer run -i/-t` over SSH (with -t its stdio is sshd's pty: made raw here so ^C
+    and ^D reach the container's own terminal as bytes). Window size is sent at once and on
+    SIGWINCH. Output ends when the container's output ends; the exit code comes from exit.json.
+    """
+    from .runtime.shim import FRAME_DATA, FRAME_EOF, encode_frame
+
+    info = runtime.inspect(container_id)
+    sock = runtime.attach(container_id)
+    use_stdin = bool(info.spec and info.spec.stdin)
+    is_tty = os.isatty(0)
+    saved = termios.tcgetattr(0) if is_tty else None
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    old_wakeup = signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGWINCH, lambda *_: None)  # a handler, so the wakeup fd sees it
+    try:
+        if is_tty:
+            tty.setraw(0)
+        frame = _winsize_frame(0 if is_tty else 1)
+        if frame is not None:
+            sock.sendall(frame)
+        readers = [sock, wake_r] + ([0] if use_stdin else [])
+        while True:
+            ready = select.select(readers, [], [])[0]
+            if wake_r in ready:
+                try:
+                    while os.read(wake_r, 64):
+                        pass
+                except BlockingIOError:
+                    pass
+                frame = _winsize_frame(0 if is_tty else 1)
+                if frame is not None:
+                    sock.sendall(frame)
+            if 0 in ready:
+                data = os.read(0, 65536)
+                if data:
+                    sock.sendall(encode_frame(FRAME_DATA, data))
+                else:
+                    sock.sendall(encode_frame(FRAME_EOF))
+                    readers.remove(0)
+            if sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(1, view):]
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the container ended while we were sending it input
+    finally:
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        signal.signal(signal.SIGWINCH, signal.SIG_DFL)
+        signal.set_wakeup_fd(old_wakeup)
+        os.close(wake_r)
+        os.close(wake_w)
+        sock.close()
+    info = runtime.wait(container_id)
+    return info.exit_code if info.exit_code is not None else 255
+
+
 def teardown(runtime: Runtime) -> int:
     """Remove every container of this host and every overlay device (for `cantainer down`).
 
@@ -67,6 +144,8 @@ def main(command: str, args) -> int:
             return logs(runtime, args.id, args.follow, args.exit_code)
         if command == "teardown":
             return teardown(runtime)
+        if command == "attach":
+            return attach(runtime, args.id)
         return runtime.exec(args.id, args.argv)
     except (ConfigError, ContainerError, OSError) as error:
         print(f"cantainer: error: {error}", file=sys.stderr)

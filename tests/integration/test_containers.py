@@ -350,3 +350,50 @@ def test_exec_it_is_a_real_interactive_terminal(cluster, web):
         send("exit 5", "Enter", wait_for="EXIT=5")
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_run_it_gives_pid_1_a_real_interactive_terminal(cluster, web):
+    """`run -it ... -- sh` through tmux, like docker run -it: prompt, size, resize, Ctrl-C, exit code."""
+    session = "cantainer-test-run-tty"
+    env = f"CANTAINER_INVENTORY={cluster}"
+    command = (f"{env} {sys.executable} -m cantainer.cli run -it --host h3 -n 10.0.0.0/24 --name runtty -- sh; "
+               "echo EXIT=$?; sleep 30")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command], check=True)
+
+    def screen() -> str:
+        return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"], capture_output=True, text=True).stdout
+
+    def send(*keys: str, wait_for: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", session, *keys], check=True)
+        deadline = time.monotonic() + 30
+        while wait_for not in screen() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert wait_for in screen(), screen()
+
+    try:
+        send(wait_for="/ #")  # the first prompt is not lost: the container waits for the attach
+        time.sleep(1.0)  # see test_exec_it_is_a_real_interactive_terminal
+        send("echo pid-$$; tty; stty size", "Enter", wait_for="pid-1")
+        assert "/dev/pts/0" in screen() and "30 100" in screen(), screen()
+        subprocess.run(["tmux", "resize-window", "-t", session, "-x", "120", "-y", "40"], check=True)
+        time.sleep(0.5)
+        send("stty size", "Enter", wait_for="40 120")
+        send("sleep 100", "Enter", wait_for="sleep 100")
+        send("C-c", wait_for="^C")
+        send("echo after-$((1+1))", "Enter", wait_for="after-2")
+        send("exit 5", "Enter", wait_for="EXIT=5")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    assert ps(cluster)["runtty"]["state"] == "exited"
+    assert "after-2" in ok(cli(cluster, "logs", "runtty"))
+
+
+def test_run_i_pipes_stdin_and_returns_the_exit_code(cluster):
+    result = subprocess.run(
+        [sys.executable, "-m", "cantainer.cli", "run", "-i", "--host", "h2", "-n", "10.0.0.0/24", "--name", "runpipe",
+         "--", "sh", "-c", "tr a-z A-Z; exit 3"],
+        input="hello pipe\n", capture_output=True, text=True, timeout=120,
+        env={**os.environ, "CANTAINER_INVENTORY": str(cluster)},
+    )
+    assert result.returncode == 3, result
+    assert result.stdout == "HELLO PIPE\n"

@@ -78,6 +78,7 @@ DOCKER_DEFAULT_CAPS = (
 DEFAULT_CAPS = tuple(cap for cap in DOCKER_DEFAULT_CAPS if cap != "CAP_MKNOD")
 
 START_TIMEOUT = 30.0
+ATTACH_WAIT = 10.0  # a tty/stdin container waits this long before execve for its first client
 _OVERLAY_UNSAFE = (",", ":", "\\", "\n")
 
 
@@ -229,6 +230,7 @@ class Runtime:
         capabilities: tuple[str, ...] = DEFAULT_CAPS,
         cgroup_layout: CgroupLayout | None = None,
         python: str | None = None,
+        attach_wait: float = ATTACH_WAIT,
     ):
         self.state_dir = os.path.abspath(state_dir)
         self.run_dir = os.path.abspath(run_dir)
@@ -237,6 +239,7 @@ class Runtime:
                 raise ValueError(f"directory {path!r} cannot be used in overlayfs options (contains , : \\ or newline)")
         self.cgroups = CgroupManager(cgroup_parent, cgroup_layout)
         self.log_max_bytes = log_max_bytes
+        self.attach_wait = attach_wait
         self.caps_mask = linux.caps_mask(capabilities)
         self.cap_last = linux.last_cap()
         self.zygote = Zygote(python, lambda: {"caps": self.caps_mask, "cap_last": self.cap_last,
@@ -322,6 +325,9 @@ class Runtime:
                     "wait_for_go": before_exec is not None,
                     "log": os.path.join(cdir, "log"), "log_max": self.log_max_bytes,
                     "pids_file": os.path.join(rdir, "pids.json"), "exit_file": os.path.join(cdir, "exit.json"),
+                    "tty": spec.tty, "stdin": spec.stdin,
+                    "attach_sock": self.attach_path(cid) if spec.attachable else None,
+                    "attach_wait": self.attach_wait,
                 })
                 if before_exec is not None:
                     ready = _recv(chan, timeout)
@@ -442,6 +448,33 @@ class Runtime:
         if not os.path.isdir(self.container_dir(container_id)):
             raise ContainerNotFound(f"no container {container_id}")
         return os.path.join(self.container_dir(container_id), "log")
+
+    # -- attach ----------------------------------------------------------------------------------
+    def attach_path(self, container_id: str) -> str:
+        """The unix socket a tty/stdin container's shim serves while it runs (see shim.py)."""
+        return os.path.join(self._run_path(container_id), "attach.sock")
+
+    def attach(self, container_id: str) -> socket.socket:
+        """Connect to a running tty/stdin container. Send frames (``shim.encode_frame``: stdin
+        data, window size, stdin EOF); receive its output (raw) until it ends; then ``wait``."""
+        from .shim import unix_address
+
+        info = self.inspect(container_id)
+        if info.spec is not None and not info.spec.attachable:
+            raise ContainerNotRunning(f"container {info.name} was not started with a tty or stdin")
+        if info.state != RUNNING:
+            raise ContainerNotRunning(f"container {info.name} is not running")
+        address, dfd = unix_address(self.attach_path(container_id))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            raise ContainerNotRunning(f"cannot attach to container {info.name}: {exc.strerror or exc}") from None
+        finally:
+            if dfd >= 0:
+                os.close(dfd)
+        return sock
 
     def _pidfd_for(self, info: ContainerInfo) -> int | None:
         """A verified pidfd of the process whose exit ends the container: the shim, else init."""

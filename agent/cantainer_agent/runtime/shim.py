@@ -26,11 +26,19 @@ Without a hook only "started" (or "error") is sent. After "started" the shim no 
 agent: it copies the container's stdout+stderr to the log file (rotated at ``log_max`` bytes, one old
 file kept), reaps init, records exit.json (exit code, 128+signal for a signal, oom_killed) and
 exits. Both processes are plain forks of the zygote interpreter: no new Python start per container.
+
+Attach (``tty`` and/or ``stdin`` containers, the request has ``attach_sock``): the shim listens on
+that unix socket and sends "started" *before* letting init execve; it then holds init until the
+first client connects (its window-size frame is applied first) or ``attach_wait`` passes, so the
+client sees everything from the first byte. Then: output (pty master or pipe) -> log + every
+client; client frames (``encode_frame``: data / window size / stdin EOF) -> the pty master or the
+stdin pipe. A failed execve is written to the log and the clients (exit 127 in exit.json).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import gc
 import json
 import os
@@ -38,6 +46,8 @@ import select
 import signal
 import socket
 import stat
+import struct
+import termios
 import time
 
 from . import linux
@@ -188,17 +198,25 @@ def prepare_init(caps: int, cap_last: int | None) -> None:
 
 
 def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: bool,
-                   prepared_caps: int | None) -> None:
+                   prepared_caps: int | None, in_r: int = -1, tty_sock: int = -1) -> None:
     """PID 1 of the container until execve. Never returns.
 
-    *prepared_caps* is the capability mask ``prepare_init`` already ran with, or None.
+    *prepared_caps* is the capability mask ``prepare_init`` already ran with, or None. *in_r* is
+    the read end of the stdin pipe (used with ``stdin`` and no ``tty``); *tty_sock* the socket on
+    which the pty master goes to the shim (with ``tty``).
     """
     step = "set up stdio"
+    tty = bool(req.get("tty"))
     try:
         gc.disable()
-        os.dup2(out_w, 1)
-        os.dup2(out_w, 2)
+        if not tty:
+            os.dup2(out_w, 1)
+            os.dup2(out_w, 2)
+            if req.get("stdin") and in_r >= 0:
+                os.dup2(in_r, 0)
         os.close(out_w)
+        if in_r >= 0:
+            os.close(in_r)
         os.umask(0)
         if prepared_caps is None:
             step = "create namespaces"
@@ -220,10 +238,24 @@ def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: b
         except FileNotFoundError:
             os.makedirs(req["workdir"], 0o755)
             os.chdir(req["workdir"])
+        if tty:
+            # Like runc: the pty comes from the container's own devpts (/dev/ptmx -> pts/ptmx), so
+            # `tty` inside names a device that exists there; the master goes to the shim.
+            step = "allocate a terminal"
+            master, slave = os.openpty()
+            with socket.socket(fileno=tty_sock) as sock:
+                socket.send_fds(sock, [b"M"], [master])
+            os.close(master)
+            for target in (0, 1, 2):
+                os.dup2(slave, target)
+            os.close(slave)
         os.write(status_w, b"R")
-        if req.get("wait_for_go", True) and os.read(go_r, 1) != b"G":
+        if (req.get("wait_for_go", True) or req.get("attach_sock")) and os.read(go_r, 1) != b"G":
             os._exit(1)
         os.setsid()
+        if tty:
+            step = "set the controlling terminal"
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         os.umask(0o022)
         step = "drop capabilities"
         linux.set_capabilities(req["caps"])
@@ -356,6 +388,265 @@ def _oom_kills(memory_dir: str, version: int) -> int:
 
 SLOT_FD = 3
 
+# -- attach --------------------------------------------------------------------------------------
+ATTACH_WAIT = 10.0  # seconds an attachable container is held before execve waiting for a client
+FRAME_DATA, FRAME_WINSIZE, FRAME_EOF = 0x64, 0x77, 0x65  # b"d" b"w" b"e"
+MAX_FRAME = 1 << 16
+CLIENT_BUFFER = 4 << 20  # output queued for a client that does not read; beyond it, it is dropped
+STDIN_BUFFER = 1 << 16  # input queued for the container; beyond it, clients are not read
+
+
+def encode_frame(kind: int, payload: bytes = b"") -> bytes:
+    """Client -> shim message: 1 byte type, 4 bytes big-endian length, payload."""
+    return bytes((kind,)) + len(payload).to_bytes(4, "big") + payload
+
+
+def encode_winsize(rows: int, cols: int) -> bytes:
+    return encode_frame(FRAME_WINSIZE, struct.pack("!HH", rows, cols))
+
+
+def unix_address(path: str) -> tuple[str, int]:
+    """(address usable for bind/connect, fd to close or -1): paths beyond sun_path's 108 bytes go
+    through /proc/self/fd/<dir fd>/<name>."""
+    if len(path.encode()) < 100:
+        return path, -1
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{dfd}/{os.path.basename(path)}", dfd
+
+
+def _listen(path: str) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    address, dfd = unix_address(path)
+    try:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            listener.bind(address)  # mode 0600: root only (the run dir is 0700 too)
+        finally:
+            os.umask(old)
+        listener.listen(8)
+    finally:
+        if dfd >= 0:
+            os.close(dfd)
+    listener.setblocking(False)
+    return listener
+
+
+class _Client:
+    """One attached client: framed input in, raw output out (non-blocking)."""
+
+    def __init__(self, sock: socket.socket):
+        sock.setblocking(False)
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.sent_input = False
+        self.dead = False
+
+    def queue(self, data: bytes) -> None:
+        if self.dead:
+            return
+        if not self.outbuf:
+            try:
+                data = data[self.sock.send(data):]
+            except BlockingIOError:
+                pass
+            except OSError:
+                self.dead = True
+                return
+        self.outbuf += data
+        if len(self.outbuf) > CLIENT_BUFFER:
+            self.dead = True
+
+    def flush(self) -> None:
+        try:
+            del self.outbuf[:self.sock.send(self.outbuf)]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.dead = True
+
+    def frames(self):
+        """Read what is available; yield complete (type, payload) frames. Sets ``dead`` on EOF."""
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.dead = True
+            return
+        self.inbuf += data
+        yield from self.parsed()
+
+    def parsed(self):
+        """Complete frames in the input buffer (the rest stays)."""
+        while len(self.inbuf) >= 5:
+            size = int.from_bytes(self.inbuf[1:5], "big")
+            if size > MAX_FRAME:
+                self.dead = True
+                return
+            if len(self.inbuf) < 5 + size:
+                return
+            kind, payload = self.inbuf[0], bytes(self.inbuf[5:5 + size])
+            del self.inbuf[:5 + size]
+            yield kind, payload
+
+
+def _set_winsize(master: int, payload: bytes) -> None:
+    if master >= 0 and len(payload) == 4:
+        rows, cols = struct.unpack("!HH", payload)
+        try:
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        except OSError:
+            pass
+
+
+def _hold_for_attach(pid: int, listener: socket.socket, master: int, wait: float) -> list[_Client]:
+    """Before execve: wait up to *wait* s for the first client (so it sees the first output and the
+    command starts with the client's window size); give up early if init dies."""
+    clients: list[_Client] = []
+    deadline = time.monotonic() + wait
+    try:
+        init_fd = os.pidfd_open(pid)
+    except OSError:
+        return clients
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return clients
+            ready, _, _ = select.select([listener, init_fd], [], [], remaining)
+            if init_fd in ready:
+                return clients
+            if listener in ready:
+                try:
+                    sock, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                client = _Client(sock)
+                clients.append(client)
+                break
+        if master >= 0:  # the client's first frame is its window size: apply it before execve
+            pending: list[tuple[int, bytes]] = []
+            limit = time.monotonic() + 1.0
+            while not client.dead and time.monotonic() < limit:
+                if not select.select([client.sock], [], [], max(0.0, limit - time.monotonic()))[0]:
+                    break
+                pending += list(client.frames())
+                if any(kind == FRAME_WINSIZE for kind, _ in pending):
+                    break
+            for kind, payload in pending:
+                if kind == FRAME_WINSIZE:
+                    _set_winsize(master, payload)
+            client.inbuf[:0] = b"".join(encode_frame(k, p) for k, p in pending if k != FRAME_WINSIZE)
+        return [c for c in clients if not c.dead]
+    finally:
+        os.close(init_fd)
+
+
+def _relay(source: int, stdin_fd: int, master: int, log: "_Log", listener: socket.socket,
+           clients: list[_Client]) -> None:
+    """Copy the container's output (pipe or pty master) to the log and every attached client, and
+    the clients' input to its stdin (pipe or pty master), until the output ends."""
+    os.set_blocking(source, False)
+    if stdin_fd >= 0:
+        os.set_blocking(stdin_fd, False)
+    tty = master >= 0
+    pending = bytearray()  # input for the container
+    stdin_eof = False
+    for client in clients:  # frames left over from the hold (input typed before execve)
+        for kind, payload in client.parsed():
+            stdin_eof = _handle(kind, payload, client, stdin_fd, master, pending) or stdin_eof
+    while True:
+        for client in clients:
+            if client.dead:
+                client.sock.close()
+        clients[:] = [c for c in clients if not c.dead]
+        if stdin_fd >= 0 and not tty and stdin_eof and not pending:
+            os.close(stdin_fd)
+            stdin_fd = -1
+        poller = select.poll()
+        poller.register(listener.fileno(), select.POLLIN)
+        by_fd = {}
+        for client in clients:
+            mask = select.POLLIN if len(pending) < STDIN_BUFFER else 0
+            if client.outbuf:
+                mask |= select.POLLOUT
+            poller.register(client.sock.fileno(), mask)
+            by_fd[client.sock.fileno()] = client
+        want_out = stdin_fd >= 0 and bool(pending)
+        if stdin_fd >= 0 and stdin_fd != source and want_out:
+            poller.register(stdin_fd, select.POLLOUT)
+        poller.register(source, select.POLLIN | (select.POLLOUT if want_out and stdin_fd == source else 0))
+        for fd, events in poller.poll():
+            if fd == stdin_fd and events & (select.POLLOUT | select.POLLERR) and pending:
+                try:
+                    del pending[:os.write(stdin_fd, pending)]
+                except BlockingIOError:
+                    pass
+                except OSError:  # the reader is gone
+                    pending.clear()
+                    if not tty:
+                        os.close(stdin_fd)
+                        stdin_fd = -1
+            if fd == source and events & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                try:
+                    data = os.read(source, 65536)
+                except BlockingIOError:
+                    continue
+                except OSError:  # EIO: the last holder of the pty slave is gone
+                    data = b""
+                if not data:
+                    for client in clients:
+                        _drain(client)
+                        client.sock.close()
+                    return
+                log.write(data)
+                for client in clients:
+                    client.queue(data)
+            elif fd == listener.fileno():
+                try:
+                    sock, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                clients.append(_Client(sock))
+            elif fd in by_fd:
+                client = by_fd[fd]
+                if events & select.POLLOUT:
+                    client.flush()
+                if events & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                    for kind, payload in client.frames():
+                        stdin_eof = _handle(kind, payload, client, stdin_fd, master, pending) or stdin_eof
+                    if client.dead and client.sent_input and not tty:
+                        stdin_eof = True  # like docker's StdinOnce: the client's input ended
+                if client.dead:
+                    client.sock.close()
+
+
+def _handle(kind: int, payload: bytes, client: _Client, stdin_fd: int, master: int, pending: bytearray) -> bool:
+    """Apply one client frame; True if it ends the container's (pipe) stdin."""
+    if kind == FRAME_DATA and stdin_fd >= 0:
+        client.sent_input = True
+        pending += payload
+    elif kind == FRAME_WINSIZE:
+        _set_winsize(master, payload)
+    elif kind == FRAME_EOF:
+        return stdin_fd >= 0 and master < 0
+    return False
+
+
+def _drain(client: _Client, timeout: float = 2.0) -> None:
+    """Give a client its queued output before the shim exits (bounded)."""
+    deadline = time.monotonic() + timeout
+    while client.outbuf and not client.dead and time.monotonic() < deadline:
+        select.select([], [client.sock], [], max(0.0, deadline - time.monotonic()))
+        client.flush()
+
 
 def run_shim(slot_fd: int, opts: dict) -> None:
     """Body of a shim, forked by the zygote *before* its request arrives. Never returns.
@@ -384,13 +675,15 @@ def run_shim(slot_fd: int, opts: dict) -> None:
         status_r, status_w = os.pipe()
         go_r, go_w = os.pipe()
         req_r, req_w = os.pipe()
+        in_r, in_w = os.pipe()  # stdin (used by "stdin" containers without a tty)
+        tty_shim, tty_init = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)  # pty master
         linux.unshare(CLONE_NEWPID)
         if opts.get("prefork_init"):
             pid = os.fork()
             if pid == 0:
-                for fd in (slot.detach(), out_r, status_r, go_w, req_w):
+                for fd in (slot.detach(), out_r, status_r, go_w, req_w, in_w, tty_shim.detach()):
                     os.close(fd)
-                _warm_init(opts, req_r, out_w, status_w, go_r)
+                _warm_init(opts, req_r, out_w, status_w, go_r, in_r, tty_init.detach())
             os.close(req_r)
         else:
             os.close(req_r)
@@ -434,25 +727,36 @@ def run_shim(slot_fd: int, opts: dict) -> None:
         _send(chan, {"event": "error", "message": f"bad request: {exc}"})
         _kill_and_exit(pid, 1)
     linux.set_process_name(f"cshim-{req.get('id', '')}")
-    _supervise(req, chan, pid, (out_r, out_w), (status_r, status_w), (go_r, go_w))
+    _supervise(req, chan, pid, (out_r, out_w), (status_r, status_w), (go_r, go_w), (in_r, in_w), (tty_shim, tty_init))
 
 
 def _supervise(req: dict, chan: socket.socket, pid: int, out: tuple[int, int], status: tuple[int, int],
-               go: tuple[int, int]) -> None:
+               go: tuple[int, int], stdin: tuple[int, int], tty_pair: tuple[socket.socket, socket.socket | None]) -> None:
     """The shim once it has its request; *pid* is the prepared init (already given the request) or 0."""
     out_r, out_w = out
     status_r, status_w = status
     go_r, go_w = go
+    in_r, in_w = stdin
+    tty_shim, tty_init = tty_pair
+    tty = bool(req.get("tty"))
+    attach_path = req.get("attach_sock")
+    master = -1
+    listener = None
     try:
         if not pid:
             pid, in_cgroup = _fork_into(req.get("cgroup_v2_dir"))
             if pid == 0:
-                for fd in (chan.detach(), out_r, status_r, go_w):
+                for fd in (chan.detach(), out_r, status_r, go_w, in_w, tty_shim.detach()):
                     os.close(fd)
-                container_init(req, out_w, status_w, go_r, in_cgroup, None)
+                container_init(req, out_w, status_w, go_r, in_cgroup, None, in_r, tty_init.detach())
                 os._exit(127)  # not reached
-        for fd in (out_w, status_w, go_r):
+        for fd in (out_w, status_w, go_r, in_r):
             os.close(fd)
+        if tty_init is not None:
+            tty_init.close()
+        if not (req.get("stdin") and not tty):
+            os.close(in_w)
+            in_w = -1
         identity = {"pid": pid, "pid_start": linux.proc_start_time(pid),
                     "shim_pid": os.getpid(), "shim_start": linux.proc_start_time(os.getpid())}
         log = _Log(req["log"], req.get("log_max", 0))
@@ -462,6 +766,14 @@ def _supervise(req: dict, chan: socket.socket, pid: int, out: tuple[int, int], s
             detail = _read_to_eof(status_r).decode("utf-8", "replace") if first == b"E" else ""
             _, wstatus = os.waitpid(pid, 0)
             raise RuntimeError(detail or f"container init died during setup (exit status {_exit_code(wstatus)[0]})")
+        if tty:
+            _msg, fds, _flags, _addr = socket.recv_fds(tty_shim, 16, 1, socket.MSG_CMSG_CLOEXEC)
+            if not fds:
+                raise RuntimeError("cannot allocate a terminal: no pty master from the container")
+            master = fds[0]
+        tty_shim.close()
+        if attach_path:
+            listener = _listen(attach_path)
         if req.get("wait_for_go", True):
             _send(chan, {"event": "ready", **identity})
             try:
@@ -470,13 +782,15 @@ def _supervise(req: dict, chan: socket.socket, pid: int, out: tuple[int, int], s
                 reply = {}
             if reply.get("op") != "go":
                 _kill_and_exit(pid, 0)
-            os.write(go_w, b"G")
-        os.close(go_w)
-        result = _read_to_eof(status_r)  # EOF without data: execve closed the close-on-exec pipe
-        os.close(status_r)
-        if result:
-            os.waitpid(pid, 0)
-            raise RuntimeError(result[1:].decode("utf-8", "replace") or "container init failed")
+            if listener is None:
+                os.write(go_w, b"G")
+        if listener is None:
+            os.close(go_w)
+            result = _read_to_eof(status_r)  # EOF without data: execve closed the close-on-exec pipe
+            os.close(status_r)
+            if result:
+                os.waitpid(pid, 0)
+                raise RuntimeError(result[1:].decode("utf-8", "replace") or "container init failed")
         started_at = time.time()
         _write_json(req["pids_file"], {"boot_id": linux.boot_id(), **identity, "started_at": started_at},
                     durable=False)
@@ -486,14 +800,39 @@ def _supervise(req: dict, chan: socket.socket, pid: int, out: tuple[int, int], s
         _kill_and_exit(pid, 1)
     chan.close()
 
-    while True:
+    if listener is None:
+        while True:
+            try:
+                data = os.read(out_r, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            log.write(data)
+    else:
+        source = master if tty else out_r
+        if tty:
+            os.close(out_r)
+        clients = _hold_for_attach(pid, listener, master, req.get("attach_wait", ATTACH_WAIT))
         try:
-            data = os.read(out_r, 65536)
+            os.write(go_w, b"G")
         except OSError:
-            break
-        if not data:
-            break
-        log.write(data)
+            pass  # init died while held (e.g. stop): recorded below like any exit
+        os.close(go_w)
+        result = _read_to_eof(status_r)
+        os.close(status_r)
+        if result:  # execve failed: no one else will say why
+            message = (result[1:].decode("utf-8", "replace") or "container init failed").encode()
+            message = b"cantainer: " + message + (b"\r\n" if tty else b"\n")
+            log.write(message)
+            for client in clients:
+                client.queue(message)
+        _relay(source, master if tty and req.get("stdin") else in_w, master, log, listener, clients)
+        listener.close()
+        try:
+            os.unlink(attach_path)
+        except OSError:
+            pass
     _, wstatus = os.waitpid(pid, 0)
     finished_at = time.time()
     code, sig = _exit_code(wstatus)
@@ -507,7 +846,7 @@ def _supervise(req: dict, chan: socket.socket, pid: int, out: tuple[int, int], s
     os._exit(0)
 
 
-def _warm_init(opts: dict, req_r: int, out_w: int, status_w: int, go_r: int) -> None:
+def _warm_init(opts: dict, req_r: int, out_w: int, status_w: int, go_r: int, in_r: int, tty_sock: int) -> None:
     """A prepared container init waiting for its request. Never returns."""
     try:
         prepare_init(opts["caps"], opts.get("cap_last"))
@@ -523,4 +862,4 @@ def _warm_init(opts: dict, req_r: int, out_w: int, status_w: int, go_r: int) -> 
             os.write(status_w, b"E" + failure.encode())
         finally:
             os._exit(127)
-    container_init(json.loads(data), out_w, status_w, go_r, False, opts["caps"])
+    container_init(json.loads(data), out_w, status_w, go_r, False, opts["caps"], in_r, tty_sock)

@@ -131,6 +131,8 @@ class ContainerSpec:
     limits: Limits = field(default_factory=Limits)
     hosts: tuple[tuple[str, tuple[str, ...]], ...] = ()  # extra /etc/hosts lines: (ip, (names...))
     resolv_conf: str = ""  # full text of /etc/resolv.conf
+    tty: bool = False  # PID 1 gets a pseudo-terminal as controlling terminal and stdio (docker -t)
+    stdin: bool = False  # stdin stays open for attached clients (docker -i); a pipe unless tty
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not ID_RE.fullmatch(self.id):
@@ -157,6 +159,14 @@ class ContainerSpec:
         object.__setattr__(self, "limits", limits)
         object.__setattr__(self, "hosts", _normalize_hosts(self.hosts))
         _no_nul(self.resolv_conf, "resolv_conf")
+        for flag in ("tty", "stdin"):
+            if not isinstance(getattr(self, flag), bool):
+                raise SpecError(f"{flag} must be true or false, not {getattr(self, flag)!r}")
+
+    @property
+    def attachable(self) -> bool:
+        """Started held until a client attaches (or a timeout): see shim.py "Attach"."""
+        return self.tty or self.stdin
 
     @property
     def hostname(self) -> str:
@@ -187,13 +197,15 @@ class ContainerSpec:
             "limits": self.limits.to_dict(),
             "hosts": [[address, list(names)] for address, names in self.hosts],
             "resolv_conf": self.resolv_conf,
+            "tty": self.tty,
+            "stdin": self.stdin,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ContainerSpec":
         if not isinstance(data, Mapping):
             raise SpecError("container spec must be an object")
-        known = {"id", "name", "image", "command", "env", "workdir", "limits", "hosts", "resolv_conf"}
+        known = {"id", "name", "image", "command", "env", "workdir", "limits", "hosts", "resolv_conf", "tty", "stdin"}
         unknown = set(data) - known
         if unknown:
             raise SpecError(f"unknown container spec field(s): {', '.join(sorted(unknown))}")
