@@ -8,7 +8,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 STATE_STYLE = {"up": "green", "down": "red", "not-member": "yellow"}
-ROLE_STYLE = {"leader": "bold magenta", "follower": "cyan", "candidate": "yellow"}
+ROLE_STYLE = {"leader": "bold magenta", "follower": "cyan", "standby": "blue", "candidate": "yellow"}
 
 
 def _ago(timestamp: float | None) -> str:

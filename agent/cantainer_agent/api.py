@@ -62,7 +62,7 @@ def build_status(*, node: str, cluster: str, snap: dict, now: float, heartbeat_i
         elif raft_addr in members:
             role = "follower"
         else:
-            role = "none"  # registered but no longer a raft member
+            role = "standby"  # registered, not a voter: a non-voting member (roles.py)
         is_self = name == node
         up = is_self or (now - rec["heartbeat"]) < up_window
         nodes.append({

@@ -13,7 +13,7 @@ Keys (unknown keys are rejected so typos surface)::
     data_dir            str   /var/lib/cantainer
     run_dir             str   /run/cantainer
     log_dir             str   /var/log/cantainer
-    voters              int   3         odd, 1..9 (reported; every member is a voter for now)
+    voters              int   3         odd, 1..7: at most this many raft voters, the others are standbys
     bundle              str   ""        content hash of the pushed agent bundle (reported in status)
     heartbeat_interval  float 2.0       seconds between heartbeats (0.1..60)
     vxlan_port          int   4789      UDP port of the overlay's VXLAN devices
@@ -176,8 +176,8 @@ def parse_config(data: Any, where: str = "config", check_files: bool = True) -> 
         raise ConfigError(f"{where}: 'seeds' is empty and 'bootstrap' is false: this node could never join a cluster")
 
     voters = merged["voters"]
-    if type(voters) is not int or not 1 <= voters <= 9 or voters % 2 == 0:
-        raise ConfigError(f"{where}: 'voters' must be an odd integer 1..9, got {voters!r}")
+    if type(voters) is not int or not 1 <= voters <= 7 or voters % 2 == 0:
+        raise ConfigError(f"{where}: 'voters' must be an odd integer 1..7, got {voters!r}")
     bundle = merged["bundle"]
     if not isinstance(bundle, str) or len(bundle) > 128 or not re.match(r"^[A-Za-z0-9:._-]*$", bundle):
         raise ConfigError(f"{where}: 'bundle' must be a hash string, got {bundle!r}")

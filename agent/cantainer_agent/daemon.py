@@ -86,7 +86,7 @@ class Agent:
             raise StartupError(f"cannot create directory {exc.filename}: {exc.strerror}") from None
         self._take_lock()
         self._write_pid()
-        self.network = HostNetwork(cfg, self._read_state)
+        self.network = HostNetwork(cfg, lambda: self.raft.snapshot())
         self.containers = LocalContainers(cfg, lambda: self.raft, self.network, self._trigger_reconcile)
         self.reconcile_loop = ReconcileLoop([self.containers, self.network])
         try:
@@ -104,7 +104,7 @@ class Agent:
 
         partners = self._decide_partners()
         raft = RaftNode(cluster=cfg.cluster, self_addr=cfg.raft_addr, partners=partners,
-                        data_dir=cfg.data_dir, secret=self._secret)
+                        data_dir=cfg.data_dir, secret=self._secret, voters=cfg.voters)
         try:
             raft.start()
         except RaftError as exc:
@@ -147,10 +147,11 @@ class Agent:
         except JoinError as exc:
             raise StartupError(str(exc)) from None
         members = [m for m in result["members"] if isinstance(m, str)]
-        if cfg.raft_addr not in members:
+        role = "standby" if result.get("role") == "standby" else "voter"  # roles.py
+        if role == "voter" and cfg.raft_addr not in members:
             raise StartupError(f"join answer from {result.get('via')} does not list this node {cfg.raft_addr}")
-        save_members(cfg.data_dir, cfg.cluster, cfg.raft_addr, members)
-        log.info("joined through %s (already member: %s); members %s", result.get("via"),
+        save_members(cfg.data_dir, cfg.cluster, cfg.raft_addr, members, role=role)
+        log.info("joined through %s as %s (already member: %s); voters %s", result.get("via"), role,
                  result.get("already_member"), members)
         return [m for m in members if m != cfg.raft_addr]
 
@@ -244,9 +245,6 @@ class Agent:
 
         return {"hello": hello, "status": status, "stop": stop, **ClusterMethods(lambda: self.raft).handlers(),
                 **self.containers.handlers()}
-
-    def _read_state(self) -> dict:
-        return self.raft.snapshot()["state"]
 
     def _trigger_reconcile(self) -> None:
         if self.reconcile_loop is not None:

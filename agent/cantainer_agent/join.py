@@ -22,7 +22,10 @@ Methods
 ``ping`` -> ``{"cluster", "node", "leader", "leader_join", "members"}``.
 
 ``join {cluster, node, address, raft_addr, join_addr, version, bundle}`` ->
-``{"members": [raft addrs incl. the joiner], "already_member": bool, "leader": raft addr}``.
+``{"members": [voters' raft addrs], "already_member": bool, "leader": raft addr, "role": "voter"|"standby"}``.
+While there are fewer voters than the leader's ``voters`` setting the joiner is added as a voter
+(and listed in ``members``); otherwise it joins as a non-voting standby (roles.py): no raft
+change, ``members`` are the voters it follows.
 If the joiner's raft address is already in this node's configuration, *any* node answers with
 its member list (no second add) — this also un-wedges a joiner that crashed after being added
 to a one-node cluster, when the old leader can no longer lead without it. Otherwise only the
@@ -321,11 +324,16 @@ class JoinService:
             if other != name and orec["raft_addr"] == raft_addr:
                 return _err(CONFLICT, f"raft address {raft_addr} already belongs to node {other!r}")
         if raft_addr in snap["members"]:
-            return _ok({"members": snap["members"], "already_member": True, "leader": snap["leader"]})
+            return _ok({"members": snap["members"], "already_member": True, "leader": snap["leader"], "role": "voter"})
         if snap["role"] != "leader":
             if leader_join:
                 return _err(NOT_LEADER, f"{self.node} is not the leader", leader_join=leader_join)
             return _err(UNAVAILABLE, "no leader known right now (election in progress?)")
+        if len(snap["members"]) >= raft.max_voters:
+            # Voters are capped (roles.py): join as a non-voting standby; no raft change needed.
+            log.info("join: %s (%s) joins as a standby (%d voters)", name, raft_addr, len(snap["members"]))
+            return _ok({"members": snap["members"], "already_member": False, "leader": raft.self_addr,
+                        "role": "standby"})
         try:
             outcome = raft.add_member(raft_addr)
             members = raft.members()
@@ -334,7 +342,8 @@ class JoinService:
         except RaftError as exc:
             return _err(UNAVAILABLE, str(exc))
         log.info("join: %s (%s) %s; members now %s", name, raft_addr, outcome, members)
-        return _ok({"members": members, "already_member": outcome == "already", "leader": raft.self_addr})
+        return _ok({"members": members, "already_member": outcome == "already", "leader": raft.self_addr,
+                    "role": "voter"})
 
 
 # ----------------------------------------------------------------- client side

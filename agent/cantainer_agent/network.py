@@ -34,9 +34,9 @@ class HostNetwork:
 
     name = "overlay"
 
-    def __init__(self, cfg: AgentConfig, read_state: Callable[[], dict]) -> None:
+    def __init__(self, cfg: AgentConfig, read_snapshot: Callable[[], dict]) -> None:
         self._cfg = cfg
-        self._read_state = read_state
+        self._read_snapshot = read_snapshot
         self._mtu: int | None = None
         self._reconciler = OverlayReconciler(self.desired)
 
@@ -47,10 +47,12 @@ class HostNetwork:
         return self._mtu
 
     def desired(self) -> DesiredHost:
-        return desired_host(self._read_state(), self._cfg.node, self._cfg.address, self.underlay_mtu,
+        return desired_host(self._read_snapshot()["state"], self._cfg.node, self._cfg.address, self.underlay_mtu,
                             self._cfg.vxlan_port)
 
     def reconcile(self) -> None:
+        if not self._read_snapshot()["ready"]:
+            return  # a replica still catching up would delete entries for containers it has not seen yet
         self._reconciler.reconcile()  # raises OverlayError on failed actions: the loop logs and retries
 
     def health(self) -> dict:

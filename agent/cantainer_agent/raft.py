@@ -16,7 +16,7 @@ Restart and membership (what the PySyncObj 0.3.17 source does, verified by exper
 -------------------------------------------------------------------------------------
 * ``SyncObj(self, partners)`` uses *partners* as the initial configuration. Membership entries
   in the journal are re-applied only while replaying up to the persisted commit index, which
-  lives in ``<journal>.meta`` and is rewritten about once per second (and not fsynced). A member
+  is rewritten about once per second (``raft.term``, see journal.py). A member
   that dynamically joined others and restarts with its *original* partner list (``[]`` for the
   bootstrap node) can therefore start as a one-node cluster and elect itself leader before it
   learns about the other members — observed here: SIGKILL of the bootstrap leader < 1 s after an
@@ -35,20 +35,31 @@ Restart and membership (what the PySyncObj 0.3.17 source does, verified by exper
   uncommitted or before the leader's no-op is committed; :meth:`RaftNode.add_member` retries.
 * Writes from a follower: a ``@replicated`` call on a follower is forwarded by PySyncObj to the
   leader (``_checkCommandsToApply`` sends ``apply_command``; the leader answers with the log index
-  and the follower's callback fires once that entry is applied locally). With
-  ``commandsWaitLeader=True`` calls queue while no leader is known.
+  and the follower's callback fires once that entry is applied locally).
+* No write is queued while no leader is reachable (``commandsWaitLeader=False``): a queued
+  command outlives its caller's timeout and would be applied after a partition heals although
+  the caller was told it failed. :meth:`RaftNode._call` waits up to ``LEADER_WAIT`` s for a
+  reachable leader (elections take ~0.2 s), resubmits only on failures proving the command was
+  never appended, then fails with "no raft leader reachable ... cut off from the majority".
 
-Durability (later issue)
-------------------------
-PySyncObj 0.3.17 already stores currentTerm/votedFor in ``<journal>.meta`` synchronously on every
-change (``FileJournal.setCurrentTerm``) but without fsync, and the journal itself is an mmap
-flushed only on close. The clean hook is ``pysyncobj.syncobj.createJournal`` (module global called
-from ``SyncObj.__init__``): substitute a ``FileJournal`` subclass whose ``add``/``setCurrentTerm``
-msync + fsync before returning.
+Durability, detection, limits (issue 6; PySyncObj 0.3.17 as shipped has none of them)
+-------------------------------------------------------------------------------------
+* ``journal.py``: the raft log, term and vote are made durable before anything reflecting them
+  leaves the node; the log format survives torn writes; compaction is crash-atomic and never
+  drops entries before the snapshot holding them is fsynced. Hooked in through
+  ``SyncObjConf.journalFile`` = :class:`~cantainer_agent.journal.JournalSpec` (see there).
+* ``transport.py`` (``SyncObj(transportClass=...)``): syncs the log before acknowledgements and
+  votes, detects dead peers in ~2 s (TCP_USER_TIMEOUT + keepalive on every raft socket), bounds
+  unauthenticated connections, and stops the leader from re-sending acknowledged entries.
+* Timeouts are the measured ones from DESIGN.md (:func:`make_conf`); a leader that has not heard
+  from a majority for ``leaderFallbackTimeout`` = 1 s steps down.
+* Snapshots: PySyncObj pickles ``StateStore.state`` (plain dicts, see state.py) into
+  ``raft.dump``; a member that was down through a compaction gets the snapshot from the leader.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -59,19 +70,32 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.syncobj import SyncObjException
 from pysyncobj.config import FAIL_REASON
 
 from .fsutil import atomic_write
+from .journal import JournalError, JournalSpec, install_journal_hook
+from .roles import PROMOTE_AFTER, STANDBY_FRESH, plan_change
+from .transport import AgentTransport
 from .state import ClusterState, StateError
 
 log = logging.getLogger(__name__)
 
 MEMBERS_FILE = "members.json"
 JOURNAL_FILE = "raft.journal"
+TERM_FILE = "raft.term"
 DUMP_FILE = "raft.dump"
 
+install_journal_hook()
+
 ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
+ROLES = ("voter", "standby")
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
+# Failures that prove the command was never appended to any log (safe to resubmit).
+_NOT_APPENDED = frozenset({FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.QUEUE_FULL,
+                           FAIL_REASON.DISCARDED})
+LEADER_WAIT = 3.0  # seconds a write waits for a reachable leader before failing
+DEMOTE_PROBE_AFTER = 5.0  # a voter without a leader this long asks its peers whether it still votes
 
 
 class RaftError(Exception):
@@ -99,7 +123,8 @@ class CommandRejected(CommandFailed):
 class Members:
     cluster: str
     self_addr: str
-    members: tuple[str, ...]  # all raft addresses, self included, sorted
+    members: tuple[str, ...]  # the voters' raft addresses, sorted (self included when a voter)
+    role: str = "voter"  # or "standby": a non-voting member (see roles.py)
 
     @property
     def partners(self) -> list[str]:
@@ -114,11 +139,14 @@ def journal_path(data_dir: str) -> str:
     return os.path.join(data_dir, JOURNAL_FILE)
 
 
-def save_members(data_dir: str, cluster: str, self_addr: str, members: list[str] | set[str] | tuple[str, ...]) -> Members:
-    allm = tuple(sorted(set(members) | {self_addr}))
-    body = {"version": 1, "cluster": cluster, "self": self_addr, "members": list(allm)}
+def save_members(data_dir: str, cluster: str, self_addr: str, members: list[str] | set[str] | tuple[str, ...],
+                 role: str = "voter") -> Members:
+    if role not in ROLES:
+        raise ValueError(f"unknown raft role {role!r}")
+    allm = tuple(sorted(set(members) | {self_addr} if role == "voter" else set(members) - {self_addr}))
+    body = {"version": 1, "cluster": cluster, "self": self_addr, "role": role, "members": list(allm)}
     atomic_write(members_path(data_dir), (json.dumps(body, indent=1) + "\n").encode(), 0o600)
-    return Members(cluster, self_addr, allm)
+    return Members(cluster, self_addr, allm, role)
 
 
 def load_members(data_dir: str) -> Members | None:
@@ -134,7 +162,10 @@ def load_members(data_dir: str) -> Members | None:
         members = data["members"]
         if not (isinstance(members, list) and all(isinstance(m, str) for m in members)):
             raise TypeError("members")
-        return Members(str(data["cluster"]), str(data["self"]), tuple(sorted(members)))
+        role = data.get("role", "voter")
+        if role not in ROLES:
+            raise TypeError("role")
+        return Members(str(data["cluster"]), str(data["self"]), tuple(sorted(members)), role)
     except (KeyError, TypeError):
         raise RaftError(f"{path} is malformed; move it away to rejoin through the seeds") from None
 
@@ -173,8 +204,16 @@ class StateStore(SyncObjConsumer):
 # ------------------------------------------------------------------- raft node
 
 
-def make_conf(data_dir: str, bind_addr: str, secret: bytes) -> SyncObjConf:
-    """The tuned configuration from DESIGN.md."""
+def journal_spec(data_dir: str) -> JournalSpec:
+    return JournalSpec(journal_path(data_dir), os.path.join(data_dir, TERM_FILE), os.path.join(data_dir, DUMP_FILE))
+
+
+def make_conf(data_dir: str, bind_addr: str, secret: bytes, spec: JournalSpec | None = None,
+              standby: bool = False) -> SyncObjConf:
+    """The tuned configuration from DESIGN.md. A standby keeps its log in memory (roles.py)."""
+    if not secret:
+        # Without a password PySyncObj unpickles whatever arrives on its port.
+        raise RaftError("a cluster secret is mandatory for the raft port")
     return SyncObjConf(
         password=secret,
         appendEntriesUseBatch=False,
@@ -185,9 +224,13 @@ def make_conf(data_dir: str, bind_addr: str, secret: bytes) -> SyncObjConf:
         connectionRetryTime=0.5,
         leaderFallbackTimeout=1.0,
         dynamicMembershipChange=True,
-        commandsWaitLeader=True,
-        journalFile=journal_path(data_dir),
-        fullDumpFile=os.path.join(data_dir, DUMP_FILE),
+        # Never queue a command while no leader is known: a queued command survives its caller's
+        # timeout and would be applied later (after a partition heals) although the caller was
+        # told it failed. RaftNode._call waits for a reachable leader and retries instead.
+        commandsWaitLeader=False,
+        journalFile=None if standby else (spec if spec is not None else journal_spec(data_dir)),
+        tcp_keepalive=None,  # AgentTransport sets keepalive and TCP_USER_TIMEOUT on every socket
+        fullDumpFile=None if standby else os.path.join(data_dir, DUMP_FILE),
         bindAddress=bind_addr,
         maxBindRetries=2,
         bindRetryTime=0.3,
@@ -199,27 +242,69 @@ def make_conf(data_dir: str, bind_addr: str, secret: bytes) -> SyncObjConf:
 
 class RaftNode:
     """Owns one SyncObj. Create and :meth:`start` it from the main thread (PySyncObj's tick
-    thread exits when the thread that created the SyncObj exits)."""
+    thread exits when the thread that created the SyncObj exits).
 
-    def __init__(self, *, cluster: str, self_addr: str, partners: list[str], data_dir: str, secret: bytes):
+    The role (voter or standby, see roles.py) comes from ``members.json``, which the agent writes
+    before starting raft. A changed role replaces the SyncObj: the owner thread (``raft-owner``,
+    alive as long as the node, so the SyncObjs it creates keep ticking) builds the new one,
+    swaps it in, then destroys the old; ``self.store`` (what reads see) moves to the new replica
+    only once it has caught up with the old one."""
+
+    def __init__(self, *, cluster: str, self_addr: str, partners: list[str], data_dir: str, secret: bytes,
+                 voters: int = 3, promote_after: float = PROMOTE_AFTER):
         self.cluster = cluster
         self.self_addr = self_addr
         self.data_dir = data_dir
         self._initial_partners = sorted(set(partners) - {self_addr})
         self._secret = secret
-        self.store = StateStore()
+        self.max_voters = voters
+        self.promote_after = promote_after
+        self.standby = False
+        self.store = StateStore()        # read side: the replica reads are served from
+        self._write_store = self.store  # the consumer of the current SyncObj
+        self._catch_up_index = 0
         self._sync: SyncObj | None = None
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._membership_lock = threading.Lock()
         self._saved_members: frozenset[str] = frozenset(self._initial_partners)
         self._stopped = False
+        self._spec: JournalSpec | None = None
+        self._owner: threading.Thread | None = None
+        self._owner_stop = threading.Event()
+        self._lifecycle_lock = threading.Lock()
+        self._restart_to: str | None = None
+        self._voter_seen: dict[str, float] = {}  # leader: last time each voter was connected
+        self._leader_seen = time.monotonic()     # last time this node knew a leader
+        self._hb_seen: dict[str, tuple[float, float]] = {}  # leader: node -> (heartbeat, when it moved)
+        self._last_probe = 0.0
+        self._removal_seen = False
+        # Called (in the tick thread; must only signal) when the state's revision moves on.
+        self.on_state_change: Callable[[], None] | None = None
+        self._seen_revision = -1
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self, bind_timeout: float = 5.0) -> None:
-        conf = make_conf(self.data_dir, self.self_addr, self._secret)
         try:
-            self._sync = SyncObj(self.self_addr, self._initial_partners, conf, consumers=[self.store])
+            known = load_members(self.data_dir)
+        except RaftError:
+            known = None
+        self.standby = known is not None and known.role == "standby" and known.self_addr == self.self_addr
+        self._sync = self._make_syncobj(self.standby, self._initial_partners, self._write_store, bind_timeout)
+        self._owner = threading.Thread(target=self._owner_loop, name="raft-owner", daemon=True)
+        self._owner.start()
+        log.info("raft started on %s as %s with %s %s", self.self_addr, "standby" if self.standby else "voter",
+                 "voters" if self.standby else "partners", self._initial_partners or "none")
+
+    def _make_syncobj(self, standby: bool, partners: list[str], store: "StateStore",
+                      bind_timeout: float = 5.0) -> SyncObj:
+        spec = self._spec = journal_spec(self.data_dir)
+        conf = make_conf(self.data_dir, self.self_addr, self._secret, spec, standby=standby)
+        try:
+            sync = SyncObj(None if standby else self.self_addr, partners, conf, consumers=[store],
+                           transportClass=functools.partial(AgentTransport, journal=spec))
+        except JournalError as exc:
+            raise RaftError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001
             raise RaftError(f"cannot start raft on {self.self_addr}: {exc}") from None
         bound = threading.Event()
@@ -227,39 +312,106 @@ class RaftNode:
 
         def waiter() -> None:
             try:
-                self._sync.waitBinded()
+                sync.waitBinded()
             except BaseException as exc:  # noqa: BLE001
                 failure.append(exc)
             bound.set()
 
-        threading.Thread(target=waiter, name="raft-bind-wait", daemon=True).start()
+        if standby:
+            bound.set()  # a read-only node binds nothing (and PySyncObj never signals it)
+        else:
+            threading.Thread(target=waiter, name="raft-bind-wait", daemon=True).start()
         if not bound.wait(bind_timeout) or failure:
-            self.stop()
+            try:
+                sync.destroy_synchronous()
+            except Exception:  # noqa: BLE001
+                log.exception("error while stopping raft")
             raise RaftError(f"cannot bind the raft port {self.self_addr} (address in use or not on this host)")
-        self._sync.addOnTickCallback(self._on_tick)
-        log.info("raft started on %s with partners %s", self.self_addr, self._initial_partners or "none")
+        sync.addOnTickCallback(functools.partial(self._on_tick, sync))
+        return sync
 
-    def stop(self) -> None:
+    def stop(self, handover_timeout: float = 2.0) -> None:
+        """Stop; a leader first hands leadership to a caught-up follower (graceful stop, rolling
+        upgrade), so the cluster does not wait for an election timeout to notice."""
         if self._stopped or self._sync is None:
             return
-        self._stopped = True
-        try:
-            self._sync.destroy_synchronous()
-        except Exception:  # noqa: BLE001
-            log.exception("error while stopping raft")
+        self._owner_stop.set()
+        if handover_timeout > 0 and not self.standby:
+            try:
+                self.hand_over_leadership(handover_timeout)
+            except RaftError as exc:
+                log.warning("stopping without handing over leadership: %s", exc)
+        with self._lifecycle_lock:  # waits for a role change in progress
+            self._stopped = True
+            try:
+                self._sync.destroy_synchronous()
+            except Exception:  # noqa: BLE001
+                log.exception("error while stopping raft")
+        # Only now: a SyncObj created by the owner thread stops ticking (without closing its journal
+        # and sockets) as soon as that thread ends.
+        if self._owner is not None and self._owner is not threading.current_thread():
+            self._owner.join(10)
+
+    def hand_over_leadership(self, timeout: float = 2.0) -> str | None:
+        """If this node leads, ask the most caught-up connected voter to take over (raft
+        TimeoutNow) and wait until it has; returns the new leader, or None if we did not lead."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.run_in_tick(lambda: (self._sync._isLeader(), getattr(self._sync._getLeader(), "id", None),
+                                              any(self._sync.isNodeConnected(n) for n in self._sync.otherNodes)))
+            if not state[0]:
+                return state[1]
+            if not state[2]:
+                return None  # nobody to hand over to (last voter standing)
+            box: list = []
+            self.run_in_tick(lambda: self._sync.transferLeadership(None, lambda _r, err: box.append(err)))
+            if box and box[0] == FAIL_REASON.SUCCESS:
+                while time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    leader = self.run_in_tick(lambda: (self._sync._isLeader(),
+                                                       getattr(self._sync._getLeader(), "id", None)))
+                    if not leader[0] and leader[1] not in (None, self.self_addr):
+                        log.info("handed leadership over to %s", leader[1])
+                        return leader[1]
+            if time.monotonic() >= deadline:
+                raise RaftError("no follower took over the leadership in time (none caught up or connected)")
+            time.sleep(0.05)  # denied: no connected follower is fully caught up yet
 
     # ----------------------------------------------------- tick-thread work
 
-    def _on_tick(self) -> None:
+    def _on_tick(self, sync: SyncObj) -> None:
         """Runs inside PySyncObj's tick thread (must never raise or block long)."""
+        if sync is not self._sync:
+            return  # the SyncObj being replaced (role change): not ours to serve any more
         try:
-            others = frozenset(n.id for n in self._sync.otherNodes)
-            if others != self._saved_members:
-                save_members(self.data_dir, self.cluster, self.self_addr, others)
-                log.info("raft membership changed: %s", sorted(others | {self.self_addr}))
+            others = frozenset(n.id for n in sync.otherNodes)
+            if self.standby and self.self_addr in others:
+                if self._restart_to is None:  # the leader added us as a voter: become one
+                    save_members(self.data_dir, self.cluster, self.self_addr, others, role="voter")
+                    log.info("promoted to voter; restarting raft as a voter with %s", sorted(others))
+                    self._restart_to = "voter"
+            elif others != self._saved_members and self._restart_to is None:
+                save_members(self.data_dir, self.cluster, self.self_addr, others,
+                             role="standby" if self.standby else "voter")
+                log.info("raft voters changed: %s", sorted(others if self.standby else others | {self.self_addr}))
                 self._saved_members = others
         except Exception:  # noqa: BLE001
             log.exception("cannot persist the member list")
+        now = time.monotonic()
+        if sync._getLeader() is not None:
+            self._leader_seen = now
+        if sync._isLeader():
+            for n in sync.otherNodes:
+                if sync.isNodeConnected(n) or n.id not in self._voter_seen:
+                    self._voter_seen[n.id] = now
+        elif self._voter_seen:
+            self._voter_seen = {}
+        if self.store is not self._write_store and sync.raftLastApplied >= self._catch_up_index:
+            self.store = self._write_store  # the new replica has caught up: serve reads from it
+        revision = self.store.state.revision
+        if revision != self._seen_revision and self.on_state_change is not None:
+            self._seen_revision = revision
+            self.on_state_change()
         while True:
             try:
                 fn, box, done = self._calls.get_nowait()
@@ -294,14 +446,14 @@ class RaftNode:
         others = s.otherNodes
         return {
             "self": self.self_addr,
-            "role": ROLE_NAMES.get(st["state"], str(st["state"])),
+            "role": "standby" if self.standby else ROLE_NAMES.get(st["state"], str(st["state"])),
             "leader": leader.id if leader is not None else None,
             "term": s.raftCurrentTerm,
             "commit_index": s.raftCommitIndex,
             "last_applied": s.raftLastApplied,
             "log_len": st["log_len"],
             "has_quorum": s.hasQuorum,
-            "members": sorted([n.id for n in others] + [self.self_addr]),
+            "members": sorted({n.id for n in others} | (set() if self.standby else {self.self_addr})),
             "connected": sorted(n.id for n in others if s.isNodeConnected(n)),
             "ready": s.isReady(),
             "state": self.store.state.to_dict(),
@@ -312,16 +464,57 @@ class RaftNode:
         return self.run_in_tick(self._snapshot_in_tick, timeout)
 
     def members(self) -> list[str]:
-        return self.run_in_tick(lambda: sorted([n.id for n in self._sync.otherNodes] + [self.self_addr]))
+        """The voters' raft addresses."""
+        return self.run_in_tick(lambda: sorted({n.id for n in self._sync.otherNodes}
+                                               | (set() if self.standby else {self.self_addr})))
 
     # -------------------------------------------------------------- writes
 
-    def _call(self, method: Callable[..., Any], *args: Any, timeout: float) -> Any:
+    def _leader_reachable(self) -> bool:
+        """Racy read from the caller's thread (a tick round trip would cost up to one tick per
+        write): is there a leader this node can hand a command to right now?"""
+        s = self._sync
+        if s is None or self._stopped:
+            return False
         try:
-            res = method(*args, sync=True, timeout=timeout)
-        except Exception as exc:  # SyncObjException carries a FAIL_REASON code or 'Timeout'
-            code = getattr(exc, "errorCode", None)
-            raise CommandFailed(f"command not committed: {FAIL_NAMES.get(code, code)}") from None
+            if s._isLeader():
+                return s.hasQuorum
+            leader = s._getLeader()
+            return leader is not None and s.isNodeConnected(leader)
+        except RuntimeError:  # a set changed size under us: ask again
+            return False
+
+    def _call(self, method: Callable[..., Any], *args: Any, timeout: float) -> Any:
+        """Replicate one command. While no leader is reachable (election, partition) the command
+        is not submitted; we wait up to LEADER_WAIT seconds for one, then fail with a clear
+        error. Rejections that prove the command was not appended are retried."""
+        now = time.monotonic()
+        deadline, leader_deadline = now + timeout, now + min(timeout, LEADER_WAIT)
+        while True:
+            if not self._leader_reachable():
+                if time.monotonic() >= leader_deadline:
+                    raise CommandFailed(f"no raft leader reachable from {self.self_addr}: this node is cut off "
+                                        "from the majority of the cluster, or the majority is down")
+                time.sleep(0.02)
+                continue
+            try:
+                res = method(*args, sync=True, timeout=max(0.05, deadline - time.monotonic()))
+                break
+            except Exception as exc:  # SyncObjException carries a FAIL_REASON code or 'Timeout'
+                code = getattr(exc, "errorCode", None)
+                submitted = isinstance(exc, SyncObjException)  # else it failed before reaching PySyncObj
+                if (code in _NOT_APPENDED or not submitted) and time.monotonic() < deadline:
+                    time.sleep(0.02)  # (not submitted: e.g. the raft object is being replaced, roles.py)
+                    continue
+                if not submitted:
+                    raise CommandFailed(f"command not submitted: {type(exc).__name__}: {exc}") from None
+                if code == "Timeout":
+                    raise CommandFailed(f"command not confirmed within {timeout:g} s; it may still commit "
+                                        "(leader lost or cluster overloaded)") from None
+                if code in (FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME):
+                    raise CommandFailed("the raft leader changed while the command was in flight; it may or may "
+                                        "not have been applied") from None
+                raise CommandFailed(f"command not committed: {FAIL_NAMES.get(code, code)}") from None
         if not isinstance(res, dict):
             raise CommandFailed(str(res))
         if not res.get("ok"):
@@ -342,7 +535,8 @@ class RaftNode:
 
     def apply(self, command: str, args: dict, timeout: float = 5.0) -> Any:
         """Replicate ``ClusterState.apply_<command>(**args)``; returns its result or raises."""
-        return self._call(self.store.apply, command, args, timeout=timeout)
+        # resolved at each attempt: the store changes when the raft object is replaced (roles.py)
+        return self._call(lambda *a, **k: self._write_store.apply(*a, **k), command, args, timeout=timeout)
 
     def add_member(self, addr: str, timeout: float = 10.0) -> str:
         """Add *addr* to the raft configuration (leader only, one change at a time).
@@ -389,3 +583,143 @@ class RaftNode:
                 if err in (FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.DISCARDED):
                     raise NotLeader(None)
                 raise RaftError(f"adding {addr} failed: {FAIL_NAMES.get(err, err)}")
+
+    def remove_member(self, addr: str, timeout: float = 10.0) -> str:
+        """Remove voter *addr* (leader only; waits for the commit). Returns "removed"/"absent"."""
+        deadline = time.monotonic() + timeout
+        with self._membership_lock:
+            while True:
+                others, is_leader, leader = self.run_in_tick(
+                    lambda: (sorted(n.id for n in self._sync.otherNodes), self._sync._isLeader(),
+                             getattr(self._sync._getLeader(), "id", None)))
+                if addr not in others:
+                    return "absent"
+                if not is_leader:
+                    raise NotLeader(leader)
+                box: list = []
+                done = threading.Event()
+                self._sync.removeNodeFromCluster(addr, callback=lambda _r, err: (box.append(err), done.set()))
+                if not done.wait(max(0.0, deadline - time.monotonic())):
+                    raise RaftError(f"removing {addr} did not commit within {timeout:.0f} s")
+                err = box[0]
+                if err == FAIL_REASON.SUCCESS:
+                    return "removed"
+                if err in (FAIL_REASON.REQUEST_DENIED, FAIL_REASON.QUEUE_FULL) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                if err in (FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.DISCARDED):
+                    raise NotLeader(None)
+                raise RaftError(f"removing {addr} failed: {FAIL_NAMES.get(err, err)}")
+
+    # ------------------------------------------------------------------ roles (see roles.py)
+
+    def _owner_loop(self) -> None:
+        """The owner thread: role changes of this node, and the leader's voter maintenance."""
+        while not self._owner_stop.wait(0.25):
+            try:
+                if self._restart_to is not None:
+                    with self._lifecycle_lock:
+                        if not self._stopped:
+                            self._restart_as(self._restart_to)
+                    continue
+                if self._stopped or self._sync is None:
+                    continue
+                is_leader = self._sync._isLeader()
+                if is_leader:
+                    self._maintain_voters()
+                elif not self.standby and time.monotonic() - self._leader_seen > DEMOTE_PROBE_AFTER:
+                    self._probe_membership()
+            except RaftError as exc:
+                log.info("roles: %s", exc)
+            except Exception:  # noqa: BLE001 - keep the owner thread alive: it keeps the SyncObj ticking
+                log.exception("roles: unexpected error")
+
+    def _maintain_voters(self) -> None:
+        now = time.monotonic()
+        voters, seen, nodes = self.run_in_tick(lambda: (
+            {n.id for n in self._sync.otherNodes} | {self.self_addr}, dict(self._voter_seen),
+            {name: (rec["raft_addr"], rec["heartbeat"]) for name, rec in self.store.state.nodes.items()}))
+        healthy = []
+        for name, (raft_addr, heartbeat) in nodes.items():
+            before = self._hb_seen.get(name)
+            if before is None or before[0] != heartbeat:
+                self._hb_seen[name] = (heartbeat, now if before is not None else -STANDBY_FRESH)
+            if raft_addr not in voters and now - self._hb_seen[name][1] < STANDBY_FRESH:
+                healthy.append(raft_addr)
+        unreachable = {v: now - t for v, t in seen.items()}
+        change = plan_change(voters, self.self_addr, self.max_voters, unreachable, healthy, self.promote_after)
+        if change is None:
+            return
+        kind, addr = change
+        if kind == "remove":
+            log.warning("roles: voter %s unreachable for %.0f s and a healthy standby exists: removing it",
+                        addr, unreachable.get(addr, 0))
+            self.remove_member(addr)
+        else:
+            log.warning("roles: promoting standby %s to voter (%d of %d voters)", addr, len(voters) + 1,
+                        self.max_voters)
+            self.add_member(addr)
+
+    def _probe_membership(self) -> None:
+        """A voter without a leader for a while: has the group removed us? Ask the peers' join
+        ports (signed ping); a member that has a leader and does not list us — twice in a row,
+        DEMOTE_PROBE_AFTER apart, so a peer that has not yet seen our own addition cannot demote
+        us — settles it."""
+        if time.monotonic() - self._last_probe < DEMOTE_PROBE_AFTER:
+            return
+        self._last_probe = time.monotonic()
+        from .join import request  # join.py imports this module
+
+        join_addrs = [rec["join_addr"] for rec in self.store.state.nodes.values()
+                      if rec.get("raft_addr") != self.self_addr and rec.get("join_addr")]
+        for addr in join_addrs:
+            try:
+                body = request(addr, self._secret, "ping", {}, timeout=1.0)
+            except Exception:  # noqa: BLE001 - unreachable peer
+                continue
+            result = body.get("result") if body.get("ok") else None
+            if not isinstance(result, dict) or result.get("cluster") != self.cluster or not result.get("leader"):
+                continue
+            members = result.get("members")
+            if isinstance(members, list) and members and self.self_addr not in members:
+                if not self._removal_seen:
+                    self._removal_seen = True  # confirm on the next probe
+                    return
+                log.warning("roles: %s says the voters are %s without us: becoming a standby", addr, members)
+                save_members(self.data_dir, self.cluster, self.self_addr, members, role="standby")
+                self._restart_to = "standby"
+            self._removal_seen = False
+            return
+        self._removal_seen = False
+
+    def _restart_as(self, role: str) -> None:
+        """Replace the SyncObj by one with *role* (runs in the owner thread)."""
+        standby = role == "standby"
+        known = load_members(self.data_dir)
+        partners = [m for m in (known.members if known else ()) if m != self.self_addr]
+        if not standby:
+            _remove_voter_files(self.data_dir)  # start the voter on a fresh log: the leader sends a snapshot
+        store = StateStore()
+        new = self._make_syncobj(standby, partners, store)
+        old = self._sync
+        self._catch_up_index = old.raftLastApplied if old is not None else 0
+        self._write_store, self.standby = store, standby
+        self._saved_members = frozenset(partners)
+        self._voter_seen, self._hb_seen = {}, {}
+        self._leader_seen = time.monotonic()
+        self._removal_seen = False
+        self._sync = new
+        self._restart_to = None
+        if old is not None:
+            old.destroy_synchronous()
+        if standby:
+            _remove_voter_files(self.data_dir)  # not a voter any more: its log and vote are void
+        log.info("raft restarted as %s with %s %s", role, "voters" if standby else "partners", partners)
+
+
+def _remove_voter_files(data_dir: str) -> None:
+    for name in (JOURNAL_FILE, TERM_FILE, DUMP_FILE):
+        try:
+            os.unlink(os.path.join(data_dir, name))
+        except FileNotFoundError:
+            pass

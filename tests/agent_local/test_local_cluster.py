@@ -350,3 +350,35 @@ def test_stop_method_shuts_down_cleanly(cluster):
     res = victim.start(cluster["env"])
     assert res.returncode == 0, res.stderr
     _wait(lambda: _healthy(nodes), 20, "stopped agent back")
+
+
+def _listening(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket the process listens on."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                    continue
+                hexaddr, hexport = fields[1].split(":")
+                if width == 8:
+                    addr = socket.inet_ntoa(struct.pack("<I", int(hexaddr, 16)))
+                else:
+                    addr = "ipv6:" + hexaddr
+                found.add((addr, int(hexport, 16)))
+    return found
+
+
+def test_raft_and_join_ports_bind_to_the_underlay_address_only(cluster):
+    for n in cluster["nodes"]:
+        assert _listening(n.pid) == {("127.0.0.1", n.raft_port), ("127.0.0.1", n.join_port)}

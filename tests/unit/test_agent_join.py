@@ -1,3 +1,4 @@
+import errno
 import json
 import socket
 import time
@@ -99,9 +100,12 @@ def test_server_drops_garbage_and_survives(server):
     host, port = srv.address
     for payload in (b"\x80\x04\x95garbage-pickle\n", b"x" * (join.MAX_JOIN_LINE + 10), b"{}\n"):
         with socket.create_connection((host, port), timeout=5) as s:
-            s.sendall(payload)
-            s.shutdown(socket.SHUT_WR)
-            assert s.recv(100) == b""
+            try:
+                s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)
+                assert s.recv(100) == b""
+            except OSError as exc:  # the server may drop an oversized line before reading it all (RST)
+                assert exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN), exc
     assert calls == []
     assert request(addr(srv), SECRET, "ping", {})["ok"]
 

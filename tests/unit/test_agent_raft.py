@@ -96,3 +96,40 @@ def test_bind_failure_is_reported(tmp_path):
             node.start()
     finally:
         blocker.close()
+
+
+def test_conf_is_tuned_and_needs_a_secret(tmp_path):
+    from cantainer_agent.journal import JournalSpec
+    from cantainer_agent.raft import make_conf
+
+    conf = make_conf(str(tmp_path), "10.0.0.1:7480", SECRET)
+    conf.validate()
+    assert conf.password == SECRET and conf.bindAddress == "10.0.0.1:7480"  # never 0.0.0.0
+    assert conf.appendEntriesUseBatch is False  # a sync write does not wait for the batch period
+    assert (conf.raftMinTimeout, conf.raftMaxTimeout, conf.appendEntriesPeriod) == (0.15, 0.3, 0.03)
+    assert conf.leaderFallbackTimeout <= 1.0 and conf.commandsWaitLeader is False
+    assert isinstance(conf.journalFile, JournalSpec)
+    standby = make_conf(str(tmp_path), "10.0.0.1:7480", SECRET, standby=True)
+    assert standby.journalFile is None and standby.fullDumpFile is None
+    for empty in (b"", None):
+        with pytest.raises(RaftError, match="secret is mandatory"):
+            make_conf(str(tmp_path), "10.0.0.1:7480", empty)
+
+
+def test_write_without_a_reachable_leader_fails_fast_and_is_not_queued(tmp_path):
+    import time as _time
+
+    from cantainer_agent import raft as raftmod
+
+    addr, ghost = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    save_members(str(tmp_path), "c", addr, [addr, ghost])  # a partner that never comes: no majority
+    node = RaftNode(cluster="c", self_addr=addr, partners=[ghost], data_dir=str(tmp_path), secret=SECRET)
+    node.start()
+    try:
+        t0 = _time.monotonic()
+        with pytest.raises(CommandFailed, match="cut off from the majority"):
+            node.heartbeat("h1", timeout=10)
+        assert _time.monotonic() - t0 < raftmod.LEADER_WAIT + 1
+        assert node.snapshot()["log_len"] == 1  # nothing was appended or queued for later
+    finally:
+        node.stop()

@@ -1,0 +1,152 @@
+"""Raft write throughput of the agent's RaftNode: 3 members in 3 processes on 127.0.0.1.
+
+    .venv/bin/python bench/raft_bench.py [--baseline] [--writes 2000] [--threads 8]
+
+Measures sync writes/s through the leader (each call returns once the entry is committed and
+applied), sequential (one caller) and concurrent (``--threads`` callers). ``--baseline`` runs
+the same RaftNode with PySyncObj's own FileJournal and TCPTransport (no fsync, no socket
+tuning): the figure before issue 6. Not a test: numbers depend on the disk (fdatasync) and CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "agent"))
+
+SECRET = b"bench-secret-0123456789abcdef"
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _child(addr: str, peers: list[str], data_dir: str, baseline: bool, conn) -> None:
+    from cantainer_agent import raft
+
+    if baseline:
+        import pysyncobj.journal as pj
+        import pysyncobj.syncobj as so
+        from pysyncobj.transport import TCPTransport
+
+        so.createJournal = lambda spec=None: pj.FileJournal(spec.path)
+        raft.AgentTransport = lambda *a, journal=None: TCPTransport(*a)
+    if os.environ.get("RAFT_BENCH_NOSYNC"):  # isolate the cost of fdatasync (diagnostics only)
+        from cantainer_agent import journal
+
+        journal.os = type("NoSyncOs", (), {"__getattr__": lambda self, n: getattr(os, n),
+                                          "fdatasync": staticmethod(lambda fd: None)})()
+    node = raft.RaftNode(cluster="bench", self_addr=addr, partners=peers, data_dir=data_dir, secret=SECRET)
+    node.start()
+    conn.send("started")
+    while True:
+        msg = conn.recv()
+        if msg[0] == "role":
+            try:
+                conn.send(node.snapshot()["role"])
+            except Exception as exc:  # noqa: BLE001
+                conn.send(f"error {exc}")
+        elif msg[0] == "bench":
+            _, writes, threads = msg
+            node.register_node(name="bench", address="127.0.0.1", join_addr="127.0.0.1:1", version="b", bundle="b")
+            results = {}
+            t0 = time.perf_counter()
+            for _ in range(writes):
+                node.heartbeat("bench")
+            results["sequential"] = writes / (time.perf_counter() - t0)
+            per = writes // threads
+
+            def worker() -> None:
+                for _ in range(per):
+                    node.heartbeat("bench")
+
+            ts = [threading.Thread(target=worker) for _ in range(threads)]
+            t0 = time.perf_counter()
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            results["concurrent"] = per * threads / (time.perf_counter() - t0)
+            journal = getattr(getattr(node, "_spec", None), "journal", None)
+            results["log_syncs"] = getattr(journal, "syncs", None)
+            results["sync_ms"] = 1000 * journal.sync_seconds / max(1, journal.syncs) if journal else None
+            conn.send(results)
+        elif msg[0] == "syncstats":
+            journal = getattr(getattr(node, "_spec", None), "journal", None)
+            conn.send((journal.syncs, 1000 * journal.sync_seconds / max(1, journal.syncs)) if journal else None)
+        elif msg[0] == "stop":
+            node.stop()
+            conn.send("stopped")
+            return
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--baseline", action="store_true")
+    ap.add_argument("--writes", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=8)
+    args = ap.parse_args()
+    root = tempfile.mkdtemp(prefix="raft-bench-")
+    ports = _free_ports(3)
+    addrs = [f"127.0.0.1:{p}" for p in ports]
+    ctx = mp.get_context("fork")
+    procs, conns = [], []
+    try:
+        for i, addr in enumerate(addrs):
+            parent, child = ctx.Pipe()
+            d = os.path.join(root, f"n{i}")
+            os.makedirs(d)
+            p = ctx.Process(target=_child, args=(addr, [a for a in addrs if a != addr], d, args.baseline, child))
+            p.start()
+            procs.append(p)
+            conns.append(parent)
+        for c in conns:
+            assert c.recv() == "started"
+        leader = None
+        deadline = time.monotonic() + 20
+        while leader is None and time.monotonic() < deadline:
+            for c in conns:
+                c.send(("role",))
+            roles = [c.recv() for c in conns]
+            if roles.count("leader") == 1:
+                leader = conns[roles.index("leader")]
+            else:
+                time.sleep(0.1)
+        assert leader is not None, "no leader"
+        time.sleep(0.5)
+        leader.send(("bench", args.writes, args.threads))
+        res = leader.recv()
+        kind = "baseline (PySyncObj FileJournal, no fsync)" if args.baseline else "durable journal (fdatasync)"
+        print(f"{kind}: sequential {res['sequential']:.0f} writes/s, {args.threads} threads "
+              f"{res['concurrent']:.0f} writes/s, leader log syncs {res['log_syncs']}")
+        if not args.baseline:
+            for c in conns:
+                c.send(("syncstats",))
+            print("  per node (fdatasync calls, mean ms):", [c.recv() for c in conns])
+        for c in conns:
+            c.send(("stop",))
+            c.recv()
+    finally:
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
