@@ -18,19 +18,28 @@ def _ago(timestamp: float | None) -> str:
     return f"{seconds:.1f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
 
 
+def _overlay(summary: dict | None) -> str:
+    """programmed/expected FDB+neighbour entries; red while they differ or changes are pending."""
+    if not summary:
+        return "-"
+    text = f"{summary['programmed']}/{summary['expected']}"
+    healthy = summary["programmed"] == summary["expected"] and summary["pending"] == 0
+    return f"[green]{text}[/]" if healthy else f"[red]{text} ({summary['pending']} pending)[/]"
+
+
 def render_status(doc: dict) -> Group:
     up = sum(1 for n in doc["nodes"] if n.get("state") == "up")
     header = (f"cluster [bold]{doc['cluster']}[/]   leader [bold magenta]{doc.get('leader') or '—'}[/]   "
               f"term {doc.get('term', '—')}   commit index {doc.get('commit_index', '—')}   "
               f"nodes up {up}/{len(doc['nodes'])}   (answered by {doc.get('answered_by') or '—'})")
     nodes = Table(title="nodes", expand=True)
-    for column in ("name", "address", "role", "state", "agent", "bundle", "last seen"):
+    for column in ("name", "address", "role", "state", "agent", "bundle", "last seen", "overlay entries"):
         nodes.add_column(column)
     for node in doc["nodes"]:
         state, role = node.get("state", "?"), node.get("role", "?")
         nodes.add_row(node["name"], node.get("address", ""), f"[{ROLE_STYLE.get(role, '')}]{role}[/]",
                       f"[{STATE_STYLE.get(state, '')}]{state}[/]", node.get("version") or "-",
-                      (node.get("bundle") or "-")[:12], _ago(node.get("last_seen")))
+                      (node.get("bundle") or "-")[:12], _ago(node.get("last_seen")), _overlay(node.get("overlay")))
     parts = [Panel(header, title="cantainer status", expand=True), nodes]
     networks = Table(title="networks", expand=True)
     for column in ("cidr", "vni", "hosts", "containers"):

@@ -74,6 +74,7 @@ def build_status(*, node: str, cluster: str, snap: dict, now: float, heartbeat_i
             "version": rec["version"],
             "bundle": rec["bundle"],
             "last_seen": now if is_self else rec["heartbeat"],
+            "overlay": rec.get("overlay"),
             "joined_at": rec["joined_at"],
             "registered": True,
         })

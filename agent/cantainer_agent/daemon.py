@@ -210,7 +210,7 @@ class Agent:
                                        version=__version__, bundle=cfg.bundle, timeout=max(3.0, interval))
                     registered = True
                     log.info("registered node %s in the cluster state", cfg.node)
-                elif not raft.heartbeat(cfg.node, timeout=max(3.0, interval)):
+                elif not raft.heartbeat(cfg.node, timeout=max(3.0, interval), overlay=self.network.summary):
                     registered = False  # our record vanished (removed?): register again
                     delay = 0.0
                 last_error = ""

@@ -29,6 +29,17 @@ def desired_host(state: dict, node: str, vtep: str, mtu: int, vxlan_port: int) -
     return DesiredHost.build(node, vtep, mtu, networks, endpoints, vxlan_port=vxlan_port)
 
 
+def summarize(health: dict) -> dict:
+    """Overlay health in four numbers: networks here, entries expected/programmed, pending changes."""
+    networks = health["networks"].values()
+    return {
+        "networks": len(health["networks"]),
+        "expected": sum(n["fdb_expected"] + n["neigh_expected"] for n in networks),
+        "programmed": sum(n["fdb_programmed"] + n["neigh_programmed"] for n in networks),
+        "pending": health["pending"],
+    }
+
+
 class HostNetwork:
     """Owns this host's overlay devices; runs inside the agent's reconcile loop."""
 
@@ -39,6 +50,8 @@ class HostNetwork:
         self._read_snapshot = read_snapshot
         self._mtu: int | None = None
         self._reconciler = OverlayReconciler(self.desired)
+        # Entries expected vs programmed after the last pass, sent with heartbeats for `status`.
+        self.summary: dict | None = None
 
     @property
     def underlay_mtu(self) -> int:
@@ -53,7 +66,10 @@ class HostNetwork:
     def reconcile(self) -> None:
         if not self._read_snapshot()["ready"]:
             return  # a replica still catching up would delete entries for containers it has not seen yet
-        self._reconciler.reconcile()  # raises OverlayError on failed actions: the loop logs and retries
+        try:
+            self._reconciler.reconcile()  # raises OverlayError on failed actions: the loop logs and retries
+        finally:
+            self.summary = summarize(self._reconciler.health())
 
     def health(self) -> dict:
         return self._reconciler.health()

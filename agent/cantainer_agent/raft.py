@@ -527,8 +527,11 @@ class RaftNode:
                                             "join_addr": join_addr, "version": version, "bundle": bundle,
                                             "ts": time.time() if ts is None else ts}, timeout=timeout)
 
-    def heartbeat(self, name: str, ts: float | None = None, timeout: float = 3.0) -> bool:
-        return self.apply("heartbeat", {"name": name, "ts": time.time() if ts is None else ts}, timeout=timeout)
+    def heartbeat(self, name: str, ts: float | None = None, timeout: float = 3.0, overlay: dict | None = None) -> bool:
+        args = {"name": name, "ts": time.time() if ts is None else ts}
+        if overlay is not None:
+            args["overlay"] = overlay
+        return self.apply("heartbeat", args, timeout=timeout)
 
     def remove_node(self, name: str, timeout: float = 3.0) -> bool:
         return self.apply("remove_node", {"name": name}, timeout=timeout)

@@ -132,14 +132,16 @@ class ClusterState:
         }
         return dict(self.nodes[name])
 
-    def apply_heartbeat(self, name: str, ts: float) -> bool:
-        """Record a heartbeat; returns False (no change) for an unknown node."""
+    def apply_heartbeat(self, name: str, ts: float, overlay: dict | None = None) -> bool:
+        """Record a heartbeat (and the node's overlay health summary); False for an unknown node."""
         _check_name(name)
         ts = _check_ts("ts", ts)
         rec = self.nodes.get(name)
         if rec is None:
             return False
         rec["heartbeat"] = ts
+        if overlay is not None:
+            rec["overlay"] = _check_overlay_summary(overlay)
         return True
 
     def apply_remove_node(self, name: str) -> bool:
@@ -282,6 +284,16 @@ def check_container_name(name: Any) -> str:
         raise StateError(f"container name {name!r} is invalid — use 1-63 lowercase letters, digits and "
                          "hyphens, starting and ending with a letter or digit")
     return name
+
+
+OVERLAY_SUMMARY_KEYS = ("networks", "expected", "programmed", "pending")
+
+
+def _check_overlay_summary(value: Any) -> dict:
+    if not isinstance(value, dict) or set(value) != set(OVERLAY_SUMMARY_KEYS) or not all(
+            type(value[key]) is int and 0 <= value[key] < 10**9 for key in OVERLAY_SUMMARY_KEYS):
+        raise StateError(f"overlay summary must hold the integers {', '.join(OVERLAY_SUMMARY_KEYS)}")
+    return dict(value)
 
 
 def _network_view(record: dict) -> dict:

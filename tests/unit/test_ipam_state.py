@@ -118,3 +118,12 @@ def test_same_commands_give_the_same_state_and_it_pickles():
     first, second = build(), build()
     assert first == second
     assert pickle.loads(pickle.dumps(first)) == first
+
+
+def test_heartbeat_carries_a_validated_overlay_summary():
+    state = state_with_nodes("h1")
+    summary = {"networks": 1, "expected": 4, "programmed": 4, "pending": 0}
+    assert state.apply_heartbeat("h1", 5.0, overlay=summary) is True
+    assert state.nodes["h1"]["overlay"] == summary
+    with pytest.raises(StateError, match="overlay summary"):
+        state.apply_heartbeat("h1", 6.0, overlay={"expected": "lots"})
