@@ -1,0 +1,23 @@
+"""The README's first command keeps working: the demo runs end to end and cleans up."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pyroute2 import netns
+
+from tests.conftest import require_root
+
+pytestmark = pytest.mark.lab
+
+
+def test_demo_runs_containers_that_ping_across_hosts_and_cleans_up():
+    require_root()
+    result = subprocess.run([sys.executable, "-m", "lab.demo"], capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "COLUMNS": "120",
+                                                           "HOME": "/root"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "alpine 3.20.3 on web" in result.stdout
+    assert "3 packets transmitted, 3 packets received, 0% packet loss" in result.stdout
+    assert not [name for name in netns.listnetns() if name.startswith("cantainer-demo-")]
