@@ -51,6 +51,30 @@ def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
     return lines[0]
 
 
+class Tmux:
+    """A terminal a test drives like a person: type keys, wait until the screen shows something."""
+
+    def __init__(self, session: str, command: str) -> None:
+        self.session = session
+        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command], check=True)
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "capture-pane", "-t", self.session, "-p"], capture_output=True, text=True).stdout
+
+    def send(self, *keys: str, wait_for: str, timeout: float = 30) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.session, *keys], check=True)
+        deadline = time.monotonic() + timeout
+        while wait_for not in self.screen() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert wait_for in self.screen(), self.screen()
+
+    def resize(self, columns: int, lines: int) -> None:
+        subprocess.run(["tmux", "resize-window", "-t", self.session, "-x", str(columns), "-y", str(lines)], check=True)
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.session], capture_output=True)
+
+
 def pings(inventory: Path, name: str, address: str, size: int = 56, count: int = 1) -> bool:
     result = cli(inventory, "exec", name, "--", "ping", "-c", str(count), "-W", "2", "-s", str(size), address)
     return result.returncode == 0
@@ -322,34 +346,23 @@ def test_exec_it_is_a_real_interactive_terminal(cluster, web):
     session = "cantainer-test-tty"
     env = f"CANTAINER_INVENTORY={cluster}"
     command = f"{env} {sys.executable} -m cantainer.cli exec -it c1 -- sh; echo EXIT=$?; sleep 30"
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command], check=True)
-
-    def screen() -> str:
-        return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"], capture_output=True, text=True).stdout
-
-    def send(*keys: str, wait_for: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", session, *keys], check=True)
-        deadline = time.monotonic() + 10
-        while wait_for not in screen() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert wait_for in screen(), screen()
-
+    tty = Tmux(session, command)
     try:
-        send(wait_for="/ #")  # the shell's prompt: the terminal is live
+        tty.send(wait_for="/ #")  # the shell's prompt: the terminal is live
         # busybox's line editor queries the terminal (ESC[6n) as it starts and eats keys typed
         # before the answer arrives; a person types later than tmux does.
         time.sleep(1.0)
-        send("echo hello-$((6*7)); stty size", "Enter", wait_for="hello-42")
-        assert "30 100" in screen()
-        subprocess.run(["tmux", "resize-window", "-t", session, "-x", "120", "-y", "40"], check=True)
+        tty.send("echo hello-$((6*7)); stty size", "Enter", wait_for="hello-42")
+        assert "30 100" in tty.screen()
+        tty.resize(120, 40)
         time.sleep(0.5)
-        send("stty size", "Enter", wait_for="40 120")
-        send("sleep 100", "Enter", wait_for="sleep 100")
-        send("C-c", wait_for="^C")
-        send("echo after-$((1+1))", "Enter", wait_for="after-2")
-        send("exit 5", "Enter", wait_for="EXIT=5")
+        tty.send("stty size", "Enter", wait_for="40 120")
+        tty.send("sleep 100", "Enter", wait_for="sleep 100")
+        tty.send("C-c", wait_for="^C")
+        tty.send("echo after-$((1+1))", "Enter", wait_for="after-2")
+        tty.send("exit 5", "Enter", wait_for="EXIT=5")
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        tty.close()
 
 
 def test_run_it_gives_pid_1_a_real_interactive_terminal(cluster, web):
@@ -358,32 +371,21 @@ def test_run_it_gives_pid_1_a_real_interactive_terminal(cluster, web):
     env = f"CANTAINER_INVENTORY={cluster}"
     command = (f"{env} {sys.executable} -m cantainer.cli run -it --host h3 -n 10.0.0.0/24 --name runtty -- sh; "
                "echo EXIT=$?; sleep 30")
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command], check=True)
-
-    def screen() -> str:
-        return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"], capture_output=True, text=True).stdout
-
-    def send(*keys: str, wait_for: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", session, *keys], check=True)
-        deadline = time.monotonic() + 30
-        while wait_for not in screen() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert wait_for in screen(), screen()
-
+    tty = Tmux(session, command)
     try:
-        send(wait_for="/ #")  # the first prompt is not lost: the container waits for the attach
+        tty.send(wait_for="/ #")  # the first prompt is not lost: the container waits for the attach
         time.sleep(1.0)  # see test_exec_it_is_a_real_interactive_terminal
-        send("echo pid-$$; tty; stty size", "Enter", wait_for="pid-1")
-        assert "/dev/pts/0" in screen() and "30 100" in screen(), screen()
-        subprocess.run(["tmux", "resize-window", "-t", session, "-x", "120", "-y", "40"], check=True)
+        tty.send("echo pid-$$; tty; stty size", "Enter", wait_for="pid-1")
+        assert "/dev/pts/0" in tty.screen() and "30 100" in tty.screen(), tty.screen()
+        tty.resize(120, 40)
         time.sleep(0.5)
-        send("stty size", "Enter", wait_for="40 120")
-        send("sleep 100", "Enter", wait_for="sleep 100")
-        send("C-c", wait_for="^C")
-        send("echo after-$((1+1))", "Enter", wait_for="after-2")
-        send("exit 5", "Enter", wait_for="EXIT=5")
+        tty.send("stty size", "Enter", wait_for="40 120")
+        tty.send("sleep 100", "Enter", wait_for="sleep 100")
+        tty.send("C-c", wait_for="^C")
+        tty.send("echo after-$((1+1))", "Enter", wait_for="after-2")
+        tty.send("exit 5", "Enter", wait_for="EXIT=5")
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        tty.close()
     assert ps(cluster)["runtty"]["state"] == "exited"
     assert "after-2" in ok(cli(cluster, "logs", "runtty"))
 

@@ -51,6 +51,7 @@ import termios
 import time
 
 from . import linux
+from .state import write_json as _write_json
 from .linux import (
     CLONE_NEWCGROUP,
     CLONE_NEWIPC,
@@ -276,18 +277,6 @@ def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: b
 
 
 # -- the shim ------------------------------------------------------------------------------------
-def _write_json(path: str, data: dict, durable: bool) -> None:
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, json.dumps(data).encode())
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def _read_to_eof(fd: int) -> bytes:
     chunks = []
     while True:
