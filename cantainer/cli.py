@@ -306,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cantainer: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - a bug, but the user still gets one line
+        if os.environ.get("CANTAINER_DEBUG"):
+            raise
+        print(f"cantainer: internal error: {type(error).__name__}: {error} — this is a bug; "
+              "run again with CANTAINER_DEBUG=1 for the traceback and report it", file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

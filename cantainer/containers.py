@@ -7,6 +7,7 @@ and no shell command line built from user strings is involved.
 """
 from __future__ import annotations
 
+import secrets
 import sys
 from dataclasses import dataclass, field
 
@@ -64,7 +65,7 @@ class HostSession:
 async def ensure_image(session: HostSession, image) -> None:
     if (await session.client.call("image.status", {"sha256": image.sha256}))["present"]:
         return
-    staging = f"{IMAGE_INCOMING}/{image.sha256}.tar.gz"
+    staging = f"{IMAGE_INCOMING}/{image.sha256}.{secrets.token_hex(4)}.tar.gz"  # concurrent runs push separately
     await session.connection.run(["install", "-d", "-m", "700", IMAGE_INCOMING])
     await session.connection.write_file(staging, image.path.read_bytes(), 0o600)
     await session.client.call("image.import", {"sha256": image.sha256, "path": staging}, timeout=120)

@@ -13,7 +13,7 @@ whose recorded key differs.
 from __future__ import annotations
 
 import asyncio
-import os
+import secrets
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,15 +102,17 @@ class Connection:
         """Write `data` to `path` atomically (temp file + rename), with `mode` set before any byte lands."""
         if self.needs_sudo:
             # SFTP runs as the login user; stage in a private temp dir and let sudo install it.
-            staging = f"/tmp/.cantainer-{os.getpid()}-{abs(hash(path))}"
+            staging = f"/tmp/.cantainer-{secrets.token_hex(8)}"
             await self._put(staging, data, 0o600)
             await self.run(["install", "-m", f"{mode:o}", "-D", staging, path])
             await self.run(["rm", "-f", staging], check=False)
             return
-        partial = f"{path}.partial"
+        partial = f"{path}.{secrets.token_hex(4)}.partial"  # concurrent writers never share a temp file
         await self._put(partial, data, mode)
-        sftp = await self._sftp_client()
-        await sftp.posix_rename(partial, path)
+        try:
+            await (await self._sftp_client()).posix_rename(partial, path)
+        except (asyncssh.SFTPError, asyncssh.Error, OSError) as error:
+            raise HostError(self.host.name, f"cannot write {path}: {getattr(error, 'reason', None) or error}") from None
 
     async def _sftp_client(self) -> asyncssh.SFTPClient:
         if self._sftp is None:
@@ -118,11 +120,14 @@ class Connection:
         return self._sftp
 
     async def _put(self, path: str, data: bytes, mode: int) -> None:
-        sftp = await self._sftp_client()
-        attrs = asyncssh.SFTPAttrs(permissions=mode)
-        async with sftp.open(path, "wb", attrs) as remote:
-            await remote.write(data)
-        await sftp.chmod(path, mode)
+        try:
+            sftp = await self._sftp_client()
+            attrs = asyncssh.SFTPAttrs(permissions=mode)
+            async with sftp.open(path, "wb", attrs) as remote:
+                await remote.write(data)
+            await sftp.chmod(path, mode)
+        except (asyncssh.SFTPError, asyncssh.Error, OSError) as error:
+            raise HostError(self.host.name, f"cannot write {path}: {getattr(error, 'reason', None) or error}") from None
 
     async def create_process(self, argv: list[str], **options) -> asyncssh.SSHClientProcess:
         """A remote process with streams (and optionally a PTY) for interactive use."""

@@ -85,6 +85,7 @@ class LocalContainers:
                                on_exit=lambda _info: trigger())
         self._busy: set[str] = set()  # container ids being started or removed by an API call
         self._busy_lock = threading.Lock()
+        self._import_lock = threading.Lock()
 
     def handlers(self) -> dict[str, Callable[[dict], object]]:
         return {
@@ -111,7 +112,9 @@ class LocalContainers:
         if not isinstance(path, str) or os.path.dirname(os.path.abspath(path)) != incoming:
             raise _rejected(f"image tarballs are imported from {incoming} only")
         try:
-            self.images.import_tarball(path, sha256)
+            with self._import_lock:  # concurrent `run`s may push the same image at once
+                if not self.images.has(sha256):
+                    self.images.import_tarball(path, sha256)
         except ChecksumMismatch as error:
             raise _rejected(f"image sha256 mismatch: {error}") from None
         except ImageError as error:

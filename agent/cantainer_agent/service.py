@@ -30,14 +30,33 @@ def _raft_or_unavailable(get_raft: Callable[[], RaftNode | None]) -> RaftNode:
     return raft
 
 
+# Commands whose second application, after a first one of unknown outcome, is refused with this
+# text although the first one did happen: the refusal then means success.
+ALREADY_DONE = {"remove_container": "no container named", "delete_network": "does not exist"}
+RETRY_FOR = 10.0  # seconds: long enough to ride out an election on a loaded host
+
+
 def replicate(raft: RaftNode, command: str, args: dict, timeout: float = 5.0) -> Any:
-    """Run a state command through raft, mapping failures onto protocol errors."""
-    try:
-        return raft.apply(command, args, timeout=timeout)
-    except CommandRejected as error:
-        raise protocol.ProtocolError(protocol.REJECTED, str(error)) from None
-    except CommandFailed as error:
-        raise protocol.ProtocolError(protocol.UNAVAILABLE, f"{error} (is a majority of the cluster up?)") from None
+    """Run a state command through raft, mapping failures onto protocol errors.
+
+    A command whose outcome is unknown (the leader changed while it was in flight) is retried:
+    every command is idempotent — a container create carries its id, reports and desired states
+    are plain assignments, and a repeated removal is recognised by ALREADY_DONE.
+    """
+    deadline = time.monotonic() + RETRY_FOR
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return raft.apply(command, args, timeout=timeout)
+        except CommandRejected as error:
+            if attempt > 1 and ALREADY_DONE.get(command, "\0") in str(error):
+                return True
+            raise protocol.ProtocolError(protocol.REJECTED, str(error)) from None
+        except CommandFailed as error:
+            if time.monotonic() >= deadline:
+                raise protocol.ProtocolError(protocol.UNAVAILABLE, f"{error} (is a majority of the cluster up?)") from None
+            time.sleep(min(0.05 * attempt, 0.5))
 
 
 def read_state(raft: RaftNode) -> dict:

@@ -194,7 +194,10 @@ class ClusterState:
     def apply_create_container(self, spec: dict, ts: float) -> dict:
         """Record a container and allocate its address (creating its network implicitly)."""
         name = check_container_name(spec.get("name"))
-        if name in self.containers:
+        existing = self.containers.get(name)
+        if existing is not None and existing["id"] == spec.get("id"):
+            return copy.deepcopy(existing)  # the same request again (a retry after a lost reply)
+        if existing is not None:
             raise StateError(f"container name {name!r} is already in use — pick another name or remove it first")
         host = _check_name(spec.get("host"))
         if host not in self.nodes:

@@ -87,7 +87,7 @@ def test_duplicate_name_and_unknown_host_are_refused_without_side_effects():
     state.apply_create_container(spec("web"), 1.0)
     before = state.to_dict()
     with pytest.raises(StateError, match="already in use"):
-        state.apply_create_container(spec("web"), 2.0)
+        state.apply_create_container({**spec("web"), "id": "another-id"}, 2.0)
     with pytest.raises(StateError, match="not a member"):
         state.apply_create_container(spec("db", host="h9", network="10.5.0.0/24"), 2.0)
     assert state.to_dict() == before
@@ -127,3 +127,12 @@ def test_heartbeat_carries_a_validated_overlay_summary():
     assert state.nodes["h1"]["overlay"] == summary
     with pytest.raises(StateError, match="overlay summary"):
         state.apply_heartbeat("h1", 6.0, overlay={"expected": "lots"})
+
+
+def test_repeating_a_create_with_the_same_id_is_a_no_op():
+    state = state_with_nodes("h1")
+    first = state.apply_create_container(spec("web"), 1.0)
+    again = state.apply_create_container(spec("web"), 2.0)  # a retry after a lost reply
+    assert again == first and len(state.networks["10.0.0.0/24"]["ips"]) == 1
+    with pytest.raises(StateError, match="already in use"):
+        state.apply_create_container({**spec("web"), "id": "other"}, 3.0)
