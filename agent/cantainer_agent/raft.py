@@ -112,6 +112,10 @@ class CommandFailed(RaftError):
     """A replicated command did not commit (leader change, timeout, rejected by the state)."""
 
 
+class OutcomeUnknown(CommandFailed):
+    """The command was submitted but its fate is unknown (leader changed, no confirmation in time)."""
+
+
 class CommandRejected(CommandFailed):
     """The command committed but the state machine refused it (the user's input is at fault)."""
 
@@ -509,10 +513,10 @@ class RaftNode:
                 if not submitted:
                     raise CommandFailed(f"command not submitted: {type(exc).__name__}: {exc}") from None
                 if code == "Timeout":
-                    raise CommandFailed(f"command not confirmed within {timeout:g} s; it may still commit "
+                    raise OutcomeUnknown(f"command not confirmed within {timeout:g} s; it may still commit "
                                         "(leader lost or cluster overloaded)") from None
                 if code in (FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME):
-                    raise CommandFailed("the raft leader changed while the command was in flight; it may or may "
+                    raise OutcomeUnknown("the raft leader changed while the command was in flight; it may or may "
                                         "not have been applied") from None
                 raise CommandFailed(f"command not committed: {FAIL_NAMES.get(code, code)}") from None
         if not isinstance(res, dict):

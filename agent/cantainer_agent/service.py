@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable
 
 from . import protocol
-from .raft import CommandFailed, CommandRejected, RaftError, RaftNode
+from .raft import CommandFailed, CommandRejected, OutcomeUnknown, RaftError, RaftNode
 from .views import container_view, network_views
 
 
@@ -39,7 +39,8 @@ RETRY_FOR = 10.0  # seconds: long enough to ride out an election on a loaded hos
 def replicate(raft: RaftNode, command: str, args: dict, timeout: float = 5.0) -> Any:
     """Run a state command through raft, mapping failures onto protocol errors.
 
-    A command whose outcome is unknown (the leader changed while it was in flight) is retried:
+    A command whose outcome is unknown (the leader changed while it was in flight) is retried —
+    but not one that definitely failed (no leader reachable: refused at once, within seconds):
     every command is idempotent — a container create carries its id, reports and desired states
     are plain assignments, and a repeated removal is recognised by ALREADY_DONE.
     """
@@ -53,10 +54,12 @@ def replicate(raft: RaftNode, command: str, args: dict, timeout: float = 5.0) ->
             if attempt > 1 and ALREADY_DONE.get(command, "\0") in str(error):
                 return True
             raise protocol.ProtocolError(protocol.REJECTED, str(error)) from None
-        except CommandFailed as error:
+        except OutcomeUnknown as error:
             if time.monotonic() >= deadline:
                 raise protocol.ProtocolError(protocol.UNAVAILABLE, f"{error} (is a majority of the cluster up?)") from None
             time.sleep(min(0.05 * attempt, 0.5))
+        except CommandFailed as error:
+            raise protocol.ProtocolError(protocol.UNAVAILABLE, f"{error} (is a majority of the cluster up?)") from None
 
 
 def read_state(raft: RaftNode) -> dict:
