@@ -399,3 +399,17 @@ def test_run_i_pipes_stdin_and_returns_the_exit_code(cluster):
     )
     assert result.returncode == 3, result
     assert result.stdout == "HELLO PIPE\n"
+
+
+def test_no_shell_injection_through_commands_or_environment(lab, cluster, web):
+    """Payloads that would create a file on the host if any layer ran them through a shell."""
+    marker = "/tmp/cantainer-pwned"
+    payload = f"$(touch {marker}); touch {marker}; `touch {marker}`"
+    result = cli(cluster, "run", "--host", "h2", "-n", "10.2.0.0/24", "--name", "inject", "-e", f"X={payload}", "--",
+                 "printenv", "X")
+    assert result.returncode == 0 and result.stdout == payload + "\n", result.stdout + result.stderr
+    assert ok(cli(cluster, "exec", "c1", "--", "echo", payload)) == payload + "\n"
+    for host in ("h1", "h2", "h3"):
+        assert host_exec(lab, host, "test", "-e", marker).returncode != 0
+    assert not Path(marker).exists()
+    ok(cli(cluster, "rm", "inject"))
