@@ -23,57 +23,20 @@ from pathlib import Path
 import pytest
 
 from cantainer_agent import protocol
+from tests.agent_local.agentctl import pid_alive, wait_for
+from tests.agent_local.agentctl import api_call as _api_call
+from tests.ports import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 HEARTBEAT = 0.5
 
 
-def _free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
+def api_call(sock_path: str, method: str, params: dict | None = None, timeout: float = 5.0):
+    return _api_call(sock_path, method, params, timeout=timeout)
 
 
 def _wait(pred, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    last_exc = None
-    while time.monotonic() < deadline:
-        try:
-            value = pred()
-            if value:
-                return value
-        except (OSError, protocol.ProtocolError, KeyError, ValueError) as exc:
-            last_exc = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc})")
-
-
-def api_call(sock_path: str, method: str, params: dict | None = None, timeout: float = 5.0):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(sock_path)
-        f = s.makefile("rwb")
-        f.write(protocol.encode_request(7, method, params or {}))
-        f.flush()
-        resp = protocol.decode_response(f.readline())
-    assert resp.id == 7
-    return resp.unwrap()
+    return wait_for(pred, timeout, what, interval)
 
 
 class Node:
@@ -121,7 +84,7 @@ class Node:
 
     def kill9(self) -> None:
         os.kill(self.pid, signal.SIGKILL)
-        _wait(lambda: not _pid_alive(self.pid), 10, f"{self.name} to die")
+        _wait(lambda: not pid_alive(self.pid), 10, f"{self.name} to die")
 
     def log_tail(self) -> str:
         try:
@@ -137,7 +100,7 @@ def cluster(tmp_path_factory, request):
     fd = os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(os.urandom(32).hex() + "\n")
-    ports = _free_ports(6)
+    ports = free_ports(6)
     seeds = [f"127.0.0.1:{ports[1]}"]
     nodes = [Node(root, i + 1, ports[2 * i], ports[2 * i + 1], seeds if i else [], secret) for i in range(3)]
     env = dict(os.environ, PYTHONPATH=str(REPO / "agent"))
@@ -145,7 +108,7 @@ def cluster(tmp_path_factory, request):
     def cleanup() -> None:
         for n in nodes:
             for pid in n.pids:
-                if _pid_alive(pid):
+                if pid_alive(pid):
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
@@ -153,7 +116,7 @@ def cluster(tmp_path_factory, request):
         for n in nodes:
             for pid in n.pids:
                 deadline = time.monotonic() + 5
-                while _pid_alive(pid) and time.monotonic() < deadline:
+                while pid_alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.05)
 
     request.addfinalizer(cleanup)
@@ -227,7 +190,7 @@ def test_api_socket_is_root_only_and_robust(cluster):
         f.flush()
         resp = protocol.decode_response(f.readline())
         assert resp.error.code == protocol.TOO_LARGE
-    assert _pid_alive(node.pid)
+    assert pid_alive(node.pid)
 
 
 def test_malicious_pickles_are_never_loaded(cluster, tmp_path):
@@ -264,7 +227,7 @@ def test_malicious_pickles_are_never_loaded(cluster, tmp_path):
     time.sleep(0.3)
     assert not marker.exists()
     for n in nodes:
-        assert _pid_alive(n.pid)
+        assert pid_alive(n.pid)
     _wait(lambda: _healthy(nodes), 10, "cluster healthy after garbage input")
 
 
@@ -280,7 +243,7 @@ def test_daemon_reports_startup_errors(cluster):
     cfg = json.loads(n1.config.read_text())
     other = cluster["root"] / "clash"
     cfg.update(node="clash", bootstrap=True, seeds=[], data_dir=str(other / "data"), run_dir=str(other / "run"),
-               log_dir=str(other / "log"), join_port=_free_ports(1)[0])
+               log_dir=str(other / "log"), join_port=free_ports(1)[0])
     path = cluster["root"] / "clash.json"
     path.write_text(json.dumps(cfg))
     res = subprocess.run([sys.executable, "-m", "cantainer_agent", "run", "--config", str(path), "--daemon"],
@@ -345,7 +308,7 @@ def test_stop_method_shuts_down_cleanly(cluster):
     _wait(lambda: _healthy(nodes), 20, "healthy cluster")
     victim = next(n for n in nodes if n.status()["raft"]["role"] != "leader")
     assert api_call(victim.sock, "stop") == {"stopping": True}
-    _wait(lambda: not _pid_alive(victim.pid), 10, "agent to exit after stop")
+    _wait(lambda: not pid_alive(victim.pid), 10, "agent to exit after stop")
     assert not os.path.exists(victim.sock) and not victim.pid_file.exists()
     res = victim.start(cluster["env"])
     assert res.returncode == 0, res.stderr

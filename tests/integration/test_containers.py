@@ -341,6 +341,17 @@ def test_tarball_with_traversal_and_escaping_symlink_is_refused(lab, cluster, tm
     assert host_exec(lab, "h1", "test", "-e", "/var/lib/evil").returncode != 0, line
 
 
+def resize_interrupt_and_exit(tty: Tmux) -> None:
+    """What a person does with a shell on a terminal: resize it, Ctrl-C a command, exit with a code."""
+    tty.resize(120, 40)
+    time.sleep(0.5)
+    tty.send("stty size", "Enter", wait_for="40 120")
+    tty.send("sleep 100", "Enter", wait_for="sleep 100")
+    tty.send("C-c", wait_for="^C")
+    tty.send("echo after-$((1+1))", "Enter", wait_for="after-2")
+    tty.send("exit 5", "Enter", wait_for="EXIT=5")
+
+
 def test_exec_it_is_a_real_interactive_terminal(cluster, web):
     """Through tmux, as a person would: resize, Ctrl-C, exit code."""
     session = "cantainer-test-tty"
@@ -354,13 +365,7 @@ def test_exec_it_is_a_real_interactive_terminal(cluster, web):
         time.sleep(1.0)
         tty.send("echo hello-$((6*7)); stty size", "Enter", wait_for="hello-42")
         assert "30 100" in tty.screen()
-        tty.resize(120, 40)
-        time.sleep(0.5)
-        tty.send("stty size", "Enter", wait_for="40 120")
-        tty.send("sleep 100", "Enter", wait_for="sleep 100")
-        tty.send("C-c", wait_for="^C")
-        tty.send("echo after-$((1+1))", "Enter", wait_for="after-2")
-        tty.send("exit 5", "Enter", wait_for="EXIT=5")
+        resize_interrupt_and_exit(tty)
     finally:
         tty.close()
 
@@ -377,13 +382,7 @@ def test_run_it_gives_pid_1_a_real_interactive_terminal(cluster, web):
         time.sleep(1.0)  # see test_exec_it_is_a_real_interactive_terminal
         tty.send("echo pid-$$; tty; stty size", "Enter", wait_for="pid-1")
         assert "/dev/pts/0" in tty.screen() and "30 100" in tty.screen(), tty.screen()
-        tty.resize(120, 40)
-        time.sleep(0.5)
-        tty.send("stty size", "Enter", wait_for="40 120")
-        tty.send("sleep 100", "Enter", wait_for="sleep 100")
-        tty.send("C-c", wait_for="^C")
-        tty.send("echo after-$((1+1))", "Enter", wait_for="after-2")
-        tty.send("exit 5", "Enter", wait_for="EXIT=5")
+        resize_interrupt_and_exit(tty)
     finally:
         tty.close()
     assert ps(cluster)["runtty"]["state"] == "exited"

@@ -10,19 +10,10 @@ import time
 import pytest
 
 from cantainer_agent import transport
+from tests.ports import free_ports
 from cantainer_agent.raft import RaftNode, save_members
 
 SECRET = b"c" * 32
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def wait(pred, timeout, what):

@@ -2,12 +2,12 @@
 follow the state and forward writes, and promotion of a standby when a voter stays away."""
 
 import os
-import socket
 import threading
 import time
 
 import pytest
 
+from tests.ports import free_ports
 from cantainer_agent.raft import RaftNode, load_members, save_members
 from cantainer_agent.roles import plan_change
 
@@ -24,16 +24,6 @@ def test_plan_change():
     assert plan_change(voters, "a", 5, {}, ["s1"]) == ("add", "s1")  # grow to the configured count
     assert plan_change(voters, "a", 3, {"a": 99.0}, ["s1"]) is None  # never removes itself
     assert plan_change(voters, "a", 3, {}, ["a"]) is None
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def wait(pred, timeout, what):
