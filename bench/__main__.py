@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing as mp
 import os
 import platform
 import shutil
@@ -37,54 +36,17 @@ def _raft_writes(baseline: bool, writes: int, threads: int) -> dict:
     """One run of bench/raft_bench.py's setup: 3 RaftNodes in 3 processes, writes through the leader."""
     from bench import raft_bench
 
-    root = tempfile.mkdtemp(prefix="cantainer-bench-raft-")
-    addrs = [f"127.0.0.1:{p}" for p in raft_bench._free_ports(3)]
-    ctx = mp.get_context("fork")
-    procs, conns = [], []
     # The baseline logs PySyncObj's "truncating already-applied log entries" under concurrent writes
     # (known, see bench/README.md); keep it out of the table. The children inherit this at fork.
     quiet = logging.getLogger("pysyncobj.syncobj")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL + 1)  # it is logged as critical
     try:
-        for i, addr in enumerate(addrs):
-            parent, child = ctx.Pipe()
-            d = os.path.join(root, f"n{i}")
-            os.makedirs(d)
-            p = ctx.Process(target=raft_bench._child, args=(addr, [a for a in addrs if a != addr], d, baseline, child))
-            p.start()
-            procs.append(p)
-            conns.append(parent)
-        for c in conns:
-            if not c.poll(30) or c.recv() != "started":
-                raise RuntimeError("raft node did not start")
-        leader = None
-        deadline = time.monotonic() + 20
-        while leader is None and time.monotonic() < deadline:
-            for c in conns:
-                c.send(("role",))
-            roles = [c.recv() for c in conns]
-            if roles.count("leader") == 1:
-                leader = conns[roles.index("leader")]
-            else:
-                time.sleep(0.1)
-        if leader is None:
-            raise RuntimeError("no raft leader within 20 s")
-        time.sleep(0.5)
-        leader.send(("bench", writes, threads))
-        result = leader.recv()
-        for c in conns:
-            c.send(("stop",))
-            c.recv()
-        return result
+        with raft_bench.trio(baseline) as (leader, _conns):
+            leader.send(("bench", writes, threads))
+            return leader.recv()
     finally:
-        for p in procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()  # by PID (multiprocessing.Process)
-                p.join(5)
         quiet.setLevel(level)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def raft_rows(quick: bool, notes: list[str]) -> list[dict]:

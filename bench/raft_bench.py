@@ -11,6 +11,7 @@ tuning): the figure before issue 6. Not a test: numbers depend on the disk (fdat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import shutil
@@ -94,15 +95,13 @@ def _child(addr: str, peers: list[str], data_dir: str, baseline: bool, conn) -> 
             return
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--baseline", action="store_true")
-    ap.add_argument("--writes", type=int, default=2000)
-    ap.add_argument("--threads", type=int, default=8)
-    args = ap.parse_args()
+@contextlib.contextmanager
+def trio(baseline: bool):
+    """Three RaftNodes in three processes on loopback; yields (leader connection, all connections).
+
+    The nodes are stopped and their directories removed on exit, whatever happens."""
     root = tempfile.mkdtemp(prefix="raft-bench-")
-    ports = _free_ports(3)
-    addrs = [f"127.0.0.1:{p}" for p in ports]
+    addrs = [f"127.0.0.1:{p}" for p in _free_ports(3)]
     ctx = mp.get_context("fork")
     procs, conns = [], []
     try:
@@ -110,12 +109,13 @@ def main() -> None:
             parent, child = ctx.Pipe()
             d = os.path.join(root, f"n{i}")
             os.makedirs(d)
-            p = ctx.Process(target=_child, args=(addr, [a for a in addrs if a != addr], d, args.baseline, child))
+            p = ctx.Process(target=_child, args=(addr, [a for a in addrs if a != addr], d, baseline, child))
             p.start()
             procs.append(p)
             conns.append(parent)
         for c in conns:
-            assert c.recv() == "started"
+            if not c.poll(30) or c.recv() != "started":
+                raise RuntimeError("raft node did not start")
         leader = None
         deadline = time.monotonic() + 20
         while leader is None and time.monotonic() < deadline:
@@ -126,8 +126,29 @@ def main() -> None:
                 leader = conns[roles.index("leader")]
             else:
                 time.sleep(0.1)
-        assert leader is not None, "no leader"
+        if leader is None:
+            raise RuntimeError("no raft leader within 20 s")
         time.sleep(0.5)
+        yield leader, conns
+        for c in conns:
+            c.send(("stop",))
+            c.recv()
+    finally:
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()  # by PID (multiprocessing.Process)
+                p.join(5)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--baseline", action="store_true")
+    ap.add_argument("--writes", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=8)
+    args = ap.parse_args()
+    with trio(args.baseline) as (leader, conns):
         leader.send(("bench", args.writes, args.threads))
         res = leader.recv()
         kind = "baseline (PySyncObj FileJournal, no fsync)" if args.baseline else "durable journal (fdatasync)"
@@ -137,15 +158,6 @@ def main() -> None:
             for c in conns:
                 c.send(("syncstats",))
             print("  per node (fdatasync calls, mean ms):", [c.recv() for c in conns])
-        for c in conns:
-            c.send(("stop",))
-            c.recv()
-    finally:
-        for p in procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
