@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-LAB_NAME = "ctest"
+# Another name lets two test runs share the machine (each lab has its own namespaces and subnet).
+LAB_NAME = os.environ.get("CANTAINER_TEST_LAB", "ctest")
 
 
 def require_root() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import os
 import subprocess
 import sys
@@ -16,39 +15,9 @@ from pathlib import Path
 import pytest
 
 from cantainer import remote
+from tests.labcli import cli, host_exec, ok, one_line_error, ps
 
 pytestmark = pytest.mark.lab
-CANTAINER = [sys.executable, "-m", "cantainer.cli"]
-
-
-def cli(inventory: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CANTAINER_INVENTORY": str(inventory), "COLUMNS": "200"}
-    return subprocess.run([*CANTAINER, *args], capture_output=True, text=True, timeout=timeout, env=env,
-                          stdin=subprocess.DEVNULL)
-
-
-def ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def host_exec(lab, host: str, *command: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lab", "exec", "--name", lab.name, host, "--", *command],
-                          capture_output=True, text=True, timeout=30)
-
-
-def ps(inventory: Path) -> dict[str, dict]:
-    return {c["name"]: c for c in json.loads(ok(cli(inventory, "ps", "--all", "--json")))}
-
-
-def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 class Tmux:

@@ -1,7 +1,6 @@
 """`down` leaves the machine exactly as before — also when the lab tool died half-way."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 

@@ -1,42 +1,19 @@
 """`cantainer up / status / down` against the real lab: real sshd, real agents, real raft."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from cantainer import remote
+from tests.labcli import CANTAINER, agent_pid, cantainer, host_exec, one_line_error, status
 
 pytestmark = pytest.mark.lab
-CANTAINER = [sys.executable, "-m", "cantainer.cli"]
-
-
-def cantainer(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*CANTAINER, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})}, stdin=subprocess.DEVNULL)
-
-
-def status(inventory: Path) -> dict:
-    result = cantainer("status", "--json", "-i", str(inventory))
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def host_exec(lab, host: str, *command: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lab", "exec", "--name", lab.name, host, "--", *command],
-                          capture_output=True, text=True, timeout=30)
-
-
-def agent_pid(lab, host: str) -> int | None:
-    result = host_exec(lab, host, "cat", remote.PID_FILE)
-    return int(result.stdout.split()[0]) if result.returncode == 0 else None
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +22,6 @@ def cluster(lab):
     assert result.returncode == 0, result.stdout + result.stderr
     yield lab.inventory_file
     cantainer("down", "--purge", "-i", str(lab.inventory_file))
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_up_forms_a_cluster_of_three_up_nodes_with_one_leader(cluster):
@@ -226,7 +194,7 @@ def test_wrong_key_is_an_authentication_error_naming_each_host(lab, cluster, tmp
 
 def test_missing_key_file_is_an_inventory_error(lab, tmp_path):
     inventory = variant(lab, tmp_path, {str(lab.dir / "id_ed25519"): str(tmp_path / "nope")})
-    assert_one_line_error(cantainer("up", str(inventory)), "identity_file", str(tmp_path / "nope"))
+    one_line_error(cantainer("up", str(inventory)), "identity_file", str(tmp_path / "nope"))
 
 
 def test_host_key_mismatch_is_refused(lab, cluster, tmp_path):
@@ -259,7 +227,7 @@ def test_unreachable_host_fails_alone(lab, cluster, tmp_path):
 ])
 def test_usage_and_inventory_errors_are_one_line(args, needles):
     result = cantainer(*args, env={"CANTAINER_INVENTORY": ""})
-    assert_one_line_error(result, *needles)
+    one_line_error(result, *needles)
 
 
 @pytest.mark.parametrize("text, needles", [
@@ -272,7 +240,7 @@ def test_usage_and_inventory_errors_are_one_line(args, needles):
 def test_invalid_inventories_are_one_line_errors(tmp_path, text, needles):
     path = tmp_path / "inventory.toml"
     path.write_text(text)
-    assert_one_line_error(cantainer("up", str(path)), str(path), *needles)
+    one_line_error(cantainer("up", str(path)), str(path), *needles)
 
 
 def test_down_stops_agents_and_purge_removes_state(lab, cluster):

@@ -1,0 +1,149 @@
+"""Driving the real CLI against a lab, as a user at a terminal would: one subprocess per command."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+CANTAINER = [sys.executable, "-m", "cantainer.cli"]
+LAB = [sys.executable, "-m", "lab"]
+
+
+def cantainer(*args: str, env: dict | None = None, timeout: float = 120,
+              inventory: Path | None = None) -> subprocess.CompletedProcess:
+    """`cantainer ARGS` with no stdin; `inventory` is passed the way a user would export it."""
+    extra = {"CANTAINER_INVENTORY": str(inventory)} if inventory else {}
+    return subprocess.run([*CANTAINER, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200", **extra, **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+def cli(inventory: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return cantainer(*args, inventory=inventory, timeout=timeout)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """The error contract: non-zero exit, no traceback, exactly one stderr line containing `needles`."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def host_exec(lab, host: str, *command: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([*LAB, "exec", "--name", lab.name, host, "--", *command],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def ps(inventory: Path) -> dict[str, dict]:
+    return {c["name"]: c for c in json.loads(ok(cli(inventory, "ps", "--all", "--json")))}
+
+
+def status(inventory: Path) -> dict:
+    return json.loads(ok(cantainer("status", "--json", "-i", str(inventory))))
+
+
+def agent_pid(lab, host: str) -> int | None:
+    from cantainer import remote
+
+    result = host_exec(lab, host, "cat", remote.PID_FILE)
+    return int(result.stdout.split()[0]) if result.returncode == 0 and result.stdout.split() else None
+
+
+def wait_for(condition, timeout: float = 30, interval: float = 0.3, what: str = "condition"):
+    """Poll `condition()` until it returns something truthy (returned) or `timeout` passes (AssertionError)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {value!r})")
+        time.sleep(interval)
+
+
+# Read on a lab host: every container's init pid and its /proc start time as pids.json recorded them,
+# and whether that very process (same pid *and* start time) is still alive.
+_CONTAINER_PROCESSES = r"""
+import json, os, sys
+root = sys.argv[1]
+out = {}
+for cid in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    try:
+        with open(os.path.join(root, cid, "pids.json")) as handle:
+            pids = json.load(handle)
+    except (OSError, ValueError):
+        continue
+    try:
+        with open(f"/proc/{pids['pid']}/stat") as handle:
+            start = int(handle.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        start = None
+    out[cid] = {"pid": pids["pid"], "pid_start": pids["pid_start"], "alive": start == pids["pid_start"]}
+print(json.dumps(out))
+"""
+
+
+def container_processes(lab, host: str) -> dict[str, dict]:
+    """{container id: {pid, pid_start, alive}} for the containers started on `host` since it booted."""
+    from cantainer import remote
+
+    result = host_exec(lab, host, "python3", "-c", _CONTAINER_PROCESSES, f"{remote.RUN_DIR}/containers")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+_AGENT_CALL = r"""
+import socket, sys
+sock = socket.socket(socket.AF_UNIX)
+sock.settimeout(float(sys.argv[3]))
+sock.connect(sys.argv[1])
+sock.sendall(sys.argv[2].encode())
+print(sock.makefile("rb").readline().decode(), end="")
+"""
+
+
+def agent_call(lab, host: str, method: str, params: dict | None = None, timeout: float = 30):
+    """Call the agent API on `host` from inside it (its unix socket), not over the network: works on
+    a cut-off host too. Returns the protocol Response (`.ok`, `.result`, `.error.code/.message`)."""
+    from cantainer import remote
+    from cantainer_agent import protocol
+
+    line = protocol.encode_request(1, method, params or {}).decode()
+    result = host_exec(lab, host, "python3", "-c", _AGENT_CALL, remote.SOCKET_PATH, line, str(timeout),
+                       timeout=timeout + 15)
+    assert result.returncode == 0, result.stderr
+    return protocol.decode_response(result.stdout)
+
+
+def kill_agent(lab, host: str) -> int:
+    """SIGKILL `host`'s agent (by the pid in its pid file) and wait until that process is gone."""
+    pid = agent_pid(lab, host)
+    assert pid is not None, f"no agent pid file on {host}"
+    assert host_exec(lab, host, "kill", "-9", str(pid)).returncode == 0
+    wait_for(lambda: host_exec(lab, host, "test", "-e", f"/proc/{pid}").returncode != 0, 10,
+             what=f"agent {pid} on {host} to die")
+    return pid
+
+
+def mac_for(ip: str) -> str:
+    return "02:42:" + ":".join(f"{int(octet):02x}" for octet in ip.split("."))
+
+
+def overlay_entries(lab, host: str) -> str:
+    """Every VXLAN FDB entry (MAC → remote VTEP) and neighbour entry on `host`'s overlay devices."""
+    fdb = host_exec(lab, host, "bridge", "fdb", "show").stdout.splitlines()
+    neigh = host_exec(lab, host, "ip", "neigh", "show").stdout.splitlines()
+    return "\n".join([line for line in fdb if " dst " in line and "dev cvx-" in line]
+                     + [line for line in neigh if "dev cvx-" in line])
