@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,17 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message}", f"see `{self.prog} --help`")
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a float, but not nan or inf (they cannot travel as JSON and mean nothing here)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def build_parser() -> Parser:
@@ -64,7 +76,7 @@ def build_parser() -> Parser:
     run.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable")
     run.add_argument("-w", "--workdir", default="/", help="working directory inside the container")
     run.add_argument("--memory", help="memory limit, e.g. 256m")
-    run.add_argument("--cpus", type=float, help="CPU limit, e.g. 0.5")
+    run.add_argument("--cpus", type=finite_float, help="CPU limit, e.g. 0.5")
     run.add_argument("--pids", type=int, help="maximum number of processes")
     execute = command("exec", "run a command in a running container: cantainer exec NAME -- CMD ARGS...")
     execute.add_argument("name", metavar="NAME")
@@ -75,7 +87,7 @@ def build_parser() -> Parser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep following until the container exits")
     stop = command("stop", "stop a container (SIGTERM, then SIGKILL)")
     stop.add_argument("name", metavar="NAME")
-    stop.add_argument("--time", type=float, default=10.0, help="seconds before SIGKILL (default 10)")
+    stop.add_argument("--time", type=finite_float, default=10.0, help="seconds before SIGKILL (default 10)")
     rm = command("rm", "remove a stopped container and release its address")
     rm.add_argument("name", metavar="NAME")
     rm.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
@@ -261,6 +273,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     from cantainer import containers
 
+    if not 0 <= args.time <= 3600:
+        raise UsageError(f"--time {args.time:g} is out of range", "give the seconds before SIGKILL, from 0 to 3600")
     result = run_async(containers.stop(load(args), args.name, args.time))
     print(f"{args.name} {result.get('state', 'stopped')}")
     return 0

@@ -104,7 +104,11 @@ def resolve_image(name: str, overrides: dict) -> ResolvedImage:
     elif name in CATALOG:
         url, sha256 = CATALOG[name].url, CATALOG[name].sha256
     else:
+        from cantainer.inventory import IMAGE_NAME
+
         known = ", ".join(sorted(set(CATALOG) | set(overrides)))
+        if not IMAGE_NAME.fullmatch(name):  # then no [images.NAME] can define it either
+            raise ImageError(f"unknown image {name!r}: not a valid image name", f"use one of: {known}")
         raise ImageError(f"unknown image {name!r}", f"use one of: {known}, or add [images.{name}] to the inventory")
     cached = cached_path(sha256)
     if cached.exists():

@@ -618,7 +618,7 @@ _IMAGE_FIELDS = {
     "sha256": _Field((str,), '"<64 lowercase hex digits>"', _sha256),
 }
 
-_IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 def _read_ssh_defaults(source: _Source, value: Any) -> dict[str, Any]:
@@ -646,7 +646,7 @@ def _read_images(source: _Source, value: Any) -> dict[str, ImageSource]:
 
 def _read_image(source: _Source, name: str, entry: Any) -> ImageSource:
     key_path: KeyPath = ("images", name)
-    if not _IMAGE_NAME.fullmatch(name):
+    if not IMAGE_NAME.fullmatch(name):
         raise source.error(key_path, f"{_quote(name)} is not a valid image name",
                            "use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit")
     given = _read_table(source, key_path, entry, _IMAGE_FIELDS)

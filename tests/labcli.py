@@ -147,3 +147,57 @@ def overlay_entries(lab, host: str) -> str:
     neigh = host_exec(lab, host, "ip", "neigh", "show").stdout.splitlines()
     return "\n".join([line for line in fdb if " dst " in line and "dev cvx-" in line]
                      + [line for line in neigh if "dev cvx-" in line])
+
+
+def host_path(lab, host: str, path: str) -> Path:
+    """`path` as `host` sees it (its private /run, /tmp, /etc/cantainer …), read from the workstation
+    through the root of the host's init process: no process started, so cheap enough to poll."""
+    _, entry = lab.host(host)
+    assert entry.pid1 is not None, f"host {host} is not running"
+    return Path(f"/proc/{entry.pid1.pid}/root") / path.lstrip("/")
+
+
+def cluster_snapshot(lab, inventory: Path) -> dict:
+    """What a failed command must leave unchanged: containers (`ps --all --json`), networks
+    (`network ls --json`), each host's agent pid and agent config/secret, and the workstation's
+    known_hosts and secret of the lab."""
+    import hashlib
+
+    from cantainer import remote
+
+    def digest(path: Path) -> str | None:
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+    hosts = {}
+    for host in lab.load().hosts:
+        pid_file = host_path(lab, host, remote.PID_FILE)
+        hosts[host] = {"agent_pid": pid_file.read_text().split()[0] if pid_file.exists() else None,
+                       "config": digest(host_path(lab, host, remote.CONFIG_FILE)),
+                       "secret": digest(host_path(lab, host, remote.SECRET_FILE))}
+    return {"containers": ps(inventory), "networks": json.loads(ok(cli(inventory, "network", "ls", "--json"))),
+            "hosts": hosts, "known_hosts": digest(lab.dir / "known_hosts"), "secret": digest(lab.dir / "cluster.secret")}
+
+
+_AGENT_RAW = r"""
+import base64, socket, sys
+data = base64.b64decode(sys.argv[2]) + b"x" * int(sys.argv[3]) + base64.b64decode(sys.argv[4])
+sock = socket.socket(socket.AF_UNIX)
+sock.settimeout(float(sys.argv[5]))
+sock.connect(sys.argv[1])
+sock.sendall(data)
+print(sock.makefile("rb").readline().decode(), end="")
+"""
+
+
+def agent_raw(lab, host: str, data: bytes, filler: int = 0, tail: bytes = b"", timeout: float = 30):
+    """Send raw bytes (`data`, then `filler` bytes of "x", then `tail`: too big for argv otherwise)
+    to the agent's unix socket on `host`, from inside it; return the protocol Response to them."""
+    import base64
+
+    from cantainer import remote
+    from cantainer_agent import protocol
+
+    result = host_exec(lab, host, "python3", "-c", _AGENT_RAW, remote.SOCKET_PATH, base64.b64encode(data).decode(),
+                       str(filler), base64.b64encode(tail).decode(), str(timeout), timeout=timeout + 15)
+    assert result.returncode == 0, result.stderr
+    return protocol.decode_response(result.stdout)

@@ -49,6 +49,7 @@ from .state import StateError, check_container_name
 log = logging.getLogger(__name__)
 
 INCOMING = "incoming"
+MAX_STOP_TIMEOUT = 3600  # seconds between SIGTERM and SIGKILL
 
 
 def observed_from(info: ContainerInfo | None) -> dict:
@@ -150,7 +151,7 @@ class LocalContainers:
             info = self._start(record, sha256, rootfs, tty=bool(params.get("tty")),
                                stdin=bool(params.get("interactive")))
         except (ContainerError, OverlayError, OSError) as error:
-            self._undo_create(raft, name, container_id)
+            self._undo_create(raft, record, container_id)
             raise protocol.ProtocolError(protocol.INTERNAL, f"container {name} failed to start: {error}") from None
         finally:
             with self._busy_lock:
@@ -171,7 +172,10 @@ class LocalContainers:
                              hosts=[(record["ip"], (record["name"],))], resolv_conf="", tty=tty, stdin=stdin)
         return self.runtime.start(spec, rootfs, before_exec=lambda pid: attach_container(pid, endpoint, network, mtu))
 
-    def _undo_create(self, raft: RaftNode, name: str, container_id: str) -> None:
+    def _undo_create(self, raft: RaftNode, record: dict, container_id: str) -> None:
+        """Take back what a run that failed to start did: the container, its address, and its
+        network if this run created it (the network's created_at is the container's then)."""
+        name = record["name"]
         try:
             self.runtime.remove(container_id, force=True)
         except ContainerNotFound:
@@ -181,6 +185,9 @@ class LocalContainers:
         detach_container(container_id)
         try:
             replicate(raft, "remove_container", {"name": name})
+            network = read_state(raft)["networks"].get(record["network"])
+            if network is not None and network["created_at"] == record["created_at"] and not network["ips"]:
+                replicate(raft, "delete_network", {"cidr": record["network"]})
         except protocol.ProtocolError:
             log.exception("could not release %s after a failed start", name)
 
@@ -210,7 +217,9 @@ class LocalContainers:
     def container_stop(self, params: dict) -> dict:
         raft = _raft_or_unavailable(self._get_raft)
         record = self._mine(params.get("name"))
-        timeout = float(params.get("timeout", 10.0))
+        timeout = params.get("timeout", 10.0)
+        if type(timeout) not in (int, float) or not 0 <= timeout <= MAX_STOP_TIMEOUT:  # also refuses NaN
+            raise _rejected(f"stop timeout {timeout!r} must be a number of seconds from 0 to {MAX_STOP_TIMEOUT}")
         replicate(raft, "set_container_desired", {"name": record["name"], "desired": "stopped"})
         try:
             info = self.runtime.stop(record["id"], timeout=timeout)

@@ -4,7 +4,8 @@ They run inside replicated commands: every node computes the same answer from th
 two containers can never get one address and no lock is needed.
 
 Rules (documented in the README):
-- a network is an IPv4 CIDR between /8 and /30, written without host bits;
+- a network is an IPv4 CIDR between /8 and /30, written without host bits, of unicast addresses
+  (not 0/8, loopback, link-local, multicast or the reserved 240/4: no host can use those);
 - no gateway address is reserved: containers talk only within their subnet (the bridge has no IP),
   so every host address (network + 1 … broadcast − 1) is usable;
 - allocation takes the lowest free host address; a released address is reused by the next run;
@@ -20,6 +21,10 @@ MIN_PREFIX = 8
 MAX_PREFIX = 30
 FIRST_VNI = 4096
 MAX_VNI = (1 << 24) - 1
+# Ranges whose addresses a container cannot have as its own unicast address.
+_NOT_UNICAST = tuple((ipaddress.ip_network(cidr), kind) for cidr, kind in (
+    ("0.0.0.0/8", "'this network' (0.0.0.0/8)"), ("127.0.0.0/8", "loopback"), ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"), ("240.0.0.0/4", "reserved (240.0.0.0/4)")))
 
 
 class IpamError(StateError):
@@ -45,6 +50,15 @@ def parse_cidr(text: object) -> ipaddress.IPv4Network:
     if network.prefixlen < MIN_PREFIX:
         raise IpamError(f"network {text} is too large (/{network.prefixlen}) — use a prefix of /{MIN_PREFIX} or longer")
     return network
+
+
+def check_unicast(network: ipaddress.IPv4Network) -> None:
+    """Refuse a new network of addresses no host can have (checked on creation only, so a network
+    recorded before this rule can still be used and removed)."""
+    for special, kind in _NOT_UNICAST:
+        if network.overlaps(special):
+            raise IpamError(f"network {network} is {kind} address space, not usable by containers — "
+                            "use a private range such as 10.0.0.0/24")
 
 
 def check_no_overlap(network: ipaddress.IPv4Network, existing: list[str]) -> None:

@@ -173,6 +173,7 @@ class ClusterState:
         network = ipam.parse_cidr(cidr)
         key = str(network)
         if key not in self.networks:
+            ipam.check_unicast(network)
             ipam.check_no_overlap(network, list(self.networks))
             vni = ipam.lowest_free_vni({n["vni"] for n in self.networks.values()})
             self.networks[key] = {"cidr": key, "vni": vni, "created_at": _check_ts("ts", ts), "ips": {}}
@@ -182,7 +183,7 @@ class ClusterState:
         key = str(ipam.parse_cidr(cidr))
         record = self.networks.get(key)
         if record is None:
-            raise StateError(f"network {key} does not exist")
+            raise StateError(f"network {key} does not exist — see `cantainer network ls`")
         if record["ips"]:
             users = ", ".join(sorted(record["ips"].values())[:5])
             raise StateError(f"network {key} still has {len(record['ips'])} container(s) attached ({users}) — remove them first")
@@ -202,26 +203,36 @@ class ClusterState:
         host = _check_name(spec.get("host"))
         if host not in self.nodes:
             raise StateError(f"host {host!r} is not a member of this cluster")
-        network = self.apply_create_network(spec.get("network"), ts)
-        record = self.networks[network["cidr"]]
-        ip = ipam.lowest_free_address(ipam.parse_cidr(network["cidr"]), set(record["ips"]))
-        record["ips"][ip] = name
-        container = {
-            "name": name,
+        # Validate everything before the first mutation: a refused command changes nothing.
+        checked = {
             "id": _check_str("id", spec.get("id"), 64),
-            "host": host,
-            "network": network["cidr"],
-            "ip": ip,
-            "mac": mac_for_ip(ip),
             "image": _check_str("image", spec.get("image"), 128),
             "command": _check_str_list("command", spec.get("command")),
             "env": _check_env(spec.get("env", {})),
             "workdir": _check_str("workdir", spec.get("workdir", "/"), 1024),
             "limits": _check_limits(spec.get("limits", {})),
             "created_at": _check_ts("ts", ts),
+        }
+        network = self.apply_create_network(spec.get("network"), ts)
+        record = self.networks[network["cidr"]]
+        ip = ipam.lowest_free_address(ipam.parse_cidr(network["cidr"]), set(record["ips"]))
+        record["ips"][ip] = name
+        container = {
+            "name": name,
+            "id": checked["id"],
+            "host": host,
+            "network": network["cidr"],
+            "ip": ip,
+            "mac": mac_for_ip(ip),
+            "image": checked["image"],
+            "command": checked["command"],
+            "env": checked["env"],
+            "workdir": checked["workdir"],
+            "limits": checked["limits"],
+            "created_at": checked["created_at"],
             "desired": "running",
             "observed": {"state": "created", "exit_code": None, "pid": None, "started_at": None,
-                         "finished_at": None, "reason": None, "reported_at": _check_ts("ts", ts)},
+                         "finished_at": None, "reason": None, "reported_at": checked["created_at"]},
         }
         self.containers[name] = container
         return copy.deepcopy(container)

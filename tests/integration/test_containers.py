@@ -237,44 +237,6 @@ def test_crashed_host_is_reported_and_its_entries_go(lab, cluster, web):
 
 
 # -- bad input: one clear line, nothing created -------------------------------------------------------
-@pytest.mark.parametrize("args, needles", [
-    (["--host", "h9", "-n", "10.9.0.0/24"], ["unknown host", "h9"]),
-    (["--host", "h1", "-n", "garbage"], ["not a valid CIDR"]),
-    (["--host", "h1", "-n", "10.9.0.0/33"], ["not a valid CIDR"]),
-    (["--host", "h1", "-n", "10.9.0.1/24"], ["host bits set"]),
-    (["--host", "h1", "-n", "10.9.0.0/32"], ["too small"]),
-    (["--host", "h1", "-n", "10.0.0.0/16"], ["overlaps"]),
-    (["--host", "h1", "-n", "10.9.0.0/24", "--image", "ubuntu"], ["unknown image 'ubuntu'"]),
-    (["--host", "h1", "-n", "10.9.0.0/24", "--name", "c1"], ["already in use"]),
-    (["--host", "h1", "-n", "10.9.0.0/24", "--name", "two words"], ["container name"]),
-    (["--host", "h1", "-n", "10.9.0.0/24", "--name", "a;touch /tmp/pwned"], ["container name"]),
-    (["--host", "h1", "-n", "10.9.0.0/24", "--name", "$(touch /tmp/pwned)"], ["container name"]),
-    (["--host", "h1", "-n", "10.9.0.0/24", "--name", "../etc"], ["container name"]),
-    (["--host", "h1", "-n", "10.9.0.0/24", "--name", "x" * 64], ["container name"]),
-    (["--host", "h1", "-n", "10.9.0.0/24", "-e", "NOEQUALS"], ["KEY=VALUE"]),
-    (["--host", "h1", "-n", "10.9.0.0/24", "--memory", "lots"], ["not a size"]),
-])
-def test_bad_run_input_is_one_line_and_creates_nothing(lab, cluster, web, args, needles):
-    before = ps(cluster)
-    one_line_error(cli(cluster, "run", *args, "-d", "--", "true"), *needles)
-    assert ps(cluster) == before
-    assert host_exec(lab, "h1", "test", "-e", "/tmp/pwned").returncode != 0
-
-
-def test_exhausted_network_is_a_clear_error(cluster, web):
-    ok(cli(cluster, "run", "--host", "h1", "-n", "10.4.0.0/30", "--name", "full1", "-d", "--", "sleep", "1000"))
-    ok(cli(cluster, "run", "--host", "h2", "-n", "10.4.0.0/30", "--name", "full2", "-d", "--", "sleep", "1000"))
-    one_line_error(cli(cluster, "run", "--host", "h1", "-n", "10.4.0.0/30", "-d", "--", "true"), "is full")
-    for name in ("full1", "full2"):
-        ok(cli(cluster, "rm", "-f", name))
-
-
-@pytest.mark.parametrize("command", [["exec", "nosuch", "--", "true"], ["logs", "nosuch"], ["rm", "nosuch"],
-                                     ["stop", "nosuch"]])
-def test_unknown_container_is_a_clear_error(cluster, command):
-    one_line_error(cli(cluster, *command), "no container named 'nosuch'")
-
-
 def write_inventory_with_image(lab, tmp_path: Path, name: str, tarball: Path, sha256: str) -> Path:
     text = lab.inventory_file.read_text()
     section = f'\n[images.{name}]\npath = "{tarball}"\nsha256 = "{sha256}"\n'
@@ -282,14 +244,6 @@ def write_inventory_with_image(lab, tmp_path: Path, name: str, tarball: Path, sh
     path = tmp_path / "inventory.toml"
     path.write_text(text[:hosts_at] + section + "\n" + text[hosts_at:])
     return path
-
-
-def test_sha256_mismatch_is_refused(lab, cluster, tmp_path):
-    tarball = tmp_path / "image.tar.gz"
-    tarball.write_bytes(gzip.compress(b"not really an image"))
-    inventory = write_inventory_with_image(lab, tmp_path, "fake", tarball, "0" * 64)
-    one_line_error(cli(inventory, "run", "--host", "h1", "-n", "10.9.0.0/24", "--image", "fake", "-d", "--", "true"),
-                   "sha256 mismatch")
 
 
 def test_tarball_with_traversal_and_escaping_symlink_is_refused(lab, cluster, tmp_path):
@@ -369,15 +323,3 @@ def test_run_i_pipes_stdin_and_returns_the_exit_code(cluster):
     assert result.stdout == "HELLO PIPE\n"
 
 
-def test_no_shell_injection_through_commands_or_environment(lab, cluster, web):
-    """Payloads that would create a file on the host if any layer ran them through a shell."""
-    marker = "/tmp/cantainer-pwned"
-    payload = f"$(touch {marker}); touch {marker}; `touch {marker}`"
-    result = cli(cluster, "run", "--host", "h2", "-n", "10.2.0.0/24", "--name", "inject", "-e", f"X={payload}", "--",
-                 "printenv", "X")
-    assert result.returncode == 0 and result.stdout == payload + "\n", result.stdout + result.stderr
-    assert ok(cli(cluster, "exec", "c1", "--", "echo", payload)) == payload + "\n"
-    for host in ("h1", "h2", "h3"):
-        assert host_exec(lab, host, "test", "-e", marker).returncode != 0
-    assert not Path(marker).exists()
-    ok(cli(cluster, "rm", "inject"))

@@ -38,12 +38,32 @@ def test_bad_cidrs_are_refused_with_a_fix(text, message):
         ipam.parse_cidr(text)
 
 
+@pytest.mark.parametrize("cidr, kind", [("224.0.0.0/24", "multicast"), ("127.0.0.0/24", "loopback"),
+                                        ("0.0.0.0/8", "this network"), ("169.254.0.0/16", "link-local"),
+                                        ("240.0.0.0/24", "reserved"), ("239.255.0.0/16", "multicast")])
+def test_networks_of_addresses_no_host_can_have_are_refused(cidr, kind):
+    state = ClusterState()
+    with pytest.raises(ipam.IpamError, match=f"{kind}.*use a private range"):
+        state.apply_create_network(cidr, 1.0)
+    assert state.networks == {}
+
+
 def test_allocation_is_lowest_free_and_skips_network_and_broadcast():
     state = state_with_nodes("h1")
     ips = [state.apply_create_container(spec(f"c{i}"), 2.0)["ip"] for i in range(3)]
     assert ips == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
     state.apply_remove_container("c1")
     assert state.apply_create_container(spec("c9"), 3.0)["ip"] == "10.0.0.2"  # released address reused
+
+
+@pytest.mark.parametrize("bad", [{"image": "x" * 129}, {"env": {"A B": "1"}}, {"command": []}, {"limits": {"gpu": 1}}],
+                         ids=["image label too long", "bad env name", "empty command", "unknown limit"])
+def test_a_refused_container_creates_no_network_and_takes_no_address(bad):
+    state = state_with_nodes("h1")
+    before = state.to_dict()
+    with pytest.raises(StateError):
+        state.apply_create_container(spec("c1", network="10.5.0.0/24", **bad), 1.0)
+    assert state.to_dict() == before
 
 
 def test_a_full_network_is_a_clear_error_and_changes_nothing():
