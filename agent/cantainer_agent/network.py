@@ -60,16 +60,22 @@ class HostNetwork:
         return self._mtu
 
     def desired(self) -> DesiredHost:
-        return desired_host(self._read_snapshot()["state"], self._cfg.node, self._cfg.address, self.underlay_mtu,
+        snapshot = self._read_snapshot()
+        if not snapshot["ready"]:
+            # A replica still catching up would delete entries for containers it has not seen yet.
+            raise _NotReady()
+        return desired_host(snapshot["state"], self._cfg.node, self._cfg.address, self.underlay_mtu,
                             self._cfg.vxlan_port)
 
     def reconcile(self) -> None:
-        if not self._read_snapshot()["ready"]:
-            return  # a replica still catching up would delete entries for containers it has not seen yet
         try:
             self._reconciler.reconcile()  # raises OverlayError on failed actions: the loop logs and retries
+        except _NotReady:
+            return
         finally:
-            self.summary = summarize(self._reconciler.health())
+            if self._reconciler.last is not None:
+                self.summary = summarize(self._reconciler.last.health)
 
-    def health(self) -> dict:
-        return self._reconciler.health()
+
+class _NotReady(Exception):
+    """The raft replica is not caught up: skip this pass (the next commit triggers another)."""

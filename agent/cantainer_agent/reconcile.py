@@ -5,6 +5,11 @@ disk) and applies the minimal difference; it is idempotent, so running it too of
 and running it after a missed event repairs everything. One thread owns the loop, so reconcilers
 never race each other. It runs when triggered (a raft command applied, a container exited, an API
 write) and at least every ``period`` seconds — the period is the safety net, not the mechanism.
+
+Triggers that arrive during a pass fold into one next pass, which starts no sooner than the last
+pass took (at least ``min_gap``): a burst of writes (every commit triggers every node) then costs
+at most half a CPU for reconciling instead of all of it — measured under 200 concurrent `run`s,
+back-to-back passes starved the raft tick thread into leader elections.
 """
 from __future__ import annotations
 
@@ -23,9 +28,10 @@ class Reconciler(Protocol):
 
 
 class ReconcileLoop:
-    def __init__(self, reconcilers: list[Reconciler], period: float = 5.0) -> None:
+    def __init__(self, reconcilers: list[Reconciler], period: float = 5.0, min_gap: float = 0.02) -> None:
         self._reconcilers = reconcilers
         self._period = period
+        self._min_gap = min_gap
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._done = threading.Condition()
@@ -60,18 +66,21 @@ class ReconcileLoop:
         return True
 
     def _run(self) -> None:
+        took = 0.0
         while not self._stop.is_set():
             self._wake.wait(self._period)
-            self._wake.clear()
-            if self._stop.is_set():
+            if self._stop.wait(max(self._min_gap, took)):  # let more triggers fold into this pass
                 return
+            self._wake.clear()
             with self._done:
                 self._running = True
+            started = time.monotonic()
             for reconciler in self._reconcilers:
                 try:
                     reconciler.reconcile()
                 except Exception:  # noqa: BLE001 - one failing pass must not stop the loop
                     log.exception("%s reconcile failed; retrying on the next pass", reconciler.name)
+            took = time.monotonic() - started
             with self._done:
                 self._running = False
                 self._generation += 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from cantainer_agent.reconcile import ReconcileLoop
 
@@ -40,5 +41,38 @@ def test_period_is_a_safety_net():
     loop.start()
     try:
         assert counting.seen.wait(2)
+    finally:
+        loop.stop()
+
+
+
+class Slow(Counting):
+    """A pass that takes 0.2 s and records when each pass started and ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spans: list[tuple[float, float]] = []
+
+    def reconcile(self) -> None:
+        started = time.monotonic()
+        super().reconcile()
+        threading.Event().wait(0.2)
+        self.spans.append((started, time.monotonic()))
+
+
+def test_triggers_fold_into_one_pass_that_waits_as_long_as_the_last_one_took():
+    slow = Slow()
+    loop = ReconcileLoop([slow], period=60)
+    loop.start()
+    try:
+        loop.trigger()
+        assert slow.seen.wait(5)
+        for _ in range(50):  # e.g. 50 commits arriving while the pass runs
+            loop.trigger()
+        assert loop.run_once_and_wait(timeout=5)
+        assert slow.passes == 2
+        (_, first_end), (second_start, _) = slow.spans
+        # Back-to-back passes would leave the rest of the agent (the raft tick) no CPU in a burst.
+        assert second_start - first_end >= 0.19
     finally:
         loop.stop()

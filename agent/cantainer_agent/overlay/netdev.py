@@ -181,6 +181,7 @@ class ReconcileResult:
     actions: list[P.Action] = field(default_factory=list)
     failures: list[tuple[P.Action, Exception]] = field(default_factory=list)
     skipped: tuple[str, ...] = ()
+    health: dict = field(default_factory=dict)  # P.health after the pass, against the same desired state
 
     @property
     def ok(self) -> bool:
@@ -222,9 +223,11 @@ def reconcile(ipr: IPRoute, desired: DesiredSource) -> ReconcileResult:
         want = desired() if callable(desired) else desired
         actions = P.diff(want, observed)
         failures = apply(ipr, actions)
+        # A converged host (the steady state) needs no second dump to report its health.
+        health = P.health(want, observe(ipr) if actions else observed)
     for reason in want.skipped:
         log.warning("overlay: ignored inconsistent desired state: %s", reason)
-    return ReconcileResult(actions, failures, want.skipped)
+    return ReconcileResult(actions, failures, want.skipped, health)
 
 
 class OverlayReconciler:
