@@ -55,7 +55,7 @@ class UpProgress:
                 agent = f"{outcome.bundle.short[:12]}{' (pushed)' if outcome.pushed else ''}"
             else:
                 python = agent = "-"
-            verdict = f"[red]failed[/]" if error else f"[green]{outcome.action}[/]"
+            verdict = "[red]failed[/]" if error else f"[green]{outcome.action}[/]"
             table.add_row(host.name, host.address, python, agent, str(outcome.pid or "-") if outcome else "-",
                           (outcome.role or "-") if outcome else "-", verdict)
         self.console.print(table)

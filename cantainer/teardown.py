@@ -16,7 +16,6 @@ from cantainer.client import AgentClient
 from cantainer.errors import CantainerError
 from cantainer.fleet import Fleet
 from cantainer.inventory import Host, Inventory
-from cantainer.ssh import HostError
 
 
 @dataclass

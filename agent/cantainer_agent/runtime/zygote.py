@@ -31,6 +31,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable  # already loaded at start-up: free for the zygote
 
 MAX_REQUEST = 1 << 18
 REFILL_DELAY = 0.0  # seconds after a start before the next warm slot is prepared
