@@ -1,6 +1,6 @@
 """Benchmarks side by side with their anchors (issue 8).
 
-    sudo .venv/bin/python -m bench [--quick] [--only start,raft,up] [--out bench/results.json]
+    sudo .venv/bin/python -m bench [--quick] [--only start,raft,up,overlay,scale] [--out bench/results.json]
 
 Prints a rich table and writes the rows to bench/results.json (see bench/results.py for the row
 format and the ratio rule) and, when `up` rows exist, a PNG of `up` time against host count
@@ -10,7 +10,6 @@ format and the ratio rule) and, when `up` rows exist, a PNG of `up` time against
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import platform
 import shutil
@@ -28,33 +27,18 @@ for p in (str(REPO), str(REPO / "agent")):
 
 from bench.results import normalize, print_table, row, write_json  # noqa: E402
 
-GROUPS = ("start", "raft", "up")
+GROUPS = ("start", "raft", "up", "overlay", "scale")
 
 
 # -- raft: reuses bench/raft_bench.py (writes/s) and bench/raft_failover.py (failover) ---------------
-def _raft_writes(baseline: bool, writes: int, threads: int) -> dict:
-    """One run of bench/raft_bench.py's setup: 3 RaftNodes in 3 processes, writes through the leader."""
+def raft_rows(quick: bool, notes: list[str]) -> list[dict]:
     from bench import raft_bench
 
-    # The baseline logs PySyncObj's "truncating already-applied log entries" under concurrent writes
-    # (known, see bench/README.md); keep it out of the table. The children inherit this at fork.
-    quiet = logging.getLogger("pysyncobj.syncobj")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL + 1)  # it is logged as critical
-    try:
-        with raft_bench.trio(baseline) as (leader, _conns):
-            leader.send(("bench", writes, threads))
-            return leader.recv()
-    finally:
-        quiet.setLevel(level)
-
-
-def raft_rows(quick: bool, notes: list[str]) -> list[dict]:
     writes, threads, runs = (300, 8, 1) if quick else (2000, 8, 3)
     ours, base = [], []
     for _ in range(runs):  # alternate: the machine's load drifts
-        ours.append(_raft_writes(False, writes, threads))
-        base.append(_raft_writes(True, writes, threads))
+        ours.append(raft_bench.writes_per_second(False, writes, threads))
+        base.append(raft_bench.writes_per_second(True, writes, threads))
     med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
     anchor = "PySyncObj FileJournal+TCPTransport (no fsync)"
     rows = [
@@ -112,7 +96,25 @@ def start_rows(quick: bool, notes: list[str]) -> list[dict]:
     return container_start.measure(quick, notes=notes)
 
 
-MEASURE = {"start": start_rows, "raft": raft_rows, "up": up_rows}
+def overlay_rows(quick: bool, notes: list[str]) -> list[dict]:
+    if os.geteuid() != 0:
+        notes.append("overlay needs root (the lab): skipped")
+        return []
+    from bench import overlay_bench
+
+    return overlay_bench.measure(quick)
+
+
+def scale_rows(quick: bool, notes: list[str]) -> list[dict]:
+    if os.geteuid() != 0:
+        notes.append("scale needs root (the lab): skipped")
+        return []
+    from bench import scale_bench
+
+    return scale_bench.measure(quick)
+
+
+MEASURE = {"start": start_rows, "raft": raft_rows, "up": up_rows, "overlay": overlay_rows, "scale": scale_rows}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -142,6 +142,25 @@ def trio(baseline: bool):
         shutil.rmtree(root, ignore_errors=True)
 
 
+def writes_per_second(baseline: bool, writes: int, threads: int) -> dict:
+    """One run: a fresh trio, `writes` sync writes sequentially, then from `threads` threads.
+
+    Returns {"sequential", "concurrent"} in writes/s (and the leader's fsync statistics)."""
+    import logging
+
+    # The baseline logs PySyncObj's "truncating already-applied log entries" under concurrent writes
+    # (known, see bench/README.md); keep it out of the table. The children inherit this at fork.
+    quiet = logging.getLogger("pysyncobj.syncobj")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL + 1)  # it is logged as critical
+    try:
+        with trio(baseline) as (leader, _conns):
+            leader.send(("bench", writes, threads))
+            return leader.recv()
+    finally:
+        quiet.setLevel(level)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--baseline", action="store_true")

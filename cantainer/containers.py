@@ -71,16 +71,21 @@ async def ensure_image(session: HostSession, image) -> None:
     await session.client.call("image.import", {"sha256": image.sha256, "path": staging}, timeout=120)
 
 
+def run_params(request: RunRequest, image, interactive: bool = False, use_tty: bool = False) -> dict:
+    """The agent's `container.run` parameters for `request` (also used by bench/scale_bench.py)."""
+    return {"name": request.name, "network": request.network, "image": request.image,
+            "image_sha256": image.sha256, "command": request.command, "env": request.env,
+            "workdir": request.workdir, "interactive": interactive, "tty": use_tty,
+            "limits": {k: v for k, v in (("memory", request.memory), ("cpus", request.cpus),
+                                         ("pids", request.pids)) if v is not None}}
+
+
 async def run(inventory: Inventory, request: RunRequest, detach: bool, interactive: bool, use_tty: bool) -> int:
     host = inventory.host(request.host)
     image = resolve_image(request.image, inventory.images)
     async with HostSession(host) as session:
         await ensure_image(session, image)
-        params = {"name": request.name, "network": request.network, "image": request.image,
-                  "image_sha256": image.sha256, "command": request.command, "env": request.env,
-                  "workdir": request.workdir, "interactive": interactive, "tty": use_tty,
-                  "limits": {k: v for k, v in (("memory", request.memory), ("cpus", request.cpus),
-                                               ("pids", request.pids)) if v is not None}}
+        params = run_params(request, image, interactive, use_tty)
         created = await session.client.call("container.run", params, timeout=60)
         if detach:
             print(f"{created['name']} {created['ip']}")
