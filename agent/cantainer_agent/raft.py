@@ -217,12 +217,18 @@ class AgentSyncObj(SyncObj):
     under load the cluster changed leaders every second or two, and writes failed with "no raft
     leader reachable" (seen in tests/reliability/test_load.py). A zero-timeout poll first makes
     the checks judge what the peers actually sent. It is the same as one more poll at the end
-    of the previous tick, so nothing else changes.
+    of the previous tick — once a tick has got that far: before the transport is up and the
+    dump file loaded, a message must not be handled ahead of them, so no early poll until then.
     """
 
+    _settled = False  # a tick has got past transport start-up and loading the dump file
+
     def _onTick(self, timeToWait=0.0):
-        self._poller.poll(0)
+        if self._settled:
+            self._poller.poll(0)
         super()._onTick(timeToWait)
+        if not self._settled:
+            self._settled = self._SyncObj__transport.ready and not self._SyncObj__needLoadDumpFile
 
 
 # ------------------------------------------------------------------- raft node

@@ -125,6 +125,8 @@ def test_restart_after_compaction_keeps_state(trio):
         trio.start(i)
     wait(lambda: all(n.snapshot()["state"]["networks"] == before for n in trio.nodes), 10, "state after restart")
     trio.leader().apply("create_network", {"cidr": "10.99.0.0/24", "ts": 1.0})
+    # Reading sockets before the timeout checks starts only once the dump file is loaded.
+    assert all(n._sync._settled for n in trio.nodes)
 
 
 def test_raft_sockets_are_tuned(trio):
