@@ -9,6 +9,7 @@ from cantainer.errors import CantainerError
 from cantainer.inventory import Host, Inventory
 
 STATUS_TIMEOUT = 5.0
+LEADER_GRACE = 2.0  # seconds to wait for a leader's answer once any agent has answered
 
 
 class ClusterUnreachable(CantainerError):
@@ -30,32 +31,46 @@ async def open_status_source(inventory: Inventory) -> tuple[AgentClient, dict]:
     """The first agent whose status names a leader; else any answer; else a clear error.
 
     Also the way into the cluster for any command not tied to one host: every agent serves
-    reads from its replica and forwards writes to the leader."""
+    reads from its replica and forwards writes to the leader. Once some agent has answered
+    without a leader (an election, a partition), the others get LEADER_GRACE more seconds —
+    not the SSH connect timeout of a host that is cut off."""
     tasks = {asyncio.ensure_future(_status_from(host)): host for host in inventory.hosts}
-    fallback: tuple[AgentClient, dict] | None = None
+    answers: list[tuple[AgentClient, dict]] = []
     errors: list[str] = []
+    loop = asyncio.get_running_loop()
+    give_up_at: float | None = None
     try:
-        for finished in asyncio.as_completed(list(tasks)):
-            try:
-                client, status = await finished
-            except CantainerError as error:
-                errors.append(error.message)
-                continue
-            if status.get("leader"):
-                if fallback:
-                    fallback[0].connection.close()
-                return client, status
-            if fallback is None:
-                fallback = (client, status)
-            else:
-                client.connection.close()
+        pending = set(tasks)
+        while pending:
+            timeout = None if give_up_at is None else max(0.0, give_up_at - loop.time())
+            done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break
+            for finished in done:
+                try:
+                    answers.append(finished.result())
+                except CantainerError as error:
+                    errors.append(error.message)
+            leading = [answer for answer in answers if answer[1].get("leader")]
+            if leading:
+                return _keep(leading[0], answers)
+            if answers and give_up_at is None:
+                give_up_at = loop.time() + LEADER_GRACE
     finally:
         for task in tasks:
             task.cancel()
-    if fallback:
-        return fallback
+    if answers:
+        return _keep(answers[0], answers)
     raise ClusterUnreachable(f"no agent answered ({'; '.join(errors[:3])}{' …' if len(errors) > 3 else ''})",
                              "check the hosts, or run `cantainer up` to start the agents")
+
+
+def _keep(chosen: tuple[AgentClient, dict], answers: list[tuple[AgentClient, dict]]) -> tuple[AgentClient, dict]:
+    """Close every connection but the chosen one."""
+    for client, _ in answers:
+        if client is not chosen[0]:
+            client.connection.close()
+    return chosen
 
 
 def merge_inventory(status: dict, inventory: Inventory) -> dict:
