@@ -94,6 +94,17 @@ def print_table(rows: list[dict], title: str, notes: list[str] | None = None) ->
         console.print(f"note: {note}")
 
 
+def markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table (for the README's Performance section)."""
+    lines = ["| benchmark | ours | anchor | ratio |", "|---|---|---|---|"]
+    for r in rows:
+        unit = r["unit"] or ""
+        anchor = f"{r['anchor']}: {_fmt(r['anchor_value'])} {unit}" if r.get("anchor") else "–"
+        ratio = "–" if r.get("ratio") is None else f"{r['ratio']:.2f}"
+        lines.append(f"| {r['name']} | {_fmt(r['value'])} {unit} | {anchor} | {ratio} |")
+    return "\n".join(lines)
+
+
 _HOSTS = re.compile(r"(\d+)\s*hosts?\b")
 _RERUN = re.compile(r"re-?run|nothing|no-?op|again|warm", re.I)
 
@@ -108,3 +119,11 @@ def up_points(rows: list[dict]) -> list[tuple[int, float, float | None, str, str
             continue
         points.append((int(m.group(1)), r["value"], r.get("anchor_value"), r.get("unit") or "", r.get("anchor")))
     return sorted(points)
+
+
+if __name__ == "__main__":  # python -m bench.results [results.json ...]: a Markdown table of saved runs
+    import sys
+
+    merged = [r for path in (sys.argv[1:] or ["bench/results.json"]) for r in json.load(open(path, encoding="utf-8"))]
+    print(markdown(normalize(merged)))
+
