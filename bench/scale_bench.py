@@ -79,7 +79,8 @@ async def start_containers(inventory_path: Path, count: int, concurrency: int = 
                 request = queue.pop(0)
                 for attempt in range(1, RETRIES + 2):
                     try:
-                        await client.call("container.run", run_params(request, image), timeout=300)
+                        async with in_flight:
+                            await client.call("container.run", run_params(request, image), timeout=300)
                         break
                     except AgentError as error:
                         # "Outcome unknown" (raft overloaded, leader lost): the agent started nothing;
@@ -91,6 +92,7 @@ async def start_containers(inventory_path: Path, count: int, concurrency: int = 
                         await asyncio.sleep(attempt)  # back off: the cluster is overloaded
 
         retried: list[str] = []
+        in_flight = asyncio.Semaphore(concurrency)  # with 30 hosts, one channel each is already 30
         started = time.monotonic()
         await asyncio.gather(*(drain(host, client) for host, client in clients))
         return time.monotonic() - started, len(retried)
