@@ -9,6 +9,7 @@ file appears nowhere: not on the workstation, not on any host (their private /tm
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -173,6 +174,10 @@ def send(address: str, port: int, data: bytes) -> str:
             sock.shutdown(socket.SHUT_WR)
             answer = sock.recv(200)
         except (ConnectionResetError, BrokenPipeError):
+            return "reset"
+        except OSError as error:
+            if error.errno != errno.ENOTCONN:  # the agent dropped it before we finished sending
+                raise
             return "reset"
         except socket.timeout:
             return "no answer in 10 s"
