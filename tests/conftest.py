@@ -33,3 +33,16 @@ def lab():
 @pytest.fixture(scope="session")
 def lab_inventory(lab) -> Path:
     return lab.inventory_file
+
+
+@pytest.fixture(scope="module")
+def cluster(lab) -> Path:
+    """A formed cluster on the lab for one test module (`up`), purged afterwards (`down --purge`).
+    Modules that need a different one define their own `cluster`."""
+    from tests.labcli import cli, ok
+
+    inventory = lab.inventory_file
+    ok(cli(inventory, "up", str(inventory)))
+    yield inventory
+    cli(inventory, "down", "--purge")
+

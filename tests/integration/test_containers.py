@@ -50,14 +50,6 @@ def pings(inventory: Path, name: str, address: str, size: int = 56, count: int =
 
 
 @pytest.fixture(scope="module")
-def cluster(lab):
-    inventory = lab.inventory_file
-    ok(cli(inventory, "up", str(inventory)))
-    yield inventory
-    cli(inventory, "down", "--purge")
-
-
-@pytest.fixture(scope="module")
 def web(cluster):
     """c1@h1 and c2@h2 on 10.0.0.0/24, c3@h3 and c4@h1 on 10.1.0.0/24, all sleeping."""
     for name, host, network in (("c1", "h1", "10.0.0.0/24"), ("c2", "h2", "10.0.0.0/24"),

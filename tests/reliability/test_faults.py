@@ -28,14 +28,6 @@ NET = "10.70.0.0/24"
 
 
 @pytest.fixture(scope="module")
-def cluster(lab):
-    inventory = lab.inventory_file
-    ok(cli(inventory, "up", str(inventory)))
-    yield inventory
-    cli(inventory, "down", "--purge")
-
-
-@pytest.fixture(scope="module")
 def targets(cluster) -> dict[str, str]:
     """One long-running container per host on NET: {host: its IP}; named t-h1, t-h2, t-h3."""
     for host in HOSTS:

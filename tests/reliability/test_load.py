@@ -33,14 +33,6 @@ COUNT = 200
 WORKERS = 10
 
 
-@pytest.fixture(scope="module")
-def cluster(lab):
-    inventory = lab.inventory_file
-    ok(cli(inventory, "up", str(inventory)))
-    yield inventory
-    cli(inventory, "down", "--purge")
-
-
 def cantainer_main(inventory: str, argv: list[str]) -> tuple[int, str, str, float]:
     """In a worker process: one `cantainer ARGV` through the CLI's entry point; (code, out, err, seconds)."""
     from cantainer import cli as cantainer_cli
