@@ -14,6 +14,10 @@ limits on unauthenticated connections.
     (``DurableJournal.setRaftCommitIndex``); all entries a leader appends in one tick share
     one fdatasync. (Queueing acknowledgements to share one fdatasync per poll as well was
     measured: no gain on this machine, so not done.)
+
+    A follower's rejection (``next_node_idx`` with ``reset``) asks for everything after its
+    commit index instead of PySyncObj's "my log's end" / "one entry back": see
+    :meth:`AgentTransport._rejection_from_commit` (a livelock otherwise).
 ``_onMessageReceived``
     On the leader, keeps ``nextIndex`` of a follower from moving *backwards* on a success
     acknowledgement. PySyncObj sets ``nextIndex = acknowledged + 1`` even when it has already
@@ -114,7 +118,22 @@ class AgentTransport(TCPTransport):
     def send(self, node, message):
         if isinstance(message, dict) and message.get("type") in _CLAIMS_DURABLE:
             self._journal.sync()
+            if message.get("reset") and not message.get("success"):
+                message = self._rejection_from_commit(message)
         return super().send(node, message)
+
+    def _rejection_from_commit(self, message: dict) -> dict:
+        """A follower's "your entries do not fit my log" answers: ask for everything after our
+        commit index. Committed entries match the leader's log (raft's leader completeness), so
+        the leader's next message fits whatever conflicting tail we hold. PySyncObj answers
+        "try from my log's end" when the message starts beyond our log and "try one entry
+        back" on a conflict; a leader pipelining several messages per round to a follower far
+        behind got the conflict answer first and "my end" for every later message, took the
+        last, and never walked back past the conflict (three lab members stuck for good)."""
+        hint = self._syncObj.raftCommitIndex + 1
+        if hint >= message["next_node_idx"]:
+            return message
+        return {**message, "next_node_idx": hint}
 
     def _onMessageReceived(self, node, message):
         if not (isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success")

@@ -288,3 +288,48 @@ def test_graceful_stop_hands_leadership_over(trio):
     create_networks(new, 4, 1)
     trio.start(idx)
     wait(lambda: len(networks(trio.nodes[idx])) == 4, 10, "restarted member catching up")
+
+
+def test_member_with_a_conflicting_tail_catches_up_when_far_behind(trio, monkeypatch, caplog):
+    """A leader that appended entries it never got replicated, then lost leadership, must take the
+    new leader's log once it is a follower again, however far behind it is.
+
+    PySyncObj pipelines: a leader sends a lagging follower several append-entries messages per
+    round (one per appendEntriesBatchSizeBytes). The follower rejects the first (its last entry
+    conflicts: "try from there") and every later one ("no such entry: try from my end"); the
+    leader takes the *last* rejection, so it never walked back past the conflict — a livelock
+    seen on the 30-host lab (three members stuck 1500 entries behind, for good)."""
+    import logging
+
+    from cantainer_agent import raft as raft_module
+
+    real_conf = raft_module.make_conf
+
+    def small_batches(*args, **kwargs):
+        conf = real_conf(*args, **kwargs)
+        conf.appendEntriesBatchSizeBytes = 256  # a few entries per message, as 64 KiB is for a real backlog
+        return conf
+
+    monkeypatch.setattr(raft_module, "make_conf", small_batches)
+    caplog.set_level(logging.CRITICAL, logger="pysyncobj")
+    for i in range(3):
+        trio.start(i)
+    old = trio.leader()
+    create_networks(old, 1, 3)
+    others = [n for n in trio.nodes if n is not old]
+    transports = {n: n._sync._SyncObj__transport for n in trio.nodes}
+    real_sends = {n: t.send for n, t in transports.items()}
+    # Partition the leader: it sends nothing, and nobody sends to it.
+    transports[old].send = lambda node, msg: None
+    for n in others:
+        transports[n].send = lambda node, msg, real=real_sends[n]: None if node.id == old.self_addr else real(node, msg)
+    for k in (4, 5):  # appended to the old leader's log only: they conflict with the next leader's
+        old._write_store.apply("create_network", {"cidr": f"10.{k}.0.0/24", "ts": 1.0}, callback=lambda *_: None)
+    new = trio.leader(among=others)
+    create_networks(new, 6, 30)  # the majority moves far ahead meanwhile
+    for n, t in transports.items():
+        t.send = real_sends[n]
+    expected = networks(new)
+    assert len(expected) == 33 and "10.4.0.0/24" not in expected
+    wait(lambda: networks(old) == expected, 15, "the old leader taking the new leader's log")
+    assert not [r for r in caplog.records if "already-applied" in r.getMessage()]
