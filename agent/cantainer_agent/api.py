@@ -29,6 +29,7 @@ import threading
 from typing import Any, Callable, Mapping
 
 from . import protocol
+from .liveness import down_after
 from .views import container_view, network_views
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def build_status(*, node: str, cluster: str, snap: dict, now: float, heartbeat_i
     state = snap["state"]
     leader_addr = snap["leader"]
     members = set(snap["members"])
-    up_window = 3 * heartbeat_interval
+    up_window = down_after(heartbeat_interval, len(state["nodes"]))
     nodes = []
     seen_addrs = set()
     for name in sorted(state["nodes"]):

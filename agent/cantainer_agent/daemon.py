@@ -15,7 +15,8 @@ Start-up decision:
   3. else ``bootstrap`` -> if a seed already answers as a cluster member, join it (a wiped
      bootstrap host must not found a second cluster); otherwise start a one-node cluster;
   4. else join through the seeds.
-Then start SyncObj, serve the join port, and register + heartbeat every ``heartbeat_interval``.
+Then start SyncObj, serve the join port, and register + heartbeat every ``heartbeat_interval``
+(stretched in large clusters, see liveness.py).
 
 Single instance: ``data_dir/agent.lock`` is flock()ed for the life of the process.
 """
@@ -38,6 +39,7 @@ from . import __version__, protocol
 from .api import AfterReply, ApiServer, build_status
 from .config import AgentConfig, ConfigError, read_secret
 from .fsutil import atomic_write, ensure_dir
+from .liveness import heartbeat_period
 from .join import JoinError, JoinServer, JoinService, join_cluster, request as join_request
 from .containers import LocalContainers
 from .network import HostNetwork
@@ -49,6 +51,7 @@ log = logging.getLogger("cantainer_agent")
 
 READY_TIMEOUT = 90.0  # launcher's wait; start-up itself is bounded well below this
 JOIN_DEADLINE = 45.0
+REGISTER_RETRY = 0.5  # first retry of a failed registration (seconds), doubling up to the heartbeat period
 
 
 class StartupError(Exception):
@@ -104,7 +107,8 @@ class Agent:
 
         partners = self._decide_partners()
         raft = RaftNode(cluster=cfg.cluster, self_addr=cfg.raft_addr, partners=partners,
-                        data_dir=cfg.data_dir, secret=self._secret, voters=cfg.voters)
+                        data_dir=cfg.data_dir, secret=self._secret, voters=cfg.voters,
+                        heartbeat_interval=cfg.heartbeat_interval)
         try:
             raft.start()
         except RaftError as exc:
@@ -194,31 +198,36 @@ class Agent:
     # ------------------------------------------------------------ heartbeat
 
     def _heartbeat_loop(self) -> None:
+        """Register, then heartbeat every heartbeat_period (liveness.py). A failed heartbeat is not
+        retried early: it may still commit, the next one carries the same news, and retrying every
+        0.5 s multiplied the writes of a leader that was already behind. A failed registration is
+        retried with back-off (0.5 s doubling up to the period): nothing else works until it lands."""
         cfg = self.cfg
         registered = False
         last_error = ""
-        interval = cfg.heartbeat_interval
-        delay = 0.0
+        delay, retry = 0.0, REGISTER_RETRY
         while not self.stop_event.wait(delay):
-            delay = interval
             raft = self.raft
+            period = heartbeat_period(cfg.heartbeat_interval, len(raft.store.state.nodes) if raft else 1)
+            delay = period
             if raft is None:
                 continue
             try:
                 if not registered:
                     raft.register_node(name=cfg.node, address=cfg.address, join_addr=cfg.join_addr,
-                                       version=__version__, bundle=cfg.bundle, timeout=max(3.0, interval))
+                                       version=__version__, bundle=cfg.bundle, timeout=max(3.0, period))
                     registered = True
                     log.info("registered node %s in the cluster state", cfg.node)
-                elif not raft.heartbeat(cfg.node, timeout=max(3.0, interval), overlay=self.network.summary):
+                elif not raft.heartbeat(cfg.node, timeout=max(3.0, period), overlay=self.network.summary):
                     registered = False  # our record vanished (removed?): register again
                     delay = 0.0
-                last_error = ""
+                last_error, retry = "", REGISTER_RETRY
             except RaftError as exc:
                 if str(exc) != last_error:
                     log.warning("heartbeat/registration failed: %s", exc)
                     last_error = str(exc)
-                delay = min(interval, 0.5)
+                if not registered:
+                    delay, retry = min(period, retry), min(period, retry * 2)
 
     # ------------------------------------------------------------------ API
 

@@ -35,8 +35,9 @@ How, with PySyncObj 0.3.17
 Who gets promoted: a voter unreachable from the leader for ``promote_after`` seconds (10 s by
 default — raft elections and TCP take ~2 s to see a dead peer, a reboot of an agent a few
 seconds) is replaced by a *healthy* standby: one whose replicated heartbeat the leader has seen
-advance within ``STANDBY_FRESH`` seconds (the leader's own clock, so host clock skew does not
-matter). Lowest name first, for determinism.
+advance within ``STANDBY_FRESH`` seconds, by the leader's own clock so host clock skew does not
+matter (longer in large clusters, whose heartbeats are slower: liveness.py). Lowest name first,
+for determinism.
 """
 
 from __future__ import annotations

@@ -131,3 +131,17 @@ def test_stale_socket_replaced_live_one_refused(tmp_path, api):
     finally:
         other.stop()
     assert not os.path.exists(stale)
+
+
+def test_build_status_down_window_grows_with_the_cluster():
+    """30 nodes beat every 6 s (liveness.py), so a 10 s old heartbeat is still up; 20 s is down."""
+    s = snap()
+    nodes = s["state"]["nodes"]
+    template = nodes["h2"]
+    for i in range(4, 31):
+        nodes[f"h{i}"] = {**template, "address": f"10.0.1.{i}", "raft_addr": f"10.0.1.{i}:7480", "heartbeat": 100.0}
+    nodes["h2"] = {**template, "heartbeat": 90.0}
+    nodes["h3"] = {**nodes["h3"], "heartbeat": 80.0}
+    by = {n["name"]: n for n in build_status(node="h1", cluster="c", snap=s, now=100.0, heartbeat_interval=2.0,
+                                             voters=3)["nodes"]}
+    assert len(by) == 30 and by["h2"]["state"] == "up" and by["h3"]["state"] == "down"

@@ -106,8 +106,10 @@ def test_conf_is_tuned_and_needs_a_secret(tmp_path):
     conf.validate()
     assert conf.password == SECRET and conf.bindAddress == "10.0.0.1:7480"  # never 0.0.0.0
     assert conf.appendEntriesUseBatch is False  # a sync write does not wait for the batch period
-    # Elections survive a CPU-starved host (see make_conf); a lost leader is noticed within 1-2 s.
-    assert (conf.raftMinTimeout, conf.raftMaxTimeout, conf.appendEntriesPeriod) == (1.0, 2.0, 0.03)
+    # Elections survive a CPU-starved host (see make_conf); a lost leader is noticed within 1-2 s;
+    # ten heartbeats per election timeout, as etcd.
+    assert (conf.raftMinTimeout, conf.raftMaxTimeout, conf.appendEntriesPeriod) == (1.0, 2.0, 0.1)
+    assert conf.raftMinTimeout >= 10 * conf.appendEntriesPeriod and conf.autoTickPeriod < conf.appendEntriesPeriod
     assert conf.leaderFallbackTimeout <= conf.raftMaxTimeout and conf.commandsWaitLeader is False
     assert isinstance(conf.journalFile, JournalSpec)
     standby = make_conf(str(tmp_path), "10.0.0.1:7480", SECRET, standby=True)

@@ -333,3 +333,25 @@ def test_member_with_a_conflicting_tail_catches_up_when_far_behind(trio, monkeyp
     assert len(expected) == 33 and "10.4.0.0/24" not in expected
     wait(lambda: networks(old) == expected, 15, "the old leader taking the new leader's log")
     assert not [r for r in caplog.records if "already-applied" in r.getMessage()]
+
+
+def test_commands_queued_together_share_one_append_round(trio, monkeypatch):
+    """PySyncObj (appendEntriesUseBatch=False) sent a full append-entries round to every member
+    per command; AgentSyncObj sends one round after each batch of queued commands."""
+    from pysyncobj import SyncObj
+
+    for i in range(3):
+        trio.start(i)
+    leader = trio.leader()
+    rounds = []
+    real_round = SyncObj._SyncObj__sendAppendEntries
+    monkeypatch.setattr(SyncObj, "_SyncObj__sendAppendEntries",
+                        lambda self: (rounds.append(1), real_round(self))[1])
+    done = []
+    for k in range(60):  # queued faster than the tick thread takes them
+        leader._write_store.apply("create_network", {"cidr": f"10.{k}.0.0/24", "ts": 1.0},
+                                  callback=lambda res, err: done.append(err))
+    wait(lambda: len(done) == 60, 10, "the 60 commands to commit")
+    assert done == [0] * 60  # FAIL_REASON.SUCCESS
+    assert len(rounds) < 30, len(rounds)  # one per command (60+) without the batching
+    assert len(networks(leader)) == 60
