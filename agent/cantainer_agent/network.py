@@ -50,8 +50,12 @@ class HostNetwork:
         self._read_snapshot = read_snapshot
         self._mtu: int | None = None
         self._reconciler = OverlayReconciler(self.desired)
-        # Entries expected vs programmed after the last pass, sent with heartbeats for `status`.
-        self.summary: dict | None = None
+
+    @property
+    def summary(self) -> dict | None:
+        """Entries expected vs programmed after the last pass, sent with heartbeats for `status`."""
+        last = self._reconciler.last
+        return summarize(last.health) if last is not None and last.health else None
 
     @property
     def underlay_mtu(self) -> int:
@@ -72,9 +76,6 @@ class HostNetwork:
             self._reconciler.reconcile()  # raises OverlayError on failed actions: the loop logs and retries
         except _NotReady:
             return
-        finally:
-            if self._reconciler.last is not None:
-                self.summary = summarize(self._reconciler.last.health)
 
 
 class _NotReady(Exception):

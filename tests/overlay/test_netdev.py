@@ -421,6 +421,49 @@ def test_reconciler_adapter_reports_and_converges(make_fabric):
     assert rec.health()["pending"] == 0
 
 
+def test_reconciler_diffs_against_its_folded_view_and_resyncs(fresh_cluster, monkeypatch):
+    """OverlayReconciler observes the kernel once, then diffs later passes against the view the
+    last one left (plan.fold) — which must be exactly what the kernel then holds — until a
+    container is attached or detached, or the resync time is up."""
+    cluster = fresh_cluster
+    monkeypatch.setattr(netdev, "RESYNC_MIN", 60.0)
+    observes = []
+    monkeypatch.setattr(netdev, "observe", lambda ipr: (observes.append(1), observe(ipr))[1])
+    rec = netdev.OverlayReconciler(lambda: cluster.desired("hA"), netns=cluster.hosts["hA"].ns)
+    assert rec.reconcile().actions == [] and len(observes) == 1
+
+    c2 = cluster.endpoints.pop("c2")  # gone from hB: hA drops its entries without looking again
+    result = rec.reconcile()
+    assert result.actions and len(observes) == 1
+    assert result.observed == observe_on(cluster, "hA") and entries_for(result.observed, "c2") == []
+    cluster.endpoints["c2"] = c2  # and back
+    result = rec.reconcile()
+    assert result.actions and len(observes) == 1 and result.observed == observe_on(cluster, "hA")
+    assert cluster.containers["c1"].ping(cluster.ip("c2"))
+    assert rec.reconcile().actions == [] and len(observes) == 1  # nothing changed: not even a diff
+
+    with cluster.hosts["hA"].ipr() as ipr:  # a container attached here changes links: look again
+        detach_container("c4", ipr=ipr)
+    assert rec.reconcile().actions == [] and len(observes) == 2
+    cluster.attach("c4")
+    assert rec.reconcile().actions == [] and len(observes) == 3
+
+    vx = vxlan_name(NET_A.vni)  # removed behind our back: put back at the next full observe
+    with cluster.hosts["hA"].ipr() as ipr:
+        ipr.fdb("del", ifindex=ipr.link_lookup(ifname=vx)[0], lladdr=mac_for_ip(cluster.ip("c2")),
+                dst=cluster.hosts["hB"].address)
+    assert rec.reconcile().actions == [] and len(observes) == 3
+    monkeypatch.setattr(rec, "_resync_after", 0.0)
+    assert [str(a) for a in rec.reconcile().actions] == [
+        f"fdb {mac_for_ip(cluster.ip('c2'))} dst {cluster.hosts['hB'].address} dev {vx} permanent"]
+    assert len(observes) == 4 and cluster.containers["c1"].ping(cluster.ip("c2"))
+
+
+def observe_on(cluster: Cluster, host: str):
+    with cluster.hosts[host].ipr() as ipr:
+        return observe(ipr)  # the imported function: not the counting stand-in
+
+
 def test_fabric_cleanup_leaves_nothing(make_fabric):
     from pyroute2 import netns
 

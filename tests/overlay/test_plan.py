@@ -406,3 +406,38 @@ def test_replace_fdb_targets_the_vxlan_device_itself():
     netdev.apply(ipr, [P.ReplaceFdb(VX1, C2.mac, B)])
     (_, command, kw), = ipr.calls
     assert command == "replace" and kw["flags"] == 0x02 and kw["state"] & 0x80  # NTF_SELF, NUD_PERMANENT
+
+
+# ---------------------------------------------------------------------------------- fold
+
+
+@pytest.mark.parametrize("before,after", [
+    ((C1, C2, C3, C4), (C1, C2, C3, C4, C5)),  # a remote container came
+    ((C1, C2, C3, C4, C5), (C1, C3, C4, C5)),  # one went
+    ((C1, C2, C3, C4, C5), (C1, replace(C2, node="c", vtep=C), C3, C4, C5)),  # its IP now lives elsewhere
+])
+def test_fold_of_entry_changes_is_the_converged_kernel(before, after):
+    """Folding the actions into the observed view gives what the kernel would report once they
+    ran — the view OverlayReconciler diffs against until its next full observe."""
+    observed = converged(desired(*before))
+    actions = P.diff(desired(*after), observed)
+    assert actions and all(isinstance(a, P._ENTRY_ACTIONS) for a in actions)
+    folded = P.fold(observed, actions)
+    assert folded == converged(desired(*after))
+    assert P.diff(desired(*after), folded) == []
+
+
+def test_fold_gives_up_on_link_changes_and_keeps_an_unchanged_view():
+    observed = converged(desired(C1, C2, C3, C4))
+    assert P.fold(observed, []) is observed
+    wider = P.diff(desired(C1, C2, C3, C4, networks=(NET1,)), observed)  # a network's devices go
+    assert any(isinstance(a, P.DeleteLink) for a in wider)
+    assert P.fold(observed, wider) is None
+
+
+def test_fold_rewrites_a_stale_fdb_remote_to_the_single_wanted_one():
+    d = desired(C1, C2)
+    good = converged(d)
+    stale = good.replace(fdb=frozenset({FdbEntry(VX1, C2.mac, C), FdbEntry(VX1, C2.mac, B, port=8472)}))
+    actions = P.diff(d, stale)
+    assert P.fold(stale, actions).fdb == good.fdb

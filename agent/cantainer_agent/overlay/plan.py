@@ -333,6 +333,39 @@ def _fix_link(link: LinkState, mtu: int, master: str | None, forwarding: int | N
     return actions
 
 
+_ENTRY_ACTIONS = (ReplaceFdb, DeleteFdb, ReplaceNeigh, DeleteNeigh)
+
+
+def fold(observed: Observed, actions: list[Action]) -> Observed | None:
+    """Pure: what a fresh observe would report once ``actions`` (from :func:`diff` against
+    ``observed``) have all succeeded — when they only touch FDB and neighbour entries, the
+    change a container starting or stopping on another host makes. None when any action
+    changes links, addresses or routes: observe the kernel again then.
+
+    Why: observing a host with ~1000 remote containers costs ~0.3 s of CPU in pyroute2, and
+    every cluster change wakes every host (netdev.OverlayReconciler keeps the folded view).
+    """
+    if not all(isinstance(a, _ENTRY_ACTIONS) for a in actions):
+        return None
+    if not actions:
+        return observed
+    fdb = set(observed.fdb)
+    neigh = {(e.dev, e.ip): e for e in observed.neigh}
+    replaced = {}
+    for action in actions:
+        if isinstance(action, DeleteFdb):
+            fdb.discard(action.entry)
+        elif isinstance(action, ReplaceFdb):  # the (device, MAC) ends up with this one remote
+            replaced[(action.dev, action.mac)] = FdbEntry(action.dev, action.mac, action.dst)
+        elif isinstance(action, DeleteNeigh):
+            neigh.pop((action.entry.dev, action.entry.ip), None)
+        else:
+            neigh[(action.dev, action.ip)] = NeighEntry(action.dev, action.ip, action.mac)
+    if replaced:
+        fdb = {e for e in fdb if (e.dev, e.mac) not in replaced} | set(replaced.values())
+    return observed.replace(fdb=frozenset(fdb), neigh=frozenset(neigh.values()))
+
+
 # --------------------------------------------------------------------------------------- health
 
 
