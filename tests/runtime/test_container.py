@@ -451,3 +451,33 @@ def test_cgroup_v2_code_path_on_unified_hierarchy(runtimes, alpine):
     runtime.remove("v2")
     assert not os.path.exists(cgroup_dir)
     os.rmdir(os.path.join(layout.v2_mount, runtimes.cgroup_parent))
+
+
+def test_zygote_spawned_from_a_low_priority_thread_keeps_the_agents_priority():
+    """The reconcile loop runs at nice +10 (reconcile.py); a zygote it (re)spawns must not hand
+    that to every container started afterwards."""
+    import threading
+
+    from cantainer_agent.runtime.zygote import Zygote
+
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    zygote = Zygote()
+    seen = []
+
+    def spawn_from_a_niced_thread() -> None:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, ours + 10)
+        zygote.ensure()
+        seen.append(os.getpriority(os.PRIO_PROCESS, zygote.pid))
+
+    try:
+        worker = threading.Thread(target=spawn_from_a_niced_thread)
+        worker.start()
+        worker.join(10)
+        deadline = time.monotonic() + 10
+        while os.getpriority(os.PRIO_PROCESS, zygote.pid) != ours and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert os.getpriority(os.PRIO_PROCESS, zygote.pid) == ours
+        assert seen and seen[0] in (ours, ours + 10)  # born niced, then restored by its boot code
+    finally:
+        zygote.close()

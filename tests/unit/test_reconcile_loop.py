@@ -97,3 +97,26 @@ def test_time_a_pass_spends_waiting_does_not_delay_the_next():
     finally:
         loop.stop()
 
+
+
+def test_passes_run_at_a_lower_cpu_priority_than_the_rest_of_the_agent():
+    import os
+
+    from cantainer_agent.reconcile import NICE
+
+    class Nice:
+        name = "nice"
+        value = None
+
+        def reconcile(self) -> None:
+            self.value = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    probe = Nice()
+    loop = ReconcileLoop([probe], period=60)
+    loop.start()
+    try:
+        assert loop.run_once_and_wait(timeout=5)
+    finally:
+        loop.stop()
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert probe.value == min(19, ours + NICE) and ours != probe.value

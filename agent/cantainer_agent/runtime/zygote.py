@@ -86,6 +86,12 @@ def main(fd: int, opts_json: str) -> None:
     from . import linux, shim  # noqa: F401 - import and warm up before the first fork
 
     opts = json.loads(opts_json)
+    nice = opts.get("nice")
+    if isinstance(nice, int) and nice != os.getpriority(os.PRIO_PROCESS, 0):
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        except OSError:  # not root: lowering nice is not allowed
+            pass
     linux.boot_id()
     os.set_inheritable(fd, False)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # shims are reaped automatically
@@ -161,12 +167,17 @@ class Zygote:
 
         self.python = python or sys.executable
         self.options = options
+        # The zygote may be (re)spawned from any agent thread, e.g. the reconcile loop's, which
+        # runs at a lower CPU priority: the zygote (and every container after it) takes this one.
+        self._nice = os.getpriority(os.PRIO_PROCESS, 0)
         self._lock = threading.Lock()
         self._proc = None  # subprocess.Popen
         self._sock: socket.socket | None = None
 
     def _options(self) -> dict:
-        return dict((self.options() if callable(self.options) else self.options) or {})
+        opts = dict((self.options() if callable(self.options) else self.options) or {})
+        opts.setdefault("nice", self._nice)
+        return opts
 
     @property
     def pid(self) -> int | None:
