@@ -31,8 +31,9 @@ NICE = 10  # added to the reconcile thread's nice value (Linux: per thread)
 
 
 def _lower_priority() -> None:
+    thread = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + NICE)
+        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + NICE)
     except OSError as exc:  # raising nice is always allowed; this is a sandbox or not Linux
         log.debug("reconcile thread keeps its priority: %s", exc)
 

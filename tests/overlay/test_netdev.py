@@ -428,6 +428,7 @@ def test_reconciler_diffs_against_its_folded_view_and_resyncs(fresh_cluster, mon
     cluster = fresh_cluster
     monkeypatch.setattr(netdev, "RESYNC_MIN", 60.0)
     observes = []
+    # Counts the reconciler's reads; Cluster.observe uses this module's own import, uncounted.
     monkeypatch.setattr(netdev, "observe", lambda ipr: (observes.append(1), observe(ipr))[1])
     rec = netdev.OverlayReconciler(lambda: cluster.desired("hA"), netns=cluster.hosts["hA"].ns)
     assert rec.reconcile().actions == [] and len(observes) == 1
@@ -435,10 +436,10 @@ def test_reconciler_diffs_against_its_folded_view_and_resyncs(fresh_cluster, mon
     c2 = cluster.endpoints.pop("c2")  # gone from hB: hA drops its entries without looking again
     result = rec.reconcile()
     assert result.actions and len(observes) == 1
-    assert result.observed == observe_on(cluster, "hA") and entries_for(result.observed, "c2") == []
+    assert result.observed == cluster.observe("hA") and entries_for(result.observed, "c2") == []
     cluster.endpoints["c2"] = c2  # and back
     result = rec.reconcile()
-    assert result.actions and len(observes) == 1 and result.observed == observe_on(cluster, "hA")
+    assert result.actions and len(observes) == 1 and result.observed == cluster.observe("hA")
     assert cluster.containers["c1"].ping(cluster.ip("c2"))
     assert rec.reconcile().actions == [] and len(observes) == 1  # nothing changed: not even a diff
 
@@ -457,11 +458,6 @@ def test_reconciler_diffs_against_its_folded_view_and_resyncs(fresh_cluster, mon
     assert [str(a) for a in rec.reconcile().actions] == [
         f"fdb {mac_for_ip(cluster.ip('c2'))} dst {cluster.hosts['hB'].address} dev {vx} permanent"]
     assert len(observes) == 4 and cluster.containers["c1"].ping(cluster.ip("c2"))
-
-
-def observe_on(cluster: Cluster, host: str):
-    with cluster.hosts[host].ipr() as ipr:
-        return observe(ipr)  # the imported function: not the counting stand-in
 
 
 def test_fabric_cleanup_leaves_nothing(make_fabric):

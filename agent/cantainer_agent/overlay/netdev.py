@@ -293,16 +293,16 @@ class OverlayReconciler:
 
     def reconcile(self) -> ReconcileResult:
         with _iproute(None, self._netns) as ipr, _LOCK:
-            cached = self._cached_observation()
-            if cached is None:
+            observed = self._cached_observation()
+            fresh = observed is None
+            if fresh:
                 started, observed_at = time.thread_time(), time.monotonic()
                 observed = observe(ipr)
                 cost = time.thread_time() - started
-                result = reconcile(ipr, self._desired, observed)
+            result = reconcile(ipr, self._desired, observed, self.last)
+            if fresh:  # after the pass: one that stopped early (replica not ready) left the old view, still aged
                 self._observed_at, self._kernel_changes_seen = observed_at, _kernel_changes
                 self._resync_after = max(RESYNC_MIN, cost / RESYNC_CPU_SHARE)
-            else:
-                result = reconcile(ipr, self._desired, cached, self.last)
         self.last = result
         if result.failures:
             raise OverlayError(
