@@ -51,7 +51,7 @@ log = logging.getLogger("cantainer_agent")
 
 READY_TIMEOUT = 90.0  # launcher's wait; start-up itself is bounded well below this
 JOIN_DEADLINE = 45.0
-REGISTER_RETRY = 0.5  # first retry of a failed registration (seconds), doubling up to the heartbeat period
+REGISTER_RETRY = 0.5  # seconds between attempts to register (once per start; status shows us down until then)
 
 
 class StartupError(Exception):
@@ -201,11 +201,11 @@ class Agent:
         """Register, then heartbeat every heartbeat_period (liveness.py). A failed heartbeat is not
         retried early: it may still commit, the next one carries the same news, and retrying every
         0.5 s multiplied the writes of a leader that was already behind. A failed registration is
-        retried with back-off (0.5 s doubling up to the period): nothing else works until it lands."""
+        retried every REGISTER_RETRY: it happens once per start, and the node shows down until it lands."""
         cfg = self.cfg
         registered = False
         last_error = ""
-        delay, retry = 0.0, REGISTER_RETRY
+        delay = 0.0
         while not self.stop_event.wait(delay):
             raft = self.raft
             period = heartbeat_period(cfg.heartbeat_interval, len(raft.store.state.nodes) if raft else 1)
@@ -221,13 +221,13 @@ class Agent:
                 elif not raft.heartbeat(cfg.node, timeout=max(3.0, period), overlay=self.network.summary):
                     registered = False  # our record vanished (removed?): register again
                     delay = 0.0
-                last_error, retry = "", REGISTER_RETRY
+                last_error = ""
             except RaftError as exc:
                 if str(exc) != last_error:
                     log.warning("heartbeat/registration failed: %s", exc)
                     last_error = str(exc)
                 if not registered:
-                    delay, retry = min(period, retry), min(period, retry * 2)
+                    delay = min(period, REGISTER_RETRY)
 
     # ------------------------------------------------------------------ API
 
