@@ -1,4 +1,4 @@
-"""Benchmarks side by side with their anchors (issue 8).
+"""Benchmarks side by side with their anchors.
 
     sudo .venv/bin/python -m bench [--quick] [--only start,raft,up,overlay,scale] [--out bench/results.json]
 
@@ -74,9 +74,14 @@ def _raft_failover(rounds: int, notes: list[str]) -> list[dict]:
         netns.delete()
         shutil.rmtree(root, ignore_errors=True)
     return [
-        row(f"raft failover after leader SIGKILL: new leader p50 (n={rounds})", 1000 * statistics.median(elected), "ms"),
-        row(f"raft failover after leader SIGKILL: first acked write p50 (n={rounds})",
-            1000 * statistics.median(written), "ms"),
+        row(
+            f"raft failover after leader SIGKILL: new leader p50 (n={rounds})", 1000 * statistics.median(elected), "ms"
+        ),
+        row(
+            f"raft failover after leader SIGKILL: first acked write p50 (n={rounds})",
+            1000 * statistics.median(written),
+            "ms",
+        ),
     ]
 
 

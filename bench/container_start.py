@@ -144,7 +144,9 @@ class Helper:
 
 
 # -- the measurement ------------------------------------------------------------------------------
-def measure(quick: bool = False, n: int | None = None, install: bool = True, notes: list[str] | None = None) -> list[dict]:
+def measure(
+    quick: bool = False, n: int | None = None, install: bool = True, notes: list[str] | None = None
+) -> list[dict]:
     from cantainer_agent.runtime import ContainerSpec, ImageStore, Runtime
 
     notes = notes if notes is not None else []

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bench.up_vs_ansible import CANTAINER, _run
-from cantainer import remote
-from cantainer_agent import protocol
+from cantainer_agent import layout, protocol
 from lab.lab import Lab
 
 CLONE_NEWNET = 0x40000000
@@ -63,13 +62,13 @@ def host_netns(lab: Lab, host: str) -> str:
 
 def agent_pid(lab: Lab, host: str) -> int:
     """The agent's pid in the host's PID namespace (read it under host_root(lab, host) + "/proc")."""
-    return int(Path(host_root(lab, host) + remote.PID_FILE).read_text().split()[0])
+    return int(Path(host_root(lab, host) + layout.PID_FILE).read_text().split()[0])
 
 
 def container_netns(lab: Lab, host: str, container_id: str) -> str:
     """The network namespace of a running container, from the runtime's pids.json on its host."""
     root = host_root(lab, host)
-    pids = json.loads(Path(f"{root}{remote.RUN_DIR}/containers/{container_id}/pids.json").read_text())
+    pids = json.loads(Path(f"{root}{layout.RUN_DIR}/containers/{container_id}/pids.json").read_text())
     return f"{root}/proc/{pids['pid']}/ns/net"
 
 
@@ -98,7 +97,7 @@ class AgentSocket:
 
     def __init__(self, lab: Lab, host: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(host_root(lab, host) + remote.SOCKET_PATH)
+        self.sock.connect(host_root(lab, host) + layout.SOCKET_PATH)
         self.file = self.sock.makefile("rwb")
         self._ids = itertools.count(1)
 

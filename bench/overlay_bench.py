@@ -238,11 +238,22 @@ def api_write_rows(lab, writes: int, clients: int, runs: int, log=print) -> list
     anchor = "bare PySyncObj, 3 processes on loopback (bench/raft_bench.py --baseline)"
     med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
     return [
-        row(f"raft committed writes/s through the agent API on the leader, 1 client ({writes} writes, median of {runs})",
-            statistics.median(seq), "writes/s", anchor + ", sequential", med(base, "sequential")),
-        row(f"raft committed writes/s through the agent API on the leader, {clients} clients "
+        row(
+            f"raft committed writes/s through the agent API on the leader, 1 client ({writes} writes, median of "
+            f"{runs})",
+            statistics.median(seq),
+            "writes/s",
+            anchor + ", sequential",
+            med(base, "sequential"),
+        ),
+        row(
+            f"raft committed writes/s through the agent API on the leader, {clients} clients "
             f"({writes} writes, median of {runs})",
-            statistics.median(conc), "writes/s", anchor + f", {clients} threads", med(base, "concurrent")),
+            statistics.median(conc),
+            "writes/s",
+            anchor + f", {clients} threads",
+            med(base, "concurrent"),
+        ),
     ]
 
 

@@ -5,7 +5,7 @@
 Measures sync writes/s through the leader (each call returns once the entry is committed and
 applied), sequential (one caller) and concurrent (``--threads`` callers). ``--baseline`` runs
 the same RaftNode with PySyncObj's own FileJournal and TCPTransport (no fsync, no socket
-tuning): the figure before issue 6. Not a test: numbers depend on the disk (fdatasync) and CPU.
+tuning): the figure before the durable journal. Not a test: numbers depend on the disk (fdatasync) and CPU.
 """
 
 from __future__ import annotations
@@ -36,22 +36,30 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _child(addr: str, peers: list[str], data_dir: str, baseline: bool, conn) -> None:
-    from cantainer_agent import raft
+def _heartbeat(node) -> None:
+    node.apply("heartbeat", {"name": "bench", "ts": time.time()})
 
-    if baseline:
-        import pysyncobj.journal as pj
-        import pysyncobj.syncobj as so
+
+def _child(addr: str, peers: list[str], data_dir: str, baseline: bool, conn) -> None:
+    from cantainer_agent.cluster.state import ClusterState
+    from cantainer_agent.consensus import RaftConfig, RaftNode
+    from cantainer_agent.consensus.pysyncobj import SyncTuning
+
+    seams: dict = {}
+    tuning = SyncTuning()
+    if baseline:  # PySyncObj's own FileJournal (no fsync) and TCPTransport, through the node's seams
         from pysyncobj.transport import TCPTransport
 
-        so.createJournal = lambda spec=None: pj.FileJournal(spec.path)
-        raft.AgentTransport = lambda *a, journal=None: TCPTransport(*a)
+        seams = {"storage": lambda d: os.path.join(d, "raft.journal"),
+                 "transport": lambda *a, journal=None: TCPTransport(*a)}
+        tuning = SyncTuning(extra=(("fullDumpFile", os.path.join(data_dir, "raft.dump")),))
     if os.environ.get("RAFT_BENCH_NOSYNC"):  # isolate the cost of fdatasync (diagnostics only)
-        from cantainer_agent import journal
+        from cantainer_agent.consensus.pysyncobj import journal
 
         journal.os = type("NoSyncOs", (), {"__getattr__": lambda self, n: getattr(os, n),
                                           "fdatasync": staticmethod(lambda fd: None)})()
-    node = raft.RaftNode(cluster="bench", self_addr=addr, partners=peers, data_dir=data_dir, secret=SECRET)
+    node = RaftNode(RaftConfig(cluster="bench", self_addr=addr, data_dir=data_dir, secret=SECRET,
+                               partners=tuple(peers), tuning=tuning), fsm=ClusterState, **seams)
     node.start()
     conn.send("started")
     while True:
@@ -63,17 +71,18 @@ def _child(addr: str, peers: list[str], data_dir: str, baseline: bool, conn) -> 
                 conn.send(f"error {exc}")
         elif msg[0] == "bench":
             _, writes, threads = msg
-            node.register_node(name="bench", address="127.0.0.1", join_addr="127.0.0.1:1", version="b", bundle="b")
+            node.apply("register_node", {"name": "bench", "address": "127.0.0.1", "raft_addr": node.self_addr,
+                                         "join_addr": "127.0.0.1:1", "version": "b", "bundle": "b", "ts": time.time()})
             results = {}
             t0 = time.perf_counter()
             for _ in range(writes):
-                node.heartbeat("bench")
+                _heartbeat(node)
             results["sequential"] = writes / (time.perf_counter() - t0)
             per = writes // threads
 
-            def worker() -> None:
+            def worker(per: int = per) -> None:
                 for _ in range(per):
-                    node.heartbeat("bench")
+                    _heartbeat(node)
 
             ts = [threading.Thread(target=worker) for _ in range(threads)]
             t0 = time.perf_counter()

@@ -24,13 +24,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "agent")]
 
-from tests.agent_local.agentctl import Agent, Cluster, Netns, wait_for  # noqa: E402
+from tests.agent.daemon.agentctl import Agent, Cluster, Netns, wait_for  # noqa: E402
 
 # --untuned: the agent with PySyncObj's sockets as shipped (keepalive 16 s idle + 5 x 3 s on outgoing
 # connections only, no TCP_USER_TIMEOUT)
-UNTUNED = ("import sys, cantainer_agent.transport as t, cantainer_agent.raft as r; t.tune_socket = lambda fd: None; "
-           "mc = r.make_conf; r.make_conf = lambda *a, **k: (lambda c: (setattr(c, 'tcp_keepalive', (16, 3, 5)), c)[1])"
-           "(mc(*a, **k)); from cantainer_agent.__main__ import main; sys.argv[0] = 'cantainer_agent'; sys.exit(main())")
+UNTUNED = (
+    "import sys, cantainer_agent.consensus.pysyncobj.transport as t, cantainer_agent.consensus.pysyncobj as r; "
+    "t.tune_socket = lambda fd: None; "
+    "mc = r.make_conf; r.make_conf = lambda *a, **k: (lambda c: (setattr(c, 'tcp_keepalive', (16, 3, 5)), c)[1])"
+    "(mc(*a, **k)); from cantainer_agent.__main__ import main; sys.argv[0] = 'cantainer_agent'; sys.exit(main())"
+)
 
 
 def failover_round(cluster: Cluster, k: int) -> tuple[float, float]:
@@ -38,7 +41,7 @@ def failover_round(cluster: Cluster, k: int) -> tuple[float, float]:
     survivors = [a for a in cluster.agents if a is not leader]
     t0 = time.monotonic()
     os.kill(leader.pid, signal.SIGKILL)
-    wait_for(lambda: (lambda l: l is not None and l is not leader)(cluster.leader_among(survivors)), 20,
+    wait_for(lambda: (lambda new: new is not None and new is not leader)(cluster.leader_among(survivors)), 20,
              "new leader", interval=0.005)
     elected = time.monotonic() - t0
     wait_for(lambda: survivors[k % 2].api("network.create", {"cidr": f"10.77.{k}.0/24"}, timeout=10), 20,
@@ -99,9 +102,11 @@ def main() -> None:
             detected.append(d)
             reconnected.append(r)
         if detected:
-            print(f"vanished peer, {args.vanish_rounds} rounds: connections dropped after "
-                  f"{', '.join(f'{d:.1f}' for d in detected)} s; reconnected {', '.join(f'{r:.1f}' for r in reconnected)} s "
-                  "after its restart")
+            print(
+                f"vanished peer, {args.vanish_rounds} rounds: connections dropped after "
+                f"{', '.join(f'{d:.1f}' for d in detected)} s; "
+                f"reconnected {', '.join(f'{r:.1f}' for r in reconnected)} s after its restart"
+            )
     finally:
         cluster.cleanup()
         netns.delete()

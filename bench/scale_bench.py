@@ -36,7 +36,7 @@ from pathlib import Path
 from bench.lab_cluster import AgentSocket, agent_pid, cluster, host_root
 from bench.results import row
 from bench.up_vs_ansible import CANTAINER, BenchError
-from cantainer import remote
+from cantainer_agent import layout
 
 LAB = "bsc"
 NETWORKS = ("10.150.0.0/22", "10.150.4.0/22", "10.150.8.0/22", "10.150.12.0/22")
@@ -50,10 +50,10 @@ async def start_containers(inventory_path: Path, count: int, concurrency: int = 
 
     Returns the seconds the runs took and how many calls failed with "outcome unknown" and were retried."""
     from cantainer.client import AgentClient, AgentError
-    from cantainer_agent import protocol
     from cantainer.containers import HostSession, RunRequest, ensure_image, run_params
     from cantainer.images import resolve_image
     from cantainer.inventory import load_inventory
+    from cantainer_agent import protocol
 
     inventory = load_inventory(inventory_path)
     image = resolve_image("alpine", inventory.images)
@@ -120,7 +120,7 @@ def host_memory(lab, host: str) -> dict:
     agent = agent_pid(lab, host)
     # The shims of started containers (not the zygote's warm slot), from the runtime's records.
     serving = {json.loads(p.read_text())["shim_pid"]
-               for p in Path(f"{root}{remote.RUN_DIR}/containers").glob("*/pids.json")}
+               for p in Path(f"{root}{layout.RUN_DIR}/containers").glob("*/pids.json")}
     shims = []
     for child in _children(proc, agent):
         if b"zygote" in Path(f"{proc}/{child}/cmdline").read_bytes():
@@ -172,11 +172,18 @@ def measure(quick: bool, log=print) -> list[dict]:
         row(f"scale: start {where} (in-process API, {CONCURRENCY} in flight)", elapsed, "s"),
         row(f"scale: start rate, {where}", count / elapsed, "containers/s"),
         row(f"scale: container.run calls that failed with outcome unknown and were retried, {where}", retried, "calls"),
-        row(f"scale: agent RSS per host, median, before containers ({hosts} hosts)", statistics.median(idle) / MiB, "MiB"),
+        row(
+            f"scale: agent RSS per host, median, before containers ({hosts} hosts)",
+            statistics.median(idle) / MiB,
+            "MiB",
+        ),
         row(f"scale: agent RSS per host, median, {where}", statistics.median(rss), "MiB"),
         row(f"scale: agent RSS per host, max, {where}", max(rss), "MiB"),
-        row(f"scale: supervisor (shim) private memory per container, median (n={len(shims)})",
-            statistics.median(shims), "MiB"),
+        row(
+            f"scale: supervisor (shim) private memory per container, median (n={len(shims)})",
+            statistics.median(shims),
+            "MiB",
+        ),
         row(f"scale: `cantainer status` wall time, {where} (median of 3)", status, "s"),
         row(f"scale: `cantainer status --json` wall time, {where} (median of 3)", status_json, "s"),
     ]

@@ -1,4 +1,4 @@
-"""`cantainer up` vs Ansible doing the same work on lab hosts (issue 8, items 1 and 2).
+"""`cantainer up` vs Ansible doing the same work on lab hosts.
 
 `measure(quick)` returns rows {"name", "value", "unit": "s", "anchor", "anchor_value", "ratio"} with
 ratio = anchor_value / value (> 1: cantainer is faster). Needs root (the lab). Run alone with
@@ -13,7 +13,7 @@ What each side does, per host count N (a fresh lab `bupN`, removed afterwards):
   gather_facts off, the lab's key and known_hosts with host-key checking on): one playbook that does
   the same steps into the same paths — `command: install -d` (creates=), `copy` the same bundle
   (cantainer.bundle.build_bundle(Platform.local())), `unarchive` it on the host (creates=), `copy`
-  the secret and the per-host agent.json that cantainer's `desired_config` would write, then start
+  the secret and the per-host agent.json that cantainer's `plan.desired_config` would write, then start
   the real agent with `python3 BUNDLE_DIR run --config /etc/cantainer/agent.json --daemon` (which
   returns once the agent is ready and, for joiners, has joined) — on the bootstrap host first, then
   on the others, each only when no agent runs yet. Ansible does not run the final health check.
@@ -53,7 +53,9 @@ PLAYBOOK = """\
       python3 {{ bundle_dir }} run --config /etc/cantainer/agent.json --daemon
   tasks:
     - name: directories
-      command: install -d -m 700 /etc/cantainer /var/lib/cantainer /var/lib/cantainer/bundles /var/log/cantainer {{ bundle_dir }}
+      command: >-
+        install -d -m 700 /etc/cantainer /var/lib/cantainer /var/lib/cantainer/bundles /var/log/cantainer
+        {{ bundle_dir }}
       args:
         creates: "{{ bundle_dir }}"
     - name: copy the agent bundle
@@ -118,8 +120,8 @@ class AnsibleSide:
     """Inventory, config, playbook and per-host files for Ansible, in one temp dir."""
 
     def __init__(self, inventory_path: Path, workdir: Path, bundle) -> None:
-        from cantainer.bootstrap import HostOutcome, desired_config
         from cantainer.inventory import load_inventory
+        from cantainer.plan import desired_config
         from cantainer.secret import load_or_create_secret
 
         inventory = load_inventory(inventory_path)
@@ -136,8 +138,7 @@ class AnsibleSide:
         addresses = {h.name: h.underlay_address or h.address for h in inventory.hosts}
         first = inventory.hosts[0].name
         for host in inventory.hosts:
-            outcome = HostOutcome(host, bundle=bundle)
-            config = desired_config(inventory, outcome, addresses, bootstrap=host.name == first)
+            config = desired_config(inventory, host, addresses, bundle.digest, bootstrap=host.name == first)
             (config_dir / f"{host.name}.json").write_text(json.dumps(config, indent=1) + "\n")
         defaults = inventory.hosts[0]
         lines = ["[all]"] + [f"{h.name} ansible_host={h.address}" for h in inventory.hosts]
@@ -201,7 +202,7 @@ def measure_hosts(count: int, runs: int, rerun: bool, log=print) -> list[dict]:
         inventory = lab.up(count)
         ansible = AnsibleSide(inventory, workdir, bundle)
         ours, theirs, ours_re, theirs_re = [], [], [], []
-        for index in range(runs):
+        for _ in range(runs):
             ours.append(_run([str(CANTAINER), "up", str(inventory)], timeout=600))
             log(f"  cantainer up cold, {count} hosts: {ours[-1]:.2f} s")
             if rerun:

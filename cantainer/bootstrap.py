@@ -1,7 +1,7 @@
 """`cantainer up`: bring every inventory host to "agent running, healthy raft member".
 
 Reading and changing are separate steps, as in pyinfra: a probe reads each host's facts in one
-round trip, `plan_host` compares them with what the inventory wants, and only then are files
+round trip, `plan.plan_host` compares them with what the inventory wants, and only then are files
 pushed and agents (re)started. A host that already matches is not touched (same agent PID).
 
 Ordering rules that keep raft safe:
@@ -14,7 +14,6 @@ Ordering rules that keep raft safe:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -26,8 +25,10 @@ from cantainer.client import AgentClient
 from cantainer.errors import CantainerError
 from cantainer.fleet import Fleet
 from cantainer.inventory import Host, Inventory
+from cantainer.plan import HostPlan, NoFounder, choose_bootstrap, plan_host, secret_digest
 from cantainer.secret import load_or_create_secret
 from cantainer.ssh import HostError
+from cantainer_agent import layout
 
 HEALTHY_TIMEOUT = 60.0
 
@@ -40,9 +41,8 @@ class HostOutcome:
     host: Host
     probe: remote.ProbeResult | None = None
     bundle: Bundle | None = None
-    config: dict | None = None
+    plan: HostPlan | None = None
     pushed: bool = False
-    secret_changed: bool = False
     action: str = "unchanged"  # unchanged | started | restarted
     pid: int | None = None
     role: str | None = None
@@ -56,45 +56,12 @@ class UpResult:
     seconds: float = 0.0
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def underlay_address(host: Host, probe: remote.ProbeResult) -> str:
     address = host.underlay_address or probe.ssh_server_address
     if not address:
         raise HostError(host.name, "cannot tell the host's underlay address",
                         "set underlay_address for this host in the inventory")
     return address
-
-
-def desired_config(inventory: Inventory, outcome: HostOutcome, addresses: dict[str, str], bootstrap: bool) -> dict:
-    cluster = inventory.cluster
-    seeds = [f"{addresses[name]}:{cluster.join_port}" for name in addresses if name != outcome.host.name]
-    return {
-        "cluster": cluster.name,
-        "node": outcome.host.name,
-        "address": addresses[outcome.host.name],
-        "raft_port": cluster.raft_port,
-        "join_port": cluster.join_port,
-        "seeds": seeds,
-        "bootstrap": bootstrap,
-        "secret_file": remote.SECRET_FILE,
-        "voters": cluster.voters,
-        "vxlan_port": cluster.vxlan_port,
-        "bundle": outcome.bundle.digest,
-        "data_dir": remote.DATA_DIR,
-        "run_dir": remote.RUN_DIR,
-        "log_dir": remote.LOG_DIR,
-    }
-
-
-def config_changed(current: dict | None, wanted: dict) -> bool:
-    """`bootstrap` matters only before a node has state, so a change of it alone needs no restart."""
-    if current is None:
-        return True
-    strip = lambda config: {k: v for k, v in config.items() if k != "bootstrap"}  # noqa: E731
-    return strip(current) != strip(wanted)
 
 
 class Bootstrapper:
@@ -129,16 +96,19 @@ class Bootstrapper:
     async def _probe(self, host: Host) -> None:
         self.report(host.name, "probe", "")
         connection = self.fleet.connections[host.name]
-        argv = [host.python, "-c", remote.PROBE, remote.PID_FILE, remote.CONFIG_FILE, remote.BUNDLES_DIR,
-                remote.MEMBERS_FILE, remote.SECRET_FILE]
+        argv = [host.python, "-c", remote.PROBE, layout.PID_FILE, layout.CONFIG_FILE, layout.BUNDLES_DIR,
+                layout.MEMBERS_FILE, layout.SECRET_FILE]
         result = await connection.run(argv, check=False)
         if result.exit_status == 127:
             raise HostError(host.name, f"{host.python} not found on the host",
                             "install python3 (>= 3.10) there or set `python` in the inventory")
         if result.exit_status != 0:
-            raise HostError(host.name, f"probe with {host.python} failed: {result.stderr.strip().splitlines()[-1:] or result.exit_status}")
+            raise HostError(
+                host.name,
+                f"probe with {host.python} failed: {result.stderr.strip().splitlines()[-1:] or result.exit_status}",
+            )
         probe = remote.ProbeResult.parse(result.stdout)
-        if probe.python[:2] < remote.MIN_PYTHON:
+        if probe.python[:2] < layout.MIN_PYTHON:
             version = ".".join(map(str, probe.python))
             raise HostError(host.name, f"python {version} at {host.python} is too old (cantainer needs >= 3.10)",
                             "install a newer python3 or point `python` in the inventory at one")
@@ -155,56 +125,45 @@ class Bootstrapper:
         return self._bundles[target]
 
     def _choose_bootstrap_node(self) -> str | None:
-        probed = [self.result.outcomes[h.name] for h in self.fleet.healthy()]
-        if any(o.probe.has_state for o in probed):
-            return None
-        if len(probed) < len(self.inventory.hosts):
-            # Some host could not be probed: it might hold the cluster's state. Refuse to found a new one.
+        probes = {h.name: self.result.outcomes[h.name].probe for h in self.fleet.healthy()}
+        try:
+            return choose_bootstrap(self.inventory, probes)
+        except NoFounder as refusal:
             for host in self.fleet.healthy():
-                self.fleet.fail(host, HostError(host.name, "not started: no host has cluster state yet and some hosts "
-                                                "are unreachable, so a new cluster is not founded",
+                self.fleet.fail(host, HostError(host.name, str(refusal),
                                                 "fix the unreachable hosts and run `cantainer up` again"))
             return None
-        return probed[0].host.name if probed else None
 
     # -- change -----------------------------------------------------------------------------------
     async def _converge_files(self, host: Host, addresses: dict[str, str], bootstrap_node: str | None) -> None:
         outcome = self.result.outcomes[host.name]
         probe, bundle = outcome.probe, outcome.bundle
         connection = self.fleet.connections[host.name]
-        outcome.config = desired_config(self.inventory, outcome, addresses, bootstrap=host.name == bootstrap_node)
-        push_bundle = remote.bundle_dir(bundle.digest).rsplit("/", 1)[1] not in probe.bundles
-        outcome.secret_changed = probe.secret_sha256 != _digest(self.secret + b"\n")
-        write_config = probe.config != outcome.config
-        if not (push_bundle or outcome.secret_changed or write_config):
+        plan = outcome.plan = plan_host(self.inventory, host, probe, bundle_digest=bundle.digest,
+                                        secret_sha256=secret_digest(self.secret), addresses=addresses,
+                                        bootstrap_node=bootstrap_node)
+        if not plan.touches_files:
             return
-        await connection.run(["install", "-d", "-m", "700", remote.CONFIG_DIR, remote.DATA_DIR, remote.BUNDLES_DIR, remote.LOG_DIR])
-        if push_bundle:
+        await connection.run(["install", "-d", "-m", "700", layout.CONFIG_DIR, layout.DATA_DIR, layout.BUNDLES_DIR,
+                              layout.LOG_DIR])
+        if plan.push_bundle:
             self.report(host.name, "push", f"agent bundle {bundle.short} ({len(bundle.data) / 1e6:.1f} MB)")
-            archive = f"{remote.BUNDLES_DIR}/.{bundle.digest}.tar.gz"
+            archive = f"{layout.BUNDLES_DIR}/.{bundle.digest}.tar.gz"
             await connection.write_file(archive, bundle.data, 0o600)
-            await connection.run([host.python, "-c", remote.INSTALL_BUNDLE, archive, remote.bundle_dir(bundle.digest)])
+            await connection.run([host.python, "-c", remote.INSTALL_BUNDLE, archive, layout.bundle_dir(bundle.digest)])
             outcome.pushed = True
-            keep = [remote.bundle_dir(digest).rsplit("/", 1)[1]
+            keep = [layout.bundle_dir(digest).rsplit("/", 1)[1]
                     for digest in (bundle.digest, (probe.config or {}).get("bundle")) if digest]
-            await connection.run([host.python, "-c", remote.PRUNE_BUNDLES, remote.BUNDLES_DIR, *keep])
-        if outcome.secret_changed:
-            await connection.write_file(remote.SECRET_FILE, self.secret + b"\n", 0o600)
-        if write_config:
+            await connection.run([host.python, "-c", remote.PRUNE_BUNDLES, layout.BUNDLES_DIR, *keep])
+        if plan.write_secret:
+            await connection.write_file(layout.SECRET_FILE, self.secret + b"\n", 0o600)
+        if plan.write_config:
             self.report(host.name, "configure", "")
-            await connection.write_file(remote.CONFIG_FILE, json.dumps(outcome.config, indent=1).encode() + b"\n", 0o600)
-
-    def _needs_start(self, outcome: HostOutcome) -> str | None:
-        probe = outcome.probe
-        if probe.agent_pid is None:
-            return "start"
-        if config_changed(probe.config, outcome.config) or outcome.secret_changed:
-            return "restart"
-        return None
+            await connection.write_file(layout.CONFIG_FILE, json.dumps(plan.config, indent=1).encode() + b"\n", 0o600)
 
     async def _start_agents(self, bootstrap_node: str | None) -> None:
         healthy = self.fleet.healthy()
-        todo = {h.name: self._needs_start(self.result.outcomes[h.name]) for h in healthy}
+        todo = {h.name: self.result.outcomes[h.name].plan.start for h in healthy}
         for host in healthy:
             if not todo[host.name]:
                 self.result.outcomes[host.name].pid = self.result.outcomes[host.name].probe.agent_pid
@@ -226,18 +185,18 @@ class Bootstrapper:
             await self._start_with_systemd(host, outcome)
         else:
             if restarting:
-                await connection.run([host.python, "-c", remote.STOP_AGENT, remote.PID_FILE, "10"])
-            await connection.run([host.python, remote.bundle_dir(outcome.bundle.digest), "run",
-                                  "--config", remote.CONFIG_FILE, "--daemon"], timeout=60)
+                await connection.run([host.python, "-c", remote.STOP_AGENT, layout.PID_FILE, "10"])
+            await connection.run([host.python, layout.bundle_dir(outcome.bundle.digest), "run",
+                                  "--config", layout.CONFIG_FILE, "--daemon"], timeout=60)
         outcome.action = "restarted" if restarting else "started"
 
     async def _start_with_systemd(self, host: Host, outcome: HostOutcome) -> None:
         connection = self.fleet.connections[host.name]
         unit = remote.systemd_unit(host.python, outcome.bundle.digest, self.inventory.cluster.name)
-        await connection.write_file(remote.UNIT_FILE, unit.encode(), 0o644)
+        await connection.write_file(layout.UNIT_FILE, unit.encode(), 0o644)
         await connection.run(["systemctl", "daemon-reload"])
-        await connection.run(["systemctl", "enable", remote.UNIT_NAME])
-        await connection.run(["systemctl", "restart", remote.UNIT_NAME])
+        await connection.run(["systemctl", "enable", layout.UNIT_NAME])
+        await connection.run(["systemctl", "restart", layout.UNIT_NAME])
 
     async def _wait_member(self, host: Host) -> None:
         """Until the host's agent answers with a leader and lists itself as an up member."""
@@ -265,8 +224,11 @@ class Bootstrapper:
                 await asyncio.sleep(0.1)
         finally:
             client.close()
-        raise HostError(host.name, f"agent did not become a healthy raft member within {HEALTHY_TIMEOUT:.0f}s ({last_problem})",
-                        f"see {remote.LOG_DIR}/agent.log on the host")
+        raise HostError(
+            host.name,
+            f"agent did not become a healthy raft member within {HEALTHY_TIMEOUT:.0f}s ({last_problem})",
+            f"see {layout.LOG_DIR}/agent.log on the host",
+        )
 
     async def _wait_healthy(self) -> None:
         await self.fleet.each(self.fleet.healthy(), self._wait_member)

@@ -240,7 +240,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cantainer import containers
 
     if (args.interactive or args.tty) and args.detach:
-        raise UsageError("-d cannot be combined with -i/-t", "use `cantainer exec -it NAME -- sh` on a detached container")
+        raise UsageError(
+            "-d cannot be combined with -i/-t", "use `cantainer exec -it NAME -- sh` on a detached container"
+        )
     if args.tty and not containers.stdin_is_tty():
         raise UsageError("-t needs a terminal on stdin and stdout", "drop -t when piping")
     request = containers.RunRequest(
@@ -293,7 +295,7 @@ def print_table(header: list[str], rows: list[list]) -> None:
     cells = [header] + [[str(value) for value in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
-        print("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())
 
 
 COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "network": cmd_network, "ps": cmd_ps,

@@ -9,9 +9,9 @@ import asyncio
 import itertools
 
 from cantainer.errors import CantainerError
-from cantainer.remote import SOCKET_PATH
 from cantainer.ssh import Connection, HostError
 from cantainer_agent import protocol
+from cantainer_agent.layout import SOCKET_PATH
 
 # Copies bytes between stdin/stdout and the agent socket; started under sudo for non-root logins.
 SOCKET_RELAY = r"""
@@ -69,7 +69,9 @@ class AgentClient:
                 line = await asyncio.wait_for(self._reader.readline(), timeout)
             except asyncio.TimeoutError:
                 self.close()
-                raise HostError(self.connection.host.name, f"agent did not answer `{method}` within {timeout:g}s") from None
+                raise HostError(
+                    self.connection.host.name, f"agent did not answer `{method}` within {timeout:g}s"
+                ) from None
             if not line:
                 self.close()
                 raise HostError(self.connection.host.name, f"agent closed the connection during `{method}`")

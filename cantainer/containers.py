@@ -11,15 +11,16 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 
-from cantainer import remote, ssh
+from cantainer import ssh
 from cantainer.client import AgentClient
 from cantainer.errors import CantainerError
 from cantainer.images import resolve_image
 from cantainer.inventory import Host, Inventory
 from cantainer.status import open_status_source
 from cantainer.terminal import stream_command
+from cantainer_agent import layout
 
-IMAGE_INCOMING = f"{remote.DATA_DIR}/images/incoming"
+IMAGE_INCOMING = layout.image_incoming_dir()
 
 
 class ContainerNotFound(CantainerError):
@@ -50,7 +51,7 @@ class HostSession:
         self.connection = await ssh.connect(self.host)
         self.client = AgentClient(self.connection)
         hello = await self.client.call("hello")
-        self.bundle = remote.bundle_dir(hello["bundle"])
+        self.bundle = layout.bundle_dir(hello["bundle"])
         return self
 
     async def __aexit__(self, *exc) -> None:

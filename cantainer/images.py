@@ -98,7 +98,9 @@ def resolve_image(name: str, overrides: dict) -> ResolvedImage:
     if source is not None:
         if source.path is not None:
             if not source.path.exists():
-                raise ImageError(f"image {name!r}: file {source.path} does not exist", "fix `path` in the inventory's [images]")
+                raise ImageError(
+                    f"image {name!r}: file {source.path} does not exist", "fix `path` in the inventory's [images]"
+                )
             return _verified(name, source.path, source.sha256)
         url, sha256 = source.url, source.sha256
     elif name in CATALOG:

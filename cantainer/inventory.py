@@ -31,6 +31,7 @@ else:  # pragma: no cover - Python 3.10 only
     import tomli as tomllib
 
 from cantainer.errors import CantainerError
+from cantainer_agent import layout
 
 KeyPath = tuple[str | int, ...]
 
@@ -597,19 +598,19 @@ _HOST_FIELDS = {
 
 _CLUSTER_FIELDS = {
     "name": _Field((str,), '"default"', _cluster_name),
-    "raft_port": _Field((int,), "7480", _port),
-    "join_port": _Field((int,), "7481", _port),
-    "vxlan_port": _Field((int,), "4789", _port),
+    "raft_port": _Field((int,), str(layout.RAFT_PORT), _port),
+    "join_port": _Field((int,), str(layout.JOIN_PORT), _port),
+    "vxlan_port": _Field((int,), str(layout.VXLAN_PORT), _port),
     "voters": _Field((int,), "3", _voters),
     "secret_file": _Field((str,), '"~/.config/cantainer/default.secret"', _local_path),
 }
 
 _CLUSTER_DEFAULTS: dict[str, Any] = {
     "name": "default",
-    "raft_port": 7480,
-    "join_port": 7481,
-    "vxlan_port": 4789,
-    "voters": 3,
+    "raft_port": layout.RAFT_PORT,
+    "join_port": layout.JOIN_PORT,
+    "vxlan_port": layout.VXLAN_PORT,
+    "voters": layout.VOTERS,
 }
 
 _IMAGE_FIELDS = {
@@ -631,8 +632,11 @@ def _read_cluster(source: _Source, value: Any) -> Cluster:
     if settings["join_port"] == settings["raft_port"]:
         # Point at whichever of the two the user actually wrote.
         clashing = "join_port" if "join_port" in given else "raft_port"
-        raise source.error(("cluster", clashing), f"raft_port and join_port are both {settings['raft_port']}",
-                           "use two different ports, e.g. raft_port = 7480 and join_port = 7481")
+        raise source.error(
+            ("cluster", clashing),
+            f"raft_port and join_port are both {settings['raft_port']}",
+            f"use two different ports, e.g. raft_port = {layout.RAFT_PORT} and join_port = {layout.JOIN_PORT}",
+        )
     if "secret_file" not in settings:
         # Only named here; whoever needs the secret creates the file (0600), not the validator.
         settings["secret_file"] = Path(f"~/.config/cantainer/{settings['name']}.secret").expanduser()

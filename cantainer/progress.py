@@ -44,7 +44,9 @@ class UpProgress:
         return table
 
     def summary(self, result) -> None:
-        table = Table(title=f"cluster {self.inventory.cluster.name}: leader {result.leader or '—'} ({result.seconds:.2f}s)")
+        table = Table(
+            title=f"cluster {self.inventory.cluster.name}: leader {result.leader or '—'} ({result.seconds:.2f}s)"
+        )
         for column in ("host", "address", "python", "agent", "pid", "role", "result"):
             table.add_column(column)
         for host in self.inventory.hosts:
@@ -62,4 +64,7 @@ class UpProgress:
         for error in result.errors.values():
             self.console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         ok = len(self.inventory.hosts) - len(result.errors)
-        self.console.print(f"{ok}/{len(self.inventory.hosts)} hosts ready" + ("" if not result.errors else f", {len(result.errors)} failed"))
+        self.console.print(
+            f"{ok}/{len(self.inventory.hosts)} hosts ready"
+            + ("" if not result.errors else f", {len(result.errors)} failed")
+        )

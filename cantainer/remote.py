@@ -1,32 +1,15 @@
-"""Small fixed Python programs run on hosts with `python3 -c`, and the host-side file layout.
+"""Small fixed Python programs run on hosts with `python3 -c`, what the probe reads, and the unit.
 
 They are constants: inputs travel as argv items (quoted by the connector), never spliced into code.
-One probe answers everything `up` must know about a host in one round trip.
+One probe answers everything `up` must know about a host in one round trip. Where things live on a
+host is ``cantainer_agent.layout`` (shared with the agent).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 
-DATA_DIR = "/var/lib/cantainer"
-CONFIG_DIR = "/etc/cantainer"
-RUN_DIR = "/run/cantainer"
-LOG_DIR = "/var/log/cantainer"
-BUNDLES_DIR = f"{DATA_DIR}/bundles"
-CONFIG_FILE = f"{CONFIG_DIR}/agent.json"
-SECRET_FILE = f"{CONFIG_DIR}/secret"
-SOCKET_PATH = f"{RUN_DIR}/agent.sock"
-PID_FILE = f"{RUN_DIR}/agent.pid"
-UNIT_NAME = "cantainer-agent.service"
-UNIT_FILE = f"/etc/systemd/system/{UNIT_NAME}"
-MEMBERS_FILE = f"{DATA_DIR}/members.json"  # the agent's record of raft membership: "has state"
-MIN_PYTHON = (3, 10)
-
-
-def bundle_dir(digest: str) -> str:
-    # The directory is what `python3 DIR` runs, so `ps` shows the agent's name and version.
-    return f"{BUNDLES_DIR}/cantainer_agent-{digest[:16]}"
-
+from cantainer_agent.layout import CONFIG_FILE, bundle_dir
 
 PROBE = r"""
 import hashlib, json, os, platform, sys

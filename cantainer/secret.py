@@ -29,8 +29,10 @@ def load_or_create_secret(path: Path) -> bytes:
             handle.write(value + b"\n")
         return value
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SecretError(f"cluster secret {path} is accessible by group or others (mode {stat.S_IMODE(info.st_mode):o})",
-                          f"run `chmod 600 {path}` (and rotate it if others may have read it)")
+        raise SecretError(
+            f"cluster secret {path} is accessible by group or others (mode {stat.S_IMODE(info.st_mode):o})",
+            f"run `chmod 600 {path}` (and rotate it if others may have read it)",
+        )
     value = path.read_bytes().strip()
     if len(value) < 16:
         raise SecretError(f"cluster secret {path} is too short", "delete it to let `cantainer up` make a new one")

@@ -6,6 +6,7 @@ import time
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 STATE_STYLE = {"up": "green", "down": "red", "not-member": "yellow"}
 ROLE_STYLE = {"leader": "bold magenta", "follower": "cyan", "standby": "blue", "candidate": "yellow"}
@@ -18,13 +19,13 @@ def _ago(timestamp: float | None) -> str:
     return f"{seconds:.1f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
 
 
-def _overlay(summary: dict | None) -> str:
+def _overlay(summary: dict | None) -> Text:
     """programmed/expected FDB+neighbour entries; red while they differ or changes are pending."""
     if not summary:
-        return "-"
+        return Text("-")
     text = f"{summary['programmed']}/{summary['expected']}"
     healthy = summary["programmed"] == summary["expected"] and summary["pending"] == 0
-    return f"[green]{text}[/]" if healthy else f"[red]{text} ({summary['pending']} pending)[/]"
+    return Text(text, style="green") if healthy else Text(f"{text} ({summary['pending']} pending)", style="red")
 
 
 def render_status(doc: dict) -> Group:
@@ -37,15 +38,22 @@ def render_status(doc: dict) -> Group:
         nodes.add_column(column)
     for node in doc["nodes"]:
         state, role = node.get("state", "?"), node.get("role", "?")
-        nodes.add_row(node["name"], node.get("address", ""), f"[{ROLE_STYLE.get(role, '')}]{role}[/]",
-                      f"[{STATE_STYLE.get(state, '')}]{state}[/]", node.get("version") or "-",
+        # Text, not markup: values come from hosts, and a role without a style once rendered as
+        # "[]none[/]" — a MarkupError that crashed `status` exactly when a host had not joined yet.
+        nodes.add_row(node["name"], node.get("address", ""), Text(role, style=ROLE_STYLE.get(role, "")),
+                      Text(state, style=STATE_STYLE.get(state, "")), node.get("version") or "-",
                       (node.get("bundle") or "-")[:12], _ago(node.get("last_seen")), _overlay(node.get("overlay")))
     parts = [Panel(header, title="cantainer status", expand=True), nodes]
     networks = Table(title="networks", expand=True)
     for column in ("cidr", "vni", "hosts", "containers"):
         networks.add_column(column)
     for net in doc.get("networks", []):
-        networks.add_row(net.get("cidr", ""), str(net.get("vni", "")), ", ".join(net.get("hosts", [])), str(net.get("containers", "")))
+        networks.add_row(
+            net.get("cidr", ""),
+            str(net.get("vni", "")),
+            ", ".join(net.get("hosts", [])),
+            str(net.get("containers", "")),
+        )
     containers = Table(title="containers", expand=True)
     for column in ("name", "host", "network", "ip", "state", "command"):
         containers.add_column(column)

@@ -16,6 +16,7 @@ from cantainer.client import AgentClient
 from cantainer.errors import CantainerError
 from cantainer.fleet import Fleet
 from cantainer.inventory import Host, Inventory
+from cantainer_agent import layout
 
 
 @dataclass
@@ -57,19 +58,19 @@ class Teardown:
         connection = self.fleet.connections[host.name]
         probe = await connection.run([host.python, "-c", "import os; print(os.path.isdir('/run/systemd/system'))"])
         if probe.stdout.strip() == "True":
-            await connection.run(["systemctl", "disable", "--now", remote.UNIT_NAME], check=False)
-            await connection.run(["rm", "-f", remote.UNIT_FILE])
+            await connection.run(["systemctl", "disable", "--now", layout.UNIT_NAME], check=False)
+            await connection.run(["rm", "-f", layout.UNIT_FILE])
             await connection.run(["systemctl", "daemon-reload"])
         else:
-            await connection.run([host.python, "-c", remote.STOP_AGENT, remote.PID_FILE, "10"])
+            await connection.run([host.python, "-c", remote.STOP_AGENT, layout.PID_FILE, "10"])
         # Agent stopped: now its containers and overlay devices can go without being re-created.
-        config = await connection.run(["cat", remote.CONFIG_FILE], check=False)
+        config = await connection.run(["cat", layout.CONFIG_FILE], check=False)
         if config.exit_status == 0:
-            bundle = remote.bundle_dir(json.loads(config.stdout)["bundle"])
+            bundle = layout.bundle_dir(json.loads(config.stdout)["bundle"])
             await connection.run([host.python, bundle, "teardown"])
-        paths = [remote.RUN_DIR]
+        paths = [layout.RUN_DIR]
         if self.purge:
-            paths += [remote.DATA_DIR, remote.CONFIG_DIR, remote.LOG_DIR]
+            paths += [layout.DATA_DIR, layout.CONFIG_DIR, layout.LOG_DIR]
         await connection.run([host.python, "-c", remote.REMOVE_TREES, *paths])
         self.result.stopped.append(host.name)
 

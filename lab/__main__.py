@@ -41,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
         path = lab.up(args.hosts, args.subnet)
         state = lab.load()
         for host in state.hosts.values():
-            print(f"{host.name}  {host.address}  ssh -i {lab.dir / 'id_ed25519'} -o UserKnownHostsFile={lab.dir / 'known_hosts'} root@{host.address}")
+            print(
+                f"{host.name}  {host.address}  ssh -i {lab.dir / 'id_ed25519'} "
+                f"-o UserKnownHostsFile={lab.dir / 'known_hosts'} root@{host.address}"
+            )
         print(path)
     elif args.verb == "down":
         lab.down()
@@ -68,7 +71,10 @@ def show_labs() -> int:
         print(f"lab {lab.name}  ({lab.load().subnet})  inventory: {lab.inventory_file}")
         for host in lab.describe():
             state = "running" if host["running"] else "stopped"
-            print(f"  {host['host']:<5} {host['address']:<16} {state:<8} underlay {host['underlay']:<5} pid {host['pid'] or '-'}")
+            print(
+                f"  {host['host']:<5} {host['address']:<16} {state:<8} underlay {host['underlay']:<5} pid "
+                f"{host['pid'] or '-'}"
+            )
     return 0
 
 

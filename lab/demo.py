@@ -44,10 +44,24 @@ def main() -> int:
                                               "-d", "--", "sleep", "3600"], inventory)
         step("… and one on h2, same network", [cantainer, "run", "--host", "h2", "-n", "10.0.0.0/24", "--name", "db",
                                                 "-d", "--", "sleep", "3600"], inventory)
-        step("inside web", [cantainer, "exec", "web", "--", "sh", "-c",
-                            "echo \"alpine $(cat /etc/alpine-release) on $(hostname)\"; ip -4 addr show eth0"], inventory)
-        step("web on h1 pings db on h2 over the VXLAN overlay", [cantainer, "exec", "web", "--", "ping", "-c", "3", "10.0.0.2"],
-             inventory)
+        step(
+            "inside web",
+            [
+                cantainer,
+                "exec",
+                "web",
+                "--",
+                "sh",
+                "-c",
+                'echo "alpine $(cat /etc/alpine-release) on $(hostname)"; ip -4 addr show eth0',
+            ],
+            inventory,
+        )
+        step(
+            "web on h1 pings db on h2 over the VXLAN overlay",
+            [cantainer, "exec", "web", "--", "ping", "-c", "3", "10.0.0.2"],
+            inventory,
+        )
         step("the cluster as the agents see it", [cantainer, "status", "-i", inventory])
     except LabError as error:
         console.print(f"[red]demo failed:[/] {error}")

@@ -70,7 +70,12 @@ class HostState:
 
     @classmethod
     def from_json(cls, data: dict) -> "HostState":
-        return cls(data["name"], data["address"], ProcessRef.from_json(data.get("init")), ProcessRef.from_json(data.get("pid1")))
+        return cls(
+            data["name"],
+            data["address"],
+            ProcessRef.from_json(data.get("init")),
+            ProcessRef.from_json(data.get("pid1")),
+        )
 
     def running(self) -> bool:
         return bool(self.pid1 and self.pid1.alive())
@@ -113,7 +118,9 @@ class Lab:
         try:
             data = json.loads(self.state_file.read_text())
         except FileNotFoundError:
-            raise LabError(f"lab {self.name!r} does not exist — create it with `python -m lab up --name {self.name}`") from None
+            raise LabError(
+                f"lab {self.name!r} does not exist — create it with `python -m lab up --name {self.name}`"
+            ) from None
         return LabState(data["name"], data["subnet"], {h["name"]: HostState.from_json(h) for h in data["hosts"]})
 
     def save(self, state: LabState) -> None:
@@ -150,9 +157,14 @@ class Lab:
         if self.exists():
             state = self.load()
             if subnet and ipaddress.ip_network(subnet, strict=False) != state.network:
-                raise LabError(f"lab {self.name!r} already uses {state.subnet} — run `python -m lab down --name {self.name}` first to change it")
+                raise LabError(
+                    f"lab {self.name!r} already uses {state.subnet} — run `python -m lab down --name "
+                    f"{self.name}` first to change it"
+                )
             if count < len(state.hosts):
-                raise LabError(f"lab {self.name!r} has {len(state.hosts)} hosts; shrinking is not supported — run down first")
+                raise LabError(
+                    f"lab {self.name!r} has {len(state.hosts)} hosts; shrinking is not supported — run down first"
+                )
             underlay.check_no_overlap(state.network, self.bridge)
         else:
             state = LabState(self.name, str(self._choose_subnet(subnet)))
@@ -263,7 +275,10 @@ class Lab:
                 refs += [ref for ref in map(ProcessRef.of, procs.pids_in_netns(inode)) if ref]
         leftovers = procs.kill_and_wait(refs)
         if leftovers:
-            raise LabError(f"processes {[r.pid for r in leftovers]} of lab {self.name!r} did not exit — check them, then run down again")
+            raise LabError(
+                f"processes {[r.pid for r in leftovers]} of lab {self.name!r} did not exit — check them, then "
+                f"run down again"
+            )
         underlay.delete_links(underlay.lab_links(self.name))
         for ns in underlay.lab_netns(self.name):
             underlay.remove_netns(ns)
@@ -314,11 +329,16 @@ class Lab:
         """Run `command` in the host's namespaces and cgroups, like a login there; return its exit code."""
         _, entry = self.host(host)
         if not entry.running():
-            raise LabError(f"host {host} of lab {self.name!r} is not running — start it with `python -m lab boot --name {self.name} {host}`")
+            raise LabError(
+                f"host {host} of lab {self.name!r} is not running — start it with `python -m lab boot --name "
+                f"{self.name} {host}`"
+            )
         argv = ["nsenter", "--target", str(entry.pid1.pid), "--mount", "--uts", "--ipc", "--net", "--pid",
                 "--cgroup", "--root", "--wd", "--", *command]
         cgroup = f"cantainer-lab/{self.name}-{host}"
-        return subprocess.run(argv, env={**os.environ, "HOME": "/root"}, preexec_fn=lambda: _join_cgroups(cgroup)).returncode
+        return subprocess.run(
+            argv, env={**os.environ, "HOME": "/root"}, preexec_fn=lambda: _join_cgroups(cgroup)
+        ).returncode
 
     def describe(self) -> list[dict]:
         state = self.load()
@@ -369,7 +389,10 @@ async def _wait_for_sshd(addresses: list[str]) -> None:
                 return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise LabError(f"sshd on {address} did not come up within {SSH_READY_TIMEOUT:.0f}s — see the host's console.log") from None
+                    raise LabError(
+                        f"sshd on {address} did not come up within {SSH_READY_TIMEOUT:.0f}s — see the host's "
+                        f"console.log"
+                    ) from None
                 await asyncio.sleep(0.01)
 
     await asyncio.gather(*(wait_one(address) for address in addresses))

@@ -50,14 +50,34 @@ def busybox_rootfs_bytes() -> bytes:
     applets = subprocess.run([str(BUSYBOX), "--list-full"], check=True, capture_output=True, text=True).stdout.split()
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for directory in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "root", "var", "run"):
+        for directory in (
+            "bin",
+            "sbin",
+            "usr",
+            "usr/bin",
+            "usr/sbin",
+            "etc",
+            "proc",
+            "sys",
+            "dev",
+            "tmp",
+            "root",
+            "var",
+            "run",
+        ):
             _add(tar, f"./{directory}", tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755)
         _add(tar, "./bin/busybox", tarfile.REGTYPE, 0o755, BUSYBOX.read_bytes())
         for applet in sorted(applets):
             if applet != "bin/busybox":
                 depth = applet.count("/")
                 _add(tar, f"./{applet}", tarfile.SYMTYPE, 0o777, link="../" * depth + "bin/busybox")
-        _add(tar, "./etc/passwd", tarfile.REGTYPE, 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+        _add(
+            tar,
+            "./etc/passwd",
+            tarfile.REGTYPE,
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        )
         _add(tar, "./etc/group", tarfile.REGTYPE, 0o644, b"root:x:0:\nnogroup:x:65534:\n")
     packed = io.BytesIO()
     with gzip.GzipFile(fileobj=packed, mode="wb", mtime=0) as gz:

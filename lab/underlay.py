@@ -103,7 +103,9 @@ def ensure_host_link(bridge: str, veth: str, ns: str, address: ipaddress.IPv4Int
     """veth pair: `veth` on the bridge in the machine's namespace, eth0 with `address` inside `ns`."""
     with IPRoute() as ipr:
         if not ipr.link_lookup(ifname=veth):
-            ipr.link("add", ifname=veth, kind="veth", mtu=mtu, peer={"ifname": HOST_IFNAME, "net_ns_fd": ns, "mtu": mtu})
+            ipr.link(
+                "add", ifname=veth, kind="veth", mtu=mtu, peer={"ifname": HOST_IFNAME, "net_ns_fd": ns, "mtu": mtu}
+            )
         index = ipr.link_lookup(ifname=veth)[0]
         ipr.link("set", index=index, master=ipr.link_lookup(ifname=bridge)[0], state="up")
     with IPRoute(netns=ns) as inside:

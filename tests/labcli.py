@@ -53,9 +53,9 @@ def status(inventory: Path) -> dict:
 
 
 def agent_pid(lab, host: str) -> int | None:
-    from cantainer import remote
+    from cantainer_agent import layout
 
-    result = host_exec(lab, host, "cat", remote.PID_FILE)
+    result = host_exec(lab, host, "cat", layout.PID_FILE)
     return int(result.stdout.split()[0]) if result.returncode == 0 and result.stdout.split() else None
 
 
@@ -97,9 +97,9 @@ print(json.dumps(out))
 
 def container_processes(lab, host: str) -> dict[str, dict]:
     """{container id: {pid, pid_start, alive}} for the containers started on `host` since it booted."""
-    from cantainer import remote
+    from cantainer_agent import layout
 
-    result = host_exec(lab, host, "python3", "-c", _CONTAINER_PROCESSES, f"{remote.RUN_DIR}/containers")
+    result = host_exec(lab, host, "python3", "-c", _CONTAINER_PROCESSES, f"{layout.RUN_DIR}/containers")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -117,11 +117,10 @@ print(sock.makefile("rb").readline().decode(), end="")
 def agent_call(lab, host: str, method: str, params: dict | None = None, timeout: float = 30):
     """Call the agent API on `host` from inside it (its unix socket), not over the network: works on
     a cut-off host too. Returns the protocol Response (`.ok`, `.result`, `.error.code/.message`)."""
-    from cantainer import remote
-    from cantainer_agent import protocol
+    from cantainer_agent import layout, protocol
 
     line = protocol.encode_request(1, method, params or {}).decode()
-    result = host_exec(lab, host, "python3", "-c", _AGENT_CALL, remote.SOCKET_PATH, line, str(timeout),
+    result = host_exec(lab, host, "python3", "-c", _AGENT_CALL, layout.SOCKET_PATH, line, str(timeout),
                        timeout=timeout + 15)
     assert result.returncode == 0, result.stderr
     return protocol.decode_response(result.stdout)
@@ -163,19 +162,24 @@ def cluster_snapshot(lab, inventory: Path) -> dict:
     known_hosts and secret of the lab."""
     import hashlib
 
-    from cantainer import remote
+    from cantainer_agent import layout
 
     def digest(path: Path) -> str | None:
         return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
     hosts = {}
     for host in lab.load().hosts:
-        pid_file = host_path(lab, host, remote.PID_FILE)
+        pid_file = host_path(lab, host, layout.PID_FILE)
         hosts[host] = {"agent_pid": pid_file.read_text().split()[0] if pid_file.exists() else None,
-                       "config": digest(host_path(lab, host, remote.CONFIG_FILE)),
-                       "secret": digest(host_path(lab, host, remote.SECRET_FILE))}
-    return {"containers": ps(inventory), "networks": json.loads(ok(cli(inventory, "network", "ls", "--json"))),
-            "hosts": hosts, "known_hosts": digest(lab.dir / "known_hosts"), "secret": digest(lab.dir / "cluster.secret")}
+                       "config": digest(host_path(lab, host, layout.CONFIG_FILE)),
+                       "secret": digest(host_path(lab, host, layout.SECRET_FILE))}
+    return {
+        "containers": ps(inventory),
+        "networks": json.loads(ok(cli(inventory, "network", "ls", "--json"))),
+        "hosts": hosts,
+        "known_hosts": digest(lab.dir / "known_hosts"),
+        "secret": digest(lab.dir / "cluster.secret"),
+    }
 
 
 _AGENT_RAW = r"""
@@ -194,10 +198,9 @@ def agent_raw(lab, host: str, data: bytes, filler: int = 0, tail: bytes = b"", t
     to the agent's unix socket on `host`, from inside it; return the protocol Response to them."""
     import base64
 
-    from cantainer import remote
-    from cantainer_agent import protocol
+    from cantainer_agent import layout, protocol
 
-    result = host_exec(lab, host, "python3", "-c", _AGENT_RAW, remote.SOCKET_PATH, base64.b64encode(data).decode(),
+    result = host_exec(lab, host, "python3", "-c", _AGENT_RAW, layout.SOCKET_PATH, base64.b64encode(data).decode(),
                        str(filler), base64.b64encode(tail).decode(), str(timeout), timeout=timeout + 15)
     assert result.returncode == 0, result.stderr
     return protocol.decode_response(result.stdout)

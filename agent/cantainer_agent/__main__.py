@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__
+from . import __version__, layout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     attach.add_argument("id")
     teardown = sub.add_parser("teardown", help="remove this host's containers and overlay devices (agent stopped)")
     for tool in (logs, execute, attach, teardown):
-        tool.add_argument("--config", default="/etc/cantainer/agent.json")
+        tool.add_argument("--config", default=layout.CONFIG_FILE)
     args = parser.parse_args(argv)
     if args.command in ("logs", "exec", "attach", "teardown"):
         from .tools import main as tool_main
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from .config import ConfigError, load_config
-    from .daemon import run_daemon, run_foreground
+    from .daemon.process import run_daemon, run_foreground
 
     try:
         cfg = load_config(args.config)

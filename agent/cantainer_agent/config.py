@@ -1,6 +1,6 @@
 """Agent configuration: a JSON file written by the workstation (mode 0600) -> frozen dataclass.
 
-Keys (unknown keys are rejected so typos surface)::
+Keys (unknown keys are rejected so typos surface; defaults come from ``layout.py``)::
 
     cluster             str   required  cluster name
     node                str   required  this host's node name
@@ -31,28 +31,31 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
+from . import layout
+from .errors import AgentError
+from .netaddr import split_hostport
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
 MIN_SECRET_BYTES = 16
 
 DEFAULTS: dict[str, Any] = {
-    "raft_port": 7480,
-    "join_port": 7481,
+    "raft_port": layout.RAFT_PORT,
+    "join_port": layout.JOIN_PORT,
     "seeds": [],
     "bootstrap": False,
-    "data_dir": "/var/lib/cantainer",
-    "run_dir": "/run/cantainer",
-    "log_dir": "/var/log/cantainer",
-    "voters": 3,
+    "data_dir": layout.DATA_DIR,
+    "run_dir": layout.RUN_DIR,
+    "log_dir": layout.LOG_DIR,
+    "voters": layout.VOTERS,
     "bundle": "",
-    "heartbeat_interval": 2.0,
-    "vxlan_port": 4789,
+    "heartbeat_interval": layout.HEARTBEAT_INTERVAL,
+    "vxlan_port": layout.VXLAN_PORT,
 }
 REQUIRED = ("cluster", "node", "address", "secret_file")
 KNOWN_KEYS = frozenset(REQUIRED) | frozenset(DEFAULTS)
 
 
-class ConfigError(ValueError):
+class ConfigError(AgentError, ValueError):
     """Invalid or unusable agent configuration (one clear line)."""
 
 
@@ -62,17 +65,17 @@ class AgentConfig:
     node: str
     address: str
     secret_file: str
-    raft_port: int = 7480
-    join_port: int = 7481
+    raft_port: int = layout.RAFT_PORT
+    join_port: int = layout.JOIN_PORT
     seeds: tuple[str, ...] = ()
     bootstrap: bool = False
-    data_dir: str = "/var/lib/cantainer"
-    run_dir: str = "/run/cantainer"
-    log_dir: str = "/var/log/cantainer"
-    voters: int = 3
+    data_dir: str = layout.DATA_DIR
+    run_dir: str = layout.RUN_DIR
+    log_dir: str = layout.LOG_DIR
+    voters: int = layout.VOTERS
     bundle: str = ""
-    heartbeat_interval: float = 2.0
-    vxlan_port: int = 4789
+    heartbeat_interval: float = layout.HEARTBEAT_INTERVAL
+    vxlan_port: int = layout.VXLAN_PORT
 
     @property
     def raft_addr(self) -> str:
@@ -84,15 +87,15 @@ class AgentConfig:
 
     @property
     def socket_path(self) -> str:
-        return os.path.join(self.run_dir, "agent.sock")
+        return os.path.join(self.run_dir, layout.SOCKET_NAME)
 
     @property
     def pid_file(self) -> str:
-        return os.path.join(self.run_dir, "agent.pid")
+        return os.path.join(self.run_dir, layout.PID_NAME)
 
     @property
     def log_file(self) -> str:
-        return os.path.join(self.log_dir, "agent.log")
+        return os.path.join(self.log_dir, layout.LOG_NAME)
 
 
 def _port(where: str, key: str, value: Any) -> int:
@@ -107,28 +110,15 @@ def _abs_path(where: str, key: str, value: Any) -> str:
     return os.path.normpath(value)
 
 
-def split_hostport(value: str) -> tuple[str, int]:
-    """Split ``"host:port"``; raises ValueError with a readable message."""
-    if not isinstance(value, str) or ":" not in value:
-        raise ValueError(f"{value!r} is not of the form host:port")
-    host, _, port_s = value.rpartition(":")
-    if not host or not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
-        raise ValueError(f"{value!r} is not of the form host:port (port 1..65535)")
-    if not HOST_RE.match(host):
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise ValueError(f"{value!r} has an invalid host {host!r}") from None
-    return host, int(port_s)
-
-
 def parse_config(data: Any, where: str = "config", check_files: bool = True) -> AgentConfig:
     """Validate a decoded JSON object. With *check_files*, the secret file is checked too."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: top level must be a JSON object")
     unknown = sorted(set(data) - KNOWN_KEYS)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(KNOWN_KEYS))}")
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(KNOWN_KEYS))}"
+        )
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise ConfigError(f"{where}: missing required key(s) {', '.join(map(repr, missing))}")
@@ -232,7 +222,9 @@ def check_secret_file(path: str) -> None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise ConfigError(f"secret file {path} does not exist: the agent refuses to start without a cluster secret") from None
+        raise ConfigError(
+            f"secret file {path} does not exist: the agent refuses to start without a cluster secret"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"secret file {path}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
@@ -253,7 +245,9 @@ def read_secret(path: str) -> bytes:
     except OSError as exc:
         raise ConfigError(f"secret file {path}: {exc.strerror}") from None
     if len(secret) < MIN_SECRET_BYTES:
-        raise ConfigError(f"secret file {path} holds fewer than {MIN_SECRET_BYTES} bytes: refusing a weak cluster secret")
+        raise ConfigError(
+            f"secret file {path} holds fewer than {MIN_SECRET_BYTES} bytes: refusing a weak cluster secret"
+        )
     if len(secret) > 4096:
         raise ConfigError(f"secret file {path} is larger than 4096 bytes")
     return secret

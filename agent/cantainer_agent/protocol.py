@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from .errors import AgentError
+
 PROTOCOL_VERSION = 1
 MAX_LINE = 1024 * 1024  # bytes, including the trailing newline
 
@@ -37,14 +39,24 @@ INTERNAL = "internal"
 REJECTED = "rejected"  # the request was understood but refused (bad CIDR, duplicate name, …)
 NOT_FOUND = "not_found"
 ERROR_CODES = frozenset(
-    {REJECTED, NOT_FOUND, BAD_REQUEST, UNSUPPORTED_VERSION, UNKNOWN_METHOD, TOO_LARGE, NOT_LEADER, UNAVAILABLE, INTERNAL}
+    {
+        REJECTED,
+        NOT_FOUND,
+        BAD_REQUEST,
+        UNSUPPORTED_VERSION,
+        UNKNOWN_METHOD,
+        TOO_LARGE,
+        NOT_LEADER,
+        UNAVAILABLE,
+        INTERNAL,
+    }
 )
 
 _METHOD_RE = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 _MAX_ID = 2**53  # JSON-safe integer range
 
 
-class ProtocolError(Exception):
+class ProtocolError(AgentError):
     """An error that travels on the wire as ``{"code": ..., "message": ...}``."""
 
     def __init__(self, code: str, message: str):

@@ -14,16 +14,17 @@ import termios
 import time
 import tty
 
+from . import layout
 from .config import ConfigError, load_config
 from .runtime import ContainerError, Runtime
 
-DEFAULT_CONFIG = "/etc/cantainer/agent.json"
+DEFAULT_CONFIG = layout.CONFIG_FILE
 FOLLOW_INTERVAL = 0.1
 
 
 def open_runtime(config_path: str) -> Runtime:
     cfg = load_config(config_path)
-    return Runtime(state_dir=os.path.join(cfg.data_dir, "containers"), run_dir=os.path.join(cfg.run_dir, "containers"))
+    return Runtime(state_dir=layout.containers_state_dir(cfg.data_dir), run_dir=layout.containers_run_dir(cfg.run_dir))
 
 
 def logs(runtime: Runtime, container_id: str, follow: bool, exit_code: bool) -> int:
@@ -52,7 +53,7 @@ def logs(runtime: Runtime, container_id: str, follow: bool, exit_code: bool) -> 
 
 
 def _winsize_frame(fd: int) -> bytes | None:
-    from .runtime.shim import encode_winsize
+    from .runtime.attach import encode_winsize
 
     try:
         size = os.get_terminal_size(fd)
@@ -68,7 +69,7 @@ def attach(runtime: Runtime, container_id: str) -> int:
     and ^D reach the container's own terminal as bytes). Window size is sent at once and on
     SIGWINCH. Output ends when the container's output ends; the exit code comes from exit.json.
     """
-    from .runtime.shim import FRAME_DATA, FRAME_EOF, encode_frame
+    from .runtime.attach import FRAME_DATA, FRAME_EOF, encode_frame
 
     info = runtime.inspect(container_id)
     sock = runtime.attach(container_id)
@@ -128,12 +129,12 @@ def teardown(runtime: Runtime) -> int:
     """Remove every container of this host and every overlay device (for `cantainer down`).
 
     Run only after the agent has stopped, or it would start reconciling them back."""
-    from .overlay import DesiredHost, OverlayReconciler
+    from .overlay import DesiredHost, KernelGuard, OverlayReconciler
 
     for info in runtime.list():
         runtime.remove(info.id, force=True)
     nothing = DesiredHost.build("teardown", "127.0.0.1", 1500, [], [])
-    OverlayReconciler(lambda: nothing).reconcile()
+    OverlayReconciler(lambda _observed: nothing, KernelGuard()).reconcile()
     return 0
 
 

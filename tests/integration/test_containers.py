@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cantainer import remote
+from cantainer_agent import layout
 from tests.labcli import cli, host_exec, ok, one_line_error, ps
 
 pytestmark = pytest.mark.lab
@@ -116,7 +116,7 @@ def test_stop_then_rm_frees_the_address_and_the_next_run_reuses_it(cluster, web)
 def test_logs_are_kept_and_survive_an_agent_kill(lab, cluster):
     ok(cli(cluster, "run", "--host", "h3", "-n", "10.2.0.0/24", "--name", "talker", "-d", "--",
            "sh", "-c", "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done"))
-    pid = host_exec(lab, "h3", "cat", remote.PID_FILE).stdout.split()[0]
+    pid = host_exec(lab, "h3", "cat", layout.PID_FILE).stdout.split()[0]
     assert host_exec(lab, "h3", "kill", "-9", pid).returncode == 0
     time.sleep(1.0)  # the container keeps logging while no agent runs
     ok(cli(cluster, "up", str(cluster)))
@@ -168,7 +168,7 @@ def test_agent_restart_leaves_correct_entries_untouched(lab, cluster, web):
     before_link = host_exec(lab, "h1", "ip", "-o", "link", "show", "cvx-4096").stdout.split(":")[0]
     before = fdb(lab, "h1")
     assert "02:42:0a:00:00:02" in before  # c2's MAC -> h2
-    pid = host_exec(lab, "h1", "cat", remote.PID_FILE).stdout.split()[0]
+    pid = host_exec(lab, "h1", "cat", layout.PID_FILE).stdout.split()[0]
     host_exec(lab, "h1", "kill", "-9", pid)
     ok(cli(cluster, "up", str(cluster)))
     time.sleep(1)
@@ -181,7 +181,7 @@ def test_containers_keep_talking_while_every_agent_is_down(lab, cluster, web):
            "ping", "-i", "0.2", "-c", "25", web["c2"]))
     time.sleep(1.0)
     for host in ("h1", "h2", "h3"):
-        pid = host_exec(lab, host, "cat", remote.PID_FILE).stdout.split()[0]
+        pid = host_exec(lab, host, "cat", layout.PID_FILE).stdout.split()[0]
         assert host_exec(lab, host, "kill", "-9", pid).returncode == 0
     time.sleep(2.5)  # no agent anywhere while the pings flow
     for host in ("h1", "h2", "h3"):
@@ -250,8 +250,10 @@ def test_tarball_with_traversal_and_escaping_symlink_is_refused(lab, cluster, tm
     tarball.write_bytes(gzip.compress(raw.getvalue()))
     sha = hashlib.sha256(tarball.read_bytes()).hexdigest()
     inventory = write_inventory_with_image(lab, tmp_path, "evil", tarball, sha)
-    line = one_line_error(cli(inventory, "run", "--host", "h1", "-n", "10.9.0.0/24", "--image", "evil", "-d", "--", "true"),
-                          "image refused")
+    line = one_line_error(
+        cli(inventory, "run", "--host", "h1", "-n", "10.9.0.0/24", "--image", "evil", "-d", "--", "true"),
+        "image refused",
+    )
     assert "evil" not in ps(cluster)
     assert host_exec(lab, "h1", "test", "-e", "/var/lib/evil").returncode != 0, line
 

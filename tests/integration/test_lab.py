@@ -5,10 +5,10 @@ import asyncio
 import os
 import subprocess
 import sys
-import tomllib
 
 import asyncssh
 import pytest
+import tomllib
 
 from lab import underlay
 from lab.lab import Lab, LabError

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cantainer import remote
+from cantainer_agent import layout
 from tests.labcli import CANTAINER, agent_pid, cantainer, host_exec, status
 
 pytestmark = pytest.mark.lab
@@ -70,10 +71,10 @@ def test_killed_agent_is_restarted_and_rejoins_on_up(lab, cluster):
 def test_systemd_unit_verifies(tmp_path):
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze is not installed")
-    unit = tmp_path / remote.UNIT_NAME
+    unit = tmp_path / layout.UNIT_NAME
     unit.write_text(remote.systemd_unit("/usr/bin/python3", "ab" * 32, "prod"))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
-    problems = [line for line in result.stderr.splitlines() if remote.UNIT_NAME in line and "ExecStart" not in line]
+    problems = [line for line in result.stderr.splitlines() if layout.UNIT_NAME in line and "ExecStart" not in line]
     assert problems == [], result.stderr
     assert "Restart=always" in unit.read_text() and "KillMode=process" in unit.read_text()
 
@@ -131,7 +132,9 @@ def test_accept_new_records_unknown_host_keys(lab, cluster, tmp_path):
     inventory = variant(lab, tmp_path, {str(lab.dir / "known_hosts"): str(empty)},)
     strict = cantainer("up", str(inventory))
     assert strict.returncode == 1 and "is unknown" in strict.stdout
-    inventory.write_text(inventory.read_text().replace("[defaults]\n", '[defaults]\nhost_key_checking = "accept-new"\n', 1))
+    inventory.write_text(
+        inventory.read_text().replace("[defaults]\n", '[defaults]\nhost_key_checking = "accept-new"\n', 1)
+    )
     assert cantainer("up", str(inventory)).returncode == 0
     assert len(empty.read_text().splitlines()) == 3
 
@@ -200,11 +203,11 @@ def test_down_stops_agents_and_purge_removes_state(lab, cluster):
     assert result.returncode == 0, result.stdout + result.stderr
     for host in ("h1", "h2", "h3"):
         assert agent_pid(lab, host) is None
-        assert host_exec(lab, host, "test", "-e", remote.MEMBERS_FILE).returncode == 0  # state kept
+        assert host_exec(lab, host, "test", "-e", layout.MEMBERS_FILE).returncode == 0  # state kept
     # up resumes the same cluster from its state
     assert cantainer("up", str(cluster)).returncode == 0
     assert len([n for n in status(cluster)["nodes"] if n["state"] == "up"]) == 3
     assert cantainer("down", "--purge", "-i", str(cluster)).returncode == 0
     for host in ("h1", "h2", "h3"):
-        assert host_exec(lab, host, "test", "-e", remote.MEMBERS_FILE).returncode != 0
-        assert host_exec(lab, host, "test", "-e", remote.CONFIG_FILE).returncode != 0
+        assert host_exec(lab, host, "test", "-e", layout.MEMBERS_FILE).returncode != 0
+        assert host_exec(lab, host, "test", "-e", layout.CONFIG_FILE).returncode != 0

@@ -1,4 +1,4 @@
-"""Bad input (issue 7, item 3): every mistake a user can make is answered with one clear line —
+"""Bad input: every mistake a user can make is answered with one clear line —
 what is wrong, where, how to fix it — a non-zero exit, no traceback, and nothing changed.
 
 All cases run end to end against one lab cluster: the real CLI as a subprocess, the real agents.
@@ -70,23 +70,49 @@ def first_address(text: str) -> str:
 INVENTORY_CASES = [
     pytest.param(None, ["no such inventory file", "-i PATH"], id="inventory: missing file"),
     pytest.param(lambda text: "", ["the file is empty"], id="inventory: empty file"),
-    pytest.param(lambda text: text + "\n[[hosts]\n", ["invalid TOML", "fix the TOML syntax"], id="inventory: invalid TOML"),
-    pytest.param(lambda text: text.replace("[cluster]\n", '[cluster]\ncolour = "red"\n', 1), ["colour", "unknown key"],
-                 id="inventory: unknown key"),
-    pytest.param(lambda text: add_host(text, "h1", "198.18.0.250"), ['"h1" is already the name of hosts[0]', "unique"],
-                 id="inventory: duplicate host name"),
-    pytest.param(lambda text: add_host(text, "h4", first_address(text)), ["is already used by", "h1"],
-                 id="inventory: duplicate host address"),
-    pytest.param(lambda text: add_host(text, "h4", None), ["address", "missing", "add address ="],
-                 id="inventory: host without address"),
-    pytest.param(lambda text: add_host(text, "h4", "not a host!"), ["not a valid IP address or DNS name"],
-                 id="inventory: address that is neither IP nor DNS name"),
-    pytest.param(lambda text: text.replace("[defaults]\n", "[defaults]\nport = 70000\n", 1),
-                 ["port", "70000 is not a valid port", "1 to 65535"], id="inventory: port 70000"),
-    pytest.param(lambda text: text.replace("[defaults]\n", 'port = "22"\n[defaults]\n', 1), ["port"],
-                 id="inventory: key outside any table"),
-    pytest.param(lambda text: text.replace("[defaults]\n", '[defaults]\nhost_key_checking = "off"\n', 1),
-                 ["host_key_checking", "strict", "accept-new"], id="inventory: host key checking turned off"),
+    pytest.param(
+        lambda text: text + "\n[[hosts]\n", ["invalid TOML", "fix the TOML syntax"], id="inventory: invalid TOML"
+    ),
+    pytest.param(
+        lambda text: text.replace("[cluster]\n", '[cluster]\ncolour = "red"\n', 1),
+        ["colour", "unknown key"],
+        id="inventory: unknown key",
+    ),
+    pytest.param(
+        lambda text: add_host(text, "h1", "198.18.0.250"),
+        ['"h1" is already the name of hosts[0]', "unique"],
+        id="inventory: duplicate host name",
+    ),
+    pytest.param(
+        lambda text: add_host(text, "h4", first_address(text)),
+        ["is already used by", "h1"],
+        id="inventory: duplicate host address",
+    ),
+    pytest.param(
+        lambda text: add_host(text, "h4", None),
+        ["address", "missing", "add address ="],
+        id="inventory: host without address",
+    ),
+    pytest.param(
+        lambda text: add_host(text, "h4", "not a host!"),
+        ["not a valid IP address or DNS name"],
+        id="inventory: address that is neither IP nor DNS name",
+    ),
+    pytest.param(
+        lambda text: text.replace("[defaults]\n", "[defaults]\nport = 70000\n", 1),
+        ["port", "70000 is not a valid port", "1 to 65535"],
+        id="inventory: port 70000",
+    ),
+    pytest.param(
+        lambda text: text.replace("[defaults]\n", 'port = "22"\n[defaults]\n', 1),
+        ["port"],
+        id="inventory: key outside any table",
+    ),
+    pytest.param(
+        lambda text: text.replace("[defaults]\n", '[defaults]\nhost_key_checking = "off"\n', 1),
+        ["host_key_checking", "strict", "accept-new"],
+        id="inventory: host key checking turned off",
+    ),
     pytest.param("missing-key", ["identity_file", "does not exist"], id="inventory: identity file missing"),
 ]
 
@@ -114,35 +140,71 @@ def run(*options: str) -> list[str]:
 
 NAME_HINT = "1-63 lowercase letters, digits and hyphens"
 CLI_CASES = [
-    pytest.param(["run", "--host", "h9", "-n", FREE, "-d", "--", "true"], ['unknown host "h9"', "known hosts: h1, h2, h3"],
-                 id="run: unknown host"),
-    pytest.param(["run", "--host", "h1", "-n", "garbage", "-d", "--", "true"], ["'garbage' is not a valid CIDR",
-                                                                               "like 10.0.0.0/24"], id="run: CIDR garbage"),
-    pytest.param(["run", "--host", "h1", "-n", "10.79.0.0/33", "-d", "--", "true"], ["not a valid CIDR"],
-                 id="run: CIDR /33"),
-    pytest.param(["run", "--host", "h1", "-n", "10.79.0.1/24", "-d", "--", "true"],
-                 ["host bits set", "did you mean 10.79.0.0/24"], id="run: CIDR with host bits set"),
-    pytest.param(["run", "--host", "h1", "-n", "10.79.0.0/32", "-d", "--", "true"], ["too small", "/30 or shorter"],
-                 id="run: CIDR /32"),
-    pytest.param(["run", "--host", "h1", "-n", "10.0.0.0/7", "-d", "--", "true"], ["too large", "/8 or longer"],
-                 id="run: CIDR /7"),
-    pytest.param(["run", "--host", "h1", "-n", "10.79.0.0", "-d", "--", "true"], ["no prefix length"],
-                 id="run: CIDR without prefix length"),
-    pytest.param(["run", "--host", "h1", "-n", "fd00::/64", "-d", "--", "true"], ["IPv6", "only IPv4"],
-                 id="run: IPv6 network"),
-    pytest.param(["run", "--host", "h1", "-n", "224.1.0.0/24", "-d", "--", "true"], ["multicast", "private range"],
-                 id="run: multicast network"),
-    pytest.param(["run", "--host", "h1", "-n", "127.0.0.0/24", "-d", "--", "true"], ["loopback", "private range"],
-                 id="run: loopback network"),
-    pytest.param(["run", "--host", "h1", "-n", "10.70.0.0/16", "-d", "--", "true"], [f"overlaps existing network {USED}"],
-                 id="run: CIDR overlapping an existing network"),
-    pytest.param(["run", "--host", "h3", "-n", FULL, "-d", "--", "true"], [f"network {FULL} is full", "larger network"],
-                 id="run: exhausted network"),
+    pytest.param(
+        ["run", "--host", "h9", "-n", FREE, "-d", "--", "true"],
+        ['unknown host "h9"', "known hosts: h1, h2, h3"],
+        id="run: unknown host",
+    ),
+    pytest.param(
+        ["run", "--host", "h1", "-n", "garbage", "-d", "--", "true"],
+        ["'garbage' is not a valid CIDR", "like 10.0.0.0/24"],
+        id="run: CIDR garbage",
+    ),
+    pytest.param(
+        ["run", "--host", "h1", "-n", "10.79.0.0/33", "-d", "--", "true"], ["not a valid CIDR"], id="run: CIDR /33"
+    ),
+    pytest.param(
+        ["run", "--host", "h1", "-n", "10.79.0.1/24", "-d", "--", "true"],
+        ["host bits set", "did you mean 10.79.0.0/24"],
+        id="run: CIDR with host bits set",
+    ),
+    pytest.param(
+        ["run", "--host", "h1", "-n", "10.79.0.0/32", "-d", "--", "true"],
+        ["too small", "/30 or shorter"],
+        id="run: CIDR /32",
+    ),
+    pytest.param(
+        ["run", "--host", "h1", "-n", "10.0.0.0/7", "-d", "--", "true"],
+        ["too large", "/8 or longer"],
+        id="run: CIDR /7",
+    ),
+    pytest.param(
+        ["run", "--host", "h1", "-n", "10.79.0.0", "-d", "--", "true"],
+        ["no prefix length"],
+        id="run: CIDR without prefix length",
+    ),
+    pytest.param(
+        ["run", "--host", "h1", "-n", "fd00::/64", "-d", "--", "true"], ["IPv6", "only IPv4"], id="run: IPv6 network"
+    ),
+    pytest.param(
+        ["run", "--host", "h1", "-n", "224.1.0.0/24", "-d", "--", "true"],
+        ["multicast", "private range"],
+        id="run: multicast network",
+    ),
+    pytest.param(
+        ["run", "--host", "h1", "-n", "127.0.0.0/24", "-d", "--", "true"],
+        ["loopback", "private range"],
+        id="run: loopback network",
+    ),
+    pytest.param(
+        ["run", "--host", "h1", "-n", "10.70.0.0/16", "-d", "--", "true"],
+        [f"overlaps existing network {USED}"],
+        id="run: CIDR overlapping an existing network",
+    ),
+    pytest.param(
+        ["run", "--host", "h3", "-n", FULL, "-d", "--", "true"],
+        [f"network {FULL} is full", "larger network"],
+        id="run: exhausted network",
+    ),
     pytest.param(run("--image", "ubuntu"), ["unknown image 'ubuntu'", "[images.ubuntu]"], id="run: unknown image"),
-    pytest.param(run("--image", "fake"), ["sha256 mismatch", "fix the path or the sha256"],
-                 id="run: image sha256 mismatch"),
-    pytest.param(run("--name", "base"), ["container name 'base' is already in use", "pick another name"],
-                 id="run: duplicate container name"),
+    pytest.param(
+        run("--image", "fake"), ["sha256 mismatch", "fix the path or the sha256"], id="run: image sha256 mismatch"
+    ),
+    pytest.param(
+        run("--name", "base"),
+        ["container name 'base' is already in use", "pick another name"],
+        id="run: duplicate container name",
+    ),
     pytest.param(run("--name", "two words"), ["'two words' is invalid", NAME_HINT], id="run: name with a space"),
     pytest.param(run("--name", f"a;touch {MARKER}"), ["is invalid", NAME_HINT], id="run: name with ;"),
     pytest.param(run("--name", f"$(touch {MARKER})"), ["is invalid", NAME_HINT], id="run: name with $(...)"),
@@ -150,21 +212,37 @@ CLI_CASES = [
     pytest.param(run("--name", "../../etc"), ["'../../etc' is invalid", NAME_HINT], id="run: name with ../"),
     pytest.param(run("--name", "x" * 64), ["is invalid", NAME_HINT], id="run: name of 64 characters"),
     pytest.param(run("--name", "Web"), ["'Web' is invalid", NAME_HINT], id="run: name with uppercase"),
-    pytest.param(run("-e", "NOEQUALS"), ["-e 'NOEQUALS' is not KEY=VALUE", "GREETING=hello"],
-                 id="run: environment variable without ="),
-    pytest.param(run("-e", "A B=1"), ["environment variable name 'A B' is invalid"], id="run: environment name with a space"),
+    pytest.param(
+        run("-e", "NOEQUALS"),
+        ["-e 'NOEQUALS' is not KEY=VALUE", "GREETING=hello"],
+        id="run: environment variable without =",
+    ),
+    pytest.param(
+        run("-e", "A B=1"), ["environment variable name 'A B' is invalid"], id="run: environment name with a space"
+    ),
     pytest.param(run("--memory", "lots"), ["--memory 'lots' is not a size", "256m"], id="run: memory not a size"),
     pytest.param(run("--memory", "1k"), ["too small", "at least 4m"], id="run: memory 1k"),
     pytest.param(run("--cpus", "nan"), ["--cpus", "'nan' is not a finite number"], id="run: --cpus nan"),
     pytest.param(run("--pids", "0"), ["--pids must be positive"], id="run: --pids 0"),
-    pytest.param(run("-w", "relative/dir"), ["workdir 'relative/dir' must be an absolute path"], id="run: relative workdir"),
-    pytest.param(["run", "--host", "h1", "-n", FREE, "-d", "--", "/no/such/program"],
-                 ["/no/such/program: executable file not found"], id="run: command not in the image"),
-    pytest.param(["run", "--host", "h1", "-n", FREE, "-d", "-t", "--", "sh"], ["-d cannot be combined with -i/-t"],
-                 id="run: -d with -t"),
+    pytest.param(
+        run("-w", "relative/dir"), ["workdir 'relative/dir' must be an absolute path"], id="run: relative workdir"
+    ),
+    pytest.param(
+        ["run", "--host", "h1", "-n", FREE, "-d", "--", "/no/such/program"],
+        ["/no/such/program: executable file not found"],
+        id="run: command not in the image",
+    ),
+    pytest.param(
+        ["run", "--host", "h1", "-n", FREE, "-d", "-t", "--", "sh"],
+        ["-d cannot be combined with -i/-t"],
+        id="run: -d with -t",
+    ),
     pytest.param(["run", "-n", FREE, "--", "true"], ["--host", "required"], id="run: --host missing"),
-    pytest.param(["exec", "nosuch", "--", "true"], ["no container named 'nosuch'", "cantainer ps -a"],
-                 id="exec: unknown container"),
+    pytest.param(
+        ["exec", "nosuch", "--", "true"],
+        ["no container named 'nosuch'", "cantainer ps -a"],
+        id="exec: unknown container",
+    ),
     pytest.param(["exec", "base"], ["no command given", "after --"], id="exec: no command"),
     pytest.param(["logs", "nosuch"], ["no container named 'nosuch'"], id="logs: unknown container"),
     pytest.param(["rm", "nosuch"], ["no container named 'nosuch'"], id="rm: unknown container"),
@@ -173,10 +251,16 @@ CLI_CASES = [
     pytest.param(["stop", "base", "--time", "nan"], ["--time", "'nan' is not a finite number"], id="stop: --time nan"),
     pytest.param(["stop", "base", "--time", "-1"], ["--time -1 is out of range", "0 to 3600"], id="stop: --time -1"),
     pytest.param(["network", "create", "nonsense"], ["'nonsense' is not a valid CIDR"], id="network create: garbage"),
-    pytest.param(["network", "rm", "10.78.0.0/24"], ["network 10.78.0.0/24 does not exist", "network ls"],
-                 id="network rm: unknown network"),
-    pytest.param(["network", "rm", USED], ["still has 1 container(s) attached (base)", "remove them first"],
-                 id="network rm: network in use"),
+    pytest.param(
+        ["network", "rm", "10.78.0.0/24"],
+        ["network 10.78.0.0/24 does not exist", "network ls"],
+        id="network rm: unknown network",
+    ),
+    pytest.param(
+        ["network", "rm", USED],
+        ["still has 1 container(s) attached (base)", "remove them first"],
+        id="network rm: network in use",
+    ),
     pytest.param(["frobnicate"], ["invalid choice: 'frobnicate'", "--help"], id="cli: unknown subcommand"),
     pytest.param(["ps", "--frob"], ["unrecognized arguments: --frob", "--help"], id="cli: unknown flag"),
 ]
@@ -208,25 +292,62 @@ def test_no_inventory_given(lab, world, measured):
 # -- agent API: raw lines on the agent's unix socket ------------------------------------------------------
 API_CASES = [
     pytest.param(b"not json\n", 0, protocol.BAD_REQUEST, "malformed JSON", id="agent API: malformed JSON"),
-    pytest.param(b'{"v":1,"id":1,"method":"status"\n', 0, protocol.BAD_REQUEST, "malformed JSON",
-                 id="agent API: truncated JSON"),
+    pytest.param(
+        b'{"v":1,"id":1,"method":"status"\n', 0, protocol.BAD_REQUEST, "malformed JSON", id="agent API: truncated JSON"
+    ),
     pytest.param(b"\xff\xfe\n", 0, protocol.BAD_REQUEST, "not valid UTF-8", id="agent API: bytes that are not UTF-8"),
-    pytest.param(b"[1, 2]\n", 0, protocol.BAD_REQUEST, "must be a JSON object", id="agent API: JSON that is not an object"),
-    pytest.param(b'{"v":1,"id":1,"method":"frobnicate"}\n', 0, protocol.UNKNOWN_METHOD, "unknown method 'frobnicate'",
-                 id="agent API: unknown method"),
-    pytest.param(b'{"v":9,"id":1,"method":"status"}\n', 0, protocol.UNSUPPORTED_VERSION, "cantainer up",
-                 id="agent API: unsupported protocol version"),
-    pytest.param(b'{"v":1,"id":1,"method":"hello","params":[1]}\n', 0, protocol.BAD_REQUEST, "params",
-                 id="agent API: params not an object"),
-    pytest.param(b'{"v":1,"id":1,"method":"container.stop","params":{"name":"base","timeout":"soon"}}\n', 0,
-                 protocol.REJECTED, "stop timeout 'soon'", id="agent API: parameter of the wrong type"),
-    pytest.param(b'{"v":1,"id":1,"method":"container.rm","params":{"name":"../../etc"}}\n', 0, protocol.REJECTED,
-                 "is invalid", id="agent API: container name with ../"),
-    pytest.param(b'{"v":1,"id":1,"method":"image.import","params":{"sha256":"' + b"0" * 64 + b'","path":"/etc/passwd"}}\n',
-                 0, protocol.REJECTED, "imported from /var/lib/cantainer/images/incoming only",
-                 id="agent API: image import from outside the incoming directory"),
-    pytest.param(b'{"v":1,"id":1,"method":"status","params":{"pad":"', protocol.MAX_LINE, protocol.TOO_LARGE,
-                 "exceeds", id="agent API: oversized request (1 MiB)"),
+    pytest.param(
+        b"[1, 2]\n", 0, protocol.BAD_REQUEST, "must be a JSON object", id="agent API: JSON that is not an object"
+    ),
+    pytest.param(
+        b'{"v":1,"id":1,"method":"frobnicate"}\n',
+        0,
+        protocol.UNKNOWN_METHOD,
+        "unknown method 'frobnicate'",
+        id="agent API: unknown method",
+    ),
+    pytest.param(
+        b'{"v":9,"id":1,"method":"status"}\n',
+        0,
+        protocol.UNSUPPORTED_VERSION,
+        "cantainer up",
+        id="agent API: unsupported protocol version",
+    ),
+    pytest.param(
+        b'{"v":1,"id":1,"method":"hello","params":[1]}\n',
+        0,
+        protocol.BAD_REQUEST,
+        "params",
+        id="agent API: params not an object",
+    ),
+    pytest.param(
+        b'{"v":1,"id":1,"method":"container.stop","params":{"name":"base","timeout":"soon"}}\n',
+        0,
+        protocol.REJECTED,
+        "stop timeout 'soon'",
+        id="agent API: parameter of the wrong type",
+    ),
+    pytest.param(
+        b'{"v":1,"id":1,"method":"container.rm","params":{"name":"../../etc"}}\n',
+        0,
+        protocol.REJECTED,
+        "is invalid",
+        id="agent API: container name with ../",
+    ),
+    pytest.param(
+        b'{"v":1,"id":1,"method":"image.import","params":{"sha256":"' + b"0" * 64 + b'","path":"/etc/passwd"}}\n',
+        0,
+        protocol.REJECTED,
+        "imported from /var/lib/cantainer/images/incoming only",
+        id="agent API: image import from outside the incoming directory",
+    ),
+    pytest.param(
+        b'{"v":1,"id":1,"method":"status","params":{"pad":"',
+        protocol.MAX_LINE,
+        protocol.TOO_LARGE,
+        "exceeds",
+        id="agent API: oversized request (1 MiB)",
+    ),
 ]
 
 

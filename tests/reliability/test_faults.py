@@ -1,4 +1,4 @@
-"""Faults with traffic flowing (issue 7, item 1): containers on two hosts ping each other every
+"""Faults with traffic flowing: containers on two hosts ping each other every
 0.1 s while agents are SIGKILLed, a host crashes, or the leader's host is cut off — and not one
 ping may be lost, nor one running container disturbed.
 
@@ -17,8 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.labcli import (agent_call, agent_pid, cli, container_processes, kill_agent, mac_for, ok,
-                          overlay_entries, ps, status, wait_for)
+from tests.labcli import (
+    agent_call,
+    agent_pid,
+    cli,
+    container_processes,
+    kill_agent,
+    mac_for,
+    ok,
+    overlay_entries,
+    ps,
+    status,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.lab, pytest.mark.reliability]
 AREA = "Faults with traffic flowing"
@@ -103,11 +114,11 @@ class Pingers:
     def __init__(self, cluster: Path, targets: dict[str, str], a: str, b: str, tag: str) -> None:
         self.cluster = cluster
         self.names = {f"ping-{tag}-{a}": targets[b], f"ping-{tag}-{b}": targets[a]}
-        for (name, ip), host in zip(self.names.items(), (a, b)):
+        for (name, ip), host in zip(self.names.items(), (a, b), strict=True):
             ok(cli(cluster, "run", "--host", host, "-n", NET, "--name", name, "-d", "--",
                    "ping", "-i", "0.1", "-w", "900", ip))
         for name in self.names:  # both see replies before any fault is injected
-            wait_for(lambda: "seq=" in cli(cluster, "logs", name).stdout, 30, what=f"{name}'s first reply")
+            wait_for(lambda name=name: "seq=" in cli(cluster, "logs", name).stdout, 30, what=f"{name}'s first reply")
 
     def stop(self) -> dict[str, dict]:
         """SIGINT both pingers, wait until they exited; {name: {"replies", "lost", "transmitted", "received"}}."""
@@ -115,7 +126,7 @@ class Pingers:
             cli(self.cluster, "exec", name, "--", "kill", "-INT", "1")  # exit status: the exec dies with the container
         results = {}
         for name, ip in self.names.items():
-            wait_for(lambda: ps(self.cluster)[name]["state"] != "running", 30, what=f"{name} to exit")
+            wait_for(lambda name=name: ps(self.cluster)[name]["state"] != "running", 30, what=f"{name} to exit")
             log = ok(cli(self.cluster, "logs", name))
             seqs = {int(seq) for seq in re.findall(rf"bytes from {re.escape(ip)}: seq=(\d+)", log)}
             summary = re.search(r"(\d+) packets transmitted, (\d+) packets received", log)
@@ -164,31 +175,36 @@ def kill_and_restart(lab, cluster: Path, targets: dict, victims, measured) -> No
 
 # -- agents killed ----------------------------------------------------------------------------------
 def test_sigkill_of_one_follower_agent_loses_no_ping(lab, cluster, targets, healthy, measured):
-    """One non-leader agent SIGKILLed and restarted by `up` while containers on h1 and h2 ping each other: no ping lost, no container disturbed"""
+    """One non-leader agent SIGKILLed and restarted by `up` while containers on h1 and h2 ping each other: no ping
+    lost, no container disturbed"""
+
     def a_follower_running_a_pinger(doc: dict) -> list[str]:
         return [next(n["name"] for n in doc["nodes"] if n["role"] != "leader" and n["name"] in ("h1", "h2"))]
     kill_and_restart(lab, cluster, targets, a_follower_running_a_pinger, measured)
 
 
 def test_sigkill_of_the_leaders_agent_loses_no_ping(lab, cluster, targets, healthy, measured):
-    """The leader's agent SIGKILLed and restarted by `up` while containers ping each other: no ping lost, no container disturbed"""
+    """The leader's agent SIGKILLed and restarted by `up` while containers ping each other: no ping lost, no container
+    disturbed"""
     kill_and_restart(lab, cluster, targets, lambda doc: [doc["leader"]], measured)
 
 
 def test_sigkill_of_every_agent_loses_no_ping(lab, cluster, targets, healthy, measured):
-    """All three agents SIGKILLed together and restarted by `up` while containers ping each other: no ping lost, no container disturbed"""
+    """All three agents SIGKILLed together and restarted by `up` while containers ping each other: no ping lost, no
+    container disturbed"""
     kill_and_restart(lab, cluster, targets, lambda doc: list(HOSTS), measured)
 
 
 # -- a host crashes -------------------------------------------------------------------------------------
 def test_crashed_host_is_reported_and_leaves_no_stale_entries(lab, cluster, targets, healthy, measured):
-    """h3 crashed (power loss) and booted while h1 and h2 ping: after `up` the cluster converges, h3's containers are listed dead, no entry for them is left on h1/h2, no ping lost"""
+    """h3 crashed (power loss) and booted while h1 and h2 ping: after `up` the cluster converges, h3's containers are
+    listed dead, no entry for them is left on h1/h2, no ping lost"""
     wait_converged(cluster)
     for name in ("on3-a", "on3-b"):
         ok(cli(cluster, "run", "--host", "h3", "-n", NET, "--name", name, "-d", "--", "sleep", "100000"))
     gone = {name: ps(cluster)[name]["ip"] for name in ("on3-a", "on3-b")}
     for host in ("h1", "h2"):  # programmed everywhere before the crash
-        wait_for(lambda: all(mac_for(ip) in overlay_entries(lab, host) for ip in gone.values()), 30,
+        wait_for(lambda host=host: all(mac_for(ip) in overlay_entries(lab, host) for ip in gone.values()), 30,
                  what=f"{host} to program h3's containers")
     pingers = Pingers(cluster, targets, "h1", "h2", "c")
     try:
@@ -216,8 +232,14 @@ def test_crashed_host_is_reported_and_leaves_no_stale_entries(lab, cluster, targ
         wait_for(lambda: not stale(), 30, what="h3's dead containers' entries to go")
         assert stale() == []
         doc = wait_converged(cluster)
-        measured("overlay entries programmed/expected", ", ".join(
-            f"{n['name']} {n['overlay']['programmed']}/{n['overlay']['expected']}" for n in doc["nodes"] if n["overlay"]))
+        measured(
+            "overlay entries programmed/expected",
+            ", ".join(
+                f"{n['name']} {n['overlay']['programmed']}/{n['overlay']['expected']}"
+                for n in doc["nodes"]
+                if n["overlay"]
+            ),
+        )
         assert still_running(lab, before) == {}
         assert_no_loss(measured, pingers.stop())
     finally:
@@ -226,13 +248,17 @@ def test_crashed_host_is_reported_and_leaves_no_stale_entries(lab, cluster, targ
             cli(cluster, "rm", "-f", name)
         if ps(cluster).get("t-h3", {}).get("state") != "running":  # the next tests want a target on h3 again
             cli(cluster, "rm", "-f", "t-h3")
-            created = ok(cli(cluster, "run", "--host", "h3", "-n", NET, "--name", "t-h3", "-d", "--", "sleep", "100000"))
+            created = ok(
+                cli(cluster, "run", "--host", "h3", "-n", NET, "--name", "t-h3", "-d", "--", "sleep", "100000")
+            )
             targets["h3"] = created.split()[1]
 
 
 # -- the leader's host partitioned -----------------------------------------------------------------------
 def test_partitioned_leader_is_replaced_and_heal_converges(lab, cluster, targets, healthy, measured):
-    """The leader's host cut off the network: the other two elect a leader and keep accepting `run` (and keep pinging), the cut host refuses writes in seconds, no duplicate IP; `heal` converges and every container reaches every other"""
+    """The leader's host cut off the network: the other two elect a leader and keep accepting `run` (and keep pinging),
+    the cut host refuses writes in seconds, no duplicate IP; `heal` converges and every container reaches every
+    other"""
     doc = wait_converged(cluster)
     old_leader = doc["leader"]
     majority = [host for host in HOSTS if host != old_leader]

@@ -1,4 +1,4 @@
-"""Load (issue 7, item 2): 200 `cantainer run -d` at once from several workstation processes, across
+"""Load: 200 `cantainer run -d` at once from several workstation processes, across
 3 hosts and 2 networks, then 200 `rm` at once — every address handed out once and freed again.
 
 Each worker is a separate workstation process that runs the real CLI entry point
@@ -61,7 +61,8 @@ def failures(results) -> list[str]:
 
 @pytest.mark.timeout(1200)  # ~2 min on a quiet 2-core machine; far more while other labs load it
 def test_200_concurrent_runs_then_200_rms(lab, cluster, measured):
-    """200 `run -d` at once from 10 workstation processes over 3 hosts and 2 networks: 200 running containers with 200 distinct addresses and unique names; 200 `rm -f` at once free every address"""
+    """200 `run -d` at once from 10 workstation processes over 3 hosts and 2 networks: 200 running containers with 200
+    distinct addresses and unique names; 200 `rm -f` at once free every address"""
     commands = []
     for index in range(COUNT):
         name = ["--name", f"load-{index:03d}"] if index % 2 == 0 else []  # half named, half generated
@@ -93,7 +94,9 @@ def test_200_concurrent_runs_then_200_rms(lab, cluster, measured):
         mine = {name: listed[name] for name in names}
         assert Counter(c["state"] for c in mine.values()) == {"running": COUNT}
         assert {name: c["ip"] for name, c in mine.items()} == dict(printed)
-        assert Counter(c["host"] for c in mine.values()) == {host: COUNT // 3 + (i < COUNT % 3) for i, host in enumerate(HOSTS)}
+        assert Counter(c["host"] for c in mine.values()) == {
+            host: COUNT // 3 + (i < COUNT % 3) for i, host in enumerate(HOSTS)
+        }
         # … and so do the hosts: each container is a live process on its host.
         for host in HOSTS:
             local = container_processes(lab, host)

@@ -1,4 +1,4 @@
-"""Security (issue 7, item 4), end to end on the lab: the agent API is reachable only as root through
+"""Security, end to end on the lab: the agent API is reachable only as root through
 its unix socket, no TCP API exists, the raft and join ports never act on (or unpickle) input from a
 stranger, a changed host key is refused, the cluster secret stays 0600 and out of every output and
 log, and no user string reaches a shell on the workstation, a host or in a container.
@@ -23,8 +23,19 @@ from pathlib import Path
 
 import pytest
 
-from cantainer import remote
-from tests.labcli import cantainer, cli, cluster_snapshot, host_exec, host_path, ok, one_line_error, ps, status, wait_for
+from cantainer_agent import layout
+from tests.labcli import (
+    cantainer,
+    cli,
+    cluster_snapshot,
+    host_exec,
+    host_path,
+    ok,
+    one_line_error,
+    ps,
+    status,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.lab, pytest.mark.reliability]
 AREA = "Security"
@@ -57,7 +68,8 @@ def marker(lab):
 
 def shell_payload(path: str) -> str:
     """Every way a shell would run `touch path` from a string spliced into a command line."""
-    return f"$(touch {path}); touch {path}; `touch {path}` | touch {path} && touch {path}\ntouch {path} '\"$(touch {path})\""
+    return (f'$(touch {path}); touch {path}; `touch {path}` | touch {path} && touch {path}\n'
+            f'touch {path} \'"$(touch {path})"\'')
 
 
 def places_with(lab, inventory: Path, path: str, containers: tuple[str, ...] = ("target",)) -> list[str]:
@@ -74,7 +86,7 @@ def healthy(inventory: Path) -> bool:
 
 
 def agent_pids(lab) -> dict[str, str]:
-    return {host: host_path(lab, host, remote.PID_FILE).read_text().split()[0] for host in HOSTS}
+    return {host: host_path(lab, host, layout.PID_FILE).read_text().split()[0] for host in HOSTS}
 
 
 # -- the agent API: root-only unix socket, no TCP ----------------------------------------------------------
@@ -91,13 +103,13 @@ except OSError as error:
 def test_agent_socket_is_root_only(lab, cluster, measured):
     """Agent socket: mode 0600, owned by root, refused to a non-root user on the host"""
     for host in HOSTS:
-        info = os.stat(host_path(lab, host, remote.SOCKET_PATH))
+        info = os.stat(host_path(lab, host, layout.SOCKET_PATH))
         assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600, oct(info.st_mode)
         assert (info.st_uid, info.st_gid) == (0, 0)
-        run_dir = os.stat(host_path(lab, host, remote.RUN_DIR))
+        run_dir = os.stat(host_path(lab, host, layout.RUN_DIR))
         assert run_dir.st_uid == 0 and not stat.S_IMODE(run_dir.st_mode) & 0o022  # nobody else may replace it
     result = host_exec(lab, "h1", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                       "python3", "-c", _CONNECT, remote.SOCKET_PATH)
+                       "python3", "-c", _CONNECT, layout.SOCKET_PATH)
     assert result.stdout.strip() == "PermissionError", result.stdout + result.stderr
     measured("socket", f"mode 0600 root:root; uid 65534 gets {result.stdout.strip()}")
 
@@ -157,9 +169,14 @@ def join_lines(path: str) -> list[bytes]:
 
 PORT_CASES = [
     pytest.param(7480, lambda path: [os.urandom(4096)], id="raft port: 4 KiB of random bytes"),
-    pytest.param(7480, raft_frames, id="raft port: pickles that run `touch` (raw, length-prefixed, zlib-framed as PySyncObj)"),
-    pytest.param(7480, lambda path: [struct.pack("i", 2**31 - 1) + b"x" * (256 * 1024)],
-                 id="raft port: frame announcing 2 GiB, 256 KiB sent"),
+    pytest.param(
+        7480, raft_frames, id="raft port: pickles that run `touch` (raw, length-prefixed, zlib-framed as PySyncObj)"
+    ),
+    pytest.param(
+        7480,
+        lambda path: [struct.pack("i", 2**31 - 1) + b"x" * (256 * 1024)],
+        id="raft port: frame announcing 2 GiB, 256 KiB sent",
+    ),
     pytest.param(7481, lambda path: [b"garbage\n", b"{" * 5000 + b"\n"], id="join port: garbage lines"),
     pytest.param(7481, join_lines, id="join port: pickle that runs `touch`, raw and in a forged envelope"),
     pytest.param(7481, lambda path: [b"x" * (1 << 20)], id="join port: 1 MiB line"),
@@ -246,15 +263,15 @@ def test_secret_files_are_0600_and_never_printed(lab, cluster, measured):
                ok(cli(cluster, "logs", "target")), ok(cli(cluster, "exec", "target", "--", "env"))]
     assert all(secret not in text for text in outputs)
     for host in HOSTS:
-        for path in (remote.SECRET_FILE, remote.CONFIG_FILE):
+        for path in (layout.SECRET_FILE, layout.CONFIG_FILE):
             info = os.stat(host_path(lab, host, path))
             assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == 0, (host, path, oct(info.st_mode))
-        assert host_path(lab, host, remote.SECRET_FILE).read_text().strip() == secret
-        assert secret not in host_path(lab, host, f"{remote.LOG_DIR}/agent.log").read_text(errors="replace")
-        pid = host_path(lab, host, remote.PID_FILE).read_text().split()[0]
+        assert host_path(lab, host, layout.SECRET_FILE).read_text().strip() == secret
+        assert secret not in host_path(lab, host, f"{layout.LOG_DIR}/agent.log").read_text(errors="replace")
+        pid = host_path(lab, host, layout.PID_FILE).read_text().split()[0]
         process = host_exec(lab, host, "cat", f"/proc/{pid}/cmdline", f"/proc/{pid}/environ")
         assert process.returncode == 0 and secret not in process.stdout
-    result = cli(cluster, "exec", "target", "--", "cat", remote.SECRET_FILE)
+    result = cli(cluster, "exec", "target", "--", "cat", layout.SECRET_FILE)
     assert result.returncode != 0 and secret not in result.stdout + result.stderr  # not visible in a container
     measured("modes", "0600 root on workstation and every host; not found in 6 outputs, 3 agent logs, argv, environ")
 

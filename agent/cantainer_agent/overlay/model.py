@@ -1,7 +1,7 @@
 """Pure data of the overlay: names, MACs, what this host wants, what the kernel has.
 
 Nothing here touches the kernel; ``plan.diff`` compares a :class:`DesiredHost` with an
-:class:`Observed` and ``netdev`` turns the difference into netlink requests.
+:class:`Observed` and ``kernel`` turns the difference into netlink requests.
 
 Naming (every name fits IFNAMSIZ, 15 characters):
 

@@ -29,7 +29,7 @@ _EXPORTS = {
     ),
     "images": ("ImageStore",),
     "spec": ("ContainerSpec", "Limits", "parse_bytes"),
-    "state": ("CREATED", "DEAD", "EXITED", "RUNNING", "ContainerInfo"),
+    "records": ("CREATED", "DEAD", "EXITED", "RUNNING", "ContainerInfo"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 _WHERE["detect_cgroups"] = "cgroups"

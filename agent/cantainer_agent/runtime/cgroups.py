@@ -1,20 +1,11 @@
-"""Per-container cgroups on cgroup v1 (this lab machine) and cgroup v2 (Ubuntu 22.04+).
+"""Per-container cgroups on cgroup v1 (and hybrid machines) and cgroup v2 (Ubuntu 22.04+).
 
-Detection (``parse_mountinfo``): if cgroup v1 hierarchies carrying memory/cpu/pids are mounted, the
-machine is v1 (also "hybrid" machines, whose /sys/fs/cgroup/unified has no controllers); otherwise
-the cgroup2 mount (preferably /sys/fs/cgroup) is used.
-
-A container's cgroup is ``<mount>/<parent>/<id>`` in every hierarchy we use:
-
-- v1: memory, cpu, cpuacct, pids, cpuset (co-mounted controllers share one directory). cpuset
-  refuses tasks until cpuset.cpus/mems are set, so new levels copy them from their parent.
-- v2: one directory; memory, cpu and pids are enabled in ``cgroup.subtree_control`` of every level
-  from the mount root down to ``<parent>`` (never in the leaf: "no internal processes").
-
-Limits: memory -> memory.limit_in_bytes + memory.memsw.limit_in_bytes (v1) / memory.max +
-memory.swap.max = 0 (v2) — no extra swap, so the limit means an OOM kill like docker users expect;
-cpus -> CFS quota per 100 ms period; pids -> pids.max. Swap files are skipped where swap accounting
-is off. Processes join by writing "0" (= the writer) to cgroup.procs, which works on v1 and v2.
+Detection (``parse_mountinfo``): v1 hierarchies carrying memory/cpu/pids win (hybrid machines too,
+whose cgroup2 mount has no controllers); otherwise the cgroup2 mount. A container's cgroup is
+``<mount>/<parent>/<id>`` in every hierarchy: v1 memory, cpu, cpuacct, pids, cpuset (new cpuset
+levels copy cpus/mems from their parent); v2 one directory, controllers enabled in
+``cgroup.subtree_control`` from the root down to ``<parent>`` (never in the leaf). Limits: memory
+(and swap = memory: an OOM kill, as docker users expect), cpus (CFS quota per 100 ms), pids.
 """
 
 from __future__ import annotations
@@ -67,7 +58,9 @@ def parse_mountinfo(text: str) -> CgroupLayout:
                 if option in V1_CONTROLLERS:
                     current = v1.get(option)
                     # prefer the canonical location if a hierarchy is mounted twice
-                    if current is None or (not current.startswith("/sys/fs/cgroup/") and mountpoint.startswith("/sys/fs/cgroup/")):
+                    if current is None or (
+                        not current.startswith("/sys/fs/cgroup/") and mountpoint.startswith("/sys/fs/cgroup/")
+                    ):
                         v1[option] = mountpoint
         elif fstype == "cgroup2":
             v2.append(mountpoint)
@@ -251,7 +244,9 @@ class Cgroup:
         for write in limit_writes(self.layout.version, limits):
             directory = self.paths.get(write.controller)
             if directory is None:
-                raise CgroupError(f"cannot apply a {write.controller} limit: the {write.controller} cgroup controller is not mounted")
+                raise CgroupError(
+                    f"cannot apply a {write.controller} limit: the {write.controller} cgroup controller is not mounted"
+                )
             path = os.path.join(directory, write.filename)
             try:
                 _write(path, write.value)
@@ -332,7 +327,9 @@ def enable_controllers(directory: str, wanted: tuple[str, ...] = V2_CONTROLLERS)
     try:
         _write(path, " ".join(f"+{controller}" for controller in missing))
     except OSError as exc:
-        hint = " (the cgroup has processes of its own: v2 forbids controllers there)" if exc.errno == errno.EBUSY else ""
+        hint = (
+            " (the cgroup has processes of its own: v2 forbids controllers there)" if exc.errno == errno.EBUSY else ""
+        )
         raise CgroupError(f"cannot enable {' '.join(missing)} in {path}: {exc.strerror}{hint}") from None
 
 

@@ -1,33 +1,12 @@
-"""The container runtime used by the agent: start, stop, kill, remove, list/inspect, wait, exec, logs.
+"""The container runtime the agent uses: start, stop, kill, remove, list/inspect, wait, exec, logs.
 
-Start path (all from the running agent, no new interpreter per container)::
-
-    agent thread                  zygote (started once)   warm shim (forked ahead)   init (PID 1)
-    mkdir state dir, seed
-    upper/etc, write config,
-    cgroup mkdir + limits ──request──> hand to warm ──────> (own session, PID ns)   (v1: forked ahead,
-                                       slot, fork the                                uts/ipc/net ns,
-                                       next one              forward request ──────> caps bounding set)
-                                                             (v2: clone3 init into   join cgroup, mnt +
-                                                              its cgroup)            cgroup ns, overlay,
-                           <──────── ready(pid) ───────────                          pivot_root, /proc,
-    before_exec(pid)   (e.g. move a veth into /proc/<pid>/ns/net)                    /dev, /sys, hostname
-                       ──────── go ───────────────────────>  ──────────────────────> capset, execve
-                       <──────── started ───────────────── (pids.json written)
-
-Without a hook the ready/go round trip is skipped.
-
-If anything fails — including ``before_exec`` raising — the shim kills init, the cgroup and the
-directories are removed and the error propagates: no half-started container is left.
-
-Supervision: the shim (a fork of the zygote, in its own session) owns the log pipe and is the parent
-of init, so it records the exit code; neither depends on the agent or the zygote. A new ``Runtime``
-re-adopts running containers from disk (see state.py): with ``on_exit`` set, a watcher thread holds a
-pidfd per running container (the shim's; init's if the shim was killed) in a selector and calls
-``on_exit(ContainerInfo)`` when it becomes readable — no polling. ``list()`` gives the level view.
-
-Mounts exist only in each container's own mount namespace (the overlay included), so the host's
-mount table never holds container mounts and they vanish with the container's last process.
+Starts go through the fork server (zygote.py) to a per-container supervisor (supervisor.py) that
+owns the log and records the exit, so containers outlive the agent and the zygote. If anything
+fails — ``before_exec`` included — init is killed and the cgroup and directories removed: no
+half-started container. A new ``Runtime`` re-adopts running containers from disk (records.py); with
+``on_exit`` a watcher thread holds a pidfd per container and calls back on exit (no polling).
+Mounts exist only in each container's mount namespace: the host's mount table holds none.
+Process tree, start protocol, choices: docs/design/runtime.md.
 """
 
 from __future__ import annotations
@@ -46,6 +25,7 @@ import threading
 import time
 from typing import Callable
 
+from .. import layout
 from . import linux
 from .cgroups import Cgroup, CgroupLayout, CgroupManager
 from .errors import (
@@ -57,14 +37,14 @@ from .errors import (
     SpecError,
     StartError,
 )
+from .records import CREATED, DEAD, EXITED, RUNNING, ContainerInfo, derive_state, read_json, write_json
 from .spec import ContainerSpec
-from .state import CREATED, DEAD, EXITED, RUNNING, ContainerInfo, derive_state, read_json, write_json
 from .zygote import Zygote
 
 log = logging.getLogger("cantainer_agent.runtime")
 
-DEFAULT_STATE_DIR = "/var/lib/cantainer/containers"
-DEFAULT_RUN_DIR = "/run/cantainer/containers"
+DEFAULT_STATE_DIR = layout.containers_state_dir()
+DEFAULT_RUN_DIR = layout.containers_run_dir()
 DEFAULT_LOG_MAX = 10 * 1024 * 1024
 
 DOCKER_DEFAULT_CAPS = (
@@ -451,13 +431,13 @@ class Runtime:
 
     # -- attach ----------------------------------------------------------------------------------
     def attach_path(self, container_id: str) -> str:
-        """The unix socket a tty/stdin container's shim serves while it runs (see shim.py)."""
+        """The unix socket a tty/stdin container's shim serves while it runs (see supervisor.py)."""
         return os.path.join(self._run_path(container_id), "attach.sock")
 
     def attach(self, container_id: str) -> socket.socket:
-        """Connect to a running tty/stdin container. Send frames (``shim.encode_frame``: stdin
+        """Connect to a running tty/stdin container. Send frames (``attach.encode_frame``: stdin
         data, window size, stdin EOF); receive its output (raw) until it ends; then ``wait``."""
-        from .shim import unix_address
+        from .attach import unix_address
 
         info = self.inspect(container_id)
         if info.spec is not None and not info.spec.attachable:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import AgentError
 
-class RuntimeFailure(Exception):
+
+class RuntimeFailure(AgentError):
     """Base class of every error the runtime raises on purpose."""
 
 

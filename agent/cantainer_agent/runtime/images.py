@@ -1,27 +1,11 @@
 """Image store: sha256-pinned rootfs tarballs, verified and extracted once per host.
 
-Layout::
-
-    <root>/<sha256>/rootfs/         the extracted tree (overlayfs lower dir of every container)
-    <root>/<sha256>/manifest.json   what was imported, when, and what was skipped
-    <root>/.staging-<pid>-<rand>/   an import in progress (renamed into place when complete)
-
-An image directory exists only when complete: extraction happens in a staging directory on the same
-filesystem, which is flushed (syncfs) and then renamed to ``<sha256>`` — atomic, so a crash leaves
-either nothing or a complete image, and two concurrent imports of the same image both succeed.
-
-Safe extraction (our own loop: ``tarfile`` filters are not available on every Python >= 3.10):
-
-- member names must be relative and free of ``..`` (``AbsolutePathError``, ``PathTraversalError``);
-- parent directories are resolved *inside the root*: a symlink met on the way is followed as if the
-  root were ``/`` (absolute targets restart at the root, ``..`` stops at it), like securejoin. The
-  final component is never followed: an existing non-directory is replaced, not written through;
-- a symlink whose relative target climbs above the root from where it really sits is refused
-  (``SymlinkEscapeError``); absolute targets are fine (they resolve inside the container);
-- a hard link must name an existing non-directory member inside the root (``HardlinkEscapeError``);
-- device nodes and fifos are skipped (and recorded in the manifest);
-- modes (including setuid/setgid/sticky), numeric owners and mtimes are kept; directories get their
-  final mode last so read-only directories do not block extraction.
+``<root>/<sha256>/rootfs/`` is the overlayfs lower dir of every container of that image; it appears
+only complete (staging directory, syncfs, rename), so a crash leaves nothing or the whole image and
+concurrent imports of one image both succeed. Extraction is our own loop: names relative and free
+of ``..``; parents resolved inside the root (symlinks followed as if the root were ``/``), the final
+component never followed; escaping symlinks and hard links refused; device nodes and fifos skipped;
+modes, owners and mtimes kept. Details: docs/design/runtime.md ("Images").
 """
 
 from __future__ import annotations
@@ -40,6 +24,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from .. import layout
 from .errors import (
     AbsolutePathError,
     ChecksumMismatch,
@@ -53,7 +38,7 @@ from .errors import (
 )
 from .linux import syncfs
 
-DEFAULT_ROOT = "/var/lib/cantainer/images"
+DEFAULT_ROOT = layout.images_dir()
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 MAX_SYMLINK_HOPS = 40
 _CHUNK = 1 << 20

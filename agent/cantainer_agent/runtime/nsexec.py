@@ -18,15 +18,20 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import sys
 import threading
 
 from . import linux
 from .errors import ContainerNotRunning
+from .init import describe_exec_error, exec_command, join_cgroup
 from .linux import CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS
-from .shim import describe_exec_error, exec_command, join_cgroup
 
-_NS_FILES = (("cgroup", CLONE_NEWCGROUP), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS), ("net", CLONE_NEWNET), ("mnt", CLONE_NEWNS))
+_NS_FILES = (
+    ("cgroup", CLONE_NEWCGROUP),
+    ("ipc", CLONE_NEWIPC),
+    ("uts", CLONE_NEWUTS),
+    ("net", CLONE_NEWNET),
+    ("mnt", CLONE_NEWNS),
+)
 
 
 def _setns_all(pidfd: int, pid: int, flags: int, names: tuple[tuple[str, int], ...]) -> None:
@@ -113,34 +118,3 @@ def _wait(child: int) -> int:
             signal.signal(sig, handler)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python3 -m cantainer_agent.runtime.nsexec [--state-dir D] [--run-dir D] [--cgroup-parent P] ID -- CMD...``
-
-    A convenience entry point (and what the tests use); the CLI wiring lives elsewhere.
-    """
-    import argparse
-
-    from .container import DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, Runtime
-    from .errors import RuntimeFailure
-
-    parser = argparse.ArgumentParser(prog="cantainer-exec")
-    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
-    parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
-    parser.add_argument("--cgroup-parent", default="cantainer")
-    parser.add_argument("id")
-    parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("a command is required")
-    try:
-        return Runtime(args.state_dir, args.run_dir, args.cgroup_parent).exec(args.id, command)
-    except RuntimeFailure as exc:
-        print(f"cantainer exec: {exc}", file=sys.stderr)
-        return 125
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -136,9 +136,14 @@ class ContainerSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not ID_RE.fullmatch(self.id):
-            raise SpecError(f"container id {self.id!r} is invalid: use 1-128 of A-Z a-z 0-9 _ . - (not starting with . _ -)")
+            raise SpecError(
+                f"container id {self.id!r} is invalid: use 1-128 of A-Z a-z 0-9 _ . - (not starting with . _ -)"
+            )
         if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
-            raise SpecError(f"container name {self.name!r} is invalid: use 1-63 of A-Z a-z 0-9 _ . - starting with a letter or digit")
+            raise SpecError(
+                f"container name {self.name!r} is invalid: use 1-63 of A-Z a-z 0-9 _ . - starting with a letter "
+                f"or digit"
+            )
         if not isinstance(self.image, str) or not SHA256_RE.fullmatch(self.image):
             raise SpecError(f"image {self.image!r} is not a sha256 (64 lowercase hex digits)")
         if isinstance(self.command, str) or not isinstance(self.command, Iterable):
@@ -165,7 +170,7 @@ class ContainerSpec:
 
     @property
     def attachable(self) -> bool:
-        """Started held until a client attaches (or a timeout): see shim.py "Attach"."""
+        """Started held until a client attaches (or a timeout): see attach.py."""
         return self.tty or self.stdin
 
     @property

@@ -1,24 +1,11 @@
-"""The fork server ("zygote"): a single-threaded interpreter that forks one shim per container.
+"""The fork server ("zygote"): a single-threaded interpreter that forks one supervisor per container.
 
-Why: the agent is multi-threaded (PySyncObj, API threads). After fork() only the forking thread
-exists in the child, so any lock another thread held (import lock, logging, allocator, a buffered
-file) stays locked forever — running Python in such a child is unsafe. Spawning a new interpreter
-per container is safe but costs ~20-50 ms. So the runtime starts one fresh interpreter *once*
-(``python3 -I -S -c ...`` via fork+exec from C, which is thread-safe), lets it import and warm up
-everything, and asks it to fork. Its forks are cheap (~1 ms) and run only our own code.
-
-Protocol: the agent holds one end of a SOCK_SEQPACKET socketpair; each message is a JSON start
-request carrying (SCM_RIGHTS) one end of a fresh per-container channel. The zygote keeps one *warm
-slot* — a shim forked ahead of time that has done everything not depending on the request (see
-shim.py) — hands it the request and the channel, and forks the next warm slot. All replies travel
-on the channel, so concurrent starts from several agent threads need no demultiplexing. If the warm
-slot is broken, a fresh one is forked on the spot.
-
-Lifetime: EOF on the socket (the agent exited or was killed) ends the zygote and its warm slot
-(which notices its slot socket close and kills its prepared init). Running shims do not depend
-on it: they are in their own sessions and get reparented to init (or the nearest subreaper) — the
-zygote ignores SIGCHLD so they never become zombies while it lives. The next agent spawns a new
-zygote; running containers are re-adopted from disk, not from the zygote.
+The agent is multi-threaded: Python in a child forked from it can deadlock on locks other threads
+held, and a new interpreter per container costs 20-50 ms. So one fresh interpreter (``python3 -I
+-S``, fork+exec from C) is started once, warms up, and forks (~1 ms) — keeping one *warm slot*
+ready. Requests arrive on a SOCK_SEQPACKET socket with a per-container channel (SCM_RIGHTS); all
+replies travel on the channel, so concurrent starts need no demultiplexing. EOF (the agent died)
+ends the zygote and its warm slot; running supervisors do not depend on it. docs/design/runtime.md.
 """
 
 from __future__ import annotations
@@ -55,14 +42,14 @@ class _Slot:
 
 
 def _spawn_slot(zygote_sock: socket.socket, opts: dict) -> _Slot:
-    from . import shim
+    from . import supervisor
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
         try:
             ours.close()
-            shim.run_shim(theirs.detach(), opts)
+            supervisor.run_shim(theirs.detach(), opts)
         finally:
             os._exit(70)
     theirs.close()
@@ -83,7 +70,7 @@ def _retire(slot: _Slot, wait: float = 0.0) -> None:
 
 def main(fd: int, opts_json: str) -> None:
     """Zygote process body."""
-    from . import linux, shim  # noqa: F401 - import and warm up before the first fork
+    from . import linux, supervisor  # noqa: F401 - imported (warmed up) before the first fork
 
     opts = json.loads(opts_json)
     nice = opts.get("nice")
@@ -132,7 +119,7 @@ def main(fd: int, opts_json: str) -> None:
         for extra in fds[1:]:
             os.close(extra)
         delivered = False
-        for attempt in (0, 1):  # the warm slot, else a fresh one
+        for _attempt in (0, 1):  # the warm slot, else a fresh one
             slot, warm = warm, None
             try:
                 if slot is None:
@@ -190,9 +177,21 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = subprocess.Popen(
-                [self.python, "-I", "-S", "-c", _BOOT, package_root(), str(theirs.fileno()), json.dumps(self._options())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                start_new_session=True, close_fds=True,
+                [
+                    self.python,
+                    "-I",
+                    "-S",
+                    "-c",
+                    _BOOT,
+                    package_root(),
+                    str(theirs.fileno()),
+                    json.dumps(self._options()),
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
             )
         except BaseException:
             ours.close()

@@ -1,0 +1,358 @@
+"""The replicated cluster state machine, as pure logic (docs/design/raft.md, "The state machine").
+
+No sockets, threads or clocks: every input, timestamps included, comes in the command, so the same
+commands in the same order give the same state on every node; anything that must be exact (a name,
+an address, a VNI) is decided here. Commands: ``apply_command(name, args)`` → ``apply_<name>``; a
+refused command raises ``StateError`` and changes nothing. The state pickles to plain dicts::
+
+    nodes:      {name: {address, raft_addr, join_addr, version, bundle, heartbeat, joined_at, overlay?}}
+    networks:   {cidr: {cidr, vni, created_at, ips: {ip: container name}}}
+    containers: {name: {name, id, host, network, ip, mac, image, command, env, workdir, limits,
+                        created_at, desired: running|stopped,
+                        observed: {state, exit_code, pid, started_at, finished_at, reason, reported_at}}}
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import pickle
+import re
+from typing import Any
+
+from ..errors import StateError
+from ..overlay.model import mac_for_ip  # one derivation, shared with the overlay
+from . import ipam
+
+SCHEMA_VERSION = 1
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# Container names are hostnames inside the container: lowercase letters, digits, hyphens.
+CONTAINER_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+CONTAINER_STATES = ("created", "running", "exited", "dead", "unknown")
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise StateError(f"invalid node name {name!r}")
+    return name
+
+
+def _check_str(key: str, value: Any, max_len: int = 256) -> str:
+    if not isinstance(value, str) or len(value) > max_len:
+        raise StateError(f"{key} must be a string of at most {max_len} characters")
+    return value
+
+
+def _check_ts(key: str, value: Any) -> float:
+    if type(value) not in (int, float) or value != value or value < 0:  # value != value: NaN
+        raise StateError(f"{key} must be a non-negative number")
+    return float(value)
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(command: str) -> inspect.Signature:
+    # Cached: building it took a tenth of an idle standby's CPU on the 30-host lab (one per commit).
+    return inspect.signature(getattr(ClusterState, f"apply_{command}"))
+
+
+class ClusterState:
+    """The whole replicated state. Mutate only through the ``apply_*`` methods."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, dict] = {}
+        self.networks: dict[str, dict] = {}
+        self.containers: dict[str, dict] = {}
+        # Counts commands that may change what a host must program (everything but heartbeats),
+        # so reconcilers wake on real changes only.
+        self.revision = 0
+
+    # pickling: plain dicts plus a schema number, so a snapshot stays readable
+    def __getstate__(self) -> dict:
+        return {
+            "schema": SCHEMA_VERSION,
+            "nodes": self.nodes,
+            "networks": self.networks,
+            "containers": self.containers,
+            "revision": self.revision,
+        }
+
+    def __setstate__(self, data: dict) -> None:
+        self.nodes = dict(data.get("nodes", {}))
+        self.networks = dict(data.get("networks", {}))
+        self.containers = dict(data.get("containers", {}))
+        self.revision = int(data.get("revision", 0))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClusterState) and self.to_dict() == other.to_dict()
+
+    # ---------------------------------------------------------------- commands
+
+    def apply_register_node(
+        self,
+        name: str,
+        address: str,
+        raft_addr: str,
+        join_addr: str,
+        version: str,
+        bundle: str,
+        ts: float,
+    ) -> dict:
+        """Add or refresh a node. Re-registering keeps ``joined_at``; returns the record copy.
+
+        Rejected when another node already owns *raft_addr*, or when *name* is registered with a
+        different raft address (one raft member per name; remove the old node first).
+        """
+        _check_name(name)
+        for key, value in (("address", address), ("raft_addr", raft_addr), ("join_addr", join_addr)):
+            _check_str(key, value, 128)
+        _check_str("version", version, 64)
+        _check_str("bundle", bundle, 128)
+        ts = _check_ts("ts", ts)
+        for other, rec in self.nodes.items():
+            if other != name and rec["raft_addr"] == raft_addr:
+                raise StateError(f"raft address {raft_addr} already belongs to node {other!r}")
+        old = self.nodes.get(name)
+        if old is not None and old["raft_addr"] != raft_addr:
+            raise StateError(
+                f"node name {name!r} is already registered with raft address {old['raft_addr']}; "
+                "remove that node before reusing its name"
+            )
+        self.nodes[name] = {
+            "address": address,
+            "raft_addr": raft_addr,
+            "join_addr": join_addr,
+            "version": version,
+            "bundle": bundle,
+            "heartbeat": ts,
+            "joined_at": old["joined_at"] if old else ts,
+        }
+        return dict(self.nodes[name])
+
+    def apply_heartbeat(self, name: str, ts: float, overlay: dict | None = None) -> bool:
+        """Record a heartbeat (and the node's overlay health summary); False for an unknown node."""
+        _check_name(name)
+        ts = _check_ts("ts", ts)
+        rec = self.nodes.get(name)
+        if rec is None:
+            return False
+        rec["heartbeat"] = ts
+        if overlay is not None:
+            rec["overlay"] = _check_overlay_summary(overlay)
+        return True
+
+    def apply_remove_node(self, name: str) -> bool:
+        """Forget a node; returns False if it was not registered."""
+        _check_name(name)
+        return self.nodes.pop(name, None) is not None
+
+    # Commands reachable through the one replicated entry point (raft.StateStore.apply).
+    COMMANDS = (
+        "register_node",
+        "heartbeat",
+        "remove_node",
+        "create_network",
+        "delete_network",
+        "create_container",
+        "container_observed",
+        "set_container_desired",
+        "remove_container",
+    )
+
+    def apply_command(self, command: str, args: dict) -> Any:
+        if command not in self.COMMANDS or not isinstance(args, dict):
+            raise StateError(f"unknown state command {command!r}")
+        method = getattr(self, f"apply_{command}")
+        try:
+            _signature(command).bind(self, **args)
+        except TypeError as error:
+            raise StateError(f"bad arguments for {command}: {error}") from None
+        result = method(**args)
+        if command != "heartbeat":
+            self.revision += 1
+        return result
+
+    # ------------------------------------------------------------ networks
+
+    def apply_create_network(self, cidr: str, ts: float) -> dict:
+        """Create a network (idempotent for the same CIDR); returns its record without ``ips``."""
+        network = ipam.parse_cidr(cidr)
+        key = str(network)
+        if key not in self.networks:
+            ipam.check_unicast(network)
+            ipam.check_no_overlap(network, list(self.networks))
+            vni = ipam.lowest_free_vni({n["vni"] for n in self.networks.values()})
+            self.networks[key] = {"cidr": key, "vni": vni, "created_at": _check_ts("ts", ts), "ips": {}}
+        return _network_view(self.networks[key])
+
+    def apply_delete_network(self, cidr: str) -> bool:
+        key = str(ipam.parse_cidr(cidr))
+        record = self.networks.get(key)
+        if record is None:
+            raise StateError(f"network {key} does not exist — see `cantainer network ls`")
+        if record["ips"]:
+            users = ", ".join(sorted(record["ips"].values())[:5])
+            raise StateError(
+                f"network {key} still has {len(record['ips'])} container(s) attached ({users}) — remove them first"
+            )
+        del self.networks[key]
+        return True
+
+    # ---------------------------------------------------------- containers
+
+    def apply_create_container(self, spec: dict, ts: float) -> dict:
+        """Record a container and allocate its address (creating its network implicitly)."""
+        name = check_container_name(spec.get("name"))
+        existing = self.containers.get(name)
+        if existing is not None and existing["id"] == spec.get("id"):
+            return copy.deepcopy(existing)  # the same request again (a retry after a lost reply)
+        if existing is not None:
+            raise StateError(f"container name {name!r} is already in use — pick another name or remove it first")
+        host = _check_name(spec.get("host"))
+        if host not in self.nodes:
+            raise StateError(f"host {host!r} is not a member of this cluster")
+        # Validate everything before the first mutation: a refused command changes nothing.
+        checked = {
+            "id": _check_str("id", spec.get("id"), 64),
+            "image": _check_str("image", spec.get("image"), 128),
+            "command": _check_str_list("command", spec.get("command")),
+            "env": _check_env(spec.get("env", {})),
+            "workdir": _check_str("workdir", spec.get("workdir", "/"), 1024),
+            "limits": _check_limits(spec.get("limits", {})),
+            "created_at": _check_ts("ts", ts),
+        }
+        network = self.apply_create_network(spec.get("network"), ts)
+        record = self.networks[network["cidr"]]
+        ip = ipam.lowest_free_address(ipam.parse_cidr(network["cidr"]), set(record["ips"]))
+        record["ips"][ip] = name
+        container = {
+            "name": name,
+            "id": checked["id"],
+            "host": host,
+            "network": network["cidr"],
+            "ip": ip,
+            "mac": mac_for_ip(ip),
+            "image": checked["image"],
+            "command": checked["command"],
+            "env": checked["env"],
+            "workdir": checked["workdir"],
+            "limits": checked["limits"],
+            "created_at": checked["created_at"],
+            "desired": "running",
+            "observed": {"state": "created", "exit_code": None, "pid": None, "started_at": None,
+                         "finished_at": None, "reason": None, "reported_at": checked["created_at"]},
+        }
+        self.containers[name] = container
+        return copy.deepcopy(container)
+
+    def apply_container_observed(self, name: str, host: str, observed: dict, ts: float) -> bool:
+        """The container's host reports what it sees; reports from any other host are refused."""
+        container = self._container(name)
+        if container["host"] != host:
+            raise StateError(f"container {name!r} runs on {container['host']}, not {host}")
+        state = observed.get("state")
+        if state not in CONTAINER_STATES:
+            raise StateError(f"unknown container state {state!r}")
+        report = {
+            key: observed.get(key) for key in ("state", "exit_code", "pid", "started_at", "finished_at", "reason")
+        }
+        report["reported_at"] = _check_ts("ts", ts)
+        changed = {k: v for k, v in report.items() if k != "reported_at"} != {
+            k: v for k, v in container["observed"].items() if k != "reported_at"}
+        container["observed"] = report
+        return changed
+
+    def apply_set_container_desired(self, name: str, desired: str) -> bool:
+        if desired not in ("running", "stopped"):
+            raise StateError(f"desired state must be running or stopped, not {desired!r}")
+        container = self._container(name)
+        changed = container["desired"] != desired
+        container["desired"] = desired
+        return changed
+
+    def apply_remove_container(self, name: str) -> dict:
+        """Forget a container and release its address; returns the removed record."""
+        container = self._container(name)
+        network = self.networks.get(container["network"])
+        if network is not None:
+            network["ips"].pop(container["ip"], None)
+        del self.containers[name]
+        return container
+
+    def _container(self, name: Any) -> dict:
+        check_container_name(name)
+        container = self.containers.get(name)
+        if container is None:
+            raise StateError(f"no container named {name!r}")
+        return container
+
+    # ------------------------------------------------------------------ reads
+
+    def node_by_raft_addr(self, raft_addr: str) -> str | None:
+        for name, rec in self.nodes.items():
+            if rec["raft_addr"] == raft_addr:
+                return name
+        return None
+
+    def to_bytes(self) -> bytes:
+        """The state's data as one pickle: a consistent copy, taken fast.
+
+        Pickling plain dicts is C code, ~12x faster than copy.deepcopy (1000 containers: ~4 ms vs
+        ~50 ms here), which matters because snapshots are taken in the raft tick thread. The bytes
+        never leave this process: nothing received from outside is ever unpickled here."""
+        return pickle.dumps({"nodes": self.nodes, "networks": self.networks, "containers": self.containers},
+                            protocol=pickle.HIGHEST_PROTOCOL)
+
+    def to_dict(self) -> dict:
+        """A deep copy safe to hand to other threads / encode as JSON."""
+        return pickle.loads(self.to_bytes())
+
+
+def check_container_name(name: Any) -> str:
+    if not isinstance(name, str) or not CONTAINER_NAME_RE.match(name):
+        raise StateError(f"container name {name!r} is invalid — use 1-63 lowercase letters, digits and "
+                         "hyphens, starting and ending with a letter or digit")
+    return name
+
+
+OVERLAY_SUMMARY_KEYS = ("networks", "expected", "programmed", "pending")
+
+
+def _check_overlay_summary(value: Any) -> dict:
+    if not isinstance(value, dict) or set(value) != set(OVERLAY_SUMMARY_KEYS) or not all(
+            type(value[key]) is int and 0 <= value[key] < 10**9 for key in OVERLAY_SUMMARY_KEYS):
+        raise StateError(f"overlay summary must hold the integers {', '.join(OVERLAY_SUMMARY_KEYS)}")
+    return dict(value)
+
+
+def _network_view(record: dict) -> dict:
+    return {"cidr": record["cidr"], "vni": record["vni"], "created_at": record["created_at"],
+            "containers": len(record["ips"])}
+
+
+def _check_str_list(key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or len(value) > 256:
+        raise StateError(f"{key} must be a non-empty list of at most 256 strings")
+    return [_check_str(key, item, 4096) for item in value]
+
+
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def _check_env(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or len(value) > 256:
+        raise StateError("env must be a mapping of at most 256 variables")
+    for key, item in value.items():
+        if not isinstance(key, str) or not ENV_KEY_RE.match(key):
+            raise StateError(f"environment variable name {key!r} is invalid — use letters, digits and _")
+        _check_str(f"env {key}", item, 4096)
+    return dict(value)
+
+
+def _check_limits(value: Any) -> dict:
+    if not isinstance(value, dict) or set(value) - {"memory", "cpus", "pids"}:
+        raise StateError("limits may only name memory, cpus and pids")
+    for key, item in value.items():
+        if item is not None and (type(item) not in (int, float) or item <= 0 or item != item):
+            raise StateError(f"limit {key} must be a positive number")
+    return dict(value)

@@ -1,0 +1,97 @@
+"""Pure views of the replicated state as the API returns them (no internal bookkeeping leaks)."""
+from __future__ import annotations
+
+from .liveness import down_after
+
+
+def container_view(record: dict) -> dict:
+    observed = record.get("observed", {})
+    return {
+        "name": record["name"], "id": record["id"], "host": record["host"], "network": record["network"],
+        "ip": record["ip"], "mac": record["mac"], "image": record["image"], "command": record["command"],
+        "desired": record["desired"], "state": observed.get("state", "unknown"),
+        "exit_code": observed.get("exit_code"), "reason": observed.get("reason"),
+        "started_at": observed.get("started_at"), "finished_at": observed.get("finished_at"),
+        "created_at": record["created_at"],
+    }
+
+
+def network_views(state: dict) -> list[dict]:
+    views = []
+    for cidr, network in sorted(state["networks"].items()):
+        members = [state["containers"][name] for name in network["ips"].values() if name in state["containers"]]
+        views.append({"cidr": cidr, "vni": network["vni"], "containers": len(members),
+                      "hosts": sorted({c["host"] for c in members})})
+    return views
+
+
+def build_status(*, node: str, cluster: str, snap: dict, now: float, heartbeat_interval: float,
+                 voters: int) -> dict:
+    """Pure: turn a raft snapshot (RaftNode.snapshot()) into the ``status`` result."""
+    state = snap["state"]
+    leader_addr = snap["leader"]
+    members = set(snap["members"])
+    up_window = down_after(heartbeat_interval, len(state["nodes"]))
+    nodes = []
+    seen_addrs = set()
+    for name in sorted(state["nodes"]):
+        rec = state["nodes"][name]
+        raft_addr = rec["raft_addr"]
+        seen_addrs.add(raft_addr)
+        if raft_addr == snap["self"]:
+            role = snap["role"]
+        elif raft_addr == leader_addr:
+            role = "leader"
+        elif raft_addr in members:
+            role = "follower"
+        else:
+            role = "standby"  # registered, not a voter: a non-voting member (controllers/voters.py)
+        is_self = name == node
+        up = is_self or (now - rec["heartbeat"]) < up_window
+        nodes.append({
+            "name": name,
+            "address": rec["address"],
+            "raft_addr": raft_addr,
+            "role": role,
+            "state": "up" if up else "down",
+            "version": rec["version"],
+            "bundle": rec["bundle"],
+            "last_seen": now if is_self else rec["heartbeat"],
+            "overlay": rec.get("overlay"),
+            "joined_at": rec["joined_at"],
+            "registered": True,
+        })
+    for addr in sorted(members - seen_addrs):  # added to raft, not registered yet
+        is_self = addr == snap["self"]
+        nodes.append({
+            "name": node if is_self else addr, "address": addr.rpartition(":")[0], "raft_addr": addr,
+            "role": snap["role"] if is_self else ("leader" if addr == leader_addr else "follower"),
+            "state": "up" if is_self else "down", "version": None, "bundle": None,
+            "last_seen": now if is_self else None, "joined_at": None, "registered": False,
+        })
+    leader_name = None
+    for n in nodes:
+        if n["raft_addr"] == leader_addr and n["registered"]:
+            leader_name = n["name"]
+    return {
+        "node": node,
+        "cluster": cluster,
+        "leader": leader_name,
+        "term": snap["term"],
+        "commit_index": snap["commit_index"],
+        "raft": {
+            "role": snap["role"],
+            "self": snap["self"],
+            "leader_addr": leader_addr,
+            "members": snap["members"],
+            "connected": snap["connected"],
+            "has_quorum": snap["has_quorum"],
+            "last_applied": snap["last_applied"],
+            "log_len": snap["log_len"],
+            "ready": snap["ready"],
+            "voters": voters,
+        },
+        "nodes": nodes,
+        "networks": network_views(state),
+        "containers": [container_view(record) for _, record in sorted(state["containers"].items())],
+    }

@@ -1,0 +1,50 @@
+"""Every touch of PySyncObj lives in this subpackage, behind one version check.
+
+PySyncObj 0.3.17 is pinned: :mod:`.journal` and :mod:`.transport` replace or wrap private,
+name-mangled parts of it, and :mod:`.syncobj` reads a few more. Importing this package
+
+* refuses any other PySyncObj version (an upgrade must be reviewed, not discovered);
+* undoes PySyncObj's ``win_inet_pton`` side effect, which replaces ``socket.inet_ntop`` with a
+  Windows-only shim on every OS and so broke pyroute2's address decoding in the agent.
+
+:func:`install` hooks the durable journal into ``SyncObj``'s journal factory; ``RaftNode.start``
+calls it, so nothing is patched merely by importing. See docs/design/raft.md ("PySyncObj traps").
+"""
+from __future__ import annotations
+
+import _socket
+import socket
+
+import pysyncobj
+from pysyncobj import version as _version
+
+from .journal import DurableJournal, JournalError, JournalSpec, install_journal_hook
+from .syncobj import (
+    ROLE_NAMES,
+    AgentSyncObj,
+    StateStore,
+    SyncTuning,
+    change_membership,
+    make_conf,
+    submit,
+    transfer_succeeded,
+)
+from .transport import AgentTransport
+
+# pysyncobj.win_inet_pton (imported by its TCP connection module) replaced socket.inet_ntop with
+# a Windows-only shim; the C implementation is still in _socket.
+socket.inet_ntop = _socket.inet_ntop
+
+SUPPORTED_VERSION = "0.3.17"
+if _version.VERSION != SUPPORTED_VERSION:  # pragma: no cover - guarded upgrade
+    raise ImportError(f"PySyncObj {_version.VERSION} is not {SUPPORTED_VERSION}: review "
+                      "cantainer_agent/consensus/pysyncobj/ (journal.py, transport.py, syncobj.py)")
+
+__all__ = ["pysyncobj", "DurableJournal", "JournalError", "JournalSpec", "ROLE_NAMES", "AgentSyncObj", "StateStore",
+           "SyncTuning", "change_membership", "make_conf", "submit", "transfer_succeeded", "AgentTransport",
+           "install"]
+
+
+def install() -> None:
+    """Idempotent: make ``SyncObj`` build a :class:`DurableJournal` for a :class:`JournalSpec`."""
+    install_journal_hook()

@@ -1,0 +1,290 @@
+"""PySyncObj's SyncObj as the raft node uses it: tuned, polled before judging timeouts, one
+append round per batch, and read through a small public surface instead of private names.
+
+* :class:`StateStore` holds the state machine; its single ``@replicated`` method is the only one
+  there will ever be (PySyncObj numbers replicated methods by sorted name: a second one would
+  make old logs call the wrong function).
+* :func:`submit` replicates one command and turns PySyncObj's failure codes into the
+  consensus errors (not submitted / outcome unknown / failed / rejected).
+* :func:`make_conf` is the tuned configuration; the timing rationale is in docs/design/raft.md.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.syncobj import SyncObjException
+
+from ...errors import StateError
+from ..errors import CommandFailed, CommandRejected, NotLeader, NotSubmitted, OutcomeUnknown, RaftError
+
+log = logging.getLogger(__name__)
+
+ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
+FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
+# Failures that prove the command was never appended to any log (safe to resubmit).
+_NOT_APPENDED = frozenset({FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.QUEUE_FULL,
+                           FAIL_REASON.DISCARDED})
+_RETRY_CHANGE = frozenset({FAIL_REASON.REQUEST_DENIED, FAIL_REASON.QUEUE_FULL})
+_LOST_LEAD = frozenset({FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.DISCARDED})
+
+
+# ------------------------------------------------------------------ the state machine holder
+
+
+def _guarded(fn: Callable[..., Any], *args: Any) -> dict:
+    """Run an apply function; never let an exception escape into PySyncObj's apply loop
+    (it would retry the same entry forever and wedge the node)."""
+    try:
+        return {"ok": True, "value": fn(*args)}
+    except StateError as exc:
+        return {"ok": False, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - deterministic bug: same on every node, reported, not applied
+        log.exception("apply failed")
+        return {"ok": False, "error": f"internal: {type(exc).__name__}: {exc}"}
+
+
+class StateStore(SyncObjConsumer):
+    """Replicated holder of a state machine (only ``state`` is snapshotted).
+
+    The state machine is any picklable object with ``apply_command(command, args)``; commands
+    are named by string so that a node that does not know one rejects it instead of misapplying it.
+    """
+
+    def __init__(self, state: Any) -> None:
+        super().__init__()
+        self.state = state
+
+    @replicated
+    def apply(self, command, args):
+        return _guarded(self.state.apply_command, command, args)
+
+
+# ------------------------------------------------------------------ SyncObj
+
+
+class AgentSyncObj(SyncObj):
+    """PySyncObj's SyncObj, reading what already arrived *before* judging timeouts, sending one
+    append round per batch of queued commands, and answering a few questions publicly.
+
+    PySyncObj's tick checks the election and leader-fallback deadlines first and polls its
+    sockets last: after any stall of the tick thread longer than the election timeout a follower
+    started an election although the leader's heartbeats sat unread (leaders flapped under load).
+    A zero-timeout poll first makes the checks judge what peers actually sent — but only once the
+    transport is up and the dump file loaded, before which no message may be handled.
+    """
+
+    _settled = False  # a tick has got past transport start-up and loading the dump file
+    _queueing = False  # inside _checkCommandsToApply
+    _send_owed = False  # an append-entries round was asked for while queueing
+
+    def _onTick(self, timeToWait=0.0):
+        if self._settled:
+            self._poller.poll(0)
+        super()._onTick(timeToWait)
+        if not self._settled:
+            self._settled = self._SyncObj__transport.ready and not self._SyncObj__needLoadDumpFile
+
+    # With appendEntriesUseBatch=False PySyncObj sends a full append round to every member after
+    # *each* command it appends; one round after the whole queue carries the same entries.
+    def _checkCommandsToApply(self):
+        self._queueing = True
+        try:
+            super()._checkCommandsToApply()
+        finally:
+            self._queueing = False
+        if self._send_owed:
+            self._send_owed = False
+            SyncObj._SyncObj__sendAppendEntries(self)
+
+    def _SyncObj__sendAppendEntries(self):  # what SyncObj's own calls resolve to
+        if self._queueing:
+            self._send_owed = True
+            return
+        SyncObj._SyncObj__sendAppendEntries(self)
+
+    # -- a public surface (tick thread only, except where noted) -------------------------------
+
+    def wake(self) -> None:
+        """Make the tick thread run now instead of at the end of its poll timeout (any thread)."""
+        notifier = getattr(self, "_SyncObj__pipeNotifier", None)
+        if notifier is not None:
+            try:
+                notifier.notify()
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already
+
+    def is_leader(self) -> bool:
+        return self._isLeader()
+
+    def leader_id(self) -> str | None:
+        leader = self._getLeader()
+        return leader.id if leader is not None else None
+
+    def peer_ids(self) -> set[str]:
+        """Raft addresses of the other voters (a standby: all voters)."""
+        return {n.id for n in self.otherNodes}
+
+    def connected_ids(self) -> set[str]:
+        return {n.id for n in self.otherNodes if self.isNodeConnected(n)}
+
+    def leader_reachable(self) -> bool:
+        """Racy read from any thread (a tick round trip would cost up to a tick per write): is
+        there a leader this node can hand a command to right now?"""
+        try:
+            if self._isLeader():
+                return self.hasQuorum
+            leader = self._getLeader()
+            return leader is not None and self.isNodeConnected(leader)
+        except RuntimeError:  # a set changed size under us: ask again
+            return False
+
+    def status_fields(self) -> dict:
+        st = self.getStatus()
+        return {"state": st["state"], "term": self.raftCurrentTerm, "commit_index": self.raftCommitIndex,
+                "last_applied": self.raftLastApplied, "log_len": st["log_len"], "has_quorum": self.hasQuorum,
+                "ready": self.isReady()}
+
+    def change_membership(self, kind: str, addr: str, callback: Callable[[Any, int], None]) -> None:
+        (self.addNodeToCluster if kind == "add" else self.removeNodeFromCluster)(addr, callback=callback)
+
+    def request_transfer(self, callback: Callable[[Any, int], None]) -> None:
+        self.transferLeadership(None, callback)
+
+
+# ------------------------------------------------------------------ configuration
+
+
+@dataclass(frozen=True)
+class SyncTuning:
+    """Raft timing (seconds). The defaults are measured; docs/design/raft.md says why."""
+
+    election_min: float = 1.0
+    election_max: float = 2.0
+    append_period: float = 0.1
+    tick_period: float = 0.05
+    leader_fallback: float = 2.0
+    connection_retry: float = 0.5
+    log_compaction_min_entries: int | None = None  # None: PySyncObj's default
+    extra: tuple[tuple[str, Any], ...] = ()  # further SyncObjConf fields (benchmarks, tests)
+
+
+def make_conf(bind_addr: str | None, secret: bytes, journal: Any, dump_file: str | None,
+              tuning: SyncTuning = SyncTuning(),
+              on_role: Callable[[int, int], None] | None = None) -> SyncObjConf:
+    """The SyncObjConf for one node; *journal* is a JournalSpec or None (in memory: standbys)."""
+    if not secret:
+        # Without a password PySyncObj unpickles whatever arrives on its port.
+        raise RaftError("a cluster secret is mandatory for the raft port")
+    options = dict(
+        password=secret,
+        appendEntriesUseBatch=False,
+        raftMinTimeout=tuning.election_min,
+        raftMaxTimeout=tuning.election_max,
+        appendEntriesPeriod=tuning.append_period,
+        autoTickPeriod=tuning.tick_period,
+        connectionRetryTime=tuning.connection_retry,
+        leaderFallbackTimeout=tuning.leader_fallback,
+        dynamicMembershipChange=True,
+        # Never queue a command while no leader is known: a queued command survives its caller's
+        # timeout and would be applied later although the caller was told it failed.
+        commandsWaitLeader=False,
+        journalFile=journal,
+        tcp_keepalive=None,  # AgentTransport sets keepalive and TCP_USER_TIMEOUT on every socket
+        fullDumpFile=dump_file,
+        bindAddress=bind_addr,
+        maxBindRetries=2,
+        bindRetryTime=0.3,
+        # Serialise snapshots in the tick thread: fork() in a multi-threaded process risks
+        # deadlocks in the child, and our state is small.
+        useFork=False,
+        onStateChanged=on_role,
+    )
+    if tuning.log_compaction_min_entries is not None:
+        options["logCompactionMinEntries"] = tuning.log_compaction_min_entries
+    options.update(dict(tuning.extra))
+    return SyncObjConf(**options)
+
+
+# ------------------------------------------------------------------ writes
+
+
+def submit(sync: Callable[[], AgentSyncObj | None], store: Callable[[], StateStore], command: str, args: dict,
+           *, timeout: float, leader_wait: float, who: str) -> Any:
+    """Replicate one command and return the state machine's value, or raise.
+
+    While no leader is reachable the command is not submitted; after *leader_wait* seconds that is
+    :class:`NotSubmitted`. Failures proving the command was never appended are retried within
+    *timeout*. *sync*/*store* are resolved at each attempt: a role change replaces both.
+    """
+    now = time.monotonic()
+    deadline, leader_deadline = now + timeout, now + min(timeout, leader_wait)
+    while True:
+        current = sync()
+        if current is None or not current.leader_reachable():
+            if time.monotonic() >= leader_deadline:
+                raise NotSubmitted(f"no raft leader reachable from {who}: this node is cut off from the "
+                                   "majority of the cluster, or the majority is down")
+            time.sleep(0.02)
+            continue
+        try:
+            res = store().apply(command, args, sync=True, timeout=max(0.05, deadline - time.monotonic()))
+            break
+        except Exception as exc:  # SyncObjException carries a FAIL_REASON code or 'Timeout'
+            code = getattr(exc, "errorCode", None)
+            submitted = isinstance(exc, SyncObjException)  # else it failed before reaching PySyncObj
+            if (code in _NOT_APPENDED or not submitted) and time.monotonic() < deadline:
+                time.sleep(0.02)  # (not submitted: e.g. the raft object is being replaced on a role change)
+                continue
+            if not submitted or code in _NOT_APPENDED:
+                raise NotSubmitted(f"command not submitted: {FAIL_NAMES.get(code, code) if submitted else exc}") \
+                    from None
+            if code == "Timeout":
+                raise OutcomeUnknown(f"command not confirmed within {timeout:g} s; it may still commit "
+                                     "(leader lost or cluster overloaded)") from None
+            if code in (FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME):
+                raise OutcomeUnknown("the raft leader changed while the command was in flight; it may or may "
+                                     "not have been applied") from None
+            raise CommandFailed(f"command not committed: {FAIL_NAMES.get(code, code)}") from None
+    if not isinstance(res, dict):
+        raise CommandFailed(str(res))
+    if not res.get("ok"):
+        raise CommandRejected(str(res.get("error")))
+    return res.get("value")
+
+
+def change_membership(node: AgentSyncObj, kind: str, addr: str, *, deadline: float,
+                      done_early: Callable[[], bool] = lambda: False) -> None:
+    """One membership change (``kind`` add/remove) on the leader, retried while PySyncObj refuses
+    it because the previous change or the leader's no-op is not committed yet. Returns once it is
+    committed (or *done_early* says so); raises :class:`NotLeader` or :class:`RaftError`."""
+    while True:
+        box: list = []
+        done = threading.Event()
+        node.change_membership(kind, addr, lambda _res, err, box=box, done=done: (box.append(err), done.set()))
+        err = None
+        while time.monotonic() < deadline:
+            if done.wait(0.02):
+                err = box[0]
+                break
+            if done_early():
+                return
+        if err == FAIL_REASON.SUCCESS:
+            return
+        if err is None:
+            raise RaftError(f"{'adding' if kind == 'add' else 'removing'} {addr} did not commit in time")
+        if err in _RETRY_CHANGE and time.monotonic() < deadline:
+            time.sleep(0.05)  # previous change or the leader's no-op not committed yet
+            continue
+        if err in _LOST_LEAD:
+            raise NotLeader(None)
+        raise RaftError(f"{'adding' if kind == 'add' else 'removing'} {addr} failed: {FAIL_NAMES.get(err, err)}")
+
+
+def transfer_succeeded(err: int) -> bool:
+    return err == FAIL_REASON.SUCCESS

@@ -1,0 +1,153 @@
+"""PySyncObj's TCP transport, hardened: durable before send, fast dead-peer detection, bounded strangers.
+
+``AgentTransport`` (handed to ``SyncObj(transportClass=...)``) overrides:
+
+* ``send`` — syncs the journal before an acknowledgement or a vote leaves the node, and makes a
+  follower's rejection ask for everything after its commit index (a livelock otherwise);
+* ``_onMessageReceived`` — on the leader, a success acknowledgement never moves ``nextIndex`` back;
+* ``_connectIfNecessarySingle`` / ``_onNewIncomingConnection`` — ``TCP_USER_TIMEOUT`` 2 s and
+  keepalive on every raft socket (a vanished peer is noticed in ~2 s, not 30);
+* ``_onTick`` — syncs the leader's entries of the tick, drops connections that do not
+  authenticate within 5 s, refuses more than 64 at once, and caps an unauthenticated frame at 64 KiB.
+
+The why of each, with measurements: docs/design/raft.md ("PySyncObj traps", "Durability").
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import types
+from typing import Any, Callable
+
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
+from pysyncobj.transport import TCPTransport
+
+log = logging.getLogger(__name__)
+
+USER_TIMEOUT_MS = 2000      # unacknowledged data / SYN / keepalive probes -> connection error
+KEEPALIVE_IDLE_S = 1        # first keepalive probe after 1 s without traffic
+KEEPALIVE_INTERVAL_S = 1
+KEEPALIVE_COUNT = 2
+PREAUTH_TIMEOUT = 5.0       # seconds to finish the key exchange and name the peer
+MAX_PREAUTH = 64            # concurrent unauthenticated incoming connections
+MAX_PREAUTH_BYTES = 64 * 1024
+
+# The private PySyncObj 0.3.17 members used here (guarded, so an upgrade fails loudly at import):
+_READ_ATTR = "_TcpConnection__processRead"
+_BUF_ATTR = "_TcpConnection__readBuffer"
+_NEXT_INDEX_ATTR = "_SyncObj__raftNextIndex"
+_CLAIMS_DURABLE = frozenset({"next_node_idx", "response_vote"})
+
+
+def tune_socket(fd: int) -> None:
+    """Set the dead-peer options on the TCP socket *fd* (Linux)."""
+    s = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)  # a dup: options apply to the shared socket
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+    finally:
+        s.close()
+
+
+def _cap_preauth_reads(conn: TcpConnection, still_unauthenticated: Callable[[], bool]) -> None:
+    original = getattr(conn, _READ_ATTR)
+
+    def capped_read(self: TcpConnection) -> bool:
+        more = original()
+        if still_unauthenticated() and len(getattr(self, _BUF_ATTR, b"")) > MAX_PREAUTH_BYTES:
+            log.warning("raft port: dropped an unauthenticated connection sending an oversized frame")
+            self.disconnect()
+            return False
+        return more
+
+    setattr(conn, _READ_ATTR, types.MethodType(capped_read, conn))
+
+
+class AgentTransport(TCPTransport):
+    """See the module docstring. *before_send* is called before every outgoing message."""
+
+    def __init__(self, syncObj, selfNode, otherNodes, *, journal: Any):
+        self._journal = journal  # has .sync(); None: a log kept in memory
+        self._preauth_since: dict[TcpConnection, float] = {}
+        super().__init__(syncObj, selfNode, otherNodes)
+
+    def send(self, node, message):
+        if isinstance(message, dict) and message.get("type") in _CLAIMS_DURABLE:
+            self._sync_journal()
+            if message.get("reset") and not message.get("success"):
+                message = self._rejection_from_commit(message)
+        return super().send(node, message)
+
+    def _rejection_from_commit(self, message: dict) -> dict:
+        """A follower's "your entries do not fit my log" answers: ask for everything after our
+        commit index. Committed entries match the leader's log (raft's leader completeness), so
+        the leader's next message fits whatever conflicting tail we hold. PySyncObj answers
+        "try from my log's end" when the message starts beyond our log and "try one entry
+        back" on a conflict; a leader pipelining several messages per round to a follower far
+        behind got the conflict answer first and "my end" for every later message, took the
+        last, and never walked back past the conflict (three lab members stuck for good)."""
+        hint = self._syncObj.raftCommitIndex + 1
+        if hint >= message["next_node_idx"]:
+            return message
+        return {**message, "next_node_idx": hint}
+
+    def _onMessageReceived(self, node, message):
+        if not (isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success")
+                and not message.get("reset")):
+            return super()._onMessageReceived(node, message)
+        next_index = getattr(self._syncObj, _NEXT_INDEX_ATTR)
+        before = next_index.get(node)
+        super()._onMessageReceived(node, message)
+        after = next_index.get(node)
+        if before is not None and after is not None and after < before:
+            next_index[node] = before
+
+    def _connectIfNecessarySingle(self, node):
+        conn = self._connections.get(node)
+        before = conn.state if conn is not None else None
+        result = super()._connectIfNecessarySingle(node)
+        if conn is not None and before == CONNECTION_STATE.DISCONNECTED and conn.state != CONNECTION_STATE.DISCONNECTED:
+            fd = conn.fileno()
+            if fd is not None:
+                try:
+                    tune_socket(fd)
+                except OSError as exc:  # pragma: no cover - not Linux
+                    log.debug("cannot tune raft socket: %s", exc)
+        return result
+
+    def _onNewIncomingConnection(self, conn):
+        if len(self._preauth_since) >= MAX_PREAUTH:
+            conn.disconnect()
+            return
+        super()._onNewIncomingConnection(conn)
+        fd = conn.fileno()
+        if fd is not None:
+            try:
+                tune_socket(fd)
+            except OSError as exc:  # pragma: no cover
+                log.debug("cannot tune raft socket: %s", exc)
+        self._preauth_since[conn] = time.monotonic()
+        _cap_preauth_reads(conn, lambda: conn in self._unknownConnections)
+
+    def _sync_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.sync()
+
+    def _onTick(self):
+        self._sync_journal()  # the leader's entries of this tick (group commit), before polling
+        super()._onTick()
+        if self._preauth_since:
+            now = time.monotonic()
+            for conn, since in list(self._preauth_since.items()):
+                if conn not in self._unknownConnections:
+                    del self._preauth_since[conn]  # authenticated (or already dropped)
+                elif now - since > PREAUTH_TIMEOUT:
+                    del self._preauth_since[conn]
+                    log.warning("raft port: dropped a connection that did not authenticate within %.0f s",
+                                PREAUTH_TIMEOUT)
+                    conn.disconnect()

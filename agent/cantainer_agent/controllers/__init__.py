@@ -1,0 +1,1 @@
+"""Controllers: level-triggered ``sync(snapshot)`` loops — containers, overlay and voters."""

@@ -1,0 +1,89 @@
+"""The overlay controller: this host's share of the cluster's overlay, programmed by `overlay`.
+
+Which containers count as endpoints: every container the cluster state holds whose last observed
+state is not exited/dead — a created-but-starting container must already be reachable the moment
+its process runs, and an exited one has no veth left to reach. A snapshot taken before a container
+was attached does not show it: when the kernel holds a container link the snapshot does not want,
+the desired state is read again before anything is deleted.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..config import AgentConfig
+from ..overlay import DesiredHost, EndpointSpec, KernelGuard, NetworkSpec, Observed, OverlayReconciler, underlay_mtu
+from ..overlay.model import owned_kind
+
+GONE_STATES = ("exited", "dead")
+
+
+def desired_host(state: dict, node: str, vtep: str, mtu: int, vxlan_port: int) -> DesiredHost:
+    """Pure: this node's share of the cluster's overlay."""
+    networks = [NetworkSpec(cidr, record["vni"]) for cidr, record in state["networks"].items()]
+    endpoints = []
+    for container in state["containers"].values():
+        if container.get("observed", {}).get("state") in GONE_STATES:
+            continue
+        host = state["nodes"].get(container["host"])
+        if host is None:
+            continue  # its host left the cluster: nothing to forward to
+        endpoints.append(EndpointSpec(container["id"], container["network"], container["ip"], container["host"],
+                                      host["address"]))
+    return DesiredHost.build(node, vtep, mtu, networks, endpoints, vxlan_port=vxlan_port)
+
+
+def summarize(health: dict) -> dict:
+    """Overlay health in four numbers: networks here, entries expected/programmed, pending changes."""
+    networks = health["networks"].values()
+    return {
+        "networks": len(health["networks"]),
+        "expected": sum(n["fdb_expected"] + n["neigh_expected"] for n in networks),
+        "programmed": sum(n["fdb_programmed"] + n["neigh_programmed"] for n in networks),
+        "pending": health["pending"],
+    }
+
+
+class OverlayController:
+    """Owns this host's overlay devices (``sync(snapshot)`` in the agent's controller loop)."""
+
+    name = "overlay"
+
+    def __init__(self, cfg: AgentConfig, guard: KernelGuard, read: Callable[[], dict]) -> None:
+        self._cfg = cfg
+        self._read = read  # a fresh snapshot, when the one a pass got is older than the kernel
+        self._mtu: int | None = None
+        self._reconciler = OverlayReconciler(self._desired, guard)
+        self._state: dict | None = None
+
+    @property
+    def summary(self) -> dict | None:
+        """Entries expected vs programmed after the last pass, sent with heartbeats for `status`."""
+        last = self._reconciler.last
+        return summarize(last.health) if last is not None and last.health else None
+
+    @property
+    def underlay_mtu(self) -> int:
+        if self._mtu is None:
+            self._mtu = underlay_mtu(self._cfg.address)
+        return self._mtu
+
+    def _build(self, state: dict) -> DesiredHost:
+        return desired_host(state, self._cfg.node, self._cfg.address, self.underlay_mtu, self._cfg.vxlan_port)
+
+    def _desired(self, observed: Observed) -> DesiredHost:
+        want = self._build(self._state)
+        wanted = {ep.host_veth for ep in want.local}
+        if any(owned_kind(name) == ("veth", None) and name not in wanted for name in observed.links):
+            snapshot = self._read()  # attached after our snapshot was taken, or really an orphan
+            if snapshot["ready"]:
+                want = self._build(snapshot["state"])
+        return want
+
+    def sync(self, snapshot: dict) -> None:
+        if not snapshot["ready"]:
+            return  # a replica still catching up would delete entries for containers it has not seen yet
+        self._state = snapshot["state"]
+        try:
+            self._reconciler.reconcile()  # raises OverlayError on failed actions: the loop retries
+        finally:
+            self._state = None

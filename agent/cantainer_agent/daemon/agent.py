@@ -1,0 +1,240 @@
+"""The agent's wiring: every part is built here and handed what it needs (no globals).
+
+Start order: directories, the single-instance lock and pid file, the API socket and the join port
+(bound first, to fail fast), raft partners (startup.py: restart, rejoin, bootstrap or join), the
+raft node, then the control loops (containers + overlay; voters) and the heartbeat thread, which
+registers this node in the cluster state and then heartbeats every period (cluster/liveness.py).
+Single instance: ``data_dir/agent.lock`` is flock()ed for the life of the process.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import threading
+import time
+
+from .. import __version__
+from ..api import containers as api_containers
+from ..api import images as api_images
+from ..api import networks as api_networks
+from ..api import system as api_system
+from ..api.errors import mapped
+from ..api.server import ApiServer
+from ..cluster.liveness import heartbeat_period
+from ..cluster.state import ClusterState
+from ..config import AgentConfig
+from ..consensus import RaftConfig, RaftError, RaftNode
+from ..controllers.containers import ContainersController
+from ..controllers.loop import ControllerLoop
+from ..controllers.overlay import OverlayController
+from ..controllers.voters import VotersController
+from ..fsutil import atomic_write, ensure_dir
+from ..join.server import JoinServer, JoinService
+from ..layout import LOCK_NAME
+from ..overlay import KernelGuard
+from ..workload import Workload
+from .startup import StartupError, check_port_free, decide_partners
+
+log = logging.getLogger("cantainer_agent")
+
+REGISTER_RETRY = 0.5  # seconds between attempts to register (once per start; status shows us down until then)
+VOTERS_PERIOD = 0.5   # seconds between two looks at who votes
+
+
+def read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, secret: bytes):
+        self.cfg = cfg
+        self._secret = secret
+        self.raft: RaftNode | None = None
+        self.stop_event = threading.Event()
+        self.start_mode = ""
+        self._lock_fd: int | None = None
+        self._pid_written = False
+        self._api: ApiServer | None = None
+        self._join_server: JoinServer | None = None
+        self._hb_thread: threading.Thread | None = None
+        self.loop: ControllerLoop | None = None
+        self._voters_loop: ControllerLoop | None = None
+        self.workload: Workload | None = None
+        self.overlay: OverlayController | None = None
+
+    # ------------------------------------------------------------ start-up
+
+    def start(self) -> None:
+        cfg = self.cfg
+        try:
+            ensure_dir(cfg.data_dir, 0o700)
+            ensure_dir(cfg.run_dir, 0o755)
+            ensure_dir(cfg.log_dir, 0o750)
+        except OSError as exc:
+            raise StartupError(f"cannot create directory {exc.filename}: {exc.strerror}") from None
+        self._take_lock()
+        atomic_write(cfg.pid_file, f"{os.getpid()}\n".encode(), 0o644)
+        self._pid_written = True
+
+        guard = KernelGuard()
+        self.overlay = OverlayController(cfg, guard, self._snapshot)
+        self.workload = Workload(cfg, guard, lambda: self.overlay.underlay_mtu, self.trigger)
+        containers = ContainersController(cfg.node, self.workload, lambda: self.raft)
+        self.loop = ControllerLoop("reconcile", [containers, self.overlay], self._snapshot)
+        voters = VotersController(lambda: self.raft, self._secret, voters=cfg.voters,
+                                  heartbeat_interval=cfg.heartbeat_interval)
+        self._voters_loop = ControllerLoop("voters", [voters], self._status, period=VOTERS_PERIOD, nice=False)
+        try:
+            self._api = ApiServer(cfg.socket_path, self._handlers())
+        except OSError as exc:
+            raise StartupError(f"cannot bind the API socket {cfg.socket_path}: {exc.strerror or exc}") from None
+        self._api.start()
+        try:
+            service = JoinService(lambda: self.raft, cfg.cluster, cfg.node, cfg.voters)
+            self._join_server = JoinServer(cfg.address, cfg.join_port, self._secret, service.handle)
+        except OSError as exc:
+            raise StartupError(str(exc.strerror or exc)) from None
+        self._join_server.start()
+        check_port_free(cfg.address, cfg.raft_port)
+
+        self.start_mode, partners = decide_partners(cfg, self._secret)
+        raft = RaftNode(RaftConfig(cluster=cfg.cluster, self_addr=cfg.raft_addr, data_dir=cfg.data_dir,
+                                   secret=self._secret, partners=tuple(partners)), fsm=ClusterState)
+        try:
+            raft.start()
+        except RaftError as exc:
+            raise StartupError(str(exc)) from None
+        self.raft = raft
+        raft.on_state_change = self.loop.trigger
+        self.loop.start()
+        self._voters_loop.start()
+        self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self._hb_thread.start()
+        log.info("agent %s ready: node=%s cluster=%s raft=%s join=%s mode=%s", __version__, cfg.node,
+                 cfg.cluster, cfg.raft_addr, cfg.join_addr, self.start_mode)
+
+    def _take_lock(self) -> None:
+        path = os.path.join(self.cfg.data_dir, LOCK_NAME)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                other = read_pid(self.cfg.pid_file)
+                who = f" (pid {other})" if other else ""
+                raise StartupError(f"another agent is already running with data_dir {self.cfg.data_dir}{who}") from None
+            raise
+        self._lock_fd = fd
+
+    def _snapshot(self) -> dict:
+        if self.raft is None:
+            raise RaftError("raft is not running yet")
+        return self.raft.snapshot()
+
+    def _status(self) -> dict:
+        if self.raft is None:
+            raise RaftError("raft is not running yet")
+        return self.raft.status()
+
+    def trigger(self) -> None:
+        if self.loop is not None:
+            self.loop.trigger()
+
+    def _handlers(self) -> dict:
+        get_raft = lambda: self.raft  # noqa: E731 - the node appears after the API starts serving
+        handlers = {
+            **api_system.handlers(self.cfg, get_raft, self.stop_event.set),
+            **api_networks.handlers(get_raft),
+            **api_images.handlers(self.workload),
+            **api_containers.ContainerHandlers(self.cfg.node, self.workload, get_raft, self.trigger).handlers(),
+        }
+        return {name: mapped(handler) for name, handler in handlers.items()}
+
+    # ------------------------------------------------------------ heartbeat
+
+    def _heartbeat_loop(self) -> None:
+        """Register, then heartbeat every heartbeat_period (cluster/liveness.py). A failed heartbeat
+        is not retried early: it may still commit, the next one carries the same news, and retrying
+        every 0.5 s multiplied the writes of a leader that was already behind. A failed registration
+        is retried every REGISTER_RETRY: it happens once per start, and the node shows down until then."""
+        cfg = self.cfg
+        registered = False
+        last_error = ""
+        delay = 0.0
+        nodes = 1
+        while not self.stop_event.wait(delay):
+            raft = self.raft
+            delay = period = heartbeat_period(cfg.heartbeat_interval, nodes)
+            if raft is None:
+                continue
+            try:
+                nodes = raft.read(lambda state: len(state.nodes))
+                timeout = max(3.0, period)
+                if not registered:
+                    raft.apply("register_node", {
+                        "name": cfg.node, "address": cfg.address, "raft_addr": cfg.raft_addr,
+                        "join_addr": cfg.join_addr, "version": __version__, "bundle": cfg.bundle,
+                        "ts": time.time()}, timeout=timeout)
+                    registered = True
+                    log.info("registered node %s in the cluster state", cfg.node)
+                else:
+                    args = {"name": cfg.node, "ts": time.time()}
+                    summary = self.overlay.summary if self.overlay is not None else None
+                    if summary is not None:
+                        args["overlay"] = summary
+                    if not raft.apply("heartbeat", args, timeout=timeout):
+                        registered = False  # our record vanished (removed?): register again
+                        delay = 0.0
+                last_error = ""
+            except RaftError as exc:
+                if str(exc) != last_error:
+                    log.warning("heartbeat/registration failed: %s", exc)
+                    last_error = str(exc)
+                if not registered:
+                    delay = min(period, REGISTER_RETRY)
+
+    # -------------------------------------------------------------- running
+
+    def wait(self) -> int:
+        """Block until asked to stop; returns the exit status."""
+        while not self.stop_event.wait(0.5):
+            raft = self.raft
+            if raft is not None and not raft.running:
+                log.error("raft tick thread died; exiting so the supervisor restarts the agent")
+                return 1
+        return 0
+
+    def shutdown(self) -> None:
+        self.stop_event.set()
+        for name, fn in (("api", self._api and self._api.stop), ("join", self._join_server and self._join_server.stop)):
+            if fn:
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001 - keep shutting the rest down
+                    log.exception("error stopping %s server", name)
+        if self._hb_thread is not None:
+            self._hb_thread.join(5)
+        for loop in (self.loop, self._voters_loop):
+            if loop is not None:
+                loop.stop()
+        if self.workload is not None:
+            self.workload.close()  # stops the fork server only: containers keep running
+        if self.raft is not None:
+            self.raft.stop()
+        if self._pid_written and read_pid(self.cfg.pid_file) == os.getpid():
+            try:
+                os.unlink(self.cfg.pid_file)
+            except OSError:
+                pass
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        log.info("agent stopped")
+

@@ -1,0 +1,215 @@
+"""The agent process: foreground (systemd) or detached daemon, readiness, signals, logging.
+
+``python3 -m cantainer_agent run --config PATH [--daemon]``
+
+Foreground by default (for systemd: ``READY=1`` goes to ``$NOTIFY_SOCKET`` when set). ``--daemon``
+detaches (fork, setsid, fork; stdin ``/dev/null``; stdout/stderr appended to ``log_dir/agent.log``;
+pid file ``run_dir/agent.pid``): the launching process waits on a readiness pipe and exits 0 once
+the agent serves its API, join and raft ports (after joining, if it had to), or prints one error
+line and exits 1 — with nothing left behind (socket, pid file, ports).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from typing import Callable
+
+from ..config import AgentConfig, ConfigError, read_secret
+from ..fsutil import ensure_dir
+from .agent import Agent
+from .startup import StartupError
+
+log = logging.getLogger("cantainer_agent")
+
+READY_TIMEOUT = 90.0  # launcher's wait; start-up itself is bounded well below this
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def setup_logging(log_file: str, to_stderr: bool) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    handlers: list[logging.Handler] = []
+    try:
+        fh = logging.FileHandler(log_file)
+        handlers.append(fh)
+        os.chmod(log_file, 0o640)
+    except OSError:
+        to_stderr = True
+    if to_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    root.setLevel(logging.INFO)
+
+
+def _sd_notify(message: str) -> None:
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(message.encode(), addr)
+    except OSError:
+        pass
+
+
+def run_agent(cfg: AgentConfig, ready: Callable[[str | None], None]) -> int:
+    """Start, report readiness (``ready(None)`` or ``ready(error line)``), serve until stopped."""
+    agent: Agent | None = None
+    started = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if started and agent is not None:
+            agent.stop_event.set()
+        else:
+            raise _Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        secret = read_secret(cfg.secret_file)
+        agent = Agent(cfg, secret)
+        agent.start()
+        started = True
+    except (StartupError, ConfigError) as exc:
+        log.error("start-up failed: %s", exc)
+        error = str(exc)
+    except _Interrupted as exc:
+        error = f"interrupted by {exc} during start-up"
+    except Exception as exc:  # noqa: BLE001
+        log.exception("start-up failed")
+        error = f"start-up failed: {type(exc).__name__}: {exc} (see {cfg.log_file})"
+    if not started:
+        # clean up first, so "exit 1" means nothing is left behind (socket, pid file, ports)
+        if agent is not None:
+            try:
+                agent.shutdown()
+            except Exception:  # noqa: BLE001
+                log.exception("cleanup after failed start-up")
+        ready(error)
+        return 1
+    ready(None)
+    status = agent.wait()
+    log.info("shutting down")
+    agent.shutdown()
+    return status
+
+
+def run_foreground(cfg: AgentConfig) -> int:
+    try:
+        ensure_dir(cfg.log_dir, 0o750)
+    except OSError:
+        pass
+    setup_logging(cfg.log_file, to_stderr=True)
+
+    def ready(error: str | None) -> None:
+        if error is None:
+            _sd_notify("READY=1")
+        else:
+            print(f"cantainer-agent: error: {error}", file=sys.stderr)
+
+    return run_agent(cfg, ready)
+
+
+def run_daemon(cfg: AgentConfig) -> int:
+    """Detach; the calling process returns 0 once the daemon is ready, else prints one line and returns 1."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid > 0:
+        os.close(w)
+        os.waitpid(pid, 0)  # the intermediate child exits right after the second fork
+        return _await_ready(r, cfg)
+    # intermediate child
+    try:
+        os.close(r)
+        os.setsid()
+        if os.fork() > 0:
+            os._exit(0)
+        _daemon_child(cfg, w)
+    except BaseException:  # noqa: BLE001
+        pass
+    os._exit(1)
+
+
+def _await_ready(r: int, cfg: AgentConfig) -> int:
+    buf = b""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            print(f"cantainer-agent: error: agent did not become ready within {READY_TIMEOUT:.0f} s "
+                  f"(see {cfg.log_file})", file=sys.stderr)
+            return 1
+        ready_fds, _, _ = select.select([r], [], [], left)
+        if not ready_fds:
+            continue
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    os.close(r)
+    text = buf.decode("utf-8", "replace").strip()
+    if text.startswith("READY"):
+        return 0
+    if text.startswith("ERROR "):
+        print(f"cantainer-agent: error: {text[6:].splitlines()[0]}", file=sys.stderr)
+    else:
+        print(f"cantainer-agent: error: agent exited during start-up (see {cfg.log_file})", file=sys.stderr)
+    return 1
+
+
+def _daemon_child(cfg: AgentConfig, w: int) -> None:
+    os.chdir("/")
+    os.umask(0o022)
+    reported = False
+
+    def ready(error: str | None) -> None:
+        nonlocal reported
+        if reported:
+            return
+        reported = True
+        msg = "READY\n" if error is None else "ERROR " + error.replace("\n", " ") + "\n"
+        try:
+            os.write(w, msg.encode())
+        except OSError:
+            pass
+        os.close(w)
+
+    try:
+        ensure_dir(cfg.log_dir, 0o750)
+        fd = os.open(cfg.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    except OSError as exc:
+        ready(f"cannot open log file {cfg.log_file}: {exc.strerror}")
+        os._exit(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(null)
+    os.close(fd)
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+    setup_logging(cfg.log_file, to_stderr=False)
+    status = 1
+    try:
+        status = run_agent(cfg, ready)
+    except BaseException:  # noqa: BLE001
+        logging.getLogger("cantainer_agent").exception("agent crashed")
+        ready("agent crashed during start-up (see log)")
+    finally:
+        logging.shutdown()
+    os._exit(status)

@@ -1,0 +1,92 @@
+"""How an agent finds its raft partners at start-up (and joins, if it must).
+
+1. ``members.json`` exists -> restart with exactly those members (never the configured seeds: a
+   bootstrap node restarted with ``[]`` elects itself alone);
+2. else a raft journal exists (members file lost) -> rejoin through the seeds;
+3. else ``bootstrap`` -> if a seed already answers as a member of this cluster, join it (a wiped
+   bootstrap host must not found a second cluster); otherwise found a one-node cluster;
+4. else join through the seeds.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from .. import __version__
+from ..config import AgentConfig
+from ..consensus import RaftError, journal_path, load_members, save_members
+from ..errors import AgentError
+from ..join.client import JoinError, join_cluster
+from ..join.wire import request as join_request
+
+log = logging.getLogger(__name__)
+
+JOIN_DEADLINE = 45.0
+
+
+class StartupError(AgentError):
+    """Start-up failed; the message is the one line shown to the operator."""
+
+
+def decide_partners(cfg: AgentConfig, secret: bytes) -> tuple[str, list[str]]:
+    """Returns (start mode, the other voters to start raft with)."""
+    try:
+        known = load_members(cfg.data_dir)
+    except RaftError as exc:
+        raise StartupError(str(exc)) from None
+    if known is not None:
+        if known.cluster != cfg.cluster:
+            raise StartupError(f"{cfg.data_dir} belongs to cluster {known.cluster!r}, not {cfg.cluster!r}")
+        if known.self_addr != cfg.raft_addr:
+            raise StartupError(f"{cfg.data_dir} was created for raft address {known.self_addr}, now "
+                               f"{cfg.raft_addr}; remove {cfg.data_dir} to join again")
+        return "restart", known.partners
+    if os.path.exists(journal_path(cfg.data_dir)):
+        if not cfg.seeds:
+            raise StartupError(f"{cfg.data_dir} has a raft journal but no members.json and no seeds are "
+                               "configured: cannot know the cluster members")
+        return "rejoin", join(cfg, secret)
+    if cfg.bootstrap:
+        for seed in cfg.seeds:
+            try:
+                body = join_request(seed, secret, "ping", {}, timeout=1.0)
+            except Exception:  # noqa: BLE001 - an unreachable or misbehaving seed: nobody there yet
+                continue
+            if body.get("ok") and body["result"].get("cluster") == cfg.cluster and body["result"].get("leader"):
+                log.info("bootstrap requested but %s already serves cluster %s: joining it", seed, cfg.cluster)
+                return "join", join(cfg, secret)
+        save_members(cfg.data_dir, cfg.cluster, cfg.raft_addr, [cfg.raft_addr])
+        return "bootstrap", []
+    return "join", join(cfg, secret)
+
+
+def join(cfg: AgentConfig, secret: bytes) -> list[str]:
+    """Join through the seeds; records the member list and role, returns the other voters."""
+    params = {"cluster": cfg.cluster, "node": cfg.node, "address": cfg.address, "raft_addr": cfg.raft_addr,
+              "join_addr": cfg.join_addr, "version": __version__, "bundle": cfg.bundle}
+    try:
+        result = join_cluster(cfg.seeds, secret, params, deadline=JOIN_DEADLINE)
+    except JoinError as exc:
+        raise StartupError(str(exc)) from None
+    members = [m for m in result["members"] if isinstance(m, str)]
+    role = "standby" if result.get("role") == "standby" else "voter"  # controllers/voters.py
+    if role == "voter" and cfg.raft_addr not in members:
+        raise StartupError(f"join answer from {result.get('via')} does not list this node {cfg.raft_addr}")
+    save_members(cfg.data_dir, cfg.cluster, cfg.raft_addr, members, role=role)
+    log.info("joined through %s as %s (already member: %s); voters %s", result.get("via"), role,
+             result.get("already_member"), members)
+    return [m for m in members if m != cfg.raft_addr]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail before joining if the raft port cannot be bound (a joined member that cannot
+    start would hurt the cluster's quorum)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+    except OSError as exc:
+        raise StartupError(f"cannot bind the raft port {host}:{port}: {exc.strerror}") from None
+    finally:
+        s.close()

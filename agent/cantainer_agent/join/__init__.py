@@ -1,0 +1,1 @@
+"""Joining (dqlite-style): the signed wire format, the join port's server, and the seeds client."""

@@ -1,0 +1,362 @@
+"""The kernel side of the overlay, through netlink (pyroute2 ``IPRoute``) only — no ``ip``/``bridge``.
+
+* :func:`observe` dumps links, addresses, routes, VXLAN FDB and neighbour entries into an
+  :class:`~.model.Observed`;
+* :func:`apply` executes a plan; one failing action does not stop the others (the next pass
+  retries), deleting something already gone counts as done;
+* :class:`KernelGuard` serialises every change this process makes to the overlay and counts the
+  ones made outside reconcile passes (attach/detach), which void a reconciler's cached view;
+* :func:`underlay_mtu` reads the MTU under the host's VTEP address.
+
+Every function takes the ``IPRoute`` of the host's network namespace (``ipr``); it defaults to
+a fresh ``IPRoute()`` where that makes sense. Tests pass ``IPRoute(netns=...)``.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from pyroute2 import IPRoute
+from pyroute2.netlink import NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, nla, nlmsg
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_SETLINK
+
+from ..errors import AgentError
+from . import plan as P
+from .model import (
+    FdbEntry,
+    LinkState,
+    NeighEntry,
+    Observed,
+    RouteEntry,
+    VxlanInfo,
+    owned_kind,
+)
+
+log = logging.getLogger(__name__)
+
+AF_INET, AF_INET6 = 2, 10
+IFF_UP = 0x1
+NTF_SELF = 0x02
+NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
+RTN_UNICAST = 1
+RT_TABLE_LOCAL = 255
+IFLA_INET_CONF = 1
+IPV6_ADDR_GEN_MODE_NONE = P.IPV6_ADDR_GEN_MODE_NONE
+# "already gone" answers to a delete: the goal is reached
+_GONE = {errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENXIO}
+
+
+
+class KernelGuard:
+    """One reconcile / attach / detach at a time on a host's overlay (an attach running between a
+    reconcile's observe and apply would see its fresh veth deleted as an orphan), and the number
+    of changes made outside reconcile passes. The agent owns one; tests make their own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.changes = 0
+
+    def __enter__(self) -> "KernelGuard":
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def changed(self) -> None:
+        """Record a change made outside a reconcile pass (call while holding the guard)."""
+        self.changes += 1
+
+
+
+class OverlayError(AgentError):
+    """A request the overlay cannot carry out; the message names the cause."""
+
+
+# ---------------------------------------------------------------------------------- observe
+
+
+def observe(ipr: IPRoute) -> Observed:
+    """Dump the kernel state the planner compares with the desired state."""
+    raw = list(ipr.get_links())
+    names = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in raw}
+    owned = {index: name for index, name in names.items() if owned_kind(name or "")}
+    vxlans = {index: name for index, name in owned.items() if owned_kind(name)[0] == "vxlan"}  # type: ignore[index]
+
+    addresses: dict[int, list[str]] = defaultdict(list)
+    for msg in ipr.get_addr():
+        if msg["index"] in owned:
+            addresses[msg["index"]].append(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+
+    links = {}
+    for msg in raw:
+        state = _link_state(msg, names, tuple(sorted(addresses.get(msg["index"], ()))))
+        links[state.name] = state
+
+    fdb = set()
+    for msg in ipr.fdb("dump"):
+        if msg["ifindex"] in vxlans and msg["flags"] & NTF_SELF:
+            fdb.add(FdbEntry(
+                dev=vxlans[msg["ifindex"]],
+                mac=(msg.get_attr("NDA_LLADDR") or "").lower(),
+                dst=msg.get_attr("NDA_DST"),
+                permanent=bool(msg["state"] & NUD_PERMANENT),
+                port=msg.get_attr("NDA_PORT"),
+                vni=msg.get_attr("NDA_VNI"),
+            ))
+
+    neigh = set()
+    for msg in ipr.neigh("dump", family=AF_INET):
+        if msg["ifindex"] in vxlans:
+            mac = msg.get_attr("NDA_LLADDR")
+            neigh.add(NeighEntry(
+                dev=vxlans[msg["ifindex"]],
+                ip=msg.get_attr("NDA_DST"),
+                mac=mac.lower() if mac else None,
+                permanent=bool(msg["state"] & NUD_PERMANENT),
+            ))
+
+    routes = set()
+    for msg in ipr.route("dump"):
+        oif = msg.get_attr("RTA_OIF")
+        table = msg.get_attr("RTA_TABLE") or msg["table"]
+        if oif in owned and msg["type"] == RTN_UNICAST and table != RT_TABLE_LOCAL:
+            routes.add(RouteEntry(
+                dev=owned[oif],
+                family=msg["family"],
+                table=table,
+                dst=msg.get_attr("RTA_DST"),
+                dst_len=msg["dst_len"],
+                priority=msg.get_attr("RTA_PRIORITY"),
+                gateway=msg.get_attr("RTA_GATEWAY"),
+            ))
+    return Observed(links=links, fdb=frozenset(fdb), neigh=frozenset(neigh), routes=frozenset(routes))
+
+
+def _link_state(msg, names: dict[int, str], addresses: tuple[str, ...]) -> LinkState:
+    kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+    vxlan = None
+    if kind == "vxlan":
+        data = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+        if data is not None:
+            vxlan = VxlanInfo(
+                vni=data.get_attr("IFLA_VXLAN_ID"),
+                local=data.get_attr("IFLA_VXLAN_LOCAL"),
+                port=data.get_attr("IFLA_VXLAN_PORT"),
+                learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
+                proxy=bool(data.get_attr("IFLA_VXLAN_PROXY")),
+                group=data.get_attr("IFLA_VXLAN_GROUP"),
+            )
+    master = msg.get_attr("IFLA_MASTER")
+    return LinkState(
+        name=msg.get_attr("IFLA_IFNAME"),
+        index=msg["index"],
+        kind=kind,
+        mtu=msg.get_attr("IFLA_MTU"),
+        up=bool(msg["flags"] & IFF_UP),
+        master=names.get(master) if master else None,
+        addresses=addresses,
+        vxlan=vxlan,
+        ipv4_forwarding=_ipv4_forwarding(msg),
+        ipv6_addr_gen_mode=msg.get_nested("IFLA_AF_SPEC", "AF_INET6", "IFLA_INET6_ADDR_GEN_MODE"),
+    )
+
+
+def _ipv4_forwarding(msg) -> int | None:
+    """The device's net.ipv4.conf.<dev>.forwarding from IFLA_AF_SPEC/AF_INET, or None.
+
+    pyroute2 decodes AF_INET as a flat struct whose first word (``dummy``) is the header of the
+    IFLA_INET_CONF attribute and whose next word is IPV4_DEVCONF_FORWARDING; check that header
+    before trusting the layout.
+    """
+    try:
+        inet = msg.get_nested("IFLA_AF_SPEC", "AF_INET")
+        if inet is None or (inet["dummy"] >> 16) & 0x3FFF != IFLA_INET_CONF:
+            return None
+        return int(inet["forwarding"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------------ apply
+
+
+def apply(ipr: IPRoute, actions: list[P.Action]) -> list[tuple[P.Action, Exception]]:
+    """Execute actions in order; returns the ones that failed with their errors."""
+    failures = []
+    for action in actions:
+        try:
+            _APPLY[type(action)](ipr, action)
+            log.info("overlay: %s", action)
+        except NetlinkError as error:
+            if _is_delete(action) and error.code in _GONE:
+                log.debug("overlay: %s: already gone", action)
+                continue
+            log.warning("overlay: %s failed: %s", action, error)
+            failures.append((action, error))
+        except LookupError as error:
+            if _is_delete(action):
+                continue  # the device is gone, and with it whatever was to be deleted on it
+            log.warning("overlay: %s failed: %s", action, error)
+            failures.append((action, error))
+        except Exception as error:  # noqa: BLE001 - one bad action must not stop the pass
+            log.warning("overlay: %s failed: %r", action, error, exc_info=not isinstance(error, OSError))
+            failures.append((action, error))
+    return failures
+
+
+def _is_delete(action: P.Action) -> bool:
+    return isinstance(action, (P.DeleteLink, P.DeleteAddress, P.DeleteRoute, P.DeleteFdb, P.DeleteNeigh))
+
+
+def _index(ipr: IPRoute, name: str) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise LookupError(f"no link named {name}")
+    return found[0]
+
+
+class _inet_conf(nlmsg):
+    """RTM_SETLINK carrying IFLA_AF_SPEC only, the way the kernel parses it on input.
+
+    pyroute2 has no encoder for per-device inet settings (``ip link`` has none either): on
+    input the kernel expects AF_INET → IFLA_INET_CONF → one attribute per devconf index, and
+    AF_INET6 → IFLA_INET6_ADDR_GEN_MODE.
+    """
+
+    fields = (("family", "B"), ("__align", "x"), ("ifi_type", "H"), ("index", "i"), ("flags", "I"), ("change", "I"))
+    nla_map = ((26, "IFLA_AF_SPEC", "af_spec"),)
+
+    class af_spec(nla):
+        nla_flags = NLA_F_NESTED
+        nla_map = ((AF_INET, "AF_INET", "inet"), (AF_INET6, "AF_INET6", "inet6"))
+
+        class inet(nla):
+            nla_flags = NLA_F_NESTED
+            nla_map = ((IFLA_INET_CONF, "IFLA_INET_CONF", "conf"),)
+
+            class conf(nla):
+                nla_flags = NLA_F_NESTED
+                nla_map = ((1, "IPV4_DEVCONF_FORWARDING", "uint32"),)
+
+        class inet6(nla):
+            nla_flags = NLA_F_NESTED
+            nla_map = ((8, "IFLA_INET6_ADDR_GEN_MODE", "uint8"),)
+
+
+def _set_inet(ipr: IPRoute, index: int, forwarding: int | None, gen_mode: int | None) -> None:
+    spec = []
+    if forwarding is not None:
+        conf = {"attrs": [("IPV4_DEVCONF_FORWARDING", forwarding)]}
+        spec.append(("AF_INET", {"attrs": [("IFLA_INET_CONF", conf)]}))
+    if gen_mode is not None:
+        spec.append(("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", gen_mode)]}))
+    if not spec:
+        return
+    msg = _inet_conf()
+    msg["index"] = index
+    msg["attrs"] = [("IFLA_AF_SPEC", {"attrs": spec})]
+    status = getattr(ipr, "status", None)
+    if isinstance(status, dict):
+        status.setdefault("nlm_generator", False)  # pyroute2 0.9.x sync nlm_request reads it
+    for reply in ipr.nlm_request(msg, msg_type=RTM_SETLINK, msg_flags=NLM_F_REQUEST | NLM_F_ACK):
+        if reply.get("error"):
+            raise NetlinkError(abs(reply["error"]))
+
+
+def _create_bridge(ipr: IPRoute, a: P.CreateBridge) -> None:
+    ipr.link("add", ifname=a.dev, kind="bridge", mtu=a.mtu)
+    index = _index(ipr, a.dev)
+    # no routing out of the bridge even when the host forwards; no IPv6 link-local on it
+    _set_inet(ipr, index, forwarding=0, gen_mode=IPV6_ADDR_GEN_MODE_NONE)
+    ipr.link("set", index=index, state="up")
+
+
+def _create_vxlan(ipr: IPRoute, a: P.CreateVxlan) -> None:
+    ipr.link(
+        "add", ifname=a.dev, kind="vxlan", mtu=a.mtu,
+        vxlan_id=a.vni, vxlan_local=a.local, vxlan_port=a.port,
+        vxlan_learning=0, vxlan_proxy=1,
+    )
+    index = _index(ipr, a.dev)
+    _set_inet(ipr, index, forwarding=None, gen_mode=IPV6_ADDR_GEN_MODE_NONE)
+    ipr.link("set", index=index, master=_index(ipr, a.master))
+    ipr.link("set", index=index, state="up")
+
+
+def _delete_address(ipr: IPRoute, a: P.DeleteAddress) -> None:
+    address, prefixlen = a.address.rsplit("/", 1)
+    family = AF_INET6 if ":" in address else AF_INET
+    ipr.addr("del", index=_index(ipr, a.dev), address=address, prefixlen=int(prefixlen), family=family)
+
+
+def _delete_route(ipr: IPRoute, a: P.DeleteRoute) -> None:
+    r = a.route
+    spec = {"family": r.family, "table": r.table, "dst_len": r.dst_len, "oif": _index(ipr, r.dev)}
+    if r.dst is not None:
+        spec["dst"] = r.dst
+    if r.priority is not None:
+        spec["priority"] = r.priority
+    if r.gateway is not None:
+        spec["gateway"] = r.gateway
+    ipr.route("del", **spec)
+
+
+def _delete_fdb(ipr: IPRoute, a: P.DeleteFdb) -> None:
+    e = a.entry
+    spec = {"ifindex": _index(ipr, e.dev), "lladdr": e.mac, "flags": NTF_SELF}
+    if e.dst is not None:
+        spec["dst"] = e.dst
+    if e.port is not None:
+        spec["port"] = e.port
+    if e.vni is not None:
+        spec["vni"] = e.vni
+    ipr.fdb("del", **spec)
+
+
+_APPLY: dict[type, Callable[[IPRoute, P.Action], None]] = {
+    P.DeleteLink: lambda ipr, a: ipr.link("del", index=_index(ipr, a.dev)),
+    P.CreateBridge: _create_bridge,
+    P.CreateVxlan: _create_vxlan,
+    P.SetMtu: lambda ipr, a: ipr.link("set", index=_index(ipr, a.dev), mtu=a.mtu),
+    P.SetMaster: lambda ipr, a: ipr.link("set", index=_index(ipr, a.dev), master=_index(ipr, a.master)),
+    P.SetUp: lambda ipr, a: ipr.link("set", index=_index(ipr, a.dev), state="up"),
+    P.SetInetConf: lambda ipr, a: _set_inet(ipr, _index(ipr, a.dev), a.ipv4_forwarding, a.ipv6_addr_gen_mode),
+    P.DeleteAddress: _delete_address,
+    P.DeleteRoute: _delete_route,
+    P.DeleteFdb: _delete_fdb,
+    # "replace" = NLM_F_CREATE|NLM_F_REPLACE: adds, or rewrites a wrong entry without a gap
+    P.ReplaceFdb: lambda ipr, a: ipr.fdb(
+        "replace", ifindex=_index(ipr, a.dev), lladdr=a.mac, dst=a.dst,
+        state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF),
+    P.DeleteNeigh: lambda ipr, a: ipr.neigh(
+        "del", ifindex=_index(ipr, a.dev), dst=a.entry.ip, family=AF_INET),
+    P.ReplaceNeigh: lambda ipr, a: ipr.neigh(
+        "replace", ifindex=_index(ipr, a.dev), dst=a.ip, lladdr=a.mac, state=NUD_PERMANENT, family=AF_INET),
+}
+
+
+@contextmanager
+def iproute(ipr: IPRoute | None, netns: str | None = None) -> Iterator[IPRoute]:
+    if ipr is not None:
+        yield ipr
+        return
+    own = IPRoute(netns=netns, flags=0) if netns else IPRoute()
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+def underlay_mtu(address: str, *, ipr: IPRoute | None = None) -> int:
+    """MTU of the link that holds the host's underlay (VTEP) address."""
+    with iproute(ipr) as host_ipr:
+        for msg in host_ipr.get_addr(family=AF_INET):
+            if address in (msg.get_attr("IFA_LOCAL"), msg.get_attr("IFA_ADDRESS")):
+                return host_ipr.link("get", index=msg["index"])[0].get_attr("IFLA_MTU")
+    raise OverlayError(f"no interface on this host has the address {address} — check the host's underlay address")

@@ -1,0 +1,247 @@
+"""The container's init (PID 1 before execve): namespaces, rootfs, /proc /dev /sys, capabilities.
+
+Runs in a process forked from the zygote (never in the agent): ``prepare_init`` does what does not
+depend on the request (UTS/IPC/net namespaces, signals, no_new_privs, the bounding set) in a warm
+slot; ``container_init`` does the rest once the request arrives — join the cgroup, mount and cgroup
+namespaces, the overlay rootfs, pivot_root (runc's way), docker's masked and read-only paths, a
+minimal /dev, the hostname — then waits for "go" and execs the command. ``exec_command`` and
+``join_cgroup`` are shared with ``exec`` (nsexec.py).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import gc
+import os
+import signal
+import socket
+import stat
+import termios
+
+from . import linux
+from .linux import (
+    CLONE_NEWCGROUP,
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWUTS,
+    MNT_DETACH,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    MS_STRICTATIME,
+)
+
+CONTAINER_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP
+
+# docker's /proc and /sys hardening (moby oci/defaults.go)
+MASKED_PATHS = (
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+DEVICES = (  # name, major, minor (mode 0666)
+    ("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0),
+)
+DEV_SYMLINKS = (
+    ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"),
+)
+
+
+def _ensure_dir(path: str, mode: int = 0o755) -> None:
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+
+
+def setup_rootfs(req: dict) -> None:
+    """Mount the container's filesystem tree and make it the root. Runs in the new mount namespace."""
+    linux.mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we do propagates back to the host
+    root = req["rootfs"]
+    linux.mount("overlay", root, "overlay", MS_NODEV,
+                f"lowerdir={req['lower']},upperdir={req['upper']},workdir={req['work']}")
+
+    # runc's pivot_root: no temporary directory needed, the old root is stacked and detached
+    os.chdir(root)
+    linux.pivot_root(".", ".")
+    linux.umount2(".", MNT_DETACH)
+    os.chdir("/")
+
+    _ensure_dir("/proc")
+    linux.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+    _ensure_dir("/dev")
+    linux.mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k")
+    for name, major, minor in DEVICES:
+        os.mknod(f"/dev/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
+    for name, target in DEV_SYMLINKS:
+        os.symlink(target, f"/dev/{name}")
+    for name, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o1777)):
+        os.mkdir(f"/dev/{name}", mode)
+    linux.mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    linux.mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    linux.mount("mqueue", "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+    _ensure_dir("/sys")
+    linux.mount("sysfs", "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+    for path in MASKED_PATHS:
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            linux.mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
+        else:
+            linux.mount("/dev/null", path, None, MS_BIND)
+    for path in READONLY_PATHS:
+        if os.path.exists(path):
+            linux.mount(path, path, None, MS_BIND | MS_REC)
+            linux.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _reset_signals() -> None:
+    """Default disposition for every signal (ignored ones survive execve), nothing blocked."""
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(sig) is not signal.SIG_DFL:
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def exec_command(argv: list[str], env: dict[str, str], caps: int, cap_last: int | None = None) -> None:
+    """Last steps before becoming the user's command (used by exec; start uses its warm variant)."""
+    os.umask(0o022)
+    _reset_signals()
+    linux.set_no_new_privs()
+    linux.drop_capabilities(caps, cap_last)
+    os.execvpe(argv[0], argv, env)
+
+
+def describe_exec_error(argv0: str, exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"{argv0}: executable file not found"
+    if isinstance(exc, PermissionError):
+        return f"{argv0}: permission denied"
+    if isinstance(exc, OSError):
+        return f"{argv0}: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def join_cgroup(files: list[str]) -> None:
+    """Move the calling process into a cgroup by writing "0" (= the writer) to each file."""
+    for path in files:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+
+def prepare_init(caps: int, cap_last: int | None) -> None:
+    """The part of init that does not depend on the request: done ahead of time in a warm slot.
+
+    The mount namespace is *not* created here: a copy made now could miss mounts the host makes
+    before the request (e.g. the image store). Dropping the bounding set and setting
+    no_new_privs only matter at execve; our current privileges (mounts) are unaffected.
+    """
+    linux.unshare(CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET)
+    _reset_signals()
+    linux.set_no_new_privs()
+    linux.drop_bounding_set(caps, cap_last)
+
+
+def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: bool,
+                   prepared_caps: int | None, in_r: int = -1, tty_sock: int = -1) -> None:
+    """PID 1 of the container until execve. Never returns.
+
+    *prepared_caps* is the capability mask ``prepare_init`` already ran with, or None. *in_r* is
+    the read end of the stdin pipe (used with ``stdin`` and no ``tty``); *tty_sock* the socket on
+    which the pty master goes to the shim (with ``tty``).
+    """
+    step = "set up stdio"
+    tty = bool(req.get("tty"))
+    try:
+        gc.disable()
+        if not tty:
+            os.dup2(out_w, 1)
+            os.dup2(out_w, 2)
+            if req.get("stdin") and in_r >= 0:
+                os.dup2(in_r, 0)
+        os.close(out_w)
+        if in_r >= 0:
+            os.close(in_r)
+        os.umask(0)
+        if prepared_caps is None:
+            step = "create namespaces"
+            prepare_init(req["caps"], req.get("cap_last"))
+        elif prepared_caps != req["caps"]:
+            linux.drop_bounding_set(req["caps"], req.get("cap_last"))
+        if not in_cgroup:
+            step = "join the cgroup"
+            join_cgroup(req["cgroup_join"])
+        step = "create namespaces"
+        linux.unshare(CLONE_NEWNS | CLONE_NEWCGROUP)  # cgroup ns after joining: its root is our cgroup
+        step = "set up the root filesystem"
+        setup_rootfs(req)
+        step = "set the hostname"
+        socket.sethostname(req["hostname"])
+        step = f"enter the working directory {req['workdir']}"
+        try:
+            os.chdir(req["workdir"])
+        except FileNotFoundError:
+            os.makedirs(req["workdir"], 0o755)
+            os.chdir(req["workdir"])
+        if tty:
+            # Like runc: the pty comes from the container's own devpts (/dev/ptmx -> pts/ptmx), so
+            # `tty` inside names a device that exists there; the master goes to the shim.
+            step = "allocate a terminal"
+            master, slave = os.openpty()
+            with socket.socket(fileno=tty_sock) as sock:
+                socket.send_fds(sock, [b"M"], [master])
+            os.close(master)
+            for target in (0, 1, 2):
+                os.dup2(slave, target)
+            os.close(slave)
+        os.write(status_w, b"R")
+        if (req.get("wait_for_go", True) or req.get("attach_sock")) and os.read(go_r, 1) != b"G":
+            os._exit(1)
+        os.setsid()
+        if tty:
+            step = "set the controlling terminal"
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        os.umask(0o022)
+        step = "drop capabilities"
+        linux.set_capabilities(req["caps"])
+        step = "execute the command"
+        argv = req["argv"]
+        os.execvpe(argv[0], argv, req["env"])
+        raise OSError(errno.ENOEXEC, "execve returned")
+    except BaseException as exc:  # noqa: BLE001 - report whatever it is, then die
+        if step == "execute the command":
+            message = describe_exec_error(req["argv"][0], exc)
+        else:
+            message = f"cannot {step}: {exc}"
+        try:
+            os.write(status_w, b"E" + message.encode("utf-8", "replace")[:3000])
+        except OSError:
+            pass
+    os._exit(127)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

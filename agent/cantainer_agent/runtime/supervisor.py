@@ -1,0 +1,323 @@
+"""The per-container supervisor ("shim"): forked from the zygote, parent of the container's init.
+
+Both are forked *before* their request arrives (a warm slot, zygote.py): the shim is already in its
+session and PID namespace; on cgroup v1 the init is forked too and prepared (init.prepare_init); on
+v2 the init is forked at request time with clone3(CLONE_INTO_CGROUP). Over the per-container channel
+the shim reports ``ready`` (init waits before execve), takes ``go`` / ``abort`` (EOF: the agent is
+gone, init is killed), then ``started`` or ``error``. After ``started`` it needs nobody: it copies
+the container's output to the log (logfile.py) and attached clients (attach.py), reaps init and
+records exit.json (exit code, 128+signal, OOM kill). The protocol in full: docs/design/runtime.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import time
+
+from . import linux
+from .attach import ATTACH_WAIT, hold_for_attach, listen, relay
+from .init import container_init, prepare_init, write_all
+from .linux import (
+    CLONE_NEWPID,
+)
+from .logfile import LogFile
+from .records import write_json as _write_json
+
+
+def _read_to_eof(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _send(chan: socket.socket | None, message: dict) -> None:
+    if chan is None:
+        return
+    try:
+        chan.send(json.dumps(message).encode())
+    except OSError:
+        pass  # the agent is gone; we carry on without it
+
+
+def _exit_code(status: int) -> tuple[int, int | None]:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return 128 - code, -code
+    return code, None
+
+
+def _fork_into(directory: str | None) -> tuple[int, bool]:
+    """fork(); on cgroup v2 straight into *directory*. Returns (pid, born in the cgroup)."""
+    if directory:
+        try:
+            cgroup_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            cgroup_fd = -1
+        if cgroup_fd >= 0:
+            try:
+                pid = linux.fork_into_cgroup(cgroup_fd)
+            except OSError:
+                pid = -1  # e.g. kernel < 5.7: fall back to joining via cgroup.procs
+            if pid == 0:
+                return 0, True
+            os.close(cgroup_fd)
+            if pid > 0:
+                return pid, True
+    return os.fork(), False
+
+
+def _kill_and_exit(pid: int, code: int) -> None:
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+    os._exit(code)
+
+
+def _oom_kills(memory_dir: str, version: int) -> int:
+    """Like cgroups.oom_kill_count, without importing that module into the zygote."""
+    try:
+        with open(os.path.join(memory_dir, "memory.oom_control" if version == 1 else "memory.events"), "rb") as handle:
+            for line in handle.read().splitlines():
+                if line.startswith(b"oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+SLOT_FD = 3
+
+
+def run_shim(slot_fd: int, opts: dict) -> None:
+    """Body of a shim, forked by the zygote *before* its request arrives. Never returns.
+
+    Warm phase: own session, pipes, a new PID namespace and — where joining a cgroup later is
+    cheap (v1) — the container's init already forked and prepared (``prepare_init``). Then wait on
+    the slot socket for the request (+ the agent's channel); EOF means the zygote is gone: clean up.
+    """
+    os.dup2(slot_fd, SLOT_FD)
+    os.closerange(SLOT_FD + 1, 1 << 30)  # zygote socket, any fd that came with the fork (close_range)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the zygote ignores it to auto-reap us
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP,
+                signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    os.setsid()  # not in the agent's session or process group: survives it
+    devnull = os.open("/dev/null", os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(devnull, target)
+    os.close(devnull)
+    linux.set_process_name("cshim-warm")
+    slot = socket.socket(fileno=SLOT_FD)
+    slot.set_inheritable(False)
+    pid = 0
+    try:
+        out_r, out_w = os.pipe()
+        status_r, status_w = os.pipe()
+        go_r, go_w = os.pipe()
+        req_r, req_w = os.pipe()
+        in_r, in_w = os.pipe()  # stdin (used by "stdin" containers without a tty)
+        tty_shim, tty_init = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)  # pty master
+        linux.unshare(CLONE_NEWPID)
+        if opts.get("prefork_init"):
+            pid = os.fork()
+            if pid == 0:
+                for fd in (slot.detach(), out_r, status_r, go_w, req_w, in_w, tty_shim.detach()):
+                    os.close(fd)
+                _warm_init(opts, req_r, out_w, status_w, go_r, in_r, tty_init.detach())
+            os.close(req_r)
+        else:
+            os.close(req_r)
+            os.close(req_w)
+    except BaseException:  # noqa: BLE001 - a broken slot: the zygote falls back to a fresh one
+        _kill_and_exit(pid, 1)
+
+    # -- wait for the request (or for our prepared init to die, or the zygote to go away)
+    poller = select.poll()
+    poller.register(slot.fileno(), select.POLLIN)
+    init_fd = os.pidfd_open(pid) if pid else -1
+    if init_fd >= 0:
+        poller.register(init_fd, select.POLLIN)
+    while True:
+        events = dict(poller.poll())
+        if init_fd >= 0 and init_fd in events:
+            _kill_and_exit(pid, 1)
+        if events:
+            break
+    try:
+        message, fds, _flags, _addr = socket.recv_fds(slot, 1 << 18, 1, socket.MSG_CMSG_CLOEXEC)
+    except OSError:
+        message, fds = b"", []
+    slot.close()
+    if init_fd >= 0:
+        os.close(init_fd)
+    if not message or not fds:
+        for fd in fds:
+            os.close(fd)
+        _kill_and_exit(pid, 0)
+    chan = socket.socket(fileno=fds[0])
+    if pid:  # hand the request to the waiting init first: it has the longer way to go
+        try:
+            write_all(req_w, message)
+        except OSError:
+            pass  # init died: reported below through the status pipe
+        os.close(req_w)
+    try:
+        req = json.loads(message)
+    except ValueError as exc:
+        _send(chan, {"event": "error", "message": f"bad request: {exc}"})
+        _kill_and_exit(pid, 1)
+    linux.set_process_name(f"cshim-{req.get('id', '')}")
+    _supervise(req, chan, pid, (out_r, out_w), (status_r, status_w), (go_r, go_w), (in_r, in_w), (tty_shim, tty_init))
+
+
+def _supervise(
+    req: dict,
+    chan: socket.socket,
+    pid: int,
+    out: tuple[int, int],
+    status: tuple[int, int],
+    go: tuple[int, int],
+    stdin: tuple[int, int],
+    tty_pair: tuple[socket.socket, socket.socket | None],
+) -> None:
+    """The shim once it has its request; *pid* is the prepared init (already given the request) or 0."""
+    out_r, out_w = out
+    status_r, status_w = status
+    go_r, go_w = go
+    in_r, in_w = stdin
+    tty_shim, tty_init = tty_pair
+    tty = bool(req.get("tty"))
+    attach_path = req.get("attach_sock")
+    master = -1
+    listener = None
+    try:
+        if not pid:
+            pid, in_cgroup = _fork_into(req.get("cgroup_v2_dir"))
+            if pid == 0:
+                for fd in (chan.detach(), out_r, status_r, go_w, in_w, tty_shim.detach()):
+                    os.close(fd)
+                container_init(req, out_w, status_w, go_r, in_cgroup, None, in_r, tty_init.detach())
+                os._exit(127)  # not reached
+        for fd in (out_w, status_w, go_r, in_r):
+            os.close(fd)
+        if tty_init is not None:
+            tty_init.close()
+        if not (req.get("stdin") and not tty):
+            os.close(in_w)
+            in_w = -1
+        identity = {"pid": pid, "pid_start": linux.proc_start_time(pid),
+                    "shim_pid": os.getpid(), "shim_start": linux.proc_start_time(os.getpid())}
+        log = LogFile(req["log"], req.get("log_max", 0))
+
+        first = os.read(status_r, 1)
+        if first != b"R":
+            detail = _read_to_eof(status_r).decode("utf-8", "replace") if first == b"E" else ""
+            _, wstatus = os.waitpid(pid, 0)
+            raise RuntimeError(detail or f"container init died during setup (exit status {_exit_code(wstatus)[0]})")
+        if tty:
+            _msg, fds, _flags, _addr = socket.recv_fds(tty_shim, 16, 1, socket.MSG_CMSG_CLOEXEC)
+            if not fds:
+                raise RuntimeError("cannot allocate a terminal: no pty master from the container")
+            master = fds[0]
+        tty_shim.close()
+        if attach_path:
+            listener = listen(attach_path)
+        if req.get("wait_for_go", True):
+            _send(chan, {"event": "ready", **identity})
+            try:
+                reply = json.loads(chan.recv(65536) or b"{}")
+            except (OSError, ValueError):
+                reply = {}
+            if reply.get("op") != "go":
+                _kill_and_exit(pid, 0)
+            if listener is None:
+                os.write(go_w, b"G")
+        if listener is None:
+            os.close(go_w)
+            result = _read_to_eof(status_r)  # EOF without data: execve closed the close-on-exec pipe
+            os.close(status_r)
+            if result:
+                os.waitpid(pid, 0)
+                raise RuntimeError(result[1:].decode("utf-8", "replace") or "container init failed")
+        started_at = time.time()
+        _write_json(req["pids_file"], {"boot_id": linux.boot_id(), **identity, "started_at": started_at},
+                    durable=False)
+        _send(chan, {"event": "started", "started_at": started_at, **identity})
+    except BaseException as exc:  # noqa: BLE001
+        _send(chan, {"event": "error", "message": str(exc) or type(exc).__name__})
+        _kill_and_exit(pid, 1)
+    chan.close()
+
+    if listener is None:
+        while True:
+            try:
+                data = os.read(out_r, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            log.write(data)
+    else:
+        source = master if tty else out_r
+        if tty:
+            os.close(out_r)
+        clients = hold_for_attach(pid, listener, master, req.get("attach_wait", ATTACH_WAIT))
+        try:
+            os.write(go_w, b"G")
+        except OSError:
+            pass  # init died while held (e.g. stop): recorded below like any exit
+        os.close(go_w)
+        result = _read_to_eof(status_r)
+        os.close(status_r)
+        if result:  # execve failed: no one else will say why
+            message = (result[1:].decode("utf-8", "replace") or "container init failed").encode()
+            message = b"cantainer: " + message + (b"\r\n" if tty else b"\n")
+            log.write(message)
+            for client in clients:
+                client.queue(message)
+        relay(source, master if tty and req.get("stdin") else in_w, master, log, listener, clients)
+        listener.close()
+        try:
+            os.unlink(attach_path)
+        except OSError:
+            pass
+    _, wstatus = os.waitpid(pid, 0)
+    finished_at = time.time()
+    code, sig = _exit_code(wstatus)
+    memory = req.get("memory_cgroup")
+    oom = bool(memory) and _oom_kills(memory, req["cgroup_version"]) > 0
+    try:
+        _write_json(req["exit_file"], {"exit_code": code, "signal": sig, "oom_killed": oom,
+                                       "started_at": started_at, "finished_at": finished_at}, durable=True)
+    except OSError:
+        pass
+    os._exit(0)
+
+
+def _warm_init(opts: dict, req_r: int, out_w: int, status_w: int, go_r: int, in_r: int, tty_sock: int) -> None:
+    """A prepared container init waiting for its request. Never returns."""
+    try:
+        prepare_init(opts["caps"], opts.get("cap_last"))
+        failure = None
+    except BaseException as exc:  # noqa: BLE001 - reported once the request (and a channel) exists
+        failure = f"cannot create namespaces: {exc}"
+    data = _read_to_eof(req_r)
+    os.close(req_r)
+    if not data:
+        os._exit(0)  # the slot was abandoned
+    if failure:
+        try:
+            os.write(status_w, b"E" + failure.encode())
+        finally:
+            os._exit(127)
+    container_init(json.loads(data), out_w, status_w, go_r, False, opts["caps"], in_r, tty_sock)

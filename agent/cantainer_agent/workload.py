@@ -1,0 +1,127 @@
+"""This host's containers: the runtime, its image store and the set of starts/removals in flight.
+
+Shared by the API handlers (api/containers.py, api/images.py), which start and remove containers
+on request, and the containers controller (controllers/containers.py), which reconciles the rest.
+The *in-flight* set is how the two stay out of each other's way: an id is marked before its
+record is replicated and unmarked once it runs (or is gone), so the controller never mistakes a
+container being started for an orphan, nor a record being created for a dead container.
+
+Order of operations keeps the cluster and the host consistent ("nothing half-done"):
+start = replicate the record (name, address) → start with the veth attached before exec → report;
+a failed start removes the container, its record and a network it created. Remove = stop and
+remove locally (process, mounts, cgroup, veth) → replicate the removal.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import Callable, Iterator
+
+from . import layout
+from .config import AgentConfig
+from .consensus import RaftError, RaftNode
+from .consensus.writes import replicate
+from .overlay import EndpointSpec, KernelGuard, NetworkSpec, attach_container, detach_container, overlay_mtu
+from .runtime import ContainerError, ContainerInfo, ContainerNotFound, ContainerSpec, ImageStore, Runtime
+
+log = logging.getLogger(__name__)
+
+
+def observed_from(info: ContainerInfo | None) -> dict:
+    """What the runtime shows, in the shape of the cluster state's ``observed`` record."""
+    if info is None:
+        return {"state": "dead", "exit_code": None, "pid": None, "started_at": None, "finished_at": None,
+                "reason": "its process is gone (host restarted?)"}
+    reason = "oom-killed" if info.oom_killed else (f"killed by signal {info.signal}" if info.signal else None)
+    return {"state": info.state, "exit_code": info.exit_code, "pid": info.pid, "started_at": info.started_at,
+            "finished_at": info.finished_at, "reason": reason}
+
+
+def _same_observation(a: dict, b: dict) -> bool:
+    keys = ("state", "exit_code", "pid", "started_at", "finished_at", "reason")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+class Workload:
+    def __init__(self, cfg: AgentConfig, guard: KernelGuard, underlay_mtu: Callable[[], int],
+                 trigger: Callable[[], None]) -> None:
+        self.cfg = cfg
+        self._guard = guard
+        self._underlay_mtu = underlay_mtu
+        self.images = ImageStore(layout.images_dir(cfg.data_dir))
+        self.runtime = Runtime(state_dir=layout.containers_state_dir(cfg.data_dir),
+                               run_dir=layout.containers_run_dir(cfg.run_dir), on_exit=lambda _info: trigger())
+        self._in_flight: set[str] = set()
+        self._in_flight_lock = threading.Lock()
+        self.import_lock = threading.Lock()  # concurrent `run`s may push the same image at once
+
+    def close(self) -> None:
+        self.runtime.close()  # stops the fork server only: containers keep running
+
+    # -- in flight ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def in_flight(self, container_id: str) -> Iterator[None]:
+        with self._in_flight_lock:
+            self._in_flight.add(container_id)
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard(container_id)
+
+    def in_flight_ids(self) -> set[str]:
+        with self._in_flight_lock:
+            return set(self._in_flight)
+
+    # -- start / remove ---------------------------------------------------------------------------
+    def start(self, record: dict, vni: int, sha256: str, rootfs: str, tty: bool = False,
+              stdin: bool = False) -> ContainerInfo:
+        """Start the container of *record* with its veth attached before its command runs.
+        *tty*/*stdin* (run -t/-i): the container waits briefly for `attach` (runtime/supervisor.py)."""
+        network = NetworkSpec(record["network"], vni)
+        endpoint = EndpointSpec(record["id"], record["network"], record["ip"], record["host"], self.cfg.address)
+        mtu = overlay_mtu(self._underlay_mtu())
+        spec = ContainerSpec(id=record["id"], name=record["name"], image=sha256, command=record["command"],
+                             env=record["env"], workdir=record["workdir"], limits=record["limits"],
+                             hosts=[(record["ip"], (record["name"],))], resolv_conf="", tty=tty, stdin=stdin)
+        return self.runtime.start(
+            spec, rootfs, before_exec=lambda pid: attach_container(pid, endpoint, network, mtu, guard=self._guard)
+        )
+
+    def remove_local(self, container_id: str, force: bool = True) -> None:
+        """Remove the container and its veth from this host (nothing replicated)."""
+        try:
+            self.runtime.remove(container_id, force=force)
+        except ContainerNotFound:
+            pass
+        detach_container(container_id, guard=self._guard)
+
+    def undo_create(self, raft: RaftNode, record: dict) -> None:
+        """Take back what a run that failed to start did: the container, its address, and its
+        network if this run created it (the network's created_at is the container's then)."""
+        name = record["name"]
+        try:
+            self.remove_local(record["id"])
+        except ContainerError:
+            log.exception("cleanup of failed container %s", name)
+            detach_container(record["id"], guard=self._guard)
+        try:
+            replicate(raft, "remove_container", {"name": name})
+            network = raft.snapshot()["state"]["networks"].get(record["network"])
+            if network is not None and network["created_at"] == record["created_at"] and not network["ips"]:
+                replicate(raft, "delete_network", {"cidr": record["network"]})
+        except RaftError:
+            log.exception("could not release %s after a failed start", name)
+
+    def report(self, raft: RaftNode, record: dict, info: ContainerInfo | None) -> None:
+        """Replicate what the runtime shows of *record*'s container, if it changed."""
+        observed = observed_from(info)
+        if _same_observation(observed, record.get("observed", {})):
+            return
+        try:
+            replicate(raft, "container_observed", {"name": record["name"], "host": self.cfg.node,
+                                                   "observed": observed, "ts": time.time()})
+        except RaftError as error:
+            log.warning("could not report container %s: %s", record["name"], error)

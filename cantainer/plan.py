@@ -1,0 +1,108 @@
+"""`up`'s decisions as pure functions of facts (pyinfra-style): read → plan → change.
+
+A probe reads each host's facts in one round trip (cantainer/remote.py); ``plan_host`` compares
+them with what the inventory wants and says what to change — push the bundle? write the secret or
+the config? start or restart the agent? — and nothing else decides. ``choose_bootstrap`` says which
+host, if any, may found a new cluster. Both are tested from fixtures (tests/workstation/).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from cantainer.inventory import Host, Inventory
+from cantainer.remote import ProbeResult
+from cantainer_agent import layout
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    host: str
+    config: dict            # the agent config the host must have
+    push_bundle: bool       # the bundle for the host's platform is not installed there
+    write_secret: bool      # the host's secret differs from the cluster's
+    write_config: bool      # the host's config differs from `config`
+    start: str | None       # "start" (not running), "restart" (running with other settings) or None
+
+    @property
+    def touches_files(self) -> bool:
+        return self.push_bundle or self.write_secret or self.write_config
+
+
+def secret_digest(secret: bytes) -> str:
+    """What the probe reports for a host holding *secret* (the file ends with a newline)."""
+    return hashlib.sha256(secret + b"\n").hexdigest()
+
+
+def desired_config(inventory: Inventory, host: Host, addresses: dict[str, str], bundle_digest: str,
+                   bootstrap: bool) -> dict:
+    """The agent config of *host*: its underlay address, the others' join ports as seeds."""
+    cluster = inventory.cluster
+    seeds = [f"{addresses[name]}:{cluster.join_port}" for name in addresses if name != host.name]
+    return {
+        "cluster": cluster.name,
+        "node": host.name,
+        "address": addresses[host.name],
+        "raft_port": cluster.raft_port,
+        "join_port": cluster.join_port,
+        "seeds": seeds,
+        "bootstrap": bootstrap,
+        "secret_file": layout.SECRET_FILE,
+        "voters": cluster.voters,
+        "vxlan_port": cluster.vxlan_port,
+        "bundle": bundle_digest,
+        "data_dir": layout.DATA_DIR,
+        "run_dir": layout.RUN_DIR,
+        "log_dir": layout.LOG_DIR,
+    }
+
+
+def config_changed(current: dict | None, wanted: dict) -> bool:
+    """`bootstrap` matters only before a node has state, so a change of it alone needs no restart."""
+    if current is None:
+        return True
+
+    def strip(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k != "bootstrap"}
+
+    return strip(current) != strip(wanted)
+
+
+def plan_host(inventory: Inventory, host: Host, probe: ProbeResult, *, bundle_digest: str, secret_sha256: str,
+              addresses: dict[str, str], bootstrap_node: str | None) -> HostPlan:
+    config = desired_config(inventory, host, addresses, bundle_digest, bootstrap=host.name == bootstrap_node)
+    write_secret = probe.secret_sha256 != secret_sha256
+    if probe.agent_pid is None:
+        start = "start"
+    elif config_changed(probe.config, config) or write_secret:
+        start = "restart"
+    else:
+        start = None
+    return HostPlan(
+        host=host.name,
+        config=config,
+        push_bundle=layout.bundle_dir(bundle_digest).rsplit("/", 1)[1] not in probe.bundles,
+        write_secret=write_secret,
+        write_config=probe.config != config,
+        start=start,
+    )
+
+
+class NoFounder(Exception):
+    """No host may found a cluster: none has state, and some could not be probed."""
+
+
+def choose_bootstrap(inventory: Inventory, probes: dict[str, ProbeResult]) -> str | None:
+    """The host that founds the cluster, or None when a cluster exists (some host has state).
+
+    Only when *every* inventory host was probed and none has state: an unreachable host might hold
+    the cluster's state, and a wiped or new node must never found a second cluster."""
+    if any(probe.has_state for probe in probes.values()):
+        return None
+    if len(probes) < len(inventory.hosts):
+        raise NoFounder("not started: no host has cluster state yet and some hosts are unreachable, so a new "
+                        "cluster is not founded")
+    for host in inventory.hosts:  # the first inventory host founds it
+        if host.name in probes:
+            return host.name
+    return None

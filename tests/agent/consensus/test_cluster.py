@@ -1,0 +1,355 @@
+"""Three RaftNodes in one process on loopback: snapshots (log compaction) with our state, a
+member that was down through a compaction catching up from the snapshot, restart from a
+snapshot, and the transport's socket options and pre-authentication limits."""
+
+import os
+import socket
+import struct
+import time
+
+import pytest
+
+from cantainer_agent.consensus import disk_storage, save_members
+from cantainer_agent.consensus.pysyncobj import SyncTuning, transport
+from tests.agent.raftkit import raft_node
+from tests.ports import free_ports
+
+
+def wait(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Trio:
+    def __init__(self, root):
+        self.addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+        self.dirs = [str(root / f"n{i}") for i in range(3)]
+        self.nodes = [None, None, None]
+        self.config = {}  # RaftConfig fields every node starts with
+        self.journals = {}  # data dir -> the journal spec its node got through the storage seam
+        for d, a in zip(self.dirs, self.addrs, strict=True):
+            os.makedirs(d)
+            save_members(d, "c", a, self.addrs)
+
+    def start(self, i):
+        node = raft_node(self.dirs[i], self.addrs[i], self.addrs, storage=self._storage, **self.config)
+        node.start()
+        self.nodes[i] = node
+        return node
+
+    def _storage(self, data_dir):
+        self.journals[data_dir] = disk_storage(data_dir)
+        return self.journals[data_dir]
+
+    def stop(self, i):
+        if self.nodes[i] is not None:
+            self.nodes[i].stop()
+            self.nodes[i] = None
+
+    def leader(self, among=None):
+        def find():
+            for node in (among or [n for n in self.nodes if n is not None]):
+                if node.snapshot()["role"] == "leader":
+                    return node
+            return None
+        return wait(find, 10, "a leader")
+
+    def close(self):
+        for i in range(3):
+            self.stop(i)
+
+
+@pytest.fixture
+def trio(tmp_path):
+    t = Trio(tmp_path)
+    yield t
+    t.close()
+
+
+def networks(node):
+    return sorted(node.snapshot()["state"]["networks"])
+
+
+def create_networks(node, start, count):
+    for k in range(start, start + count):
+        node.apply("create_network", {"cidr": f"10.{k}.0.0/24", "ts": float(k)}, timeout=5)
+
+
+def journal_of(trio, node):
+    return trio.journals[node.data_dir].journal
+
+
+def test_member_down_through_compaction_catches_up_from_snapshot(trio):
+    for i in range(3):
+        trio.start(i)
+    leader = trio.leader()
+    create_networks(leader, 1, 10)
+    down = next(i for i, n in enumerate(trio.nodes) if n is not leader)
+    wait(lambda: len(networks(trio.nodes[down])) == 10, 5, "replication to the member about to go down")
+    trio.stop(down)
+    create_networks(leader, 11, 10)
+    live = [n for n in trio.nodes if n is not None]
+    for node in live:
+        node.compact_log()
+    wait(lambda: all(journal_of(trio, n)[0][1] > 20 for n in live), 10, "log compaction on the live members")
+    assert all(os.path.exists(os.path.join(n.data_dir, "raft.dump")) for n in live)
+    create_networks(leader, 21, 3)
+
+    back = trio.start(down)
+    wait(lambda: networks(back) == networks(leader) and len(networks(back)) == 23, 15, "catch-up from the snapshot")
+    j = journal_of(trio, back)
+    assert j[0][1] > 20  # its log now starts at the snapshot, not at entry 1
+    assert os.path.exists(os.path.join(back.data_dir, "raft.dump"))
+    assert back.snapshot()["state"]["networks"] == leader.snapshot()["state"]["networks"]
+
+    # and it survives its own restart from that snapshot + journal
+    trio.stop(down)
+    again = trio.start(down)
+    wait(lambda: len(networks(again)) == 23, 10, "restart from the installed snapshot")
+
+
+def test_restart_after_compaction_keeps_state(trio):
+    for i in range(3):
+        trio.start(i)
+    leader = trio.leader()
+    create_networks(leader, 1, 5)
+    for node in trio.nodes:
+        wait(lambda node=node: len(networks(node)) == 5, 5, "replication")
+        node.compact_log()
+    wait(lambda: all(journal_of(trio, n)[0][1] > 1 for n in trio.nodes), 10, "compaction")
+    create_networks(leader, 6, 2)  # entries after the snapshot, in the journal only
+    wait(lambda: all(len(networks(n)) == 7 for n in trio.nodes), 5, "replication")
+    before = trio.nodes[0].snapshot()["state"]["networks"]
+    trio.close()
+    for i in range(3):
+        trio.start(i)
+    wait(lambda: all(n.snapshot()["state"]["networks"] == before for n in trio.nodes), 10, "state after restart")
+    trio.leader().apply("create_network", {"cidr": "10.99.0.0/24", "ts": 1.0})
+    # Reading sockets before the timeout checks starts only once the dump file is loaded.
+    assert all(n._sync._settled for n in trio.nodes)
+
+
+def test_raft_sockets_are_tuned(trio):
+    for i in range(3):
+        trio.start(i)
+    trio.leader()
+    pid = os.getpid()
+    seen = 0
+    for fd_name in os.listdir(f"/proc/{pid}/fd"):
+        fd = int(fd_name)
+        try:
+            s = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            if s.family != socket.AF_INET or s.type != socket.SOCK_STREAM:
+                continue
+            try:
+                peer = s.getpeername()
+            except OSError:
+                continue
+            local = s.getsockname()
+            if f"127.0.0.1:{local[1]}" not in trio.addrs and f"127.0.0.1:{peer[1]}" not in trio.addrs:
+                continue
+            assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == transport.USER_TIMEOUT_MS
+            assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == transport.KEEPALIVE_IDLE_S
+            seen += 1
+        finally:
+            s.close()
+    assert seen >= 6  # 3 links, both ends (outgoing and accepted) tuned
+
+
+def test_oversized_and_idle_unauthenticated_connections_are_dropped(trio, monkeypatch):
+    monkeypatch.setattr(transport, "PREAUTH_TIMEOUT", 30.0)
+    node = trio.start(0)
+    host, port = trio.addrs[0].rsplit(":", 1)
+    # a frame announcing 1 GiB, then data: dropped once 64 KiB are buffered, nothing decoded
+    big = socket.create_connection((host, int(port)), timeout=5)
+    big.sendall(struct.pack("i", 1 << 30))
+    closed = False
+    try:
+        for _ in range(200):
+            big.sendall(b"\0" * 65536)
+    except (BrokenPipeError, ConnectionResetError):
+        closed = True
+    if not closed:
+        big.settimeout(5)
+        try:
+            closed = big.recv(10) == b""
+        except ConnectionResetError:
+            closed = True
+    big.close()
+    assert closed
+    # a connection that never authenticates is closed after PREAUTH_TIMEOUT
+    monkeypatch.setattr(transport, "PREAUTH_TIMEOUT", 0.5)
+    idle = socket.create_connection((host, int(port)), timeout=5)
+    idle.settimeout(5)
+    t0 = time.monotonic()
+    try:
+        assert idle.recv(10) == b""
+    except ConnectionResetError:
+        pass
+    assert time.monotonic() - t0 < 3
+    idle.close()
+    assert node.snapshot()["role"] in ("follower", "candidate", "leader")  # still serving
+
+
+def test_nothing_is_acknowledged_or_committed_before_it_is_on_disk(trio, monkeypatch):
+    """The durability contract, checked on every message while writes run concurrently through
+    all members and the leader is stopped and restarted: a follower's acknowledgement and a vote
+    leave only with a synced journal (and a vote with the term file already holding it), and a
+    leader publishes a commit index only over entries on its disk."""
+    import json
+    import threading
+
+    from pysyncobj.transport import TCPTransport
+
+    from cantainer_agent.consensus.pysyncobj.journal import DurableJournal
+
+    violations, checked = [], {"ack": 0, "vote": 0, "commit": 0}
+    original_send = TCPTransport.send
+
+    def checked_send(self, node, message):
+        kind = message.get("type") if isinstance(message, dict) else None
+        journal = getattr(getattr(self, "_journal", None), "journal", None)
+        if kind in ("next_node_idx", "response_vote") and journal is not None:
+            checked["ack" if kind == "next_node_idx" else "vote"] += 1
+            if journal.dirty:
+                violations.append(f"{kind} sent with unsynced entries")
+            if kind == "response_vote":
+                with open(journal.meta_path) as f:
+                    meta = json.load(f)
+                if meta["term"] < message["term"] or meta["voted_for"] is None:
+                    violations.append(f"vote for term {message['term']} sent before it was persisted: {meta}")
+        return original_send(self, node, message)
+
+    original_commit = DurableJournal.setRaftCommitIndex
+
+    def checked_commit(self, index):
+        original_commit(self, index)
+        checked["commit"] += 1
+        view_last = self[-1][1] if len(self) else 0
+        if min(index, view_last) > self._durable_idx:
+            violations.append(f"commit index {index} published over unsynced entries (durable {self._durable_idx})")
+
+    monkeypatch.setattr(TCPTransport, "send", checked_send)
+    monkeypatch.setattr(DurableJournal, "setRaftCommitIndex", checked_commit)
+    for i in range(3):
+        trio.start(i)
+    trio.leader()
+    stop = threading.Event()
+    done = []
+
+    def writer(w):
+        k = 0
+        while not stop.is_set():
+            node = trio.nodes[(w + k) % 3]
+            k += 1
+            if node is None:
+                continue
+            try:
+                node.apply("create_network", {"cidr": f"10.{w}.{k % 250}.0/24", "ts": 1.0}, timeout=2)
+                done.append(1)
+            except Exception:  # noqa: BLE001 - leader changes, stopped node
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(1, 4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        victim = trio.nodes.index(trio.leader())
+        trio.stop(victim)  # forces an election: votes under load
+        time.sleep(1.0)
+        trio.start(victim)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not violations, violations[:5]
+    assert len(done) > 50 and checked["ack"] > 50 and checked["vote"] >= 1 and checked["commit"] > 50, (
+        len(done),
+        checked,
+    )
+
+
+def test_graceful_stop_hands_leadership_over(trio):
+    for i in range(3):
+        trio.start(i)
+    leader = trio.leader()
+    create_networks(leader, 1, 3)
+    term = leader.snapshot()["term"]
+    idx = trio.nodes.index(leader)
+    trio.stop(idx)  # RaftNode.stop(): hand over first
+    rest = [n for n in trio.nodes if n is not None]
+    new = trio.leader(rest)
+    assert new.snapshot()["term"] == term + 1  # one election, started by TimeoutNow, no failed rounds
+    create_networks(new, 4, 1)
+    trio.start(idx)
+    wait(lambda: len(networks(trio.nodes[idx])) == 4, 10, "restarted member catching up")
+
+
+def test_member_with_a_conflicting_tail_catches_up_when_far_behind(trio, caplog):
+    """A leader that appended entries it never got replicated, then lost leadership, must take the
+    new leader's log once it is a follower again, however far behind it is.
+
+    PySyncObj pipelines: a leader sends a lagging follower several append-entries messages per
+    round (one per appendEntriesBatchSizeBytes). The follower rejects the first (its last entry
+    conflicts: "try from there") and every later one ("no such entry: try from my end"); the
+    leader takes the *last* rejection, so it never walked back past the conflict — a livelock
+    seen on the 30-host lab (three members stuck 1500 entries behind, for good)."""
+    import logging
+
+    # a few entries per message, as 64 KiB is for a real backlog
+    trio.config = {"tuning": SyncTuning(extra=(("appendEntriesBatchSizeBytes", 256),))}
+    caplog.set_level(logging.CRITICAL, logger="pysyncobj")
+    for i in range(3):
+        trio.start(i)
+    old = trio.leader()
+    create_networks(old, 1, 3)
+    others = [n for n in trio.nodes if n is not old]
+    transports = {n: n._sync._SyncObj__transport for n in trio.nodes}
+    real_sends = {n: t.send for n, t in transports.items()}
+    # Partition the leader: it sends nothing, and nobody sends to it.
+    transports[old].send = lambda node, msg: None
+    for n in others:
+        transports[n].send = lambda node, msg, real=real_sends[n]: None if node.id == old.self_addr else real(node, msg)
+    for k in (4, 5):  # appended to the old leader's log only: they conflict with the next leader's
+        old._write_store.apply("create_network", {"cidr": f"10.{k}.0.0/24", "ts": 1.0}, callback=lambda *_: None)
+    new = trio.leader(among=others)
+    create_networks(new, 6, 30)  # the majority moves far ahead meanwhile
+    for n, t in transports.items():
+        t.send = real_sends[n]
+    expected = networks(new)
+    assert len(expected) == 33 and "10.4.0.0/24" not in expected
+    wait(lambda: networks(old) == expected, 15, "the old leader taking the new leader's log")
+    assert not [r for r in caplog.records if "already-applied" in r.getMessage()]
+
+
+def test_commands_queued_together_share_one_append_round(trio, monkeypatch):
+    """PySyncObj (appendEntriesUseBatch=False) sent a full append-entries round to every member
+    per command; AgentSyncObj sends one round after each batch of queued commands."""
+    from pysyncobj import SyncObj
+
+    for i in range(3):
+        trio.start(i)
+    leader = trio.leader()
+    rounds = []
+    real_round = SyncObj._SyncObj__sendAppendEntries
+    monkeypatch.setattr(SyncObj, "_SyncObj__sendAppendEntries",
+                        lambda self: (rounds.append(1), real_round(self))[1])
+    done = []
+    for k in range(60):  # queued faster than the tick thread takes them
+        leader._write_store.apply("create_network", {"cidr": f"10.{k}.0.0/24", "ts": 1.0},
+                                  callback=lambda res, err: done.append(err))
+    wait(lambda: len(done) == 60, 10, "the 60 commands to commit")
+    assert done == [0] * 60  # FAIL_REASON.SUCCESS
+    assert len(rounds) < 30, len(rounds)  # one per command (60+) without the batching
+    assert len(networks(leader)) == 60

@@ -1,0 +1,168 @@
+import errno
+import json
+import socket
+import time
+
+import pytest
+
+from cantainer_agent.join import wire
+from cantainer_agent.join.client import JoinError, join_cluster
+from cantainer_agent.join.server import JoinServer
+from cantainer_agent.join.wire import AuthError, derive_key, open_envelope, request, seal
+
+SECRET = b"s" * 32
+
+
+def test_seal_open_round_trip():
+    key = derive_key(SECRET)
+    line, nonce = seal(key, "req", {"method": "ping", "params": {}})
+    body, got_nonce = open_envelope(key, line, "req")
+    assert body == {"method": "ping", "params": {}} and got_nonce == nonce
+
+
+def test_tampering_and_wrong_key_rejected():
+    key = derive_key(SECRET)
+    line, _ = seal(key, "req", {"method": "join", "params": {"node": "a"}})
+    env = json.loads(line)
+    env["body"] = env["body"].replace('"a"', '"b"')
+    with pytest.raises(AuthError):
+        open_envelope(key, json.dumps(env).encode() + b"\n", "req")
+    with pytest.raises(wire.BadMac):
+        open_envelope(derive_key(b"t" * 32), line, "req")
+    with pytest.raises(AuthError):  # a request is not a response
+        open_envelope(key, line, "resp")
+
+
+def test_response_bound_to_request_nonce():
+    key = derive_key(SECRET)
+    line, _ = seal(key, "resp", {"ok": True, "result": 1}, re_="a" * 32)
+    assert open_envelope(key, line, "resp", re_="a" * 32)[0]["result"] == 1
+    with pytest.raises(AuthError):
+        open_envelope(key, line, "resp", re_="b" * 32)
+
+
+def test_clock_skew():
+    key = derive_key(SECRET)
+    line, _ = seal(key, "req", {"method": "ping"}, now=time.time() - 120)
+    with pytest.raises(wire.SkewError):
+        open_envelope(key, line, "req")
+
+
+@pytest.mark.parametrize("line", [b"", b"garbage\n", b"\x80\x02}q\x00.\n", b"[1]\n", b'{"v":1}\n', b"{" * 5000 + b"\n"])
+def test_garbage_rejected(line):
+    with pytest.raises(AuthError):
+        open_envelope(derive_key(SECRET), line, "req")
+
+
+def test_secret_separated_from_raft_password():
+    assert derive_key(SECRET) != SECRET and len(derive_key(SECRET)) == 32
+
+
+@pytest.fixture
+def server():
+    calls = []
+
+    def handle(method, params):
+        calls.append((method, params))
+        if params.get("mode") == "redirect":
+            return {"ok": False, "error": {"code": "not_leader", "message": "no", "leader_join": params["to"]}}
+        if params.get("mode") == "conflict":
+            return {"ok": False, "error": {"code": "conflict", "message": "name taken"}}
+        return {"ok": True, "result": {"members": ["127.0.0.1:1"], "echo": params}}
+
+    srv = JoinServer("127.0.0.1", 0, SECRET, handle)
+    srv.start()
+    yield srv, calls
+    srv.stop()
+
+
+def addr(srv):
+    host, port = srv.address
+    return f"{host}:{port}"
+
+
+def test_server_answers_signed_requests(server):
+    srv, calls = server
+    body = request(addr(srv), SECRET, "join", {"node": "x"})
+    assert body["ok"] and body["result"]["echo"] == {"node": "x"}
+    assert calls == [("join", {"node": "x"})]
+
+
+def test_server_drops_garbage_and_survives(server):
+    srv, calls = server
+    host, port = srv.address
+    for payload in (b"\x80\x04\x95garbage-pickle\n", b"x" * (wire.MAX_JOIN_LINE + 10), b"{}\n"):
+        with socket.create_connection((host, port), timeout=5) as s:
+            try:
+                s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)
+                assert s.recv(100) == b""
+            except OSError as exc:  # the server may drop an oversized line before reading it all (RST)
+                assert exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN), exc
+    assert calls == []
+    assert request(addr(srv), SECRET, "ping", {})["ok"]
+
+
+def test_wrong_secret_fails_fast(server):
+    srv, calls = server
+    t0 = time.monotonic()
+    with pytest.raises(JoinError, match="secret differs"):
+        join_cluster([addr(srv)], b"w" * 32, {"node": "x"}, deadline=20)
+    assert time.monotonic() - t0 < 5 and calls == []
+
+
+def test_replayed_request_dropped(server):
+    srv, calls = server
+    line, _ = seal(derive_key(SECRET), "req", {"method": "ping", "params": {}})
+    answers = []
+    for _ in range(2):
+        with socket.create_connection(srv.address, timeout=5) as s:
+            s.sendall(line)
+            answers.append(s.recv(65536))
+    assert answers[0] and answers[1] == b"" and len(calls) == 1
+
+
+def test_join_cluster_follows_redirect_to_leader():
+    def follower(method, params):
+        return {"ok": False, "error": {"code": "not_leader", "message": "ask the leader", "leader_join": leader_addr}}
+
+    def leader(method, params):
+        return {"ok": True, "result": {"members": ["127.0.0.1:1", params["raft_addr"]], "already_member": False}}
+
+    lsrv = JoinServer("127.0.0.1", 0, SECRET, leader)
+    fsrv = JoinServer("127.0.0.1", 0, SECRET, follower)
+    leader_addr = addr(lsrv)
+    lsrv.start()
+    fsrv.start()
+    try:
+        result = join_cluster([addr(fsrv)], SECRET, {"raft_addr": "127.0.0.1:2"}, deadline=5)
+    finally:
+        lsrv.stop()
+        fsrv.stop()
+    assert result["members"] == ["127.0.0.1:1", "127.0.0.1:2"] and result["via"] == leader_addr
+
+
+def test_fatal_answer_stops_at_once(server):
+    srv, calls = server
+    with pytest.raises(JoinError, match="name taken"):
+        join_cluster([addr(srv)], SECRET, {"mode": "conflict"}, deadline=20)
+    assert len(calls) == 1
+
+
+def test_unreachable_seeds_bounded():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    sleeps = []
+    t0 = time.monotonic()
+    with pytest.raises(JoinError) as info:
+        join_cluster([f"127.0.0.1:{port}"], SECRET, {}, deadline=30, rounds=3, sleep=sleeps.append)
+    assert time.monotonic() - t0 < 5
+    assert len(sleeps) == 2 and sleeps == sorted(sleeps)
+    assert f"127.0.0.1:{port}" in str(info.value) and "refused" in str(info.value).lower()
+
+
+def test_no_seeds():
+    with pytest.raises(JoinError, match="no seeds"):
+        join_cluster([], SECRET, {})

@@ -1,0 +1,482 @@
+"""The overlay on real kernels: three fake hosts (network namespaces on a shared underlay), four
+fake containers, the library driven inside each host's namespace — no mocks.
+
+    c1@hA 10.0.0.2 ─┐ 10.0.0.0/24 (VNI 4096) ┌─ c2@hB 10.0.0.3
+    c4@hA 10.1.0.3 ─┘ 10.1.0.0/24 (VNI 4097) └─ c3@hC 10.1.0.2
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from cantainer_agent.overlay import (
+    DesiredHost,
+    EndpointSpec,
+    KernelGuard,
+    NetworkSpec,
+    OverlayError,
+    OverlayReconciler,
+    attach_container,
+    bridge_name,
+    detach_container,
+    diff,
+    health,
+    host_veth_name,
+    mac_for_ip,
+    observe,
+    reconcile,
+    underlay_mtu,
+    vxlan_name,
+)
+from cantainer_agent.overlay import reconciler as reconciler_module
+
+from .conftest import Fabric, fabric_factory
+
+pytestmark = pytest.mark.root
+
+NET_A = NetworkSpec("10.0.0.0/24", 4096)
+NET_B = NetworkSpec("10.1.0.0/24", 4097)
+NETWORKS = {NET_A.cidr: NET_A, NET_B.cidr: NET_B}
+LAYOUT = {  # container: (host, network, ip)
+    "c1": ("hA", NET_A, "10.0.0.2"),
+    "c2": ("hB", NET_A, "10.0.0.3"),
+    "c3": ("hC", NET_B, "10.1.0.2"),
+    "c4": ("hA", NET_B, "10.1.0.3"),
+}
+OWNED_PREFIXES = ("cbr-", "cvx-", "cv")
+
+
+class Cluster:
+    """The raft state of the scenario (networks, endpoints) plus the fabric it runs on."""
+
+    def __init__(self, fabric: Fabric, port: int = 4789) -> None:
+        self.fabric = fabric
+        self.port = port
+        self.hosts = {name: fabric.add_host(name) for name in ("hA", "hB", "hC")}
+        self.guards = {name: KernelGuard() for name in self.hosts}  # each host's agent owns one
+        self.networks = dict(NETWORKS)
+        self.endpoints: dict[str, EndpointSpec] = {}
+        self.containers = {}
+        for cid, (host, net, ip) in LAYOUT.items():
+            self.endpoints[cid] = EndpointSpec(cid, net.cidr, ip, host, self.hosts[host].address)
+            self.containers[cid] = fabric.add_container(cid)
+
+    def desired(self, host: str) -> DesiredHost:
+        h = self.hosts[host]
+        with h.ipr() as ipr:
+            mtu = underlay_mtu(h.address, ipr=ipr)
+        return DesiredHost.build(h.name, h.address, mtu, self.networks.values(), self.endpoints.values(),
+                                 vxlan_port=self.port)
+
+    def reconcile_all(self) -> dict[str, list]:
+        done = {}
+        for name, host in self.hosts.items():
+            with host.ipr() as ipr:
+                result = reconcile(ipr, lambda _observed, name=name: self.desired(name), self.guards[name])
+            assert result.ok, result.failures
+            done[name] = result.actions
+        return done
+
+    def attach(self, cid: str) -> str:
+        host, net, _ = LAYOUT[cid]
+        with self.hosts[host].ipr() as ipr:
+            return attach_container(self.containers[cid].pid, self.endpoints[cid], net,
+                                    self.desired(host).mtu, guard=self.guards[host], ipr=ipr)
+
+    def start(self) -> "Cluster":
+        self.reconcile_all()
+        for cid in self.containers:
+            self.attach(cid)
+        self.reconcile_all()
+        return self
+
+    def ip(self, cid: str) -> str:
+        return LAYOUT[cid][2]
+
+    def observe(self, host: str):
+        with self.hosts[host].ipr() as ipr:
+            return observe(ipr)
+
+
+def entries_for(observed, cid: str) -> list:
+    ip = LAYOUT[cid][2]
+    mac = mac_for_ip(ip)
+    return [e for e in observed.fdb if e.mac == mac] + [e for e in observed.neigh if e.ip == ip or e.mac == mac]
+
+
+def raw_entries(host) -> dict:
+    """FDB and neighbour entries on our VXLAN devices, with the kernel's 'updated' age (1/100 s)."""
+    out = {}
+    with host.ipr() as ipr:
+        vx = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()
+              if (link.get_attr("IFLA_IFNAME") or "").startswith("cvx-")}
+        for msg in ipr.fdb("dump"):
+            if msg["ifindex"] in vx and msg["flags"] & 2:
+                out[("fdb", vx[msg["ifindex"]], msg.get_attr("NDA_LLADDR"))] = msg.get_attr("NDA_CACHEINFO")[
+                    "ndm_updated"
+                ]
+        for msg in ipr.neigh("dump", family=2):
+            if msg["ifindex"] in vx:
+                out[("neigh", vx[msg["ifindex"]], msg.get_attr("NDA_DST"))] = msg.get_attr("NDA_CACHEINFO")[
+                    "ndm_updated"
+                ]
+    return out
+
+
+def link_indices(host) -> dict[str, int]:
+    with host.ipr() as ipr:
+        return {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()
+                if link.get_attr("IFLA_IFNAME").startswith(OWNED_PREFIXES)}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with fabric_factory() as make:
+        yield Cluster(make()).start()
+
+
+@pytest.fixture
+def fresh_cluster(make_fabric):
+    return Cluster(make_fabric()).start()
+
+
+# ------------------------------------------------------------------------- reachability
+
+
+def test_same_network_across_hosts_pings_both_ways(cluster):
+    assert cluster.containers["c1"].ping(cluster.ip("c2"))
+    assert cluster.containers["c2"].ping(cluster.ip("c1"))
+
+
+def test_second_network_reaches_across_hosts(cluster):
+    assert cluster.containers["c3"].ping(cluster.ip("c4"))
+    assert cluster.containers["c4"].ping(cluster.ip("c3"))
+
+
+@pytest.mark.parametrize("src,dst", [("c4", "c1"), ("c4", "c2"), ("c3", "c1"), ("c3", "c2"),
+                                     ("c1", "c4"), ("c1", "c3"), ("c2", "c3")])
+def test_networks_are_isolated(cluster, src, dst):
+    assert not cluster.containers[src].ping(cluster.ip(dst), count=1)
+
+
+def test_isolation_holds_against_a_hostile_container_and_a_forwarding_host(cluster):
+    """c4 shares hA with c1 and forges its way: an on-link route to c1's subnet, c1's MAC, then
+    hA's bridge MAC as a 'router' — while hA forwards IPv4. Nothing may get through."""
+    c4, hA = cluster.containers["c4"], cluster.hosts["hA"]
+    bridge_mac = hA.run("cat", f"/sys/class/net/{bridge_name(NET_B.vni)}/address").stdout.strip()
+    hA.run("sysctl", "-qw", "net.ipv4.ip_forward=1")  # resets every device's forwarding to 1 …
+    try:
+        with hA.ipr() as ipr:  # … until the next pass turns it off again on the bridges
+            actions = [str(a) for a in reconcile(ipr, cluster.desired("hA"), cluster.guards["hA"]).actions]
+        assert sorted(actions) == [f"set {bridge_name(NET_A.vni)} ipv4 forwarding 0",
+                                   f"set {bridge_name(NET_B.vni)} ipv4 forwarding 0"]
+        c4.run("ip", "route", "add", "10.0.0.0/24", "dev", "eth0", check=True)
+        c4.run("ip", "neigh", "replace", "10.0.0.2", "lladdr", mac_for_ip("10.0.0.2"), "dev", "eth0",
+               "nud", "permanent", check=True)
+        assert not c4.ping("10.0.0.2", count=1)
+        c4.run("ip", "neigh", "replace", "10.0.0.2", "lladdr", bridge_mac, "dev", "eth0", "nud", "permanent",
+               check=True)
+        assert not c4.ping("10.0.0.2", count=1)
+        forwarding = hA.run("sysctl", "-n", f"net.ipv4.conf.{bridge_name(NET_B.vni)}.forwarding").stdout.strip()
+        assert forwarding == "0"
+    finally:
+        c4.run("ip", "neigh", "del", "10.0.0.2", "dev", "eth0")
+        c4.run("ip", "route", "del", "10.0.0.0/24", "dev", "eth0")
+        hA.run("sysctl", "-qw", "net.ipv4.ip_forward=0")
+    assert c4.ping(cluster.ip("c3"))
+
+
+def test_bridges_have_no_addresses_and_containers_no_default_route(cluster):
+    for name in cluster.hosts:
+        observed = cluster.observe(name)
+        for link in observed.links.values():
+            if link.name.startswith(OWNED_PREFIXES):
+                assert link.addresses == (), link
+        assert not observed.routes
+    assert "default" not in cluster.containers["c1"].run("ip", "route", check=True).stdout
+
+
+# ---------------------------------------------------------------------------------- MTU
+
+
+def test_mtu_is_underlay_minus_50_everywhere(cluster):
+    assert cluster.desired("hA").mtu == 1450
+    with cluster.containers["c1"].ipr() as ipr:
+        assert ipr.link("get", ifname="eth0")[0].get_attr("IFLA_MTU") == 1450
+    observed = cluster.observe("hA")
+    for name in (bridge_name(NET_A.vni), vxlan_name(NET_A.vni), host_veth_name("c1")):
+        assert observed.links[name].mtu == 1450, name
+
+
+def test_large_pings_with_df_cross_hosts(cluster):
+    c1 = cluster.containers["c1"]
+    assert c1.ping(cluster.ip("c2"), size=1400)
+    assert c1.ping(cluster.ip("c2"), size=1450 - 28)  # the largest that fits: exactly 1500 on the wire
+    assert not c1.ping(cluster.ip("c2"), size=1450 - 27, count=1)  # refused locally: larger than the MTU
+
+
+# --------------------------------------------------------------------------- idempotence
+
+
+def test_reconciling_again_changes_nothing_and_keeps_entries(cluster):
+    before = {name: (raw_entries(h), link_indices(h)) for name, h in cluster.hosts.items()}
+    assert all(entries for entries, _ in before.values())
+    time.sleep(1.5)
+    # a restarted agent: fresh netlink sockets, desired state read again
+    assert cluster.reconcile_all() == {"hA": [], "hB": [], "hC": []}
+    for name, host in cluster.hosts.items():
+        entries, indices = raw_entries(host), link_indices(host)
+        assert indices == before[name][1]
+        assert entries.keys() == before[name][0].keys()
+        for key, age in entries.items():
+            assert age >= before[name][0][key] + 100, (name, key)  # not rewritten since
+
+
+def test_observed_equals_desired_gives_no_actions_and_full_health(cluster):
+    for name in cluster.hosts:
+        desired, observed = cluster.desired(name), cluster.observe(name)
+        assert diff(desired, observed) == []
+        report = health(desired, observed)
+        assert report["pending"] == 0
+        for net in report["networks"].values():
+            assert net["bridge"] and net["vxlan"] and not net["ports_missing"]
+            assert net["fdb_programmed"] == net["fdb_expected"] == 1
+            assert net["neigh_programmed"] == net["neigh_expected"] == 1
+
+
+def test_hosts_only_hold_networks_with_local_containers(cluster):
+    assert {n for n in cluster.observe("hB").links if n.startswith(("cbr-", "cvx-"))} == {
+        bridge_name(NET_A.vni), vxlan_name(NET_A.vni)}
+    assert {n for n in cluster.observe("hC").links if n.startswith(("cbr-", "cvx-"))} == {
+        bridge_name(NET_B.vni), vxlan_name(NET_B.vni)}
+
+
+def test_attach_again_is_a_no_op(cluster):
+    with cluster.containers["c1"].ipr() as ipr:
+        inner_before = ipr.link("get", ifname="eth0")[0]["index"]
+    indices = link_indices(cluster.hosts["hA"])
+    assert cluster.attach("c1") == host_veth_name("c1")
+    assert link_indices(cluster.hosts["hA"]) == indices
+    with cluster.containers["c1"].ipr() as ipr:
+        eth0 = ipr.link("get", ifname="eth0")[0]
+        assert eth0["index"] == inner_before
+        assert eth0.get_attr("IFLA_ADDRESS") == mac_for_ip("10.0.0.2")
+        assert [(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=eth0["index"], family=2)] \
+            == [("10.0.0.2", 24)]
+    assert cluster.containers["c1"].ping(cluster.ip("c2"))
+
+
+def test_underlay_mtu_reads_the_vtep_link(cluster):
+    with cluster.hosts["hA"].ipr() as ipr:
+        assert underlay_mtu(cluster.hosts["hA"].address, ipr=ipr) == 1500
+        with pytest.raises(OverlayError):
+            underlay_mtu("198.18.250.250", ipr=ipr)
+
+
+def test_attach_refuses_the_agents_own_namespace(cluster):
+    import os
+
+    with pytest.raises(OverlayError):
+        attach_container(os.getpid(), cluster.endpoints["c1"], NET_A, 1450, guard=cluster.guards["hA"])
+
+
+# ------------------------------------------------------------------------------ removal
+
+
+def test_removing_a_container_removes_its_entries_everywhere(fresh_cluster):
+    cluster = fresh_cluster
+    assert cluster.containers["c1"].ping(cluster.ip("c2"))
+    del cluster.endpoints["c2"]
+    actions = cluster.reconcile_all()
+    for name in cluster.hosts:
+        assert entries_for(cluster.observe(name), "c2") == [], name
+    # hB had no other container on 10.0.0.0/24: its devices and c2's veth are gone
+    hb = cluster.observe("hB").links
+    assert not {bridge_name(NET_A.vni), vxlan_name(NET_A.vni), host_veth_name("c2")} & hb.keys()
+    assert any(str(a).startswith(f"delete link {host_veth_name('c2')}") for a in actions["hB"])
+    assert not cluster.containers["c1"].ping(cluster.ip("c2"), count=1)
+    assert cluster.reconcile_all() == {"hA": [], "hB": [], "hC": []}
+    assert cluster.containers["c3"].ping(cluster.ip("c4"))
+
+
+def test_host_gone_and_network_deleted(fresh_cluster):
+    cluster = fresh_cluster
+    # host hC disappears from the cluster with its container c3
+    del cluster.endpoints["c3"]
+    cluster.reconcile_all()
+    a = cluster.observe("hA")
+    assert not [e for e in a.fdb if e.dst == cluster.hosts["hC"].address]
+    assert entries_for(a, "c3") == []
+    assert not {n for n in cluster.observe("hC").links if n.startswith(OWNED_PREFIXES)}
+    assert cluster.containers["c1"].ping(cluster.ip("c2"))
+    # then network 10.1.0.0/24 is deleted after its last container c4
+    del cluster.endpoints["c4"]
+    del cluster.networks[NET_B.cidr]
+    cluster.reconcile_all()
+    a = cluster.observe("hA")
+    assert not {bridge_name(NET_B.vni), vxlan_name(NET_B.vni), host_veth_name("c4")} & a.links.keys()
+    assert {bridge_name(NET_A.vni), vxlan_name(NET_A.vni), host_veth_name("c1")} <= a.links.keys()
+    assert cluster.containers["c1"].ping(cluster.ip("c2"))
+
+
+def test_detach_container(fresh_cluster):
+    cluster = fresh_cluster
+    with cluster.hosts["hA"].ipr() as ipr:
+        assert detach_container("c1", guard=cluster.guards["hA"], ipr=ipr)
+        assert not detach_container("c1", guard=cluster.guards["hA"], ipr=ipr)
+    with cluster.containers["c1"].ipr() as ipr:
+        assert not ipr.link_lookup(ifname="eth0")
+    cluster.attach("c1")
+    assert cluster.containers["c1"].ping(cluster.ip("c2"))
+
+
+def test_attach_repairs_half_made_and_wrong_state(fresh_cluster):
+    cluster = fresh_cluster
+    c1, hA = cluster.containers["c1"], cluster.hosts["hA"]
+    host = host_veth_name("c1")
+    # a crash between creating the pair and configuring it: a stray host end, no eth0 inside
+    with hA.ipr() as ipr:
+        assert detach_container("c1", guard=cluster.guards["hA"], ipr=ipr)
+        ipr.link("add", ifname=host, kind="veth", peer="ovtest-stray")
+    cluster.attach("c1")
+    assert "ovtest-stray" not in cluster.observe("hA").links
+    assert c1.ping(cluster.ip("c2"))
+    # someone changed the container's address, MTU and MAC
+    c1.run("ip", "addr", "add", "10.0.0.77/24", "dev", "eth0", check=True)
+    c1.run("ip", "link", "set", "eth0", "mtu", "1500", "address", "02:00:00:00:00:01", check=True)
+    cluster.attach("c1")
+    with c1.ipr() as ipr:
+        eth0 = ipr.link("get", ifname="eth0")[0]
+        assert eth0.get_attr("IFLA_MTU") == 1450 and eth0.get_attr("IFLA_ADDRESS") == mac_for_ip("10.0.0.2")
+        assert [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=eth0["index"], family=2)] == ["10.0.0.2"]
+    assert c1.ping(cluster.ip("c2"))
+
+
+def test_attach_creates_the_bridge_before_the_first_reconcile(make_fabric):
+    cluster = Cluster(make_fabric())
+    cluster.attach("c1")  # hA has never been reconciled
+    observed = cluster.observe("hA")
+    assert observed.links[host_veth_name("c1")].master == bridge_name(NET_A.vni)
+    assert observed.links[bridge_name(NET_A.vni)].ipv4_forwarding == 0
+    cluster.reconcile_all()
+    cluster.attach("c2")
+    assert cluster.reconcile_all()["hA"] == []
+    assert cluster.containers["c1"].ping(cluster.ip("c2"))
+
+
+# ------------------------------------------------------------------------------- repair
+
+
+def test_stale_wrong_and_foreign_state_is_repaired(fresh_cluster):
+    cluster = fresh_cluster
+    hA = cluster.hosts["hA"]
+    br, vx = bridge_name(NET_A.vni), vxlan_name(NET_A.vni)
+    c2_mac = mac_for_ip("10.0.0.3")
+    # what earlier bugs, a crashed agent or an operator may leave behind
+    hA.run("bridge", "fdb", "replace", c2_mac, "dev", vx, "dst", "198.18.250.99", "self", "permanent")
+    hA.run("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", vx, "dst", cluster.hosts["hB"].address, "self",
+           "permanent")
+    hA.run("bridge", "fdb", "add", "02:42:0a:00:00:63", "dev", vx, "dst", "198.18.250.99", "self", "permanent")
+    hA.run("ip", "neigh", "replace", "10.0.0.99", "lladdr", "02:42:0a:00:00:63", "dev", vx, "nud", "permanent")
+    hA.run("ip", "neigh", "replace", "10.0.0.3", "lladdr", "02:42:0a:00:00:99", "dev", vx, "nud", "permanent")
+    hA.run("ip", "addr", "add", "10.0.0.1/24", "dev", br)
+    hA.run("ip", "route", "add", "10.9.0.0/24", "dev", br, "table", "100")
+    hA.run("ip", "link", "set", vx, "mtu", "1500")
+    hA.run("ip", "link", "set", vx, "nomaster")
+    hA.run("sysctl", "-qw", f"net.ipv4.conf.{br}.forwarding=1")
+    hA.run("ip", "link", "add", "cv0123456789ab", "type", "veth", "peer", "name", "orphan-peer")
+
+    with hA.ipr() as ipr:
+        result = reconcile(ipr, cluster.desired("hA"), cluster.guards["hA"])
+    assert result.ok, result.failures
+    text = [str(a) for a in result.actions]
+    assert "delete link cv0123456789ab (no such container on this host)" in text
+    assert f"delete fdb 00:00:00:00:00:00 dst {cluster.hosts['hB'].address} dev {vx}" in text
+    assert f"fdb {c2_mac} dst {cluster.hosts['hB'].address} dev {vx} permanent" in text  # rewritten in place
+    assert not any(t.startswith(f"delete fdb {c2_mac}") for t in text)
+    assert f"set {br} ipv4 forwarding 0" in text
+
+    observed = cluster.observe("hA")
+    assert diff(cluster.desired("hA"), observed) == []
+    assert "cv0123456789ab" not in observed.links and not observed.routes
+    assert observed.links[br].addresses == () and observed.links[br].ipv4_forwarding == 0
+    assert observed.links[vx].mtu == 1450 and observed.links[vx].master == br
+    assert {(e.mac, e.dst) for e in observed.fdb if e.dev == vx} == {(c2_mac, cluster.hosts["hB"].address)}
+    assert {(e.ip, e.mac) for e in observed.neigh if e.dev == vx} == {("10.0.0.3", c2_mac)}
+    assert cluster.containers["c1"].ping(cluster.ip("c2"))
+
+
+def test_changed_vxlan_port_recreates_devices_and_traffic_follows(fresh_cluster):
+    cluster = fresh_cluster
+    cluster.port = 8472
+    actions = cluster.reconcile_all()
+    assert any(str(a).startswith(f"delete link {vxlan_name(NET_A.vni)} (VXLAN settings differ)") for a in actions["hA"])
+    observed = cluster.observe("hA")
+    assert observed.links[vxlan_name(NET_A.vni)].vxlan.port == 8472
+    assert cluster.containers["c1"].ping(cluster.ip("c2"))
+    assert cluster.containers["c4"].ping(cluster.ip("c3"))
+    assert cluster.reconcile_all() == {"hA": [], "hB": [], "hC": []}
+
+
+def test_reconciler_adapter_reports_and_converges(make_fabric):
+    cluster = Cluster(make_fabric())
+    host = cluster.hosts["hB"]
+    rec = OverlayReconciler(lambda _observed: cluster.desired("hB"), cluster.guards["hB"], netns=host.ns)
+    assert rec.health()["pending"] > 0
+    assert rec.reconcile().actions
+    cluster.attach("c2")
+    assert rec.reconcile().actions == []
+    assert rec.health()["pending"] == 0
+
+
+def test_reconciler_diffs_against_its_folded_view_and_resyncs(fresh_cluster, monkeypatch):
+    """OverlayReconciler observes the kernel once, then diffs later passes against the view the
+    last one left (plan.fold) — which must be exactly what the kernel then holds — until a
+    container is attached or detached, or the resync time is up."""
+    cluster = fresh_cluster
+    monkeypatch.setattr(reconciler_module, "RESYNC_MIN", 60.0)
+    observes = []
+    # Counts the reconciler's reads; Cluster.observe uses this module's own import, uncounted.
+    monkeypatch.setattr(reconciler_module, "observe", lambda ipr: (observes.append(1), observe(ipr))[1])
+    rec = OverlayReconciler(lambda _observed: cluster.desired("hA"), cluster.guards["hA"], netns=cluster.hosts["hA"].ns)
+    assert rec.reconcile().actions == [] and len(observes) == 1
+
+    c2 = cluster.endpoints.pop("c2")  # gone from hB: hA drops its entries without looking again
+    result = rec.reconcile()
+    assert result.actions and len(observes) == 1
+    assert result.observed == cluster.observe("hA") and entries_for(result.observed, "c2") == []
+    cluster.endpoints["c2"] = c2  # and back
+    result = rec.reconcile()
+    assert result.actions and len(observes) == 1 and result.observed == cluster.observe("hA")
+    assert cluster.containers["c1"].ping(cluster.ip("c2"))
+    assert rec.reconcile().actions == [] and len(observes) == 1  # nothing changed: not even a diff
+
+    with cluster.hosts["hA"].ipr() as ipr:  # a container attached here changes links: look again
+        detach_container("c4", guard=cluster.guards["hA"], ipr=ipr)
+    assert rec.reconcile().actions == [] and len(observes) == 2
+    cluster.attach("c4")
+    assert rec.reconcile().actions == [] and len(observes) == 3
+
+    vx = vxlan_name(NET_A.vni)  # removed behind our back: put back at the next full observe
+    with cluster.hosts["hA"].ipr() as ipr:
+        ipr.fdb("del", ifindex=ipr.link_lookup(ifname=vx)[0], lladdr=mac_for_ip(cluster.ip("c2")),
+                dst=cluster.hosts["hB"].address)
+    assert rec.reconcile().actions == [] and len(observes) == 3
+    monkeypatch.setattr(rec, "_resync_after", 0.0)
+    assert [str(a) for a in rec.reconcile().actions] == [
+        f"fdb {mac_for_ip(cluster.ip('c2'))} dst {cluster.hosts['hB'].address} dev {vx} permanent"]
+    assert len(observes) == 4 and cluster.containers["c1"].ping(cluster.ip("c2"))
+
+
+def test_fabric_cleanup_leaves_nothing(make_fabric):
+    from pyroute2 import netns
+
+    fabric = make_fabric()
+    Cluster(fabric).start()
+    pids = [c.pid for c in fabric.containers]
+    fabric.close()
+    assert not [n for n in netns.listnetns() if n.startswith(fabric.run_id)]
+    for pid in pids:
+        assert subprocess.run(["ps", "-p", str(pid)], capture_output=True).returncode != 0

@@ -1,0 +1,499 @@
+"""Integration tests of the runtime: real namespaces, overlayfs, cgroups (v1 here) and processes.
+
+Root only. Each test gets a temp state/run dir and its own cgroup parent; the ``runtimes``
+fixture removes every container and then fails the test if any mount, cgroup, directory or
+process of ours is left. ``exec`` is always run in a separate process (as the CLI will), because
+it forks and this test process has threads (the exit watcher).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cantainer_agent.runtime import (
+    DEFAULT_CAPS,
+    DOCKER_DEFAULT_CAPS,
+    ContainerExists,
+    ContainerNotFound,
+    ContainerNotRunning,
+    ContainerRunning,
+    ContainerSpec,
+    Limits,
+    StartError,
+)
+from cantainer_agent.runtime.linux import caps_mask
+
+from .conftest import ALPINE_SHA256, mounts_below, needs_root, wait_gone
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+LOOP = ["/bin/sh", "-c", "i=0; while [ ! -e /tmp/stop ]; do echo tick $i; i=$((i+1)); sleep 0.05; done; exit 42"]
+
+
+def spec(cid: str, command, **kwargs) -> ContainerSpec:
+    kwargs.setdefault("name", cid)
+    return ContainerSpec(id=cid, image=ALPINE_SHA256, command=command, **kwargs)
+
+
+def run_to_exit(runtime, alpine, cid, command, **kwargs):
+    runtime.start(spec(cid, command, **kwargs), alpine)
+    info = runtime.wait(cid, timeout=30)
+    return info, Path(runtime.logs(cid)).read_text()
+
+
+# Runtime.exec forks: it runs in a short-lived single-threaded process, as the agent's `exec` tool does.
+EXEC = """
+import sys
+from cantainer_agent.runtime import Runtime, RuntimeFailure
+state_dir, run_dir, parent, cid, *argv = sys.argv[1:]
+try:
+    sys.exit(Runtime(state_dir, run_dir, parent).exec(cid, argv))
+except RuntimeFailure as exc:
+    print(f"cantainer exec: {exc}", file=sys.stderr)
+    sys.exit(125)
+"""
+
+
+def exec_in(runtimes, cid, *argv, timeout=30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", EXEC, runtimes.state_dir, runtimes.run_dir, runtimes.cgroup_parent, cid, *argv],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+# -- basic behaviour -----------------------------------------------------------------------------
+def test_alpine_release_and_exit_code(runtime, runtimes, alpine):
+    info, log = run_to_exit(runtime, alpine, "rel", ["/bin/cat", "/etc/alpine-release"])
+    assert info.state == "exited" and info.exit_code == 0 and info.signal is None
+    assert log.strip() == "3.20.3"
+    assert info.started_at and info.finished_at >= info.started_at >= info.created_at
+    event = runtimes.wait_event("rel")
+    assert event is not None and event.state == "exited" and event.exit_code == 0
+
+
+def test_exit_code_and_stderr_propagate(runtime, runtimes, alpine):
+    info, log = run_to_exit(runtime, alpine, "code", ["/bin/sh", "-c", "echo out; echo err >&2; exit 7"])
+    assert info.exit_code == 7
+    assert log.splitlines() == ["out", "err"]
+    assert runtimes.wait_event("code").exit_code == 7
+
+
+def test_namespaces_hostname_pid1_env_workdir(runtime, alpine):
+    script = textwrap.dedent("""\
+        hostname
+        cat /etc/hostname
+        echo pid=$$
+        tr '\\0\\n' '  ' < /proc/1/cmdline; echo
+        ls /proc | grep -E '^[0-9]+$' | wc -l
+        pwd
+        echo "FOO=$FOO HOME=$HOME HOSTNAME=$HOSTNAME"
+        grep -c . /etc/hosts; grep db /etc/hosts
+        cat /etc/resolv.conf
+        ls -la /
+        umask
+    """)
+    info, log = run_to_exit(
+        runtime, alpine, "ns", ["/bin/sh", "-c", script], name="web-1", env={"FOO": "bar baz"},
+        workdir="/srv/app", hosts=[("10.9.0.7", "db db.local")], resolv_conf="nameserver 10.9.0.1\n",
+    )
+    assert info.exit_code == 0, log
+    lines = log.splitlines()
+    assert lines[0] == "web-1" and lines[1] == "web-1"
+    assert lines[2] == "pid=1"
+    assert lines[3].startswith("/bin/sh -c hostname")
+    assert int(lines[4]) <= 4  # sh, ls, grep, wc: only the container's processes are visible
+    assert lines[5] == "/srv/app"  # created on demand
+    assert lines[6] == "FOO=bar baz HOME=/root HOSTNAME=web-1"
+    assert lines[7] == "3" and lines[8] == "10.9.0.7\tdb db.local"
+    assert lines[9] == "nameserver 10.9.0.1"
+    assert lines[-1] == "0022"
+
+
+def test_filesystem_sys_ro_dev_minimal_proc_masked(runtime, alpine):
+    script = textwrap.dedent("""\
+        echo "sys:$(grep ' /sys ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1)"
+        touch /sys/x 2>/dev/null && echo sys-writable || echo sys-readonly
+        echo "dev:$(ls /dev | tr '\\n' ' ')"
+        for d in null zero full random urandom tty; do [ -c /dev/$d ] || echo "missing $d"; done
+        [ -c /dev/pts/ptmx ] && echo pts-ok
+        grep -q ' /dev/pts devpts ' /proc/mounts && echo devpts-ok
+        grep -q ' /dev/shm tmpfs ' /proc/mounts && echo shm-ok
+        echo x > /dev/null && head -c 4 /dev/zero | wc -c
+        echo hi > /dev/full 2>/dev/null || echo full-ok
+        echo "timer_list:$(wc -c < /proc/timer_list)"
+        echo 1 > /proc/sys/kernel/panic 2>/dev/null && echo procsys-writable || echo procsys-readonly
+        echo hello > /tmp/f && cat /tmp/f
+        mknod /tmp/sda b 8 0 2>/dev/null && echo mknod-allowed || echo mknod-denied
+        mount -t tmpfs none /mnt 2>/dev/null && echo mount-allowed || echo mount-denied
+        grep -c ' / overlay ' /proc/mounts
+    """)
+    info, log = run_to_exit(runtime, alpine, "fs", ["/bin/sh", "-c", script])
+    assert info.exit_code == 0, log
+    lines = log.splitlines()
+    assert lines[0] == "sys:ro"
+    assert "sys-readonly" in lines
+    assert lines[2].split(":", 1)[1].split() == sorted(
+        ["fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty",
+         "urandom", "zero"])
+    assert not [line for line in lines if line.startswith("missing")]
+    for marker in ("pts-ok", "devpts-ok", "shm-ok", "full-ok", "timer_list:0", "procsys-readonly", "hello",
+                   "mknod-denied", "mount-denied"):
+        assert marker in lines, (marker, log)
+    assert "4" in lines
+    assert lines[-1] == "1"
+
+
+def test_capabilities_dropped_and_no_new_privs(runtime, alpine):
+    info, log = run_to_exit(runtime, alpine, "caps", ["/bin/sh", "-c", "grep -E '^(Cap|NoNewPrivs)' /proc/1/status"])
+    assert info.exit_code == 0
+    status = dict(line.split(":\t") for line in log.splitlines())
+    expected = caps_mask(DEFAULT_CAPS)
+    assert int(status["CapBnd"], 16) == expected
+    assert int(status["CapEff"], 16) == expected and int(status["CapPrm"], 16) == expected
+    assert int(status["CapInh"], 16) == 0 and int(status["CapAmb"], 16) == 0
+    assert status["NoNewPrivs"].strip() == "1"
+    # docker's default set, minus CAP_MKNOD (see container.py)
+    assert expected == caps_mask(DOCKER_DEFAULT_CAPS) & ~(1 << 27)
+    assert expected == 0xA00425FB
+
+
+def test_before_exec_hook_sees_pid_and_own_netns(runtime, runtimes, alpine):
+    seen = {}
+
+    def hook(pid):
+        seen["pid"] = pid
+        seen["netns"] = os.readlink(f"/proc/{pid}/ns/net")
+        seen["mntns"] = os.readlink(f"/proc/{pid}/ns/mnt")
+        seen["exe"] = os.readlink(f"/proc/{pid}/exe")  # still the runtime's python: not exec'd yet
+        seen["log"] = Path(runtime.logs("hook")).read_text() if Path(runtime.logs("hook")).exists() else ""
+
+    info = runtime.start(spec("hook", ["/bin/sh", "-c", "echo started; ls /sys/class/net; sleep 30"]), alpine,
+                         before_exec=hook)
+    try:
+        assert seen["pid"] == info.pid
+        assert seen["netns"] != os.readlink("/proc/self/ns/net")
+        assert seen["mntns"] != os.readlink("/proc/self/ns/mnt")
+        assert "python" in seen["exe"]
+        assert seen["log"] == ""
+        assert os.readlink(f"/proc/{info.pid}/ns/net") == seen["netns"]
+        assert wait_for(lambda: Path(runtime.logs("hook")).read_text().split() == ["started", "lo"])
+    finally:
+        stopped = runtime.stop("hook", timeout=0.2)
+    assert stopped.state == "exited" and stopped.exit_code == 137 and stopped.signal == 9
+
+
+def test_before_exec_failure_tears_everything_down(runtime, runtimes, alpine):
+    class Boom(Exception):
+        pass
+
+    pids = []
+
+    def hook(pid):
+        pids.append(pid)
+        raise Boom("veth setup failed")
+
+    with pytest.raises(Boom, match="veth setup failed"):
+        runtime.start(spec("boom", ["/bin/true"]), alpine, before_exec=hook)
+    assert wait_gone(pids[0])
+    with pytest.raises(ContainerNotFound):
+        runtime.inspect("boom")
+    assert not os.path.exists(os.path.join(runtimes.state_dir, "boom"))
+    assert not any(os.path.exists(os.path.join(d, "boom")) for d in runtimes.cgroup_dirs())
+    # and the id can be used again
+    info, log = run_to_exit(runtime, alpine, "boom", ["/bin/echo", "again"])
+    assert log == "again\n"
+
+
+@pytest.mark.parametrize("command, fragment", [
+    (["/bin/nonexistent"], "/bin/nonexistent: executable file not found"),
+    (["nonexistent-in-path"], "nonexistent-in-path: executable file not found"),
+    (["/etc/hosts"], "permission denied"),
+])
+def test_exec_failure_is_a_start_error(runtime, runtimes, alpine, command, fragment):
+    with pytest.raises(StartError, match=fragment):
+        runtime.start(spec("bad", command), alpine)
+    assert runtime.list() == []
+    assert not any(os.path.exists(os.path.join(d, "bad")) for d in runtimes.cgroup_dirs())
+
+
+def test_duplicate_id_and_missing_image(runtime, alpine):
+    runtime.start(spec("dup", ["/bin/sleep", "30"]), alpine)
+    with pytest.raises(ContainerExists):
+        runtime.start(spec("dup", ["/bin/true"]), alpine)
+    assert runtime.inspect("dup").state == "running"
+    with pytest.raises(StartError, match="does not exist"):
+        runtime.start(spec("noimg", ["/bin/true"]), "/nonexistent/rootfs")
+    with pytest.raises(ContainerRunning):
+        runtime.remove("dup")
+    runtime.remove("dup", force=True)
+    assert runtime.list() == []
+
+
+def test_limits_applied_and_enforced(runtime, runtimes, alpine):
+    limits = Limits(memory=48 << 20, cpus=0.5, pids=12)
+    info = runtime.start(spec("lim", ["/bin/sleep", "60"], limits=limits), alpine)
+    cgroup = runtime.cgroups.cgroup("lim")
+    if cgroup.layout.version == 1:
+        assert int(cgroup.read("memory", "memory.limit_in_bytes")) == 48 << 20
+        assert cgroup.read("cpu", "cpu.cfs_quota_us") == "50000"
+        assert cgroup.read("cpu", "cpu.cfs_period_us") == "100000"
+    else:
+        assert int(cgroup.read("memory", "memory.max")) == 48 << 20
+        assert cgroup.read("cpu", "cpu.max") == "50000 100000"
+    assert cgroup.read("pids", "pids.max") == "12"
+    assert cgroup.pids() == {info.pid}
+    # the container sees its own cgroup as the root of its cgroup namespace
+    assert exec_in(runtimes, "lim", "/bin/cat", "/proc/self/cgroup").stdout.strip().endswith(":/")
+    # a fork bomb run with exec (which joins the container's cgroup) hits pids.max
+    bomb = exec_in(
+        runtimes, "lim", "/bin/sh", "-c", "for i in $(seq 30); do sleep 30 >/dev/null 2>&1 & done; echo all-forked"
+    )
+    assert "can't fork" in bomb.stderr and "all-forked" not in bomb.stdout
+    assert 2 <= len(cgroup.pids()) <= 12
+    runtime.remove("lim", force=True)
+
+
+def test_oom_kill_recorded(runtime, alpine):
+    info, _ = run_to_exit(runtime, alpine, "oom", ["/bin/sh", "-c", "x=a; while true; do x=$x$x$x$x; done"],
+                          limits=Limits(memory=16 << 20))
+    assert info.exit_code == 137 and info.signal == 9
+    assert info.oom_killed
+
+
+def test_exec_in_running_container(runtime, runtimes, alpine):
+    runtime.start(spec("ex", ["/bin/sleep", "60"], name="exbox", env={"ONLY": "container"}), alpine)
+    done = exec_in(runtimes, "ex", "/bin/sh", "-c", "hostname; echo $ONLY; cat /proc/1/comm; echo $$; "
+                   "grep -E '^(CapBnd|NoNewPrivs)' /proc/self/status; exit 5")
+    assert done.returncode == 5, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "exbox" and lines[1] == "container" and lines[2] == "sleep"
+    assert int(lines[3]) > 1  # a new process in the container's PID namespace
+    assert int(lines[4].split()[1], 16) == caps_mask(DEFAULT_CAPS)
+    assert lines[5].split()[1] == "1"
+    assert exec_in(runtimes, "ex", "/bin/cat", "/etc/alpine-release").stdout == "3.20.3\n"
+    missing = exec_in(runtimes, "ex", "/nope")
+    assert missing.returncode == 127 and "executable file not found" in missing.stderr
+    runtime.stop("ex", timeout=0)
+    stopped = exec_in(runtimes, "ex", "/bin/true")
+    assert stopped.returncode == 125 and "not running" in stopped.stderr
+    with pytest.raises(ContainerNotRunning):
+        runtime.exec("ex", ["/bin/true"])
+
+
+def test_stop_sigterm_then_sigkill(runtime, alpine):
+    runtime.start(
+        spec("trap", ["/bin/sh", "-c", "trap 'echo got TERM; exit 3' TERM; while true; do sleep 0.05; done"]), alpine
+    )
+    time.sleep(0.2)
+    info = runtime.stop("trap", timeout=5)
+    assert info.state == "exited" and info.exit_code == 3
+    assert "got TERM" in Path(runtime.logs("trap")).read_text()
+    # PID 1 without a handler ignores SIGTERM: SIGKILL after the timeout
+    runtime.start(spec("deaf", ["/bin/sleep", "60"]), alpine)
+    started = time.monotonic()
+    info = runtime.stop("deaf", timeout=0.3)
+    assert info.exit_code == 137 and time.monotonic() - started >= 0.3
+    assert runtime.stop("deaf").state == "exited"  # idempotent
+
+
+def test_remove_cleans_mounts_cgroups_dirs(runtime, runtimes, alpine):
+    info = runtime.start(spec("rm", ["/bin/sh", "-c", "echo data > /root/file; sleep 60"]), alpine)
+    cdir = os.path.join(runtimes.state_dir, "rm")
+    # the overlay exists only in the container's mount namespace, never on the host
+    assert mounts_below(runtimes.state_dir) == []
+    with open(f"/proc/{info.pid}/mountinfo") as handle:
+        assert any(" / / " in line and "overlay" in line for line in handle)
+    assert wait_for(lambda: os.path.exists(os.path.join(cdir, "upper/root/file")))
+    runtime.remove("rm", force=True)
+    assert not os.path.exists(cdir)
+    assert not os.path.exists(os.path.join(runtimes.run_dir, "rm"))
+    assert not any(os.path.exists(os.path.join(d, "rm")) for d in runtimes.cgroup_dirs())
+    assert wait_gone(info.pid) and wait_gone(info.shim_pid)
+    runtime.remove("rm")  # idempotent
+    with pytest.raises(ContainerNotFound):
+        runtime.inspect("rm")
+
+
+def test_list_and_update_etc(runtime, runtimes, alpine):
+    runtime.start(spec("l1", ["/bin/sleep", "60"]), alpine)
+    run_to_exit(runtime, alpine, "l2", ["/bin/sh", "-c", "exit 3"])
+    states = {info.id: (info.state, info.exit_code) for info in runtime.list()}
+    assert states == {"l1": ("running", None), "l2": ("exited", 3)}
+    runtime.update_etc_file("l1", "hosts", "127.0.0.1\tlocalhost\n10.1.1.1\tnewpeer\n")
+    assert "newpeer" in exec_in(runtimes, "l1", "/bin/cat", "/etc/hosts").stdout
+    with pytest.raises(ValueError):
+        runtime.update_etc_file("l1", "passwd", "")
+
+
+def test_log_rotation(runtimes, alpine):
+    runtime = runtimes.make(log_max_bytes=4096)
+    info, _ = run_to_exit(runtime, alpine, "rot", ["/bin/sh", "-c", "for i in $(seq 2000); do echo line $i; done"])
+    assert info.exit_code == 0
+    current, old = Path(runtime.logs("rot")), Path(runtime.logs("rot") + ".1")
+    assert old.exists() and old.stat().st_size >= 4096
+    assert current.stat().st_size < 4096 + 4096
+    assert (old.read_text() + current.read_text()).splitlines()[-1] == "line 2000"
+
+
+# -- supervision: the container outlives the agent -----------------------------------------------
+AGENT = textwrap.dedent("""\
+    import json, sys, time
+    from cantainer_agent.runtime import Runtime, ContainerSpec
+    state, run, parent, rootfs, sha = sys.argv[1:6]
+    rt = Runtime(state, run, parent, on_exit=lambda info: None)
+    info = rt.start(ContainerSpec(id="survivor", name="survivor", image=sha, command=json.loads(sys.argv[6])), rootfs)
+    print(json.dumps({"pid": info.pid, "shim": info.shim_pid, "zygote": rt.zygote.pid}), flush=True)
+    time.sleep(600)
+""")
+
+
+def test_container_survives_agent_sigkill_and_is_readopted(runtimes, alpine):
+    agent = subprocess.Popen(
+        [sys.executable, "-c", AGENT, runtimes.state_dir, runtimes.run_dir, runtimes.cgroup_parent, alpine,
+         ALPINE_SHA256, json.dumps(LOOP)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        started = json.loads(agent.stdout.readline())
+    finally:
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+    assert wait_gone(started["zygote"])  # the fork server follows its agent
+
+    runtime = runtimes.make()  # a "restarted agent": re-adopts from disk
+    info = runtime.inspect("survivor")
+    assert info.state == "running" and info.pid == started["pid"] and info.shim_pid == started["shim"]
+    log = Path(runtime.logs("survivor"))
+    size = log.stat().st_size
+    assert wait_for(lambda: log.stat().st_size > size + 50, 5), "the log stopped growing"
+    assert exec_in(runtimes, "survivor", "/bin/hostname").stdout == "survivor\n"
+
+    assert runtimes.wait_event("survivor", timeout=0.2) is None
+    assert exec_in(runtimes, "survivor", "/bin/touch", "/tmp/stop").returncode == 0
+    event = runtimes.wait_event("survivor")  # pushed by the exit watcher, no polling
+    assert event is not None and event.state == "exited" and event.exit_code == 42
+    assert runtime.inspect("survivor").exit_code == 42
+    assert "tick" in log.read_text()
+
+
+def test_killed_shim_leaves_a_dead_but_removable_container(runtime, runtimes, alpine):
+    info = runtime.start(spec("orphan", ["/bin/sleep", "60"]), alpine)
+    os.kill(info.shim_pid, signal.SIGKILL)
+    assert wait_gone(info.shim_pid)
+    assert runtime.inspect("orphan").state == "running"  # init lives on
+    os.kill(info.pid, signal.SIGKILL)
+    event = runtimes.wait_event("orphan")
+    assert event is not None and event.state == "dead" and event.exit_code is None
+    runtime.remove("orphan")
+
+
+def test_agent_killed_mid_start_leaves_created_then_removable(runtimes, alpine):
+    script = textwrap.dedent("""\
+        import os, signal, sys
+        from cantainer_agent.runtime import Runtime, ContainerSpec
+        state, run, parent, rootfs, sha = sys.argv[1:6]
+        rt = Runtime(state, run, parent)
+        def hook(pid):
+            print(pid, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        rt.start(ContainerSpec(id="half", name="half", image=sha, command=["/bin/true"]), rootfs, before_exec=hook)
+    """)
+    agent = subprocess.run([sys.executable, "-c", script, runtimes.state_dir, runtimes.run_dir,
+                            runtimes.cgroup_parent, alpine, ALPINE_SHA256], capture_output=True, text=True, timeout=30)
+    assert agent.returncode == -signal.SIGKILL
+    assert wait_gone(int(agent.stdout.strip()))  # its shim noticed the agent was gone and killed it
+    runtime = runtimes.make()
+    assert runtime.inspect("half").state == "created"
+    runtime.remove("half")
+    assert runtime.list() == []
+
+
+def test_concurrent_starts_from_threads(runtime, alpine):
+    import threading
+
+    errors = []
+
+    def go(n):
+        try:
+            runtime.start(spec(f"t{n}", ["/bin/sh", "-c", f"echo {n}"]), alpine)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for n in range(6):
+        info = runtime.wait(f"t{n}", timeout=20)
+        assert info.exit_code == 0 and Path(runtime.logs(f"t{n}")).read_text() == f"{n}\n"
+
+
+def test_cgroup_v2_code_path_on_unified_hierarchy(runtimes, alpine):
+    """Run a container with the v2 code path (clone3 into the cgroup, no warm init) on the cgroup2
+    hierarchy hybrid machines mount at /sys/fs/cgroup/unified (it has no controllers: no limits)."""
+    from .test_cgroups import unified_layout
+
+    needs_root()
+    layout = unified_layout()
+    runtime = runtimes.make(cgroup_layout=layout)
+    info, log = run_to_exit(runtime, alpine, "v2", ["/bin/sh", "-c", "cat /proc/self/cgroup; hostname"])
+    assert info.exit_code == 0, log
+    assert log.splitlines()[-1] == "v2"
+    assert "0::/\n" in log  # root of its own cgroup namespace
+    cgroup_dir = os.path.join(layout.v2_mount, runtimes.cgroup_parent, "v2")
+    assert os.path.isdir(cgroup_dir)
+    with pytest.raises(StartError, match="memory"):
+        runtime.start(spec("v2lim", ["/bin/true"], limits=Limits(memory=64 << 20)), alpine)
+    runtime.remove("v2")
+    assert not os.path.exists(cgroup_dir)
+    os.rmdir(os.path.join(layout.v2_mount, runtimes.cgroup_parent))
+
+
+def test_zygote_spawned_from_a_low_priority_thread_keeps_the_agents_priority():
+    """The reconcile loop runs at nice +10 (reconcile.py); a zygote it (re)spawns must not hand
+    that to every container started afterwards."""
+    import threading
+
+    from cantainer_agent.runtime.zygote import Zygote
+
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    zygote = Zygote()
+    seen = []
+
+    def spawn_from_a_niced_thread() -> None:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, ours + 10)
+        zygote.ensure()
+        seen.append(os.getpriority(os.PRIO_PROCESS, zygote.pid))
+
+    try:
+        worker = threading.Thread(target=spawn_from_a_niced_thread)
+        worker.start()
+        worker.join(10)
+        deadline = time.monotonic() + 10
+        while os.getpriority(os.PRIO_PROCESS, zygote.pid) != ours and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert os.getpriority(os.PRIO_PROCESS, zygote.pid) == ours
+        assert seen and seen[0] in (ours, ours + 10)  # born niced, then restored by its boot code
+    finally:
+        zygote.close()

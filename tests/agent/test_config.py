@@ -1,0 +1,136 @@
+import dataclasses
+import json
+import os
+
+import pytest
+
+from cantainer_agent.config import AgentConfig, ConfigError, load_config, parse_config, read_secret
+
+
+@pytest.fixture
+def secret(tmp_path):
+    path = tmp_path / "secret"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("0123456789abcdef0123456789abcdef\n")
+    return path
+
+
+def base(secret, **over):
+    cfg = {"cluster": "prod", "node": "h1", "address": "10.0.0.1", "secret_file": str(secret), "bootstrap": True}
+    cfg.update(over)
+    return cfg
+
+
+def test_defaults(secret):
+    cfg = parse_config(base(secret))
+    assert isinstance(cfg, AgentConfig)
+    assert (cfg.raft_port, cfg.join_port, cfg.voters, cfg.seeds, cfg.bundle) == (7480, 7481, 3, (), "")
+    assert (cfg.data_dir, cfg.run_dir, cfg.log_dir) == ("/var/lib/cantainer", "/run/cantainer", "/var/log/cantainer")
+    assert cfg.raft_addr == "10.0.0.1:7480" and cfg.join_addr == "10.0.0.1:7481"
+    assert cfg.socket_path == "/run/cantainer/agent.sock" and cfg.pid_file == "/run/cantainer/agent.pid"
+    assert cfg.heartbeat_interval == 2.0
+
+
+def test_frozen(secret):
+    cfg = parse_config(base(secret))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.node = "other"
+
+
+def test_seeds_are_deduplicated_and_own_join_address_dropped(secret):
+    cfg = parse_config(base(secret, bootstrap=False,
+                            seeds=["10.0.0.2:7481", "10.0.0.1:7481", "10.0.0.2:7481", "h3.lan:9000"]))
+    assert cfg.seeds == ("10.0.0.2:7481", "h3.lan:9000")
+
+
+def test_load_from_file(tmp_path, secret):
+    path = tmp_path / "agent.json"
+    path.write_text(json.dumps(base(secret, raft_port=9000, join_port=9001, data_dir="/srv/c//data/")))
+    cfg = load_config(str(path))
+    assert cfg.raft_port == 9000 and cfg.data_dir == "/srv/c/data"
+
+
+@pytest.mark.parametrize(
+    "over, fragment",
+    [
+        ({"colour": "red"}, "unknown key(s) 'colour'"),
+        ({"node": "bad name"}, "'node'"),
+        ({"node": ""}, "'node'"),
+        ({"cluster": 7}, "'cluster'"),
+        ({"address": "not-an-ip"}, "'address' must be an IPv4"),
+        ({"address": "0.0.0.0"}, "concrete host address"),
+        ({"raft_port": 0}, "'raft_port'"),
+        ({"raft_port": "7480"}, "'raft_port'"),
+        ({"join_port": True}, "'join_port'"),
+        ({"raft_port": 9000, "join_port": 9000}, "must differ"),
+        ({"seeds": "10.0.0.2:7481"}, "'seeds' must be a list"),
+        ({"seeds": ["10.0.0.2"]}, "seeds[0]"),
+        ({"seeds": ["10.0.0.2:99999"]}, "seeds[0]"),
+        ({"bootstrap": "yes"}, "'bootstrap'"),
+        ({"bootstrap": False}, "could never join"),
+        ({"voters": 2}, "'voters'"),
+        ({"voters": 11}, "'voters'"),
+        ({"data_dir": "relative/path"}, "'data_dir' must be an absolute path"),
+        ({"bundle": "has space"}, "'bundle'"),
+        ({"heartbeat_interval": 0}, "'heartbeat_interval'"),
+    ],
+)
+def test_invalid_values_name_the_key(secret, over, fragment):
+    with pytest.raises(ConfigError) as info:
+        parse_config(base(secret, **over), where="/etc/cantainer/agent.json")
+    msg = str(info.value)
+    assert msg.startswith("/etc/cantainer/agent.json: ")
+    assert fragment in msg
+
+
+def test_missing_required(secret):
+    cfg = base(secret)
+    del cfg["node"], cfg["secret_file"]
+    with pytest.raises(ConfigError, match="missing required key\\(s\\) 'node', 'secret_file'"):
+        parse_config(cfg)
+
+
+def test_not_an_object():
+    with pytest.raises(ConfigError, match="JSON object"):
+        parse_config([1, 2])
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"cluster": "x",\n  oops}')
+    with pytest.raises(ConfigError, match="invalid JSON at line 2"):
+        load_config(str(bad))
+
+
+def test_secret_must_exist(tmp_path):
+    with pytest.raises(ConfigError, match="refuses to start without a cluster secret"):
+        parse_config(base(tmp_path / "missing"))
+    # without file checks the structure alone validates
+    assert parse_config(base(tmp_path / "missing"), check_files=False).node == "h1"
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o644])
+def test_secret_must_be_private(secret, mode):
+    os.chmod(secret, mode)
+    with pytest.raises(ConfigError, match=f"mode {mode:04o}.*chmod 600"):
+        parse_config(base(secret))
+
+
+def test_secret_must_be_a_file(tmp_path):
+    d = tmp_path / "dir"
+    d.mkdir(mode=0o700)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        parse_config(base(d))
+
+
+def test_read_secret(secret, tmp_path):
+    assert read_secret(str(secret)) == b"0123456789abcdef0123456789abcdef"
+    weak = tmp_path / "weak"
+    fd = os.open(weak, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"short\n")
+    os.close(fd)
+    with pytest.raises(ConfigError, match="weak"):
+        read_secret(str(weak))

@@ -1,0 +1,42 @@
+"""The agent bundle: deterministic, complete, and a clear error when a host's platform lacks wheels."""
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+
+import pytest
+
+from cantainer.bundle import BundleError, Platform, build_bundle
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    return tmp_path / "cantainer"
+
+
+def names(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data))) as tar:
+        return tar.getnames()
+
+
+def test_the_bundle_is_deterministic_and_holds_the_agent_and_its_dependencies(cache):
+    first = build_bundle(Platform.local())
+    for built in cache.glob("bundles/*.tar.gz"):
+        built.unlink()  # force a rebuild from the sources, not the cache
+    second = build_bundle(Platform.local())
+    assert first.digest == second.digest and first.data == second.data
+    content = names(first.data)
+    assert content == sorted(content)
+    for needed in ("__main__.py", "cantainer_agent/__main__.py", "cantainer_agent/layout.py",
+                   "cantainer_agent/consensus/pysyncobj/journal.py", "pysyncobj/syncobj.py", "pyroute2/__init__.py"):
+        assert needed in content
+    assert not [n for n in content if "__pycache__" in n or n.endswith(".pyc")]
+    assert not [n for n in content if n.startswith("cantainer/")]  # the workstation package stays home
+
+
+def test_a_foreign_platform_without_wheels_says_how_to_get_them(cache):
+    with pytest.raises(BundleError, match="no cryptography/cffi wheels for cp39-riscv64") as error:
+        build_bundle(Platform("riscv64", (3, 9)))
+    assert "pip download" in error.value.hint and "--python-version 3.9" in error.value.hint
