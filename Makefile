@@ -7,7 +7,7 @@ VENV := .venv
 APT_PACKAGES := openssh-server openssh-client busybox-static iproute2 iputils-ping iperf3 python3-venv util-linux procps tmux
 NEEDS_ROOT = @if [ "$$(id -u)" != 0 ]; then echo "make $@ needs root (it installs packages and creates namespaces) — run: sudo make $@" >&2; exit 1; fi
 
-.PHONY: setup demo test test-unit clean-labs bench
+.PHONY: setup demo test test-unit lint clean-labs bench
 
 setup: $(VENV)/.installed
 
@@ -32,8 +32,12 @@ test: setup
 	$(NEEDS_ROOT)
 	$(VENV)/bin/python -m pytest -q tests
 
+# Pure logic only: no root, no lab (markers in pyproject.toml).
 test-unit: setup
-	$(VENV)/bin/python -m pytest -q tests/unit tests/overlay/test_model.py tests/overlay/test_plan.py
+	$(VENV)/bin/python -m pytest -q -m "not root and not lab" tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 # Benchmarks beside their anchors (runc/crun are apt-installed by the bench, Ansible into its own venv);
 # table on stdout, rows in bench/results.json, plot in bench/up_vs_hosts.png. Quick: python -m bench --quick
