@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 
 
-def fsync_dir(path: str) -> None:
-    """fsync a directory so a rename inside it survives a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_path(path: str, directory: bool = False) -> None:
+    """fsync a file, or a directory (so a rename inside it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0))
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    fsync_path(path, directory=True)
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:

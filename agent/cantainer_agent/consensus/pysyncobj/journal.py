@@ -28,7 +28,7 @@ from typing import Any
 from pysyncobj import pickle as psopickle
 from pysyncobj.journal import Journal
 
-from ...fsutil import atomic_write, fsync_dir
+from ...fsutil import atomic_write, fsync_dir, fsync_path
 from ..errors import RaftError
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,6 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_snapshot_entries(dump_path: str) -> tuple[Entry, Entry] | None:
@@ -233,7 +225,7 @@ class DurableJournal(Journal):
 
     def _make_snapshot_durable(self) -> None:
         if self.dump_path and os.path.exists(self.dump_path):
-            _fsync_path(self.dump_path)
+            fsync_path(self.dump_path)
             fsync_dir(os.path.dirname(os.path.abspath(self.dump_path)))
 
     def _rewrite(self, entries: list[Entry]) -> None:
