@@ -13,6 +13,7 @@ remove locally (process, mounts, cgroup, veth) → replicate the removal.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -22,7 +23,7 @@ from typing import Callable, Iterator
 from . import layout
 from .config import AgentConfig
 from .consensus import RaftError, RaftNode
-from .consensus.writes import replicate
+from .consensus.writes import Session, replicate
 from .overlay import EndpointSpec, KernelGuard, NetworkSpec, attach_container, detach_container, overlay_mtu
 from .runtime import ContainerError, ContainerInfo, ContainerNotFound, ContainerSpec, ImageStore, Runtime
 
@@ -53,8 +54,8 @@ class Workload:
         self.images = ImageStore(layout.images_dir(cfg.data_dir))
         self.runtime = Runtime(state_dir=layout.containers_state_dir(cfg.data_dir),
                                run_dir=layout.containers_run_dir(cfg.run_dir), on_exit=lambda _info: trigger())
-        self._in_flight: set[str] = set()
-        self._in_flight_lock = threading.Lock()
+        self._in_flight: collections.Counter[str] = collections.Counter()
+        self._in_flight_lock = threading.Condition()
         self.import_lock = threading.Lock()  # concurrent `run`s may push the same image at once
 
     def close(self) -> None:
@@ -64,16 +65,23 @@ class Workload:
     @contextlib.contextmanager
     def in_flight(self, container_id: str) -> Iterator[None]:
         with self._in_flight_lock:
-            self._in_flight.add(container_id)
+            self._in_flight[container_id] += 1
         try:
             yield
         finally:
             with self._in_flight_lock:
-                self._in_flight.discard(container_id)
+                self._in_flight[container_id] -= 1
+                if not self._in_flight[container_id]:
+                    del self._in_flight[container_id]
+                self._in_flight_lock.notify_all()
 
     def in_flight_ids(self) -> set[str]:
         with self._in_flight_lock:
             return set(self._in_flight)
+
+    def wait_not_in_flight(self, container_id: str, timeout: float) -> None:
+        with self._in_flight_lock:
+            self._in_flight_lock.wait_for(lambda: container_id not in self._in_flight, timeout)
 
     # -- start / remove ---------------------------------------------------------------------------
     def start(self, record: dict, vni: int, sha256: str, rootfs: str, tty: bool = False,
@@ -98,7 +106,7 @@ class Workload:
             pass
         detach_container(container_id, guard=self._guard)
 
-    def undo_create(self, raft: RaftNode, record: dict) -> None:
+    def undo_create(self, raft: RaftNode, record: dict, session: Session) -> None:
         """Take back what a run that failed to start did: the container, its address, and its
         network if this run created it (the network's created_at is the container's then)."""
         name = record["name"]
@@ -108,20 +116,20 @@ class Workload:
             log.exception("cleanup of failed container %s", name)
             detach_container(record["id"], guard=self._guard)
         try:
-            replicate(raft, "remove_container", {"name": name})
+            replicate(raft, "remove_container", {"name": name}, session)
             network = raft.snapshot()["state"]["networks"].get(record["network"])
             if network is not None and network["created_at"] == record["created_at"] and not network["ips"]:
-                replicate(raft, "delete_network", {"cidr": record["network"]})
+                replicate(raft, "delete_network", {"cidr": record["network"]}, session)
         except RaftError:
             log.exception("could not release %s after a failed start", name)
 
-    def report(self, raft: RaftNode, record: dict, info: ContainerInfo | None) -> None:
+    def report(self, raft: RaftNode, record: dict, info: ContainerInfo | None, session: Session) -> None:
         """Replicate what the runtime shows of *record*'s container, if it changed."""
         observed = observed_from(info)
         if _same_observation(observed, record.get("observed", {})):
             return
         try:
             replicate(raft, "container_observed", {"name": record["name"], "host": self.cfg.node,
-                                                   "observed": observed, "ts": time.time()})
+                                                   "observed": observed, "ts": time.time()}, session)
         except RaftError as error:
             log.warning("could not report container %s: %s", record["name"], error)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..errors import StateError
+from ..errors import Conflict, StateError
 
 MIN_PREFIX = 8
 MAX_PREFIX = 30
@@ -29,6 +29,10 @@ _NOT_UNICAST = tuple((ipaddress.ip_network(cidr), kind) for cidr, kind in (
 
 class IpamError(StateError):
     """A CIDR or allocation request that cannot be honoured; the message says how to fix it."""
+
+
+class IpamConflict(IpamError, Conflict):
+    """A valid request that collides with the state: an overlap, a full network, no VNI left."""
 
 
 def parse_cidr(text: object) -> ipaddress.IPv4Network:
@@ -66,7 +70,7 @@ def check_unicast(network: ipaddress.IPv4Network) -> None:
 def check_no_overlap(network: ipaddress.IPv4Network, existing: list[str]) -> None:
     for other in existing:
         if network.overlaps(ipaddress.ip_network(other)):
-            raise IpamError(f"network {network} overlaps existing network {other} — pick a CIDR outside it")
+            raise IpamConflict(f"network {network} overlaps existing network {other} — pick a CIDR outside it")
 
 
 def lowest_free_address(network: ipaddress.IPv4Network, used: set[str]) -> str:
@@ -75,7 +79,7 @@ def lowest_free_address(network: ipaddress.IPv4Network, used: set[str]) -> str:
         candidate = str(ipaddress.IPv4Address(value))
         if candidate not in used:
             return candidate
-    raise IpamError(f"network {network} is full ({last - first + 1} addresses in use) — remove containers "
+    raise IpamConflict(f"network {network} is full ({last - first + 1} addresses in use) — remove containers "
                     "or use a larger network")
 
 
@@ -83,5 +87,5 @@ def lowest_free_vni(used: set[int]) -> int:
     for vni in range(FIRST_VNI, MAX_VNI + 1):
         if vni not in used:
             return vni
-    raise IpamError("no VXLAN network identifier left")
+    raise IpamConflict("no VXLAN network identifier left")
 

@@ -21,9 +21,10 @@ import pickle
 import re
 from typing import Any
 
-from ..errors import StateError
+from ..errors import AlreadyExists, Conflict, NotFound, StateError
 from ..overlay.model import mac_for_ip  # one derivation, shared with the overlay
 from . import ipam
+from . import sessions as S
 
 SCHEMA_VERSION = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -63,6 +64,7 @@ class ClusterState:
         self.nodes: dict[str, dict] = {}
         self.networks: dict[str, dict] = {}
         self.containers: dict[str, dict] = {}
+        self.sessions = S.Sessions()  # exactly-once writes: outcomes of the clients' recent requests
         # Counts commands that may change what a host must program (everything but heartbeats),
         # so reconcilers wake on real changes only.
         self.revision = 0
@@ -74,6 +76,7 @@ class ClusterState:
             "nodes": self.nodes,
             "networks": self.networks,
             "containers": self.containers,
+            "sessions": self.sessions.clients,
             "revision": self.revision,
         }
 
@@ -81,10 +84,11 @@ class ClusterState:
         self.nodes = dict(data.get("nodes", {}))
         self.networks = dict(data.get("networks", {}))
         self.containers = dict(data.get("containers", {}))
+        self.sessions = S.Sessions(data.get("sessions"))
         self.revision = int(data.get("revision", 0))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ClusterState) and self.to_dict() == other.to_dict()
+        return isinstance(other, ClusterState) and self.__getstate__() == other.__getstate__()
 
     # ---------------------------------------------------------------- commands
 
@@ -111,10 +115,10 @@ class ClusterState:
         ts = _check_ts("ts", ts)
         for other, rec in self.nodes.items():
             if other != name and rec["raft_addr"] == raft_addr:
-                raise StateError(f"raft address {raft_addr} already belongs to node {other!r}")
+                raise Conflict(f"raft address {raft_addr} already belongs to node {other!r}")
         old = self.nodes.get(name)
         if old is not None and old["raft_addr"] != raft_addr:
-            raise StateError(
+            raise Conflict(
                 f"node name {name!r} is already registered with raft address {old['raft_addr']}; "
                 "remove that node before reusing its name"
             )
@@ -159,7 +163,23 @@ class ClusterState:
         "remove_container",
     )
 
-    def apply_command(self, command: str, args: dict) -> Any:
+    def apply_command(self, command: str, args: dict, session: dict | None = None) -> Any:
+        """Apply one command; with a *session*, at most once (a duplicate gets the first outcome)."""
+        if session is None:
+            return self._apply(command, args)
+        client, seq, ts = S.check_session(session)
+        done = self.sessions.outcome(client, seq)
+        if done is not None:
+            return S.replay(done)
+        try:
+            result = self._apply(command, args)
+        except StateError as error:
+            self.sessions.record(client, seq, ts, S.refusal(error))
+            raise
+        self.sessions.record(client, seq, ts, S.success(result))
+        return result
+
+    def _apply(self, command: str, args: dict) -> Any:
         if command not in self.COMMANDS or not isinstance(args, dict):
             raise StateError(f"unknown state command {command!r}")
         method = getattr(self, f"apply_{command}")
@@ -175,24 +195,26 @@ class ClusterState:
     # ------------------------------------------------------------ networks
 
     def apply_create_network(self, cidr: str, ts: float) -> dict:
-        """Create a network (idempotent for the same CIDR); returns its record without ``ips``."""
+        """Create a network (idempotent for the same CIDR); returns its record without ``ips``, and
+        ``created``: whether this command made it (False: it existed)."""
         network = ipam.parse_cidr(cidr)
         key = str(network)
-        if key not in self.networks:
+        created = key not in self.networks
+        if created:
             ipam.check_unicast(network)
             ipam.check_no_overlap(network, list(self.networks))
             vni = ipam.lowest_free_vni({n["vni"] for n in self.networks.values()})
             self.networks[key] = {"cidr": key, "vni": vni, "created_at": _check_ts("ts", ts), "ips": {}}
-        return _network_view(self.networks[key])
+        return {**_network_view(self.networks[key]), "created": created}
 
     def apply_delete_network(self, cidr: str) -> bool:
         key = str(ipam.parse_cidr(cidr))
         record = self.networks.get(key)
         if record is None:
-            raise StateError(f"network {key} does not exist — see `cantainer network ls`")
+            raise NotFound(f"network {key} does not exist — see `cantainer network ls`")
         if record["ips"]:
             users = ", ".join(sorted(record["ips"].values())[:5])
-            raise StateError(
+            raise Conflict(
                 f"network {key} still has {len(record['ips'])} container(s) attached ({users}) — remove them first"
             )
         del self.networks[key]
@@ -207,7 +229,7 @@ class ClusterState:
         if existing is not None and existing["id"] == spec.get("id"):
             return copy.deepcopy(existing)  # the same request again (a retry after a lost reply)
         if existing is not None:
-            raise StateError(f"container name {name!r} is already in use — pick another name or remove it first")
+            raise AlreadyExists(f"container name {name!r} is already in use — pick another name or remove it first")
         host = _check_name(spec.get("host"))
         if host not in self.nodes:
             raise StateError(f"host {host!r} is not a member of this cluster")
@@ -249,7 +271,7 @@ class ClusterState:
         """The container's host reports what it sees; reports from any other host are refused."""
         container = self._container(name)
         if container["host"] != host:
-            raise StateError(f"container {name!r} runs on {container['host']}, not {host}")
+            raise Conflict(f"container {name!r} runs on {container['host']}, not {host}")
         state = observed.get("state")
         if state not in CONTAINER_STATES:
             raise StateError(f"unknown container state {state!r}")
@@ -283,7 +305,7 @@ class ClusterState:
         check_container_name(name)
         container = self.containers.get(name)
         if container is None:
-            raise StateError(f"no container named {name!r}")
+            raise NotFound(f"no container named {name!r}")
         return container
 
     # ------------------------------------------------------------------ reads

@@ -27,4 +27,8 @@ class OutcomeUnknown(CommandFailed):
 
 
 class CommandRejected(CommandFailed):
-    """The command committed but the state machine refused it (the user's input is at fault)."""
+    """The command committed but the state machine refused it; ``code`` says why (errors.StateError)."""
+
+    def __init__(self, message: str, code: str = "invalid"):
+        super().__init__(message)
+        self.code = code

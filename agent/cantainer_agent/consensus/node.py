@@ -32,6 +32,7 @@ from .members import load_members, remove_voter_files, save_members, voter_files
 log = logging.getLogger(__name__)
 
 LEADER_WAIT = 5.0  # seconds a write waits for a reachable leader before failing (> an election)
+READ_WAIT = 3.0  # seconds a linearizable read waits for its confirmation and for the replica to catch up
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ class RaftNode:
         # Called (in the tick thread; must only signal) when the state's revision moves on.
         self.on_state_change: Callable[[], None] | None = None
         self._seen_revision = -1
+        self._applied = threading.Condition()  # notified when the replica applied new entries
+        self._applied_seen = -1
 
     # ------------------------------------------------------------ lifecycle
 
@@ -194,6 +197,10 @@ class RaftNode:
             self._voter_seen = {}
         if self.store is not self._write_store and sync.raftLastApplied >= self._catch_up_index:
             self.store = self._write_store  # the new replica has caught up: serve reads from it
+        if sync.raftLastApplied != self._applied_seen:
+            self._applied_seen = sync.raftLastApplied
+            with self._applied:
+                self._applied.notify_all()
         revision = self.store.state.revision
         if revision != self._seen_revision and self.on_state_change is not None:
             self._seen_revision = revision
@@ -266,6 +273,40 @@ class RaftNode:
         return plain data it built (never a reference into the state)."""
         return self.run_in_tick(lambda: fn(self.store.state), timeout)
 
+    def read_index(self, timeout: float = READ_WAIT) -> int:
+        """On the leader: confirm leadership with a heartbeat round answered by a majority (round
+        numbers sent after this call, echoed back), then wait until this replica has applied the
+        commit index of the moment of the call; returns that index. A read of this replica is then
+        linearizable. Raises :class:`NotLeader`, or :class:`RaftError` if it cannot confirm in time."""
+        deadline = time.monotonic() + timeout
+        index, round_, peers, transport = self.run_in_tick(self._sync.begin_read, timeout)
+        needed = (len(peers) + 1) // 2 + 1  # a majority of the voters, this one included
+        with transport.echo_arrived:
+            while 1 + sum(transport.echoed.get(peer, 0) > round_ for peer in peers) < needed:
+                left = deadline - time.monotonic()
+                if left <= 0 or not transport.echo_arrived.wait(left):
+                    raise RaftError("could not confirm the raft leadership with a majority in time "
+                                    "(cut off from the majority, or the majority is down)")
+        self.wait_applied(index, deadline - time.monotonic())
+        return index
+
+    def wait_applied(self, index: int, timeout: float = READ_WAIT) -> None:
+        """Until this node's replica has applied *index* (a read index from the leader)."""
+        deadline = time.monotonic() + timeout
+        with self._applied:
+            while True:
+                sync = self._sync
+                if sync is None or self._stopped:
+                    raise RaftError("raft is not running")
+                if self.store is not self._write_store:
+                    raise RaftError("this node is changing its raft role; retry in a moment")
+                if sync.raftLastApplied >= index:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RaftError(f"this node's replica did not catch up with the leader (index {index}) in time")
+                self._applied.wait(min(left, 0.1))
+
     def members(self) -> list[str]:
         """The voters' raft addresses."""
         return self.run_in_tick(lambda: sorted(self._sync.peer_ids() | (set() if self.standby else {self.self_addr})))
@@ -277,14 +318,16 @@ class RaftNode:
 
     # -------------------------------------------------------------- writes
 
-    def apply(self, command: str, args: dict, timeout: float = 5.0) -> Any:
+    def apply(self, command: str, args: dict, timeout: float = 5.0, session: dict | None = None) -> Any:
         """Replicate ``command(**args)`` on the state machine; returns its value or raises
-        (``NotSubmitted``: safe to retry; ``OutcomeUnknown``; ``CommandRejected``: refused)."""
+        (``NotSubmitted``: safe to retry; ``OutcomeUnknown``; ``CommandRejected``: refused). With a
+        *session* ``{client, seq, ts}`` the command takes effect at most once, however often it is sent."""
         if self._stopped:
             raise RaftError("raft is not running")
         # both resolved at each attempt: they change when the raft object is replaced (role change)
         return pso.submit(lambda: None if self._stopped else self._sync, lambda: self._write_store, command, args,
-                          timeout=timeout, leader_wait=self.config.leader_wait, who=self.self_addr)
+                          timeout=timeout, leader_wait=self.config.leader_wait, who=self.self_addr,
+                          session=session)
 
     def compact_log(self) -> None:
         """Snapshot the state and drop the log it covers now (PySyncObj also does it by itself)."""

@@ -12,6 +12,7 @@ import logging
 from typing import Callable
 
 from ..consensus import RaftNode
+from ..consensus.writes import Session
 from ..workload import Workload
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ class ContainersController:
         self._node = node
         self._workload = workload
         self._raft = raft
+        self._session = Session.new(f"containers@{node}")  # this controller's writes, exactly once
 
     def sync(self, snapshot: dict) -> None:
         raft = self._raft()
@@ -45,7 +47,7 @@ class ContainersController:
                 info = runtime.stop(container_id, timeout=10.0)
             if info is None and record["observed"]["state"] in ("exited", "dead"):
                 continue  # already reported gone; nothing local to compare with
-            self._workload.report(raft, record, info)
+            self._workload.report(raft, record, info, self._session)
         strangers = [cid for cid in local if cid not in mine and cid not in busy]
         if not strangers:
             return

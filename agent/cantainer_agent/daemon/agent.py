@@ -21,11 +21,13 @@ from ..api import images as api_images
 from ..api import networks as api_networks
 from ..api import system as api_system
 from ..api.errors import mapped
+from ..api.requests import Reads
 from ..api.server import ApiServer
 from ..cluster.liveness import heartbeat_period
 from ..cluster.state import ClusterState
 from ..config import AgentConfig
 from ..consensus import RaftConfig, RaftError, RaftNode
+from ..consensus.writes import Session
 from ..controllers.containers import ContainersController
 from ..controllers.loop import ControllerLoop
 from ..controllers.overlay import OverlayController
@@ -143,17 +145,22 @@ class Agent:
             raise RaftError("raft is not running yet")
         return self.raft.status()
 
+    def current_raft(self) -> RaftNode | None:
+        return self.raft
+
     def trigger(self) -> None:
         if self.loop is not None:
             self.loop.trigger()
 
     def _handlers(self) -> dict:
-        get_raft = lambda: self.raft  # noqa: E731 - the node appears after the API starts serving
+        get_raft = self.current_raft  # the node appears after the API starts serving
+        reads = Reads(get_raft, self._secret)
         handlers = {
-            **api_system.handlers(self.cfg, get_raft, self.stop_event.set),
-            **api_networks.handlers(get_raft),
+            **api_system.handlers(self.cfg, get_raft, self.stop_event.set, reads),
+            **api_networks.handlers(get_raft, reads),
             **api_images.handlers(self.workload),
-            **api_containers.ContainerHandlers(self.cfg.node, self.workload, get_raft, self.trigger).handlers(),
+            **api_containers.ContainerHandlers(self.cfg.node, self.workload, get_raft, self.trigger,
+                                               reads).handlers(),
         }
         return {name: mapped(handler) for name, handler in handlers.items()}
 
@@ -169,6 +176,7 @@ class Agent:
         last_error = ""
         delay = 0.0
         nodes = 1
+        session = Session.new(f"heartbeat@{cfg.node}")  # at most once each, like every write
         while not self.stop_event.wait(delay):
             raft = self.raft
             delay = period = heartbeat_period(cfg.heartbeat_interval, nodes)
@@ -181,7 +189,7 @@ class Agent:
                     raft.apply("register_node", {
                         "name": cfg.node, "address": cfg.address, "raft_addr": cfg.raft_addr,
                         "join_addr": cfg.join_addr, "version": __version__, "bundle": cfg.bundle,
-                        "ts": time.time()}, timeout=timeout)
+                        "ts": time.time()}, timeout=timeout, session=session.next())
                     registered = True
                     log.info("registered node %s in the cluster state", cfg.node)
                 else:
@@ -189,7 +197,7 @@ class Agent:
                     summary = self.overlay.summary if self.overlay is not None else None
                     if summary is not None:
                         args["overlay"] = summary
-                    if not raft.apply("heartbeat", args, timeout=timeout):
+                    if not raft.apply("heartbeat", args, timeout=timeout, session=session.next()):
                         registered = False  # our record vanished (removed?): register again
                         delay = 0.0
                 last_error = ""

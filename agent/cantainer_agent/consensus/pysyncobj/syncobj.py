@@ -43,7 +43,7 @@ def _guarded(fn: Callable[..., Any], *args: Any) -> dict:
     try:
         return {"ok": True, "value": fn(*args)}
     except StateError as exc:
-        return {"ok": False, "error": str(exc)}
+        return {"ok": False, "error": str(exc), "code": exc.code}
     except Exception as exc:  # noqa: BLE001 - deterministic bug: same on every node, reported, not applied
         log.exception("apply failed")
         return {"ok": False, "error": f"internal: {type(exc).__name__}: {exc}"}
@@ -52,8 +52,9 @@ def _guarded(fn: Callable[..., Any], *args: Any) -> dict:
 class StateStore(SyncObjConsumer):
     """Replicated holder of a state machine (only ``state`` is snapshotted).
 
-    The state machine is any picklable object with ``apply_command(command, args)``; commands
-    are named by string so that a node that does not know one rejects it instead of misapplying it.
+    The state machine is any picklable object with ``apply_command(command, args, session)``;
+    commands are named by string so that a node that does not know one rejects it instead of
+    misapplying it. (Adding the *session* parameter kept the method's name, hence its number.)
     """
 
     def __init__(self, state: Any) -> None:
@@ -61,8 +62,8 @@ class StateStore(SyncObjConsumer):
         self.state = state
 
     @replicated
-    def apply(self, command, args):
-        return _guarded(self.state.apply_command, command, args)
+    def apply(self, command, args, session=None):
+        return _guarded(self.state.apply_command, command, args, session)
 
 
 # ------------------------------------------------------------------ SyncObj
@@ -82,11 +83,16 @@ class AgentSyncObj(SyncObj):
     _settled = False  # a tick has got past transport start-up and loading the dump file
     _queueing = False  # inside _checkCommandsToApply
     _send_owed = False  # an append-entries round was asked for while queueing
+    _read_round = False  # a read asked for a round this tick (all reads of a tick share it)
 
     def _onTick(self, timeToWait=0.0):
         if self._settled:
             self._poller.poll(0)
         super()._onTick(timeToWait)
+        if self._read_round:
+            self._read_round = False
+            if self._isLeader():
+                SyncObj._SyncObj__sendAppendEntries(self)
         if not self._settled:
             self._settled = self._SyncObj__transport.ready and not self._SyncObj__needLoadDumpFile
 
@@ -149,6 +155,20 @@ class AgentSyncObj(SyncObj):
         return {"state": st["state"], "term": self.raftCurrentTerm, "commit_index": self.raftCommitIndex,
                 "last_applied": self.raftLastApplied, "log_len": st["log_len"], "has_quorum": self.hasQuorum,
                 "ready": self.isReady()}
+
+    def begin_read(self) -> tuple[int, int, list[str], Any]:
+        """ReadIndex, first half (tick thread): the commit index a read must see, the round number
+        the confirmation must exceed, the other voters, and the transport that counts their echoes.
+        Asks for a heartbeat round at the end of this tick. Raises unless this node leads and has
+        committed an entry of its own term (before that its commit index may lag the cluster's)."""
+        if not self._isLeader():
+            raise NotLeader(self.leader_id())
+        noop = self._SyncObj__noopIDx
+        if noop is None or self.raftCommitIndex < noop:
+            raise RaftError("the new raft leader has not committed its first entry yet; retry in a moment")
+        self._read_round = True
+        transport = self._SyncObj__transport
+        return self.raftCommitIndex, transport.stamped, sorted(self.peer_ids()), transport
 
     def change_membership(self, kind: str, addr: str, callback: Callable[[Any, int], None]) -> None:
         (self.addNodeToCluster if kind == "add" else self.removeNodeFromCluster)(addr, callback=callback)
@@ -215,7 +235,7 @@ def make_conf(bind_addr: str | None, secret: bytes, journal: Any, dump_file: str
 
 
 def submit(sync: Callable[[], AgentSyncObj | None], store: Callable[[], StateStore], command: str, args: dict,
-           *, timeout: float, leader_wait: float, who: str) -> Any:
+           *, timeout: float, leader_wait: float, who: str, session: dict | None = None) -> Any:
     """Replicate one command and return the state machine's value, or raise.
 
     While no leader is reachable the command is not submitted; after *leader_wait* seconds that is
@@ -233,7 +253,7 @@ def submit(sync: Callable[[], AgentSyncObj | None], store: Callable[[], StateSto
             time.sleep(0.02)
             continue
         try:
-            res = store().apply(command, args, sync=True, timeout=max(0.05, deadline - time.monotonic()))
+            res = store().apply(command, args, session, sync=True, timeout=max(0.05, deadline - time.monotonic()))
             break
         except Exception as exc:  # SyncObjException carries a FAIL_REASON code or 'Timeout'
             code = getattr(exc, "errorCode", None)
@@ -254,7 +274,7 @@ def submit(sync: Callable[[], AgentSyncObj | None], store: Callable[[], StateSto
     if not isinstance(res, dict):
         raise CommandFailed(str(res))
     if not res.get("ok"):
-        raise CommandRejected(str(res.get("error")))
+        raise CommandRejected(str(res.get("error")), res.get("code") or "invalid")
     return res.get("value")
 
 
