@@ -6,9 +6,16 @@ It is pure: no sockets, no threads, no I/O — only encoding, decoding and dispa
 One message per line, UTF-8 JSON object, terminated by ``\\n``, at most ``MAX_LINE`` bytes
 (newline included)::
 
-    request   {"v":1,"id":N,"method":"status","params":{}}
+    request   {"v":1,"id":N,"method":"status","params":{},"session":{"client":"…","seq":N}}
     success   {"v":1,"id":N,"ok":true,"result":...}
-    failure   {"v":1,"id":N,"ok":false,"error":{"code":"unknown_method","message":"..."}}
+    failure   {"v":1,"id":N,"ok":false,"error":{"code":"not_found","message":"..."}}
+
+``session`` (optional, for writes) names the caller and a sequence number it keeps across retries:
+a write is applied at most once however often it is sent (cluster/sessions.py). Error codes a
+client acts on: ``not_found``, ``already_exists``, ``conflict`` (collides with the state),
+``invalid`` (bad input), ``unavailable`` (nothing was done: safe to retry), ``outcome_unknown`` (it
+may have been done: retry with the same session, or read), plus the protocol's own ``bad_request``,
+``unsupported_version``, ``unknown_method``, ``too_large``, ``internal``.
 
 ``id`` is an int chosen by the client and echoed back; it is ``null`` in an error response to a
 line whose id could not be read. Every malformed input (oversized, not JSON, not an object, wrong
@@ -34,23 +41,16 @@ UNSUPPORTED_VERSION = "unsupported_version"
 UNKNOWN_METHOD = "unknown_method"
 TOO_LARGE = "too_large"
 NOT_LEADER = "not_leader"
-UNAVAILABLE = "unavailable"
+UNAVAILABLE = "unavailable"          # nothing was done: safe to retry
+OUTCOME_UNKNOWN = "outcome_unknown"  # it may have been done: retry with the same session, or read
 INTERNAL = "internal"
-REJECTED = "rejected"  # the request was understood but refused (bad CIDR, duplicate name, …)
+INVALID = "invalid"                  # understood, but the input is wrong (a bad CIDR or name, …)
+REJECTED = INVALID                   # the older name of the same code
 NOT_FOUND = "not_found"
-ERROR_CODES = frozenset(
-    {
-        REJECTED,
-        NOT_FOUND,
-        BAD_REQUEST,
-        UNSUPPORTED_VERSION,
-        UNKNOWN_METHOD,
-        TOO_LARGE,
-        NOT_LEADER,
-        UNAVAILABLE,
-        INTERNAL,
-    }
-)
+ALREADY_EXISTS = "already_exists"
+CONFLICT = "conflict"                # valid, but it collides with the state (an overlap, in use, full)
+ERROR_CODES = frozenset({INVALID, NOT_FOUND, ALREADY_EXISTS, CONFLICT, BAD_REQUEST, UNSUPPORTED_VERSION, UNKNOWN_METHOD,
+                         TOO_LARGE, NOT_LEADER, UNAVAILABLE, OUTCOME_UNKNOWN, INTERNAL})
 
 _METHOD_RE = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 _MAX_ID = 2**53  # JSON-safe integer range
@@ -73,6 +73,7 @@ class Request:
     id: int
     method: str
     params: dict = field(default_factory=dict)
+    session: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -147,13 +148,24 @@ def _valid_id(value: Any) -> bool:
 # ---------------------------------------------------------------- requests
 
 
-def encode_request(id: int, method: str, params: Mapping | None = None) -> bytes:
+def encode_request(id: int, method: str, params: Mapping | None = None, session: Mapping | None = None) -> bytes:
     """Encode one request line (client side)."""
     if not _valid_id(id):
         raise ProtocolError(BAD_REQUEST, "request id must be a non-negative integer")
     if not isinstance(method, str) or not _METHOD_RE.match(method):
         raise ProtocolError(BAD_REQUEST, f"invalid method name {method!r}")
-    return _dumps_line({"v": PROTOCOL_VERSION, "id": id, "method": method, "params": dict(params or {})})
+    body = {"v": PROTOCOL_VERSION, "id": id, "method": method, "params": dict(params or {})}
+    if session is not None:
+        body["session"] = _check_session(dict(session))
+    return _dumps_line(body)
+
+
+def _check_session(session: Any) -> dict:
+    if (not isinstance(session, dict) or set(session) != {"client", "seq"} or not isinstance(session["client"], str)
+            or not 1 <= len(session["client"]) <= 100 or not _valid_id(session["seq"])):
+        raise ProtocolError(BAD_REQUEST, '"session" must be {"client": a string of 1-100 characters, '
+                                         '"seq": a non-negative integer}')
+    return session
 
 
 def peek_id(line: bytes | str) -> int | None:
@@ -181,10 +193,11 @@ def decode_request(line: bytes | str) -> Request:
         params = {}
     if not isinstance(params, dict):
         raise ProtocolError(BAD_REQUEST, '"params" must be a JSON object')
-    extra = set(obj) - {"v", "id", "method", "params"}
+    extra = set(obj) - {"v", "id", "method", "params", "session"}
     if extra:
         raise ProtocolError(BAD_REQUEST, f"unexpected request fields: {', '.join(sorted(extra))}")
-    return Request(id=rid, method=method, params=params)
+    session = _check_session(obj["session"]) if "session" in obj else None
+    return Request(id=rid, method=method, params=params, session=session)
 
 
 # --------------------------------------------------------------- responses
@@ -247,8 +260,9 @@ def dispatch(line: bytes | str, handlers: Mapping[str, Handler]) -> tuple[bytes,
     if handler is None:
         known = ", ".join(sorted(handlers))
         return encode_error(req.id, UNKNOWN_METHOD, f"unknown method {req.method!r} (known: {known})"), req
+    params = req.params if req.session is None else {**req.params, "session": req.session}
     try:
-        result = handler(req.params)
+        result = handler(params)
     except ProtocolError as exc:
         return encode_error(req.id, exc.code, exc.message), req
     except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the connection

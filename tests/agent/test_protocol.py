@@ -131,3 +131,33 @@ class TestDispatch:
 
         resp, _ = self.run(pickle.dumps({"a": 1}))
         assert resp.error.code == protocol.BAD_REQUEST
+
+
+def test_a_session_travels_in_the_envelope_and_reaches_the_handler():
+    from cantainer_agent import protocol
+
+    line = protocol.encode_request(7, "network.rm", {"cidr": "10.0.0.0/24"}, {"client": "cli:x", "seq": 3})
+    seen = {}
+    response, request = protocol.dispatch(line, {"network.rm": lambda params: seen.update(params) or {}})
+    assert request.session == {"client": "cli:x", "seq": 3}
+    assert seen == {"cidr": "10.0.0.0/24", "session": {"client": "cli:x", "seq": 3}}
+    bad = line.replace(b'"seq":3', b'"seq":-3')
+    assert protocol.decode_response(protocol.dispatch(bad, {})[0]).error.code == protocol.BAD_REQUEST
+
+
+def test_every_agent_error_maps_to_the_code_a_client_can_act_on():
+    from cantainer_agent import protocol
+    from cantainer_agent.api.errors import to_protocol
+    from cantainer_agent.consensus import CommandRejected, NotSubmitted, OutcomeUnknown, RaftError
+    from cantainer_agent.errors import AlreadyExists, Conflict, NotFound, StateError
+    from cantainer_agent.runtime import ContainerNotFound, SpecError
+
+    cases = [
+        (NotFound("x"), protocol.NOT_FOUND), (AlreadyExists("x"), protocol.ALREADY_EXISTS),
+        (Conflict("x"), protocol.CONFLICT), (StateError("x"), protocol.INVALID),
+        (CommandRejected("x", "conflict"), protocol.CONFLICT), (NotSubmitted("x"), protocol.UNAVAILABLE),
+        (OutcomeUnknown("x"), protocol.OUTCOME_UNKNOWN), (RaftError("x"), protocol.UNAVAILABLE),
+        (ContainerNotFound("x"), protocol.NOT_FOUND), (SpecError("x"), protocol.INVALID),
+    ]
+    assert [to_protocol(error).code for error, _ in cases] == [code for _, code in cases]
+    assert all(code in protocol.ERROR_CODES for _, code in cases)

@@ -6,34 +6,40 @@
 ``container.ps`` -> ``[{name, id, host, network, ip, mac, image, command, state, exit_code, …}]`` (any node)
 
 Validation happens before anything is recorded; the record (name, address) is decided in raft;
-the start and removal order is workload.py's.
+the start and removal order is workload.py's. Writes are exactly-once per request session: a retried
+``run`` finds the record its first attempt made (and that container, if it started); a retried ``rm``
+whose first attempt removed the container is answered "removed", not "not found" (api/requests.py).
 """
 from __future__ import annotations
 
 import secrets
 import time
+from contextlib import nullcontext
 from typing import Callable
 
 from .. import protocol
 from ..cluster.state import check_container_name
 from ..cluster.views import container_view
 from ..consensus import RaftNode
-from ..consensus.writes import replicate
+from ..consensus.writes import Session, replicate
 from ..overlay import OverlayError
 from ..runtime import ContainerError, ContainerNotFound, ContainerSpec
 from ..workload import Workload
 from .errors import raft_of, rejected
+from .requests import Reads, session_of
 
 MAX_STOP_TIMEOUT = 3600  # seconds between SIGTERM and SIGKILL
+RETRY_WAIT = 60.0  # seconds a retried `run` waits for its first attempt's start to finish
 
 
 class ContainerHandlers:
     def __init__(self, node: str, workload: Workload, get_raft: Callable[[], RaftNode | None],
-                 trigger: Callable[[], None]) -> None:
+                 trigger: Callable[[], None], reads: Reads) -> None:
         self._node = node
         self._workload = workload
         self._get_raft = get_raft
         self._trigger = trigger
+        self._reads = reads
 
     def handlers(self) -> dict[str, Callable[[dict], object]]:
         return {"container.run": self.run, "container.stop": self.stop, "container.rm": self.rm,
@@ -41,6 +47,7 @@ class ContainerHandlers:
 
     def run(self, params: dict) -> dict:
         raft = raft_of(self._get_raft)
+        session = session_of(params, "container.run")
         name = params.get("name") or f"c-{secrets.token_hex(3)}"
         sha256 = params.get("image_sha256", "")
         check_container_name(name)
@@ -56,55 +63,87 @@ class ContainerHandlers:
                 "name": name, "id": container_id, "host": self._node, "network": params.get("network"),
                 "image": params.get("image") or sha256[:12], "command": params.get("command") or ["/bin/sh"],
                 "env": params.get("env") or {}, "workdir": params.get("workdir") or "/",
-                "limits": params.get("limits") or {}}, "ts": time.time()})
-            vni = raft.snapshot()["state"]["networks"][record["network"]]["vni"]
-            try:
-                info = self._workload.start(record, vni, sha256, rootfs, tty=bool(params.get("tty")),
-                                            stdin=bool(params.get("interactive")))
-            except (ContainerError, OverlayError, OSError) as error:
-                self._workload.undo_create(raft, record)
-                raise protocol.ProtocolError(protocol.INTERNAL, f"container {name} failed to start: {error}") from None
-        self._workload.report(raft, record, info)
+                "limits": params.get("limits") or {}}, "ts": time.time()}, session)
+            retried = record["id"] != container_id  # the record of this request's first attempt
+            if retried:
+                self._workload.wait_not_in_flight(record["id"], RETRY_WAIT)  # the first attempt may still start it
+            with self._workload.in_flight(record["id"]) if retried else nullcontext():
+                info = self._started_before(record["id"]) if retried else None
+                if info is None:
+                    info = self._start(raft, record, sha256, rootfs, params, session)
+        self._workload.report(raft, record, info, session)
         self._trigger()
-        return {"name": record["name"], "id": container_id, "ip": record["ip"], "host": record["host"],
+        return {"name": record["name"], "id": record["id"], "ip": record["ip"], "host": record["host"],
                 "network": record["network"]}
 
-    def _mine(self, raft: RaftNode, name: object) -> dict:
+    def _start(self, raft: RaftNode, record: dict, sha256: str, rootfs: str, params: dict, session: Session):
+        vni = raft.snapshot()["state"]["networks"][record["network"]]["vni"]
+        try:
+            return self._workload.start(record, vni, sha256, rootfs, tty=bool(params.get("tty")),
+                                        stdin=bool(params.get("interactive")))
+        except (ContainerError, OverlayError, OSError) as error:
+            self._workload.undo_create(raft, record, session)
+            raise protocol.ProtocolError(protocol.INTERNAL,
+                                         f"container {record['name']} failed to start: {error}") from None
+
+    def _started_before(self, container_id: str):
+        """The container a first attempt of this request started, if it did."""
+        try:
+            info = self._workload.runtime.inspect(container_id)
+        except ContainerNotFound:
+            return None
+        return None if info.state == "created" else info
+
+    def _record(self, raft: RaftNode, params: dict) -> dict | None:
+        name = params.get("name")
         check_container_name(name)
-        record = raft.snapshot()["state"]["containers"].get(name)
-        if record is None:
-            raise protocol.ProtocolError(protocol.NOT_FOUND, f"no container named {name!r}")
-        if record["host"] != self._node:
+        record = self._reads.snapshot(raft, params)["state"]["containers"].get(name)
+        if record is not None and record["host"] != self._node:
             raise rejected(f"container {name} runs on {record['host']}, not on {self._node}")
         return record
 
+    def _missing(self, raft: RaftNode, params: dict, command: str, args: dict) -> dict:
+        """No such container: a request retried after its first attempt removed it gets that outcome
+        from the session table; otherwise the state machine says not found."""
+        if not params.get("session"):
+            raise protocol.ProtocolError(protocol.NOT_FOUND, f"no container named {params.get('name')!r}")
+        return replicate(raft, command, args, session_of(params, "container"))
+
     def stop(self, params: dict) -> dict:
         raft = raft_of(self._get_raft)
-        record = self._mine(raft, params.get("name"))
         timeout = params.get("timeout", 10.0)
         if type(timeout) not in (int, float) or not 0 <= timeout <= MAX_STOP_TIMEOUT:  # also refuses NaN
             raise rejected(f"stop timeout {timeout!r} must be a number of seconds from 0 to {MAX_STOP_TIMEOUT}")
-        replicate(raft, "set_container_desired", {"name": record["name"], "desired": "stopped"})
+        record = self._record(raft, params)
+        desired = {"name": params.get("name"), "desired": "stopped"}
+        if record is None:
+            self._missing(raft, params, "set_container_desired", desired)
+            return {"name": params.get("name"), "state": "dead", "exit_code": None}
+        session = session_of(params, "container.stop")
+        replicate(raft, "set_container_desired", desired, session)
         try:
             info = self._workload.runtime.stop(record["id"], timeout=timeout)
         except ContainerNotFound:
             info = None
-        self._workload.report(raft, record, info)
+        self._workload.report(raft, record, info, session)
         return {"name": record["name"], "state": info.state if info else "dead",
                 "exit_code": info.exit_code if info else None}
 
     def rm(self, params: dict) -> dict:
         raft = raft_of(self._get_raft)
-        record = self._mine(raft, params.get("name"))
+        record = self._record(raft, params)
+        if record is None:
+            self._missing(raft, params, "remove_container", {"name": params.get("name")})
+            return {"removed": params.get("name")}
         with self._workload.in_flight(record["id"]):
             try:
                 self._workload.remove_local(record["id"], force=bool(params.get("force")))
             except ContainerError as error:
                 raise rejected(f"{error} — stop it first or use `rm -f`") from None
-            replicate(raft, "remove_container", {"name": record["name"]})
+            replicate(raft, "remove_container", {"name": record["name"]}, session_of(params, "container.rm"))
         self._trigger()
         return {"removed": record["name"]}
 
-    def ps(self, _params: dict) -> list[dict]:
-        state = raft_of(self._get_raft).snapshot()["state"]
+    def ps(self, params: dict) -> list[dict]:
+        state = self._reads.snapshot(raft_of(self._get_raft), params)["state"]
         return [container_view(record) for _, record in sorted(state["containers"].items())]

@@ -1,8 +1,9 @@
 """The one place where the agent's errors become protocol errors (the API boundary).
 
 Handlers raise what they meet — a refused state command, a lost leader, a runtime failure — and
-:func:`to_protocol` turns it into the code a client can act on. Anything else is a bug and is
-reported as ``internal`` by the dispatcher.
+:func:`to_protocol` turns it into the code a client can act on (protocol.py lists them): a refusal
+keeps the code the state machine gave it; a write that reached no leader is ``unavailable`` (safe to
+retry), one that may have committed is ``outcome_unknown``. Anything else is a bug, ``internal``.
 """
 from __future__ import annotations
 
@@ -10,23 +11,30 @@ from typing import Callable
 
 from .. import protocol
 from ..config import ConfigError
-from ..consensus import CommandFailed, CommandRejected, RaftError, RaftNode
+from ..consensus import CommandFailed, CommandRejected, NotSubmitted, OutcomeUnknown, RaftError, RaftNode
 from ..errors import AgentError, StateError
 from ..overlay import OverlayError
 from ..runtime import ContainerNotFound, ContainerRunning, ImageError, RuntimeFailure, SpecError
 
-_USER_ERRORS = (StateError, CommandRejected, SpecError, ImageError, ConfigError, ContainerRunning)
+_INPUT_ERRORS = (SpecError, ImageError, ConfigError)
 
 
 def to_protocol(error: AgentError) -> protocol.ProtocolError:
     """The protocol error for an agent error (the message is kept as it is)."""
     if isinstance(error, protocol.ProtocolError):
         return error
+    if isinstance(error, (StateError, CommandRejected)):  # the state machine's refusal, with its code
+        return protocol.ProtocolError(error.code, str(error))
     if isinstance(error, ContainerNotFound):
         return protocol.ProtocolError(protocol.NOT_FOUND, str(error))
-    if isinstance(error, _USER_ERRORS):
-        return protocol.ProtocolError(protocol.REJECTED, str(error))
-    if isinstance(error, CommandFailed):
+    if isinstance(error, ContainerRunning):
+        return protocol.ProtocolError(protocol.CONFLICT, str(error))
+    if isinstance(error, _INPUT_ERRORS):
+        return protocol.ProtocolError(protocol.INVALID, str(error))
+    if isinstance(error, OutcomeUnknown):
+        return protocol.ProtocolError(protocol.OUTCOME_UNKNOWN, f"{error} — retry it (the same request is applied at "
+                                      "most once) or look at the state")
+    if isinstance(error, (NotSubmitted, CommandFailed)):
         return protocol.ProtocolError(protocol.UNAVAILABLE, f"{error} (is a majority of the cluster up?)")
     if isinstance(error, RaftError):
         return protocol.ProtocolError(protocol.UNAVAILABLE, str(error))

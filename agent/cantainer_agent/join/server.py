@@ -1,6 +1,8 @@
 """The join port's server: answers ``ping`` and ``join`` for the local raft node.
 
 ``ping`` -> ``{"cluster", "node", "leader", "leader_join", "members"}``.
+``read_index`` -> ``{"index"}`` (the leader only): the commit index a linearizable read on another
+node must wait for, after this leader confirmed itself with a majority (RaftNode.read_index).
 ``join {cluster, node, address, raft_addr, join_addr, version, bundle}`` ->
 ``{"members", "already_member", "leader", "role": "voter"|"standby"}``: while there are fewer voters
 than the ``voters`` setting the joiner is added as a voter, otherwise it follows as a standby (no
@@ -158,10 +160,17 @@ class JoinService:
 
     def handle(self, method: str, params: dict) -> dict:
         raft = self._raft()
-        if method not in ("ping", "join"):
+        if method not in ("ping", "join", "read_index"):
             return err(UNKNOWN_METHOD, f"unknown join method {method!r}")
         if raft is None:
             return err(UNAVAILABLE, f"node {self.node} is still starting")
+        if method == "read_index":
+            try:
+                return ok({"index": raft.read_index()})
+            except NotLeader:
+                return err(NOT_LEADER, f"{self.node} is not the leader")
+            except RaftError as exc:
+                return err(UNAVAILABLE, str(exc))
         try:
             snap = raft.snapshot()
         except RaftError as exc:

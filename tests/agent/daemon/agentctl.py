@@ -188,7 +188,8 @@ class Agent:
         return api_call(self.sock, method, params, timeout)
 
     def status(self) -> dict:
-        return self.api("status", timeout=3.0)
+        """This agent's own view (a stale read: a cut-off agent answers it, a linearizable one it refuses)."""
+        return self.api("status", {"consistency": "stale"}, timeout=3.0)
 
     def log_tail(self, n: int = 4000) -> str:
         try:

@@ -82,7 +82,7 @@ class Node:
         return self.pids[-1]
 
     def status(self) -> dict:
-        return api_call(self.sock, "status")
+        return api_call(self.sock, "status", {"consistency": "stale"})
 
     def kill9(self) -> None:
         os.kill(self.pid, signal.SIGKILL)

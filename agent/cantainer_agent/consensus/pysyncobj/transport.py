@@ -5,6 +5,8 @@
 * ``send`` — syncs the journal before an acknowledgement or a vote leaves the node, and makes a
   follower's rejection ask for everything after its commit index (a livelock otherwise);
 * ``_onMessageReceived`` — on the leader, a success acknowledgement never moves ``nextIndex`` back;
+* both — a round number on append-entries, echoed in the answers: the leader's proof, for a read,
+  that a majority still followed it after the read began (ReadIndex);
 * ``_connectIfNecessarySingle`` / ``_onNewIncomingConnection`` — ``TCP_USER_TIMEOUT`` 2 s and
   keepalive on every raft socket (a vanished peer is noticed in ~2 s, not 30);
 * ``_onTick`` — syncs the leader's entries of the tick, drops connections that do not
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 import types
 from typing import Any, Callable
@@ -74,13 +77,27 @@ class AgentTransport(TCPTransport):
     def __init__(self, syncObj, selfNode, otherNodes, *, journal: Any):
         self._journal = journal  # has .sync(); None: a log kept in memory
         self._preauth_since: dict[TcpConnection, float] = {}
+        # ReadIndex (docs/design/raft.md, "Reads"): the leader stamps every append-entries message
+        # with an increasing round number, a follower echoes the last one it received from its
+        # leader in its answers, and the leader keeps the highest echo per follower.
+        self.stamped = 0                    # leader: the last round number sent
+        self._received: dict[str, int] = {}  # follower: the last round number received, per leader
+        self.echoed: dict[str, int] = {}     # leader: the highest round number each follower answered
+        self.echo_arrived = threading.Condition()
         super().__init__(syncObj, selfNode, otherNodes)
 
     def send(self, node, message):
-        if isinstance(message, dict) and message.get("type") in _CLAIMS_DURABLE:
-            self._sync_journal()
-            if message.get("reset") and not message.get("success"):
-                message = self._rejection_from_commit(message)
+        if isinstance(message, dict):
+            kind = message.get("type")
+            if kind == "append_entries":
+                self.stamped += 1
+                message = {**message, "rq": self.stamped}
+            elif kind in _CLAIMS_DURABLE:
+                self._sync_journal()
+                if message.get("reset") and not message.get("success"):
+                    message = self._rejection_from_commit(message)
+                if kind == "next_node_idx" and node.id in self._received:
+                    message = {**message, "rq": self._received[node.id]}
         return super().send(node, message)
 
     def _rejection_from_commit(self, message: dict) -> dict:
@@ -97,6 +114,13 @@ class AgentTransport(TCPTransport):
         return {**message, "next_node_idx": hint}
 
     def _onMessageReceived(self, node, message):
+        if isinstance(message, dict) and type(message.get("rq")) is int:
+            if message.get("type") == "append_entries":
+                self._received[node.id] = message["rq"]
+            elif message.get("type") == "next_node_idx" and message["rq"] > self.echoed.get(node.id, 0):
+                with self.echo_arrived:
+                    self.echoed[node.id] = message["rq"]
+                    self.echo_arrived.notify_all()
         if not (isinstance(message, dict) and message.get("type") == "next_node_idx" and message.get("success")
                 and not message.get("reset")):
             return super()._onMessageReceived(node, message)
