@@ -208,7 +208,7 @@ class Bootstrapper:
             while time.monotonic() < deadline:
                 try:
                     hello = await client.call("hello", timeout=5)
-                    status = await client.call("status", timeout=5)
+                    status = await client.call("status", {"consistency": "stale"}, timeout=5)
                 except HostError as error:
                     last_problem = error.message
                     client.close()

@@ -16,6 +16,8 @@ from cantainer import __version__
 from cantainer.errors import CantainerError, UsageError
 
 INVENTORY_ENV = "CANTAINER_INVENTORY"
+STALE_HELP = ("read the answering agent's replica as it is (fast, may miss the latest writes; "
+              "default: linearizable, confirmed by the raft leader)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -54,7 +56,8 @@ def build_parser() -> Parser:
     up.add_argument("--fanout", type=int, default=32, help="hosts handled at once (default 32)")
     status = command("status", "show nodes, raft, networks and containers")
     status.add_argument("--json", action="store_true", help="print one JSON document")
-    status.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C")
+    status.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C (reads are --stale)")
+    status.add_argument("--stale", action="store_true", help=STALE_HELP)
     network = command("network", "create, list and remove overlay networks")
     network_verbs = network.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
     network_verbs.required = True
@@ -63,6 +66,7 @@ def build_parser() -> Parser:
         sub.add_argument("cidr", metavar="CIDR", help="e.g. 10.0.0.0/24")
     listing = network_verbs.add_parser("ls", help="list networks", description="list networks")
     listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.add_argument("--stale", action="store_true", help=STALE_HELP)
     for sub in network_verbs.choices.values():
         sub.add_argument("-i", "--inventory", help=f"inventory TOML (default: ${INVENTORY_ENV})")
     run = command("run", "start a container on a host: cantainer run --host H -n CIDR [opts] [-- CMD ARGS...]")
@@ -94,6 +98,7 @@ def build_parser() -> Parser:
     ps = command("ps", "list containers")
     ps.add_argument("-a", "--all", action="store_true", help="include exited containers")
     ps.add_argument("--json", action="store_true", help="print JSON")
+    ps.add_argument("--stale", action="store_true", help=STALE_HELP)
     down = command("down", "stop the agents and remove what they created on the hosts")
     down.add_argument("--purge", action="store_true", help="also remove raft state, config and bundles")
     down.add_argument("--fanout", type=int, default=32, help="hosts handled at once (default 32)")
@@ -133,9 +138,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     inventory = load(args)
 
+    consistency = {"consistency": "stale" if args.stale or args.watch else "linearizable"}
+
     async def main() -> int:
         client, status = await open_status_source(inventory)
         try:
+            status = await client.call("status", consistency)
             if args.json:
                 print(json.dumps(merge_inventory(status, inventory), indent=2, sort_keys=True))
                 return 0
@@ -151,7 +159,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             with Live(render_status(merge_inventory(status, inventory)), console=console, auto_refresh=False) as live:
                 while True:
                     await asyncio.sleep(1.0)
-                    status = await client.call("status")
+                    status = await client.call("status", consistency)
                     live.update(render_status(merge_inventory(status, inventory)), refresh=True)
         finally:
             client.close()
@@ -179,34 +187,41 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 1 if result.errors else 0
 
 
-def cluster_call(args: argparse.Namespace, method: str, params: dict | None = None):
-    """Call `method` on whichever agent answers first (writes are forwarded to the leader)."""
+def cluster_call(args: argparse.Namespace, method: str, params: dict | None = None, write: bool = False):
+    """Call `method` on whichever agent answers first (writes are forwarded to the leader). A write
+    carries a session and is resent — to whichever agent answers then — while its outcome is unknown."""
     import asyncio
 
+    from cantainer.client import SESSIONS, retrying
     from cantainer.status import open_status_source
 
     inventory = load(args)
+    session = SESSIONS.next() if write else None
 
-    async def main():
+    async def attempt():
         client, _ = await open_status_source(inventory)
         try:
-            return await client.call(method, params or {})
+            return await client.call(method, params or {}, session=session)
         finally:
             client.close()
             client.connection.close()
 
-    return asyncio.run(main())
+    return asyncio.run(retrying(attempt) if write else attempt())
+
+
+def consistency(args: argparse.Namespace) -> dict:
+    return {"consistency": "stale" if getattr(args, "stale", False) else "linearizable"}
 
 
 def cmd_network(args: argparse.Namespace) -> int:
     if args.verb == "create":
-        network = cluster_call(args, "network.create", {"cidr": args.cidr})
-        print(f"{network['cidr']} vni {network['vni']}")
+        network = cluster_call(args, "network.create", {"cidr": args.cidr}, write=True)
+        print(f"{network['cidr']} vni {network['vni']}{'' if network.get('created', True) else ' (exists)'}")
     elif args.verb == "rm":
-        cluster_call(args, "network.rm", {"cidr": args.cidr})
+        cluster_call(args, "network.rm", {"cidr": args.cidr}, write=True)
         print(f"removed {args.cidr}")
     else:
-        networks = cluster_call(args, "network.ls")
+        networks = cluster_call(args, "network.ls", consistency(args))
         if args.json:
             print(json.dumps(networks, indent=2, sort_keys=True))
         else:
@@ -216,7 +231,7 @@ def cmd_network(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    containers = cluster_call(args, "container.ps")
+    containers = cluster_call(args, "container.ps", consistency(args))
     if not args.all:
         containers = [c for c in containers if c["state"] not in ("exited", "dead")]
     if args.json:

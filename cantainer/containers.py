@@ -12,10 +12,11 @@ import sys
 from dataclasses import dataclass, field
 
 from cantainer import ssh
-from cantainer.client import AgentClient
+from cantainer.client import SESSIONS, AgentClient, retrying
 from cantainer.errors import CantainerError
 from cantainer.images import resolve_image
 from cantainer.inventory import Host, Inventory
+from cantainer.ssh import HostError
 from cantainer.status import open_status_source
 from cantainer.terminal import stream_command
 from cantainer_agent import layout
@@ -58,6 +59,23 @@ class HostSession:
         self.client.close()
         self.connection.close()
 
+    async def write(self, method: str, params: dict, timeout: float) -> dict:
+        """A write with a session, resent (over a new connection if the old one broke) while its
+        outcome is unknown; the agent applies it at most once."""
+        session = SESSIONS.next()
+
+        async def attempt() -> dict:
+            try:
+                return await self.client.call(method, params, timeout=timeout, session=session)
+            except HostError:
+                self.client.close()
+                self.connection.close()
+                self.connection = await ssh.connect(self.host)
+                self.client = AgentClient(self.connection)
+                raise
+
+        return await retrying(attempt)
+
     def tool(self, *args: str) -> list[str]:
         """argv for one of the agent bundle's host-side tools."""
         return [self.host.python, self.bundle, *args]
@@ -87,7 +105,7 @@ async def run(inventory: Inventory, request: RunRequest, detach: bool, interacti
     async with HostSession(host) as session:
         await ensure_image(session, image)
         params = run_params(request, image, interactive, use_tty)
-        created = await session.client.call("container.run", params, timeout=60)
+        created = await session.write("container.run", params, timeout=60)
         if detach:
             print(f"{created['name']} {created['ip']}")
             return 0
@@ -127,13 +145,13 @@ async def logs(inventory: Inventory, name: str, follow: bool) -> int:
 async def stop(inventory: Inventory, name: str, timeout: float) -> dict:
     _, host = await find(inventory, name)
     async with HostSession(host) as session:
-        return await session.client.call("container.stop", {"name": name, "timeout": timeout}, timeout=timeout + 10)
+        return await session.write("container.stop", {"name": name, "timeout": timeout}, timeout=timeout + 10)
 
 
 async def remove(inventory: Inventory, name: str, force: bool) -> dict:
     _, host = await find(inventory, name)
     async with HostSession(host) as session:
-        return await session.client.call("container.rm", {"name": name, "force": force}, timeout=30)
+        return await session.write("container.rm", {"name": name, "force": force}, timeout=30)
 
 
 def parse_env(items: list[str]) -> dict[str, str]:

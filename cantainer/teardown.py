@@ -47,7 +47,7 @@ class Teardown:
         for host in self.fleet.healthy():
             client = AgentClient(self.fleet.connections[host.name])
             try:
-                return (await client.call("status", timeout=3)).get("leader")
+                return (await client.call("status", {"consistency": "stale"}, timeout=3)).get("leader")
             except CantainerError:
                 continue
             finally:
