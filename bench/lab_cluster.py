@@ -101,8 +101,8 @@ class AgentSocket:
         self.file = self.sock.makefile("rwb")
         self._ids = itertools.count(1)
 
-    def call(self, method: str, params: dict | None = None):
-        self.file.write(protocol.encode_request(next(self._ids), method, params or {}))
+    def call(self, method: str, params: dict | None = None, session: dict | None = None):
+        self.file.write(protocol.encode_request(next(self._ids), method, params or {}, session))
         self.file.flush()
         return protocol.decode_response(self.file.readline(protocol.MAX_LINE + 1)).unwrap()
 

@@ -133,9 +133,10 @@ def iperf3(server_ns: str, client_ns: str, server_ip: str, seconds: int) -> floa
         server.stdout.close()
 
 
-def api_writes(lab, host: str, writes: int, clients: int) -> float:
+def api_writes(lab, host: str, writes: int, clients: int, sessions: bool = True) -> float:
     """Committed writes/s through the agent API on `host`: `clients` connections, each alternating
-    network.create / network.rm of its own CIDR (so the state is as before afterwards)."""
+    network.create / network.rm of its own CIDR (so the state is as before afterwards). With
+    *sessions* every write carries one, as the CLI's do (exactly-once); without, none does."""
     per = max(2, writes // clients // 2 * 2)  # even: every create is undone
     sockets = [AgentSocket(lab, host) for _ in range(clients)]
     start = threading.Barrier(clients + 1)
@@ -143,10 +144,12 @@ def api_writes(lab, host: str, writes: int, clients: int) -> float:
 
     def worker(index: int, api: AgentSocket) -> None:
         cidr = f"10.210.{index}.0/24"
+        client = f"bench:{os.getpid()}:{index}:{time.monotonic_ns()}"
         start.wait()
         try:
             for i in range(per):
-                api.call("network.rm" if i % 2 else "network.create", {"cidr": cidr})
+                session = {"client": client, "seq": i + 1} if sessions else None
+                api.call("network.rm" if i % 2 else "network.create", {"cidr": cidr}, session)
         except BaseException as error:  # noqa: BLE001 - reported by the main thread
             errors.append(error)
 
@@ -165,6 +168,17 @@ def api_writes(lab, host: str, writes: int, clients: int) -> float:
     if errors:
         raise BenchError(f"agent API write failed: {errors[0]}")
     return per * clients / elapsed
+
+
+def api_reads(lab, host: str, reads: int, consistency: str) -> list[float]:
+    """Latencies (s) of `network.ls` on `host`'s agent at the given consistency, one after the other."""
+    samples = []
+    with AgentSocket(lab, host) as api:
+        for _ in range(reads):
+            started = time.perf_counter()
+            api.call("network.ls", {"consistency": consistency})
+            samples.append(time.perf_counter() - started)
+    return samples
 
 
 # -- the rows -----------------------------------------------------------------------------------------
@@ -257,6 +271,41 @@ def api_write_rows(lab, writes: int, clients: int, runs: int, log=print) -> list
     ]
 
 
+def read_rows(lab, reads: int, log=print) -> list[dict]:
+    """Read latency, linearizable (ReadIndex: a heartbeat round answered by a majority) vs stale (the
+    local replica), on the leader and on a follower, interleaved."""
+    with AgentSocket(lab, "h1") as api:
+        leader = api.call("status", {"consistency": "stale"})["leader"]
+    follower = next(h for h in ("h1", "h2", "h3") if h != leader)
+    rows = []
+    for role, host in (("leader", leader), ("follower", follower)):
+        linear, stale = [], []
+        for _ in range(5):
+            linear += api_reads(lab, host, reads // 5, "linearizable")
+            stale += api_reads(lab, host, reads // 5, "stale")
+        log(f"  reads on the {role}: linearizable p50 {1000 * statistics.median(linear):.2f} ms, "
+            f"stale {1000 * statistics.median(stale):.2f} ms")
+        rows.append(row(f"read latency `network.ls` through the agent API on a {role}, linearizable (ReadIndex), "
+                        f"p50 (n={len(linear)})", 1000 * statistics.median(linear), "ms",
+                        "the same read with consistency stale (local replica)", 1000 * statistics.median(stale)))
+    return rows
+
+
+def session_rows(lab, writes: int, clients: int, runs: int, log=print) -> list[dict]:
+    """Committed writes/s with sessions (exactly-once: every write leaves its outcome in the state
+    machine's table) vs the same writes without, interleaved."""
+    with AgentSocket(lab, "h1") as api:
+        leader = api.call("status", {"consistency": "stale"})["leader"]
+    with_, without = [], []
+    for _ in range(runs):
+        with_.append(api_writes(lab, leader, writes, clients, sessions=True))
+        without.append(api_writes(lab, leader, writes, clients, sessions=False))
+    log(f"  writes/s with sessions {with_}, without {without}")
+    return [row(f"raft committed writes/s through the agent API, {clients} clients, with exactly-once sessions "
+                f"({writes} writes, median of {runs})", statistics.median(with_), "writes/s",
+                "the same writes without sessions", statistics.median(without))]
+
+
 def measure(quick: bool, log=print) -> list[dict]:
     runs_e2e, rounds, seconds, tp_runs, writes, w_runs = (10, 5, 3, 1, 300, 1) if quick else (30, 20, 10, 3, 2000, 3)
     rows: list[dict] = []
@@ -266,6 +315,8 @@ def measure(quick: bool, log=print) -> list[dict]:
         rows += conv
         rows += throughput_rows(lab, pair, seconds, tp_runs, log)
         rows += api_write_rows(lab, writes, 8, w_runs, log)
+        rows += session_rows(lab, writes, 8, w_runs, log)
+        rows += read_rows(lab, 100 if quick else 500, log)
     return rows
 
 
