@@ -109,19 +109,37 @@ def still_running(lab, before: dict[str, tuple]) -> dict[str, str]:
 
 
 class Pingers:
-    """Two containers, on two hosts, each pinging the other host's target every 0.1 s."""
+    """Two containers, on two hosts, each pinging the other host's target every 0.1 s.
+
+    Losses count from the moment the fault is injected (``mark``). Before it, a pinger's very first
+    request can go unanswered without any fault: the target's host must learn the new pinger's
+    address before its reply can leave, and on a loaded machine that can take longer than ARP waits
+    (docs/reliability.md, "the lost ping"). That is measured, not hidden: ``before_mark``."""
 
     def __init__(self, cluster: Path, targets: dict[str, str], a: str, b: str, tag: str) -> None:
         self.cluster = cluster
         self.names = {f"ping-{tag}-{a}": targets[b], f"ping-{tag}-{b}": targets[a]}
+        self.marks: dict[str, int] = {}
         for (name, ip), host in zip(self.names.items(), (a, b), strict=True):
             ok(cli(cluster, "run", "--host", host, "-n", NET, "--name", name, "-d", "--",
                    "ping", "-i", "0.1", "-w", "900", ip))
         for name in self.names:  # both see replies before any fault is injected
             wait_for(lambda name=name: "seq=" in cli(cluster, "logs", name).stdout, 30, what=f"{name}'s first reply")
+        wait_converged(cluster)  # every host has programmed both pingers
+
+    def _seqs(self, name: str) -> set[int]:
+        ip = self.names[name]
+        log = ok(cli(self.cluster, "logs", name))
+        return {int(seq) for seq in re.findall(rf"bytes from {re.escape(ip)}: seq=(\d+)", log)}
+
+    def mark(self) -> None:
+        """The fault begins now: losses count from the next request on."""
+        for name in self.names:
+            self.marks[name] = max(self._seqs(name)) + 1
 
     def stop(self) -> dict[str, dict]:
-        """SIGINT both pingers, wait until they exited; {name: {"replies", "lost", "transmitted", "received"}}."""
+        """SIGINT both pingers, wait until they exited; {name: {"replies", "lost", "transmitted", "received",
+        "before_mark"}} — "lost" counts the gaps from the mark on, "before_mark" those before it."""
         for name in self.names:
             cli(self.cluster, "exec", name, "--", "kill", "-INT", "1")  # exit status: the exec dies with the container
         results = {}
@@ -131,7 +149,10 @@ class Pingers:
             seqs = {int(seq) for seq in re.findall(rf"bytes from {re.escape(ip)}: seq=(\d+)", log)}
             summary = re.search(r"(\d+) packets transmitted, (\d+) packets received", log)
             assert seqs and summary, log[-2000:]
-            results[name] = {"replies": len(seqs), "lost": max(seqs) + 1 - len(seqs),
+            mark = self.marks.get(name, 0)
+            after = {seq for seq in seqs if seq >= mark}
+            results[name] = {"replies": len(seqs), "lost": max(seqs) + 1 - mark - len(after),
+                             "before_mark": mark - len(seqs - after),
                              "transmitted": int(summary[1]), "received": int(summary[2])}
         return results
 
@@ -143,10 +164,12 @@ class Pingers:
 def assert_no_loss(measured, results: dict[str, dict]) -> None:
     lost = sum(r["lost"] for r in results.values())
     measured("pings", sum(r["replies"] for r in results.values()))
-    measured("lost pings", lost)
+    measured("lost pings during the fault", lost)
+    measured("unanswered before the fault (a new pinger's first requests)",
+             sum(r["before_mark"] for r in results.values()))
     assert lost == 0, results
-    for r in results.values():  # a request in flight at SIGINT is the only one allowed to be unanswered
-        assert r["transmitted"] - r["received"] <= 1, results
+    for r in results.values():  # besides those, a request in flight at SIGINT is the only one allowed
+        assert r["transmitted"] - r["received"] <= 1 + r["before_mark"], results
 
 
 def kill_and_restart(lab, cluster: Path, targets: dict, victims, measured) -> None:
@@ -157,6 +180,7 @@ def kill_and_restart(lab, cluster: Path, targets: dict, victims, measured) -> No
     try:
         before = running_processes(lab, cluster)
         hosts = victims(status(cluster))
+        pingers.mark()
         killed_at = time.monotonic()
         old = {host: kill_agent(lab, host) for host in hosts}
         result = cli(cluster, "up", str(cluster))
@@ -209,6 +233,7 @@ def test_crashed_host_is_reported_and_leaves_no_stale_entries(lab, cluster, targ
     pingers = Pingers(cluster, targets, "h1", "h2", "c")
     try:
         before = running_processes(lab, cluster, hosts=("h1", "h2"))
+        pingers.mark()
         lab.crash("h3")
         crashed_at = time.monotonic()
         lab.boot("h3")
@@ -266,6 +291,7 @@ def test_partitioned_leader_is_replaced_and_heal_converges(lab, cluster, targets
     started: list[str] = []
     try:
         before = running_processes(lab, cluster, hosts=majority)
+        pingers.mark()
         lab.cut(old_leader)
         cut_at = time.monotonic()
 
