@@ -59,13 +59,14 @@ def test_down_cleans_up_after_up_was_killed_half_way(scratch_lab):
     process = subprocess.Popen([sys.executable, "-m", "lab", "up", "--name", "cdown", "--hosts", "6"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Kill it once it has started building hosts (the state file exists before the first netns).
-    for _ in range(2000):
-        if netns.listnetns() and any(n.startswith("cantainer-cdown-") for n in netns.listnetns()):
-            break
-        if process.poll() is not None:
-            break
-        import time
+    import time
+
+    deadline = time.monotonic() + 30
+    while not any(n.startswith("cantainer-cdown-") for n in netns.listnetns()) and time.monotonic() < deadline:
+        assert process.poll() is None, "lab up ended before it built any host: nothing half-done to clean up"
         time.sleep(0.001)
+    # Half way: some hosts exist, `up` has not finished (else this test would prove nothing).
+    assert process.poll() is None and any(n.startswith("cantainer-cdown-") for n in netns.listnetns())
     process.kill()
     process.wait()
     lab.down()

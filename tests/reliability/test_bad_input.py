@@ -105,7 +105,7 @@ INVENTORY_CASES = [
     ),
     pytest.param(
         lambda text: text.replace("[defaults]\n", 'port = "22"\n[defaults]\n', 1),
-        ["port"],
+        ["port: unknown key", "allowed keys at the top level"],
         id="inventory: key outside any table",
     ),
     pytest.param(

@@ -190,8 +190,8 @@ def kill_and_restart(lab, cluster: Path, targets: dict, victims, measured) -> No
         assert all(agent_pid(lab, host) not in (None, old[host]) for host in hosts)
         wait_converged(cluster)
         disturbed = still_running(lab, before)
+        measured("containers undisturbed (same pid and start time)", f"{len(before) - len(disturbed)}/{len(before)}")
         assert disturbed == {}, disturbed
-        measured("containers undisturbed", f"{len(before)}/{len(before)}")
         assert_no_loss(measured, pingers.stop())
     finally:
         pingers.remove()
@@ -255,16 +255,11 @@ def test_crashed_host_is_reported_and_leaves_no_stale_entries(lab, cluster, targ
             return [f"{host}: {line}" for host in ("h1", "h2") for line in overlay_entries(lab, host).splitlines()
                     if any(mac_for(ip) in line or f"{ip} " in line for ip in [*gone.values(), targets["h3"]])]
         wait_for(lambda: not stale(), 30, what="h3's dead containers' entries to go")
-        assert stale() == []
-        doc = wait_converged(cluster)
-        measured(
-            "overlay entries programmed/expected",
-            ", ".join(
-                f"{n['name']} {n['overlay']['programmed']}/{n['overlay']['expected']}"
-                for n in doc["nodes"]
-                if n["overlay"]
-            ),
-        )
+        wait_converged(cluster)
+        kernel = kernel_entries(lab, cluster)
+        measured("overlay entries in the kernel / wanted by the state (FDB+neighbour)",
+                 ", ".join(f"{host} {have}/{want}" for host, (have, want) in kernel.items()))
+        assert all(have == want for have, want in kernel.values()), kernel
         assert still_running(lab, before) == {}
         assert_no_loss(measured, pingers.stop())
     finally:
@@ -317,8 +312,7 @@ def test_partitioned_leader_is_replaced_and_heal_converges(lab, cluster, targets
         refused_in = time.monotonic() - asked
         assert not response.ok, response
         assert "cut off from the majority" in response.error.message, response.error.message
-        measured("cut host refuses a write after", f"{refused_in:.1f} s")
-        assert refused_in < 20, refused_in  # "within seconds", not a hang; generous on a loaded machine
+        measured("cut host refuses a write after", f"{refused_in:.1f} s")  # refused, not hung (agent_call's timeout)
 
         # The cut host's replica holds nothing the majority does not know (its own view: a stale read;
         # a linearizable one is refused there, tests/integration/test_consistency.py).
@@ -326,8 +320,9 @@ def test_partitioned_leader_is_replaced_and_heal_converges(lab, cluster, targets
         assert cut_view.ok, cut_view.error
         majority_view = ps(cluster)
         assert all(c["name"] in majority_view and c["ip"] == majority_view[c["name"]]["ip"] for c in cut_view.result)
+        assert set(started) <= set(majority_view)  # the containers started during the cut are there …
         ips = [c["ip"] for c in majority_view.values() if c["network"] == NET]
-        assert len(ips) == len(set(ips)), sorted(ips)
+        assert len(ips) == len(set(ips)), sorted(ips)  # … and no address was handed out twice
 
         lab.cut(old_leader, up=True)
         healed_at = time.monotonic()
@@ -357,8 +352,9 @@ def test_partitioned_leader_is_replaced_and_heal_converges(lab, cluster, targets
 
         assert still_running(lab, before) == {}
         assert_no_loss(measured, pingers.stop())
-        reachable = all_reach_each_other(cluster)
-        measured("container pairs reachable after heal", reachable)
+        reached, pairs, failures = all_reach_each_other(cluster)
+        measured("container pairs reachable after heal", f"{reached}/{pairs}")
+        assert failures == [] and pairs >= 6 * 5, failures  # every running container, at least six of them
     finally:
         lab.cut(old_leader, up=True)
         pingers.remove()
@@ -366,8 +362,9 @@ def test_partitioned_leader_is_replaced_and_heal_converges(lab, cluster, targets
             cli(cluster, "rm", "-f", name)
 
 
-def all_reach_each_other(cluster: Path) -> str:
-    """Every running container on NET pings every other one (one `exec` per container)."""
+def all_reach_each_other(cluster: Path) -> tuple[int, int, list[str]]:
+    """Every running container on NET pings every other one (one `exec` per container):
+    (pairs that reached, pairs tried, the failures)."""
     running = {name: c["ip"] for name, c in ps(cluster).items() if c["state"] == "running" and c["network"] == NET}
     failures, pairs = [], 0
     for name, own in running.items():
@@ -377,5 +374,16 @@ def all_reach_each_other(cluster: Path) -> str:
         assert result.returncode == 0, result.stderr
         failures += [f"{name} -> {line.split()[1]}" for line in result.stdout.splitlines() if line.startswith("FAIL")]
         pairs += len(others)
-    assert failures == [], failures
-    return f"{pairs}/{pairs}"
+    return pairs - len(failures), pairs, failures
+
+
+def kernel_entries(lab, cluster: Path) -> dict[str, tuple[int, int]]:
+    """{host: (FDB + neighbour entries on its VXLAN devices, read from its kernel; the number the
+    state wants: two per live container on another host, on a network with a live container here)}."""
+    live = [c for c in ps(cluster).values() if c["state"] not in ("exited", "dead")]
+    found = {}
+    for host in HOSTS:
+        mine = {c["network"] for c in live if c["host"] == host}
+        want = 2 * sum(1 for c in live if c["host"] != host and c["network"] in mine)
+        found[host] = (len(overlay_entries(lab, host).splitlines()), want)
+    return found

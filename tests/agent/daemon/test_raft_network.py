@@ -33,18 +33,14 @@ def test_vanished_peer_is_dropped_fast_and_reconnected_after_reboot(netns, make_
     others = [a for a in cluster.agents if a is not victim]
     netns.vanish(victim.address)
     victim.kill9()  # power loss: no FIN or RST reaches anyone
-    t0 = time.monotonic()
-    wait_for(lambda: not any(connected_to(a, victim) for a in others), 10, "peers dropping the dead connections")
-    detected = time.monotonic() - t0
+    # Both waits end well before what PySyncObj's sockets as shipped need (keepalive 16 s + 5 x 3 s, no
+    # TCP_USER_TIMEOUT: ~31 s each); the durations themselves are benchmarks (bench/raft_failover.py).
+    wait_for(lambda: not any(connected_to(a, victim) for a in others), 15, "peers dropping the dead connections")
     time.sleep(4)  # "reboot"; PySyncObj as shipped would now sit in SYN retransmission back-off
     netns.heal(victim.address)
     victim.start(cluster.env)
-    t1 = time.monotonic()
-    wait_for(lambda: all(connected_to(a, victim) for a in others), 10, "peers reconnecting to the rebooted member")
-    reconnected = time.monotonic() - t1
+    wait_for(lambda: all(connected_to(a, victim) for a in others), 15, "peers reconnecting to the rebooted member")
     cluster.wait_healthy()
-    # As shipped (keepalive 16 s + 5 x 3 s, no TCP_USER_TIMEOUT) both took ~31 s here (bench/raft_failover.py).
-    assert detected < 6 and reconnected < 5, (detected, reconnected)
 
 
 def test_partitioned_leader_refuses_writes_and_rejoins_without_divergence(netns, make_cluster):
@@ -58,23 +54,22 @@ def test_partitioned_leader_refuses_writes_and_rejoins_without_divergence(netns,
     netns.cut(leader.address)
     # the majority elects a new leader and carries on
     new = wait_for(lambda: (lambda new: new if new is not None and new is not leader else None)(
-        cluster.leader_among(majority)),
-                   15, "a new leader in the majority")
+        cluster.leader_among(majority)), 15, "a new leader in the majority")
+    assert new in majority
     for k in range(4, 7):
         net = wait_for(lambda k=k: create(majority[k % 2], k), 10, f"write {k} in the majority")
         expected[net["cidr"]] = net["vni"]
     # the cut node steps down and refuses writes with a clear error, within a few seconds
     wait_for(lambda: leader.status()["raft"]["role"] != "leader", 5, "the cut leader to step down")
-    t0 = time.monotonic()
     with pytest.raises(protocol.ProtocolError) as err:
         create(leader, 99)
-    assert time.monotonic() - t0 < 6
+    # refused before it reached any log ("unavailable": nothing was done), not left hanging
     assert err.value.code == protocol.UNAVAILABLE and "cut off from the majority" in str(err.value), err.value
     assert leader.status()["raft"]["role"] != "leader"
     # heal: it rejoins as a follower, with exactly the majority's entries
     netns.heal(leader.address)
     wait_for(lambda: converged(cluster, expected), 20, "the healed member converging")
-    assert cluster.wait_healthy() is not None and new is not None
+    assert cluster.wait_healthy() in cluster.agents  # one leader again, known to all
     net = create(leader, 7)  # and it serves (forwards) writes again
     expected[net["cidr"]] = net["vni"]
     wait_for(lambda: converged(cluster, expected), 10, "all members after the heal")

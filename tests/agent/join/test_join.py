@@ -105,10 +105,10 @@ def test_server_drops_garbage_and_survives(server):
 
 def test_wrong_secret_fails_fast(server):
     srv, calls = server
-    t0 = time.monotonic()
+    sleeps = []
     with pytest.raises(JoinError, match="secret differs"):
-        join_cluster([addr(srv)], b"w" * 32, {"node": "x"}, deadline=20)
-    assert time.monotonic() - t0 < 5 and calls == []
+        join_cluster([addr(srv)], b"w" * 32, {"node": "x"}, deadline=20, sleep=sleeps.append)
+    assert sleeps == [] and calls == []  # given up after the first answer, no retry round: fails fast
 
 
 def test_replayed_request_dropped(server):
@@ -155,11 +155,9 @@ def test_unreachable_seeds_bounded():
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
     sleeps = []
-    t0 = time.monotonic()
     with pytest.raises(JoinError) as info:
         join_cluster([f"127.0.0.1:{port}"], SECRET, {}, deadline=30, rounds=3, sleep=sleeps.append)
-    assert time.monotonic() - t0 < 5
-    assert len(sleeps) == 2 and sleeps == sorted(sleeps)
+    assert len(sleeps) == 2 and sleeps == sorted(sleeps)  # bounded: 3 rounds, backing off between them
     assert f"127.0.0.1:{port}" in str(info.value) and "refused" in str(info.value).lower()
 
 
