@@ -2,10 +2,10 @@
 
 Public API::
 
-    ImageStore(root)                      images.py: verified, safely extracted, once per host
+    LayerStore(root)                      images.py: image layers, verified, safely extracted, once per host
     ContainerSpec, Limits, parse_bytes    spec.py: what to run
     Runtime(state_dir, run_dir, cgroup_parent, on_exit=...)      container.py
-        .start(spec, rootfs, before_exec=None) -> ContainerInfo
+        .start(spec, lower_dirs, before_exec=None) -> ContainerInfo
         .stop(id, timeout) / .kill(id, sig) / .remove(id, force=False) / .wait(id, timeout)
         .inspect(id) / .list() -> ContainerInfo(s) / .logs(id) -> path / .exec(id, argv) -> exit code
     CgroupManager, detect_cgroups         cgroups.py: v1 and v2
@@ -27,7 +27,7 @@ _EXPORTS = {
         "ImageNotFound", "InvalidTarball", "PathTraversalError", "RuntimeFailure", "SpecError", "StartError",
         "SymlinkEscapeError", "UnsafeTarball",
     ),
-    "images": ("ImageStore",),
+    "images": ("LayerStore",),
     "spec": ("ContainerSpec", "Limits", "parse_bytes"),
     "records": ("CREATED", "DEAD", "EXITED", "RUNNING", "ContainerInfo"),
 }

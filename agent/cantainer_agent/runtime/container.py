@@ -23,7 +23,7 @@ import socket
 import stat
 import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from .. import layout
 from . import linux
@@ -252,9 +252,10 @@ class Runtime:
         self.zygote.ensure()
 
     # -- start -----------------------------------------------------------------------------------
-    def start(self, spec: ContainerSpec, rootfs: str,
+    def start(self, spec: ContainerSpec, rootfs: str | Sequence[str],
               before_exec: Callable[[int], None] | None = None, timeout: float = START_TIMEOUT) -> ContainerInfo:
-        """Create and start a container from the image tree *rootfs*; return once its command runs.
+        """Create and start a container from the image tree *rootfs* (one directory, or the image's
+        layer directories bottom first: its overlay lower dirs); return once its command runs.
 
         *before_exec(pid)* is called in this thread with the host pid of the container's init once
         its namespaces exist and before the command is executed (its network namespace is
@@ -262,11 +263,14 @@ class Runtime:
         """
         if not isinstance(spec, ContainerSpec):
             raise TypeError("spec must be a ContainerSpec")
-        lower = os.path.abspath(rootfs)
-        if any(ch in lower for ch in _OVERLAY_UNSAFE):
-            raise StartError(f"image path {lower!r} cannot be used in overlayfs options")
-        if not os.path.isdir(lower):
-            raise StartError(f"image root filesystem {lower} does not exist")
+        lowers = [os.path.abspath(path) for path in ([rootfs] if isinstance(rootfs, str) else rootfs)]
+        if not lowers:
+            raise StartError("the image has no layers")
+        for lower in lowers:
+            if any(ch in lower for ch in _OVERLAY_UNSAFE):
+                raise StartError(f"image path {lower!r} cannot be used in overlayfs options")
+            if not os.path.isdir(lower):
+                raise StartError(f"image root filesystem {lower} does not exist")
         cid = spec.id
         cdir, rdir = self.container_dir(cid), self._run_path(cid)
         with self._lock(cid):
@@ -287,16 +291,17 @@ class Runtime:
                 os.mkdir(rdir, 0o700)
                 for sub in ("upper", "work", "rootfs"):
                     os.mkdir(os.path.join(cdir, sub), 0o755)
-                _seed_etc(lower, os.path.join(cdir, "upper"), spec)
+                _seed_etc(lowers, os.path.join(cdir, "upper"), spec)
                 created_at = time.time()
                 write_json(os.path.join(cdir, "config.json"), {
                     "version": 1, "spec": spec.to_dict(), "created_at": created_at, "boot_id": linux.boot_id(),
-                    "rootfs": lower, "cgroup": cgroup.relpath,
+                    "rootfs": lowers, "cgroup": cgroup.relpath,
                 })
                 cgroup.create(spec.limits)
                 chan = self.zygote.request({
                     "op": "start", "id": cid, "hostname": spec.hostname, "argv": list(spec.command),
-                    "env": spec.environ(), "workdir": spec.workdir, "lower": lower,
+                    "env": spec.environ(), "workdir": spec.workdir, "lower": ":".join(reversed(lowers)),
+                    "user": spec.user,
                     "upper": os.path.join(cdir, "upper"), "work": os.path.join(cdir, "work"),
                     "rootfs": os.path.join(cdir, "rootfs"),
                     "cgroup_join": cgroup.join_files, "memory_cgroup": cgroup.path("memory"),
@@ -502,14 +507,15 @@ class Runtime:
             os.close(fd)
 
     def stop(self, container_id: str, timeout: float = 10.0) -> ContainerInfo:
-        """SIGTERM to init, SIGKILL after *timeout* seconds; wait until the exit is recorded."""
+        """The image's stop signal (SIGTERM by default) to init, SIGKILL after *timeout* seconds; wait
+        until the exit is recorded."""
         info = self.inspect(container_id)
         if info.state != RUNNING:
             return info
         fd = self._verified_pidfd(container_id, "pid")
         if fd is not None:
             try:
-                signal.pidfd_send_signal(fd, signal.SIGTERM)
+                signal.pidfd_send_signal(fd, info.spec.stop_signal if info.spec is not None else signal.SIGTERM)
                 if not _poll_fd(fd, timeout):
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
                     _poll_fd(fd, 10.0)
@@ -591,8 +597,17 @@ class Runtime:
         environ.update(env or {})
         return exec_in_container(
             pids.get("pid") or 0, pids.get("pid_start"), argv, environ, workdir or info.spec.workdir,
-            cgroup.join_files, self.caps_mask, name=info.name, cap_last=self.cap_last,
+            cgroup.join_files, self.caps_mask, name=info.name, cap_last=self.cap_last, user=info.spec.user,
         )
+
+    def lower_dirs_in_use(self) -> set[str]:
+        """The overlay lower dirs (image layers) of every container on disk, whatever its state."""
+        used: set[str] = set()
+        for name in os.listdir(self.state_dir) if os.path.isdir(self.state_dir) else []:
+            config = read_json(os.path.join(self.state_dir, name, "config.json"))
+            rootfs = (config or {}).get("rootfs")
+            used.update([rootfs] if isinstance(rootfs, str) else rootfs or [])
+        return used
 
     # -- shutdown --------------------------------------------------------------------------------
     def close(self) -> None:
@@ -612,18 +627,22 @@ class Runtime:
 ETC_FILES = ("hosts", "resolv.conf", "hostname")
 
 
-def _seed_etc(lower: str, upper: str, spec: ContainerSpec) -> None:
+def _seed_etc(lowers: list[str], upper: str, spec: ContainerSpec) -> None:
     """Write /etc/hosts, resolv.conf and hostname into the (fresh, empty) overlay upper dir.
 
     Cheaper than bind mounts, and the files stay the container's own, like docker's. upper/etc
-    takes the owner and mode of the image's /etc so the merged directory looks the same.
+    takes the owner and mode of the image's /etc (its topmost layer that has one) so the merged
+    directory looks the same.
     """
     etc = os.path.join(upper, "etc")
     os.mkdir(etc, 0o755)
-    try:
-        image_etc = os.lstat(os.path.join(lower, "etc"))
-    except OSError:
-        image_etc = None
+    image_etc = None
+    for lower in reversed(lowers):
+        try:
+            image_etc = os.lstat(os.path.join(lower, "etc"))
+            break
+        except OSError:
+            continue
     if image_etc is not None and stat.S_ISDIR(image_etc.st_mode):
         mine = os.lstat(etc)
         if (mine.st_uid, mine.st_gid) != (image_etc.st_uid, image_etc.st_gid):

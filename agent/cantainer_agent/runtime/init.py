@@ -18,7 +18,7 @@ import socket
 import stat
 import termios
 
-from . import linux
+from . import linux, users
 from .linux import (
     CLONE_NEWCGROUP,
     CLONE_NEWIPC,
@@ -66,6 +66,7 @@ def setup_rootfs(req: dict) -> None:
     """Mount the container's filesystem tree and make it the root. Runs in the new mount namespace."""
     linux.mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we do propagates back to the host
     root = req["rootfs"]
+    # req["lower"] lists the image's layers topmost first, joined by ':' (overlayfs' order)
     linux.mount("overlay", root, "overlay", MS_NODEV,
                 f"lowerdir={req['lower']},upperdir={req['upper']},workdir={req['work']}")
 
@@ -121,12 +122,23 @@ def _reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
-def exec_command(argv: list[str], env: dict[str, str], caps: int, cap_last: int | None = None) -> None:
+def exec_user(spec: str, env: dict[str, str]) -> users.ExecUser:
+    """Resolve the container's user in its own /etc/passwd and /etc/group (call after pivot_root or
+    setns into its mount namespace); HOME defaults to that user's home, as in docker."""
+    user = users.resolve(spec, users.read_small("/etc/passwd"), users.read_small("/etc/group"))
+    env.setdefault("HOME", user.home)
+    return user
+
+
+def exec_command(argv: list[str], env: dict[str, str], caps: int, cap_last: int | None = None,
+                 user: users.ExecUser | None = None) -> None:
     """Last steps before becoming the user's command (used by exec; start uses its warm variant)."""
     os.umask(0o022)
     _reset_signals()
     linux.set_no_new_privs()
     linux.drop_capabilities(caps, cap_last)
+    if user is not None:
+        users.switch(user)
     os.execvpe(argv[0], argv, env)
 
 
@@ -204,6 +216,8 @@ def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: b
         except FileNotFoundError:
             os.makedirs(req["workdir"], 0o755)
             os.chdir(req["workdir"])
+        step = f"find user {req.get('user') or 'root'!r} in the image"
+        user = exec_user(req.get("user") or "", req["env"])
         if tty:
             # Like runc: the pty comes from the container's own devpts (/dev/ptmx -> pts/ptmx), so
             # `tty` inside names a device that exists there; the master goes to the shim.
@@ -225,6 +239,8 @@ def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: b
         os.umask(0o022)
         step = "drop capabilities"
         linux.set_capabilities(req["caps"])
+        step = f"switch to user {req.get('user') or 'root'!r}"
+        users.switch(user)  # after everything that needs root; clears the capabilities of a non-root user
         step = "execute the command"
         argv = req["argv"]
         os.execvpe(argv[0], argv, req["env"])

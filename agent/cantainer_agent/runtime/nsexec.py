@@ -22,7 +22,7 @@ import threading
 
 from . import linux
 from .errors import ContainerNotRunning
-from .init import describe_exec_error, exec_command, join_cgroup
+from .init import describe_exec_error, exec_command, exec_user, join_cgroup
 from .linux import CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS
 
 _NS_FILES = (
@@ -50,7 +50,8 @@ def _setns_all(pidfd: int, pid: int, flags: int, names: tuple[tuple[str, int], .
 
 
 def exec_in_container(pid: int, pid_start: int | None, argv: list[str], env: dict[str, str], workdir: str,
-                      cgroup_join: list[str], caps: int, name: str = "", cap_last: int | None = None) -> int:
+                      cgroup_join: list[str], caps: int, name: str = "", cap_last: int | None = None,
+                      user: str = "") -> int:
     if not argv or not argv[0]:
         raise ValueError("exec needs a command")
     label = name or str(pid)
@@ -66,7 +67,7 @@ def exec_in_container(pid: int, pid_start: int | None, argv: list[str], env: dic
             raise ContainerNotRunning(f"container {label} is not running")
         child = os.fork()
         if child == 0:
-            _child(pidfd, pid, argv, env, workdir, cgroup_join, caps, cap_last)
+            _child(pidfd, pid, argv, env, workdir, cgroup_join, caps, cap_last, user)
     finally:
         if switched:
             linux.setns(own_pid_ns, CLONE_NEWPID)  # our later children are ours again
@@ -75,7 +76,7 @@ def exec_in_container(pid: int, pid_start: int | None, argv: list[str], env: dic
     return _wait(child)
 
 
-def _child(pidfd: int, pid: int, argv, env, workdir, cgroup_join, caps, cap_last) -> None:
+def _child(pidfd: int, pid: int, argv, env, workdir, cgroup_join, caps, cap_last, user: str) -> None:
     try:
         step = "join the container's cgroup"
         join_cgroup(cgroup_join)
@@ -84,8 +85,11 @@ def _child(pidfd: int, pid: int, argv, env, workdir, cgroup_join, caps, cap_last
         os.close(pidfd)
         step = f"enter the working directory {workdir}"
         os.chdir(workdir)
+        step = f"find user {user or 'root'!r} in the image"
+        env = dict(env)
+        exec_user_ = exec_user(user, env)
         step = ""
-        exec_command(list(argv), env, caps, cap_last)
+        exec_command(list(argv), env, caps, cap_last, exec_user_)
     except BaseException as exc:  # noqa: BLE001
         message = f"cannot {step}: {exc}" if step else describe_exec_error(argv[0], exc)
         try:

@@ -21,6 +21,8 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?")
 ENV_KEY_RE = re.compile(r"[^=\x00]+")
+USER_RE = re.compile(r"([^:\s]+(:[^:\s]+)?)?")
+MAX_SIGNAL = 64
 
 MIN_MEMORY = 6 * 1024 * 1024  # docker's minimum; smaller limits OOM-kill the first exec
 MIN_CPUS = 0.01  # CFS quota of 1 ms per 100 ms period, the kernel's minimum
@@ -124,7 +126,7 @@ def _normalize_hosts(hosts: Iterable[Any]) -> tuple[tuple[str, tuple[str, ...]],
 class ContainerSpec:
     id: str
     name: str
-    image: str  # sha256 (hex) of the image tarball
+    image: str  # sha256 (hex) of the image: its manifest's digest (or a single tarball's)
     command: tuple[str, ...] = ("/bin/sh",)
     env: tuple[tuple[str, str], ...] = ()  # accepts a dict; kept as ordered pairs
     workdir: str = "/"
@@ -133,6 +135,8 @@ class ContainerSpec:
     resolv_conf: str = ""  # full text of /etc/resolv.conf
     tty: bool = False  # PID 1 gets a pseudo-terminal as controlling terminal and stdio (docker -t)
     stdin: bool = False  # stdin stays open for attached clients (docker -i); a pipe unless tty
+    user: str = ""  # docker's --user: name|uid[:group|gid], resolved in the image by init; "" = root
+    stop_signal: int = 15  # what `stop` sends first (the image's StopSignal; SIGTERM by default)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not ID_RE.fullmatch(self.id):
@@ -167,6 +171,11 @@ class ContainerSpec:
         for flag in ("tty", "stdin"):
             if not isinstance(getattr(self, flag), bool):
                 raise SpecError(f"{flag} must be true or false, not {getattr(self, flag)!r}")
+        user = _no_nul(self.user, "user")
+        if len(user) > 256 or not USER_RE.fullmatch(user):
+            raise SpecError(f"user {user!r} is invalid: use NAME or UID, optionally :GROUP or :GID")
+        if type(self.stop_signal) is not int or not 1 <= self.stop_signal <= MAX_SIGNAL:
+            raise SpecError(f"stop_signal {self.stop_signal!r} is not a signal number (1-{MAX_SIGNAL})")
 
     @property
     def attachable(self) -> bool:
@@ -178,8 +187,9 @@ class ContainerSpec:
         return self.name
 
     def environ(self) -> dict[str, str]:
-        """The command's environment: PATH, HOSTNAME, HOME defaults overridden by ``env``."""
-        base = {"PATH": DEFAULT_PATH, "HOSTNAME": self.hostname, "HOME": "/root"}
+        """The command's environment: PATH and HOSTNAME defaults overridden by ``env``. HOME, unless
+        set here, is the user's home from the image's /etc/passwd (init adds it, as docker does)."""
+        base = {"PATH": DEFAULT_PATH, "HOSTNAME": self.hostname}
         base.update(self.env)
         return base
 
@@ -204,13 +214,16 @@ class ContainerSpec:
             "resolv_conf": self.resolv_conf,
             "tty": self.tty,
             "stdin": self.stdin,
+            "user": self.user,
+            "stop_signal": self.stop_signal,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ContainerSpec":
         if not isinstance(data, Mapping):
             raise SpecError("container spec must be an object")
-        known = {"id", "name", "image", "command", "env", "workdir", "limits", "hosts", "resolv_conf", "tty", "stdin"}
+        known = {"id", "name", "image", "command", "env", "workdir", "limits", "hosts", "resolv_conf", "tty", "stdin",
+                 "user", "stop_signal"}
         unknown = set(data) - known
         if unknown:
             raise SpecError(f"unknown container spec field(s): {', '.join(sorted(unknown))}")

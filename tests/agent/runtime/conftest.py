@@ -76,16 +76,33 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def diff_id_of(path: Path) -> str:
+    """The digest of a (compressed) tarball's uncompressed content: its layer diff_id."""
+    import gzip
+    import hashlib
+
+    digest = hashlib.sha256()
+    with gzip.open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
 @pytest.fixture(scope="session")
-def alpine(tmp_path_factory) -> str:
-    """Root filesystem of the Alpine image, imported once into a session image store."""
+def layer_store(tmp_path_factory):
+    """A layer store for the session (a real directory on disk; root for owners and whiteouts)."""
     needs_root()
+    from cantainer_agent.runtime import LayerStore
+
+    return LayerStore(str(tmp_path_factory.mktemp("images")))
+
+
+@pytest.fixture(scope="session")
+def alpine(layer_store) -> str:
+    """Root filesystem of the Alpine image: its one layer, imported once into the session store."""
     if not ALPINE_TARBALL.exists():
         pytest.skip(f"{ALPINE_TARBALL} is missing")
-    from cantainer_agent.runtime import ImageStore
-
-    store = ImageStore(str(tmp_path_factory.mktemp("images")))
-    return store.import_tarball(str(ALPINE_TARBALL), ALPINE_SHA256)
+    return layer_store.import_layer(str(ALPINE_TARBALL), f"sha256:{ALPINE_SHA256}", diff_id_of(ALPINE_TARBALL))
 
 
 class RuntimeFactory:

@@ -16,15 +16,15 @@ from cantainer_agent.runtime import (
     HardlinkEscapeError,
     ImageError,
     ImageNotFound,
-    ImageStore,
     InvalidTarball,
+    LayerStore,
     PathTraversalError,
     SymlinkEscapeError,
     UnsafeTarball,
 )
-from cantainer_agent.runtime.images import extract_tarball
+from cantainer_agent.runtime.images import OPAQUE_XATTR, chain_id, extract_tarball
 
-from .conftest import ALPINE_SHA256, ALPINE_TARBALL
+from .conftest import ALPINE_SHA256, ALPINE_TARBALL, diff_id_of
 
 ROOT = os.geteuid() == 0
 
@@ -206,69 +206,212 @@ def test_truncated_tarball(tmp_path):
         extract_tarball(handle, str(tmp_path / "root"))
 
 
-# -- the store -----------------------------------------------------------------------------------
-def test_store_checksum_mismatch_leaves_nothing(tmp_path):
-    tarball = tmp_path / "t.tar.gz"
-    make_tar(tarball, [member("f", data=b"x")])
-    store = ImageStore(str(tmp_path / "store"))
-    with pytest.raises(ChecksumMismatch) as caught:
-        store.import_tarball(str(tarball), "0" * 64)
-    assert "expected " + "0" * 64 in str(caught.value)
-    assert not store.has("0" * 64)
-    assert [p for p in (tmp_path / "store").iterdir()] == []
+# -- layers: whiteouts ---------------------------------------------------------------------------
+def layer(tmp_path: Path, name: str, members, compression="gz") -> tuple[Path, str, str]:
+    """A layer blob: (path, its digest, its diff_id)."""
+    raw = tmp_path / f"{name}.tar"
+    make_tar(raw, members, "")
+    diff_id = "sha256:" + hashlib.sha256(raw.read_bytes()).hexdigest()
+    if not compression:
+        return raw, diff_id, diff_id
+    import bz2
+    import gzip
+    import lzma
+
+    blob = tmp_path / f"{name}.tar.{compression}"
+    blob.write_bytes({"gz": gzip.compress, "xz": lzma.compress, "bz2": bz2.compress}[compression](raw.read_bytes()))
+    return blob, "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest(), diff_id
 
 
-def test_store_unsafe_tarball_leaves_nothing(tmp_path):
-    tarball = tmp_path / "t.tar.gz"
-    sha = make_tar(tarball, [member("ok", data=b"x"), member("../evil", data=b"x")])
-    store = ImageStore(str(tmp_path / "store"))
+@pytest.mark.skipif(not ROOT, reason="whiteouts are character devices and trusted xattrs: root only")
+def test_whiteouts_become_overlayfs_whiteouts(tmp_path):
+    store = LayerStore(str(tmp_path / "store"))
+    blob, digest, diff_id = layer(tmp_path, "l", [
+        member("etc/", tarfile.DIRTYPE, mode=0o755),
+        member("etc/.wh.motd"),
+        member("var/cache/", tarfile.DIRTYPE, mode=0o755),
+        member("var/cache/.wh..wh..opq"),
+        member("var/cache/new", data=b"fresh"),
+        member(".wh..wh.plnk"),  # AUFS metadata: ignored
+    ])
+    fs = Path(store.import_layer(str(blob), digest, diff_id))
+    motd = os.lstat(fs / "etc/motd")
+    assert stat.S_ISCHR(motd.st_mode) and motd.st_rdev == 0
+    assert os.getxattr(fs / "var/cache", OPAQUE_XATTR) == b"y"
+    assert (fs / "var/cache/new").read_bytes() == b"fresh"
+    assert sorted(p.name for p in fs.iterdir()) == ["etc", "var"]
+    info = store.info(diff_id)
+    assert (info["whiteouts"], info["opaque"], info["skipped"]) == (1, 1, [".wh..wh.plnk"])
+
+
+@pytest.mark.parametrize("name", ["../.wh.outside", "a/.wh..", "/.wh.x", "a/../../.wh.victim"])
+def test_whiteout_names_cannot_escape(tmp_path, outside, name):
     with pytest.raises(UnsafeTarball):
-        store.import_tarball(str(tarball), sha)
-    assert not store.has(sha)
-    assert list((tmp_path / "store").iterdir()) == []
+        extract(tmp_path, [member(name)])
+
+
+# -- the store -----------------------------------------------------------------------------------
+def test_store_digest_and_diff_id_are_both_checked_and_a_mismatch_leaves_nothing(tmp_path):
+    blob, digest, diff_id = layer(tmp_path, "l", [member("f", data=b"x")])
+    store = LayerStore(str(tmp_path / "store"))
+    with pytest.raises(ChecksumMismatch) as caught:
+        store.import_layer(str(blob), "sha256:" + "0" * 64, diff_id)
+    assert "expected sha256:" + "0" * 64 in str(caught.value)
+    with pytest.raises(ChecksumMismatch) as caught:
+        store.import_layer(str(blob), digest, "sha256:" + "1" * 64)
+    assert "uncompressed" in str(caught.value)
+    assert not store.has(diff_id) and store.list() == []
+    assert [p.name for p in (tmp_path / "store").iterdir()] == ["layers"]
+    assert list((tmp_path / "store" / "layers").iterdir()) == []
+
+
+def test_store_unsafe_layer_leaves_nothing(tmp_path):
+    blob, digest, diff_id = layer(tmp_path, "l", [member("ok", data=b"x"), member("../evil", data=b"x")])
+    store = LayerStore(str(tmp_path / "store"))
+    with pytest.raises(UnsafeTarball):
+        store.import_layer(str(blob), digest, diff_id)
+    assert not store.has(diff_id)
+    assert list((tmp_path / "store" / "layers").iterdir()) == []
     assert not (tmp_path / "evil").exists()
 
 
-def test_store_import_once_and_idempotent(tmp_path):
-    tarball = tmp_path / "t.tar.xz"
-    sha = make_tar(tarball, [member("etc/", tarfile.DIRTYPE, mode=0o755), member("etc/os", data=b"v1")], "xz")
-    store = ImageStore(str(tmp_path / "store"))
-    rootfs = store.import_tarball(str(tarball), sha)
-    assert rootfs == os.path.join(store.root, sha, "rootfs")
-    assert Path(rootfs, "etc/os").read_bytes() == b"v1"
-    assert store.has(sha) and store.list() == [sha]
-    assert store.manifest(sha)["files"] == 1
-    tarball.unlink()  # a second import must not even read the file
-    assert store.import_tarball(str(tarball), sha) == rootfs
-    store.remove(sha)
-    assert not store.has(sha)
+@pytest.mark.parametrize("compression", ["", "gz", "xz", "bz2"])
+def test_store_import_once_and_idempotent(tmp_path, compression):
+    blob, digest, diff_id = layer(tmp_path, "l", [member("etc/", tarfile.DIRTYPE, mode=0o755),
+                                                  member("etc/os", data=b"v1")], compression)
+    store = LayerStore(str(tmp_path / "store"))
+    fs = store.import_layer(str(blob), digest, diff_id)
+    assert fs == os.path.join(store.root, "layers", diff_id[7:], "fs") == store.path(diff_id)
+    assert Path(fs, "etc/os").read_bytes() == b"v1"
+    assert store.has(diff_id) and store.list() == [diff_id] and store.missing([diff_id, "sha256:" + "2" * 64]) == [
+        "sha256:" + "2" * 64]
+    assert store.info(diff_id)["files"] == 1 and store.info(diff_id)["digest"] == digest
+    blob.unlink()  # a second import must not even read the file
+    assert store.import_layer(str(blob), digest, diff_id) == fs
+    store.remove(diff_id)
+    assert not store.has(diff_id)
     with pytest.raises(ImageNotFound):
-        store.rootfs_path(sha)
+        store.path(diff_id)
 
 
 def test_store_rejects_bad_ids_and_files(tmp_path):
-    store = ImageStore(str(tmp_path / "store"))
+    store = LayerStore(str(tmp_path / "store"))
     with pytest.raises(ImageError):
-        store.has("../../etc")
+        store.has("sha256:../../etc")
     with pytest.raises(ImageError):
-        store.import_tarball(str(tmp_path / "missing.tar.gz"), "a" * 64)
+        store.has("a" * 64)  # no algorithm
     with pytest.raises(ImageError):
-        store.import_tarball(str(tmp_path), "a" * 64)  # a directory
+        store.import_layer(str(tmp_path / "missing.tar.gz"), "sha256:" + "a" * 64, "sha256:" + "b" * 64)
+    with pytest.raises(ImageError):
+        store.import_layer(str(tmp_path), "sha256:" + "a" * 64, "sha256:" + "b" * 64)  # a directory
+
+
+def test_store_refuses_zstd_with_a_clear_error(tmp_path):
+    blob = tmp_path / "l.tar.zst"
+    blob.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 100)
+    store = LayerStore(str(tmp_path / "store"))
+    with pytest.raises(InvalidTarball, match="zstd"):
+        store.import_layer(str(blob), "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest(), "sha256:" + "b" * 64)
 
 
 def test_store_cleans_stale_staging(tmp_path):
-    store = ImageStore(str(tmp_path / "store"))
-    os.makedirs(tmp_path / "store" / ".staging-999999999-abcd" / "rootfs")
+    store = LayerStore(str(tmp_path / "store"))
+    os.makedirs(tmp_path / "store" / ".staging-999999999-abcd" / "fs")
     store.cleanup_staging()
     assert list((tmp_path / "store").iterdir()) == []
 
 
 @pytest.mark.skipif(not ALPINE_TARBALL.exists(), reason="Alpine tarball missing")
 def test_alpine_import(tmp_path):
-    store = ImageStore(str(tmp_path / "store"), preserve_owner=ROOT)
-    rootfs = Path(store.import_tarball(str(ALPINE_TARBALL), ALPINE_SHA256))
+    store = LayerStore(str(tmp_path / "store"), preserve_owner=ROOT)
+    diff_id = diff_id_of(ALPINE_TARBALL)
+    rootfs = Path(store.import_layer(str(ALPINE_TARBALL), f"sha256:{ALPINE_SHA256}", diff_id))
     assert (rootfs / "etc/alpine-release").read_text().strip() == "3.20.3"
     assert os.readlink(rootfs / "bin/sh") == "/bin/busybox"
     assert stat.S_IMODE((rootfs / "tmp").stat().st_mode) == 0o1777
     assert stat.S_IMODE(rootfs.stat().st_mode) == 0o755
-    assert store.manifest(ALPINE_SHA256)["skipped"] == []
+    assert store.info(diff_id)["skipped"] == []
+
+
+# -- deep images: flattening ----------------------------------------------------------------------
+def test_chain_id_is_the_oci_one():
+    a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    assert chain_id([a]) == a
+    assert chain_id([a, b]) == "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()
+
+
+def tree(root: Path) -> dict:
+    """path -> (type and mode, uid, gid, content or link target) of everything below *root*."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            info = os.lstat(path)
+            body = os.readlink(path) if stat.S_ISLNK(info.st_mode) else (
+                path.read_bytes().decode() if stat.S_ISREG(info.st_mode) else "")
+            out[str(path.relative_to(root))] = (oct(info.st_mode), info.st_uid, info.st_gid, body)
+    return out
+
+
+_OVERLAY_VIEW = r"""
+import json, os, stat, sys
+from pathlib import Path
+from tests.agent.runtime.test_images import tree
+target = Path(sys.argv[1])
+rc = os.system(f"mount -t overlay overlay -o lowerdir={sys.argv[2]} {target}")
+assert rc == 0, rc
+print(json.dumps(tree(target)))
+"""
+
+
+def overlay_view(tmp_path: Path, lowers: list[str]) -> dict:
+    """tree() of a read-only overlayfs of *lowers* (bottom first), mounted in a throw-away mount namespace."""
+    import json
+    import subprocess
+    import sys
+
+    mountpoint = tmp_path / "merged"
+    mountpoint.mkdir()
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _OVERLAY_VIEW,
+                             str(mountpoint), ":".join(reversed(lowers))], capture_output=True, text=True,
+                            cwd=Path(__file__).parents[3])
+    assert result.returncode == 0, result.stderr
+    return {k: tuple(v) for k, v in json.loads(result.stdout).items()}
+
+
+@pytest.mark.skipif(not ROOT, reason="whiteouts need root")
+def test_lower_dirs_flatten_when_they_would_not_fit_and_whiteouts_apply(tmp_path):
+    store = LayerStore(str(tmp_path / "store"), max_lower_bytes=10 ** 6)
+    ids = []
+    specs = [
+        [member("etc/", tarfile.DIRTYPE, mode=0o755), member("etc/motd", data=b"hello"),
+         member("etc/keep", data=b"kept"), member("cache/", tarfile.DIRTYPE, mode=0o700),
+         member("cache/old", data=b"old"), member("link", tarfile.SYMTYPE, linkname="etc/keep")],
+        [member("etc/.wh.motd"), member("cache/.wh..wh..opq"), member("cache/new", data=b"new"),
+         member("etc/keep", data=b"changed", mode=0o600)],
+        [member("etc/motd", data=b"back", mode=0o640)],
+        [member(".wh.link"), member("dir-then-file", tarfile.DIRTYPE, mode=0o755)],
+        [member("dir-then-file", data=b"a file now")],
+    ]
+    for index, members in enumerate(specs):
+        blob, digest, diff_id = layer(tmp_path, f"l{index}", members)
+        store.import_layer(str(blob), digest, diff_id)
+        ids.append(diff_id)
+    assert store.lower_dirs(ids) == [store.path(d) for d in ids]
+    store.max_lower_bytes = 50  # as if the mount options could not hold them
+    [flat] = store.lower_dirs(ids)
+    root = Path(flat)
+    assert (root / "etc/motd").read_bytes() == b"back" and stat.S_IMODE((root / "etc/motd").stat().st_mode) == 0o640
+    assert (root / "etc/keep").read_bytes() == b"changed"
+    assert sorted(p.name for p in (root / "cache").iterdir()) == ["new"]
+    assert overlay_view(tmp_path, store.lower_dirs_unflattened(ids)) == tree(root)  # what the kernel shows
+    assert not os.path.lexists(root / "link")
+    assert (root / "dir-then-file").read_bytes() == b"a file now"
+    assert os.path.samefile(root / "etc/keep", Path(store.path(ids[1])) / "etc/keep")  # hard links, no copies
+    assert store.lower_dirs(ids) == [flat]  # made once
+    # prune: the flattened copy is in use, so are the layers it links to; the rest goes
+    blob, digest, unused = layer(tmp_path, "unused", [member("u", data=b"u")])
+    store.import_layer(str(blob), digest, unused)
+    assert store.prune({flat}) == [unused]
+    assert all(store.has(d) for d in ids) and Path(flat).is_dir()
+    assert sorted(store.prune(set())) == sorted(ids) and store.list() == [] and not Path(flat).exists()

@@ -23,7 +23,8 @@ def test_defaults_and_hostname():
     assert s.workdir == "/"
     assert s.limits == Limits()
     env = s.environ()
-    assert env["HOSTNAME"] == "web" and env["PATH"].startswith("/usr/local/sbin") and env["HOME"] == "/root"
+    assert env["HOSTNAME"] == "web" and env["PATH"].startswith("/usr/local/sbin")
+    assert "HOME" not in env  # init sets it from the image's /etc/passwd (runtime/users.py)
 
 
 def test_normalisation_makes_it_immutable_and_hashable():
