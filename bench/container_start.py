@@ -147,7 +147,8 @@ class Helper:
 def measure(
     quick: bool = False, n: int | None = None, install: bool = True, notes: list[str] | None = None
 ) -> list[dict]:
-    from cantainer_agent.runtime import ContainerSpec, ImageStore, Runtime
+    from cantainer.run_image import _diff_id_of_tarball
+    from cantainer_agent.runtime import ContainerSpec, LayerStore, Runtime
 
     notes = notes if notes is not None else []
     if os.geteuid() != 0:
@@ -162,8 +163,9 @@ def measure(
     helper = None
     samples: dict[str, list[float]] = {"ours": [], "ours_exit": [], "fork": [], **{a: [] for a in anchors}}
     try:
-        store = ImageStore(str(base / "images"))
-        rootfs = store.import_tarball(str(alpine_tarball()), ALPINE_SHA256)
+        store = LayerStore(str(base / "images"))
+        rootfs = store.import_layer(str(alpine_tarball()), f"sha256:{ALPINE_SHA256}",
+                                    _diff_id_of_tarball(alpine_tarball(), ALPINE_SHA256))
         runtime = Runtime(str(base / "state"), str(base / "run"), cgroup_parent)
         runtime.warm_up()
         if anchors:

@@ -8,7 +8,7 @@ quick: 10 hosts, 100 containers) with a formed cluster (bench/lab_cluster.py), r
 * start: the containers (`sleep 1000000`, Alpine) are placed round-robin over the hosts and over
   NETWORKS. 1000 CLI processes would cost ~0.6 s of CPU each in interpreter start-up and imports
   on this 2-core box, so the bench drives the CLI's own code in-process instead: per host one SSH
-  connection (`containers.HostSession`) with the image pushed (`containers.ensure_image`) — both
+  connection (`containers.HostSession`) with the image pushed (`run_image.push_layers`) — both
   untimed — then, timed, `container.run` calls with `containers.run_params` (what `cantainer run -d`
   sends), CONCURRENCY in flight in all, each on its own agent channel. Each call returns once its
   container runs and is reported in raft, like `run -d`.
@@ -50,13 +50,13 @@ async def start_containers(inventory_path: Path, count: int, concurrency: int = 
 
     Returns the seconds the runs took and how many calls failed with "outcome unknown" and were retried."""
     from cantainer.client import AgentClient, AgentError
-    from cantainer.containers import HostSession, RunRequest, ensure_image, run_params
-    from cantainer.images import resolve_image
+    from cantainer.containers import HostSession, RunRequest, run_params
     from cantainer.inventory import load_inventory
+    from cantainer.run_image import push_layers, tarball_image
     from cantainer_agent import protocol
 
     inventory = load_inventory(inventory_path)
-    image = resolve_image("alpine", inventory.images)
+    image = tarball_image("alpine", inventory)
     hosts = inventory.hosts
     queues: dict[str, list[RunRequest]] = {h.name: [] for h in hosts}
     for index in range(count):
@@ -66,7 +66,7 @@ async def start_containers(inventory_path: Path, count: int, concurrency: int = 
     per_host = max(1, concurrency // len(hosts))
     async with contextlib.AsyncExitStack() as stack:
         sessions = await asyncio.gather(*(stack.enter_async_context(HostSession(h)) for h in hosts))
-        await asyncio.gather(*(ensure_image(s, image) for s in sessions))
+        await asyncio.gather(*(push_layers(s, image) for s in sessions))
         clients = []
         for session in sessions:
             extra = [AgentClient(session.connection) for _ in range(per_host - 1)]

@@ -73,12 +73,15 @@ def build_parser() -> Parser:
     run.add_argument("--host", required=True, help="inventory host to run on")
     run.add_argument("-n", "--network", required=True, metavar="CIDR", help="network, created on first use")
     run.add_argument("--name", help="unique container name (default: generated)")
-    run.add_argument("--image", default="alpine", help="image name (default: alpine)")
+    run.add_argument("--image", default="alpine",
+                     help="alpine, an [images.NAME], NAME:TAG (image load/pull) or HOST[:PORT]/REPO[:TAG|@DIGEST]")
     run.add_argument("-d", "--detach", action="store_true", help="print name and IP and return")
     run.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
     run.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
     run.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable")
-    run.add_argument("-w", "--workdir", default="/", help="working directory inside the container")
+    run.add_argument("-w", "--workdir", help="working directory inside the container (default: the image's, or /)")
+    run.add_argument("--user", "-u", help="NAME|UID[:GROUP|GID] to run as (default: the image's User, or root)")
+    run.add_argument("--entrypoint", help="replace the image's Entrypoint (and drop its Cmd); '' clears it")
     run.add_argument("--memory", help="memory limit, e.g. 256m")
     run.add_argument("--cpus", type=finite_float, help="CPU limit, e.g. 0.5")
     run.add_argument("--pids", type=int, help="maximum number of processes")
@@ -99,6 +102,29 @@ def build_parser() -> Parser:
     ps.add_argument("-a", "--all", action="store_true", help="include exited containers")
     ps.add_argument("--json", action="store_true", help="print JSON")
     ps.add_argument("--stale", action="store_true", help=STALE_HELP)
+    image = commands.add_parser("image", help="images: load, pull, ls, rm, prune",
+                                description="the workstation's image store (and the layers on hosts)")
+    image_verbs = image.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+    image_verbs.required = True
+    load_cmd = image_verbs.add_parser("load", help="load a `docker save` or OCI archive (every tag in it)",
+                                      description="load a `docker save` or OCI archive (every tag in it)")
+    load_cmd.add_argument("file", metavar="FILE")
+    pull_cmd = image_verbs.add_parser("pull", help="pull an image from a registry into the store",
+                                      description="pull an image from a registry into the store")
+    pull_cmd.add_argument("reference", metavar="REF", help="HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]")
+    pull_cmd.add_argument("--platform", help="OS/ARCH[/VARIANT] (default: this machine's)")
+    ls_cmd = image_verbs.add_parser("ls", help="list the store's images", description="list the store's images")
+    ls_cmd.add_argument("--json", action="store_true", help="print JSON")
+    ls_cmd.add_argument("--hosts", action="store_true", help="also show which hosts hold each image")
+    rm_cmd = image_verbs.add_parser("rm", help="remove images from the store",
+                                    description="remove images from the store")
+    rm_cmd.add_argument("names", metavar="NAME", nargs="+")
+    prune_cmd = image_verbs.add_parser("prune", help="remove unreferenced blobs here and unused layers on hosts",
+                                       description="remove blobs no image name reaches from the store, and layers no "
+                                                   "container uses from every host")
+    prune_cmd.add_argument("--local", action="store_true", help="only the workstation's store")
+    for sub in image_verbs.choices.values():
+        sub.add_argument("-i", "--inventory", help=f"inventory TOML (default: ${INVENTORY_ENV})")
     down = command("down", "stop the agents and remove what they created on the hosts")
     down.add_argument("--purge", action="store_true", help="also remove raft state, config and bundles")
     down.add_argument("--fanout", type=int, default=32, help="hosts handled at once (default 32)")
@@ -240,9 +266,16 @@ def cmd_ps(args: argparse.Namespace) -> int:
     rows = []
     for c in containers:
         state = c["state"] if c["exit_code"] is None else f"{c['state']} ({c['exit_code']})"
-        rows.append([c["name"], c["host"], c["network"], c["ip"], state, " ".join(c["command"])[:40]])
-    print_table(["NAME", "HOST", "NETWORK", "IP", "STATE", "COMMAND"], rows)
+        rows.append([c["name"], c["host"], c["network"], c["ip"], state, c["image"],
+                     ",".join(c.get("ports") or []) or "-", " ".join(c["command"])[:40]])
+    print_table(["NAME", "HOST", "NETWORK", "IP", "STATE", "IMAGE", "PORTS", "COMMAND"], rows)
     return 0
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from cantainer import image_cmds
+
+    return image_cmds.main(args, load)
 
 
 def run_async(coroutine):
@@ -262,9 +295,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("-t needs a terminal on stdin and stdout", "drop -t when piping")
     request = containers.RunRequest(
         host=args.host, network=args.network, image=args.image, name=args.name,
-        command=args.command_argv or ["/bin/sh"], env=containers.parse_env(args.env), workdir=args.workdir,
+        command=args.command_argv or None, env=containers.parse_env(args.env), workdir=args.workdir,
+        entrypoint=args.entrypoint, user=args.user,
         memory=containers.parse_size(args.memory) if args.memory else None, cpus=args.cpus, pids=args.pids,
     )
+    if request.workdir is not None and not request.workdir.startswith("/"):
+        raise UsageError(f"-w {request.workdir!r} is not an absolute path", "write it like -w /app")
     if request.cpus is not None and request.cpus <= 0 or request.pids is not None and request.pids <= 0:
         raise UsageError("--cpus and --pids must be positive")
     return run_async(containers.run(load(args), request, args.detach, args.interactive, args.tty))
@@ -314,7 +350,7 @@ def print_table(header: list[str], rows: list[list]) -> None:
 
 
 COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "network": cmd_network, "ps": cmd_ps,
-            "run": cmd_run, "exec": cmd_exec, "logs": cmd_logs, "stop": cmd_stop, "rm": cmd_rm}
+            "run": cmd_run, "exec": cmd_exec, "logs": cmd_logs, "stop": cmd_stop, "rm": cmd_rm, "image": cmd_image}
 
 
 def split_command(argv: list[str]) -> tuple[list[str], list[str]]:

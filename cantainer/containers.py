@@ -7,21 +7,18 @@ and no shell command line built from user strings is involved.
 """
 from __future__ import annotations
 
-import secrets
 import sys
 from dataclasses import dataclass, field
 
 from cantainer import ssh
 from cantainer.client import SESSIONS, AgentClient, retrying
 from cantainer.errors import CantainerError
-from cantainer.images import resolve_image
+from cantainer.image_store import RunImage
 from cantainer.inventory import Host, Inventory
 from cantainer.ssh import HostError
 from cantainer.status import open_status_source
 from cantainer.terminal import stream_command
 from cantainer_agent import layout
-
-IMAGE_INCOMING = layout.image_incoming_dir()
 
 
 class ContainerNotFound(CantainerError):
@@ -34,9 +31,11 @@ class RunRequest:
     network: str
     image: str = "alpine"
     name: str | None = None
-    command: list[str] = field(default_factory=lambda: ["/bin/sh"])
-    env: dict[str, str] = field(default_factory=dict)
-    workdir: str = "/"
+    command: list[str] | None = None  # None: the image's (Entrypoint +) Cmd
+    env: dict[str, str] = field(default_factory=dict)  # over the image's Env
+    workdir: str | None = None  # None: the image's WorkingDir, else /
+    entrypoint: str | None = None  # replaces the image's Entrypoint (and drops its Cmd); "" clears it
+    user: str | None = None  # None: the image's User
     memory: int | None = None
     cpus: float | None = None
     pids: int | None = None
@@ -53,6 +52,7 @@ class HostSession:
         self.client = AgentClient(self.connection)
         hello = await self.client.call("hello")
         self.bundle = layout.bundle_dir(hello["bundle"])
+        self.machine = hello.get("machine")  # the host's uname -m: which platform of an image it runs
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -81,29 +81,21 @@ class HostSession:
         return [self.host.python, self.bundle, *args]
 
 
-async def ensure_image(session: HostSession, image) -> None:
-    if (await session.client.call("image.status", {"sha256": image.sha256}))["present"]:
-        return
-    staging = f"{IMAGE_INCOMING}/{image.sha256}.{secrets.token_hex(4)}.tar.gz"  # concurrent runs push separately
-    await session.connection.run(["install", "-d", "-m", "700", IMAGE_INCOMING])
-    await session.connection.write_file(staging, image.path.read_bytes(), 0o600)
-    await session.client.call("image.import", {"sha256": image.sha256, "path": staging}, timeout=120)
-
-
-def run_params(request: RunRequest, image, interactive: bool = False, use_tty: bool = False) -> dict:
+def run_params(request: RunRequest, image: RunImage, interactive: bool = False, use_tty: bool = False) -> dict:
     """The agent's `container.run` parameters for `request` (also used by bench/scale_bench.py)."""
-    return {"name": request.name, "network": request.network, "image": request.image,
-            "image_sha256": image.sha256, "command": request.command, "env": request.env,
-            "workdir": request.workdir, "interactive": interactive, "tty": use_tty,
+    return {"name": request.name, "network": request.network, "image": image.params(),
+            "command": request.command, "entrypoint": request.entrypoint, "env": request.env,
+            "workdir": request.workdir, "user": request.user, "interactive": interactive, "tty": use_tty,
             "limits": {k: v for k, v in (("memory", request.memory), ("cpus", request.cpus),
                                          ("pids", request.pids)) if v is not None}}
 
 
 async def run(inventory: Inventory, request: RunRequest, detach: bool, interactive: bool, use_tty: bool) -> int:
+    from cantainer import run_image
+
     host = inventory.host(request.host)
-    image = resolve_image(request.image, inventory.images)
     async with HostSession(host) as session:
-        await ensure_image(session, image)
+        image = await run_image.resolve(session, inventory, request.image)
         params = run_params(request, image, interactive, use_tty)
         created = await session.write("container.run", params, timeout=60)
         if detach:

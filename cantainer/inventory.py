@@ -20,7 +20,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
@@ -89,6 +89,18 @@ class ImageSource:
 
 
 @dataclass(frozen=True)
+class RegistrySettings:
+    """``[registries."HOST:PORT"]``: how to reach one registry. The password stays in its file and
+    is read only when a pull needs it."""
+
+    host: str
+    username: str | None = None
+    password_file: Path | None = None
+    insecure: bool = False  # plain HTTP, or HTTPS with a certificate nobody vouches for
+    pull: str = "workstation"  # or "hosts": every host pulls for itself
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     raft_port: int
@@ -104,6 +116,11 @@ class Inventory:
     cluster: Cluster
     hosts: tuple[Host, ...]
     images: dict[str, ImageSource]
+    registries: dict[str, RegistrySettings] = field(default_factory=dict)
+
+    def registry(self, host: str) -> RegistrySettings:
+        """The settings for registry *host* ("host[:port]"); defaults if the inventory has none."""
+        return self.registries.get(host) or RegistrySettings(host)
 
     def host(self, name: str) -> Host:
         """The host called ``name``; UnknownHostError (listing the known names) otherwise."""
@@ -137,6 +154,7 @@ def parse_inventory(text: str, path: Path) -> Inventory:
         cluster=_read_cluster(source, document.get("cluster", {})),
         hosts=_read_hosts(source, document.get("hosts"), ssh_defaults),
         images=_read_images(source, document.get("images", {})),
+        registries=_read_registries(source, document.get("registries", {})),
     )
 
 
@@ -565,7 +583,7 @@ def _image_url(source: _Source, key_path: KeyPath, value: str) -> str:
 
 # -------------------------------------------------------------------------------------- sections
 
-_TOP_LEVEL_KEYS = ("defaults", "cluster", "images", "hosts")
+_TOP_LEVEL_KEYS = ("defaults", "cluster", "images", "registries", "hosts")
 
 _SSH_FIELDS = {
     "user": _Field((str,), '"root"', _user_name),
@@ -622,6 +640,21 @@ _IMAGE_FIELDS = {
 IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
+def _pull_mode(source: _Source, key_path: KeyPath, value: str) -> str:
+    if value not in ("workstation", "hosts"):
+        raise source.error(key_path, f"{_quote(value)} is not a pull mode",
+                           'use "workstation" (pull here, push layers over SSH) or "hosts" (each host pulls)')
+    return value
+
+
+_REGISTRY_FIELDS = {
+    "username": _Field((str,), '"deploy"', _unchanged),
+    "password_file": _Field((str,), '"~/.config/cantainer/registry.password"', _existing_file),
+    "insecure": _Field((bool,), "true", _unchanged),
+    "pull": _Field((str,), '"hosts"', _pull_mode),
+}
+
+
 def _read_ssh_defaults(source: _Source, value: Any) -> dict[str, Any]:
     return {**_BUILTIN_SSH_DEFAULTS, **_read_table(source, ("defaults",), value, _SSH_FIELDS)}
 
@@ -664,6 +697,24 @@ def _read_image(source: _Source, name: str, entry: Any) -> ImageSource:
         raise source.error((*key_path, "sha256"), "missing; every image is pinned by its digest",
                            "add sha256 = \"...\"; compute it with: sha256sum FILE")
     return ImageSource(name=name, sha256=given["sha256"], path=given.get("path"), url=given.get("url"))
+
+
+def _read_registries(source: _Source, value: Any) -> dict[str, RegistrySettings]:
+    from cantainer_agent.images.reference import HOST_RE
+
+    out = {}
+    for host, entry in _table(source, ("registries",), value).items():
+        key_path: KeyPath = ("registries", host)
+        if not HOST_RE.fullmatch(host) or ("." not in host and ":" not in host and host != "localhost"):
+            raise source.error(key_path, f"{_quote(host)} is not a registry host",
+                               'name it as image references do: [registries."registry.example.org:5000"]')
+        given = _read_table(source, key_path, entry, _REGISTRY_FIELDS)
+        if ("username" in given) != ("password_file" in given):
+            missing = "password_file" if "username" in given else "username"
+            raise source.error((*key_path, missing), "missing; credentials need a username and a password_file",
+                               f"add {missing} = {_REGISTRY_FIELDS[missing].example}")
+        out[host] = RegistrySettings(host, **given)
+    return out
 
 
 def _read_hosts(source: _Source, value: Any, ssh_defaults: Mapping[str, Any]) -> tuple[Host, ...]:

@@ -98,8 +98,9 @@ class Connection:
             raise RemoteCommandError(self.host.name, argv, status, out.stderr)
         return out
 
-    async def write_file(self, path: str, data: bytes, mode: int) -> None:
-        """Write `data` to `path` atomically (temp file + rename), with `mode` set before any byte lands."""
+    async def write_file(self, path: str, data: bytes | Path, mode: int) -> None:
+        """Write `data` (bytes, or a local file's content, streamed) to `path` atomically (temp file +
+        rename), with `mode` set before any byte lands."""
         if self.needs_sudo:
             # SFTP runs as the login user; stage in a private temp dir and let sudo install it.
             staging = f"/tmp/.cantainer-{secrets.token_hex(8)}"
@@ -119,12 +120,17 @@ class Connection:
             self._sftp = await self._conn.start_sftp_client()
         return self._sftp
 
-    async def _put(self, path: str, data: bytes, mode: int) -> None:
+    async def _put(self, path: str, data: bytes | Path, mode: int) -> None:
         try:
             sftp = await self._sftp_client()
             attrs = asyncssh.SFTPAttrs(permissions=mode)
             async with sftp.open(path, "wb", attrs) as remote:
-                await remote.write(data)
+                if isinstance(data, Path):
+                    with open(data, "rb") as local:
+                        for block in iter(lambda: local.read(1 << 20), b""):
+                            await remote.write(block)
+                else:
+                    await remote.write(data)
             await sftp.chmod(path, mode)
         except (asyncssh.SFTPError, asyncssh.Error, OSError) as error:
             raise HostError(self.host.name, f"cannot write {path}: {getattr(error, 'reason', None) or error}") from None

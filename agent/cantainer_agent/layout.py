@@ -16,6 +16,7 @@ LOG_DIR = "/var/log/cantainer"     # agent.log
 
 CONFIG_FILE = f"{CONFIG_DIR}/agent.json"
 SECRET_FILE = f"{CONFIG_DIR}/secret"
+REGISTRIES_NAME = "registries"  # beside the secret: credentials of registries hosts pull from (0600)
 BUNDLES_DIR = f"{DATA_DIR}/bundles"
 MEMBERS_FILE = f"{DATA_DIR}/members.json"  # the agent's record of raft membership: "has state"
 SOCKET_PATH = f"{RUN_DIR}/agent.sock"
@@ -34,7 +35,7 @@ TERM_NAME = "raft.term"
 DUMP_NAME = "raft.dump"
 IMAGES_NAME = "images"
 CONTAINERS_NAME = "containers"
-INCOMING_NAME = "incoming"  # images/incoming: where the workstation stages image tarballs
+INCOMING_NAME = "incoming"  # images/incoming: where the workstation stages layer blobs
 
 # Defaults of the cluster settings (inventory [cluster] and the agent config share them).
 RAFT_PORT = 7480
@@ -64,3 +65,8 @@ def containers_state_dir(data_dir: str = DATA_DIR) -> str:
 
 def containers_run_dir(run_dir: str = RUN_DIR) -> str:
     return os.path.join(run_dir, CONTAINERS_NAME)
+
+
+def registry_auth_file(registry: str, config_dir: str = CONFIG_DIR) -> str:
+    """Where a host keeps the credentials of *registry* ("host:port") for ``pull = "hosts"``."""
+    return os.path.join(config_dir, REGISTRIES_NAME, registry.replace(":", "_") + ".json")

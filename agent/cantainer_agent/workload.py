@@ -1,4 +1,4 @@
-"""This host's containers: the runtime, its image store and the set of starts/removals in flight.
+"""This host's containers: the runtime, its layer store and the set of starts/removals in flight.
 
 Shared by the API handlers (api/containers.py, api/images.py), which start and remove containers
 on request, and the containers controller (controllers/containers.py), which reconciles the rest.
@@ -25,7 +25,7 @@ from .config import AgentConfig
 from .consensus import RaftError, RaftNode
 from .consensus.writes import Session, replicate
 from .overlay import EndpointSpec, KernelGuard, NetworkSpec, attach_container, detach_container, overlay_mtu
-from .runtime import ContainerError, ContainerInfo, ContainerNotFound, ContainerSpec, ImageStore, Runtime
+from .runtime import ContainerError, ContainerInfo, ContainerNotFound, ContainerSpec, LayerStore, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,15 @@ class Workload:
         self.cfg = cfg
         self._guard = guard
         self._underlay_mtu = underlay_mtu
-        self.images = ImageStore(layout.images_dir(cfg.data_dir))
+        self.images = LayerStore(layout.images_dir(cfg.data_dir))
         self.runtime = Runtime(state_dir=layout.containers_state_dir(cfg.data_dir),
                                run_dir=layout.containers_run_dir(cfg.run_dir), on_exit=lambda _info: trigger())
         self._in_flight: collections.Counter[str] = collections.Counter()
         self._in_flight_lock = threading.Condition()
-        self.import_lock = threading.Lock()  # concurrent `run`s may push the same image at once
+        # Held while layers are imported, pruned, or picked as a container's lower dirs; the dirs
+        # of starts in flight stay pinned until the container's record on disk names them.
+        self.image_lock = threading.RLock()
+        self._pinned: dict[str, int] = {}
 
     def close(self) -> None:
         self.runtime.close()  # stops the fork server only: containers keep running
@@ -84,19 +87,42 @@ class Workload:
             self._in_flight_lock.wait_for(lambda: container_id not in self._in_flight, timeout)
 
     # -- start / remove ---------------------------------------------------------------------------
-    def start(self, record: dict, vni: int, sha256: str, rootfs: str, tty: bool = False,
+    def start(self, record: dict, vni: int, image_id: str, lowers: list[str], tty: bool = False,
               stdin: bool = False) -> ContainerInfo:
-        """Start the container of *record* with its veth attached before its command runs.
-        *tty*/*stdin* (run -t/-i): the container waits briefly for `attach` (runtime/supervisor.py)."""
+        """Start the container of *record* on the layer dirs *lowers* (bottom first) with its veth
+        attached before its command runs. *tty*/*stdin* (run -t/-i): the container waits briefly
+        for `attach` (runtime/supervisor.py)."""
         network = NetworkSpec(record["network"], vni)
         endpoint = EndpointSpec(record["id"], record["network"], record["ip"], record["host"], self.cfg.address)
         mtu = overlay_mtu(self._underlay_mtu())
-        spec = ContainerSpec(id=record["id"], name=record["name"], image=sha256, command=record["command"],
+        spec = ContainerSpec(id=record["id"], name=record["name"], image=image_id, command=record["command"],
                              env=record["env"], workdir=record["workdir"], limits=record["limits"],
-                             hosts=[(record["ip"], (record["name"],))], resolv_conf="", tty=tty, stdin=stdin)
+                             hosts=[(record["ip"], (record["name"],))], resolv_conf="", tty=tty, stdin=stdin,
+                             user=record.get("user", ""), stop_signal=record.get("stop_signal", 15))
         return self.runtime.start(
-            spec, rootfs, before_exec=lambda pid: attach_container(pid, endpoint, network, mtu, guard=self._guard)
+            spec, lowers, before_exec=lambda pid: attach_container(pid, endpoint, network, mtu, guard=self._guard)
         )
+
+    @contextlib.contextmanager
+    def image_layers(self, diff_ids: list[str]) -> Iterator[list[str]]:
+        """The lower dirs of an image with these layers, safe from `prune` until the block ends."""
+        with self.image_lock:
+            lowers = self.images.lower_dirs(diff_ids)
+            for path in lowers:
+                self._pinned[path] = self._pinned.get(path, 0) + 1
+        try:
+            yield lowers
+        finally:
+            with self.image_lock:
+                for path in lowers:
+                    self._pinned[path] -= 1
+                    if not self._pinned[path]:
+                        del self._pinned[path]
+
+    def prune_images(self) -> list[str]:
+        """Remove the layers no container of this host uses (whatever its state)."""
+        with self.image_lock:
+            return self.images.prune(self.runtime.lower_dirs_in_use() | set(self._pinned))
 
     def remove_local(self, container_id: str, force: bool = True) -> None:
         """Remove the container and its veth from this host (nothing replicated)."""

@@ -1,7 +1,9 @@
 """Container methods of the agent API.
 
-``container.run {name?, network, image, image_sha256, command, env, workdir, limits, tty?, interactive?}``
-    -> ``{name, id, ip, host, network}`` (on the host that runs it)
+``container.run {name?, network, image: {reference, digest, layers, config}, command?, entrypoint?, env,
+workdir?, user?, limits, tty?, interactive?}`` -> ``{name, id, ip, host, network, image_digest}`` (on the
+    host that runs it; the layers must be here: image.import / image.pull). The image's config and
+    the options merge docker's way (images/config.effective) before anything is recorded.
 ``container.stop {name, timeout}`` -> ``{name, state, exit_code}``;  ``container.rm {name, force}`` -> ``{removed}``
 ``container.ps`` -> ``[{name, id, host, network, ip, mac, image, command, state, exit_code, …}]`` (any node)
 
@@ -12,6 +14,7 @@ whose first attempt removed the container is answered "removed", not "not found"
 """
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from contextlib import nullcontext
@@ -22,8 +25,11 @@ from ..cluster.state import check_container_name
 from ..cluster.views import container_view
 from ..consensus import RaftNode
 from ..consensus.writes import Session, replicate
+from ..images.config import ImageConfig, effective
+from ..images.errors import ImageSourceError
+from ..images.reference import DIGEST_RE
 from ..overlay import OverlayError
-from ..runtime import ContainerError, ContainerNotFound, ContainerSpec
+from ..runtime import ContainerError, ContainerNotFound, ContainerSpec, ImageNotFound
 from ..workload import Workload
 from .errors import raft_of, rejected
 from .requests import Reads, session_of
@@ -49,37 +55,60 @@ class ContainerHandlers:
         raft = raft_of(self._get_raft)
         session = session_of(params, "container.run")
         name = params.get("name") or f"c-{secrets.token_hex(3)}"
-        sha256 = params.get("image_sha256", "")
         check_container_name(name)
-        rootfs = self._workload.images.rootfs_path(sha256)
+        image = params.get("image")
+        if not isinstance(image, dict):
+            raise rejected("image must be an object {reference, digest, layers, config}")
+        reference, digest = str(image.get("reference") or ""), image.get("digest")
+        if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
+            raise rejected(f"image digest {digest!r} is not sha256: and 64 hex digits")
+        layers = image.get("layers")
+        if not isinstance(layers, list) or not layers or not all(isinstance(d, str) for d in layers):
+            raise rejected("image layers must be a non-empty list of diff_ids")
+        try:
+            config = ImageConfig.from_dict(image.get("config") or {})
+            if config.diff_ids and list(config.diff_ids) != layers:
+                raise rejected(f"image {reference}: the layers do not match its config's diff_ids")
+            wanted = effective(config, command=params.get("command") or None, entrypoint=params.get("entrypoint"),
+                               env=params.get("env") or {}, workdir=params.get("workdir") or None,
+                               user=params.get("user"), image=f"image {reference or digest[:19]}")
+        except ImageSourceError as error:
+            raise rejected(str(error)) from None
+        env = dict(wanted.env)
         # Validate the whole spec before anything is recorded in the cluster.
-        ContainerSpec(id="probe", name=name, image=sha256, command=params.get("command") or ["/bin/sh"],
-                      env=params.get("env") or {}, workdir=params.get("workdir") or "/",
-                      limits=params.get("limits") or {})
+        ContainerSpec(id="probe", name=name, image=digest[7:], command=wanted.argv, env=env, workdir=wanted.workdir,
+                      limits=params.get("limits") or {}, user=wanted.user, stop_signal=wanted.stop_signal)
         container_id = secrets.token_hex(6)
-        # in flight before the record exists, so the controller never sees it half-made
-        with self._workload.in_flight(container_id):
-            record = replicate(raft, "create_container", {"spec": {
-                "name": name, "id": container_id, "host": self._node, "network": params.get("network"),
-                "image": params.get("image") or sha256[:12], "command": params.get("command") or ["/bin/sh"],
-                "env": params.get("env") or {}, "workdir": params.get("workdir") or "/",
-                "limits": params.get("limits") or {}}, "ts": time.time()}, session)
-            retried = record["id"] != container_id  # the record of this request's first attempt
-            if retried:
-                self._workload.wait_not_in_flight(record["id"], RETRY_WAIT)  # the first attempt may still start it
-            with self._workload.in_flight(record["id"]) if retried else nullcontext():
-                info = self._started_before(record["id"]) if retried else None
-                if info is None:
-                    info = self._start(raft, record, sha256, rootfs, params, session)
+        with contextlib.ExitStack() as pinned:
+            try:  # the layers stay out of a concurrent prune's reach until the container is on disk
+                lowers = pinned.enter_context(self._workload.image_layers(layers))
+            except ImageNotFound as error:
+                raise rejected(f"image {reference}: {error} — run again to push it") from None
+            # in flight before the record exists, so the controller never sees it half-made
+            with self._workload.in_flight(container_id):
+                record = replicate(raft, "create_container", {"spec": {
+                    "name": name, "id": container_id, "host": self._node, "network": params.get("network"),
+                    "image": reference or digest[:19], "image_digest": digest, "command": list(wanted.argv),
+                    "env": env, "workdir": wanted.workdir, "user": wanted.user, "stop_signal": wanted.stop_signal,
+                    "ports": list(wanted.exposed_ports), "limits": params.get("limits") or {}},
+                    "ts": time.time()}, session)
+                retried = record["id"] != container_id  # the record of this request's first attempt
+                if retried:
+                    self._workload.wait_not_in_flight(record["id"], RETRY_WAIT)  # the first attempt may still start it
+                with self._workload.in_flight(record["id"]) if retried else nullcontext():
+                    info = self._started_before(record["id"]) if retried else None
+                    if info is None:
+                        info = self._start(raft, record, digest[7:], lowers, params, session)
         self._workload.report(raft, record, info, session)
         self._trigger()
         return {"name": record["name"], "id": record["id"], "ip": record["ip"], "host": record["host"],
-                "network": record["network"]}
+                "network": record["network"], "image_digest": record.get("image_digest") or digest}
 
-    def _start(self, raft: RaftNode, record: dict, sha256: str, rootfs: str, params: dict, session: Session):
+    def _start(self, raft: RaftNode, record: dict, image_id: str, lowers: list[str], params: dict,
+               session: Session):
         vni = raft.snapshot()["state"]["networks"][record["network"]]["vni"]
         try:
-            return self._workload.start(record, vni, sha256, rootfs, tty=bool(params.get("tty")),
+            return self._workload.start(record, vni, image_id, lowers, tty=bool(params.get("tty")),
                                         stdin=bool(params.get("interactive")))
         except (ContainerError, OverlayError, OSError) as error:
             self._workload.undo_create(raft, record, session)

@@ -1,6 +1,6 @@
 """``hello``, ``status`` and ``stop``.
 
-``hello``  -> ``{"agent_version", "protocol", "node", "cluster", "pid", "bundle"}``
+``hello``  -> ``{"agent_version", "protocol", "node", "cluster", "pid", "bundle", "machine"}`` (uname -m)
 ``status {consistency?}`` -> ``{"node", "cluster", "leader": name|null, "term", "commit_index",
               "raft": {...}, "nodes": [...], "networks": [...], "containers": [...], "consistency"}``
               (cluster/views.build_status; linearizable unless ``consistency: stale``)
@@ -24,7 +24,7 @@ def handlers(cfg: AgentConfig, get_raft: Callable[[], RaftNode | None], stop: Ca
              reads: Reads) -> dict[str, Callable[[dict], object]]:
     def hello(_params: dict) -> dict:
         return {"agent_version": __version__, "protocol": protocol.PROTOCOL_VERSION, "node": cfg.node,
-                "cluster": cfg.cluster, "pid": os.getpid(), "bundle": cfg.bundle}
+                "cluster": cfg.cluster, "pid": os.getpid(), "bundle": cfg.bundle, "machine": os.uname().machine}
 
     def status(params: dict) -> dict:
         raft = get_raft()

@@ -7,7 +7,8 @@ refused command raises ``StateError`` and changes nothing. The state pickles to 
 
     nodes:      {name: {address, raft_addr, join_addr, version, bundle, heartbeat, joined_at, overlay?}}
     networks:   {cidr: {cidr, vni, created_at, ips: {ip: container name}}}
-    containers: {name: {name, id, host, network, ip, mac, image, command, env, workdir, limits,
+    containers: {name: {name, id, host, network, ip, mac, image, image_digest, command, env, workdir, user,
+                        stop_signal, ports, limits,
                         created_at, desired: running|stopped,
                         observed: {state, exit_code, pid, started_at, finished_at, reason, reported_at}}}
 """
@@ -236,12 +237,17 @@ class ClusterState:
         # Validate everything before the first mutation: a refused command changes nothing.
         checked = {
             "id": _check_str("id", spec.get("id"), 64),
-            "image": _check_str("image", spec.get("image"), 128),
+            "image": _check_str("image", spec.get("image"), 512),
             "command": _check_str_list("command", spec.get("command")),
             "env": _check_env(spec.get("env", {})),
             "workdir": _check_str("workdir", spec.get("workdir", "/"), 1024),
             "limits": _check_limits(spec.get("limits", {})),
             "created_at": _check_ts("ts", ts),
+            # the image as `run` resolved it (a tag is resolved once) and what its config contributes
+            "image_digest": _check_str("image_digest", spec.get("image_digest", ""), 128),
+            "user": _check_str("user", spec.get("user", ""), 256),
+            "stop_signal": _check_signal(spec.get("stop_signal", 15)),
+            "ports": _check_str_list("ports", spec.get("ports", []), allow_empty=True),
         }
         network = self.apply_create_network(spec.get("network"), ts)
         record = self.networks[network["cidr"]]
@@ -259,6 +265,10 @@ class ClusterState:
             "env": checked["env"],
             "workdir": checked["workdir"],
             "limits": checked["limits"],
+            "image_digest": checked["image_digest"],
+            "user": checked["user"],
+            "stop_signal": checked["stop_signal"],
+            "ports": checked["ports"],
             "created_at": checked["created_at"],
             "desired": "running",
             "observed": {"state": "created", "exit_code": None, "pid": None, "started_at": None,
@@ -352,10 +362,16 @@ def _network_view(record: dict) -> dict:
             "containers": len(record["ips"])}
 
 
-def _check_str_list(key: str, value: Any) -> list[str]:
-    if not isinstance(value, list) or not value or len(value) > 256:
-        raise StateError(f"{key} must be a non-empty list of at most 256 strings")
+def _check_str_list(key: str, value: Any, allow_empty: bool = False) -> list[str]:
+    if not isinstance(value, list) or not (value or allow_empty) or len(value) > 256:
+        raise StateError(f"{key} must be a {'' if allow_empty else 'non-empty '}list of at most 256 strings")
     return [_check_str(key, item, 4096) for item in value]
+
+
+def _check_signal(value: Any) -> int:
+    if type(value) is not int or not 1 <= value <= 64:
+        raise StateError(f"stop_signal {value!r} must be a signal number from 1 to 64")
+    return value
 
 
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")

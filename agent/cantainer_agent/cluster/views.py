@@ -8,7 +8,9 @@ def container_view(record: dict) -> dict:
     observed = record.get("observed", {})
     return {
         "name": record["name"], "id": record["id"], "host": record["host"], "network": record["network"],
-        "ip": record["ip"], "mac": record["mac"], "image": record["image"], "command": record["command"],
+        "ip": record["ip"], "mac": record["mac"], "image": record["image"],
+        "image_digest": record.get("image_digest") or None, "user": record.get("user", ""),
+        "ports": record.get("ports", []), "command": record["command"],
         "desired": record["desired"], "state": observed.get("state", "unknown"),
         "exit_code": observed.get("exit_code"), "reason": observed.get("reason"),
         "started_at": observed.get("started_at"), "finished_at": observed.get("finished_at"),

@@ -16,6 +16,10 @@ class RegistryError(ImageSourceError):
     """The registry could not be reached or answered with an error."""
 
 
+class Unreachable(RegistryError):
+    """No connection to the registry at all (refused, no route, name not known, timeout)."""
+
+
 class AuthError(RegistryError):
     pass
 

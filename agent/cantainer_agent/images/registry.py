@@ -22,7 +22,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from .config import ImageConfig
-from .errors import AuthError, DigestMismatch, ImageSourceError, NotFoundError, RegistryError
+from .errors import AuthError, DigestMismatch, ImageSourceError, NotFoundError, RegistryError, Unreachable
 from .manifest import ACCEPT, MAX_CONFIG, MAX_MANIFEST, Index, Manifest, Platform, check_digest, choose, parse
 from .reference import DIGEST_RE, Reference
 
@@ -127,7 +127,7 @@ class RegistryClient:
             try:
                 response = self._open(url, headers)
             except _Unreachable as error:
-                raise RegistryError(f"registry {self.registry} is unreachable: {error.reason}") from None
+                raise Unreachable(f"registry {self.registry} is unreachable: {error.reason}") from None
             if response.status != 401:
                 return response
             challenge = response.getheader("WWW-Authenticate") or ""

@@ -531,21 +531,25 @@ class LayerStore:
                 continue
         return out
 
-    def prune(self, in_use: set[str]) -> list[str]:
-        """Remove every layer and flattened copy whose directory is not in *in_use* (the lower dirs of
-        this host's containers); returns the removed diff_ids. Layers a kept flattened copy was made of
-        stay: they are the data its hard links share."""
-        removed = []
-        keep = set(in_use)
+    def layers_in_use(self, lower_dirs: set[str]) -> set[str]:
+        """diff_ids of the layers behind *lower_dirs* (containers' lower dirs, flattened or not)."""
+        used = {f"sha256:{os.path.basename(os.path.dirname(p))}" for p in lower_dirs
+                if os.path.dirname(os.path.dirname(p)) == os.path.join(self.root, "layers")}
         for fs, layers in self.flattened().items():
-            if fs in in_use:
-                keep.update(self.path(d) for d in layers if self.has(d))
-            else:
+            if fs in lower_dirs:
+                used.update(layers)  # the data its hard links share
+        return used
+
+    def prune(self, in_use: set[str]) -> list[str]:
+        """Remove every layer and flattened copy not behind *in_use* (the lower dirs of this host's
+        containers); returns the removed diff_ids."""
+        keep = self.layers_in_use(in_use)
+        for fs in self.flattened():
+            if fs not in in_use:
                 self._remove_dir(os.path.dirname(fs))
-        for diff_id in self.list():
-            if self.path(diff_id) not in keep:
-                self._remove_dir(self._dir(diff_id))
-                removed.append(diff_id)
+        removed = [d for d in self.list() if d not in keep]
+        for diff_id in removed:
+            self._remove_dir(self._dir(diff_id))
         return removed
 
     def remove(self, diff_id: str) -> None:

@@ -58,8 +58,10 @@ def test_allocation_is_lowest_free_and_skips_network_and_broadcast():
     assert state.apply_create_container(spec("c9"), 3.0)["ip"] == "10.0.0.2"  # released address reused
 
 
-@pytest.mark.parametrize("bad", [{"image": "x" * 129}, {"env": {"A B": "1"}}, {"command": []}, {"limits": {"gpu": 1}}],
-                         ids=["image label too long", "bad env name", "empty command", "unknown limit"])
+@pytest.mark.parametrize("bad", [{"image": "x" * 513}, {"env": {"A B": "1"}}, {"command": []}, {"limits": {"gpu": 1}},
+                                 {"stop_signal": 99}, {"ports": "80/tcp"}],
+                         ids=["image label too long", "bad env name", "empty command", "unknown limit",
+                              "bad stop signal", "ports not a list"])
 def test_a_refused_container_creates_no_network_and_takes_no_address(bad):
     state = state_with_nodes("h1")
     before = state.to_dict()

@@ -1,0 +1,165 @@
+"""Test images, built for real with Debian's `umoci` and pushed with `skopeo`.
+
+``build_layout(dir)`` makes an OCI layout holding:
+
+* ``app`` — 3 layers (~10 MB): the Alpine minirootfs; a layer that deletes /etc/motd through a
+  whiteout, makes /etc/apk opaque, adds a user ``web`` (uid 1000, in group ``www-data``) and an
+  entrypoint script; a layer adding Debian's busybox-static as a web server with a page. Config:
+  Entrypoint ``/app/entry.sh``, Cmd busybox httpd on 8080, Env, WorkingDir /srv/www, User web,
+  ExposedPorts 8080/tcp, StopSignal SIGUSR1;
+* ``multi`` — an OCI index for linux/amd64, linux/arm64 and linux/arm/v7 (each the Alpine layer and
+  a marker file /platform naming its platform; the arm ones are only labelled so).
+
+``push(layout, tag, registry_host, repo, …)`` copies a tag to a registry (``--all`` for an index,
+``v2s2`` for Docker schema-2 media types); ``docker_archive`` writes a ``docker save`` archive.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+ALPINE = Path("/work/shared/images/alpine-minirootfs-3.20.3-x86_64.tar.gz")
+BUSYBOX_STATIC = Path("/bin/busybox")  # Debian's busybox-static
+ENTRY = b"""#!/bin/sh
+echo "entry: args=$* uid=$(id -u) gid=$(id -g) groups=$(id -G) pwd=$(pwd) greeting=$GREETING home=$HOME"
+exec "$@"
+"""
+
+
+def run(*argv: str) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(argv)}: {result.stderr}"
+    return result.stdout
+
+
+def _member(name: str, data: bytes | None = None, mode: int = 0o644, kind: bytes = tarfile.REGTYPE,
+            link: str = "", uid: int = 0, gid: int = 0) -> tuple[tarfile.TarInfo, io.BytesIO | None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname, info.uid, info.gid, info.mtime = kind, mode, link, uid, gid, 1_700_000_000
+    info.size = len(data) if data is not None else 0
+    return info, io.BytesIO(data) if data is not None else None
+
+
+def _tar(path: Path, members) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for info, data in members:
+            tar.addfile(info, data)
+    return path
+
+
+def _alpine_file(name: str) -> bytes:
+    with tarfile.open(ALPINE) as tar:
+        return tar.extractfile(name).read()
+
+
+def layers(work: Path) -> list[Path]:
+    """The three layers of ``app`` as plain tars."""
+    base = work / "l1-alpine.tar"
+    base.write_bytes(gzip.decompress(ALPINE.read_bytes()))
+    passwd = _alpine_file("./etc/passwd") + b"web:x:1000:1000:web:/home/web:/bin/sh\n"
+    group = _alpine_file("./etc/group").replace(b"www-data:x:82:", b"www-data:x:82:web") + b"web:x:1000:\n"
+    second = _tar(work / "l2-config.tar", [
+        _member("etc/", mode=0o755, kind=tarfile.DIRTYPE),
+        _member("etc/.wh.motd"),
+        _member("etc/passwd", passwd), _member("etc/group", group),
+        _member("etc/apk/", mode=0o755, kind=tarfile.DIRTYPE),
+        _member("etc/apk/.wh..wh..opq"), _member("etc/apk/only-this", b"opaque\n"),
+        _member("home/", mode=0o755, kind=tarfile.DIRTYPE),
+        _member("home/web/", mode=0o700, kind=tarfile.DIRTYPE, uid=1000, gid=1000),
+        _member("app/", mode=0o755, kind=tarfile.DIRTYPE),
+        _member("app/entry.sh", ENTRY, mode=0o755),
+    ])
+    third = _tar(work / "l3-httpd.tar", [
+        _member("usr/", mode=0o755, kind=tarfile.DIRTYPE), _member("usr/local/", mode=0o755, kind=tarfile.DIRTYPE),
+        _member("usr/local/bin/", mode=0o755, kind=tarfile.DIRTYPE),
+        _member("usr/local/bin/busybox", BUSYBOX_STATIC.read_bytes(), mode=0o755),
+        _member("srv/", mode=0o755, kind=tarfile.DIRTYPE), _member("srv/www/", mode=0o755, kind=tarfile.DIRTYPE),
+        _member("srv/www/index.html", b"served by busybox-static in a layered image\n"),
+    ])
+    return [base, second, third]
+
+
+def _add_layers(layout: Path, tag: str, tars: list[Path]) -> None:
+    run("umoci", "new", "--image", f"{layout}:{tag}")
+    for tar in tars:
+        run("umoci", "raw", "add-layer", "--image", f"{layout}:{tag}", str(tar))
+
+
+def _blob(layout: Path, digest: str) -> bytes:
+    return (layout / "blobs" / "sha256" / digest[7:]).read_bytes()
+
+
+def _descriptor(layout: Path, tag: str) -> dict:
+    index = json.loads((layout / "index.json").read_text())
+    return next(m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name")
+                == tag)
+
+
+def build_layout(work: Path) -> Path:
+    """An OCI layout with the tags ``app`` and ``multi`` (see the module docstring)."""
+    work.mkdir(parents=True, exist_ok=True)
+    layout = work / "layout"
+    if layout.exists():
+        shutil.rmtree(layout)
+    run("umoci", "init", "--layout", str(layout))
+    tars = layers(work)
+    _add_layers(layout, "app", tars)
+    run("umoci", "config", "--image", f"{layout}:app", "--config.entrypoint", "/app/entry.sh",
+        "--config.cmd", "/usr/local/bin/busybox", "--config.cmd", "httpd", "--config.cmd", "-f",
+        "--config.cmd", "-p", "--config.cmd", "8080", "--config.env", "GREETING=hello-from-image",
+        "--config.env", "PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "--config.workingdir", "/srv/www",
+        "--config.user", "web", "--config.exposedports", "8080/tcp", "--config.stopsignal", "SIGUSR1")
+    platforms = [("amd64", None), ("arm64", None), ("arm", "v7")]
+    entries = []
+    for arch, variant in platforms:
+        label = f"linux/{arch}" + (f"/{variant}" if variant else "")
+        tag = f"p-{arch}{variant or ''}"
+        marker = _tar(work / f"marker-{arch}{variant or ''}.tar", [_member("platform", label.encode() + b"\n")])
+        _add_layers(layout, tag, [tars[0], marker])
+        run("umoci", "config", "--image", f"{layout}:{tag}", "--architecture", arch, "--config.cmd", "/bin/sh")
+        descriptor = _descriptor(layout, tag)
+        platform = {"architecture": arch, "os": "linux", **({"variant": variant} if variant else {})}
+        entries.append({"mediaType": descriptor["mediaType"], "digest": descriptor["digest"],
+                        "size": descriptor["size"], "platform": platform})
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": entries}).encode()
+    digest = "sha256:" + hashlib.sha256(index).hexdigest()
+    (layout / "blobs" / "sha256" / digest[7:]).write_bytes(index)
+    top = json.loads((layout / "index.json").read_text())
+    top["manifests"].append({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest,
+                             "size": len(index), "annotations": {"org.opencontainers.image.ref.name": "multi"}})
+    (layout / "index.json").write_text(json.dumps(top))
+    return layout
+
+
+def push(layout: Path, tag: str, registry: str, repository: str, *, all_platforms: bool = False,
+         docker_format: bool = False, creds: tuple[str, str] | None = None) -> str:
+    """Copy ``layout:tag`` to ``registry/repository:tag`` over plain HTTP; returns the pushed digest."""
+    digest_file = layout.parent / f"{repository.replace('/', '_')}-{tag}.digest"
+    argv = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--digestfile", str(digest_file)]
+    if all_platforms:
+        argv.append("--all")
+    if docker_format:
+        argv += ["--format", "v2s2"]
+    if creds:
+        argv += ["--dest-creds", f"{creds[0]}:{creds[1]}"]
+    run(*argv, f"oci:{layout}:{tag}", f"docker://{registry}/{repository}:{tag}")
+    return digest_file.read_text().strip()
+
+
+def docker_archive(layout: Path, tag: str, path: Path, name: str) -> Path:
+    """A `docker save`-format archive of ``layout:tag`` named *name* (``repo:tag``)."""
+    if path.exists():
+        path.unlink()
+    run("skopeo", "copy", "--quiet", f"oci:{layout}:{tag}", f"docker-archive:{path}:{name}")
+    return path
+
+
+def manifest_of(layout: Path, tag: str) -> dict:
+    return json.loads(_blob(layout, _descriptor(layout, tag)["digest"]))
