@@ -3,8 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 # What the lab and the tests need from the OS: sshd for lab hosts, busybox for the offline rootfs,
-# iproute2/ping/iperf3 for checks and benchmarks, util-linux for unshare/nsenter.
-APT_PACKAGES := openssh-server openssh-client busybox-static iproute2 iputils-ping iperf3 python3-venv util-linux procps tmux
+# iproute2/ping/iperf3 for checks and benchmarks, util-linux for unshare/nsenter; umoci/skopeo build
+# and push test images, apache2-utils' htpasswd protects a test registry.
+APT_PACKAGES := openssh-server openssh-client busybox-static iproute2 iputils-ping iperf3 python3-venv util-linux procps tmux \
+                skopeo umoci apache2-utils
+# The test registry: Debian's docker-registry, unpacked into the venv rather than installed, because
+# installing it starts (and enables at boot) a registry listening on every address.
+REGISTRY := $(VENV)/tools/usr/bin/docker-registry
 NEEDS_ROOT = @if [ "$$(id -u)" != 0 ]; then echo "make $@ needs root (it installs packages and creates namespaces) — run: sudo make $@" >&2; exit 1; fi
 
 .PHONY: setup demo test test-unit lint clean-labs bench
@@ -22,6 +27,9 @@ $(VENV)/.installed: pyproject.toml
 	fi
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	@[ -x $(REGISTRY) ] || (tmp=$$(mktemp -d) && cd $$tmp && \
+	    (apt-get download -qq docker-registry 2>/dev/null || (apt-get update -qq && apt-get download -qq docker-registry)) && \
+	    dpkg-deb -x docker-registry_*.deb $(CURDIR)/$(VENV)/tools; status=$$?; rm -rf $$tmp; exit $$status)
 	@touch $@
 
 demo: setup

@@ -51,7 +51,7 @@ def cmd_pull(args: argparse.Namespace, load: Callable) -> int:
         reference = parse_reference(args.reference)
         platform = Platform.parse(args.platform) if args.platform else host_platform()
     except ImageSourceError as error:
-        raise UsageError(str(error), "write it as HOST[:PORT]/REPO[:TAG] (and --platform linux/arm64)") from None
+        raise UsageError(str(error), "e.g. registry.example.org:5000/team/app:1.0 --platform linux/arm64") from None
     inventory = _maybe_inventory(args, load)
     settings = inventory.registry(reference.registry) if inventory else None
     if settings is None:

@@ -78,7 +78,7 @@ def parse_reference(text: str) -> Reference:
     if not isinstance(text, str) or not text or len(text) > MAX_NAME + 200 or text != text.strip():
         raise BadReference(f"image {text!r} is not a valid reference")
     if not looks_like_registry(text):
-        raise BadReference(f"image {text!r} names no registry — write HOST[:PORT]/REPO[:TAG]")
+        raise BadReference(f"image {text!r} names no registry (HOST[:PORT]/REPO[:TAG])")
     name, tag, digest = _split(text)
     registry, _, repository = name.partition("/")
     if not HOST_RE.fullmatch(registry):

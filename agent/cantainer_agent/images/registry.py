@@ -127,6 +127,10 @@ class RegistryClient:
             try:
                 response = self._open(url, headers)
             except _Unreachable as error:
+                if isinstance(error.error, ssl.SSLError):
+                    raise Unreachable(f"registry {self.registry} is unreachable over HTTPS ({error.reason}) — "
+                                      f"for a plain-HTTP registry set insecure = true in "
+                                      f"[registries.\"{self.registry}\"]") from None
                 raise Unreachable(f"registry {self.registry} is unreachable: {error.reason}") from None
             if response.status != 401:
                 return response
@@ -209,7 +213,7 @@ class RegistryClient:
         if response.status == 404 or any(c in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN") for c in codes):
             if "NAME_UNKNOWN" in codes:
                 raise NotFoundError(f"{what}: no such repository in registry {self.registry}")
-            raise NotFoundError(f"{what}: not found in registry {self.registry}")
+            raise NotFoundError(f"{what}: not found in registry {self.registry} (no such repository, tag or digest)")
         if response.status == 403 or "DENIED" in codes:
             raise AuthError(f"{what}: access denied by registry {self.registry}")
         detail = f" ({', '.join(c for c in codes if c)})" if any(codes) else ""
@@ -318,6 +322,7 @@ def check_layers(what: str, manifest: Manifest, config: ImageConfig) -> None:
 class _Unreachable(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
+        self.error = error
         self.reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 
