@@ -3,7 +3,8 @@
 ``Registry(workdir, address)`` serves plain HTTP on *address* (loopback or the workstation's lab
 bridge address, never anything else) on a free port, optionally behind htpasswd basic auth (the
 line made with ``htpasswd -B``). It runs in its own session and is stopped by its PID; ``close``
-is safe to call on any exit. `make setup` installs the binary (see the Makefile).
+is safe to call on any exit, and the registry gets SIGTERM if the test process dies without calling
+it (PR_SET_PDEATHSIG). `make setup` installs the binary (see the Makefile).
 """
 from __future__ import annotations
 
@@ -17,6 +18,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BINARY_CANDIDATES = (REPO / ".venv" / "tools" / "usr" / "bin" / "docker-registry", Path("/usr/bin/docker-registry"))
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, however it dies."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def registry_binary() -> Path | None:
@@ -62,7 +70,8 @@ class Registry:
         (workdir / "config.yml").write_text("\n".join(config) + "\n")
         self.log = open(workdir / "registry.log", "wb")
         self.proc = subprocess.Popen([str(binary), "serve", str(workdir / "config.yml")], stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
         try:
             self._wait_ready()
         except BaseException:
