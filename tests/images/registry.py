@@ -48,7 +48,10 @@ def htpasswd_line(user: str, password: str) -> str:
 
 
 class Registry:
-    def __init__(self, workdir: Path, address: str, auth: tuple[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, address: str, auth: tuple[str, str] | None = None,
+                 token_auth: list[str] | None = None) -> None:
+        """*auth*: htpasswd basic auth for (user, password); *token_auth*: the ``auth:`` section of a
+        bearer-token server (tests/images/tokens.py)."""
         assert address.startswith(("127.", "198.18.", "198.19.")), f"registry on {address}: loopback or lab only"
         binary = registry_binary()
         if binary is None:
@@ -67,6 +70,8 @@ class Registry:
         if auth is not None:
             (workdir / "htpasswd").write_text(htpasswd_line(*auth) + "\n")
             config += ["auth:", "  htpasswd:", "    realm: cantainer-test", f"    path: {workdir / 'htpasswd'}"]
+        elif token_auth is not None:
+            config += token_auth
         (workdir / "config.yml").write_text("\n".join(config) + "\n")
         self.log = open(workdir / "registry.log", "wb")
         self.proc = subprocess.Popen([str(binary), "serve", str(workdir / "config.yml")], stdout=self.log,

@@ -38,6 +38,21 @@ def private(tmp_path_factory, oci_layout):
         yield reg
 
 
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory, oci_layout):
+    """A registry behind bearer-token auth, and its token server."""
+    from tests.images.tokens import TokenServer
+
+    base = tmp_path_factory.mktemp("tokens")
+    server = TokenServer(base, *CREDS)
+    try:
+        with Registry(base / "registry", "127.0.0.1", token_auth=server.registry_config()) as reg:
+            reg.digest = push(oci_layout, "app", reg.host, "team/app", creds=CREDS)
+            yield reg, server
+    finally:
+        server.close()
+
+
 def settings(registry, **extra) -> RegistrySettings:
     return RegistrySettings(registry.host, insecure=True, **extra)
 
@@ -125,6 +140,22 @@ def test_basic_auth(tmp_path, private):
     loose = settings(private, username=CREDS[0], password_file=password_file(tmp_path, CREDS[1], 0o644))
     with pytest.raises(ImageError, match="readable by others"):
         pull(Store(tmp_path / "s"), reference, loose, AMD64)
+
+
+def test_bearer_token_auth(tmp_path, tokens):
+    registry, server = tokens
+    reference = parse_reference(f"{registry.host}/team/app:app")
+    with pytest.raises(ImageError, match="needs credentials"):
+        pull(Store(tmp_path / "s"), reference, settings(registry), AMD64)
+    with pytest.raises(ImageError, match="authentication failed"):
+        pull(Store(tmp_path / "s"), reference, settings(registry, username=CREDS[0],
+                                                         password_file=password_file(tmp_path, "wrong")), AMD64)
+    assert server.refused >= 1
+    server.issued.clear()
+    right = settings(registry, username=CREDS[0], password_file=password_file(tmp_path, CREDS[1]))
+    image = pull(Store(tmp_path / "s"), reference, right, AMD64)
+    assert image.digest == registry.digest and len(image.layers) == 3
+    assert server.issued == ["repository:team/app:pull"]  # one token for the whole pull, pull access only
 
 
 def test_docker_save_archive_loads_with_the_same_layers(tmp_path, registry, oci_layout):

@@ -187,6 +187,9 @@ class RegistryClient:
                                 f"{getattr(error, 'strerror', None) or error}") from None
         finally:
             connection.close()
+        if response.status in (401, 403) and self.credentials is None:
+            raise AuthError(f"registry {self.registry}: {scope.split(':')[1]} needs credentials — set username "
+                            f"and password_file in [registries.\"{self.registry}\"]")
         if response.status in (401, 403):
             raise AuthError(f"registry {self.registry}: authentication failed (token server {parts.netloc} said "
                             f"{response.status}) — check username and password_file in "
