@@ -211,6 +211,18 @@ def test_example_inventory_validates() -> None:
     assert set(inventory.images) == {"alpine"}
 
 
+def test_registries_are_read_with_defaults(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    path = write(tmp_path, '[registries."reg.io:5000"]\nusername = "u"\npassword_file = "pw"\npull = "hosts"\n'
+                 '[registries.localhost]\ninsecure = true\n' + HOST)
+    inventory = load_inventory(path)
+    private = inventory.registry("reg.io:5000")
+    assert (private.username, private.password_file, private.pull, private.insecure) == (
+        "u", tmp_path / "pw", "hosts", False)
+    assert inventory.registry("localhost").insecure and inventory.registry("localhost").pull == "workstation"
+    assert inventory.registry("other.org").username is None  # no table: defaults
+
+
 def test_unknown_host_names_the_host_and_lists_known_ones(tmp_path: Path) -> None:
     inventory = parse_inventory(TWO_HOSTS, tmp_path / "inventory.toml")
     with pytest.raises(UnknownHostError) as caught:
@@ -290,6 +302,16 @@ INVALID_CASES = [
      "not an http(s) URL"),
     ("image-missing-path", f'[images.a]\npath = "gone.tar.gz"  # <-\nsha256 = "{SHA}"\n' + HOST, "images.a.path",
      "gone.tar.gz does not exist"),
+    ("registry-not-a-host", '[registries.web]  # <-\ninsecure = true\n' + HOST, "registries.web",
+     "not a registry host"),
+    ("registry-user-without-password", '[registries."reg.io:5000"]  # <-\nusername = "u"\n' + HOST,
+     'registries."reg.io:5000".password_file', "credentials need a username and a password_file"),
+    ("registry-bad-pull", '[registries."reg.io"]\npull = "always"  # <-\n' + HOST, 'registries."reg.io".pull',
+     "not a pull mode"),
+    ("registry-unknown-key", '[registries."reg.io"]\npassword = "x"  # <-\n' + HOST,
+     'registries."reg.io".password', "allowed keys"),
+    ("registry-missing-password-file", '[registries."reg.io"]\nusername = "u"\npassword_file = "nope"  # <-\n'
+     + HOST, 'registries."reg.io".password_file', "does not exist"),
     ("newline-in-value", HOST + 'user = "a\\nb"  # <-\n', "hosts[0].user", r'"a\nb" is not a valid user name'),
     ("toml-syntax", HOST + "port = = 22  # <-\n", None, "invalid TOML"),
     ("toml-duplicate-key", HOST + 'name = "again"  # <-\n', None, "defined twice"),
