@@ -46,7 +46,8 @@ def pull(store: Store, reference: Reference, settings: RegistrySettings, platfor
     """Pull *reference* for *platform* into *store* (only what is missing) and return it."""
     registry = client(settings)
     try:
-        resolved = registry.resolve(reference, platform)
+        resolved = registry.resolve(reference, platform, have=lambda digest: store.read(digest)
+                                    if store.has(digest) else None)
         for digest, body in resolved.blobs.items():
             store.put_bytes(body, digest)
         for layer in resolved.manifest.layers:

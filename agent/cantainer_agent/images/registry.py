@@ -20,6 +20,7 @@ import re
 import ssl
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .config import ImageConfig
 from .errors import AuthError, DigestMismatch, ImageSourceError, NotFoundError, RegistryError, Unreachable
@@ -293,23 +294,34 @@ class RegistryClient:
                 pass
             raise
 
-    def resolve(self, reference: Reference, platform: Platform) -> Resolved:
-        """Resolve *reference* (a tag once, to a digest) to the manifest and config for *platform*."""
+    def resolve(self, reference: Reference, platform: Platform,
+                have: Callable[[str], bytes | None] = lambda _digest: None) -> Resolved:
+        """Resolve *reference* (a tag once, to a digest) to the manifest and config for *platform*.
+        *have(digest)* returns a blob already kept locally (verified), which is then not fetched."""
         what = str(reference)
-        body, media_type, digest = self.manifest(reference.repository, reference.reference, what)
+        local = have(reference.digest) if reference.digest else None
+        if local is not None:
+            body, media_type, digest = local, None, reference.digest
+        else:
+            body, media_type, digest = self.manifest(reference.repository, reference.reference, what)
         blobs = {digest: body}
         document = parse(body, media_type, what)
         manifest_digest = digest
         if isinstance(document, Index):
             chosen = choose(document, platform, what)
-            body, media_type, manifest_digest = self.manifest(reference.repository, chosen.digest,
-                                                              f"{what} ({platform})")
+            local = have(chosen.digest)
+            if local is not None:
+                body, media_type, manifest_digest = local, chosen.media_type, chosen.digest
+            else:
+                body, media_type, manifest_digest = self.manifest(reference.repository, chosen.digest,
+                                                                  f"{what} ({platform})")
             blobs[manifest_digest] = body
             document = parse(body, media_type or chosen.media_type, f"{what} ({platform})")
             if isinstance(document, Index):
                 raise ImageSourceError(f"{what}: an index inside an index is not supported")
         assert isinstance(document, Manifest)
-        config_bytes = self.blob_bytes(reference.repository, document.config.digest, f"{what} config")
+        config_bytes = have(document.config.digest) or self.blob_bytes(reference.repository, document.config.digest,
+                                                                       f"{what} config")
         blobs[document.config.digest] = config_bytes
         config = ImageConfig.parse(config_bytes, f"{what} config")
         check_layers(what, document, config)
