@@ -275,7 +275,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
 def cmd_image(args: argparse.Namespace) -> int:
     from cantainer import image_cmds
 
-    return image_cmds.main(args, load)
+    return image_cmds.main(args, load, print_table)
 
 
 def run_async(coroutine):

@@ -88,7 +88,7 @@ async def _host_layers(inventory: Inventory) -> dict[str, set[str] | str]:
     return dict(await asyncio.gather(*(one(h) for h in inventory.hosts)))
 
 
-def cmd_ls(args: argparse.Namespace, load: Callable) -> int:
+def cmd_ls(args: argparse.Namespace, load: Callable, print_table: Callable) -> int:
     images = store()
     held: dict[str, set[str] | str] = {}
     if args.hosts:
@@ -110,8 +110,6 @@ def cmd_ls(args: argparse.Namespace, load: Callable) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
-    from cantainer.cli import print_table
-
     header = ["NAME", "DIGEST", "PLATFORMS", "SIZE"] + (["HOSTS"] if args.hosts else [])
     print_table(header, [[r["name"], r["digest"][:19], ",".join(r["platforms"]) or "-", _human(r["size"])]
                          + ([",".join(r["hosts"]) or "-"] if args.hosts else []) for r in rows])
@@ -170,13 +168,14 @@ def cmd_prune(args: argparse.Namespace, load: Callable) -> int:
     return asyncio.run(main())
 
 
-def main(args: argparse.Namespace, load: Callable) -> int:
+def main(args: argparse.Namespace, load: Callable, print_table: Callable) -> int:
+    """Run `image VERB`; *load* reads the inventory, *print_table* is the CLI's table printer."""
     if args.verb == "load":
         return cmd_load(args)
     if args.verb == "pull":
         return cmd_pull(args, load)
     if args.verb == "ls":
-        return cmd_ls(args, load)
+        return cmd_ls(args, load, print_table)
     if args.verb == "rm":
         return cmd_rm(args)
     return cmd_prune(args, load)

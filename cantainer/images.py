@@ -1,7 +1,8 @@
-"""Known images and the workstation's content-addressed image cache.
+"""Pinned rootfs tarballs (``alpine``, the inventory's ``[images.NAME]``) and the image cache's place.
 
-An image is an Alpine-style rootfs tarball pinned by sha256. The cache keeps each tarball once, as
-``<cache>/<sha256>.tar.gz``, so a tarball is fetched (or seeded) once and pushed to hosts from there.
+Such an image is one rootfs tarball pinned by sha256, run as a one-layer image (run_image.py). The
+cache keeps each tarball once, as ``<cache>/<sha256>.tar.gz``, so it is fetched (or seeded) once; the
+same directory holds the store of OCI images (image_store.py).
 """
 from __future__ import annotations
 

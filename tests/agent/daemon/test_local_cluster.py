@@ -160,7 +160,7 @@ def test_cluster_forms(cluster):
     assert v["networks"] == [] and v["containers"] == []
     hello = api_call(nodes[1].sock, "hello")
     assert hello == {"agent_version": hello["agent_version"], "protocol": protocol.PROTOCOL_VERSION, "node": "n2",
-                     "cluster": "testc", "pid": nodes[1].pid, "bundle": "test-bundle"}
+                     "cluster": "testc", "pid": nodes[1].pid, "bundle": "test-bundle", "machine": os.uname().machine}
     with open(f"/proc/{nodes[0].pid}/cmdline", "rb") as f:
         assert b"cantainer_agent" in f.read()
     secret = cluster["secret"].read_text().strip()
