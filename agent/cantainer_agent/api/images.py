@@ -64,9 +64,9 @@ def handlers(workload: Workload) -> dict[str, Callable[[dict], object]]:
             with workload.image_lock:
                 images.import_layer(path, digest, diff_id)
         except ChecksumMismatch as error:
-            raise rejected(f"layer digest mismatch: {error}") from None
+            raise rejected(f"image refused: digest mismatch: {error}") from None
         except ImageError as error:
-            raise rejected(f"layer refused: {error}") from None
+            raise rejected(f"image refused: layer {diff_id[:19]}…: {error}") from None
 
     def import_(params: dict) -> dict:
         digest, diff_id, path = params.get("digest", ""), params.get("diff_id", ""), params.get("path", "")
