@@ -205,3 +205,33 @@ def test_bad_run_options_are_one_line_errors(inv):
                    "nobody-here")
     one_line_error(cli(inv, "run", "--host", "h1", "-n", "10.40.0.0/24", "--image", "Bad:Name", "--", "true"),
                    "Bad:Name")
+
+
+def test_the_agent_refuses_bad_image_requests_in_one_line(lab, inv):
+    from cantainer_agent import protocol
+    from tests.labcli import agent_call
+
+    d = "sha256:" + "1" * 64
+    good = {"reference": "x", "digest": d, "layers": [d], "config": {"cmd": ["true"], "diff_ids": [d]}}
+    cases = [
+        ("container.run", {"network": "10.41.0.0/24", "image": "alpine"}, "image must be an object"),
+        ("container.run", {"network": "10.41.0.0/24", "image": {**good, "digest": "sha256:xyz"}}, "not sha256:"),
+        ("container.run", {"network": "10.41.0.0/24", "image": {**good, "layers": []}}, "non-empty list"),
+        ("container.run", {"network": "10.41.0.0/24", "image": {**good, "layers": ["sha256:" + "2" * 64]}},
+         "do not match"),
+        ("container.run", {"network": "10.41.0.0/24", "image": {**good, "config": {"diff_ids": [d]}}},
+         "no Entrypoint or Cmd"),
+        ("container.run", {"network": "10.41.0.0/24", "image": good}, "run again to push it"),
+        ("container.run", {"network": "10.41.0.0/24", "image": good, "user": "a b"}, "user 'a b' is invalid"),
+        ("image.status", {"layers": "sha256:x"}, "must be a list"),
+        ("image.status", {"layers": ["../../etc"]}, "is not a digest"),
+        ("image.import", {"digest": d, "diff_id": 7, "path": f"{layout.DATA_DIR}/images/incoming/none"},
+         "image refused"),
+        ("image.pull", {"reference": "alpine"}, "names no registry"),
+    ]
+    before = set(ps(inv))
+    for method, params, fragment in cases:
+        response = agent_call(lab, "h1", method, params)
+        assert not response.ok and response.error.code == protocol.REJECTED, (method, params, response)
+        assert fragment in response.error.message and "\n" not in response.error.message, response.error.message
+    assert set(ps(inv)) == before

@@ -66,7 +66,7 @@ def handlers(workload: Workload) -> dict[str, Callable[[dict], object]]:
         except ChecksumMismatch as error:
             raise rejected(f"image refused: digest mismatch: {error}") from None
         except ImageError as error:
-            raise rejected(f"image refused: layer {diff_id[:19]}…: {error}") from None
+            raise rejected(f"image refused: layer {str(diff_id)[:19]}…: {error}") from None
 
     def import_(params: dict) -> dict:
         digest, diff_id, path = params.get("digest", ""), params.get("diff_id", ""), params.get("path", "")
