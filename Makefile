@@ -16,7 +16,7 @@ NEEDS_ROOT = @if [ "$$(id -u)" != 0 ]; then echo "make $@ needs root (it install
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(NEEDS_ROOT)
 	@missing=""; for pkg in $(APT_PACKAGES); do \
 	    dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; \

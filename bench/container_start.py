@@ -37,17 +37,16 @@ if str(REPO / "agent") not in sys.path:
 
 from bench.results import percentile, row  # noqa: E402
 
-ALPINE_NAME = "alpine-minirootfs-3.20.3-x86_64.tar.gz"
-ALPINE_SHA256 = "d4e6fd67dcf75e40c451560ac7265166c2b72a0f38ddc9aae756a7de3d1efa0c"
 ANCHORS = ("runc", "crun")
 WARMUP = 3
 
 
-def alpine_tarball() -> Path:
-    for candidate in (Path("/work/shared/images") / ALPINE_NAME, REPO.parent / "shared" / "images" / ALPINE_NAME):
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"{ALPINE_NAME} not found in /work/shared/images or ../shared/images")
+def base_tarball() -> tuple[Path, str]:
+    """The base image the tests use too (lab/rootfs.py): the pinned Alpine, else busybox; (path, sha256)."""
+    from lab.rootfs import base_image
+
+    image = base_image()
+    return image.path, image.sha256
 
 
 def ensure_anchors(install: bool = True) -> tuple[dict[str, str], list[str]]:
@@ -164,8 +163,8 @@ def measure(
     samples: dict[str, list[float]] = {"ours": [], "ours_exit": [], "fork": [], **{a: [] for a in anchors}}
     try:
         store = LayerStore(str(base / "images"))
-        rootfs = store.import_layer(str(alpine_tarball()), f"sha256:{ALPINE_SHA256}",
-                                    _diff_id_of_tarball(alpine_tarball(), ALPINE_SHA256))
+        tarball, sha256 = base_tarball()
+        rootfs = store.import_layer(str(tarball), f"sha256:{sha256}", _diff_id_of_tarball(tarball, sha256))
         runtime = Runtime(str(base / "state"), str(base / "run"), cgroup_parent)
         runtime.warm_up()
         if anchors:
@@ -176,7 +175,7 @@ def measure(
         def ours(i: int) -> tuple[float, float]:
             cid = f"bench-start-{i}"
             t0 = time.perf_counter()
-            runtime.start(ContainerSpec(id=cid, name=cid, image=ALPINE_SHA256, command=["/bin/true"]), rootfs)
+            runtime.start(ContainerSpec(id=cid, name=cid, image=sha256, command=["/bin/true"]), rootfs)
             info = runtime.wait(cid, timeout=30)
             t1 = time.perf_counter()
             runtime.remove(cid)

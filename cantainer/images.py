@@ -71,14 +71,15 @@ def _verified(name: str, path: Path, sha256: str) -> ResolvedImage:
     return ResolvedImage(name, sha256, path)
 
 
-def _download(name: str, url: str, sha256: str) -> Path:
+def download(name: str, url: str, sha256: str, timeout: float = 30) -> Path:
+    """Fetch *url* into the cache under its pinned *sha256* (verified before it lands there)."""
     import urllib.request
 
     target = cached_path(sha256)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".download")
     try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
     except OSError as error:
@@ -116,4 +117,4 @@ def resolve_image(name: str, overrides: dict) -> ResolvedImage:
     cached = cached_path(sha256)
     if cached.exists():
         return _verified(name, cached, sha256)
-    return ResolvedImage(name, sha256, _download(name, url, sha256))
+    return ResolvedImage(name, sha256, download(name, url, sha256))

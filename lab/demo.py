@@ -53,7 +53,7 @@ def main() -> int:
                 "--",
                 "sh",
                 "-c",
-                'echo "alpine $(cat /etc/alpine-release) on $(hostname)"; ip -4 addr show eth0',
+                '. /etc/os-release; echo "$ID $VERSION_ID on $(hostname)"; ip -4 addr show eth0',
             ],
             inventory,
         )

@@ -239,13 +239,21 @@ class Lab:
         (self.dir / "known_hosts").write_text("".join(lines))
 
     def _image_section(self) -> str:
+        """The inventory's [images] for the lab's base image (lab/rootfs.py), recorded in base-image.json."""
         from lab import rootfs
 
-        if rootfs.seed_pinned_alpine():
+        base = rootfs.base_image()
+        (self.dir / "base-image.json").write_text(base.to_json() + "\n")
+        if base.kind == "alpine":
             return ""
-        path, sha = rootfs.build_busybox_image()
-        return ("\n# ../shared/images has no verified Alpine tarball: the lab built a busybox rootfs instead.\n"
-                f'[images.alpine]\npath = "{path}"\nsha256 = "{sha}"\n')
+        return ("\n# No verified Alpine tarball was found (cache, shared images, download): the lab built a busybox\n"
+                f'# rootfs instead.\n[images.alpine]\npath = "{base.path}"\nsha256 = "{base.sha256}"\n')
+
+    def base_image(self):
+        """The image this lab's `alpine` is (lab/rootfs.BaseImage): tests assert against it."""
+        from lab.rootfs import BaseImage
+
+        return BaseImage.from_json((self.dir / "base-image.json").read_text())
 
     def _write_inventory(self, state: LabState, images: str) -> None:
         hosts = "".join(f'\n[[hosts]]\nname = "{h.name}"\naddress = "{h.address}"\n' for h in state.hosts.values())

@@ -1,31 +1,61 @@
-"""Make an image available offline: seed the workstation cache from ../shared/images, or build one.
+"""The base image every lab and test uses: the pinned Alpine minirootfs, or a busybox rootfs.
 
-The pinned Alpine tarball is copied into the cache only when its sha256 matches the pin. Without it
-the lab builds a small busybox-static rootfs (deterministic bytes, so its sha256 is stable) and the
-lab inventory points the `alpine` image at it.
+``base_image()`` is the one place that decides, in this order: the workstation's image cache (the
+tarball verified against its sha256 pin), ``$CANTAINER_SHARED_IMAGES`` or ``../shared/images``
+beside the checkout, a download from the pinned URL (checked; not tried with
+``CANTAINER_OFFLINE=1``), and only then a busybox-static rootfs built here (deterministic bytes, so
+a stable sha256). Both carry ``/etc/os-release``: tests assert against what the image says it is,
+never against one of them.
 """
 from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cantainer.images import ALPINE, cache_dir, cached_path, file_sha256
+from cantainer.images import ALPINE, ImageError, cache_dir, cached_path, download, file_sha256
 
 BUSYBOX = Path("/bin/busybox")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    kind: str                 # "alpine" or "busybox"
+    path: Path                # the tarball in the workstation's cache, verified
+    sha256: str
+    os_release: dict = field(default_factory=dict)  # ID and VERSION_ID, as /etc/os-release inside says
+
+    @property
+    def label(self) -> str:
+        return f"{self.os_release['ID']} {self.os_release['VERSION_ID']}"
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "path": str(self.path)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "BaseImage":
+        data = json.loads(text)
+        return cls(data["kind"], Path(data["path"]), data["sha256"], data["os_release"])
+
+
+ALPINE_RELEASE = {"ID": "alpine", "VERSION_ID": ALPINE.version}
 
 
 def shared_images_dir() -> Path:
     return Path(os.environ.get("CANTAINER_SHARED_IMAGES", REPO_ROOT.parent / "shared" / "images"))
 
 
-def seed_pinned_alpine() -> bool:
-    """Copy the verified Alpine tarball into the cache; False when it is absent or does not match."""
+def seed_pinned_alpine(url: str | None = None) -> bool:
+    """The verified Alpine tarball in the cache — from the cache itself, the shared images, or a
+    download (*url*, default the pinned one); False when none of them has it."""
     target = cached_path(ALPINE.sha256)
     if target.exists() and file_sha256(target) == ALPINE.sha256:
         return True
@@ -36,7 +66,27 @@ def seed_pinned_alpine() -> bool:
             shutil.copyfile(candidate, partial)
             os.replace(partial, target)
             return True
-    return False
+    if os.environ.get("CANTAINER_OFFLINE") == "1":
+        return False
+    try:
+        download(ALPINE.name, url or ALPINE.url, ALPINE.sha256, timeout=10)
+    except ImageError:
+        return False
+    return True
+
+
+def base_image(url: str | None = None) -> BaseImage:
+    """The pinned Alpine if any source has it, else the busybox rootfs (both in the cache)."""
+    if seed_pinned_alpine(url):
+        return BaseImage("alpine", cached_path(ALPINE.sha256), ALPINE.sha256, ALPINE_RELEASE)
+    path, sha = build_busybox_image()
+    return BaseImage("busybox", path, sha, busybox_release())
+
+
+def busybox_release() -> dict:
+    banner = subprocess.run([str(BUSYBOX)], capture_output=True, text=True).stdout
+    match = re.search(r"BusyBox v(\d[\w.]*)", banner)
+    return {"ID": "busybox", "VERSION_ID": match.group(1) if match else "unknown"}
 
 
 def _add(tar: tarfile.TarFile, name: str, kind: bytes, mode: int, data: bytes = b"", link: str = "") -> None:
@@ -79,6 +129,9 @@ def busybox_rootfs_bytes() -> bytes:
             b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
         )
         _add(tar, "./etc/group", tarfile.REGTYPE, 0o644, b"root:x:0:\nnogroup:x:65534:\n")
+        release = busybox_release()
+        _add(tar, "./etc/os-release", tarfile.REGTYPE, 0o644,
+             f'ID={release["ID"]}\nVERSION_ID={release["VERSION_ID"]}\nNAME="busybox rootfs"\n'.encode())
     packed = io.BytesIO()
     with gzip.GzipFile(fileobj=packed, mode="wb", mtime=0) as gz:
         gz.write(raw.getvalue())

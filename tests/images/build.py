@@ -24,7 +24,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-ALPINE = Path("/work/shared/images/alpine-minirootfs-3.20.3-x86_64.tar.gz")
+PASSWD = b"root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1000:web:/home/web:/bin/sh\n"
+GROUP = b"root:x:0:root\nbin:x:1:root\nwww-data:x:82:web\nweb:x:1000:\n"
 BUSYBOX_STATIC = Path("/bin/busybox")  # Debian's busybox-static
 ENTRY = b"""#!/bin/sh
 echo "entry: args=$* uid=$(id -u) gid=$(id -g) groups=$(id -G) pwd=$(pwd) greeting=$GREETING home=$HOME"
@@ -53,21 +54,32 @@ def _tar(path: Path, members) -> Path:
     return path
 
 
-def _alpine_file(name: str) -> bytes:
-    with tarfile.open(ALPINE) as tar:
-        return tar.extractfile(name).read()
+def base_layer(work: Path) -> Path:
+    """The base image (lab/rootfs.py: the pinned Alpine, else busybox) as a plain tar, with what the
+    later layers delete or hide added where it lacks it: /etc/motd and a file in /etc/apk."""
+    from lab.rootfs import base_image
+
+    path = work / "l1-base.tar"
+    path.write_bytes(gzip.decompress(base_image().path.read_bytes()))
+    with tarfile.open(path) as tar:
+        names = {name.removeprefix("./").rstrip("/") for name in tar.getnames()}
+    extra = [m for name, m in (("etc/motd", _member("./etc/motd", b"welcome\n")),
+                               ("etc/apk", _member("./etc/apk/", mode=0o755, kind=tarfile.DIRTYPE)),
+                               ("etc/apk/world", _member("./etc/apk/world", b"busybox\n"))) if name not in names]
+    if extra:
+        with tarfile.open(path, "a") as tar:
+            for info, data in extra:
+                tar.addfile(info, data)
+    return path
 
 
 def layers(work: Path) -> list[Path]:
     """The three layers of ``app`` as plain tars."""
-    base = work / "l1-alpine.tar"
-    base.write_bytes(gzip.decompress(ALPINE.read_bytes()))
-    passwd = _alpine_file("./etc/passwd") + b"web:x:1000:1000:web:/home/web:/bin/sh\n"
-    group = _alpine_file("./etc/group").replace(b"www-data:x:82:", b"www-data:x:82:web") + b"web:x:1000:\n"
+    base = base_layer(work)
     second = _tar(work / "l2-config.tar", [
         _member("etc/", mode=0o755, kind=tarfile.DIRTYPE),
         _member("etc/.wh.motd"),
-        _member("etc/passwd", passwd), _member("etc/group", group),
+        _member("etc/passwd", PASSWD), _member("etc/group", GROUP),
         _member("etc/apk/", mode=0o755, kind=tarfile.DIRTYPE),
         _member("etc/apk/.wh..wh..opq"), _member("etc/apk/only-this", b"opaque\n"),
         _member("home/", mode=0o755, kind=tarfile.DIRTYPE),

@@ -6,6 +6,7 @@ process of ours is left — also when the test failed.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import shutil
@@ -15,8 +16,23 @@ from pathlib import Path
 
 import pytest
 
-ALPINE_TARBALL = Path("/work/shared/images/alpine-minirootfs-3.20.3-x86_64.tar.gz")
-ALPINE_SHA256 = "d4e6fd67dcf75e40c451560ac7265166c2b72a0f38ddc9aae756a7de3d1efa0c"
+from cantainer.images import ALPINE
+from lab.rootfs import base_image
+
+# The image id containers' specs record (a label: the rootfs itself comes from base()).
+ALPINE_SHA256 = ALPINE.sha256
+
+
+@functools.lru_cache(maxsize=None)
+def base():
+    """The base image (lab/rootfs.py: the pinned Alpine from wherever it is, else busybox), once."""
+    return base_image()
+
+
+def os_release(text: str) -> dict:
+    """ID and VERSION_ID from /etc/os-release text."""
+    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return {key: fields.get(key, "").strip('"') for key in ("ID", "VERSION_ID")}
 
 _counter = itertools.count()
 
@@ -99,10 +115,9 @@ def layer_store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def alpine(layer_store) -> str:
-    """Root filesystem of the Alpine image: its one layer, imported once into the session store."""
-    if not ALPINE_TARBALL.exists():
-        pytest.skip(f"{ALPINE_TARBALL} is missing")
-    return layer_store.import_layer(str(ALPINE_TARBALL), f"sha256:{ALPINE_SHA256}", diff_id_of(ALPINE_TARBALL))
+    """Root filesystem of the base image (base()): its one layer, imported once into the session store."""
+    image = base()
+    return layer_store.import_layer(str(image.path), f"sha256:{image.sha256}", diff_id_of(image.path))
 
 
 class RuntimeFactory:

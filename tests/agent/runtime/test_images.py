@@ -24,7 +24,7 @@ from cantainer_agent.runtime import (
 )
 from cantainer_agent.runtime.images import OPAQUE_XATTR, chain_id, extract_tarball
 
-from .conftest import ALPINE_SHA256, ALPINE_TARBALL, diff_id_of
+from .conftest import base, diff_id_of, os_release
 
 ROOT = os.geteuid() == 0
 
@@ -321,13 +321,13 @@ def test_store_cleans_stale_staging(tmp_path):
     assert list((tmp_path / "store").iterdir()) == []
 
 
-@pytest.mark.skipif(not ALPINE_TARBALL.exists(), reason="Alpine tarball missing")
-def test_alpine_import(tmp_path):
+def test_base_image_import(tmp_path):
+    image = base()
     store = LayerStore(str(tmp_path / "store"), preserve_owner=ROOT)
-    diff_id = diff_id_of(ALPINE_TARBALL)
-    rootfs = Path(store.import_layer(str(ALPINE_TARBALL), f"sha256:{ALPINE_SHA256}", diff_id))
-    assert (rootfs / "etc/alpine-release").read_text().strip() == "3.20.3"
-    assert os.readlink(rootfs / "bin/sh") == "/bin/busybox"
+    diff_id = diff_id_of(image.path)
+    rootfs = Path(store.import_layer(str(image.path), f"sha256:{image.sha256}", diff_id))
+    assert os_release((rootfs / "etc/os-release").read_text()) == image.os_release
+    assert os.path.basename(os.readlink(rootfs / "bin/sh")) == "busybox"
     assert stat.S_IMODE((rootfs / "tmp").stat().st_mode) == 0o1777
     assert stat.S_IMODE(rootfs.stat().st_mode) == 0o755
     assert store.info(diff_id)["skipped"] == []
