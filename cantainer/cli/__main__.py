@@ -1,0 +1,5 @@
+import sys
+
+from cantainer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""What the commands share: the inventory they act on and one way into the cluster."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from cantainer.cli.parser import INVENTORY_ENV
+from cantainer.errors import UsageError
+
+
+def inventory_path(args: argparse.Namespace) -> Path:
+    chosen = getattr(args, "inventory_path", None) or args.inventory or os.environ.get(INVENTORY_ENV)
+    if not chosen:
+        raise UsageError("no inventory given", f"pass -i INVENTORY (or set {INVENTORY_ENV})")
+    return Path(chosen)
+
+
+def load(args: argparse.Namespace):
+    from cantainer.inventory import load_inventory
+
+    return load_inventory(inventory_path(args))
+
+
+def run_async(coroutine):
+    import asyncio
+
+    return asyncio.run(coroutine)
+
+
+def cluster_call(args: argparse.Namespace, method: str, params: dict | None = None, write: bool = False):
+    """Call `method` on whichever agent answers first (writes are forwarded to the leader). A write
+    carries a session and is resent — to whichever agent answers then — while its outcome is unknown."""
+    from cantainer.client import SESSIONS, retrying
+    from cantainer.status import open_status_source
+
+    inventory = load(args)
+    session = SESSIONS.next() if write else None
+
+    async def attempt():
+        client, _ = await open_status_source(inventory)
+        try:
+            return await client.call(method, params or {}, session=session)
+        finally:
+            client.close()
+            client.connection.close()
+
+    return run_async(retrying(attempt) if write else attempt())
+
+
+def consistency(args: argparse.Namespace) -> dict:
+    return {"consistency": "stale" if getattr(args, "stale", False) else "linearizable"}
+
+
+def print_table(header: list[str], rows: list[list]) -> None:
+    """Plain aligned columns (pipes and scripts read these; `status` is the rich view)."""
+    cells = [header] + [[str(value) for value in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())

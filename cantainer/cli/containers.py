@@ -1,0 +1,123 @@
+"""Container commands: `run`, `exec`, `logs`, `stop`, `rm`, `ps`."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from cantainer.cli.common import cluster_call, consistency, load, print_table, run_async
+from cantainer.cli.parser import STALE_HELP, Commands, finite_float
+from cantainer.errors import UsageError
+
+# run and exec use -i for --interactive (as docker does); they take --inventory only.
+LONG_INVENTORY = ("--inventory",)
+
+
+def register(commands: Commands) -> None:
+    run = commands.add("run", "start a container on a host: cantainer run --host H -n CIDR [opts] [-- CMD ARGS...]",
+                       cmd_run, inventory_flags=LONG_INVENTORY)
+    run.add_argument("--host", required=True, help="inventory host to run on")
+    run.add_argument("-n", "--network", required=True, metavar="CIDR", help="network, created on first use")
+    run.add_argument("--name", help="unique container name (default: generated)")
+    run.add_argument("--image", default="alpine",
+                     help="alpine, an [images.NAME], NAME:TAG (image load/pull) or HOST[:PORT]/REPO[:TAG|@DIGEST]")
+    run.add_argument("-d", "--detach", action="store_true", help="print name and IP and return")
+    run.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
+    run.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+    run.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable")
+    run.add_argument("-w", "--workdir", help="working directory inside the container (default: the image's, or /)")
+    run.add_argument("--user", "-u", help="NAME|UID[:GROUP|GID] to run as (default: the image's User, or root)")
+    run.add_argument("--entrypoint", help="replace the image's Entrypoint (and drop its Cmd); '' clears it")
+    run.add_argument("--memory", help="memory limit, e.g. 256m")
+    run.add_argument("--cpus", type=finite_float, help="CPU limit, e.g. 0.5")
+    run.add_argument("--pids", type=int, help="maximum number of processes")
+    execute = commands.add("exec", "run a command in a running container: cantainer exec NAME -- CMD ARGS...",
+                           cmd_exec, inventory_flags=LONG_INVENTORY)
+    execute.add_argument("name", metavar="NAME")
+    execute.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
+    execute.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+    logs = commands.add("logs", "print a container's output", cmd_logs)
+    logs.add_argument("name", metavar="NAME")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep following until the container exits")
+    stop = commands.add("stop", "stop a container (SIGTERM, then SIGKILL)", cmd_stop)
+    stop.add_argument("name", metavar="NAME")
+    stop.add_argument("--time", type=finite_float, default=10.0, help="seconds before SIGKILL (default 10)")
+    rm = commands.add("rm", "remove a stopped container and release its address", cmd_rm)
+    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
+    ps = commands.add("ps", "list containers", cmd_ps)
+    ps.add_argument("-a", "--all", action="store_true", help="include exited containers")
+    ps.add_argument("--json", action="store_true", help="print JSON")
+    ps.add_argument("--stale", action="store_true", help=STALE_HELP)
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    containers = cluster_call(args, "container.ps", consistency(args))
+    if not args.all:
+        containers = [c for c in containers if c["state"] not in ("exited", "dead")]
+    if args.json:
+        print(json.dumps(containers, indent=2, sort_keys=True))
+        return 0
+    rows = []
+    for c in containers:
+        state = c["state"] if c["exit_code"] is None else f"{c['state']} ({c['exit_code']})"
+        rows.append([c["name"], c["host"], c["network"], c["ip"], state, c["image"],
+                     ",".join(c.get("ports") or []) or "-", " ".join(c["command"])[:40]])
+    print_table(["NAME", "HOST", "NETWORK", "IP", "STATE", "IMAGE", "PORTS", "COMMAND"], rows)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cantainer import containers
+
+    if (args.interactive or args.tty) and args.detach:
+        raise UsageError(
+            "-d cannot be combined with -i/-t", "use `cantainer exec -it NAME -- sh` on a detached container"
+        )
+    if args.tty and not containers.stdin_is_tty():
+        raise UsageError("-t needs a terminal on stdin and stdout", "drop -t when piping")
+    request = containers.RunRequest(
+        host=args.host, network=args.network, image=args.image, name=args.name,
+        command=args.command_argv or None, env=containers.parse_env(args.env), workdir=args.workdir,
+        entrypoint=args.entrypoint, user=args.user,
+        memory=containers.parse_size(args.memory) if args.memory else None, cpus=args.cpus, pids=args.pids,
+    )
+    if request.workdir is not None and not request.workdir.startswith("/"):
+        raise UsageError(f"-w {request.workdir!r} is not an absolute path", "write it like -w /app")
+    if request.cpus is not None and request.cpus <= 0 or request.pids is not None and request.pids <= 0:
+        raise UsageError("--cpus and --pids must be positive")
+    return run_async(containers.run(load(args), request, args.detach, args.interactive, args.tty))
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from cantainer import containers
+
+    if not args.command_argv:
+        raise UsageError("no command given", "write it after --, e.g. cantainer exec web -- cat /etc/hostname")
+    if args.tty and not containers.stdin_is_tty():
+        raise UsageError("-t needs a terminal on stdin and stdout", "drop -t when piping")
+    return run_async(containers.exec_in(load(args), args.name, args.command_argv, args.interactive, args.tty))
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from cantainer import containers
+
+    run_async(containers.logs(load(args), args.name, args.follow))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from cantainer import containers
+
+    if not 0 <= args.time <= 3600:
+        raise UsageError(f"--time {args.time:g} is out of range", "give the seconds before SIGKILL, from 0 to 3600")
+    result = run_async(containers.stop(load(args), args.name, args.time))
+    print(f"{args.name} {result.get('state', 'stopped')}")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from cantainer import containers
+
+    run_async(containers.remove(load(args), args.name, args.force))
+    print(f"removed {args.name}")
+    return 0

@@ -1,0 +1,41 @@
+"""`network create | ls | rm`."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from cantainer.cli.common import cluster_call, consistency, print_table
+from cantainer.cli.parser import STALE_HELP, Commands
+
+
+def register(commands: Commands) -> None:
+    verbs = commands.group("network", "create, list and remove overlay networks")
+    create = verbs.add("create", "create a network (one CIDR, one VXLAN VNI)", cmd_create)
+    create.add_argument("cidr", metavar="CIDR", help="e.g. 10.0.0.0/24")
+    listing = verbs.add("ls", "list networks", cmd_ls)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.add_argument("--stale", action="store_true", help=STALE_HELP)
+    remove = verbs.add("rm", "remove an unused network", cmd_rm)
+    remove.add_argument("cidr", metavar="CIDR", help="e.g. 10.0.0.0/24")
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    network = cluster_call(args, "network.create", {"cidr": args.cidr}, write=True)
+    print(f"{network['cidr']} vni {network['vni']}{'' if network.get('created', True) else ' (exists)'}")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    cluster_call(args, "network.rm", {"cidr": args.cidr}, write=True)
+    print(f"removed {args.cidr}")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    networks = cluster_call(args, "network.ls", consistency(args))
+    if args.json:
+        print(json.dumps(networks, indent=2, sort_keys=True))
+    else:
+        print_table(["CIDR", "VNI", "HOSTS", "CONTAINERS"],
+                    [[n["cidr"], n["vni"], ",".join(n["hosts"]) or "-", n["containers"]] for n in networks])
+    return 0
