@@ -21,14 +21,14 @@ from typing import Callable
 
 from cantainer import remote
 from cantainer.bundle import Bundle, Platform, build_bundle
-from cantainer.client import AgentClient
+from cantainer.client import AgentClient, AgentError
 from cantainer.errors import CantainerError
 from cantainer.fleet import Fleet
 from cantainer.inventory import Host, Inventory
-from cantainer.plan import HostPlan, NoFounder, choose_bootstrap, plan_host, secret_digest
+from cantainer.plan import HostPlan, NoFounder, choose_bootstrap, plan_host, secret_digest, underlay_addresses
 from cantainer.secret import load_or_create_secret
 from cantainer.ssh import HostError
-from cantainer_agent import layout
+from cantainer_agent import layout, protocol
 
 HEALTHY_TIMEOUT = 60.0
 
@@ -56,14 +56,6 @@ class UpResult:
     seconds: float = 0.0
 
 
-def underlay_address(host: Host, probe: remote.ProbeResult) -> str:
-    address = host.underlay_address or probe.ssh_server_address
-    if not address:
-        raise HostError(host.name, "cannot tell the host's underlay address",
-                        "set underlay_address for this host in the inventory")
-    return address
-
-
 class Bootstrapper:
     def __init__(self, inventory: Inventory, report: Reporter, fanout: int) -> None:
         self.inventory = inventory
@@ -82,7 +74,7 @@ class Bootstrapper:
             await self.fleet.connect_all()
             await self.fleet.each(self.fleet.healthy(), self._probe)
             bootstrap_node = self._choose_bootstrap_node()
-            addresses = await self.fleet.each(self.fleet.healthy(), lambda h: self._underlay_address(h))
+            addresses = await self._addresses()
             await self.fleet.each(self.fleet.healthy(), lambda h: self._converge_files(h, addresses, bootstrap_node))
             await self._start_agents(bootstrap_node)
             await self._wait_healthy()
@@ -116,8 +108,34 @@ class Bootstrapper:
         outcome.bundle = self._bundle_for(Platform(probe.machine, probe.python[:2]))
         self.result.outcomes[host.name] = outcome
 
-    async def _underlay_address(self, host: Host) -> str:
-        return underlay_address(host, self.result.outcomes[host.name].probe)
+    async def _addresses(self) -> dict[str, str | None]:
+        """Every inventory host's underlay address (plan.underlay_addresses): seeds come from the
+        inventory, not from who answered, so an unreachable host changes nobody's config."""
+        probes = {name: outcome.probe for name, outcome in self.result.outcomes.items() if outcome.probe}
+        registered: dict[str, str] = {}
+        if any(h.underlay_address is None and h.name not in probes for h in self.inventory.hosts):
+            registered = await self._registered_addresses()
+        addresses = underlay_addresses(self.inventory, probes, registered)
+        for host in self.fleet.healthy():
+            if addresses[host.name] is None:
+                self.fleet.fail(host, HostError(host.name, "cannot tell the host's underlay address",
+                                                "set underlay_address for this host in the inventory"))
+        return addresses
+
+    async def _registered_addresses(self) -> dict[str, str]:
+        """The addresses the cluster state has registered, from the first running agent that answers."""
+        for host in self.fleet.healthy():
+            if self.result.outcomes[host.name].probe.agent_pid is None:
+                continue
+            client = AgentClient(self.fleet.connections[host.name])
+            try:
+                status = await client.call("status", timeout=5)
+            except CantainerError:
+                continue
+            finally:
+                client.close()
+            return {node["name"]: node["address"] for node in status.get("nodes", []) if node.get("registered")}
+        return {}
 
     def _bundle_for(self, target: Platform) -> Bundle:
         if target not in self._bundles:
@@ -212,6 +230,11 @@ class Bootstrapper:
                 except HostError as error:
                     last_problem = error.message
                     client.close()
+                except AgentError as error:
+                    if error.code != protocol.UNAVAILABLE:
+                        raise
+                    # Still joining — e.g. started by an `up` that was interrupted: finish the job.
+                    last_problem = error.message
                 else:
                     mine = {n["name"]: n for n in status.get("nodes", [])}.get(host.name)
                     if status.get("leader") and mine and mine.get("state") == "up":

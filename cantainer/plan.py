@@ -34,11 +34,35 @@ def secret_digest(secret: bytes) -> str:
     return hashlib.sha256(secret + b"\n").hexdigest()
 
 
-def desired_config(inventory: Inventory, host: Host, addresses: dict[str, str], bundle_digest: str,
-                   bootstrap: bool) -> dict:
-    """The agent config of *host*: its underlay address, the others' join ports as seeds."""
+def underlay_addresses(inventory: Inventory, probes: dict[str, ProbeResult],
+                       registered: dict[str, str]) -> dict[str, str | None]:
+    """Every inventory host's underlay address, in inventory order — the same whether or not the host
+    answered in this run, so a host that is down never changes the others' seeds (nor restarts them).
+
+    ``underlay_address`` (an IP-literal ``address`` sets it too); for a DNS-named host, the address
+    its SSH server saw us on; for one that did not answer, the address the cluster has registered
+    for it (*registered*, from a running agent). None when nothing tells."""
+    addresses: dict[str, str | None] = {}
+    for host in inventory.hosts:
+        probe = probes.get(host.name)
+        addresses[host.name] = (host.underlay_address or (probe.ssh_server_address if probe else None)
+                                or registered.get(host.name))
+    return addresses
+
+
+def desired_config(inventory: Inventory, host: Host, addresses: dict[str, str | None], bundle_digest: str,
+                   bootstrap: bool, current: dict | None = None) -> dict:
+    """The agent config of *host*: its underlay address, the others' join ports as seeds.
+
+    A host whose address is unknown (None: DNS-named, not answering, never registered) is left out;
+    then a host that has a config keeps the seeds it has (plus any newly known), since one of them
+    may be the unknown host's."""
     cluster = inventory.cluster
-    seeds = [f"{addresses[name]}:{cluster.join_port}" for name in addresses if name != host.name]
+    seeds = [f"{address}:{cluster.join_port}" for name, address in addresses.items()
+             if name != host.name and address]
+    unknown = any(address is None for name, address in addresses.items() if name != host.name)
+    if unknown and current and isinstance(current.get("seeds"), list):
+        seeds = list(current["seeds"]) + [seed for seed in seeds if seed not in current["seeds"]]
     return {
         "cluster": cluster.name,
         "node": host.name,
@@ -69,8 +93,9 @@ def config_changed(current: dict | None, wanted: dict) -> bool:
 
 
 def plan_host(inventory: Inventory, host: Host, probe: ProbeResult, *, bundle_digest: str, secret_sha256: str,
-              addresses: dict[str, str], bootstrap_node: str | None) -> HostPlan:
-    config = desired_config(inventory, host, addresses, bundle_digest, bootstrap=host.name == bootstrap_node)
+              addresses: dict[str, str | None], bootstrap_node: str | None) -> HostPlan:
+    config = desired_config(inventory, host, addresses, bundle_digest, bootstrap=host.name == bootstrap_node,
+                            current=probe.config)
     write_secret = probe.secret_sha256 != secret_sha256
     if probe.agent_pid is None:
         start = "start"

@@ -11,7 +11,7 @@ import pytest
 
 from cantainer import remote
 from cantainer_agent import layout
-from tests.labcli import CANTAINER, agent_pid, cantainer, host_exec, status
+from tests.labcli import CANTAINER, agent_pid, cantainer, host_exec, host_path, status
 
 pytestmark = pytest.mark.lab
 
@@ -110,6 +110,58 @@ def test_status_shows_a_crashed_host_as_down_and_up_brings_it_back(lab, cluster)
         lab.boot("h3")
     result = cantainer("up", str(cluster))
     assert result.returncode == 0, result.stdout + result.stderr
+    assert {n["name"]: n["state"] for n in status(cluster)["nodes"]} == {"h1": "up", "h2": "up", "h3": "up"}
+
+
+def test_up_with_a_host_down_restarts_nobody_and_fails(lab, cluster, tmp_path):
+    """Like Ansible: the reachable hosts are left alone (same agents, same leader), the unreachable
+    one is reported and `up` exits non-zero; once it is back, `up` starts it and touches nobody else."""
+    quick = variant(lab, tmp_path, {"[defaults]\n": "[defaults]\nconnect_timeout = 3\n"})
+    doc = status(cluster)
+    victim = next(n["name"] for n in doc["nodes"] if n["name"] != doc["leader"])
+    others = [h for h in ("h1", "h2", "h3") if h != victim]
+    before = {h: agent_pid(lab, h) for h in others}
+    lab.crash(victim)
+    try:
+        result = cantainer("up", str(quick))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert re.search(rf"{victim}: unreachable", result.stdout), result.stdout
+        for host in others:
+            assert re.search(rf"{host} .*unchanged", result.stdout), result.stdout
+        assert {h: agent_pid(lab, h) for h in others} == before
+    finally:
+        lab.boot(victim)
+    result = cantainer("up", str(quick))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(rf"{victim} .*started", result.stdout) and result.stdout.count("unchanged") == 2, result.stdout
+    assert {h: agent_pid(lab, h) for h in others} == before
+    assert status(cluster)["leader"] == doc["leader"]
+
+
+def test_up_after_an_interrupted_first_up_finishes_the_job(lab, cluster):
+    """Ctrl-C during a first `up` leaves hosts half-started; `status` still renders, the next `up` finishes."""
+    import signal
+    import time
+
+    assert cantainer("down", "--purge", "-i", str(cluster)).returncode == 0
+    process = subprocess.Popen([*CANTAINER, "up", str(cluster)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "COLUMNS": "200"})
+    try:
+        # Interrupt as soon as a joining host's agent exists: it is still joining the founder.
+        deadline = time.monotonic() + 60
+        while not any(host_path(lab, h, layout.PID_FILE).exists() for h in ("h2", "h3")):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert "Traceback" not in out + err
+    shown = cantainer("status", "-i", str(cluster))
+    assert "Traceback" not in shown.stdout + shown.stderr and "internal error" not in shown.stderr, shown.stderr
+    result = cantainer("up", str(cluster))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3/3 hosts ready" in result.stdout
     assert {n["name"]: n["state"] for n in status(cluster)["nodes"]} == {"h1": "up", "h2": "up", "h3": "up"}
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cantainer.inventory import load_inventory
-from cantainer.plan import NoFounder, choose_bootstrap, desired_config, plan_host, secret_digest
+from cantainer.plan import NoFounder, choose_bootstrap, desired_config, plan_host, secret_digest, underlay_addresses
 from cantainer.remote import ProbeResult
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "plan_host.json").read_text())
@@ -61,3 +61,40 @@ def test_choose_bootstrap(inventory, case):
             choose_bootstrap(inventory, probes)
     else:
         assert choose_bootstrap(inventory, probes) == case["founder"]
+
+
+def inventory_of(tmp_path, hosts: dict[str, dict]):
+    path = tmp_path / "dns.toml"
+    path.write_text('[cluster]\nname = "lab"\n' + "".join(
+        f'[[hosts]]\nname = "{name}"\n' + "".join(f'{key} = "{value}"\n' for key, value in fields.items())
+        for name, fields in hosts.items()))
+    return load_inventory(path)
+
+
+@pytest.mark.parametrize("case", FIXTURES["addresses"], ids=[c["name"] for c in FIXTURES["addresses"]])
+def test_underlay_addresses(inventory, tmp_path, case):
+    hosts = inventory_of(tmp_path, case["hosts"])
+    probes = {name: facts(inventory, {"ssh_server_address": seen}) for name, seen in case["answered"].items()}
+    addresses = underlay_addresses(hosts, probes, case["registered"])
+    assert addresses == case["addresses"]
+    assert list(addresses) == list(case["hosts"])  # inventory order: the seeds' order never flips
+
+
+@pytest.mark.parametrize("case", FIXTURES["seeds"], ids=[c["name"] for c in FIXTURES["seeds"]])
+def test_seeds(inventory, tmp_path, case):
+    hosts = inventory_of(tmp_path, {name: {"address": f"h{index}.example"}
+                                    for index, name in enumerate(case["addresses"], 1)})
+    current = None if case["current"] is None else {"seeds": case["current"]}
+    config = desired_config(hosts, hosts.hosts[0], case["addresses"], BUNDLE, bootstrap=False, current=current)
+    assert config["seeds"] == case["seeds"]
+
+
+def test_a_host_that_does_not_answer_changes_nothing_for_the_others(inventory):
+    """h3 is down: h1 and h2 keep their config and keep running (no restart), as Ansible leaves them."""
+    running = {"bundles": ["cantainer_agent-aaaaaaaaaaaaaaaa"], "secret_sha256": "SECRET", "config": "WANTED",
+               "agent_pid": 4242, "has_state": True}
+    probes = {name: facts(inventory, {**running, "ssh_server_address": ADDRESSES[name]}) for name in ("h1", "h2")}
+    addresses = underlay_addresses(inventory, probes, registered={})
+    plan = plan_host(inventory, inventory.hosts[0], probes["h1"], bundle_digest=BUNDLE,
+                     secret_sha256=secret_digest(SECRET), addresses=addresses, bootstrap_node=None)
+    assert (plan.start, plan.write_config, plan.touches_files) == (None, False, False)
