@@ -1,8 +1,9 @@
 """The `cantainer` command line. The only place that turns errors into the one line a user sees.
 
 One module per command group (cluster, containers, networks) registers its subcommands; this one
-builds the parser from them and runs the chosen command. Heavy imports (asyncssh, rich) happen
-inside the commands, so `cantainer --help` and error paths start fast.
+builds the parser from them, runs the chosen command and maps errors to one line and an exit code
+(exitcodes.py). Heavy imports (asyncssh, rich) happen inside the commands, so `cantainer --help`
+and error paths start fast.
 """
 from __future__ import annotations
 
@@ -10,45 +11,65 @@ import os
 import sys
 
 from cantainer import __version__
-from cantainer.cli import cluster, containers, images, networks
-from cantainer.cli.parser import Commands, Parser
+from cantainer.cli import cluster, containers, exitcodes, images, networks
+from cantainer.cli.parser import Commands, Parser, formatter
 from cantainer.errors import CantainerError
 
 COMMAND_MODULES = (cluster, networks, containers, images)
+DESCRIPTION = "Agentless orchestrator: containers on a VXLAN overlay, over SSH."
+EPILOG = """examples:
+  cantainer up inventory.toml                        # agents on every host, one raft cluster
+  export CANTAINER_INVENTORY=inventory.toml
+  cantainer run --host h1 -n 10.0.0.0/24 --name web -d sleep 3600
+  cantainer exec -it web sh
+  cantainer ps
+  cantainer status
+  cantainer down
+
+Run `cantainer COMMAND --help` for a command's options and examples. Every command takes
+-i INVENTORY (run and exec: --inventory) or $CANTAINER_INVENTORY."""
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="cantainer", description="Agentless orchestrator: containers on a VXLAN overlay, over SSH.")
+def build(width: int | None = None) -> tuple[Parser, Commands]:
+    parser = Parser(prog="cantainer", description=DESCRIPTION, epilog=EPILOG, formatter_class=formatter(width))
     parser.add_argument("--version", action="version", version=f"cantainer {__version__}")
-    commands = Commands(parser, "command", "COMMAND")
+    parser.set_defaults(handler=None, parser=parser)
+    commands = Commands(parser, "command", "COMMAND", width)
     for module in COMMAND_MODULES:
         module.register(commands)
-    return parser
+    return parser, commands
 
 
-def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Everything after the first `--` is the container command, passed through untouched."""
-    if "--" in argv:
-        index = argv.index("--")
-        return argv[:index], argv[index + 1:]
-    return argv, []
+def build_parser(width: int | None = None) -> Parser:
+    return build(width)[0]
+
+
+def _command_name(argv: list[str]) -> str | None:
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    tool_error = None
     try:
-        options, command_argv = split_command(sys.argv[1:] if argv is None else argv)
-        args = build_parser().parse_args(options)
-        args.command_argv = command_argv
+        parser, commands = build()
+        tool_error = commands.tool_errors.get(_command_name(argv) or "")
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            args.parser.unknown_options(extras)
+        if args.handler is None:  # `cantainer` or `cantainer network` alone: show what there is
+            print(args.parser.format_help(), end="")
+            return exitcodes.OK
         return args.handler(args)
     except CantainerError as error:
         print(f"cantainer: error: {error}", file=sys.stderr)
-        return error.exit_code
+        return exitcodes.exit_code_for(error, tool_error)
     except KeyboardInterrupt:
         print("cantainer: interrupted", file=sys.stderr)
-        return 130
+        return exitcodes.INTERRUPTED
     except Exception as error:  # noqa: BLE001 - a bug, but the user still gets one line
         if os.environ.get("CANTAINER_DEBUG"):
             raise
         print(f"cantainer: internal error: {type(error).__name__}: {error} — this is a bug; "
               "run again with CANTAINER_DEBUG=1 for the traceback and report it", file=sys.stderr)
-        return 70
+        return tool_error or exitcodes.INTERNAL

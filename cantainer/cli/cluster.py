@@ -10,14 +10,25 @@ from cantainer.errors import UsageError
 
 
 def register(commands: Commands) -> None:
-    up = commands.add("up", "push and start the agent on every host and form the cluster", cmd_up)
+    up = commands.add("up", "push and start the agent on every host and form the cluster", cmd_up, examples=[
+        "cantainer up inventory.toml            # start or update every host; a re-run changes nothing",
+        "cantainer up -i inventory.toml --fanout 8",
+    ], description="Push and start the agent on every host and form the cluster. Hosts that already match\n"
+                   "are left alone; unreachable hosts are reported (exit 1) and change nobody's config.")
     up.add_argument("inventory_path", nargs="?", metavar="INVENTORY", help="inventory TOML (same as -i)")
     up.add_argument("--fanout", type=int, default=32, help="hosts handled at once (default 32)")
-    status = commands.add("status", "show nodes, raft, networks and containers", cmd_status)
+    status = commands.add("status", "show nodes, raft, networks and containers", cmd_status, examples=[
+        "cantainer status",
+        "cantainer status --json | jq '.nodes[] | select(.state != \"up\")'",
+        "cantainer status --watch                # live until Ctrl-C; with --json: one document per line",
+    ])
     status.add_argument("--json", action="store_true", help="print one JSON document")
     status.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C (reads are --stale)")
     status.add_argument("--stale", action="store_true", help=STALE_HELP)
-    down = commands.add("down", "stop the agents and remove what they created on the hosts", cmd_down)
+    down = commands.add("down", "stop the agents and remove what they created on the hosts", cmd_down, examples=[
+        "cantainer down                          # agents stopped, containers stopped, state kept",
+        "cantainer down --purge                  # everything cantainer wrote on the hosts removed",
+    ])
     down.add_argument("--purge", action="store_true", help="also remove raft state, config and bundles")
     down.add_argument("--fanout", type=int, default=32, help="hosts handled at once (default 32)")
 

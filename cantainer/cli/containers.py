@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from cantainer.cli import exitcodes
 from cantainer.cli.common import cluster_call, consistency, load, print_table, run_async
 from cantainer.cli.parser import STALE_HELP, Commands, finite_float
 from cantainer.errors import UsageError
@@ -13,8 +14,16 @@ LONG_INVENTORY = ("--inventory",)
 
 
 def register(commands: Commands) -> None:
-    run = commands.add("run", "start a container on a host: cantainer run --host H -n CIDR [opts] [-- CMD ARGS...]",
-                       cmd_run, inventory_flags=LONG_INVENTORY)
+    run = commands.add("run", "start a container on a host", cmd_run, inventory_flags=LONG_INVENTORY,
+                       tool_error=exitcodes.TOOL_ERROR, examples=[
+        "cantainer run --host h1 -n 10.0.0.0/24 --name web -d sleep 3600   # prints \"web 10.0.0.1\"",
+        "cantainer run --host h2 -n 10.0.0.0/24 sh -c 'echo hi; exit 3'   # streams output, exits 3",
+        "cantainer run -it --host h1 -n 10.0.0.0/24 sh                     # a shell on a terminal",
+        "cantainer run --host h1 -n 10.0.0.0/24 -- ls -l /                 # -- is accepted too",
+    ], description="Start a container on a host. Everything after the options is the command, as with docker\n"
+                   "run (it replaces the image's Cmd; without one the image's Entrypoint + Cmd run); exits with\n"
+                   "the command's code (125: cantainer failed, 126: the command cannot be executed, 127: it\n"
+                   "was not found).")
     run.add_argument("--host", required=True, help="inventory host to run on")
     run.add_argument("-n", "--network", required=True, metavar="CIDR", help="network, created on first use")
     run.add_argument("--name", help="unique container name (default: generated)")
@@ -30,24 +39,43 @@ def register(commands: Commands) -> None:
     run.add_argument("--memory", help="memory limit, e.g. 256m")
     run.add_argument("--cpus", type=finite_float, help="CPU limit, e.g. 0.5")
     run.add_argument("--pids", type=int, help="maximum number of processes")
-    execute = commands.add("exec", "run a command in a running container: cantainer exec NAME -- CMD ARGS...",
-                           cmd_exec, inventory_flags=LONG_INVENTORY)
-    execute.add_argument("name", metavar="NAME")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...",
+                     help="the command and its arguments (default: the image's)")
+    execute = commands.add("exec", "run a command in a running container", cmd_exec, inventory_flags=LONG_INVENTORY,
+                           tool_error=exitcodes.TOOL_ERROR, examples=[
+        "cantainer exec web cat /etc/hostname",
+        "cantainer exec -it web sh                                          # interactive terminal",
+        "cantainer exec web -- ping -c1 10.0.0.2                            # -- is accepted too",
+    ], description="Run a command in a running container; everything after NAME is the command. Exits with\n"
+                   "its code (125: cantainer failed, 126: not executable, 127: not found).")
     execute.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
     execute.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
-    logs = commands.add("logs", "print a container's output", cmd_logs)
-    logs.add_argument("name", metavar="NAME")
+    execute.add_argument("name", metavar="NAME", help="container name or id")
+    execute.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...",
+                         help="the command and its arguments")
+    logs = commands.add("logs", "print a container's output", cmd_logs, examples=[
+        "cantainer logs web", "cantainer logs -f web"])
+    logs.add_argument("name", metavar="NAME", help="container name or id")
     logs.add_argument("-f", "--follow", action="store_true", help="keep following until the container exits")
-    stop = commands.add("stop", "stop a container (SIGTERM, then SIGKILL)", cmd_stop)
-    stop.add_argument("name", metavar="NAME")
+    stop = commands.add("stop", "stop a container (SIGTERM, then SIGKILL)", cmd_stop, examples=[
+        "cantainer stop web", "cantainer stop --time 2 web"])
+    stop.add_argument("name", metavar="NAME", help="container name or id")
     stop.add_argument("--time", type=finite_float, default=10.0, help="seconds before SIGKILL (default 10)")
-    rm = commands.add("rm", "remove a stopped container and release its address", cmd_rm)
-    rm.add_argument("name", metavar="NAME")
+    rm = commands.add("rm", "remove a stopped container and release its address", cmd_rm, examples=[
+        "cantainer rm web", "cantainer rm -f web                       # stop it first if it runs"])
+    rm.add_argument("name", metavar="NAME", help="container name or id")
     rm.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
-    ps = commands.add("ps", "list containers", cmd_ps)
+    ps = commands.add("ps", "list containers", cmd_ps, examples=[
+        "cantainer ps", "cantainer ps -a --json"])
     ps.add_argument("-a", "--all", action="store_true", help="include exited containers")
     ps.add_argument("--json", action="store_true", help="print JSON")
     ps.add_argument("--stale", action="store_true", help=STALE_HELP)
+
+
+def command_of(args: argparse.Namespace) -> list[str]:
+    """The container command: everything after the options (a leading `--` is dropped)."""
+    command = list(args.command)
+    return command[1:] if command[:1] == ["--"] else command
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
@@ -77,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("-t needs a terminal on stdin and stdout", "drop -t when piping")
     request = containers.RunRequest(
         host=args.host, network=args.network, image=args.image, name=args.name,
-        command=args.command_argv or None, env=containers.parse_env(args.env), workdir=args.workdir,
+        command=command_of(args) or None, env=containers.parse_env(args.env), workdir=args.workdir,
         entrypoint=args.entrypoint, user=args.user,
         memory=containers.parse_size(args.memory) if args.memory else None, cpus=args.cpus, pids=args.pids,
     )
@@ -91,11 +119,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_exec(args: argparse.Namespace) -> int:
     from cantainer import containers
 
-    if not args.command_argv:
-        raise UsageError("no command given", "write it after --, e.g. cantainer exec web -- cat /etc/hostname")
+    command = command_of(args)
+    if not command:
+        raise UsageError("no command given", "name it after the container, e.g. cantainer exec web cat /etc/hostname")
     if args.tty and not containers.stdin_is_tty():
         raise UsageError("-t needs a terminal on stdin and stdout", "drop -t when piping")
-    return run_async(containers.exec_in(load(args), args.name, args.command_argv, args.interactive, args.tty))
+    return run_async(containers.exec_in(load(args), args.name, command, args.interactive, args.tty))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

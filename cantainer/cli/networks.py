@@ -9,13 +9,16 @@ from cantainer.cli.parser import STALE_HELP, Commands
 
 
 def register(commands: Commands) -> None:
-    verbs = commands.group("network", "create, list and remove overlay networks")
-    create = verbs.add("create", "create a network (one CIDR, one VXLAN VNI)", cmd_create)
+    verbs = commands.group("network", "create, list and remove overlay networks", examples=[
+        "cantainer network create 10.1.0.0/24", "cantainer network ls", "cantainer network rm 10.1.0.0/24"])
+    create = verbs.add("create", "create a network (one CIDR, one VXLAN VNI)", cmd_create, examples=[
+        "cantainer network create 10.1.0.0/24    # prints the CIDR and its VNI; says so if it exists"])
     create.add_argument("cidr", metavar="CIDR", help="e.g. 10.0.0.0/24")
-    listing = verbs.add("ls", "list networks", cmd_ls)
+    listing = verbs.add("ls", "list networks", cmd_ls, examples=["cantainer network ls", "cantainer network ls --json"])
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.add_argument("--stale", action="store_true", help=STALE_HELP)
-    remove = verbs.add("rm", "remove an unused network", cmd_rm)
+    remove = verbs.add("rm", "remove an unused network", cmd_rm, examples=[
+        "cantainer network rm 10.1.0.0/24       # refused while containers are attached"])
     remove.add_argument("cidr", metavar="CIDR", help="e.g. 10.0.0.0/24")
 
 

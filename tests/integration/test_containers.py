@@ -68,6 +68,14 @@ def test_run_detached_gives_an_alpine_container_with_its_name_and_command_as_pid
     assert ps(cluster)["c1"]["state"] == "running"
 
 
+def test_run_and_exec_take_the_command_without_double_dash_like_docker(cluster):
+    name, ip = ok(cli(cluster, "run", "--host", "h2", "-n", "10.2.0.0/24", "--name", "nodash", "-d",
+                      "sleep", "100000")).split()
+    assert ok(cli(cluster, "exec", "nodash", "sh", "-c", "echo -- $(hostname)")) == "-- nodash\n"
+    assert ok(cli(cluster, "exec", name, "--", "cat", "/proc/1/cmdline")).split("\0")[:2] == ["sleep", "100000"]
+    ok(cli(cluster, "rm", "-f", "nodash"))
+
+
 def test_exit_codes_of_run_and_exec_are_propagated(cluster):
     result = cli(cluster, "run", "--host", "h2", "-n", "10.2.0.0/24", "--name", "exits", "--",
                  "sh", "-c", "echo out; echo err >&2; exit 7")

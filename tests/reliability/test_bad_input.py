@@ -243,7 +243,7 @@ CLI_CASES = [
         ["no container named 'nosuch'", "cantainer ps -a"],
         id="exec: unknown container",
     ),
-    pytest.param(["exec", "base"], ["no command given", "after --"], id="exec: no command"),
+    pytest.param(["exec", "base"], ["no command given", "cantainer exec web cat /etc/hostname"], id="exec: no command"),
     pytest.param(["logs", "nosuch"], ["no container named 'nosuch'"], id="logs: unknown container"),
     pytest.param(["rm", "nosuch"], ["no container named 'nosuch'"], id="rm: unknown container"),
     pytest.param(["rm", "base"], ["running", "rm -f"], id="rm: running container without -f"),
@@ -261,8 +261,11 @@ CLI_CASES = [
         ["still has 1 container(s) attached (base)", "remove them first"],
         id="network rm: network in use",
     ),
-    pytest.param(["frobnicate"], ["invalid choice: 'frobnicate'", "--help"], id="cli: unknown subcommand"),
-    pytest.param(["ps", "--frob"], ["unrecognized arguments: --frob", "--help"], id="cli: unknown flag"),
+    pytest.param(["frobnicate"], ["unknown command 'frobnicate'", "cantainer --help"], id="cli: unknown subcommand"),
+    pytest.param(["stauts"], ["unknown command 'stauts'", "did you mean status?"], id="cli: typo of a subcommand"),
+    pytest.param(["ps", "--frob"], ["unknown option --frob", "cantainer ps --help"], id="cli: unknown flag"),
+    pytest.param(["ps", "--jsn"], ["unknown option --jsn", "did you mean --json?", "cantainer ps --help"],
+                 id="cli: typo of a flag"),
 ]
 
 

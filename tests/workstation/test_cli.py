@@ -1,37 +1,121 @@
-"""Command-line parsing: one clear line for a usage mistake, the container command kept verbatim."""
+"""Command-line parsing: one clear line for a usage mistake (with a suggestion and the right help),
+the container command as docker takes it, help with examples, exit codes, the README reference."""
 from __future__ import annotations
+
+import argparse
 
 import pytest
 
-from cantainer.cli import build_parser, main, split_command
+from cantainer.cli import build, build_parser, exitcodes, main
+from cantainer.cli.containers import command_of
+from cantainer.cli.reference import README, readme_section, render
+from cantainer.client import AgentError
 
 
-def test_everything_after_the_first_double_dash_is_the_container_command():
-    assert split_command(["run", "--host", "h1", "--", "sh", "-c", "echo -- x"]) == (
-        ["run", "--host", "h1"], ["sh", "-c", "echo -- x"])
-    assert split_command(["ps", "-a"]) == (["ps", "-a"], [])
+def parse(*argv: str) -> argparse.Namespace:
+    args, extras = build_parser().parse_known_args(list(argv))
+    assert extras == []
+    return args
+
+
+@pytest.mark.parametrize("argv, name, command", [
+    (["exec", "-it", "web", "sh"], "web", ["sh"]),                       # docker's habit: no `--`
+    (["exec", "web", "ls", "-l", "/"], "web", ["ls", "-l", "/"]),        # the command's own options
+    (["exec", "web", "--", "sh", "-c", "a"], "web", ["sh", "-c", "a"]),  # `--` still accepted
+    (["exec", "web", "sh", "-c", "echo -- x"], "web", ["sh", "-c", "echo -- x"]),  # a later `--` is the command's
+])
+def test_exec_takes_everything_after_the_name_as_the_command(argv, name, command):
+    args = parse(*argv)
+    assert (args.name, command_of(args)) == (name, command)
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["run", "--host", "h1", "-n", "10.0.0.0/24", "-d", "sleep", "5"], ["sleep", "5"]),
+    (["run", "--host", "h1", "-n", "10.0.0.0/24", "sh", "-c", "echo -- x; exit 3"], ["sh", "-c", "echo -- x; exit 3"]),
+    (["run", "--host", "h1", "-n", "10.0.0.0/24", "--", "ls", "-l"], ["ls", "-l"]),
+    (["run", "--host", "h1", "-n", "10.0.0.0/24", "-d", "--", "--", "x"], ["--", "x"]),
+    (["run", "--host", "h1", "-n", "10.0.0.0/24"], []),  # the default command (/bin/sh) is the caller's
+])
+def test_run_takes_everything_after_its_options_as_the_command(argv, command):
+    assert command_of(parse(*argv)) == command
 
 
 def test_run_options_parse():
-    args = build_parser().parse_args(["run", "--host", "h1", "-n", "10.0.0.0/24", "--cpus", "0.5", "-e", "A=1",
-                                      "-e", "B=2", "-d", "--inventory", "inv.toml"])
+    args = parse("run", "--host", "h1", "-n", "10.0.0.0/24", "--cpus", "0.5", "-e", "A=1", "-e", "B=2", "-d",
+                 "--inventory", "inv.toml")
     assert (args.host, args.network, args.cpus, args.env, args.detach, args.inventory) == (
         "h1", "10.0.0.0/24", 0.5, ["A=1", "B=2"], True, "inv.toml")
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["run", "--host", "h1", "-n", "10.0.0.0/24", "--cpus", "nan"], "not a finite number"),
-    (["stop", "web", "--time", "inf"], "not a finite number"),
-    (["frobnicate"], "invalid choice"),
-    (["network"], "required"),
+@pytest.mark.parametrize("argv, needles, code", [
+    (["run", "--host", "h1", "-n", "10.0.0.0/24", "--cpus", "nan"], ["not a finite number", "cantainer run --help"],
+     125),
+    (["stop", "web", "--time", "inf"], ["not a finite number", "cantainer stop --help"], 2),
+    (["stauts"], ["unknown command 'stauts'", "did you mean status?", "see `cantainer --help`"], 2),
+    (["frobnicate"], ["unknown command 'frobnicate'", "see `cantainer --help`"], 2),
+    (["network", "crate", "10.0.0.0/24"], ["'crate'", "did you mean create?", "cantainer network --help"], 2),
+    (["ps", "--jsn"], ["unknown option --jsn", "did you mean --json?", "see `cantainer ps --help`"], 2),
+    (["network", "ls", "--frob"], ["unknown option --frob", "see `cantainer network ls --help`"], 2),
+    (["logs", "web", "extra"], ["unexpected argument: extra", "cantainer logs --help"], 2),
+    (["run", "--hots", "h1", "-n", "10.0.0.0/24"], ["--host", "cantainer run --help"], 125),
+    (["exec", "-it", "web"], ["no command given", "cantainer exec web cat /etc/hostname"], 125),
 ])
-def test_usage_mistakes_are_one_line_and_exit_2(argv, needle, capsys):
-    assert main(argv) == 2
+def test_usage_mistakes_are_one_line_with_a_suggestion_and_the_right_help(argv, needles, code, capsys):
+    assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("cantainer: error:") and needle in err[0]
+    assert len(err) == 1 and err[0].startswith("cantainer: error:"), err
+    for needle in needles:
+        assert needle in err[0]
+
+
+@pytest.mark.parametrize("argv, first_line", [
+    ([], "usage: cantainer "),
+    (["network"], "usage: cantainer network "),
+])
+def test_a_command_alone_shows_its_help(argv, first_line, capsys):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(first_line) and "examples:" in out
+
+
+def walk(parser: argparse.ArgumentParser, prefix: str = "cantainer"):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{prefix} {name}", sub
+                yield from walk(sub, f"{prefix} {name}")
+
+
+def test_every_command_has_examples_of_itself_in_its_help():
+    commands = list(walk(build_parser()))
+    assert len(commands) >= 13
+    for name, sub in commands:
+        text = sub.format_help()
+        assert "examples:" in text, name
+        examples = text.split("examples:", 1)[1]
+        assert name in examples, f"{name}: its examples do not use it"
 
 
 def test_a_missing_inventory_names_the_environment_variable(capsys, monkeypatch):
     monkeypatch.delenv("CANTAINER_INVENTORY", raising=False)
     assert main(["ps"]) == 2
     assert "CANTAINER_INVENTORY" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("code, tool_error, exit_code", [
+    ("not_found", None, 3), ("invalid", None, 6), ("already_exists", None, 4), ("conflict", None, 5),
+    ("unavailable", None, 69), ("outcome_unknown", None, 75), ("internal", None, 70), ("something_new", None, 1),
+    ("not_found", 125, 125), ("unavailable", 125, 125),  # run/exec: cantainer's own failure
+])
+def test_agent_error_codes_map_to_exit_codes_through_one_table(code, tool_error, exit_code):
+    assert exitcodes.exit_code_for(AgentError("h1", code, "message"), tool_error) == exit_code
+
+
+def test_run_and_exec_report_their_own_failures_as_125():
+    _, commands = build()
+    assert commands.tool_errors == {"run": 125, "exec": 125}
+
+
+def test_readme_cli_reference_is_generated_from_the_parser():
+    """Regenerate with `python -m cantainer.cli.reference --write` when a command changes."""
+    assert readme_section(README.read_text()) == render()
