@@ -127,10 +127,25 @@ async def exec_in(inventory: Inventory, name: str, command: list[str], interacti
         return await stream_command(session.connection, argv, interactive, use_tty)
 
 
-async def logs(inventory: Inventory, name: str, follow: bool) -> int:
+@dataclass
+class LogsRequest:
+    follow: bool = False
+    tail: int | None = None      # only the last lines
+    since: str = ""              # only records at or after this RFC 3339 UTC time
+    timestamps: bool = False
+    streams: tuple[str, ...] = ()  # () = both
+
+    def tool_args(self) -> list[str]:
+        """The agent's `logs` tool options (agent/cantainer_agent/__main__.py)."""
+        return [*(["--follow"] if self.follow else []), *(["--tail", str(self.tail)] if self.tail is not None else []),
+                *(["--since", self.since] if self.since else []), *(["--timestamps"] if self.timestamps else []),
+                *[f"--{stream}" for stream in self.streams]]
+
+
+async def logs(inventory: Inventory, name: str, request: LogsRequest) -> int:
     container, host = await find(inventory, name)
     async with HostSession(host) as session:
-        argv = session.tool("logs", container["id"], *(["--follow"] if follow else []))
+        argv = session.tool("logs", container["id"], *request.tool_args())
         return await stream_command(session.connection, argv, interactive=False, use_tty=False)
 
 

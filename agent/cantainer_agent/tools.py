@@ -16,7 +16,7 @@ import tty
 
 from . import layout
 from .config import ConfigError, load_config
-from .runtime import ContainerError, Runtime
+from .runtime import ContainerError, Runtime, logfile
 
 DEFAULT_CONFIG = layout.CONFIG_FILE
 FOLLOW_INTERVAL = 0.1
@@ -27,25 +27,53 @@ def open_runtime(config_path: str) -> Runtime:
     return Runtime(state_dir=layout.containers_state_dir(cfg.data_dir), run_dir=layout.containers_run_dir(cfg.run_dir))
 
 
-def logs(runtime: Runtime, container_id: str, follow: bool, exit_code: bool) -> int:
-    """Copy the log to stdout; with follow, keep copying until the container has exited."""
-    out = sys.stdout.buffer
-    with open(runtime.logs(container_id), "rb") as log:
-        while True:
-            chunk = log.read(65536)
-            if chunk:
-                out.write(chunk)
-                out.flush()
-                continue
-            if not follow:
-                break
-            info = runtime.inspect(container_id)
-            if not info.running:
-                rest = log.read()  # what the container wrote just before it exited
-                out.write(rest)
-                out.flush()
+class _Output:
+    """Writes records to our stdout or stderr as their stream says; with time stamps, each line
+    starts with its record's time (per stream, so a partial line is not stamped twice)."""
+
+    def __init__(self, timestamps: bool) -> None:
+        self.timestamps = timestamps
+        self._line_start = {"stdout": True, "stderr": True}
+
+    def write(self, records) -> None:
+        for record in (logfile.lines(records) if self.timestamps else records):
+            data = record.data
+            if self.timestamps and record.time and self._line_start.get(record.stream, True):
+                data = record.time.encode() + b" " + data
+            self._line_start[record.stream] = record.data.endswith(b"\n")
+            view = memoryview(data)
+            fd = 2 if record.stream == "stderr" else 1
+            while view:
+                view = view[os.write(fd, view):]
+
+
+def logs(runtime: Runtime, container_id: str, follow: bool = False, exit_code: bool = False, tail: int | None = None,
+         since: str = "", timestamps: bool = False, streams: tuple[str, ...] = logfile.STREAMS) -> int:
+    """Copy the log, each stream to ours (stdout to stdout, stderr to stderr). *tail*: only the last
+    lines; *since*: only records at or after that time (RFC 3339 UTC as the log writes it: the
+    strings compare as times); with *follow*, keep copying until the container has exited."""
+    wanted = set(streams)
+
+    def selected(records):
+        return [r for r in records if r.stream in wanted and (not since or r.time >= since)]
+
+    output = _Output(timestamps)
+    reader = logfile.Reader(runtime.logs(container_id))
+    try:
+        records = selected(reader.read())
+        if tail is not None:
+            records = list(logfile.lines(records))[-tail:] if tail > 0 else []
+        output.write(records)
+        while follow:
+            running = runtime.inspect(container_id).running
+            output.write(selected(reader.read()))  # after an exit: what it wrote just before
+            if not running:
                 break
             time.sleep(FOLLOW_INTERVAL)
+    except BrokenPipeError:
+        return 0  # whoever reads us went away
+    finally:
+        reader.close()
     if exit_code:
         info = runtime.wait(container_id)
         return info.exit_code if info.exit_code is not None else 255
@@ -67,15 +95,17 @@ def attach(runtime: Runtime, container_id: str) -> int:
 
     Run by `cantainer run -i/-t` over SSH (with -t its stdio is sshd's pty: made raw here so ^C
     and ^D reach the container's own terminal as bytes). Window size is sent at once and on
-    SIGWINCH. Output ends when the container's output ends; the exit code comes from exit.json.
+    SIGWINCH. The container's stdout and stderr come to ours. Output ends when the container's
+    output ends; the exit code comes from exit.json.
     """
-    from .runtime.attach import FRAME_DATA, FRAME_EOF, encode_frame
+    from .runtime.attach import FRAME_DATA, FRAME_EOF, OutputFrames, encode_frame
 
     info = runtime.inspect(container_id)
     sock = runtime.attach(container_id)
     use_stdin = bool(info.spec and info.spec.stdin)
     is_tty = os.isatty(0)
     saved = termios.tcgetattr(0) if is_tty else None
+    frames = OutputFrames()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     old_wakeup = signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGWINCH, lambda *_: None)  # a handler, so the wakeup fd sees it
@@ -108,9 +138,10 @@ def attach(runtime: Runtime, container_id: str) -> int:
                 data = sock.recv(65536)
                 if not data:
                     break
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(1, view):]
+                for fd, payload in frames.feed(data):
+                    view = memoryview(payload)
+                    while view:
+                        view = view[os.write(fd, view):]
     except (BrokenPipeError, ConnectionResetError):
         pass  # the container ended while we were sending it input
     finally:
@@ -142,7 +173,9 @@ def main(command: str, args) -> int:
     try:
         runtime = open_runtime(args.config)
         if command == "logs":
-            return logs(runtime, args.id, args.follow, args.exit_code)
+            streams = tuple(s for s in logfile.STREAMS if getattr(args, s)) or logfile.STREAMS
+            return logs(runtime, args.id, args.follow, args.exit_code, args.tail, args.since, args.timestamps,
+                        streams)
         if command == "teardown":
             return teardown(runtime)
         if command == "attach":

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cantainer.cli import exitcodes
+from cantainer.cli import exitcodes, output
 from cantainer.cli.common import cluster_call, consistency, load, print_table, run_async
 from cantainer.cli.parser import STALE_HELP, Commands, finite_float
 from cantainer.errors import UsageError
@@ -54,9 +54,19 @@ def register(commands: Commands) -> None:
     execute.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...",
                          help="the command and its arguments")
     logs = commands.add("logs", "print a container's output", cmd_logs, examples=[
-        "cantainer logs web", "cantainer logs -f web"])
+        "cantainer logs web                      # its stdout to stdout, its stderr to stderr",
+        "cantainer logs -f --tail 20 web         # the last 20 lines, then follow until it exits",
+        "cantainer logs --since 10m -t web       # the last ten minutes, each line with its time",
+        "cantainer logs --stderr web             # only what it wrote to stderr",
+    ])
     logs.add_argument("name", metavar="NAME", help="container name or id")
     logs.add_argument("-f", "--follow", action="store_true", help="keep following until the container exits")
+    logs.add_argument("-n", "--tail", metavar="N", help="only the last N lines (default: all)")
+    logs.add_argument("--since", metavar="WHEN",
+                      help="only output since WHEN: a duration back from now (90s, 10m, 2h) or a time (RFC 3339)")
+    logs.add_argument("-t", "--timestamps", action="store_true", help="start each line with its time (RFC 3339)")
+    logs.add_argument("--stdout", action="store_true", help="only the container's stdout")
+    logs.add_argument("--stderr", action="store_true", help="only the container's stderr")
     stop = commands.add("stop", "stop a container (SIGTERM, then SIGKILL)", cmd_stop, examples=[
         "cantainer stop web", "cantainer stop --time 2 web"])
     stop.add_argument("name", metavar="NAME", help="container name or id")
@@ -127,10 +137,30 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return run_async(containers.exec_in(load(args), args.name, command, args.interactive, args.tty))
 
 
+def logs_request(args: argparse.Namespace):
+    from cantainer.containers import LogsRequest
+
+    tail = None
+    if args.tail is not None and args.tail != "all":
+        if not args.tail.isdigit():
+            raise UsageError(f"--tail {args.tail!r} is not a number of lines", "give a count like --tail 20, or all")
+        tail = int(args.tail)
+    since = ""
+    if args.since:
+        try:
+            since = output.rfc3339(output.parse_since(args.since))
+        except ValueError as error:
+            raise UsageError(f"--since {error}", "give a duration like 10m or 1h30m, or a time like "
+                                                 "2024-05-01T12:00:00Z") from None
+    streams = tuple(stream for stream in ("stdout", "stderr") if getattr(args, stream))
+    return LogsRequest(follow=args.follow, tail=tail, since=since, timestamps=args.timestamps, streams=streams)
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from cantainer import containers
 
-    run_async(containers.logs(load(args), args.name, args.follow))
+    request = logs_request(args)
+    run_async(containers.logs(load(args), args.name, request))
     return 0
 
 

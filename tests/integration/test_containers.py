@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -76,13 +77,30 @@ def test_run_and_exec_take_the_command_without_double_dash_like_docker(cluster):
     ok(cli(cluster, "rm", "-f", "nodash"))
 
 
-def test_exit_codes_of_run_and_exec_are_propagated(cluster):
+def test_exit_codes_of_run_and_exec_are_propagated_and_stderr_stays_stderr(cluster, web):
     result = cli(cluster, "run", "--host", "h2", "-n", "10.2.0.0/24", "--name", "exits", "--",
                  "sh", "-c", "echo out; echo err >&2; exit 7")
-    assert result.returncode == 7 and "out" in result.stdout
+    assert (result.returncode, result.stdout, result.stderr) == (7, "out\n", "err\n")
     assert ps(cluster)["exits"]["state"] == "exited" and ps(cluster)["exits"]["exit_code"] == 7
-    assert "out" in ok(cli(cluster, "logs", "exits"))
+    logs = cli(cluster, "logs", "exits")
+    assert (logs.returncode, logs.stdout, logs.stderr) == (0, "out\n", "err\n")
+    only_err, only_out = cli(cluster, "logs", "--stderr", "exits"), cli(cluster, "logs", "--stdout", "exits")
+    assert (only_err.stdout, only_err.stderr, only_out.stdout, only_out.stderr) == ("", "err\n", "out\n", "")
+    result = cli(cluster, "exec", "c1", "sh", "-c", "echo to-out; echo to-err >&2; exit 4")
+    assert (result.returncode, result.stdout, result.stderr) == (4, "to-out\n", "to-err\n")
     ok(cli(cluster, "rm", "exits"))
+
+
+def test_logs_tail_since_and_time_stamps(cluster):
+    ok(cli(cluster, "run", "--host", "h1", "-n", "10.2.0.0/24", "--name", "counter",
+           "sh", "-c", "for i in 1 2 3 4 5; do echo line $i; done"))
+    assert ok(cli(cluster, "logs", "--tail", "2", "counter")) == "line 4\nline 5\n"
+    stamped = ok(cli(cluster, "logs", "-t", "--tail", "1", "counter"))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z line 5\n", stamped), stamped
+    assert ok(cli(cluster, "logs", "--since", "1h", "counter")).count("line") == 5
+    assert ok(cli(cluster, "logs", "--since", "2099-01-01T00:00:00Z", "counter")) == ""
+    one_line_error(cli(cluster, "logs", "--since", "yesterday", "counter"), "--since", "10m")
+    ok(cli(cluster, "rm", "counter"))
 
 
 def test_exec_prints_exactly_the_commands_output_and_its_exit_code(cluster, web):
@@ -319,11 +337,11 @@ def test_run_it_gives_pid_1_a_real_interactive_terminal(cluster, web):
 def test_run_i_pipes_stdin_and_returns_the_exit_code(cluster):
     result = subprocess.run(
         [sys.executable, "-m", "cantainer.cli", "run", "-i", "--host", "h2", "-n", "10.0.0.0/24", "--name", "runpipe",
-         "--", "sh", "-c", "tr a-z A-Z; exit 3"],
+         "--", "sh", "-c", "tr a-z A-Z; echo bye >&2; exit 3"],
         input="hello pipe\n", capture_output=True, text=True, timeout=120,
         env={**os.environ, "CANTAINER_INVENTORY": str(cluster)},
     )
     assert result.returncode == 3, result
-    assert result.stdout == "HELLO PIPE\n"
+    assert (result.stdout, result.stderr) == ("HELLO PIPE\n", "bye\n")
 
 

@@ -2,10 +2,11 @@
 
 The supervisor listens on the container's attach socket. Client -> supervisor messages are frames
 (``encode_frame``: 1 byte type, 4 bytes length, payload — data, window size, stdin EOF);
-supervisor -> client is the raw output stream. The container is held before execve until the
-first client connects (its window size applied first) or ``ATTACH_WAIT`` passes, so the client
-sees everything from the first byte. A client that does not read loses output beyond
-``CLIENT_BUFFER``; input beyond ``STDIN_BUFFER`` pauses reading from clients.
+supervisor -> client, the output in frames of the same shape whose type is the stream (1 stdout,
+2 stderr, as docker's stdcopy), so stderr stays stderr (a terminal has one stream: stdout). The
+container is held before execve until the first client connects (its window size applied first)
+or ``ATTACH_WAIT`` passes, so the client sees everything from the first byte. A client that does
+not read loses output beyond ``CLIENT_BUFFER``; input beyond ``STDIN_BUFFER`` pauses reading.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .logfile import LogFile
 
 ATTACH_WAIT = 10.0  # seconds an attachable container is held before execve waiting for a client
 FRAME_DATA, FRAME_WINSIZE, FRAME_EOF = 0x64, 0x77, 0x65  # b"d" b"w" b"e"
+OUTPUT_STREAMS = {"stdout": 1, "stderr": 2}  # output frame type: the stream's file descriptor
 MAX_FRAME = 1 << 16
 CLIENT_BUFFER = 4 << 20  # output queued for a client that does not read; beyond it, it is dropped
 STDIN_BUFFER = 1 << 16  # input queued for the container; beyond it, clients are not read
@@ -33,6 +35,28 @@ def encode_frame(kind: int, payload: bytes = b"") -> bytes:
 
 def encode_winsize(rows: int, cols: int) -> bytes:
     return encode_frame(FRAME_WINSIZE, struct.pack("!HH", rows, cols))
+
+
+def output_frame(stream: str, data: bytes) -> bytes:
+    """Shim -> client: *data* written by the container on *stream*."""
+    return encode_frame(OUTPUT_STREAMS[stream], data)
+
+
+class OutputFrames:
+    """The client's side of output frames: feed bytes, get (file descriptor 1 or 2, data)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes):
+        self._buffer += data
+        while len(self._buffer) >= 5:
+            size = int.from_bytes(self._buffer[1:5], "big")
+            if len(self._buffer) < 5 + size:
+                return
+            kind, payload = self._buffer[0], bytes(self._buffer[5:5 + size])
+            del self._buffer[:5 + size]
+            yield (2 if kind == 2 else 1), payload
 
 
 def unix_address(path: str) -> tuple[str, int]:
@@ -179,11 +203,14 @@ def hold_for_attach(pid: int, listener: socket.socket, master: int, wait: float)
         os.close(init_fd)
 
 
-def relay(source: int, stdin_fd: int, master: int, log: LogFile, listener: socket.socket,
-           clients: list[_Client]) -> None:
-    """Copy the container's output (pipe or pty master) to the log and every attached client, and
-    the clients' input to its stdin (pipe or pty master), until the output ends."""
-    os.set_blocking(source, False)
+def relay(sources: dict[int, str], stdin_fd: int, master: int, log: LogFile, listener: socket.socket,
+          clients: list[_Client]) -> None:
+    """Copy the container's output ({fd: stream}: the stdout and stderr pipes, or the pty master) to
+    the log and every attached client, and the clients' input to its stdin (pipe or pty master),
+    until every output ends."""
+    sources = dict(sources)
+    for source in sources:
+        os.set_blocking(source, False)
     if stdin_fd >= 0:
         os.set_blocking(stdin_fd, False)
     tty = master >= 0
@@ -210,9 +237,10 @@ def relay(source: int, stdin_fd: int, master: int, log: LogFile, listener: socke
             poller.register(client.sock.fileno(), mask)
             by_fd[client.sock.fileno()] = client
         want_out = stdin_fd >= 0 and bool(pending)
-        if stdin_fd >= 0 and stdin_fd != source and want_out:
+        if stdin_fd >= 0 and stdin_fd not in sources and want_out:
             poller.register(stdin_fd, select.POLLOUT)
-        poller.register(source, select.POLLIN | (select.POLLOUT if want_out and stdin_fd == source else 0))
+        for source in sources:
+            poller.register(source, select.POLLIN | (select.POLLOUT if want_out and stdin_fd == source else 0))
         for fd, events in poller.poll():
             if fd == stdin_fd and events & (select.POLLOUT | select.POLLERR) and pending:
                 try:
@@ -224,21 +252,28 @@ def relay(source: int, stdin_fd: int, master: int, log: LogFile, listener: socke
                     if not tty:
                         os.close(stdin_fd)
                         stdin_fd = -1
-            if fd == source and events & (select.POLLIN | select.POLLHUP | select.POLLERR):
+            if fd in sources and events & (select.POLLIN | select.POLLHUP | select.POLLERR):
                 try:
-                    data = os.read(source, 65536)
+                    data = os.read(fd, 65536)
                 except BlockingIOError:
                     continue
                 except OSError:  # EIO: the last holder of the pty slave is gone
                     data = b""
                 if not data:
+                    sources.pop(fd)
+                    if fd != stdin_fd:
+                        os.close(fd)
+                    if sources:
+                        continue
                     for client in clients:
                         _drain(client)
                         client.sock.close()
                     return
-                log.write(data)
+                stream = sources[fd]
+                log.write(data, stream)
+                frame = output_frame(stream, data)
                 for client in clients:
-                    client.queue(data)
+                    client.queue(frame)
             elif fd == listener.fileno():
                 try:
                     sock, _ = listener.accept()

@@ -26,7 +26,7 @@ import time
 from typing import Callable, Sequence
 
 from .. import layout
-from . import linux
+from . import linux, logfile
 from .cgroups import Cgroup, CgroupLayout, CgroupManager
 from .errors import (
     ContainerExists,
@@ -308,7 +308,7 @@ class Runtime:
                     "cgroup_v2_dir": cgroup.dirs[0] if cgroup.layout.version == 2 else None,
                     "cgroup_version": cgroup.layout.version, "caps": self.caps_mask, "cap_last": self.cap_last,
                     "wait_for_go": before_exec is not None,
-                    "log": os.path.join(cdir, "log"), "log_max": self.log_max_bytes,
+                    "log": os.path.join(cdir, logfile.NAME), "log_max": self.log_max_bytes,
                     "pids_file": os.path.join(rdir, "pids.json"), "exit_file": os.path.join(cdir, "exit.json"),
                     "tty": spec.tty, "stdin": spec.stdin,
                     "attach_sock": self.attach_path(cid) if spec.attachable else None,
@@ -344,7 +344,7 @@ class Runtime:
             self._starting.discard(cid)
         info = ContainerInfo(
             id=cid, state=RUNNING, spec=spec, pid=started["pid"], shim_pid=started["shim_pid"],
-            created_at=created_at, started_at=started.get("started_at"), log_path=os.path.join(cdir, "log"),
+            created_at=created_at, started_at=started.get("started_at"), log_path=logfile.path_in(cdir),
         )
         if shim_fd == -1:
             if self._watcher is not None:
@@ -410,7 +410,7 @@ class Runtime:
             oom_killed=bool(exit_record.get("oom_killed")),
             created_at=(config or {}).get("created_at"),
             started_at=exit_record.get("started_at") or (pids or {}).get("started_at"),
-            finished_at=exit_record.get("finished_at"), log_path=os.path.join(cdir, "log"),
+            finished_at=exit_record.get("finished_at"), log_path=logfile.path_in(cdir),
         )
 
     def list(self) -> list[ContainerInfo]:
@@ -429,10 +429,15 @@ class Runtime:
         return sorted(infos, key=lambda info: (info.created_at or 0, info.id))
 
     def logs(self, container_id: str) -> str:
-        """Path of the container's log file (stdout+stderr; the older part is in ``<path>.1``)."""
+        """Path of the container's log (JSON lines with the stream, logfile.py; the older part is in
+        ``<path>.1``)."""
         if not os.path.isdir(self.container_dir(container_id)):
             raise ContainerNotFound(f"no container {container_id}")
-        return os.path.join(self.container_dir(container_id), "log")
+        return logfile.path_in(self.container_dir(container_id))
+
+    def read_logs(self, container_id: str, streams: tuple[str, ...] = logfile.STREAMS) -> bytes:
+        """The container's output on *streams* so far, in order (what `cantainer logs` prints)."""
+        return logfile.read_all(self.logs(container_id), streams)
 
     # -- attach ----------------------------------------------------------------------------------
     def attach_path(self, container_id: str) -> str:

@@ -176,12 +176,12 @@ def prepare_init(caps: int, cap_last: int | None) -> None:
 
 
 def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: bool,
-                   prepared_caps: int | None, in_r: int = -1, tty_sock: int = -1) -> None:
+                   prepared_caps: int | None, in_r: int = -1, tty_sock: int = -1, err_w: int = -1) -> None:
     """PID 1 of the container until execve. Never returns.
 
     *prepared_caps* is the capability mask ``prepare_init`` already ran with, or None. *in_r* is
     the read end of the stdin pipe (used with ``stdin`` and no ``tty``); *tty_sock* the socket on
-    which the pty master goes to the shim (with ``tty``).
+    which the pty master goes to the shim (with ``tty``); *err_w* the stderr pipe (stdout's if -1).
     """
     step = "set up stdio"
     tty = bool(req.get("tty"))
@@ -189,10 +189,12 @@ def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: b
         gc.disable()
         if not tty:
             os.dup2(out_w, 1)
-            os.dup2(out_w, 2)
+            os.dup2(err_w if err_w >= 0 else out_w, 2)
             if req.get("stdin") and in_r >= 0:
                 os.dup2(in_r, 0)
         os.close(out_w)
+        if err_w >= 0:
+            os.close(err_w)
         if in_r >= 0:
             os.close(in_r)
         os.umask(0)

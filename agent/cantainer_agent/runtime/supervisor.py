@@ -19,7 +19,7 @@ import socket
 import time
 
 from . import linux
-from .attach import ATTACH_WAIT, hold_for_attach, listen, relay
+from .attach import ATTACH_WAIT, hold_for_attach, listen, output_frame, relay
 from .init import container_init, prepare_init, write_all
 from .linux import (
     CLONE_NEWPID,
@@ -83,6 +83,25 @@ def _kill_and_exit(pid: int, code: int) -> None:
     os._exit(code)
 
 
+def _copy_to_log(sources: dict[int, str], log: LogFile) -> None:
+    """Copy the container's stdout and stderr pipes to the log, each record tagged, until both end."""
+    poller = select.poll()
+    for fd in sources:
+        poller.register(fd, select.POLLIN)
+    while sources:
+        for fd, _events in poller.poll():
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            if data:
+                log.write(data, sources[fd])
+            else:
+                poller.unregister(fd)
+                os.close(fd)
+                del sources[fd]
+
+
 def _oom_kills(memory_dir: str, version: int) -> int:
     """Like cgroups.oom_kill_count, without importing that module into the zygote."""
     try:
@@ -122,6 +141,7 @@ def run_shim(slot_fd: int, opts: dict) -> None:
     pid = 0
     try:
         out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
         status_r, status_w = os.pipe()
         go_r, go_w = os.pipe()
         req_r, req_w = os.pipe()
@@ -131,9 +151,9 @@ def run_shim(slot_fd: int, opts: dict) -> None:
         if opts.get("prefork_init"):
             pid = os.fork()
             if pid == 0:
-                for fd in (slot.detach(), out_r, status_r, go_w, req_w, in_w, tty_shim.detach()):
+                for fd in (slot.detach(), out_r, err_r, status_r, go_w, req_w, in_w, tty_shim.detach()):
                     os.close(fd)
-                _warm_init(opts, req_r, out_w, status_w, go_r, in_r, tty_init.detach())
+                _warm_init(opts, req_r, (out_w, err_w), status_w, go_r, in_r, tty_init.detach())
             os.close(req_r)
         else:
             os.close(req_r)
@@ -177,21 +197,23 @@ def run_shim(slot_fd: int, opts: dict) -> None:
         _send(chan, {"event": "error", "message": f"bad request: {exc}"})
         _kill_and_exit(pid, 1)
     linux.set_process_name(f"cshim-{req.get('id', '')}")
-    _supervise(req, chan, pid, (out_r, out_w), (status_r, status_w), (go_r, go_w), (in_r, in_w), (tty_shim, tty_init))
+    _supervise(req, chan, pid, (out_r, out_w, err_r, err_w), (status_r, status_w), (go_r, go_w), (in_r, in_w),
+               (tty_shim, tty_init))
 
 
 def _supervise(
     req: dict,
     chan: socket.socket,
     pid: int,
-    out: tuple[int, int],
+    out: tuple[int, int, int, int],
     status: tuple[int, int],
     go: tuple[int, int],
     stdin: tuple[int, int],
     tty_pair: tuple[socket.socket, socket.socket | None],
 ) -> None:
-    """The shim once it has its request; *pid* is the prepared init (already given the request) or 0."""
-    out_r, out_w = out
+    """The shim once it has its request; *pid* is the prepared init (already given the request) or 0.
+    *out* is (stdout read, write, stderr read, write): the two streams stay apart in the log."""
+    out_r, out_w, err_r, err_w = out
     status_r, status_w = status
     go_r, go_w = go
     in_r, in_w = stdin
@@ -204,11 +226,11 @@ def _supervise(
         if not pid:
             pid, in_cgroup = _fork_into(req.get("cgroup_v2_dir"))
             if pid == 0:
-                for fd in (chan.detach(), out_r, status_r, go_w, in_w, tty_shim.detach()):
+                for fd in (chan.detach(), out_r, err_r, status_r, go_w, in_w, tty_shim.detach()):
                     os.close(fd)
-                container_init(req, out_w, status_w, go_r, in_cgroup, None, in_r, tty_init.detach())
+                container_init(req, out_w, status_w, go_r, in_cgroup, None, in_r, tty_init.detach(), err_w)
                 os._exit(127)  # not reached
-        for fd in (out_w, status_w, go_r, in_r):
+        for fd in (out_w, err_w, status_w, go_r, in_r):
             os.close(fd)
         if tty_init is not None:
             tty_init.close()
@@ -259,18 +281,12 @@ def _supervise(
     chan.close()
 
     if listener is None:
-        while True:
-            try:
-                data = os.read(out_r, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            log.write(data)
+        _copy_to_log({out_r: "stdout", err_r: "stderr"}, log)
     else:
-        source = master if tty else out_r
-        if tty:
+        sources = {master: "stdout"} if tty else {out_r: "stdout", err_r: "stderr"}
+        if tty:  # one terminal: both streams are on it
             os.close(out_r)
+            os.close(err_r)
         clients = hold_for_attach(pid, listener, master, req.get("attach_wait", ATTACH_WAIT))
         try:
             os.write(go_w, b"G")
@@ -282,10 +298,11 @@ def _supervise(
         if result:  # execve failed: no one else will say why
             message = (result[1:].decode("utf-8", "replace") or "container init failed").encode()
             message = b"cantainer: " + message + (b"\r\n" if tty else b"\n")
-            log.write(message)
+            stream = "stdout" if tty else "stderr"
+            log.write(message, stream)
             for client in clients:
-                client.queue(message)
-        relay(source, master if tty and req.get("stdin") else in_w, master, log, listener, clients)
+                client.queue(output_frame(stream, message))
+        relay(sources, master if tty and req.get("stdin") else in_w, master, log, listener, clients)
         listener.close()
         try:
             os.unlink(attach_path)
@@ -304,7 +321,8 @@ def _supervise(
     os._exit(0)
 
 
-def _warm_init(opts: dict, req_r: int, out_w: int, status_w: int, go_r: int, in_r: int, tty_sock: int) -> None:
+def _warm_init(opts: dict, req_r: int, out: tuple[int, int], status_w: int, go_r: int, in_r: int,
+               tty_sock: int) -> None:
     """A prepared container init waiting for its request. Never returns."""
     try:
         prepare_init(opts["caps"], opts.get("cap_last"))
@@ -320,4 +338,4 @@ def _warm_init(opts: dict, req_r: int, out_w: int, status_w: int, go_r: int, in_
             os.write(status_w, b"E" + failure.encode())
         finally:
             os._exit(127)
-    container_init(json.loads(data), out_w, status_w, go_r, False, opts["caps"], in_r, tty_sock)
+    container_init(json.loads(data), out[0], status_w, go_r, False, opts["caps"], in_r, tty_sock, out[1])

@@ -12,12 +12,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
 from cantainer_agent.runtime import ContainerNotRunning, ContainerSpec
-from cantainer_agent.runtime.attach import FRAME_DATA, FRAME_EOF, encode_frame, encode_winsize
+from cantainer_agent.runtime.attach import FRAME_DATA, FRAME_EOF, OutputFrames, encode_frame, encode_winsize
 
 from .conftest import ALPINE_SHA256
 
@@ -29,31 +28,51 @@ def spec(cid: str, command, **kwargs) -> ContainerSpec:
     return ContainerSpec(id=cid, image=ALPINE_SHA256, command=command, **kwargs)
 
 
+class Output:
+    """What a client receives on the attach socket, decoded into its streams (1 stdout, 2 stderr)."""
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.frames = OutputFrames()
+        self.streams = {1: b"", 2: b""}
+        self.eof = False
+
+    def receive(self, deadline: float) -> bool:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
+            return False
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            self.eof = True
+        for fd, payload in self.frames.feed(chunk):
+            self.streams[fd] += payload
+        return True
+
+
+_OUTPUTS: dict = {}
+
+
+def output(sock) -> Output:
+    return _OUTPUTS.setdefault(id(sock), Output(sock))
+
+
 def read_until(sock, needle: bytes, timeout: float = 10.0) -> bytes:
-    """Read from the attach socket until *needle* appears (or EOF / timeout); return all of it."""
-    data = b""
+    """Read from the attach socket until *needle* appears on stdout (or EOF / timeout); return stdout."""
+    out = output(sock)
     deadline = time.monotonic() + timeout
-    while needle not in data:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
-            raise AssertionError(f"timed out waiting for {needle!r}; got {data!r}")
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"EOF before {needle!r}; got {data!r}")
-        data += chunk
-    return data
+    while needle not in out.streams[1]:
+        if out.eof or not out.receive(deadline):
+            raise AssertionError(f"no {needle!r} (eof={out.eof}); got {out.streams!r}")
+    return out.streams[1]
 
 
-def read_to_eof(sock, timeout: float = 10.0) -> bytes:
-    data = b""
+def read_to_eof(sock, timeout: float = 10.0, stream: int = 1) -> bytes:
+    out = output(sock)
     deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0 and select.select([sock], [], [], remaining)[0], f"no EOF; got {data!r}"
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
+    while not out.eof:
+        assert out.receive(deadline), f"no EOF; got {out.streams!r}"
+    _OUTPUTS.pop(id(sock), None)
+    return out.streams[stream]
 
 
 def test_tty_container_gets_a_terminal_size_input_and_exit_code(runtime, alpine):
@@ -69,7 +88,7 @@ def test_tty_container_gets_a_terminal_size_input_and_exit_code(runtime, alpine)
         read_to_eof(sock)
     info = runtime.wait("tty1", timeout=10)
     assert info.exit_code == 4
-    log = Path(runtime.logs("tty1")).read_bytes()
+    log = runtime.read_logs("tty1")
     assert b"/dev/pts/0\r\n33 101\r\n" in log and b"got hello\r\n" in log
     assert not os.path.exists(runtime.attach_path("tty1"))
 
@@ -112,16 +131,19 @@ def test_ctrl_d_ends_input_on_a_tty(runtime, alpine):
     assert runtime.wait("tty4", timeout=10).exit_code == 5
 
 
-def test_stdin_pipe_without_tty(runtime, alpine):
+def test_stdin_pipe_without_tty_keeps_stdout_and_stderr_apart(runtime, alpine):
     command = ["/bin/sh", "-c", "[ -t 0 ] && echo tty; cat; echo done >&2; exit 3"]
     runtime.start(spec("in1", command, stdin=True), alpine)
     with runtime.attach("in1") as sock:
         sock.sendall(encode_frame(FRAME_DATA, b"abc\n") + encode_frame(FRAME_DATA, b"def\n"))
         sock.sendall(encode_frame(FRAME_EOF))
+        received = output(sock)
         out = read_to_eof(sock)
-    assert out == b"abc\ndef\ndone\n"
+        err = received.streams[2]
+    assert (out, err) == (b"abc\ndef\n", b"done\n")
     assert runtime.wait("in1", timeout=10).exit_code == 3
-    assert Path(runtime.logs("in1")).read_bytes() == b"abc\ndef\ndone\n"
+    assert runtime.read_logs("in1", ("stdout",)) == b"abc\ndef\n"
+    assert runtime.read_logs("in1", ("stderr",)) == b"done\n"
 
 
 def test_early_output_waits_for_the_first_client(runtime, alpine):
@@ -139,7 +161,7 @@ def test_without_a_client_the_container_runs_after_the_wait(runtimes, alpine):
     runtime.start(spec("alone", ["/bin/sh", "-c", "echo hi; exit 6"], tty=True, stdin=True), alpine)
     info = runtime.wait("alone", timeout=10)
     assert info.exit_code == 6
-    assert Path(runtime.logs("alone")).read_bytes() == b"hi\r\n"
+    assert runtime.read_logs("alone") == b"hi\r\n"
 
 
 def test_exec_failure_after_attach_is_reported_to_the_client(runtime, alpine):
@@ -211,17 +233,17 @@ def test_attach_tool_on_a_pty(runtimes, alpine):
 
 def test_attach_tool_with_pipes(runtimes, alpine):
     runtime = runtimes.make()
-    runtime.start(spec("toolp", ["/bin/sh", "-c", "tr a-z A-Z; exit 2"], stdin=True), alpine)
+    runtime.start(spec("toolp", ["/bin/sh", "-c", "tr a-z A-Z; echo oops >&2; exit 2"], stdin=True), alpine)
     done = subprocess.run([sys.executable, "-c", ATTACH_TOOL, runtimes.state_dir, runtimes.run_dir,
                            runtimes.cgroup_parent, "toolp"], input=b"hello\n", capture_output=True, timeout=20)
-    assert done.stdout == b"HELLO\n" and done.returncode == 2, done
+    assert (done.stdout, done.stderr, done.returncode) == (b"HELLO\n", b"oops\n", 2), done
 
 
 def test_stop_while_held_records_the_exit(runtime, alpine):
     runtime.start(spec("held", ["/bin/echo", "never"], tty=True, stdin=True), alpine)
     info = runtime.stop("held", timeout=0.2)
     assert info.state == "exited" and info.exit_code == 137
-    assert b"never" not in Path(runtime.logs("held")).read_bytes()
+    assert b"never" not in runtime.read_logs("held")
 
 
 def test_tty_on_the_cgroup_v2_code_path(runtimes, alpine):

@@ -46,7 +46,7 @@ def spec(cid: str, command, **kwargs) -> ContainerSpec:
 def run_to_exit(runtime, alpine, cid, command, **kwargs):
     runtime.start(spec(cid, command, **kwargs), alpine)
     info = runtime.wait(cid, timeout=30)
-    return info, Path(runtime.logs(cid)).read_text()
+    return info, runtime.read_logs(cid, ("stdout",)).decode("utf-8", "replace")  # stderr: read_logs(cid, ("stderr",))
 
 
 # Runtime.exec forks: it runs in a short-lived single-threaded process, as the agent's `exec` tool does.
@@ -92,8 +92,31 @@ def test_release_and_exit_code(runtime, runtimes, alpine):
 def test_exit_code_and_stderr_propagate(runtime, runtimes, alpine):
     info, log = run_to_exit(runtime, alpine, "code", ["/bin/sh", "-c", "echo out; echo err >&2; exit 7"])
     assert info.exit_code == 7
-    assert log.splitlines() == ["out", "err"]
+    assert log == "out\n" and runtime.read_logs("code", ("stderr",)) == b"err\n"
     assert runtimes.wait_event("code").exit_code == 7
+
+
+def test_the_log_keeps_stdout_and_stderr_apart_with_time_stamps(runtime, alpine):
+    from cantainer_agent.runtime import logfile
+
+    script = "echo out1; echo err1 >&2; printf 'no newline'; printf '\\377\\376 not utf-8\\n' >&2"
+    info, _ = run_to_exit(runtime, alpine, "streams", ["/bin/sh", "-c", script])
+    assert info.exit_code == 0
+    assert runtime.read_logs("streams", ("stdout",)) == b"out1\nno newline"
+    assert runtime.read_logs("streams", ("stderr",)) == b"err1\n\xff\xfe not utf-8\n"  # bytes kept exactly
+    lines = Path(runtime.logs("streams")).read_bytes().splitlines()
+    records = [json.loads(line) for line in lines]  # docker json-file's fields, one JSON object a line
+    assert {r["stream"] for r in records} == {"stdout", "stderr"} and all(set(r) == {"log", "stream", "time"}
+                                                                           for r in records)
+    for record in records:
+        assert record["time"].endswith("Z") and info.started_at - 1 <= stamp(record["time"]) <= info.finished_at + 1
+    assert logfile.timestamp(info.started_at) < logfile.timestamp(info.finished_at + 1)
+
+
+def stamp(text: str) -> float:
+    import datetime
+
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def test_namespaces_hostname_pid1_env_workdir(runtime, alpine):
@@ -183,7 +206,7 @@ def test_before_exec_hook_sees_pid_and_own_netns(runtime, runtimes, alpine):
         seen["netns"] = os.readlink(f"/proc/{pid}/ns/net")
         seen["mntns"] = os.readlink(f"/proc/{pid}/ns/mnt")
         seen["exe"] = os.readlink(f"/proc/{pid}/exe")  # still the runtime's python: not exec'd yet
-        seen["log"] = Path(runtime.logs("hook")).read_text() if Path(runtime.logs("hook")).exists() else ""
+        seen["log"] = runtime.read_logs("hook").decode()
 
     info = runtime.start(spec("hook", ["/bin/sh", "-c", "echo started; ls /sys/class/net; sleep 30"]), alpine,
                          before_exec=hook)
@@ -194,7 +217,7 @@ def test_before_exec_hook_sees_pid_and_own_netns(runtime, runtimes, alpine):
         assert "python" in seen["exe"]
         assert seen["log"] == ""
         assert os.readlink(f"/proc/{info.pid}/ns/net") == seen["netns"]
-        assert wait_for(lambda: Path(runtime.logs("hook")).read_text().split() == ["started", "lo"])
+        assert wait_for(lambda: runtime.read_logs("hook").decode().split() == ["started", "lo"])
     finally:
         stopped = runtime.stop("hook", timeout=0.2)
     assert stopped.state == "exited" and stopped.exit_code == 137 and stopped.signal == 9
@@ -305,7 +328,7 @@ def test_stop_sigterm_then_sigkill(runtime, alpine):
     time.sleep(0.2)
     info = runtime.stop("trap", timeout=5)
     assert info.state == "exited" and info.exit_code == 3
-    assert "got TERM" in Path(runtime.logs("trap")).read_text()
+    assert "got TERM" in runtime.read_logs("trap").decode()
     # PID 1 without a handler ignores SIGTERM: SIGKILL after the timeout
     runtime.start(spec("deaf", ["/bin/sleep", "60"]), alpine)
     started = time.monotonic()
@@ -350,7 +373,8 @@ def test_log_rotation(runtimes, alpine):
     current, old = Path(runtime.logs("rot")), Path(runtime.logs("rot") + ".1")
     assert old.exists() and old.stat().st_size >= 4096
     assert current.stat().st_size < 4096 + 4096
-    assert (old.read_text() + current.read_text()).splitlines()[-1] == "line 2000"
+    kept = runtime.read_logs("rot").decode().splitlines()  # log.1, then log: what is kept, in order
+    assert kept[-1] == "line 2000" and kept == [f"line {n}" for n in range(2001 - len(kept), 2001)]
 
 
 # -- supervision: the container outlives the agent -----------------------------------------------
@@ -391,7 +415,7 @@ def test_container_survives_agent_sigkill_and_is_readopted(runtimes, alpine):
     event = runtimes.wait_event("survivor")  # pushed by the exit watcher, no polling
     assert event is not None and event.state == "exited" and event.exit_code == 42
     assert runtime.inspect("survivor").exit_code == 42
-    assert "tick" in log.read_text()
+    assert "tick" in runtime.read_logs("survivor").decode()
 
 
 def test_killed_shim_leaves_a_dead_but_removable_container(runtime, runtimes, alpine):
@@ -445,7 +469,7 @@ def test_concurrent_starts_from_threads(runtime, alpine):
     assert errors == []
     for n in range(6):
         info = runtime.wait(f"t{n}", timeout=20)
-        assert info.exit_code == 0 and Path(runtime.logs(f"t{n}")).read_text() == f"{n}\n"
+        assert info.exit_code == 0 and runtime.read_logs(f"t{n}").decode() == f"{n}\n"
 
 
 def test_cgroup_v2_code_path_on_unified_hierarchy(runtimes, alpine):
