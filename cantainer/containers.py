@@ -11,14 +11,15 @@ import sys
 from dataclasses import dataclass, field
 
 from cantainer import ssh
-from cantainer.client import SESSIONS, AgentClient, retrying
+from cantainer.client import SESSIONS, AgentClient, AgentError, retrying
 from cantainer.errors import CantainerError
 from cantainer.image_store import RunImage
 from cantainer.inventory import Host, Inventory
 from cantainer.ssh import HostError
 from cantainer.status import open_status_source
 from cantainer.terminal import stream_command
-from cantainer_agent import layout
+from cantainer.timefmt import age
+from cantainer_agent import layout, protocol
 
 
 class ContainerNotFound(CantainerError):
@@ -107,23 +108,94 @@ async def run(inventory: Inventory, request: RunRequest, detach: bool, interacti
                                     interactive=False, use_tty=False)
 
 
-async def find(inventory: Inventory, name: str) -> tuple[dict, Host]:
-    client, _ = await open_status_source(inventory)
-    try:
-        containers = await client.call("container.ps")
-    finally:
-        client.close()
-        client.connection.close()
+class HostDown(CantainerError):
+    """The container's host is down: nothing on it can be reached (its containers show `unknown`)."""
+
+
+@dataclass
+class Found:
+    container: dict
+    host: Host
+    down_since: float | None  # the host's last heartbeat, when it is down
+
+    @property
+    def name(self) -> str:
+        return self.container["name"]
+
+    def require_up(self, what: str, hint: str = "") -> None:
+        if self.down_since is not None:
+            raise HostDown(f"container {self.name} is on host {self.host.name}, which is down "
+                           f"(no heartbeat for {age(self.down_since)}): cannot {what}",
+                           hint or f"wait until {self.host.name} is back (`cantainer up`), or remove the container "
+                                   f"from the cluster now with `cantainer rm -f {self.name}`")
+
+
+def pick(containers: list[dict], wanted: str) -> dict:
+    """The container called *wanted*, else the one with that id or unique id prefix (as docker)."""
     for container in containers:
-        if container["name"] == name:
-            return container, inventory.host(container["host"])
-    raise ContainerNotFound(f"no container named {name!r}", "see `cantainer ps -a` for the containers that exist")
+        if container["name"] == wanted:
+            return container
+    matches = [c for c in containers if c["id"] == wanted] or \
+        [c for c in containers if len(wanted) >= 3 and c["id"].startswith(wanted)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ContainerNotFound(f"{wanted!r} is the start of the ids of {', '.join(c['name'] for c in matches)}",
+                                "give more of the id, or the name")
+    raise ContainerNotFound(f"no container named {wanted!r}", "see `cantainer ps -a` for the containers that exist")
+
+
+class ClusterView:
+    """One connection into the cluster and the status it answered: find containers, call the API."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        self.inventory = inventory
+
+    async def __aenter__(self) -> "ClusterView":
+        self.client, self.status = await open_status_source(self.inventory)
+        try:  # a container created a moment ago must be found: a linearizable read, if a leader answers
+            self.status = await self.client.call("status", {"consistency": "linearizable"})
+        except AgentError as error:
+            if error.code != protocol.UNAVAILABLE:
+                raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.client.close()
+        self.client.connection.close()
+
+    def find(self, wanted: str) -> Found:
+        container = pick(self.status.get("containers", []), wanted)
+        node = {n["name"]: n for n in self.status.get("nodes", [])}.get(container["host"], {})
+        down = node.get("state") == "down"
+        return Found(container, self.inventory.host(container["host"]), node.get("last_seen") if down else None)
+
+    async def write(self, method: str, params: dict, timeout: float = 10.0):
+        """A write with a session, resent (through any agent) while its outcome is unknown."""
+        session = SESSIONS.next()
+
+        async def attempt():
+            try:
+                return await self.client.call(method, params, timeout=timeout, session=session)
+            except HostError:
+                self.client.close()
+                self.client.connection.close()
+                self.client, _ = await open_status_source(self.inventory)
+                raise
+
+        return await retrying(attempt)
+
+
+async def find(inventory: Inventory, wanted: str) -> Found:
+    async with ClusterView(inventory) as cluster:
+        return cluster.find(wanted)
 
 
 async def exec_in(inventory: Inventory, name: str, command: list[str], interactive: bool, use_tty: bool) -> int:
-    container, host = await find(inventory, name)
-    async with HostSession(host) as session:
-        argv = session.tool("exec", *(["--tty"] if use_tty else []), container["id"], "--", *command)
+    found = await find(inventory, name)
+    found.require_up("exec in it")
+    async with HostSession(found.host) as session:
+        argv = session.tool("exec", *(["--tty"] if use_tty else []), found.container["id"], "--", *command)
         return await stream_command(session.connection, argv, interactive, use_tty)
 
 
@@ -143,22 +215,45 @@ class LogsRequest:
 
 
 async def logs(inventory: Inventory, name: str, request: LogsRequest) -> int:
-    container, host = await find(inventory, name)
-    async with HostSession(host) as session:
-        argv = session.tool("logs", container["id"], *request.tool_args())
+    found = await find(inventory, name)
+    found.require_up("read its logs", f"they can be read once {found.host.name} is back (`cantainer up`)")
+    async with HostSession(found.host) as session:
+        argv = session.tool("logs", found.container["id"], *request.tool_args())
         return await stream_command(session.connection, argv, interactive=False, use_tty=False)
 
 
-async def stop(inventory: Inventory, name: str, timeout: float) -> dict:
-    _, host = await find(inventory, name)
-    async with HostSession(host) as session:
-        return await session.write("container.stop", {"name": name, "timeout": timeout}, timeout=timeout + 10)
+async def each_container(inventory: Inventory, names: list[str], action) -> list[tuple[str, dict | CantainerError]]:
+    """`action(cluster, found)` for every name in turn (one cluster connection); an error stays with
+    its name and the others carry on, as `docker rm a b` does."""
+    results: list[tuple[str, dict | CantainerError]] = []
+    async with ClusterView(inventory) as cluster:
+        for name in names:
+            try:
+                found = cluster.find(name)
+                results.append((found.name, await action(cluster, found)))
+            except CantainerError as error:
+                results.append((name, error))
+    return results
 
 
-async def remove(inventory: Inventory, name: str, force: bool) -> dict:
-    _, host = await find(inventory, name)
-    async with HostSession(host) as session:
-        return await session.write("container.rm", {"name": name, "force": force}, timeout=30)
+async def stop(inventory: Inventory, names: list[str], timeout: float) -> list[tuple[str, dict | CantainerError]]:
+    async def one(_cluster: ClusterView, found: Found) -> dict:
+        found.require_up("stop it")
+        async with HostSession(found.host) as session:
+            return await session.write("container.stop", {"name": found.name, "timeout": timeout},
+                                       timeout=timeout + 10)
+
+    return await each_container(inventory, names, one)
+
+
+async def remove(inventory: Inventory, names: list[str], force: bool) -> list[tuple[str, dict | CantainerError]]:
+    async def one(cluster: ClusterView, found: Found) -> dict:
+        if found.down_since is not None:  # the record goes now; the host removes the leftover when back
+            return await cluster.write("container.rm", {"name": found.name, "force": force}, timeout=30)
+        async with HostSession(found.host) as session:
+            return await session.write("container.rm", {"name": found.name, "force": force}, timeout=30)
+
+    return await each_container(inventory, names, one)
 
 
 def parse_env(items: list[str]) -> dict[str, str]:

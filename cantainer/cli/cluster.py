@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from cantainer.cli import output
 from cantainer.cli.common import load
 from cantainer.cli.parser import STALE_HELP, Commands
 from cantainer.errors import UsageError
@@ -59,7 +59,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         try:
             status = await client.call("status", consistency)
             if args.json:
-                print(json.dumps(merge_inventory(status, inventory), indent=2, sort_keys=True))
+                output.print_json(merge_inventory(status, inventory))
                 return 0
             from rich.console import Console
             from rich.live import Live

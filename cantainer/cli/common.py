@@ -50,11 +50,3 @@ def cluster_call(args: argparse.Namespace, method: str, params: dict | None = No
 
 def consistency(args: argparse.Namespace) -> dict:
     return {"consistency": "stale" if getattr(args, "stale", False) else "linearizable"}
-
-
-def print_table(header: list[str], rows: list[list]) -> None:
-    """Plain aligned columns (pipes and scripts read these; `status` is the rich view)."""
-    cells = [header] + [[str(value) for value in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    for row in cells:
-        print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 
 from cantainer.cli import exitcodes, output
-from cantainer.cli.common import cluster_call, consistency, load, print_table, run_async
+from cantainer.cli.common import cluster_call, consistency, load, run_async
 from cantainer.cli.parser import STALE_HELP, Commands, finite_float
-from cantainer.errors import UsageError
+from cantainer.errors import CantainerError, UsageError
 
 # run and exec use -i for --interactive (as docker does); they take --inventory only.
 LONG_INVENTORY = ("--inventory",)
@@ -67,17 +67,28 @@ def register(commands: Commands) -> None:
     logs.add_argument("-t", "--timestamps", action="store_true", help="start each line with its time (RFC 3339)")
     logs.add_argument("--stdout", action="store_true", help="only the container's stdout")
     logs.add_argument("--stderr", action="store_true", help="only the container's stderr")
-    stop = commands.add("stop", "stop a container (SIGTERM, then SIGKILL)", cmd_stop, examples=[
-        "cantainer stop web", "cantainer stop --time 2 web"])
-    stop.add_argument("name", metavar="NAME", help="container name or id")
+    stop = commands.add("stop", "stop containers (SIGTERM, then SIGKILL)", cmd_stop, examples=[
+        "cantainer stop web", "cantainer stop --time 2 web db"])
+    stop.add_argument("names", nargs="+", metavar="NAME", help="container name or id")
     stop.add_argument("--time", type=finite_float, default=10.0, help="seconds before SIGKILL (default 10)")
-    rm = commands.add("rm", "remove a stopped container and release its address", cmd_rm, examples=[
-        "cantainer rm web", "cantainer rm -f web                       # stop it first if it runs"])
-    rm.add_argument("name", metavar="NAME", help="container name or id")
-    rm.add_argument("-f", "--force", action="store_true", help="stop it first if it runs")
+    rm = commands.add("rm", "remove stopped containers and release their addresses", cmd_rm, examples=[
+        "cantainer rm web db",
+        "cantainer rm -f web                     # stop it first if it runs",
+        "cantainer rm -f $(cantainer ps -aq)     # everything",
+        "cantainer rm -f web                     # its host is down: removed from the cluster now, and from",
+        "                                        # the host when it returns (it never runs again)",
+    ])
+    rm.add_argument("names", nargs="+", metavar="NAME", help="container name or id")
+    rm.add_argument("-f", "--force", action="store_true",
+                    help="stop it first if it runs; if its host is down, remove it from the cluster now")
     ps = commands.add("ps", "list containers", cmd_ps, examples=[
-        "cantainer ps", "cantainer ps -a --json"])
+        "cantainer ps                            # running ones (and unknown: their host is down)",
+        "cantainer ps -a                         # exited and dead ones too, with exit code and reason",
+        "cantainer ps -aq                        # names only",
+        "cantainer ps -a --json                  # times in RFC 3339",
+    ])
     ps.add_argument("-a", "--all", action="store_true", help="include exited containers")
+    ps.add_argument("-q", "--quiet", action="store_true", help="only names")
     ps.add_argument("--json", action="store_true", help="print JSON")
     ps.add_argument("--stale", action="store_true", help=STALE_HELP)
 
@@ -88,19 +99,34 @@ def command_of(args: argparse.Namespace) -> list[str]:
     return command[1:] if command[:1] == ["--"] else command
 
 
+def state_text(container: dict, now: float | None = None) -> str:
+    """STATE as ps shows it: the state, the exit code, why (an OOM kill, `down`, a host down for how long)."""
+    state, code, reason = container["state"], container.get("exit_code"), container.get("reason")
+    if state == "unknown":
+        return f"unknown (host {container['host']} down {output.age(container.get('unknown_since'), now)})"
+    text = state if code is None else f"{state} ({code})"
+    return f"{text}, {reason}" if reason else text
+
+
+PS_HEADER = ["NAME", "ID", "HOST", "NETWORK", "IP", "STATE", "CREATED", "IMAGE", "PORTS", "COMMAND"]
+
+
+def ps_rows(containers: list[dict], now: float | None = None) -> list[list[str]]:
+    return [[c["name"], c["id"], c["host"], c["network"], c["ip"], state_text(c, now), output.age(c["created_at"], now),
+             c["image"], ",".join(c.get("ports") or []) or "-", " ".join(c["command"])] for c in containers]
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     containers = cluster_call(args, "container.ps", consistency(args))
     if not args.all:
         containers = [c for c in containers if c["state"] not in ("exited", "dead")]
     if args.json:
-        print(json.dumps(containers, indent=2, sort_keys=True))
-        return 0
-    rows = []
-    for c in containers:
-        state = c["state"] if c["exit_code"] is None else f"{c['state']} ({c['exit_code']})"
-        rows.append([c["name"], c["host"], c["network"], c["ip"], state, c["image"],
-                     ",".join(c.get("ports") or []) or "-", " ".join(c["command"])[:40]])
-    print_table(["NAME", "HOST", "NETWORK", "IP", "STATE", "IMAGE", "PORTS", "COMMAND"], rows)
+        output.print_json(containers)
+    elif args.quiet:
+        for container in containers:
+            print(container["name"])
+    else:
+        output.print_table(PS_HEADER, ps_rows(containers), shrink=("COMMAND",))
     return 0
 
 
@@ -164,19 +190,39 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def report(results, done) -> int:
+    """One line per container: what happened (stdout) or its error (stderr); exit 1 if any failed."""
+    failed = 0
+    for name, outcome in results:
+        if isinstance(outcome, CantainerError):
+            print(f"cantainer: error: {outcome}", file=sys.stderr)
+            failed += 1
+        else:
+            print(done(name, outcome))
+    return exitcodes.ERROR if failed else exitcodes.OK
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     from cantainer import containers
 
     if not 0 <= args.time <= 3600:
         raise UsageError(f"--time {args.time:g} is out of range", "give the seconds before SIGKILL, from 0 to 3600")
-    result = run_async(containers.stop(load(args), args.name, args.time))
-    print(f"{args.name} {result.get('state', 'stopped')}")
-    return 0
+    results = run_async(containers.stop(load(args), args.names, args.time))
+
+    def done(name: str, result: dict) -> str:
+        code = result.get("exit_code")
+        return f"{name} {result.get('state', 'stopped')}{f' ({code})' if code is not None else ''}"
+
+    return report(results, done)
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
     from cantainer import containers
 
-    run_async(containers.remove(load(args), args.name, args.force))
-    print(f"removed {args.name}")
-    return 0
+    results = run_async(containers.remove(load(args), args.names, args.force))
+
+    def done(name: str, result: dict) -> str:
+        host = result.get("leftover_on")
+        return f"removed {name}" + (f" (its host {host} is down: {host} removes it when it returns)" if host else "")
+
+    return report(results, done)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from cantainer.cli.common import load, print_table
+from cantainer.cli.common import load
+from cantainer.cli.output import print_table
 from cantainer.cli.parser import Commands
 
 

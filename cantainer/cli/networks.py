@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from cantainer.cli.common import cluster_call, consistency, print_table
+from cantainer.cli import output
+from cantainer.cli.common import cluster_call, consistency
 from cantainer.cli.parser import STALE_HELP, Commands
 
 
@@ -37,8 +37,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     networks = cluster_call(args, "network.ls", consistency(args))
     if args.json:
-        print(json.dumps(networks, indent=2, sort_keys=True))
+        output.print_json(networks)
     else:
-        print_table(["CIDR", "VNI", "HOSTS", "CONTAINERS"],
-                    [[n["cidr"], n["vni"], ",".join(n["hosts"]) or "-", n["containers"]] for n in networks])
+        output.print_table(["CIDR", "VNI", "HOSTS", "CONTAINERS"],
+                           [[n["cidr"], n["vni"], ",".join(n["hosts"]) or "-", n["containers"]] for n in networks])
     return 0

@@ -1,4 +1,4 @@
-"""How the CLI shows things: times (RFC 3339, ages, `--since`), and tables that never cut key fields.
+"""How the CLI shows things: tables that never cut key fields (and the time helpers of timefmt.py).
 
 Tables: key columns (names, addresses, CIDRs) are never cut; columns marked shrinkable (a command)
 give way first, ellipsised; when even that does not fit, each row wraps into a block of
@@ -6,44 +6,85 @@ give way first, ellipsised; when even that does not fit, each row wraps into a b
 """
 from __future__ import annotations
 
-import datetime
-import re
-import time
+import shutil
+import sys
 
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+from cantainer.timefmt import age, parse_since, rfc3339
+
+__all__ = ["age", "parse_since", "rfc3339", "table", "print_table", "json_times", "print_json", "terminal_width"]
+
+GAP = 2
+MIN_SHRUNK = 12  # a shrinkable column keeps at least this much (or its header)
+TIME_KEYS = frozenset({"created_at", "started_at", "finished_at", "unknown_since", "last_seen", "joined_at",
+                       "reported_at", "heartbeat"})
 
 
-def rfc3339(seconds: float | None) -> str | None:
-    """UTC, microseconds, fixed width (as the container logs write them); None stays None."""
-    if seconds is None:
+def terminal_width() -> int | None:
+    """The terminal's width, or None when stdout is not a terminal (pipes are not width-limited)."""
+    if not sys.stdout.isatty():
         return None
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return shutil.get_terminal_size().columns
 
 
-def parse_since(text: str, now: float | None = None) -> float:
-    """`--since`: a duration back from now (90s, 10m, 1h30m, 2d) or a time (RFC 3339 / ISO 8601;
-    without a zone it is UTC). Returns epoch seconds; ValueError with what was expected."""
-    now = time.time() if now is None else now
-    match = _DURATION.match(text.strip())
-    if match and any(match.groups()):
-        days, hours, minutes, seconds = (float(part or 0) for part in match.groups())
-        return now - (((days * 24 + hours) * 60 + minutes) * 60 + seconds)
-    try:
-        moment = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is neither a duration nor a time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.timestamp()
+def table(header: list[str], rows: list[list], shrink: tuple[str, ...] = (), width: int | None = None) -> list[str]:
+    """Aligned columns. Within *width*: *shrink* columns give way (ellipsised); if the rest still
+    does not fit, each row becomes a block ("NAME" value, then "FIELD value" pairs flowed to the
+    width). Key fields are never cut. *width* None: no limit."""
+    cells = [[str(value) for value in row] for row in rows]
+    widths = [max([len(header[i])] + [len(row[i]) for row in cells]) for i in range(len(header))]
+    excess = sum(widths) + GAP * (len(header) - 1) - (width or 0)
+    if width is not None and excess > 0:
+        for i, name in enumerate(header):
+            if name in shrink:
+                give = min(excess, max(0, widths[i] - max(MIN_SHRUNK, len(name))))
+                widths[i] -= give
+                excess -= give
+        if excess > 0:
+            return _blocks(header, cells, width)
+    lines = []
+    for row in [header] + cells:
+        fitted = [_ellipsis(value, w) for value, w in zip(row, widths, strict=True)]
+        lines.append((" " * GAP).join(value.ljust(w) for value, w in zip(fitted, widths, strict=True)).rstrip())
+    return lines
 
 
-def age(seconds: float | None, now: float | None = None) -> str:
-    """Compact time since: 42s, 5m, 3h, 2d."""
-    if not seconds:
-        return "-"
-    elapsed = max(0.0, (time.time() if now is None else now) - seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if elapsed >= size:
-            return f"{int(elapsed // size)}{unit}"
-    return f"{int(elapsed)}s"
+def _ellipsis(value: str, width: int) -> str:
+    return value if len(value) <= width else value[:max(0, width - 1)] + "…"
+
+
+def _blocks(header: list[str], cells: list[list[str]], width: int) -> list[str]:
+    """Each row: its first field alone, then "FIELD value" pairs indented, flowed to *width*."""
+    lines = []
+    for row in cells:
+        lines.append(row[0])
+        line = ""
+        for name, value in zip(header[1:], row[1:], strict=True):
+            field = f"{name} {value}"
+            if line and len(line) + GAP + len(field) > width:
+                lines.append(line)
+                line = ""
+            line = f"{line}{' ' * GAP}{field}" if line else f"  {field}"
+        if line:
+            lines.append(line)
+    return lines
+
+
+def print_table(header: list[str], rows: list[list], shrink: tuple[str, ...] = ()) -> None:
+    for line in table(header, rows, shrink, terminal_width()):
+        print(line)
+
+
+def json_times(value):
+    """A copy of a JSON document with its epoch times (TIME_KEYS) as RFC 3339 strings."""
+    if isinstance(value, dict):
+        return {key: rfc3339(item) if key in TIME_KEYS and isinstance(item, (int, float)) and
+                not isinstance(item, bool) else json_times(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_times(item) for item in value]
+    return value
+
+
+def print_json(document) -> None:
+    import json
+
+    print(json.dumps(json_times(document), indent=2, sort_keys=True))

@@ -256,6 +256,41 @@ def test_crashed_host_is_reported_and_its_entries_go(lab, cluster, web):
     ok(cli(cluster, "rm", "c3"))
 
 
+def test_a_down_hosts_containers_are_unknown_and_rm_f_frees_them_at_once(lab, cluster):
+    """kubectl's Unknown and forced delete: while h3 is down its container shows `unknown` with the
+    time since; logs/exec say the host is down in one line; `rm -f` frees the name and the address
+    at once; h3 removes the leftover when it returns and never runs it again."""
+    from tests.labcli import host_path, wait_for
+
+    ok(cli(cluster, "run", "--host", "h3", "-n", "10.4.0.0/24", "--name", "ghost", "-d", "sleep", "100000"))
+    ghost = ps(cluster)["ghost"]
+    lab.crash("h3")
+    try:
+        wait_for(lambda: ps(cluster)["ghost"]["state"] == "unknown", 30, what="ghost to become unknown")
+        seen = ps(cluster)["ghost"]
+        assert seen["reason"] == "host h3 is down" and re.fullmatch(r"\d{4}-.*Z", seen["unknown_since"]), seen
+        assert re.search(r"ghost .* unknown \(host h3 down \d+s\)", ok(cli(cluster, "ps"))), ok(cli(cluster, "ps"))
+        one_line_error(cli(cluster, "logs", "ghost"), "container ghost is on host h3, which is down")
+        result = cli(cluster, "exec", "ghost", "true")
+        assert result.returncode == 125
+        one_line_error(result, "host h3, which is down", "rm -f ghost")
+        one_line_error(cli(cluster, "rm", "ghost"), "which is down and may still run it", "rm -f")
+        assert "removed ghost (its host h3 is down" in ok(cli(cluster, "rm", "-f", "ghost"))
+        assert "ghost" not in ps(cluster)
+        _, ip = ok(cli(cluster, "run", "--host", "h1", "-n", "10.4.0.0/24", "--name", "ghost", "-d",
+                       "sleep", "100000")).split()
+        assert ip == ghost["ip"]  # the address was free at once
+    finally:
+        lab.boot("h3")
+    ok(cli(cluster, "up", str(cluster)))
+    leftover = host_path(lab, "h3", f"{layout.DATA_DIR}/containers/{ghost['id']}")
+    wait_for(lambda: not leftover.exists(), 30, what="h3 to remove the leftover")
+    again = ps(cluster)["ghost"]
+    assert (again["host"], again["state"], again["id"]) == ("h1", "running", ps(cluster)["ghost"]["id"])
+    assert again["id"] != ghost["id"]
+    ok(cli(cluster, "rm", "-f", "ghost"))
+
+
 # -- bad input: one clear line, nothing created -------------------------------------------------------
 def write_inventory_with_image(lab, tmp_path: Path, name: str, tarball: Path, sha256: str) -> Path:
     text = lab.inventory_file.read_text()

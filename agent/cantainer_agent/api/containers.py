@@ -11,6 +11,9 @@ Validation happens before anything is recorded; the record (name, address) is de
 the start and removal order is workload.py's. Writes are exactly-once per request session: a retried
 ``run`` finds the record its first attempt made (and that container, if it started); a retried ``rm``
 whose first attempt removed the container is answered "removed", not "not found" (api/requests.py).
+``container.rm`` of a container whose host is down works on any node: it removes the record (name
+and address free at once; ``force`` needed if it was last seen running), and that host's
+containers controller removes the leftover when it returns.
 """
 from __future__ import annotations
 
@@ -20,16 +23,16 @@ import time
 from contextlib import nullcontext
 from typing import Callable
 
-from .. import protocol
+from .. import layout, protocol
 from ..cluster.state import check_container_name
-from ..cluster.views import container_view
+from ..cluster.views import MAYBE_RUNNING, container_view, down_hosts
 from ..consensus import RaftNode
 from ..consensus.writes import Session, replicate
 from ..images.config import ImageConfig, effective
 from ..images.errors import ImageSourceError
 from ..images.reference import DIGEST_RE
 from ..overlay import OverlayError
-from ..runtime import ContainerError, ContainerNotFound, ContainerSpec, ImageNotFound
+from ..runtime import ContainerError, ContainerNotFound, ContainerRunning, ContainerSpec, ImageNotFound
 from ..workload import Workload
 from .errors import raft_of, rejected
 from .requests import Reads, session_of
@@ -40,8 +43,10 @@ RETRY_WAIT = 60.0  # seconds a retried `run` waits for its first attempt's start
 
 class ContainerHandlers:
     def __init__(self, node: str, workload: Workload, get_raft: Callable[[], RaftNode | None],
-                 trigger: Callable[[], None], reads: Reads) -> None:
+                 trigger: Callable[[], None], reads: Reads,
+                 heartbeat_interval: float = layout.HEARTBEAT_INTERVAL) -> None:
         self._node = node
+        self._heartbeat_interval = heartbeat_interval
         self._workload = workload
         self._get_raft = get_raft
         self._trigger = trigger
@@ -160,19 +165,40 @@ class ContainerHandlers:
 
     def rm(self, params: dict) -> dict:
         raft = raft_of(self._get_raft)
-        record = self._record(raft, params)
+        name = check_container_name(params.get("name"))
+        state = self._reads.snapshot(raft, params)["state"]
+        record = state["containers"].get(name)
+        if record is not None and record["host"] != self._node:
+            return self._rm_on_down_host(raft, state, record, params)
         if record is None:
-            self._missing(raft, params, "remove_container", {"name": params.get("name")})
-            return {"removed": params.get("name")}
+            self._missing(raft, params, "remove_container", {"name": name})
+            return {"removed": name}
         with self._workload.in_flight(record["id"]):
             try:
                 self._workload.remove_local(record["id"], force=bool(params.get("force")))
-            except ContainerError as error:
-                raise rejected(f"{error} — stop it first or use `rm -f`") from None
+            except ContainerRunning as error:
+                raise protocol.ProtocolError(protocol.CONFLICT, f"{error} — stop it first, or use `rm -f`") from None
             replicate(raft, "remove_container", {"name": record["name"]}, session_of(params, "container.rm"))
         self._trigger()
         return {"removed": record["name"]}
 
+    def _rm_on_down_host(self, raft: RaftNode, state: dict, record: dict, params: dict) -> dict:
+        """kubectl's forced delete: the record goes now; the host removes the leftover when it returns."""
+        host = record["host"]
+        if host not in self._down(state):
+            raise rejected(f"container {record['name']} runs on {host}, not on {self._node}")
+        if record["observed"]["state"] in MAYBE_RUNNING and not params.get("force"):
+            raise protocol.ProtocolError(
+                protocol.CONFLICT, f"container {record['name']} is on host {host}, which is down and may still run "
+                f"it — `rm -f` removes it from the cluster now ({host} removes it when it returns)")
+        replicate(raft, "remove_container", {"name": record["name"]}, session_of(params, "container.rm"))
+        self._trigger()
+        return {"removed": record["name"], "leftover_on": host}
+
+    def _down(self, state: dict) -> dict[str, float]:
+        return down_hosts(state, time.time(), self._heartbeat_interval, self._node)
+
     def ps(self, params: dict) -> list[dict]:
         state = self._reads.snapshot(raft_of(self._get_raft), params)["state"]
-        return [container_view(record) for _, record in sorted(state["containers"].items())]
+        down = self._down(state)
+        return [container_view(record, down) for _, record in sorted(state["containers"].items())]

@@ -1,18 +1,36 @@
-"""Pure views of the replicated state as the API returns them (no internal bookkeeping leaks)."""
+"""Pure views of the replicated state as the API returns them (no internal bookkeeping leaks).
+
+A container whose host is down (no heartbeat for ``liveness.down_after``) and was last seen
+running or starting is shown ``unknown`` (like Kubernetes' Unknown pod phase), with the time of
+the host's last heartbeat: nobody can tell whether it still runs.
+"""
 from __future__ import annotations
 
 from .liveness import down_after
 
+MAYBE_RUNNING = ("running", "created")
 
-def container_view(record: dict) -> dict:
+
+def down_hosts(state: dict, now: float, heartbeat_interval: float, self_node: str) -> dict[str, float]:
+    """{node: its last heartbeat} for every registered node that counts as down (never *self_node*)."""
+    window = down_after(heartbeat_interval, len(state["nodes"]))
+    return {name: rec["heartbeat"] for name, rec in state["nodes"].items()
+            if name != self_node and now - rec["heartbeat"] >= window}
+
+
+def container_view(record: dict, down: dict[str, float] | None = None) -> dict:
+    """The API's view of a container record; *down* is ``down_hosts`` (its host down: ``unknown``)."""
     observed = record.get("observed", {})
+    state, reason, since = observed.get("state", "unknown"), observed.get("reason"), None
+    if down and record["host"] in down and state in MAYBE_RUNNING:
+        state, reason, since = "unknown", f"host {record['host']} is down", down[record["host"]]
     return {
         "name": record["name"], "id": record["id"], "host": record["host"], "network": record["network"],
         "ip": record["ip"], "mac": record["mac"], "image": record["image"],
         "image_digest": record.get("image_digest") or None, "user": record.get("user", ""),
         "ports": record.get("ports", []), "command": record["command"],
-        "desired": record["desired"], "state": observed.get("state", "unknown"),
-        "exit_code": observed.get("exit_code"), "reason": observed.get("reason"),
+        "desired": record["desired"], "state": state, "exit_code": observed.get("exit_code"), "reason": reason,
+        "oom_killed": reason == "oom-killed", "unknown_since": since,
         "started_at": observed.get("started_at"), "finished_at": observed.get("finished_at"),
         "created_at": record["created_at"],
     }
@@ -33,7 +51,7 @@ def build_status(*, node: str, cluster: str, snap: dict, now: float, heartbeat_i
     state = snap["state"]
     leader_addr = snap["leader"]
     members = set(snap["members"])
-    up_window = down_after(heartbeat_interval, len(state["nodes"]))
+    down = down_hosts(state, now, heartbeat_interval, node)
     nodes = []
     seen_addrs = set()
     for name in sorted(state["nodes"]):
@@ -49,7 +67,7 @@ def build_status(*, node: str, cluster: str, snap: dict, now: float, heartbeat_i
         else:
             role = "standby"  # registered, not a voter: a non-voting member (controllers/voters.py)
         is_self = name == node
-        up = is_self or (now - rec["heartbeat"]) < up_window
+        up = name not in down
         nodes.append({
             "name": name,
             "address": rec["address"],
@@ -95,5 +113,5 @@ def build_status(*, node: str, cluster: str, snap: dict, now: float, heartbeat_i
         },
         "nodes": nodes,
         "networks": network_views(state),
-        "containers": [container_view(record) for _, record in sorted(state["containers"].items())],
+        "containers": [container_view(record, down) for _, record in sorted(state["containers"].items())],
     }

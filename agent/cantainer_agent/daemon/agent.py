@@ -160,7 +160,7 @@ class Agent:
             **api_networks.handlers(get_raft, reads),
             **api_images.handlers(self.workload),
             **api_containers.ContainerHandlers(self.cfg.node, self.workload, get_raft, self.trigger,
-                                               reads).handlers(),
+                                               reads, self.cfg.heartbeat_interval).handlers(),
         }
         return {name: mapped(handler) for name, handler in handlers.items()}
 

@@ -552,7 +552,7 @@ class Runtime:
                 raise ContainerRunning(f"container {info.name} is being started")
             if info.state == RUNNING:
                 if not force:
-                    raise ContainerRunning(f"container {info.name} is running: stop it first (or force)")
+                    raise ContainerRunning(f"container {info.name} is running")  # the caller says what to do
                 self.stop(container_id, timeout=0)
             config = read_json(os.path.join(self.container_dir(container_id), "config.json")) or {}
             cgroup = Cgroup(self.cgroups.layout, config.get("cgroup") or self.cgroups.relpath(container_id))
