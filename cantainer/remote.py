@@ -74,15 +74,18 @@ for entry in os.scandir(sys.argv[1]):
 """
 
 # Stops the agent whose PID is in the pid file (only if that PID really is our agent) and waits.
+# Prints "stopped" or "not-running".
 STOP_AGENT = r"""
 import os, signal, sys, time
 try:
     pid = int(open(sys.argv[1]).read().split()[0])
     if b"cantainer_agent" not in open(f"/proc/{pid}/cmdline", "rb").read():
-        sys.exit(0)
+        raise ValueError("not our agent")
     os.kill(pid, signal.SIGTERM)
 except (OSError, ValueError, IndexError):
+    print("not-running")
     sys.exit(0)
+print("stopped")
 deadline = time.monotonic() + float(sys.argv[2])
 while time.monotonic() < deadline:
     try:

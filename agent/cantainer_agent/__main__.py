@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     execute.add_argument("argv", nargs=argparse.REMAINDER)
     attach = sub.add_parser("attach", help="attach stdio to a tty/stdin container; exit with its code (host-side tool)")
     attach.add_argument("id")
-    teardown = sub.add_parser("teardown", help="remove this host's containers and overlay devices (agent stopped)")
+    teardown = sub.add_parser("teardown", help="stop this host's containers (and with --remove remove them) and its "
+                                               "overlay devices; the agent must be stopped")
+    teardown.add_argument("--stop-timeout", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL")
+    teardown.add_argument("--remove", action="store_true", help="remove the containers too (down --purge)")
     for tool in (logs, execute, attach, teardown):
         tool.add_argument("--config", default=layout.CONFIG_FILE)
     args = parser.parse_args(argv)

@@ -6,6 +6,7 @@ exec keep working while the agent restarts.
 """
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -156,16 +157,31 @@ def attach(runtime: Runtime, container_id: str) -> int:
     return info.exit_code if info.exit_code is not None else 255
 
 
-def teardown(runtime: Runtime) -> int:
-    """Remove every container of this host and every overlay device (for `cantainer down`).
+STOPPED_BY_DOWN = "stopped by down"
+
+
+def teardown(runtime: Runtime, stop_timeout: float = 10.0, remove: bool = True) -> int:
+    """For `cantainer down`: stop every running container gracefully (SIGTERM, SIGKILL after
+    *stop_timeout*, all at once), recording "stopped by down" as the reason; with *remove* (--purge)
+    remove them all; then every overlay device. Prints {"stopped", "removed"} as one JSON line.
 
     Run only after the agent has stopped, or it would start reconciling them back."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .overlay import DesiredHost, KernelGuard, OverlayReconciler
 
-    for info in runtime.list():
-        runtime.remove(info.id, force=True)
+    running = [info for info in runtime.list() if info.running]
+    if running:
+        with ThreadPoolExecutor(max_workers=min(64, len(running))) as pool:
+            list(pool.map(lambda info: runtime.stop(info.id, timeout=stop_timeout, reason=STOPPED_BY_DOWN), running))
+    removed = 0
+    if remove:
+        for info in runtime.list():
+            runtime.remove(info.id, force=True)
+            removed += 1
     nothing = DesiredHost.build("teardown", "127.0.0.1", 1500, [], [])
     OverlayReconciler(lambda _observed: nothing, KernelGuard()).reconcile()
+    print(json.dumps({"stopped": len(running), "removed": removed}), flush=True)
     return 0
 
 
@@ -177,7 +193,7 @@ def main(command: str, args) -> int:
             return logs(runtime, args.id, args.follow, args.exit_code, args.tail, args.since, args.timestamps,
                         streams)
         if command == "teardown":
-            return teardown(runtime)
+            return teardown(runtime, args.stop_timeout, args.remove)
         if command == "attach":
             return attach(runtime, args.id)
         return runtime.exec(args.id, args.argv)

@@ -35,7 +35,8 @@ def observed_from(info: ContainerInfo | None) -> dict:
     if info is None:
         return {"state": "dead", "exit_code": None, "pid": None, "started_at": None, "finished_at": None,
                 "reason": "its process is gone (host restarted?)"}
-    reason = "oom-killed" if info.oom_killed else (f"killed by signal {info.signal}" if info.signal else None)
+    reason = info.stop_reason or ("oom-killed" if info.oom_killed else
+                                  (f"killed by signal {info.signal}" if info.signal else None))
     return {"state": info.state, "exit_code": info.exit_code, "pid": info.pid, "started_at": info.started_at,
             "finished_at": info.finished_at, "reason": reason}
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from cantainer.cli import output
+from cantainer.cli import exitcodes, output
 from cantainer.cli.common import load
-from cantainer.cli.parser import STALE_HELP, Commands
+from cantainer.cli.parser import STALE_HELP, Commands, finite_float
 from cantainer.errors import UsageError
 
 
@@ -25,11 +25,20 @@ def register(commands: Commands) -> None:
     status.add_argument("--json", action="store_true", help="print one JSON document")
     status.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C (reads are --stale)")
     status.add_argument("--stale", action="store_true", help=STALE_HELP)
-    down = commands.add("down", "stop the agents and remove what they created on the hosts", cmd_down, examples=[
-        "cantainer down                          # agents stopped, containers stopped, state kept",
+    down = commands.add("down", "stop the agents and their containers", cmd_down, examples=[
+        "cantainer down                          # agents stopped, containers stopped gracefully, state kept",
+        "cantainer down --time 30                # give containers 30 s between SIGTERM and SIGKILL",
+        "cantainer down --keep-containers        # only the agents: containers and the overlay keep working",
         "cantainer down --purge                  # everything cantainer wrote on the hosts removed",
-    ])
-    down.add_argument("--purge", action="store_true", help="also remove raft state, config and bundles")
+    ], description="Stop the agents (leader last), then each host's containers: SIGTERM, SIGKILL after --time;\n"
+                   "a later `up` shows them exited, \"stopped by down\". Raft state, config and bundles stay\n"
+                   "unless --purge.")
+    down.add_argument("--purge", action="store_true",
+                      help="also remove containers, raft state, config, bundles and logs")
+    down.add_argument("--keep-containers", action="store_true",
+                      help="stop only the agents; containers keep running (and the overlay forwarding)")
+    down.add_argument("--time", type=finite_float, default=10.0,
+                      help="seconds from SIGTERM to SIGKILL for each container (default 10)")
     down.add_argument("--fanout", type=int, default=32, help="hosts handled at once (default 32)")
 
 
@@ -85,17 +94,40 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
 
 
+def down_line(name: str, outcome, purge: bool) -> str:
+    """What `down` did on one host, in words."""
+    def count(n: int, what: str) -> str:
+        return f"{n} container{'' if n == 1 else 's'} {what}"
+
+    parts = ["agent stopped" if outcome.agent_was_running else "agent was not running"]
+    if outcome.kept is not None:
+        parts.append(count(outcome.kept, "left running"))
+    elif outcome.kept is None and outcome.stopped is not None:
+        parts.append(count(outcome.stopped, "stopped") if outcome.stopped else "no container running")
+    if outcome.removed:
+        parts.append(count(outcome.removed, "removed"))
+    if purge:
+        parts.append("state purged")
+    return f"{name}: {', '.join(parts)}"
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from cantainer.teardown import run_down
+    from cantainer.teardown import DownOptions, run_down
 
+    if args.purge and args.keep_containers:
+        raise UsageError("--purge and --keep-containers contradict each other", "choose one")
+    if not 0 <= args.time <= 3600:
+        raise UsageError(f"--time {args.time:g} is out of range", "give the seconds before SIGKILL, from 0 to 3600")
     inventory = load(args)
-    console = Console(stderr=False)
-    with console.status("stopping agents…"):
-        result = run_down(inventory, args.purge, args.fanout)
-    for name in result.stopped:
-        console.print(f"[green]✓[/] {name}: agent stopped{' and state purged' if args.purge else ''}")
+    options = DownOptions(purge=args.purge, keep_containers=args.keep_containers, stop_timeout=args.time)
+    console = Console(stderr=False, highlight=False)
+    with console.status("stopping agents and containers…"):
+        result = run_down(inventory, options, args.fanout)
+    for host in inventory.hosts:
+        if host.name in result.hosts:
+            console.print(f"[green]✓[/] {down_line(host.name, result.hosts[host.name], args.purge)}")
     for error in result.errors.values():
-        console.print(f"[red]✗[/] {error}", highlight=False)
-    return 1 if result.errors else 0
+        console.print(f"[red]✗[/] {error}")
+    return exitcodes.ERROR if result.errors else exitcodes.OK

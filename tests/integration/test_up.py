@@ -5,13 +5,26 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from cantainer import remote
 from cantainer_agent import layout
-from tests.labcli import CANTAINER, agent_pid, cantainer, host_exec, host_path, status
+from tests.labcli import (
+    CANTAINER,
+    agent_pid,
+    cantainer,
+    cli,
+    container_processes,
+    host_exec,
+    host_path,
+    ok,
+    ps,
+    status,
+    wait_for,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -248,6 +261,47 @@ def test_unreachable_host_fails_alone(lab, cluster, tmp_path):
     assert result.returncode == 1
     assert re.search(r"ghost: unreachable", result.stdout)
     assert "3/4 hosts ready" in result.stdout
+
+
+def test_down_stops_containers_gracefully_says_so_and_up_shows_why(lab, cluster):
+    ok(cli(cluster, "run", "--host", "h1", "-n", "10.5.0.0/24", "--name", "polite", "-d", "sh", "-c",
+           "trap 'echo bye; exit 3' TERM; echo ready; while :; do sleep 0.1; done"))
+    ok(cli(cluster, "run", "--host", "h2", "-n", "10.5.0.0/24", "--name", "deaf", "-d", "sleep", "100000"))
+    wait_for(lambda: "ready" in ok(cli(cluster, "logs", "polite")), 10, what="the trap to be set")
+    result = cantainer("down", "--time", "2", "-i", str(cluster))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for line in ("h1: agent stopped, 1 container stopped", "h2: agent stopped, 1 container stopped",
+                 "h3: agent stopped, no container running"):
+        assert line in result.stdout, result.stdout
+    again = cantainer("down", "-i", str(cluster))
+    assert again.returncode == 0 and "h1: agent was not running, no container running" in again.stdout, again.stdout
+    ok(cli(cluster, "up", str(cluster)))
+    wait_for(lambda: ps(cluster)["deaf"]["reason"] == "stopped by down", 20, what="h2 to report deaf")
+    wait_for(lambda: ps(cluster)["polite"]["reason"] == "stopped by down", 20, what="h1 to report polite")
+    polite, deaf = ps(cluster)["polite"], ps(cluster)["deaf"]
+    assert (polite["state"], polite["exit_code"]) == ("exited", 3)  # SIGTERM: its trap ran
+    assert (deaf["state"], deaf["exit_code"]) == ("exited", 137)  # PID 1 ignores SIGTERM: SIGKILL after --time
+    assert "bye" in ok(cli(cluster, "logs", "polite"))
+    assert re.search(r"polite .* exited \(3\), stopped by down", ok(cli(cluster, "ps", "-a")))
+    ok(cli(cluster, "rm", "polite", "deaf"))
+
+
+def test_down_keep_containers_leaves_them_and_the_overlay_working(lab, cluster):
+    _, ip = ok(cli(cluster, "run", "--host", "h1", "-n", "10.5.0.0/24", "--name", "kept", "-d",
+                   "sleep", "100000")).split()
+    ok(cli(cluster, "run", "--host", "h2", "-n", "10.5.0.0/24", "--name", "pinger", "-d",
+           "ping", "-c", "15", "-i", "0.2", ip))
+    before = container_processes(lab, "h1")
+    result = cantainer("down", "--keep-containers", "-i", str(cluster))
+    assert result.returncode == 0 and "h1: agent stopped, 1 container left running" in result.stdout, result.stdout
+    assert all(agent_pid(lab, h) is None for h in ("h1", "h2", "h3"))
+    assert container_processes(lab, "h1") == before and all(p["alive"] for p in before.values())
+    time.sleep(3.5)  # pings cross hosts while no agent runs anywhere
+    ok(cli(cluster, "up", str(cluster)))
+    assert ps(cluster)["kept"]["state"] == "running"
+    wait_for(lambda: ps(cluster)["pinger"]["state"] == "exited", 20, what="the pings to end")
+    assert "15 packets transmitted, 15 packets received" in ok(cli(cluster, "logs", "pinger"))
+    ok(cli(cluster, "rm", "-f", "kept", "pinger"))
 
 
 def test_down_stops_agents_and_purge_removes_state(lab, cluster):

@@ -58,6 +58,7 @@ DOCKER_DEFAULT_CAPS = (
 DEFAULT_CAPS = tuple(cap for cap in DOCKER_DEFAULT_CAPS if cap != "CAP_MKNOD")
 
 START_TIMEOUT = 30.0
+STOP_RECORD = "stop.json"  # why it was stopped, written before the signal (Runtime.stop's reason)
 ATTACH_WAIT = 10.0  # a tty/stdin container waits this long before execve for its first client
 _OVERLAY_UNSAFE = (",", ":", "\\", "\n")
 
@@ -404,10 +405,12 @@ class Runtime:
             except (SpecError, TypeError):
                 spec = None
         exit_record = exit_record or {}
+        stop_record = read_json(os.path.join(cdir, STOP_RECORD)) if state == EXITED else None
         return ContainerInfo(
             id=container_id, state=state, spec=spec, pid=pid, shim_pid=shim,
             exit_code=exit_record.get("exit_code"), signal=exit_record.get("signal"),
             oom_killed=bool(exit_record.get("oom_killed")),
+            stop_reason=(stop_record or {}).get("reason"),
             created_at=(config or {}).get("created_at"),
             started_at=exit_record.get("started_at") or (pids or {}).get("started_at"),
             finished_at=exit_record.get("finished_at"), log_path=logfile.path_in(cdir),
@@ -511,12 +514,15 @@ class Runtime:
         finally:
             os.close(fd)
 
-    def stop(self, container_id: str, timeout: float = 10.0) -> ContainerInfo:
+    def stop(self, container_id: str, timeout: float = 10.0, reason: str | None = None) -> ContainerInfo:
         """The image's stop signal (SIGTERM by default) to init, SIGKILL after *timeout* seconds; wait
-        until the exit is recorded."""
+        until the exit is recorded. *reason* (e.g. "stopped by down") is recorded first and becomes
+        the exited container's reason."""
         info = self.inspect(container_id)
         if info.state != RUNNING:
             return info
+        if reason:
+            write_json(os.path.join(self.container_dir(container_id), STOP_RECORD), {"reason": reason})
         fd = self._verified_pidfd(container_id, "pid")
         if fd is not None:
             try:

@@ -59,6 +59,7 @@ class ContainerInfo:
     exit_code: int | None = None  # 128+N when killed by signal N
     signal: int | None = None
     oom_killed: bool = False
+    stop_reason: str | None = None  # who stopped it, when that was recorded (e.g. "stopped by down")
     created_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -77,7 +78,8 @@ class ContainerInfo:
             "id": self.id, "name": self.name, "state": self.state,
             "spec": self.spec.to_dict() if self.spec else None,
             "pid": self.pid, "shim_pid": self.shim_pid, "exit_code": self.exit_code, "signal": self.signal,
-            "oom_killed": self.oom_killed, "created_at": self.created_at, "started_at": self.started_at,
+            "oom_killed": self.oom_killed, "stop_reason": self.stop_reason, "created_at": self.created_at,
+            "started_at": self.started_at,
             "finished_at": self.finished_at, "log_path": self.log_path,
         }
 
