@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from cantainer.cli import exitcodes, output
 from cantainer.cli.common import load
@@ -67,30 +68,41 @@ def cmd_status(args: argparse.Namespace) -> int:
         client, status = await open_status_source(inventory)
         try:
             status = await client.call("status", consistency)
-            if args.json:
+            if args.json and not args.watch:
                 output.print_json(merge_inventory(status, inventory))
                 return 0
+            if args.json:  # --watch --json: one document per line, as `kubectl get -w -o json` streams
+                while True:
+                    print(json.dumps(output.json_times(merge_inventory(status, inventory)), sort_keys=True),
+                          flush=True)
+                    await asyncio.sleep(1.0)
+                    status = await client.call("status", consistency)
             from rich.console import Console
             from rich.live import Live
 
             from cantainer.status_view import render_status
 
-            console = Console()
+            width = output.terminal_width()
+            console = Console() if width is not None else Console(width=100_000)
+
+            def view():
+                return render_status(merge_inventory(status, inventory), None if width is None else console.width)
+
             if not args.watch:
-                console.print(render_status(merge_inventory(status, inventory)))
+                console.print(view())
                 return 0
-            with Live(render_status(merge_inventory(status, inventory)), console=console, auto_refresh=False) as live:
+            with Live(view(), console=console, auto_refresh=False) as live:
                 while True:
                     await asyncio.sleep(1.0)
                     status = await client.call("status", consistency)
-                    live.update(render_status(merge_inventory(status, inventory)), refresh=True)
+                    live.update(view(), refresh=True)
         finally:
             client.close()
             client.connection.close()
 
     try:
         return asyncio.run(main())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError):
         return 0
 
 

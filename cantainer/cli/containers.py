@@ -99,21 +99,13 @@ def command_of(args: argparse.Namespace) -> list[str]:
     return command[1:] if command[:1] == ["--"] else command
 
 
-def state_text(container: dict, now: float | None = None) -> str:
-    """STATE as ps shows it: the state, the exit code, why (an OOM kill, `down`, a host down for how long)."""
-    state, code, reason = container["state"], container.get("exit_code"), container.get("reason")
-    if state == "unknown":
-        return f"unknown (host {container['host']} down {output.age(container.get('unknown_since'), now)})"
-    text = state if code is None else f"{state} ({code})"
-    return f"{text}, {reason}" if reason else text
-
-
 PS_HEADER = ["NAME", "ID", "HOST", "NETWORK", "IP", "STATE", "CREATED", "IMAGE", "PORTS", "COMMAND"]
 
 
 def ps_rows(containers: list[dict], now: float | None = None) -> list[list[str]]:
-    return [[c["name"], c["id"], c["host"], c["network"], c["ip"], state_text(c, now), output.age(c["created_at"], now),
-             c["image"], ",".join(c.get("ports") or []) or "-", " ".join(c["command"])] for c in containers]
+    return [[c["name"], c["id"], c["host"], c["network"], c["ip"], output.state_text(c, now),
+             output.age(c["created_at"], now), c["image"], ",".join(c.get("ports") or []) or "-",
+             " ".join(c["command"])] for c in containers]
 
 
 def cmd_ps(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ import sys
 
 from cantainer.timefmt import age, parse_since, rfc3339
 
-__all__ = ["age", "parse_since", "rfc3339", "table", "print_table", "json_times", "print_json", "terminal_width"]
+__all__ = ["age", "parse_since", "rfc3339", "table", "print_table", "json_times", "print_json", "terminal_width",
+           "state_text"]
 
 GAP = 2
 MIN_SHRUNK = 12  # a shrinkable column keeps at least this much (or its header)
@@ -40,7 +41,7 @@ def table(header: list[str], rows: list[list], shrink: tuple[str, ...] = (), wid
                 widths[i] -= give
                 excess -= give
         if excess > 0:
-            return _blocks(header, cells, width)
+            return _blocks(header, cells, width, shrink)
     lines = []
     for row in [header] + cells:
         fitted = [_ellipsis(value, w) for value, w in zip(row, widths, strict=True)]
@@ -52,13 +53,16 @@ def _ellipsis(value: str, width: int) -> str:
     return value if len(value) <= width else value[:max(0, width - 1)] + "…"
 
 
-def _blocks(header: list[str], cells: list[list[str]], width: int) -> list[str]:
-    """Each row: its first field alone, then "FIELD value" pairs indented, flowed to *width*."""
+def _blocks(header: list[str], cells: list[list[str]], width: int, shrink: tuple[str, ...]) -> list[str]:
+    """Each row: its first field alone, then "FIELD value" pairs indented, flowed to *width*; a
+    shrinkable field longer than a line is ellipsised, any other is shown whole."""
     lines = []
     for row in cells:
         lines.append(row[0])
         line = ""
         for name, value in zip(header[1:], row[1:], strict=True):
+            if name in shrink:
+                value = _ellipsis(value, max(MIN_SHRUNK, width - GAP - len(name) - 1))
             field = f"{name} {value}"
             if line and len(line) + GAP + len(field) > width:
                 lines.append(line)
@@ -88,3 +92,13 @@ def print_json(document) -> None:
     import json
 
     print(json.dumps(json_times(document), indent=2, sort_keys=True))
+
+
+def state_text(container: dict, now: float | None = None) -> str:
+    """A container's STATE in words: the state, the exit code, why (an OOM kill, `down`, its host down
+    for how long)."""
+    state, code, reason = container["state"], container.get("exit_code"), container.get("reason")
+    if state == "unknown":
+        return f"unknown (host {container['host']} down {age(container.get('unknown_since'), now)})"
+    text = state if code is None else f"{state} ({code})"
+    return f"{text}, {reason}" if reason else text

@@ -52,6 +52,28 @@ def test_status_works_from_any_host_and_renders(cluster):
     assert "leader" in result.stdout and all(h in result.stdout for h in ("h1", "h2", "h3"))
 
 
+def test_piped_status_is_not_cut_at_80_columns(lab, cluster):
+    result = cantainer("status", "-i", str(cluster), env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    for node in status(cluster)["nodes"]:
+        assert node["address"] in result.stdout, result.stdout
+
+
+def test_status_watch_json_streams_one_document_per_line(cluster):
+    import json
+    import signal
+
+    process = subprocess.Popen([*CANTAINER, "status", "--watch", "--json", "-i", str(cluster)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        documents = [json.loads(process.stdout.readline()) for _ in range(2)]
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=10)
+    assert all(sorted(n["name"] for n in doc["nodes"]) == ["h1", "h2", "h3"] for doc in documents)
+    assert process.returncode == 0 and "Traceback" not in err, err
+
+
 def test_rerun_of_up_changes_nothing(lab, cluster):
     before = {h: agent_pid(lab, h) for h in ("h1", "h2", "h3")}
     result = cantainer("up", str(cluster))

@@ -1,16 +1,22 @@
-"""The rich status view renders every status document `status --json` can produce."""
+"""The rich status view renders every status document `status --json` can produce, and never cuts
+names, addresses or CIDRs: shrinkable columns give way, narrow terminals get rows as blocks, piped
+output is not width-limited."""
 from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
 from cantainer.status_view import render_status
 
+NOW = 1_700_000_000.0
+LONG_COMMAND = ["python3", "-m", "http.server", "--bind", "0.0.0.0", "--directory", "/srv/www/static", "8080"]
 
-def render(doc: dict) -> str:
-    console = Console(file=io.StringIO(), width=160, color_system=None)
-    console.print(render_status(doc))
+
+def render(doc: dict, width: int | None = 160) -> str:
+    console = Console(file=io.StringIO(), width=width or 100_000, color_system=None)
+    console.print(render_status(doc, width, now=NOW))
     return console.file.getvalue()
 
 
@@ -28,6 +34,20 @@ def doc(**nodes_extra) -> dict:
         "containers": [{"name": "web", "host": "h1", "network": "10.0.0.0/24", "ip": "10.0.0.1",
                         "state": "running", "command": ["sleep", "3600"]}],
     }
+
+
+def big_doc() -> dict:
+    document = doc()
+    document["nodes"][0].update(name="storage-node-eu-west-1", address="198.19.160.200", bundle="f" * 64)
+    document["networks"] = [{"cidr": "172.31.240.0/20", "vni": 4100, "hosts": ["storage-node-eu-west-1"],
+                             "containers": 12}]
+    document["containers"] = [{"name": "frontend-web-production-1", "host": "storage-node-eu-west-1",
+                               "network": "172.31.240.0/20", "ip": "172.31.255.254", "state": "running",
+                               "command": LONG_COMMAND}]
+    return document
+
+
+KEYS = ("storage-node-eu-west-1", "198.19.160.200", "172.31.240.0/20", "frontend-web-production-1", "172.31.255.254")
 
 
 def test_a_host_that_has_not_joined_renders_instead_of_crashing():
@@ -52,3 +72,36 @@ def test_empty_cluster_says_so():
     document["networks"], document["containers"] = [], []
     text = render(document)
     assert "no networks yet" in text and "no containers yet" in text
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_a_terminal_never_cuts_names_addresses_or_cidrs(width):
+    text = render(big_doc(), width)
+    for key in KEYS:
+        assert key in text, (key, text)
+    assert max(len(line) for line in text.splitlines()) <= width
+
+
+def test_shrinkable_columns_give_way_first():
+    text = render(big_doc(), 120)
+    assert "f" * 64 not in text and " ".join(LONG_COMMAND) not in text  # bundle, command: ellipsised
+    assert "…" in text
+
+
+def test_a_narrow_terminal_wraps_rows_into_blocks_without_cutting():
+    text = render(big_doc(), 40)
+    for key in KEYS:
+        assert key in text, (key, text)
+    assert "address 198.19.160.200" in text and "ip 172.31.255.254" in text
+
+
+def test_piped_output_is_not_width_limited():
+    text = render(big_doc(), None)
+    assert " ".join(LONG_COMMAND) in text and "f" * 64 in text
+    assert max(len(line) for line in text.splitlines()) > 80
+
+
+def test_a_container_of_a_down_host_shows_unknown_with_the_time_since():
+    document = doc()
+    document["containers"][0].update(state="unknown", reason="host h1 is down", unknown_since=NOW - 17)
+    assert "unknown (host h1 down 17s)" in render(document)
