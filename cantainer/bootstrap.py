@@ -27,7 +27,7 @@ from cantainer.fleet import Fleet
 from cantainer.inventory import Host, Inventory
 from cantainer.plan import HostPlan, NoFounder, choose_bootstrap, plan_host, secret_digest, underlay_addresses
 from cantainer.secret import load_or_create_secret
-from cantainer.ssh import HostError
+from cantainer.ssh import HostError, RemoteCommandError
 from cantainer_agent import layout, protocol
 
 HEALTHY_TIMEOUT = 60.0
@@ -204,8 +204,14 @@ class Bootstrapper:
         else:
             if restarting:
                 await connection.run([host.python, "-c", remote.STOP_AGENT, layout.PID_FILE, "10"])
-            await connection.run([host.python, layout.bundle_dir(outcome.bundle.digest), "run",
-                                  "--config", layout.CONFIG_FILE, "--daemon"], timeout=60)
+            try:
+                await connection.run([host.python, layout.bundle_dir(outcome.bundle.digest), "run",
+                                      "--config", layout.CONFIG_FILE, "--daemon"], timeout=60)
+            except RemoteCommandError as error:
+                if "another agent is already running" not in error.stderr:
+                    raise
+                raise HostError(host.name, "an agent was started on this host meanwhile — another `up` (from another "
+                                "workstation?) is in progress", "wait for it, then run `cantainer up` again") from None
         outcome.action = "restarted" if restarting else "started"
 
     async def _start_with_systemd(self, host: Host, outcome: HostOutcome) -> None:

@@ -46,6 +46,8 @@ EXIT_CODES = {
     protocol.UNAVAILABLE: 69,      # EX_UNAVAILABLE: nothing was done, try again
     protocol.OUTCOME_UNKNOWN: 75,  # EX_TEMPFAIL: it may have been done
     protocol.INTERNAL: 70,         # EX_SOFTWARE
+    protocol.COMMAND_NOT_FOUND: 127,       # docker's: the container's command does not exist
+    protocol.COMMAND_NOT_EXECUTABLE: 126,  # docker's: it exists but cannot be executed
 }
 RETRY_FOR = 15.0  # seconds a write is resent while no agent can tell its outcome
 T = TypeVar("T")
@@ -54,7 +56,8 @@ T = TypeVar("T")
 class AgentError(CantainerError):
     """The agent answered with an error (its code is kept for callers that branch on it)."""
 
-    USER_ERRORS = (protocol.INVALID, protocol.NOT_FOUND, protocol.ALREADY_EXISTS, protocol.CONFLICT)
+    USER_ERRORS = (protocol.INVALID, protocol.NOT_FOUND, protocol.ALREADY_EXISTS, protocol.CONFLICT,
+                   protocol.COMMAND_NOT_FOUND, protocol.COMMAND_NOT_EXECUTABLE)
 
     def __init__(self, host: str, code: str, message: str) -> None:
         # A refused request is about the user's input, not about the host that relayed it.

@@ -7,12 +7,13 @@ and no shell command line built from user strings is involved.
 """
 from __future__ import annotations
 
+import asyncio
 import sys
 from dataclasses import dataclass, field
 
 from cantainer import ssh
 from cantainer.client import SESSIONS, AgentClient, AgentError, retrying
-from cantainer.errors import CantainerError
+from cantainer.errors import CantainerError, Interrupted
 from cantainer.image_store import RunImage
 from cantainer.inventory import Host, Inventory
 from cantainer.ssh import HostError
@@ -40,6 +41,7 @@ class RunRequest:
     memory: int | None = None
     cpus: float | None = None
     pids: int | None = None
+    auto_remove: bool = False  # --rm: removed once it has exited
 
 
 class HostSession:
@@ -88,24 +90,47 @@ def run_params(request: RunRequest, image: RunImage, interactive: bool = False, 
             "command": request.command, "entrypoint": request.entrypoint, "env": request.env,
             "workdir": request.workdir, "user": request.user, "interactive": interactive, "tty": use_tty,
             "limits": {k: v for k, v in (("memory", request.memory), ("cpus", request.cpus),
-                                         ("pids", request.pids)) if v is not None}}
+                                         ("pids", request.pids)) if v is not None},
+            **({"auto_remove": True} if request.auto_remove else {})}
 
 
 async def run(inventory: Inventory, request: RunRequest, detach: bool, interactive: bool, use_tty: bool) -> int:
+    """Start the container; detached, print its name and address; else stream it and return its exit
+    code. --rm: detached, its host removes it once it exits; in the foreground, we do. Ctrl-C stops it
+    (and with --rm removes it) rather than leaving it running unseen."""
     from cantainer import run_image
 
     host = inventory.host(request.host)
     async with HostSession(host) as session:
         image = await run_image.resolve(session, inventory, request.image)
         params = run_params(request, image, interactive, use_tty)
+        if not detach:
+            params.pop("auto_remove", None)  # the host would race our reading of its exit code
         created = await session.write("container.run", params, timeout=60)
         if detach:
             print(f"{created['name']} {created['ip']}")
             return 0
-        if interactive or use_tty:
-            return await stream_command(session.connection, session.tool("attach", created["id"]), interactive, use_tty)
-        return await stream_command(session.connection, session.tool("logs", created["id"], "--follow", "--exit-code"),
-                                    interactive=False, use_tty=False)
+        try:
+            if interactive or use_tty:
+                argv = session.tool("attach", created["id"])
+            else:
+                argv = session.tool("logs", created["id"], "--follow", "--exit-code")
+            code = await stream_command(session.connection, argv, interactive, use_tty)
+        except asyncio.CancelledError:  # Ctrl-C (asyncio.run cancels us)
+            raise await _interrupted(session, created["name"], request.auto_remove) from None
+        if request.auto_remove:
+            await session.write("container.rm", {"name": created["name"], "force": True}, timeout=30)
+        return code
+
+
+async def _interrupted(session: HostSession, name: str, remove: bool) -> Interrupted:
+    """Stop (and with --rm remove) the container `run` was attached to; say so."""
+    stopped = await session.write("container.stop", {"name": name, "timeout": 10.0}, timeout=30)
+    if remove:
+        await session.write("container.rm", {"name": name, "force": True}, timeout=30)
+    code = stopped.get("exit_code")
+    return Interrupted(f"interrupted: container {name} stopped{f' (exit {code})' if code is not None else ''}"
+                       f"{' and removed' if remove else ''}")
 
 
 class HostDown(CantainerError):

@@ -21,6 +21,12 @@ class CantainerError(Exception):
         return f"{self.message} — {self.hint}" if self.hint else self.message
 
 
+class Interrupted(CantainerError):
+    """Ctrl-C, after cleaning up what the command had started (the message says what)."""
+
+    exit_code = 130
+
+
 class UsageError(CantainerError):
     """The command line itself is wrong (unknown flag, missing argument)."""
 

@@ -13,12 +13,15 @@ PHASE_STYLE = {"ready": "green", "failed": "red"}
 
 
 class UpProgress:
-    def __init__(self, inventory: Inventory, console: Console | None = None) -> None:
+    def __init__(self, inventory: Inventory, console: Console | None = None, clock=time.monotonic) -> None:
         self.inventory = inventory
         self.console = console or Console()
         self.phases = {host.name: ("waiting", "") for host in inventory.hosts}
-        self.started = time.monotonic()
-        self._live = Live(self._table(), console=self.console, transient=True, refresh_per_second=8)
+        self.clock = clock
+        self.started = clock()
+        # get_renderable: every refresh (8 a second) builds the table anew, so the timer keeps
+        # running while a long phase (start, join) reports nothing.
+        self._live = Live(console=self.console, transient=True, refresh_per_second=8, get_renderable=self._table)
 
     def __enter__(self) -> "UpProgress":
         if self.console.is_terminal:
@@ -32,10 +35,10 @@ class UpProgress:
     def report(self, host: str, phase: str, detail: str) -> None:
         self.phases[host] = (phase, detail)
         if self.console.is_terminal:
-            self._live.update(self._table())
+            self._live.refresh()
 
     def _table(self) -> Table:
-        table = Table(title=f"cantainer up — {self.inventory.cluster.name} ({time.monotonic() - self.started:.1f}s)")
+        table = Table(title=f"cantainer up — {self.inventory.cluster.name} ({self.clock() - self.started:.1f}s)")
         table.add_column("host")
         table.add_column("phase")
         table.add_column("detail")

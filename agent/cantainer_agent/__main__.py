@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.add_argument("--stderr", action="store_true", help="only stderr (default: both)")
     execute = sub.add_parser("exec", help="run a command in a container (host-side tool)")
     execute.add_argument("id")
-    execute.add_argument("--tty", action="store_true", help="stdio is a terminal (informational)")
+    execute.add_argument("--tty", action="store_true", help="stdio is a terminal: pass its TERM to the command")
     execute.add_argument("argv", nargs=argparse.REMAINDER)
     attach = sub.add_parser("attach", help="attach stdio to a tty/stdin container; exit with its code (host-side tool)")
     attach.add_argument("id")

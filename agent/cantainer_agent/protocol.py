@@ -49,8 +49,11 @@ REJECTED = INVALID                   # the older name of the same code
 NOT_FOUND = "not_found"
 ALREADY_EXISTS = "already_exists"
 CONFLICT = "conflict"                # valid, but it collides with the state (an overlap, in use, full)
+COMMAND_NOT_FOUND = "command_not_found"            # a container's command does not exist (docker's exit 127)
+COMMAND_NOT_EXECUTABLE = "command_not_executable"  # ... exists but cannot be executed (docker's 126)
 ERROR_CODES = frozenset({INVALID, NOT_FOUND, ALREADY_EXISTS, CONFLICT, BAD_REQUEST, UNSUPPORTED_VERSION, UNKNOWN_METHOD,
-                         TOO_LARGE, NOT_LEADER, UNAVAILABLE, OUTCOME_UNKNOWN, INTERNAL})
+                         TOO_LARGE, NOT_LEADER, UNAVAILABLE, OUTCOME_UNKNOWN, INTERNAL, COMMAND_NOT_FOUND,
+                         COMMAND_NOT_EXECUTABLE})
 
 _METHOD_RE = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 _MAX_ID = 2**53  # JSON-safe integer range

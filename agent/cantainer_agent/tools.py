@@ -196,7 +196,9 @@ def main(command: str, args) -> int:
             return teardown(runtime, args.stop_timeout, args.remove)
         if command == "attach":
             return attach(runtime, args.id)
-        return runtime.exec(args.id, args.argv)
+        # -t: the terminal's type, as sshd set it from the client's (docker exec -t sets TERM too)
+        env = {"TERM": os.environ["TERM"]} if args.tty and os.environ.get("TERM") else None
+        return runtime.exec(args.id, args.argv, env=env)
     except (ConfigError, ContainerError, OSError) as error:
         print(f"cantainer: error: {error}", file=sys.stderr)
         return 125

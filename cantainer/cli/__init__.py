@@ -13,7 +13,7 @@ import sys
 from cantainer import __version__
 from cantainer.cli import cluster, containers, exitcodes, images, networks
 from cantainer.cli.parser import Commands, Parser, formatter
-from cantainer.errors import CantainerError
+from cantainer.errors import CantainerError, Interrupted
 
 COMMAND_MODULES = (cluster, networks, containers, images)
 DESCRIPTION = "Agentless orchestrator: containers on a VXLAN overlay, over SSH."
@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             print(args.parser.format_help(), end="")
             return exitcodes.OK
         return args.handler(args)
+    except Interrupted as error:
+        print(f"cantainer: {error}", file=sys.stderr)
+        return exitcodes.INTERRUPTED
     except CantainerError as error:
         print(f"cantainer: error: {error}", file=sys.stderr)
         return exitcodes.exit_code_for(error, tool_error)

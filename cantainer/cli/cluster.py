@@ -45,12 +45,13 @@ def register(commands: Commands) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from cantainer.bootstrap import run_up
+    from cantainer.lock import cluster_lock
     from cantainer.progress import UpProgress
 
     inventory = load(args)
     if args.fanout < 1:
         raise UsageError(f"--fanout {args.fanout} must be at least 1")
-    with UpProgress(inventory) as progress:
+    with cluster_lock(inventory, "up"), UpProgress(inventory) as progress:
         result = run_up(inventory, progress.report, args.fanout)
     progress.summary(result)
     return 1 if result.errors else 0
@@ -134,8 +135,10 @@ def cmd_down(args: argparse.Namespace) -> int:
         raise UsageError(f"--time {args.time:g} is out of range", "give the seconds before SIGKILL, from 0 to 3600")
     inventory = load(args)
     options = DownOptions(purge=args.purge, keep_containers=args.keep_containers, stop_timeout=args.time)
+    from cantainer.lock import cluster_lock
+
     console = Console(stderr=False, highlight=False)
-    with console.status("stopping agents and containers…"):
+    with cluster_lock(inventory, "down"), console.status("stopping agents and containers…"):
         result = run_down(inventory, options, args.fanout)
     for host in inventory.hosts:
         if host.name in result.hosts:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cantainer.cli import exitcodes, output
@@ -18,7 +19,7 @@ def register(commands: Commands) -> None:
                        tool_error=exitcodes.TOOL_ERROR, examples=[
         "cantainer run --host h1 -n 10.0.0.0/24 --name web -d sleep 3600   # prints \"web 10.0.0.1\"",
         "cantainer run --host h2 -n 10.0.0.0/24 sh -c 'echo hi; exit 3'   # streams output, exits 3",
-        "cantainer run -it --host h1 -n 10.0.0.0/24 sh                     # a shell on a terminal",
+        "cantainer run -it --rm --host h1 -n 10.0.0.0/24 sh                # a shell; removed on exit",
         "cantainer run --host h1 -n 10.0.0.0/24 -- ls -l /                 # -- is accepted too",
     ], description="Start a container on a host. Everything after the options is the command, as with docker\n"
                    "run (it replaces the image's Cmd; without one the image's Entrypoint + Cmd run); exits with\n"
@@ -30,6 +31,7 @@ def register(commands: Commands) -> None:
     run.add_argument("--image", default="alpine",
                      help="alpine, an [images.NAME], NAME:TAG (image load/pull) or HOST[:PORT]/REPO[:TAG|@DIGEST]")
     run.add_argument("-d", "--detach", action="store_true", help="print name and IP and return")
+    run.add_argument("--rm", action="store_true", help="remove the container once it has exited")
     run.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
     run.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
     run.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable")
@@ -131,11 +133,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     if args.tty and not containers.stdin_is_tty():
         raise UsageError("-t needs a terminal on stdin and stdout", "drop -t when piping")
+    env = containers.parse_env(args.env)
+    if args.tty:  # a terminal needs its type, as docker run -t sets it
+        env.setdefault("TERM", os.environ.get("TERM") or "xterm")
     request = containers.RunRequest(
         host=args.host, network=args.network, image=args.image, name=args.name,
-        command=command_of(args) or None, env=containers.parse_env(args.env), workdir=args.workdir,
+        command=command_of(args) or None, env=env, workdir=args.workdir,
         entrypoint=args.entrypoint, user=args.user,
         memory=containers.parse_size(args.memory) if args.memory else None, cpus=args.cpus, pids=args.pids,
+        auto_remove=args.rm,
     )
     if request.workdir is not None and not request.workdir.startswith("/"):
         raise UsageError(f"-w {request.workdir!r} is not an absolute path", "write it like -w /app")

@@ -24,7 +24,7 @@ def register(commands: Commands) -> None:
 
 def cmd_create(args: argparse.Namespace) -> int:
     network = cluster_call(args, "network.create", {"cidr": args.cidr}, write=True)
-    print(f"{network['cidr']} vni {network['vni']}{'' if network.get('created', True) else ' (exists)'}")
+    print(f"{network['cidr']} vni {network['vni']}{'' if network.get('created', True) else ' (already exists)'}")
     return 0
 
 

@@ -91,6 +91,24 @@ def test_exit_codes_of_run_and_exec_are_propagated_and_stderr_stays_stderr(clust
     ok(cli(cluster, "rm", "exits"))
 
 
+@pytest.mark.parametrize("args, code, needle", [
+    (["run", "--host", "h1", "-n", "10.2.0.0/24", "/no/such/program"], 127, "executable file not found"),
+    (["run", "--host", "h1", "-n", "10.2.0.0/24", "-d", "/etc"], 126, "permission denied"),
+    (["run", "--host", "h1", "-n", "10.2.0.0/24", "--image", "nosuchimage", "true"], 125, "unknown image"),
+    (["run", "--host", "h1", "-n", "10.2.0.0/24", "--frob", "true"], 125, "unknown option --frob"),
+    (["exec", "c1", "/no/such/program"], 127, "executable file not found"),
+    (["exec", "c1", "/etc"], 126, "permission denied"),
+    (["exec", "nosuch", "true"], 125, "no container named 'nosuch'"),
+])
+def test_run_and_exec_exit_codes_are_dockers(cluster, web, args, code, needle):
+    """125: cantainer failed; 126: the command cannot be executed; 127: it does not exist — so a
+    script can tell them from the container's own exit 1."""
+    result = cli(cluster, *args)
+    assert result.returncode == code, result
+    assert needle in result.stderr
+    assert not [name for name in ps(cluster) if name.startswith("c-")]  # nothing left behind
+
+
 def test_logs_tail_since_and_time_stamps(cluster):
     ok(cli(cluster, "run", "--host", "h1", "-n", "10.2.0.0/24", "--name", "counter",
            "sh", "-c", "for i in 1 2 3 4 5; do echo line $i; done"))
@@ -130,7 +148,8 @@ def test_stop_then_rm_frees_the_address_and_the_next_run_reuses_it(cluster, web)
     ok(cli(cluster, "run", "--host", "h2", "-n", "10.3.0.0/24", "--name", "first", "-d", "--", "sleep", "1000"))
     ok(cli(cluster, "run", "--host", "h2", "-n", "10.3.0.0/24", "--name", "second", "-d", "--", "sleep", "1000"))
     assert ps(cluster)["first"]["ip"] == "10.3.0.1"
-    one_line_error(cli(cluster, "rm", "first"), "running")
+    line = one_line_error(cli(cluster, "rm", "first"), "container first is running — stop it first, or use `rm -f`")
+    assert line.count("stop it first") == 1 and line.count("rm -f") == 1  # the hint, once
     ok(cli(cluster, "stop", "first", "--time", "2"))
     assert ps(cluster)["first"]["state"] == "exited"
     ok(cli(cluster, "rm", "first"))
@@ -345,6 +364,8 @@ def test_exec_it_is_a_real_interactive_terminal(cluster, web):
         time.sleep(1.0)
         tty.send("echo hello-$((6*7)); stty size", "Enter", wait_for="hello-42")
         assert "30 100" in tty.screen()
+        tty.send("echo $((40+2))-$TERM", "Enter", wait_for="42-")
+        assert re.search(r"42-[a-z]", tty.screen()), tty.screen()  # TERM is set, as docker exec -t sets it
         resize_interrupt_and_exit(tty)
     finally:
         tty.close()
@@ -362,6 +383,8 @@ def test_run_it_gives_pid_1_a_real_interactive_terminal(cluster, web):
         time.sleep(1.0)  # see test_exec_it_is_a_real_interactive_terminal
         tty.send("echo pid-$$; tty; stty size", "Enter", wait_for="pid-1")
         assert "/dev/pts/0" in tty.screen() and "30 100" in tty.screen(), tty.screen()
+        tty.send("echo $((40+2))-$TERM", "Enter", wait_for="42-")
+        assert re.search(r"42-[a-z]", tty.screen()), tty.screen()  # TERM is set, as docker run -t sets it
         resize_interrupt_and_exit(tty)
     finally:
         tty.close()
@@ -380,3 +403,52 @@ def test_run_i_pipes_stdin_and_returns_the_exit_code(cluster):
     assert (result.stdout, result.stderr) == ("HELLO PIPE\n", "bye\n")
 
 
+
+
+def foreground(cluster: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cantainer.cli", "run", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "CANTAINER_INVENTORY": str(cluster)})
+
+
+TRAPS_TERM = ["sh", "-c", "trap 'exit 5' TERM; echo up; while :; do sleep 0.1; done"]
+
+
+@pytest.mark.parametrize("rm", [False, True], ids=["keep", "--rm"])
+def test_ctrl_c_on_a_foreground_run_stops_the_container_and_says_so(cluster, rm):
+    import signal
+
+    name = "fgrm" if rm else "fg"
+    process = foreground(cluster, *(["--rm"] if rm else []), "--host", "h2", "-n", "10.2.0.0/24", "--name", name,
+                         *TRAPS_TERM)
+    try:
+        assert process.stdout.readline() == "up\n"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and "Traceback" not in err
+    assert err.strip() == f"cantainer: interrupted: container {name} stopped (exit 5){' and removed' if rm else ''}"
+    if rm:
+        assert name not in ps(cluster)
+    else:
+        assert (ps(cluster)[name]["state"], ps(cluster)[name]["exit_code"]) == ("exited", 5)
+        ok(cli(cluster, "rm", name))
+
+
+def test_run_rm_removes_the_container_once_it_exits(cluster):
+    from tests.labcli import wait_for
+
+    result = cli(cluster, "run", "--rm", "--host", "h1", "-n", "10.2.0.0/24", "--name", "once", "sh", "-c",
+                 "echo bye; exit 3")
+    assert (result.returncode, result.stdout) == (3, "bye\n")
+    assert "once" not in ps(cluster)
+    ok(cli(cluster, "run", "--rm", "-d", "--host", "h3", "-n", "10.2.0.0/24", "--name", "brief", "sleep", "1"))
+    assert ps(cluster)["brief"]["auto_remove"] is True
+    wait_for(lambda: "brief" not in ps(cluster), 30, what="h3 to remove brief after it exited")
+
+
+def test_network_create_says_when_it_already_exists(cluster, web):
+    assert ok(cli(cluster, "network", "create", "10.0.0.0/24")).strip() == "10.0.0.0/24 vni 4096 (already exists)"
+    created = ok(cli(cluster, "network", "create", "10.77.0.0/24")).strip()
+    assert created.startswith("10.77.0.0/24 vni ") and "exists" not in created
+    assert ok(cli(cluster, "network", "rm", "10.77.0.0/24")).strip() == "removed 10.77.0.0/24"

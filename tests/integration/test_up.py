@@ -83,6 +83,29 @@ def test_rerun_of_up_changes_nothing(lab, cluster):
     assert {h: agent_pid(lab, h) for h in ("h1", "h2", "h3")} == before
 
 
+def test_a_second_up_while_one_runs_says_so_and_touches_nothing(lab, cluster):
+    import fcntl
+
+    from cantainer.inventory import load_inventory
+    from cantainer.lock import lock_path
+
+    before = {h: agent_pid(lab, h) for h in ("h1", "h2", "h3")}
+    with open(lock_path(load_inventory(cluster)), "a+") as held:  # what a running `up` holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.truncate(0)
+        held.write(f"{os.getpid()} up\n")
+        held.flush()
+        result = cantainer("up", str(cluster))
+        down = cantainer("down", "-i", str(cluster))
+    assert result.returncode == 1 and down.returncode == 1
+    assert result.stderr.strip() == (f"cantainer: error: another `up` of cluster lab-{lab.name} is in progress on "
+                                     f"this workstation (pid {os.getpid()}) — wait for it to finish, then run this "
+                                     "again"), result.stderr
+    assert "another `up`" in down.stderr
+    assert {h: agent_pid(lab, h) for h in ("h1", "h2", "h3")} == before
+    assert cantainer("up", str(cluster)).returncode == 0  # released: up works again
+
+
 def test_agent_runs_under_the_hosts_python_and_names_itself(lab, cluster):
     pid = agent_pid(lab, "h2")
     exe = host_exec(lab, "h2", "readlink", f"/proc/{pid}/exe").stdout.strip()

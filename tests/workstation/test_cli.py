@@ -106,6 +106,8 @@ def test_a_missing_inventory_names_the_environment_variable(capsys, monkeypatch)
     ("not_found", None, 3), ("invalid", None, 6), ("already_exists", None, 4), ("conflict", None, 5),
     ("unavailable", None, 69), ("outcome_unknown", None, 75), ("internal", None, 70), ("something_new", None, 1),
     ("not_found", 125, 125), ("unavailable", 125, 125),  # run/exec: cantainer's own failure
+    ("command_not_found", 125, 127), ("command_not_executable", 125, 126),  # docker's codes for the command
+    ("command_not_found", None, 127),
 ])
 def test_agent_error_codes_map_to_exit_codes_through_one_table(code, tool_error, exit_code):
     assert exitcodes.exit_code_for(AgentError("h1", code, "message"), tool_error) == exit_code

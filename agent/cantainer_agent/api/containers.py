@@ -1,7 +1,7 @@
 """Container methods of the agent API.
 
 ``container.run {name?, network, image: {reference, digest, layers, config}, command?, entrypoint?, env,
-workdir?, user?, limits, tty?, interactive?}`` -> ``{name, id, ip, host, network, image_digest}`` (on the
+workdir?, user?, limits, tty?, interactive?, auto_remove?}`` -> ``{name, id, ip, host, network, image_digest}`` (on the
     host that runs it; the layers must be here: image.import / image.pull). The image's config and
     the options merge docker's way (images/config.effective) before anything is recorded.
 ``container.stop {name, timeout}`` -> ``{name, state, exit_code}``;  ``container.rm {name, force}`` -> ``{removed}``
@@ -95,7 +95,8 @@ class ContainerHandlers:
                     "name": name, "id": container_id, "host": self._node, "network": params.get("network"),
                     "image": reference or digest[:19], "image_digest": digest, "command": list(wanted.argv),
                     "env": env, "workdir": wanted.workdir, "user": wanted.user, "stop_signal": wanted.stop_signal,
-                    "ports": list(wanted.exposed_ports), "limits": params.get("limits") or {}},
+                    "ports": list(wanted.exposed_ports), "limits": params.get("limits") or {},
+                    **({"auto_remove": params["auto_remove"]} if "auto_remove" in params else {})},
                     "ts": time.time()}, session)
                 retried = record["id"] != container_id  # the record of this request's first attempt
                 if retried:
@@ -117,8 +118,9 @@ class ContainerHandlers:
                                         stdin=bool(params.get("interactive")))
         except (ContainerError, OverlayError, OSError) as error:
             self._workload.undo_create(raft, record, session)
-            raise protocol.ProtocolError(protocol.INTERNAL,
-                                         f"container {record['name']} failed to start: {error}") from None
+            code = {127: protocol.COMMAND_NOT_FOUND, 126: protocol.COMMAND_NOT_EXECUTABLE}.get(
+                getattr(error, "exit_code", None), protocol.INTERNAL)  # docker's 127/126: the command cannot run
+            raise protocol.ProtocolError(code, f"container {record['name']} failed to start: {error}") from None
 
     def _started_before(self, container_id: str):
         """The container a first attempt of this request started, if it did."""

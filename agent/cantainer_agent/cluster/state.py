@@ -9,7 +9,7 @@ refused command raises ``StateError`` and changes nothing. The state pickles to 
     networks:   {cidr: {cidr, vni, created_at, ips: {ip: container name}}}
     containers: {name: {name, id, host, network, ip, mac, image, image_digest, command, env, workdir, user,
                         stop_signal, ports, limits,
-                        created_at, desired: running|stopped,
+                        created_at, desired: running|stopped, auto_remove (absent: false),
                         observed: {state, exit_code, pid, started_at, finished_at, reason, reported_at}}}
 """
 
@@ -214,7 +214,8 @@ class ClusterState:
         if record is None:
             raise NotFound(f"network {key} does not exist — see `cantainer network ls`")
         if record["ips"]:
-            users = ", ".join(sorted(record["ips"].values())[:5])
+            names = sorted(record["ips"].values())
+            users = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
             raise Conflict(
                 f"network {key} still has {len(record['ips'])} container(s) attached ({users}) — remove them first"
             )
@@ -249,6 +250,9 @@ class ClusterState:
             "stop_signal": _check_signal(spec.get("stop_signal", 15)),
             "ports": _check_str_list("ports", spec.get("ports", []), allow_empty=True),
         }
+        auto_remove = spec.get("auto_remove", False)
+        if not isinstance(auto_remove, bool):
+            raise StateError("auto_remove must be true or false")
         network = self.apply_create_network(spec.get("network"), ts)
         record = self.networks[network["cidr"]]
         ip = ipam.lowest_free_address(ipam.parse_cidr(network["cidr"]), set(record["ips"]))
@@ -271,6 +275,7 @@ class ClusterState:
             "ports": checked["ports"],
             "created_at": checked["created_at"],
             "desired": "running",
+            **({"auto_remove": True} if auto_remove else {}),
             "observed": {"state": "created", "exit_code": None, "pid": None, "started_at": None,
                          "finished_at": None, "reason": None, "reported_at": checked["created_at"]},
         }

@@ -30,7 +30,7 @@ def container_view(record: dict, down: dict[str, float] | None = None) -> dict:
         "image_digest": record.get("image_digest") or None, "user": record.get("user", ""),
         "ports": record.get("ports", []), "command": record["command"],
         "desired": record["desired"], "state": state, "exit_code": observed.get("exit_code"), "reason": reason,
-        "oom_killed": reason == "oom-killed", "unknown_since": since,
+        "oom_killed": reason == "oom-killed", "unknown_since": since, "auto_remove": bool(record.get("auto_remove")),
         "started_at": observed.get("started_at"), "finished_at": observed.get("finished_at"),
         "created_at": record["created_at"],
     }

@@ -2,17 +2,19 @@
 
 ``sync(snapshot)`` compares the records placed on this host with what the runtime finds on disk
 and in /proc: it reports exits (exit code, OOM kill), marks a container whose process vanished
-(the host rebooted) as dead, stops containers whose desired state is "stopped", and removes local
-containers the cluster does not know (orphans). Starts and removals in flight through the API
-are left alone (workload.py). A replica still replaying its log is not trusted ("ready").
+(the host rebooted) as dead, stops containers whose desired state is "stopped", removes exited
+containers started with --rm (``auto_remove``), and removes local containers the cluster does not
+know (orphans — also what `rm -f` of a container on a host that was down left behind). Starts and
+removals in flight through the API are left alone (workload.py). A replica still replaying its
+log is not trusted ("ready").
 """
 from __future__ import annotations
 
 import logging
 from typing import Callable
 
-from ..consensus import RaftNode
-from ..consensus.writes import Session
+from ..consensus import CommandRejected, RaftNode
+from ..consensus.writes import Session, replicate
 from ..workload import Workload
 
 log = logging.getLogger(__name__)
@@ -45,10 +47,25 @@ class ContainersController:
                 info = None
             if record["desired"] == "stopped" and info is not None and info.running:
                 info = runtime.stop(container_id, timeout=10.0)
+            if record.get("auto_remove") and (info is None or info.state in ("exited", "dead")):
+                self._remove(raft, record)
+                continue
             if info is None and record["observed"]["state"] in ("exited", "dead"):
                 continue  # already reported gone; nothing local to compare with
             self._workload.report(raft, record, info, self._session)
         strangers = [cid for cid in local if cid not in mine and cid not in busy]
+        self._remove_orphans(raft, local, strangers)
+
+    def _remove(self, raft: RaftNode, record: dict) -> None:
+        """--rm: the container has exited; it goes, and its address with it."""
+        with self._workload.in_flight(record["id"]):
+            self._workload.remove_local(record["id"])
+            try:
+                replicate(raft, "remove_container", {"name": record["name"]}, self._session)
+            except CommandRejected:
+                pass  # removed meanwhile (`cantainer rm`)
+
+    def _remove_orphans(self, raft: RaftNode, local: dict, strangers: list[str]) -> None:
         if not strangers:
             return
         # The snapshot was taken before the local listing: a container started since then has a

@@ -22,7 +22,7 @@ _EXPORTS = {
     "cgroups": ("CgroupLayout", "CgroupManager"),
     "container": ("DEFAULT_CAPS", "DEFAULT_RUN_DIR", "DEFAULT_STATE_DIR", "DOCKER_DEFAULT_CAPS", "Runtime"),
     "errors": (
-        "AbsolutePathError", "CgroupError", "ChecksumMismatch", "ContainerError", "ContainerExists",
+        "AbsolutePathError", "CgroupError", "ChecksumMismatch", "CommandFailed", "ContainerError", "ContainerExists",
         "ContainerNotFound", "ContainerNotRunning", "ContainerRunning", "HardlinkEscapeError", "ImageError",
         "ImageNotFound", "InvalidTarball", "PathTraversalError", "RuntimeFailure", "SpecError", "StartError",
         "SymlinkEscapeError", "UnsafeTarball",

@@ -29,6 +29,7 @@ from .. import layout
 from . import linux, logfile
 from .cgroups import Cgroup, CgroupLayout, CgroupManager
 from .errors import (
+    CommandFailed,
     ContainerExists,
     ContainerNotFound,
     ContainerNotRunning,
@@ -86,6 +87,8 @@ def _recv(chan: socket.socket, timeout: float) -> dict:
         raise StartError("the container's shim exited unexpectedly")
     message = json.loads(data)
     if message.get("event") == "error":
+        if message.get("exit_code") in (126, 127):
+            raise CommandFailed(message.get("message") or "the command cannot be executed", message["exit_code"])
         raise StartError(message.get("message") or "unknown error")
     return message
 
@@ -331,7 +334,7 @@ class Runtime:
             except BaseException as exc:
                 self._abort_start(cid, cgroup, chan, shim_fd)
                 self._starting.discard(cid)
-                if hook_error or isinstance(exc, (StartError, KeyboardInterrupt, SystemExit)):
+                if hook_error or isinstance(exc, (StartError, CommandFailed, KeyboardInterrupt, SystemExit)):
                     raise
                 if isinstance(exc, RuntimeFailure):
                     raise StartError(f"cannot start container {spec.name}: {exc}") from exc

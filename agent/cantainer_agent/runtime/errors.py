@@ -82,5 +82,14 @@ class ContainerNotRunning(ContainerError):
     """The operation needs a running container."""
 
 
+class CommandFailed(ContainerError):
+    """The container's command could not be executed; *exit_code* is docker's: 127 not found, 126 not
+    executable (a directory, no permission, not a binary)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class StartError(ContainerError):
     """The container could not be started; nothing of it is left behind."""

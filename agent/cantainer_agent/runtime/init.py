@@ -142,6 +142,14 @@ def exec_command(argv: list[str], env: dict[str, str], caps: int, cap_last: int 
     os.execvpe(argv[0], argv, env)
 
 
+NOT_FOUND, NOT_EXECUTABLE = 127, 126  # docker's exit codes for a command that cannot run
+
+
+def exec_error_code(exc: BaseException) -> int:
+    """127 if the command does not exist, 126 if it exists but cannot be executed."""
+    return NOT_FOUND if isinstance(exc, FileNotFoundError) else NOT_EXECUTABLE
+
+
 def describe_exec_error(argv0: str, exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError):
         return f"{argv0}: executable file not found"
@@ -248,15 +256,17 @@ def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: b
         os.execvpe(argv[0], argv, req["env"])
         raise OSError(errno.ENOEXEC, "execve returned")
     except BaseException as exc:  # noqa: BLE001 - report whatever it is, then die
+        code = 127
         if step == "execute the command":
-            message = describe_exec_error(req["argv"][0], exc)
+            message, code = describe_exec_error(req["argv"][0], exc), exec_error_code(exc)
+            marker = b"N" if code == NOT_FOUND else b"X"  # the shim tells the agent which
         else:
-            message = f"cannot {step}: {exc}"
+            message, marker = f"cannot {step}: {exc}", b"E"
         try:
-            os.write(status_w, b"E" + message.encode("utf-8", "replace")[:3000])
+            os.write(status_w, marker + message.encode("utf-8", "replace")[:3000])
         except OSError:
             pass
-    os._exit(127)
+    os._exit(code)
 
 
 def write_all(fd: int, data: bytes) -> None:

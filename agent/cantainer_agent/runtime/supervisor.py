@@ -115,6 +115,13 @@ def _oom_kills(memory_dir: str, version: int) -> int:
 
 
 SLOT_FD = 3
+EXEC_FAILURE_CODES = {b"N": 127, b"X": 126}  # init's markers (init.py): the command not found / not executable
+
+
+class _CommandError(RuntimeError):
+    def __init__(self, message: str, exit_code: int | None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def run_shim(slot_fd: int, opts: dict) -> None:
@@ -270,13 +277,15 @@ def _supervise(
             os.close(status_r)
             if result:
                 os.waitpid(pid, 0)
-                raise RuntimeError(result[1:].decode("utf-8", "replace") or "container init failed")
+                raise _CommandError(result[1:].decode("utf-8", "replace") or "container init failed",
+                                    EXEC_FAILURE_CODES.get(result[:1]))
         started_at = time.time()
         _write_json(req["pids_file"], {"boot_id": linux.boot_id(), **identity, "started_at": started_at},
                     durable=False)
         _send(chan, {"event": "started", "started_at": started_at, **identity})
     except BaseException as exc:  # noqa: BLE001
-        _send(chan, {"event": "error", "message": str(exc) or type(exc).__name__})
+        _send(chan, {"event": "error", "message": str(exc) or type(exc).__name__,
+                     "exit_code": getattr(exc, "exit_code", None)})
         _kill_and_exit(pid, 1)
     chan.close()
 

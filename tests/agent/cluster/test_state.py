@@ -160,3 +160,18 @@ def test_repeating_a_create_with_the_same_id_is_a_no_op():
     assert again == first and len(state.networks["10.0.0.0/24"]["ips"]) == 1
     with pytest.raises(StateError, match="already in use"):
         state.apply_create_container({**spec("web"), "id": "other"}, 3.0)
+
+
+def test_removing_a_used_network_counts_the_containers_it_does_not_name():
+    state = state_with_nodes("h1")
+    for i in range(7):
+        state.apply_create_container(spec(f"c{i}"), 1.0)
+    with pytest.raises(StateError, match=r"still has 7 container\(s\) attached \(c0, c1, c2, c3, c4 and 2 more\)"):
+        state.apply_delete_network("10.0.0.0/24")
+
+
+def test_creating_an_existing_network_says_it_was_not_created():
+    state = ClusterState()
+    assert state.apply_create_network("10.0.0.0/24", 1.0)["created"] is True
+    again = state.apply_create_network("10.0.0.0/24", 2.0)
+    assert (again["created"], again["vni"], again["created_at"]) == (False, 4096, 1.0)

@@ -21,6 +21,7 @@ import pytest
 from cantainer_agent.runtime import (
     DEFAULT_CAPS,
     DOCKER_DEFAULT_CAPS,
+    CommandFailed,
     ContainerExists,
     ContainerNotFound,
     ContainerNotRunning,
@@ -245,14 +246,16 @@ def test_before_exec_failure_tears_everything_down(runtime, runtimes, alpine):
     assert log == "again\n"
 
 
-@pytest.mark.parametrize("command, fragment", [
-    (["/bin/nonexistent"], "/bin/nonexistent: executable file not found"),
-    (["nonexistent-in-path"], "nonexistent-in-path: executable file not found"),
-    (["/etc/hosts"], "permission denied"),
+@pytest.mark.parametrize("command, fragment, exit_code", [
+    (["/bin/nonexistent"], "/bin/nonexistent: executable file not found", 127),
+    (["nonexistent-in-path"], "nonexistent-in-path: executable file not found", 127),
+    (["/etc/hosts"], "permission denied", 126),
+    (["/etc"], "permission denied", 126),
 ])
-def test_exec_failure_is_a_start_error(runtime, runtimes, alpine, command, fragment):
-    with pytest.raises(StartError, match=fragment):
+def test_exec_failure_is_a_start_error_with_dockers_exit_code(runtime, runtimes, alpine, command, fragment, exit_code):
+    with pytest.raises(CommandFailed, match=fragment) as failure:
         runtime.start(spec("bad", command), alpine)
+    assert failure.value.exit_code == exit_code
     assert runtime.list() == []
     assert not any(os.path.exists(os.path.join(d, "bad")) for d in runtimes.cgroup_dirs())
 
