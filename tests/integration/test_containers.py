@@ -293,6 +293,7 @@ def test_a_down_hosts_containers_are_unknown_and_rm_f_frees_them_at_once(lab, cl
         result = cli(cluster, "exec", "ghost", "true")
         assert result.returncode == 125
         one_line_error(result, "host h3, which is down", "rm -f ghost")
+        one_line_error(cli(cluster, "stop", "ghost"), "host h3, which is down", "cannot stop it")
         one_line_error(cli(cluster, "rm", "ghost"), "which is down and may still run it", "rm -f")
         assert "removed ghost (its host h3 is down" in ok(cli(cluster, "rm", "-f", "ghost"))
         assert "ghost" not in ps(cluster)

@@ -106,6 +106,28 @@ def test_a_second_up_while_one_runs_says_so_and_touches_nothing(lab, cluster):
     assert cantainer("up", str(cluster)).returncode == 0  # released: up works again
 
 
+def test_an_agent_started_meanwhile_by_someone_else_is_named_as_such(lab, cluster):
+    """Two `up`s from two workstations: the second to start h3's agent finds it taken, and says why."""
+    from tests.labcli import LAB, kill_agent
+
+    kill_agent(lab, "h3")
+    holder = subprocess.Popen([*LAB, "exec", "--name", lab.name, "h3", "--", "python3", "-c",
+                               "import fcntl, os, time; f = open('/var/lib/cantainer/agent.lock', 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print(os.getpid(), flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    inner = holder.stdout.readline().strip()  # its pid on h3
+    try:
+        assert inner.isdigit(), inner
+        result = cantainer("up", str(cluster))
+    finally:
+        host_exec(lab, "h3", "kill", inner)
+        holder.wait(timeout=30)
+    assert result.returncode == 1
+    assert re.search(r"h3: an agent was started on this host meanwhile — another `up` .* is in progress",
+                     result.stdout), result.stdout
+    assert cantainer("up", str(cluster)).returncode == 0
+
+
 def test_agent_runs_under_the_hosts_python_and_names_itself(lab, cluster):
     pid = agent_pid(lab, "h2")
     exe = host_exec(lab, "h2", "readlink", f"/proc/{pid}/exe").stdout.strip()

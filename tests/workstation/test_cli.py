@@ -121,3 +121,40 @@ def test_run_and_exec_report_their_own_failures_as_125():
 def test_readme_cli_reference_is_generated_from_the_parser():
     """Regenerate with `python -m cantainer.cli.reference --write` when a command changes."""
     assert readme_section(README.read_text()) == render()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["down", "--purge", "--keep-containers", "-i", "x.toml"], "--purge and --keep-containers contradict"),
+    (["down", "--time", "-1", "-i", "x.toml"], "--time -1 is out of range"),
+    (["logs", "web", "--tail", "ten", "-i", "x.toml"], "--tail 'ten' is not a number of lines"),
+    (["logs", "web", "--since", "yesterday", "-i", "x.toml"], "--since 'yesterday' is neither a duration nor a time"),
+])
+def test_bad_option_values_are_usage_errors_before_anything_is_done(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+CONTAINERS = [{"name": "web", "id": "a1b2c3d4e5f6"}, {"name": "db", "id": "a1b2ffffffff"},
+              {"name": "a1b2c3d4e5f6", "id": "000000000000"}]
+
+
+@pytest.mark.parametrize("wanted, name", [
+    ("web", "web"), ("a1b2ffffffff", "db"), ("a1b2f", "db"),
+    ("a1b2c3d4e5f6", "a1b2c3d4e5f6"),  # a name wins over an id
+])
+def test_containers_are_found_by_name_id_or_unique_id_prefix(wanted, name):
+    from cantainer.containers import pick
+
+    assert pick(CONTAINERS, wanted)["name"] == name
+
+
+@pytest.mark.parametrize("wanted, needle", [
+    ("a1b2", "is the start of the ids of web, db"), ("zz", "no container named"),
+    ("a1", "no container named"),  # a prefix needs 3 characters
+])
+def test_an_ambiguous_or_unknown_container_is_a_clear_error(wanted, needle):
+    from cantainer.containers import ContainerNotFound, pick
+
+    with pytest.raises(ContainerNotFound, match=needle):
+        pick(CONTAINERS, wanted)

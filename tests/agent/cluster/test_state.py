@@ -175,3 +175,12 @@ def test_creating_an_existing_network_says_it_was_not_created():
     assert state.apply_create_network("10.0.0.0/24", 1.0)["created"] is True
     again = state.apply_create_network("10.0.0.0/24", 2.0)
     assert (again["created"], again["vni"], again["created_at"]) == (False, 4096, 1.0)
+
+
+def test_auto_remove_is_recorded_only_when_asked_and_must_be_a_boolean():
+    state = state_with_nodes("h1")
+    assert state.apply_create_container(spec("plain"), 1.0).get("auto_remove") is None
+    assert state.apply_create_container(spec("brief", auto_remove=True), 1.0)["auto_remove"] is True
+    with pytest.raises(StateError, match="auto_remove must be true or false"):
+        state.apply_create_container(spec("odd", auto_remove="yes"), 1.0)
+    assert "odd" not in state.containers
