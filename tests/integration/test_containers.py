@@ -74,7 +74,10 @@ def test_run_and_exec_take_the_command_without_double_dash_like_docker(cluster):
                       "sleep", "100000")).split()
     assert ok(cli(cluster, "exec", "nodash", "sh", "-c", "echo -- $(hostname)")) == "-- nodash\n"
     assert ok(cli(cluster, "exec", name, "--", "cat", "/proc/1/cmdline")).split("\0")[:2] == ["sleep", "100000"]
-    ok(cli(cluster, "rm", "-f", "nodash"))
+    container_id = ps(cluster)["nodash"]["id"]
+    assert ok(cli(cluster, "exec", container_id[:6], "hostname")) == "nodash\n"  # an id prefix, as docker takes
+    assert "nodash" in ok(cli(cluster, "ps", "-q")).splitlines()
+    ok(cli(cluster, "rm", "-f", container_id))
 
 
 def test_exit_codes_of_run_and_exec_are_propagated_and_stderr_stays_stderr(cluster, web):
@@ -133,7 +136,8 @@ def test_memory_limit_oom_kill_is_recorded(cluster):
     while ps(cluster)["hog"]["state"] == "running" and time.monotonic() < deadline:
         time.sleep(0.3)
     hog = ps(cluster)["hog"]
-    assert hog["state"] == "exited" and hog["reason"] == "oom-killed", hog
+    assert hog["state"] == "exited" and hog["reason"] == "oom-killed" and hog["oom_killed"] is True, hog
+    assert re.search(r"hog .* exited \(137\), oom-killed", ok(cli(cluster, "ps", "-a")))  # not only in --json
     ok(cli(cluster, "rm", "hog"))
 
 
