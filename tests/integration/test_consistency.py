@@ -12,8 +12,8 @@ pytestmark = pytest.mark.lab
 def test_error_codes_become_distinct_exit_codes(cluster):
     missing = cli(cluster, "network", "rm", "10.91.0.0/24")
     assert missing.returncode == 3 and "does not exist" in one_line_error(missing)
-    assert "(exists)" not in ok(cli(cluster, "network", "create", "10.91.0.0/24"))
-    assert "(exists)" in ok(cli(cluster, "network", "create", "10.91.0.0/24"))
+    assert "already exists" not in ok(cli(cluster, "network", "create", "10.91.0.0/24"))
+    assert "(already exists)" in ok(cli(cluster, "network", "create", "10.91.0.0/24"))
     overlap = cli(cluster, "network", "create", "10.91.0.0/23")
     assert overlap.returncode == 5 and "overlaps" in one_line_error(overlap)
     ok(cli(cluster, "network", "rm", "10.91.0.0/24"))

@@ -121,8 +121,7 @@ async def container_client(client: Client, recorder: Recorder, stop: asyncio.Eve
         name = rng.choice(names)
         if choice < 0.4:
             session = SESSIONS.next()
-            params = {"name": name, "network": CONTAINER_NET, "image": "alpine", "image_sha256": IMAGE[0],
-                      "command": ["sleep", "100000"]}
+            params = {"name": name, "network": CONTAINER_NET, "image": IMAGE[0], "command": ["sleep", "100000"]}
             await recorder.write(client.number, "run", name, lambda p=params, s=session: _ip(
                 client.call("container.run", p, s)))
         elif choice < 0.75:
@@ -135,7 +134,7 @@ async def container_client(client: Client, recorder: Recorder, stop: asyncio.Eve
         await asyncio.sleep(rng.random() * 0.2)
 
 
-IMAGE: list[str] = []  # the alpine image's sha256, pushed to every host before the workload
+IMAGE: list[dict] = []  # the `image` parameter of container.run for alpine (on every host before the workload)
 
 
 async def _created(call):
@@ -180,9 +179,9 @@ def run_workload(lab, cluster: Path, rounds: int) -> tuple[Recorder, list[str]]:
     for host in ("h1", "h2", "h3"):
         ok(cli(cluster, "run", "--host", host, "-n", CONTAINER_NET, "--name", f"warm-{host}", "-d", "--", "true"))
         ok(cli(cluster, "rm", "-f", f"warm-{host}"))
-    from cantainer.images import resolve_image
+    from cantainer.run_image import tarball_image
 
-    IMAGE[:] = [resolve_image("alpine", inventory.images).sha256]
+    IMAGE[:] = [tarball_image("alpine", inventory).params()]
     recorder, faults = Recorder(), []
     fault_thread = threading.Thread(target=nemesis, args=(lab, cluster, rounds, faults), daemon=True)
 
@@ -218,6 +217,11 @@ def check_and_report(recorder: Recorder, faults: list[str], measured) -> None:
                               ("containers", Containers(CONTAINER_NET, names), containers)):
         completed = [op for op in ops if not op.pending]
         assert len({op.client for op in ops}) >= 3, f"{label}: too few clients recorded"
+        refused = [op for op in completed if isinstance(op.result, tuple) and op.result[0] == "error"
+                   and op.result[1] not in ("not_found", "already_exists", "conflict")]
+        assert refused == [], f"{label}: requests refused as wrong, the workload is broken: {refused[:3]}"
+        assert sum(op.kind in ("create", "run") and op.result[0] == "ok" for op in completed) >= 5, \
+            f"{label}: too few successful writes to judge"
         assert sum(op.kind in ("ls", "ps") for op in completed) >= 5, f"{label}: too few reads to judge"
         started = time.monotonic()
         violation = check(model, ops)

@@ -215,6 +215,7 @@ class RaftNode:
             except BaseException as exc:  # noqa: BLE001 - handed back to the calling thread
                 box.append((False, exc))
             done.set()
+        sync.send_read_round()  # one round for every read_index call just served
 
     def run_in_tick(self, fn: Callable[[], Any], timeout: float = 2.0) -> Any:
         """Run *fn* inside the tick thread and return its result."""

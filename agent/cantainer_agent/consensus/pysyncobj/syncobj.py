@@ -89,10 +89,6 @@ class AgentSyncObj(SyncObj):
         if self._settled:
             self._poller.poll(0)
         super()._onTick(timeToWait)
-        if self._read_round:
-            self._read_round = False
-            if self._isLeader():
-                SyncObj._SyncObj__sendAppendEntries(self)
         if not self._settled:
             self._settled = self._SyncObj__transport.ready and not self._SyncObj__needLoadDumpFile
 
@@ -159,8 +155,9 @@ class AgentSyncObj(SyncObj):
     def begin_read(self) -> tuple[int, int, list[str], Any]:
         """ReadIndex, first half (tick thread): the commit index a read must see, the round number
         the confirmation must exceed, the other voters, and the transport that counts their echoes.
-        Asks for a heartbeat round at the end of this tick. Raises unless this node leads and has
-        committed an entry of its own term (before that its commit index may lag the cluster's)."""
+        Asks for a heartbeat round (:meth:`send_read_round`, once for all the reads of a tick). Raises
+        unless this node leads and has committed an entry of its own term (before that its commit
+        index may lag the cluster's)."""
         if not self._isLeader():
             raise NotLeader(self.leader_id())
         noop = self._SyncObj__noopIDx
@@ -169,6 +166,14 @@ class AgentSyncObj(SyncObj):
         self._read_round = True
         transport = self._SyncObj__transport
         return self.raftCommitIndex, transport.stamped, sorted(self.peer_ids()), transport
+
+    def send_read_round(self) -> None:
+        """Send the heartbeat round the reads of this tick asked for — now, not after the tick's
+        poll (PySyncObj runs tick callbacks just before it waits for input, up to a tick period)."""
+        if self._read_round:
+            self._read_round = False
+            if self._isLeader():
+                SyncObj._SyncObj__sendAppendEntries(self)
 
     def change_membership(self, kind: str, addr: str, callback: Callable[[Any, int], None]) -> None:
         (self.addNodeToCluster if kind == "add" else self.removeNodeFromCluster)(addr, callback=callback)
