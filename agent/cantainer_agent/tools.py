@@ -17,6 +17,7 @@ import tty
 
 from . import layout
 from .config import ConfigError, load_config
+from .netfilter import NftError
 from .runtime import ContainerError, Runtime, logfile
 
 DEFAULT_CONFIG = layout.CONFIG_FILE
@@ -163,11 +164,14 @@ STOPPED_BY_DOWN = "stopped by down"
 def teardown(runtime: Runtime, stop_timeout: float = 10.0, remove: bool = True) -> int:
     """For `cantainer down`: stop every running container gracefully (SIGTERM, SIGKILL after
     *stop_timeout*, all at once), recording "stopped by down" as the reason; with *remove* (--purge)
-    remove them all; then every overlay device. Prints {"stopped", "removed"} as one JSON line.
+    remove them all; then every overlay device and our nftables table. Prints {"stopped", "removed"}
+    as one JSON line.
 
     Run only after the agent has stopped, or it would start reconciling them back."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from .controllers.netfilter import remove_table
+    from .netfilter import NftUnavailable
     from .overlay import DesiredHost, KernelGuard, OverlayReconciler
 
     running = [info for info in runtime.list() if info.running]
@@ -181,6 +185,10 @@ def teardown(runtime: Runtime, stop_timeout: float = 10.0, remove: bool = True) 
             removed += 1
     nothing = DesiredHost.build("teardown", "127.0.0.1", 1500, [], [])
     OverlayReconciler(lambda _observed: nothing, KernelGuard()).reconcile()
+    try:
+        remove_table()  # last: while devices existed, the rules guarded them
+    except NftUnavailable:
+        pass  # no agent ever ran here without libnftables, so there is no table
     print(json.dumps({"stopped": len(running), "removed": removed}), flush=True)
     return 0
 
@@ -199,6 +207,6 @@ def main(command: str, args) -> int:
         # -t: the terminal's type, as sshd set it from the client's (docker exec -t sets TERM too)
         env = {"TERM": os.environ["TERM"]} if args.tty and os.environ.get("TERM") else None
         return runtime.exec(args.id, args.argv, env=env)
-    except (ConfigError, ContainerError, OSError) as error:
+    except (ConfigError, ContainerError, NftError, OSError) as error:
         print(f"cantainer: error: {error}", file=sys.stderr)
         return 125

@@ -30,11 +30,13 @@ from ..consensus import RaftConfig, RaftError, RaftNode
 from ..consensus.writes import Session
 from ..controllers.containers import ContainersController
 from ..controllers.loop import ControllerLoop
+from ..controllers.netfilter import NetfilterController
 from ..controllers.overlay import OverlayController
 from ..controllers.voters import VotersController
 from ..fsutil import atomic_write, ensure_dir
 from ..join.server import JoinServer, JoinService
 from ..layout import LOCK_NAME
+from ..netfilter import NftError, nft_available
 from ..overlay import KernelGuard
 from ..workload import Workload
 from .startup import StartupError, check_port_free, decide_partners
@@ -83,12 +85,21 @@ class Agent:
         self._take_lock()
         atomic_write(cfg.pid_file, f"{os.getpid()}\n".encode(), 0o644)
         self._pid_written = True
+        # Without nftables the VXLAN port would take frames from anyone on the underlay: refuse.
+        missing = nft_available()
+        if missing is not None:
+            raise StartupError(f"nftables is required to protect the overlay: {missing}")
+        try:
+            netfilter = NetfilterController(cfg.address, cfg.vxlan_port)
+        except NftError as exc:
+            raise StartupError(str(exc)) from None
 
         guard = KernelGuard()
         self.overlay = OverlayController(cfg, guard, self._snapshot)
         self.workload = Workload(cfg, guard, lambda: self.overlay.underlay_mtu, self.trigger)
         containers = ContainersController(cfg.node, self.workload, lambda: self.raft)
-        self.loop = ControllerLoop("reconcile", [containers, self.overlay], self._snapshot)
+        # netfilter first in every pass: its table is in place before the overlay's devices
+        self.loop = ControllerLoop("reconcile", [netfilter, containers, self.overlay], self._snapshot)
         voters = VotersController(lambda: self.raft, self._secret, voters=cfg.voters,
                                   heartbeat_interval=cfg.heartbeat_interval)
         self._voters_loop = ControllerLoop("voters", [voters], self._status, period=VOTERS_PERIOD, nice=False)
@@ -112,6 +123,10 @@ class Agent:
             raft.start()
         except RaftError as exc:
             raise StartupError(str(exc)) from None
+        try:  # before the API can start a container here: the table guards its first bridge
+            netfilter.sync(raft.snapshot())
+        except (NftError, RaftError) as exc:
+            log.warning("netfilter: first pass failed (the control loop retries): %s", exc)
         self.raft = raft
         raft.on_state_change = self.loop.trigger
         self.loop.start()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import struct
 import threading
 from collections import defaultdict
 from contextlib import contextmanager
@@ -46,6 +47,8 @@ NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 RTN_UNICAST = 1
 RT_TABLE_LOCAL = 255
 IFLA_INET_CONF = 1
+# LinkState field -> IPV4_DEVCONF_* index (include/uapi/linux/ip.h)
+DEVCONF = {"ipv4_forwarding": 1, "ipv4_rp_filter": 8, "ipv4_drop_unicast_in_l2_multicast": 30}
 IPV6_ADDR_GEN_MODE_NONE = P.IPV6_ADDR_GEN_MODE_NONE
 # "already gone" answers to a delete: the goal is reached
 _GONE = {errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENXIO}
@@ -162,25 +165,34 @@ def _link_state(msg, names: dict[int, str], addresses: tuple[str, ...]) -> LinkS
         master=names.get(master) if master else None,
         addresses=addresses,
         vxlan=vxlan,
-        ipv4_forwarding=_ipv4_forwarding(msg),
         ipv6_addr_gen_mode=msg.get_nested("IFLA_AF_SPEC", "AF_INET6", "IFLA_INET6_ADDR_GEN_MODE"),
+        **_ipv4_devconf(msg),
     )
 
 
-def _ipv4_forwarding(msg) -> int | None:
-    """The device's net.ipv4.conf.<dev>.forwarding from IFLA_AF_SPEC/AF_INET, or None.
+def _ipv4_devconf(msg) -> dict[str, int | None]:
+    """The device's net.ipv4.conf.<dev> values we manage, from IFLA_AF_SPEC/AF_INET (None: unknown).
 
-    pyroute2 decodes AF_INET as a flat struct whose first word (``dummy``) is the header of the
-    IFLA_INET_CONF attribute and whose next word is IPV4_DEVCONF_FORWARDING; check that header
-    before trusting the layout.
+    The attribute is AF_INET → IFLA_INET_CONF → one u32 per devconf index (1 = forwarding). pyroute2
+    decodes only the first 28 indexes, so the words are read from the raw attribute: word 0 is the
+    AF_INET header, word 1 the IFLA_INET_CONF header (checked before trusting the layout), word
+    1 + N devconf index N.
     """
+    values: dict[str, int | None] = dict.fromkeys(DEVCONF)
     try:
         inet = msg.get_nested("IFLA_AF_SPEC", "AF_INET")
-        if inet is None or (inet["dummy"] >> 16) & 0x3FFF != IFLA_INET_CONF:
-            return None
-        return int(inet["forwarding"])
-    except (KeyError, TypeError, ValueError):
-        return None
+        if inet is None:
+            return values
+        raw = bytes(inet.data[inet.offset:inet.offset + inet.length])
+        words = struct.unpack_from(f"={len(raw) // 4}I", raw)
+        if len(words) < 2 or (words[1] >> 16) & 0x3FFF != IFLA_INET_CONF:
+            return values
+        for name, index in DEVCONF.items():
+            if index + 1 < len(words):
+                values[name] = words[index + 1]
+    except (AttributeError, KeyError, TypeError, ValueError, struct.error):
+        pass
+    return values
 
 
 # ------------------------------------------------------------------------------------ apply
@@ -242,18 +254,19 @@ class _inet_conf(nlmsg):
 
             class conf(nla):
                 nla_flags = NLA_F_NESTED
-                nla_map = ((1, "IPV4_DEVCONF_FORWARDING", "uint32"),)
+                nla_map = tuple((index, name, "uint32") for name, index in DEVCONF.items())
 
         class inet6(nla):
             nla_flags = NLA_F_NESTED
             nla_map = ((8, "IFLA_INET6_ADDR_GEN_MODE", "uint8"),)
 
 
-def _set_inet(ipr: IPRoute, index: int, forwarding: int | None, gen_mode: int | None) -> None:
+def _set_inet(ipr: IPRoute, index: int, gen_mode: int | None, **ipv4: int | None) -> None:
+    """Set IPv6 address generation and the IPv4 devconf values named as in ``DEVCONF`` (None: leave)."""
     spec = []
-    if forwarding is not None:
-        conf = {"attrs": [("IPV4_DEVCONF_FORWARDING", forwarding)]}
-        spec.append(("AF_INET", {"attrs": [("IFLA_INET_CONF", conf)]}))
+    conf = [(name, value) for name, value in ipv4.items() if value is not None]
+    if conf:
+        spec.append(("AF_INET", {"attrs": [("IFLA_INET_CONF", {"attrs": conf})]}))
     if gen_mode is not None:
         spec.append(("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", gen_mode)]}))
     if not spec:
@@ -272,8 +285,8 @@ def _set_inet(ipr: IPRoute, index: int, forwarding: int | None, gen_mode: int | 
 def _create_bridge(ipr: IPRoute, a: P.CreateBridge) -> None:
     ipr.link("add", ifname=a.dev, kind="bridge", mtu=a.mtu)
     index = _index(ipr, a.dev)
-    # no routing out of the bridge even when the host forwards; no IPv6 link-local on it
-    _set_inet(ipr, index, forwarding=0, gen_mode=IPV6_ADDR_GEN_MODE_NONE)
+    # no routing out of the bridge even when the host forwards, strict rp_filter, no IPv6 link-local
+    _set_inet(ipr, index, gen_mode=IPV6_ADDR_GEN_MODE_NONE, **P.BRIDGE_INET)
     ipr.link("set", index=index, state="up")
 
 
@@ -284,7 +297,7 @@ def _create_vxlan(ipr: IPRoute, a: P.CreateVxlan) -> None:
         vxlan_learning=0, vxlan_proxy=1,
     )
     index = _index(ipr, a.dev)
-    _set_inet(ipr, index, forwarding=None, gen_mode=IPV6_ADDR_GEN_MODE_NONE)
+    _set_inet(ipr, index, gen_mode=IPV6_ADDR_GEN_MODE_NONE)
     ipr.link("set", index=index, master=_index(ipr, a.master))
     ipr.link("set", index=index, state="up")
 
@@ -326,7 +339,8 @@ _APPLY: dict[type, Callable[[IPRoute, P.Action], None]] = {
     P.SetMtu: lambda ipr, a: ipr.link("set", index=_index(ipr, a.dev), mtu=a.mtu),
     P.SetMaster: lambda ipr, a: ipr.link("set", index=_index(ipr, a.dev), master=_index(ipr, a.master)),
     P.SetUp: lambda ipr, a: ipr.link("set", index=_index(ipr, a.dev), state="up"),
-    P.SetInetConf: lambda ipr, a: _set_inet(ipr, _index(ipr, a.dev), a.ipv4_forwarding, a.ipv6_addr_gen_mode),
+    P.SetInetConf: lambda ipr, a: _set_inet(ipr, _index(ipr, a.dev), a.ipv6_addr_gen_mode,
+                                            **{name: getattr(a, name) for name in DEVCONF}),
     P.DeleteAddress: _delete_address,
     P.DeleteRoute: _delete_route,
     P.DeleteFdb: _delete_fdb,

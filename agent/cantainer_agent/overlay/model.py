@@ -303,6 +303,8 @@ class LinkState:
     vxlan: VxlanInfo | None = None
     ipv4_forwarding: int | None = None  # None: not reported
     ipv6_addr_gen_mode: int | None = None  # 1 = none: no link-local address
+    ipv4_rp_filter: int | None = None  # net.ipv4.conf.<dev>.rp_filter (None: not reported)
+    ipv4_drop_unicast_in_l2_multicast: int | None = None
 
 
 @dataclass(frozen=True, order=True)

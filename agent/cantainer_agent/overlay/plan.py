@@ -43,9 +43,15 @@ class DeleteLink(Action):
         return f"delete link {self.dev}" + (f" ({self.reason})" if self.reason else "")
 
 
+# A bridge's IPv4 settings: no routing out of it, strict reverse-path filtering and no IP unicast
+# hidden in L2 broadcast/multicast frames — what a container could aim at the host's own sockets
+# (its VXLAN socket among them) through the bridge. nftables drops such packets too (netfilter/).
+BRIDGE_INET = {"ipv4_forwarding": 0, "ipv4_rp_filter": 1, "ipv4_drop_unicast_in_l2_multicast": 1}
+
+
 @dataclass(frozen=True)
 class CreateBridge(Action):
-    """Create a bridge: MTU set, IPv4 forwarding off, no IPv6 link-local, then up."""
+    """Create a bridge: MTU set, ``BRIDGE_INET`` settings, no IPv6 link-local, then up."""
 
     dev: str
     mtu: int
@@ -98,18 +104,19 @@ class SetUp(Action):
 
 @dataclass(frozen=True)
 class SetInetConf(Action):
-    """Per-device inet settings: IPv4 forwarding off (bridges), IPv6 address generation none."""
+    """Per-device inet settings: ``BRIDGE_INET`` (bridges), IPv6 address generation none. None: leave."""
 
     dev: str
     ipv4_forwarding: int | None = None
     ipv6_addr_gen_mode: int | None = None
+    ipv4_rp_filter: int | None = None
+    ipv4_drop_unicast_in_l2_multicast: int | None = None
 
     def __str__(self) -> str:
-        parts = []
-        if self.ipv4_forwarding is not None:
-            parts.append(f"ipv4 forwarding {self.ipv4_forwarding}")
-        if self.ipv6_addr_gen_mode is not None:
-            parts.append(f"ipv6 addrgenmode {self.ipv6_addr_gen_mode}")
+        labels = (("ipv4_forwarding", "ipv4 forwarding"), ("ipv4_rp_filter", "ipv4 rp_filter"),
+                  ("ipv4_drop_unicast_in_l2_multicast", "ipv4 drop_unicast_in_l2_multicast"),
+                  ("ipv6_addr_gen_mode", "ipv6 addrgenmode"))
+        parts = [f"{label} {getattr(self, name)}" for name, label in labels if getattr(self, name) is not None]
         return f"set {self.dev} " + ", ".join(parts)
 
 
@@ -245,7 +252,7 @@ def diff(desired: DesiredHost, observed: Observed) -> list[Action]:
         if link is None:
             creates.append(CreateBridge(br, mtu))
         else:
-            creates.extend(_fix_link(link, mtu, master=None, forwarding=0))
+            creates.extend(_fix_link(link, mtu, master=None, inet=BRIDGE_INET))
             cleanup.extend(DeleteAddress(br, a) for a in link.addresses)
 
         link = links.get(vx)
@@ -256,7 +263,7 @@ def diff(desired: DesiredHost, observed: Observed) -> list[Action]:
         if link is None:
             creates.append(CreateVxlan(vx, vni, desired.vtep, desired.vxlan_port, mtu, br))
         else:
-            creates.extend(_fix_link(link, mtu, master=br, forwarding=None))
+            creates.extend(_fix_link(link, mtu, master=br))
             cleanup.extend(DeleteAddress(vx, a) for a in link.addresses)
 
     # 4. container veths that exist (creating them is attach_container's job: it needs the PID)
@@ -267,7 +274,7 @@ def diff(desired: DesiredHost, observed: Observed) -> list[Action]:
         if link.kind != "veth":
             delete(name, f"is a {link.kind}, not a veth")
             continue
-        ports.extend(_fix_link(link, mtu, master=bridge_name(vni_of[ep.network_cidr]), forwarding=None))
+        ports.extend(_fix_link(link, mtu, master=bridge_name(vni_of[ep.network_cidr])))
         cleanup.extend(DeleteAddress(name, a) for a in link.addresses)
 
     # 2. routes through our devices: a bridge must never be a route's output device
@@ -305,18 +312,18 @@ def diff(desired: DesiredHost, observed: Observed) -> list[Action]:
     return deletes + cleanup + creates + ports + adds
 
 
-def _fix_link(link: LinkState, mtu: int, master: str | None, forwarding: int | None) -> list[Action]:
+def _fix_link(link: LinkState, mtu: int, master: str | None, inet: dict[str, int] | None = None) -> list[Action]:
     """Settings of an existing device: only what differs. Unknown (unreported) values are left."""
     actions: list[Action] = []
     if link.mtu != mtu:
         actions.append(SetMtu(link.name, mtu))
     if master is not None and link.master != master:
         actions.append(SetMaster(link.name, master))
-    fwd = forwarding if forwarding is not None and link.ipv4_forwarding not in (None, forwarding) else None
-    gen = (IPV6_ADDR_GEN_MODE_NONE
-           if link.ipv6_addr_gen_mode not in (None, IPV6_ADDR_GEN_MODE_NONE) else None)
-    if fwd is not None or gen is not None:
-        actions.append(SetInetConf(link.name, fwd, gen))
+    changes = {name: value for name, value in (inet or {}).items() if getattr(link, name) not in (None, value)}
+    if link.ipv6_addr_gen_mode not in (None, IPV6_ADDR_GEN_MODE_NONE):
+        changes["ipv6_addr_gen_mode"] = IPV6_ADDR_GEN_MODE_NONE
+    if changes:
+        actions.append(SetInetConf(link.name, **changes))
     if not link.up:
         actions.append(SetUp(link.name))
     return actions

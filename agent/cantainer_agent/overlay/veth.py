@@ -71,7 +71,7 @@ def attach_container(pid: int, endpoint: EndpointSpec, network: NetworkSpec, mtu
             index = _index(host_ipr, host)
             link = _link_state(host_ipr.link("get", index=index)[0], {}, ())
             if link.ipv6_addr_gen_mode != IPV6_ADDR_GEN_MODE_NONE:
-                _set_inet(host_ipr, index, forwarding=None, gen_mode=IPV6_ADDR_GEN_MODE_NONE)
+                _set_inet(host_ipr, index, gen_mode=IPV6_ADDR_GEN_MODE_NONE)
             host_ipr.link("set", index=index, mtu=mtu, master=_index(host_ipr, network.bridge), state="up")
     except NetlinkError as error:
         raise OverlayError(f"attaching container {endpoint.container_id} to {network.cidr} failed: {error}") from None

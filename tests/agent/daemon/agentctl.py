@@ -281,6 +281,12 @@ class Cluster:
                 deadline = time.monotonic() + 5
                 while pid_alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.02)
+        if self.netns is None and os.geteuid() == 0:
+            # agents in the machine's own namespace made their nftables table there (a private
+            # namespace takes its table with it when deleted)
+            from cantainer_agent.controllers.netfilter import remove_table
+
+            remove_table()
 
     def logs(self) -> str:
         return "\n".join(f"--- {a.name} ---\n{a.log_tail()}" for a in self.agents)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from cantainer_agent import protocol
+from cantainer_agent.controllers.netfilter import remove_table
 from tests.agent.daemon.agentctl import api_call as _api_call
 from tests.agent.daemon.agentctl import pid_alive, wait_for
 from tests.ports import free_ports
@@ -120,6 +121,7 @@ def cluster(tmp_path_factory, request):
                 deadline = time.monotonic() + 5
                 while pid_alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.05)
+        remove_table()  # the agents' nftables table, made in the machine's own namespace
 
     request.addfinalizer(cleanup)
     for n in nodes:
@@ -255,6 +257,30 @@ def test_daemon_reports_startup_errors(cluster):
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and f"raft port 127.0.0.1:{n1.raft_port}" in lines[0], res.stderr
+    assert not (other / "run" / "agent.sock").exists() and not (other / "run" / "agent.pid").exists()
+
+
+def test_daemon_refuses_to_start_without_libnftables(cluster):
+    """A host lacking libnftables1: one line naming the library and the package, nothing left behind."""
+    import ctypes
+
+    ctypes.CDLL("libnftables.so.1")  # installed on the test machine (make setup): find its file
+    with open("/proc/self/maps") as maps:
+        real = next(line.split()[-1] for line in maps if "libnftables" in line)
+    cfg = json.loads(cluster["nodes"][0].config.read_text())
+    other = cluster["root"] / "nonft"
+    cfg.update(node="nonft", bootstrap=True, seeds=[], data_dir=str(other / "data"), run_dir=str(other / "run"),
+               log_dir=str(other / "log"), raft_port=free_ports(1)[0], join_port=free_ports(1)[0])
+    path = cluster["root"] / "nonft.json"
+    path.write_text(json.dumps(cfg))
+    # the library is hidden (an empty file over it) in a private mount namespace, as on a host without it
+    script = 'mount --bind /dev/null "$1" && shift && exec "$@"'
+    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", real,
+                          sys.executable, "-m", "cantainer_agent", "run", "--config", str(path), "--daemon"],
+                         capture_output=True, text=True, timeout=60, env=cluster["env"])
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "libnftables.so.1" in lines[0] and "apt-get install libnftables1" in lines[0], res.stderr
     assert not (other / "run" / "agent.sock").exists() and not (other / "run" / "agent.pid").exists()
 
 

@@ -359,7 +359,8 @@ def test_attach_creates_the_bridge_before_the_first_reconcile(make_fabric):
     cluster.attach("c1")  # hA has never been reconciled
     observed = cluster.observe("hA")
     assert observed.links[host_veth_name("c1")].master == bridge_name(NET_A.vni)
-    assert observed.links[bridge_name(NET_A.vni)].ipv4_forwarding == 0
+    bridge = observed.links[bridge_name(NET_A.vni)]
+    assert (bridge.ipv4_forwarding, bridge.ipv4_rp_filter, bridge.ipv4_drop_unicast_in_l2_multicast) == (0, 1, 1)
     cluster.reconcile_all()
     cluster.attach("c2")
     assert cluster.reconcile_all()["hA"] == []
@@ -386,6 +387,8 @@ def test_stale_wrong_and_foreign_state_is_repaired(fresh_cluster):
     hA.run("ip", "link", "set", vx, "mtu", "1500")
     hA.run("ip", "link", "set", vx, "nomaster")
     hA.run("sysctl", "-qw", f"net.ipv4.conf.{br}.forwarding=1")
+    hA.run("sysctl", "-qw", f"net.ipv4.conf.{br}.rp_filter=0")
+    hA.run("sysctl", "-qw", f"net.ipv4.conf.{br}.drop_unicast_in_l2_multicast=0")
     hA.run("ip", "link", "add", "cv0123456789ab", "type", "veth", "peer", "name", "orphan-peer")
 
     with hA.ipr() as ipr:
@@ -396,12 +399,14 @@ def test_stale_wrong_and_foreign_state_is_repaired(fresh_cluster):
     assert f"delete fdb 00:00:00:00:00:00 dst {cluster.hosts['hB'].address} dev {vx}" in text
     assert f"fdb {c2_mac} dst {cluster.hosts['hB'].address} dev {vx} permanent" in text  # rewritten in place
     assert not any(t.startswith(f"delete fdb {c2_mac}") for t in text)
-    assert f"set {br} ipv4 forwarding 0" in text
+    assert f"set {br} ipv4 forwarding 0, ipv4 rp_filter 1, ipv4 drop_unicast_in_l2_multicast 1" in text
 
     observed = cluster.observe("hA")
     assert diff(cluster.desired("hA"), observed) == []
     assert "cv0123456789ab" not in observed.links and not observed.routes
     assert observed.links[br].addresses == () and observed.links[br].ipv4_forwarding == 0
+    for name in ("rp_filter", "drop_unicast_in_l2_multicast"):  # what the kernel itself reports, too
+        assert hA.run("sysctl", "-n", f"net.ipv4.conf.{br}.{name}").stdout.strip() == "1"
     assert observed.links[vx].mtu == 1450 and observed.links[vx].master == br
     assert {(e.mac, e.dst) for e in observed.fdb if e.dev == vx} == {(c2_mac, cluster.hosts["hB"].address)}
     assert {(e.ip, e.mac) for e in observed.neigh if e.dev == vx} == {("10.0.0.3", c2_mac)}

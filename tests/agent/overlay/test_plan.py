@@ -47,7 +47,8 @@ def converged(d: DesiredHost, extra_links=()) -> Observed:
     add(LinkState("lo", 1, None, 65536, True))
     add(LinkState("eth0", 2, None, 1500, True, addresses=(f"{d.vtep}/24",), ipv4_forwarding=1, ipv6_addr_gen_mode=0))
     for net in d.networks:
-        add(LinkState(net.bridge, next(index), "bridge", d.mtu, True, ipv4_forwarding=0, ipv6_addr_gen_mode=1))
+        add(LinkState(net.bridge, next(index), "bridge", d.mtu, True, ipv4_forwarding=0, ipv6_addr_gen_mode=1,
+                      ipv4_rp_filter=1, ipv4_drop_unicast_in_l2_multicast=1))
         add(LinkState(net.vxlan, next(index), "vxlan", d.mtu, True, master=net.bridge,
                       vxlan=VxlanInfo(net.vni, d.vtep, d.vxlan_port), ipv4_forwarding=1, ipv6_addr_gen_mode=1))
     for e in d.local:
@@ -311,6 +312,22 @@ def test_detached_down_and_misconfigured_devices_are_fixed():
         f"delete address fe80::1/64 from {BR2}",
         f"set {host_veth_name('c4')} master {BR2}",
     ])
+
+
+def test_bridge_without_reverse_path_filter_or_l2_multicast_guard_is_fixed():
+    """A bridge must not let a container aim IP unicast at the host (rp_filter, unicast in L2 multicast)."""
+    d = desired()
+    o = converged(d)
+    assert P.diff(d, o) == []
+    links = dict(o.links)
+    links[BR1] = replace(links[BR1], ipv4_rp_filter=0, ipv4_drop_unicast_in_l2_multicast=0)
+    links[BR2] = replace(links[BR2], ipv4_rp_filter=2)  # loose mode is not enough either
+    actions = P.diff(d, o.replace(links=links))
+    assert sorted(names(actions)) == sorted([
+        f"set {BR1} ipv4 rp_filter 1, ipv4 drop_unicast_in_l2_multicast 1",
+        f"set {BR2} ipv4 rp_filter 1",
+    ])
+    assert P.CreateBridge(BR1, d.mtu) in P.diff(d, o.replace(links={n: k for n, k in o.links.items() if n != BR1}))
 
 
 def test_routes_through_our_devices_are_deleted_but_not_on_deleted_devices():

@@ -1,0 +1,184 @@
+"""The netfilter controller against the real kernel (libnftables), in private network namespaces.
+
+Layout: namespace ``host`` (10.99.0.1 on eth0, the table under test, a UDP socket on the VXLAN
+port) and namespace ``peer`` (10.99.0.2 = a member and 10.99.0.3 = a stranger, on one veth);
+namespace ``tenant`` hangs off a bridge ``cbr-9`` in ``host`` through ``cv0123456789ab``, as a
+container does. Nothing is made in the machine's own namespace; finalizers remove everything.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+from cantainer_agent.controllers.netfilter import NetfilterController, remove_table
+from cantainer_agent.netfilter import Nft, ruleset
+from cantainer_agent.runtime import linux
+
+pytestmark = pytest.mark.root
+PORT = 4789
+BRIDGE_RULE = "tenant bridges never reach the host"
+VXLAN_RULE = "VXLAN from cluster members only"
+
+
+def in_netns(name: str, fn):
+    """Run fn() in a thread that has entered network namespace *name*; return its result."""
+    box: dict = {}
+
+    def body() -> None:
+        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            linux.setns(fd, linux.CLONE_NEWNET)
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            box["error"] = exc
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def ip(*argv: str) -> str:
+    return subprocess.run(["ip", *argv], check=True, capture_output=True, text=True, timeout=30).stdout
+
+
+@pytest.fixture
+def fabric():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces, nftables)")
+    tag = uuid.uuid4().hex[:6]
+    names = {role: f"nftest-{tag}-{role}" for role in ("host", "peer", "tenant")}
+    try:
+        for name in names.values():
+            ip("netns", "add", name)
+        host, peer, tenant = names["host"], names["peer"], names["tenant"]
+        ip("-n", host, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", peer)
+        ip("-n", host, "addr", "add", "10.99.0.1/24", "dev", "eth0")
+        ip("-n", peer, "addr", "add", "10.99.0.2/24", "dev", "eth0")
+        ip("-n", peer, "addr", "add", "10.99.0.3/24", "dev", "eth0")
+        ip("-n", host, "link", "add", "cbr-9", "type", "bridge")
+        ip("-n", host, "link", "add", "cv0123456789ab", "type", "veth", "peer", "name", "eth0", "netns", tenant)
+        ip("-n", host, "link", "set", "cv0123456789ab", "master", "cbr-9")
+        ip("-n", tenant, "addr", "add", "10.98.0.5/24", "dev", "eth0")
+        for ns, devs in ((host, ("lo", "eth0", "cbr-9", "cv0123456789ab")), (peer, ("lo", "eth0")),
+                         (tenant, ("lo", "eth0"))):
+            for dev in devs:
+                ip("-n", ns, "link", "set", dev, "up")
+        yield names
+    finally:
+        for name in names.values():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
+def snapshot(*addresses: str, ready: bool = True) -> dict:
+    return {"ready": ready, "state": {"nodes": {f"n{i}": {"address": a} for i, a in enumerate(addresses)}}}
+
+
+def send(source: str, payload: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        sock.sendto(payload, ("10.99.0.1", PORT))
+
+
+def counters(host: str) -> dict[str, int]:
+    """Packets counted by each drop rule, by comment (the IPv4 and IPv6 VXLAN rules summed)."""
+    def read() -> dict[str, int]:
+        with Nft() as nft:
+            listing = nft.run(ruleset.list_command())
+        counts: dict[str, int] = {}
+        for item in listing:
+            rule = item.get("rule")
+            if rule:
+                packets = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+                counts[rule["comment"]] = counts.get(rule["comment"], 0) + packets
+        return counts
+    return in_netns(host, read)
+
+
+def listing(host: str) -> ruleset.Observed | None:
+    return in_netns(host, lambda: NetfilterController("10.99.0.1", PORT).observe())
+
+
+def test_stranger_and_tenant_packets_are_dropped_members_pass(fabric):
+    host, peer, tenant = fabric["host"], fabric["peer"], fabric["tenant"]
+    receiver = in_netns(host, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    receiver.bind(("0.0.0.0", PORT))
+    receiver.settimeout(20)
+    try:
+        controller = in_netns(host, lambda: NetfilterController("10.99.0.1", PORT))
+        in_netns(host, lambda: controller.sync(snapshot("10.99.0.1", "10.99.0.2")))
+        # the stranger first: had it passed, it would arrive before the member's datagram (same path)
+        in_netns(peer, lambda: send("10.99.0.3", b"stranger"))
+        in_netns(peer, lambda: send("10.99.0.2", b"member"))
+        assert receiver.recvfrom(100)[0] == b"member"
+        assert counters(host)[VXLAN_RULE] == 1
+
+        # a tenant aims a datagram at the host's address through its bridge (the bridge's MAC)
+        mac = ip("-n", host, "-br", "link", "show", "cbr-9").split()[2]
+        ip("-n", tenant, "route", "add", "10.99.0.1/32", "dev", "eth0")
+        ip("-n", tenant, "neigh", "replace", "10.99.0.1", "lladdr", mac, "dev", "eth0", "nud", "permanent")
+        in_netns(tenant, lambda: send("10.98.0.5", b"tenant"))
+        deadline = time.monotonic() + 20
+        while counters(host).get(BRIDGE_RULE, 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert counters(host)[BRIDGE_RULE] == 1  # counted by a drop rule: it never reached the socket
+        in_netns(peer, lambda: send("10.99.0.2", b"member again"))
+        assert receiver.recvfrom(100)[0] == b"member again"
+    finally:
+        receiver.close()
+
+
+def test_sync_is_idempotent_follows_members_and_repairs_tampering(fabric):
+    host = fabric["host"]
+    controller = in_netns(host, lambda: NetfilterController("10.99.0.1", PORT))
+    in_netns(host, lambda: controller.sync(snapshot("10.99.0.2")))
+    assert controller.changes == 1
+    first = listing(host)
+    assert first.elements["members4"] == {"10.99.0.1", "10.99.0.2"}  # ourselves, even unregistered
+    in_netns(host, lambda: controller.sync(snapshot("10.99.0.2")))
+    assert controller.changes == 1  # nothing to do: nothing done
+
+    in_netns(host, lambda: controller.sync(snapshot("10.99.0.2", "10.99.0.7", "fd00::7")))
+    assert controller.changes == 2
+    second = listing(host)
+    assert second.structure == first.structure  # changed in place, not re-created
+    assert second.elements == {"members4": {"10.99.0.1", "10.99.0.2", "10.99.0.7"}, "members6": {"fd00::7"}}
+
+    # someone deletes a rule and a member: the next pass re-creates the table as it should be
+    def tamper() -> None:
+        with Nft() as nft:
+            handle = next(item["rule"]["handle"] for item in nft.run(ruleset.list_command()) if "rule" in item)
+            nft.run([{"delete": {"rule": {"family": "inet", "table": "cantainer", "chain": "input",
+                                          "handle": handle}}}])
+    in_netns(host, tamper)
+    assert listing(host).structure != first.structure
+    in_netns(host, lambda: controller.sync(snapshot("10.99.0.2", "10.99.0.7", "fd00::7")))
+    assert listing(host).structure == first.structure and controller.changes == 3
+
+    # a new agent (restart) re-creates once, then is quiet; the table stayed while none ran
+    restarted = in_netns(host, lambda: NetfilterController("10.99.0.1", PORT))
+    in_netns(host, lambda: restarted.sync(snapshot("10.99.0.2", "10.99.0.7", "fd00::7")))
+    in_netns(host, lambda: restarted.sync(snapshot("10.99.0.2", "10.99.0.7", "fd00::7")))
+    assert restarted.changes == 1
+
+    # a replica still catching up keeps the rules it finds (it may know too few members) ...
+    in_netns(host, lambda: restarted.sync(snapshot(ready=False)))
+    assert listing(host).elements["members4"] == {"10.99.0.1", "10.99.0.2", "10.99.0.7"}
+    # ... but with no table at all (a reboot), what it knows beats no rules
+    in_netns(host, remove_table)
+    assert listing(host) is None
+    in_netns(host, lambda: restarted.sync(snapshot("10.99.0.2", ready=False)))
+    assert listing(host).elements["members4"] == {"10.99.0.1", "10.99.0.2"}
+    in_netns(host, remove_table)
+    in_netns(host, remove_table)  # removing an absent table is not an error
+    assert listing(host) is None
