@@ -104,6 +104,9 @@ class Bootstrapper:
             version = ".".join(map(str, probe.python))
             raise HostError(host.name, f"python {version} at {host.python} is too old (cantainer needs >= 3.10)",
                             "install a newer python3 or point `python` in the inventory at one")
+        if probe.nftables_error:  # the agent would refuse to start: VXLAN would be open to the underlay
+            raise HostError(host.name, "libnftables.so.1 is missing (the agent needs nftables to protect the overlay)",
+                            "install the package libnftables1 there (apt-get install libnftables1)")
         outcome = HostOutcome(host, probe)
         outcome.bundle = self._bundle_for(Platform(probe.machine, probe.python[:2]))
         self.result.outcomes[host.name] = outcome
@@ -168,7 +171,8 @@ class Bootstrapper:
             self.report(host.name, "push", f"agent bundle {bundle.short} ({len(bundle.data) / 1e6:.1f} MB)")
             archive = f"{layout.BUNDLES_DIR}/.{bundle.digest}.tar.gz"
             await connection.write_file(archive, bundle.data, 0o600)
-            await connection.run([host.python, "-c", remote.INSTALL_BUNDLE, archive, layout.bundle_dir(bundle.digest)])
+            await connection.run([host.python, "-c", remote.INSTALL_BUNDLE, archive, layout.bundle_dir(bundle.digest),
+                                  bundle.digest])
             outcome.pushed = True
             keep = [layout.bundle_dir(digest).rsplit("/", 1)[1]
                     for digest in (bundle.digest, (probe.config or {}).get("bundle")) if digest]

@@ -20,7 +20,7 @@ from cantainer.ssh import HostError
 from cantainer.status import open_status_source
 from cantainer.terminal import stream_command
 from cantainer.timefmt import age
-from cantainer_agent import layout, protocol
+from cantainer_agent import capabilities, layout, protocol
 
 
 class ContainerNotFound(CantainerError):
@@ -42,6 +42,9 @@ class RunRequest:
     cpus: float | None = None
     pids: int | None = None
     auto_remove: bool = False  # --rm: removed once it has exited
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    seccomp: str = "default"
 
 
 class HostSession:
@@ -91,6 +94,7 @@ def run_params(request: RunRequest, image: RunImage, interactive: bool = False, 
             "workdir": request.workdir, "user": request.user, "interactive": interactive, "tty": use_tty,
             "limits": {k: v for k, v in (("memory", request.memory), ("cpus", request.cpus),
                                          ("pids", request.pids)) if v is not None},
+            "cap_add": request.cap_add, "cap_drop": request.cap_drop, "seccomp": request.seccomp,
             **({"auto_remove": True} if request.auto_remove else {})}
 
 
@@ -289,6 +293,26 @@ def parse_env(items: list[str]) -> dict[str, str]:
             raise CantainerError(f"-e {item!r} is not KEY=VALUE", "write it like -e GREETING=hello")
         env[key] = value
     return env
+
+
+def parse_security(cap_add: list[str], cap_drop: list[str], options: list[str]) -> dict:
+    """--cap-add/--cap-drop names (checked, as capabilities(7) spells them) and --security-opt values."""
+    try:
+        add = list(capabilities.normalize(cap_add, "--cap-add"))
+        drop = list(capabilities.normalize(cap_drop, "--cap-drop"))
+    except capabilities.CapabilityError as error:
+        raise CantainerError(str(error), "see `man 7 capabilities`; write names like NET_RAW or CAP_NET_RAW") from None
+    seccomp = "default"
+    for option in options:
+        key, _, value = option.partition("=" if "=" in option else ":")
+        if key == "seccomp" and value in ("unconfined", "default"):
+            seccomp = value
+        elif key == "no-new-privileges" and value in ("", "true"):
+            continue  # always on in cantainer
+        else:
+            raise CantainerError(f"--security-opt {option!r} is not supported",
+                                 "cantainer knows seccomp=unconfined (no filter) and no-new-privileges (always on)")
+    return {"cap_add": add, "cap_drop": drop, "seccomp": seccomp}
 
 
 def parse_size(text: str) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from cantainer_agent.layout import CONFIG_FILE, bundle_dir
 
 PROBE = r"""
-import hashlib, json, os, platform, sys
+import ctypes, hashlib, json, os, platform, sys
 def read(path):
     try:
         with open(path, "rb") as handle:
@@ -27,6 +27,12 @@ def agent_pid():
     except (AttributeError, IndexError, ValueError):
         return None
     return pid if b"cantainer_agent" in cmdline else None
+def nftables():
+    try:
+        ctypes.CDLL("libnftables.so.1")
+    except OSError as error:
+        return str(error)
+    return None
 config = read(sys.argv[2])
 conn = os.environ.get("SSH_CONNECTION", "").split()
 print(json.dumps({
@@ -42,14 +48,22 @@ print(json.dumps({
     "has_state": os.path.exists(sys.argv[4]),
     "agent_pid": agent_pid(),
     "ssh_server_address": conn[2] if len(conn) == 4 else None,
+    "nftables_error": nftables(),
 }))
 """
 
 # Unpacks a pushed bundle next to its final place, then renames it in: a half-written bundle is
-# never visible under its real name. The tarball is ours, but extraction is still filtered.
+# never visible under its real name. The archive is hashed again first (what arrived is what was
+# built: the bundle is named by that hash and runs as root); extraction is still filtered.
 INSTALL_BUNDLE = r"""
-import os, shutil, sys, tarfile
-archive, target = sys.argv[1], sys.argv[2]
+import hashlib, os, shutil, sys, tarfile
+archive, target, digest = sys.argv[1], sys.argv[2], sys.argv[3]
+with open(archive, "rb") as handle:
+    actual = hashlib.file_digest(handle, "sha256").hexdigest() if hasattr(hashlib, "file_digest") \
+        else hashlib.sha256(handle.read()).hexdigest()
+if actual != digest:
+    os.unlink(archive)
+    sys.exit(f"the pushed agent bundle is corrupt (sha256 {actual}, expected {digest}): run `cantainer up` again")
 staging = target + ".partial"
 shutil.rmtree(staging, ignore_errors=True)
 os.makedirs(staging, mode=0o755)
@@ -134,13 +148,14 @@ class ProbeResult:
     has_state: bool
     agent_pid: int | None
     ssh_server_address: str | None
+    nftables_error: str | None = None  # why libnftables.so.1 does not load (None: it does)
 
     @classmethod
     def parse(cls, text: str) -> "ProbeResult":
         data = json.loads(text)
         return cls(tuple(data["python"]), data["machine"], data["kernel"], data["hostname"], data["systemd"],
                    tuple(data["bundles"]), data["secret_sha256"], data["config"], data["has_state"], data["agent_pid"],
-                   data["ssh_server_address"])
+                   data["ssh_server_address"], data.get("nftables_error"))
 
 
 def systemd_unit(python: str, digest: str, cluster: str) -> str:

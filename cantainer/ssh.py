@@ -104,9 +104,11 @@ class Connection:
         if self.needs_sudo:
             # SFTP runs as the login user; stage in a private temp dir and let sudo install it.
             staging = f"/tmp/.cantainer-{secrets.token_hex(8)}"
-            await self._put(staging, data, 0o600)
-            await self.run(["install", "-m", f"{mode:o}", "-D", staging, path])
-            await self.run(["rm", "-f", staging], check=False)
+            try:
+                await self._put(staging, data, 0o600)
+                await self.run(["install", "-m", f"{mode:o}", "-D", staging, path])
+            finally:  # a failed install must not leave the data (the cluster secret) in /tmp
+                await self._remove_staged(staging)
             return
         partial = f"{path}.{secrets.token_hex(4)}.partial"  # concurrent writers never share a temp file
         await self._put(partial, data, mode)
@@ -114,6 +116,13 @@ class Connection:
             await (await self._sftp_client()).posix_rename(partial, path)
         except (asyncssh.SFTPError, asyncssh.Error, OSError) as error:
             raise HostError(self.host.name, f"cannot write {path}: {getattr(error, 'reason', None) or error}") from None
+
+    async def _remove_staged(self, staging: str) -> None:
+        """Remove a staged file as the login user who wrote it (SFTP; no sudo needed or wanted)."""
+        try:
+            await (await self._sftp_client()).remove(staging)
+        except (asyncssh.SFTPError, asyncssh.Error, OSError):
+            pass  # never written, or the connection is gone
 
     async def _sftp_client(self) -> asyncssh.SFTPClient:
         if self._sftp is None:

@@ -44,6 +44,8 @@ VXLAN_PORT = 4789  # IANA
 VOTERS = 3
 HEARTBEAT_INTERVAL = 2.0  # seconds; stretched in large clusters (cluster/liveness.py)
 MIN_PYTHON = (3, 10)
+CONTAINER_PIDS = 1024  # a container's task limit unless `run --pids` says otherwise (a fork bomb stops there)
+MIN_FREE_BYTES = 1 << 30  # no new container while less is free where containers and the raft journal live
 
 
 def bundle_dir(digest: str) -> str:

@@ -89,17 +89,19 @@ class Workload:
 
     # -- start / remove ---------------------------------------------------------------------------
     def start(self, record: dict, vni: int, image_id: str, lowers: list[str], tty: bool = False,
-              stdin: bool = False) -> ContainerInfo:
+              stdin: bool = False, security: dict | None = None) -> ContainerInfo:
         """Start the container of *record* on the layer dirs *lowers* (bottom first) with its veth
         attached before its command runs. *tty*/*stdin* (run -t/-i): the container waits briefly
-        for `attach` (runtime/supervisor.py)."""
+        for `attach` (runtime/supervisor.py). *security*: ``cap_add``, ``cap_drop``, ``seccomp`` of
+        the spec (run --cap-add/--cap-drop/--security-opt)."""
         network = NetworkSpec(record["network"], vni)
         endpoint = EndpointSpec(record["id"], record["network"], record["ip"], record["host"], self.cfg.address)
         mtu = overlay_mtu(self._underlay_mtu())
         spec = ContainerSpec(id=record["id"], name=record["name"], image=image_id, command=record["command"],
                              env=record["env"], workdir=record["workdir"], limits=record["limits"],
                              hosts=[(record["ip"], (record["name"],))], resolv_conf="", tty=tty, stdin=stdin,
-                             user=record.get("user", ""), stop_signal=record.get("stop_signal", 15))
+                             user=record.get("user", ""), stop_signal=record.get("stop_signal", 15),
+                             **(security or {}))
         return self.runtime.start(
             spec, lowers, before_exec=lambda pid: attach_container(pid, endpoint, network, mtu, guard=self._guard)
         )

@@ -40,7 +40,12 @@ def register(commands: Commands) -> None:
     run.add_argument("--entrypoint", help="replace the image's Entrypoint (and drop its Cmd); '' clears it")
     run.add_argument("--memory", help="memory limit, e.g. 256m")
     run.add_argument("--cpus", type=finite_float, help="CPU limit, e.g. 0.5")
-    run.add_argument("--pids", type=int, help="maximum number of processes")
+    run.add_argument("--pids", type=int, help="maximum number of processes (default 1024)")
+    run.add_argument("--cap-add", action="append", default=[], metavar="CAP",
+                     help="add a Linux capability, e.g. NET_RAW (ALL: every one)")
+    run.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a Linux capability")
+    run.add_argument("--security-opt", action="append", default=[], metavar="OPT",
+                     help="seccomp=unconfined: no seccomp filter (no-new-privileges is always on)")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...",
                      help="the command and its arguments (default: the image's)")
     execute = commands.add("exec", "run a command in a running container", cmd_exec, inventory_flags=LONG_INVENTORY,
@@ -141,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         command=command_of(args) or None, env=env, workdir=args.workdir,
         entrypoint=args.entrypoint, user=args.user,
         memory=containers.parse_size(args.memory) if args.memory else None, cpus=args.cpus, pids=args.pids,
-        auto_remove=args.rm,
+        auto_remove=args.rm, **containers.parse_security(args.cap_add, args.cap_drop, args.security_opt),
     )
     if request.workdir is not None and not request.workdir.startswith("/"):
         raise UsageError(f"-w {request.workdir!r} is not an absolute path", "write it like -w /app")

@@ -158,3 +158,29 @@ def test_an_ambiguous_or_unknown_container_is_a_clear_error(wanted, needle):
 
     with pytest.raises(ContainerNotFound, match=needle):
         pick(CONTAINERS, wanted)
+
+
+def test_security_options_parse_and_normalise():
+    from cantainer.containers import parse_security
+
+    args = build_parser().parse_args(["run", "--host", "h1", "-n", "10.0.0.0/24", "--cap-add", "net_raw",
+                                      "--cap-add", "CAP_SYS_PTRACE", "--cap-drop", "ALL",
+                                      "--security-opt", "seccomp=unconfined", "--security-opt", "no-new-privileges"])
+    assert parse_security(args.cap_add, args.cap_drop, args.security_opt) == {
+        "cap_add": ["CAP_NET_RAW", "CAP_SYS_PTRACE"], "cap_drop": ["ALL"], "seccomp": "unconfined"}
+    assert parse_security([], [], [])["seccomp"] == "default"
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--cap-add", "NET_FOO"], "--cap-add: unknown capability 'NET_FOO'"),
+    (["--cap-drop", "chwon"], "--cap-drop: unknown capability 'chwon'"),
+    (["--security-opt", "seccomp=/tmp/profile.json"], "--security-opt 'seccomp=/tmp/profile.json' is not supported"),
+    (["--security-opt", "apparmor=unconfined"], "is not supported"),
+])
+def test_bad_security_options_are_one_line_before_any_connection(flags, needle, capsys, tmp_path):
+    inventory = tmp_path / "missing.toml"  # never read: the flags are refused first
+    # 125: run's own failure, as docker run reports an invalid --cap-add
+    argv = ["run", "--inventory", str(inventory), "--host", "h1", "-n", "10.0.0.0/24", *flags, "--", "true"]
+    assert main(argv) == 125
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cantainer: error:") and needle in err[0], err

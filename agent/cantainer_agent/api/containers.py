@@ -1,9 +1,10 @@
 """Container methods of the agent API.
 
 ``container.run {name?, network, image: {reference, digest, layers, config}, command?, entrypoint?, env,
-workdir?, user?, limits, tty?, interactive?, auto_remove?}`` -> ``{name, id, ip, host, network, image_digest}`` (on the
-    host that runs it; the layers must be here: image.import / image.pull). The image's config and
-    the options merge docker's way (images/config.effective) before anything is recorded.
+workdir?, user?, limits, tty?, interactive?, auto_remove?, cap_add?, cap_drop?, seccomp?}`` -> ``{name, id, ip,
+    host, network, image_digest}`` (on the host that runs it; the layers must be here: image.import /
+    image.pull). The image's config and the options merge docker's way (images/config.effective)
+    before anything is recorded; cap_add/cap_drop/seccomp stay on this host (not replicated).
 ``container.stop {name, timeout}`` -> ``{name, state, exit_code}``;  ``container.rm {name, force}`` -> ``{removed}``
 ``container.ps`` -> ``[{name, id, host, network, ip, mac, image, command, state, exit_code, …}]`` (any node)
 
@@ -39,6 +40,12 @@ from .requests import Reads, session_of
 
 MAX_STOP_TIMEOUT = 3600  # seconds between SIGTERM and SIGKILL
 RETRY_WAIT = 60.0  # seconds a retried `run` waits for its first attempt's start to finish
+
+
+def security_of(params: dict) -> dict:
+    """--cap-add/--cap-drop/--security-opt of a run: this host's business, not replicated."""
+    return {"cap_add": params.get("cap_add") or (), "cap_drop": params.get("cap_drop") or (),
+            "seccomp": params.get("seccomp") or "default"}
 
 
 class ContainerHandlers:
@@ -82,7 +89,8 @@ class ContainerHandlers:
         env = dict(wanted.env)
         # Validate the whole spec before anything is recorded in the cluster.
         ContainerSpec(id="probe", name=name, image=digest[7:], command=wanted.argv, env=env, workdir=wanted.workdir,
-                      limits=params.get("limits") or {}, user=wanted.user, stop_signal=wanted.stop_signal)
+                      limits=params.get("limits") or {}, user=wanted.user, stop_signal=wanted.stop_signal,
+                      **security_of(params))
         container_id = secrets.token_hex(6)
         with contextlib.ExitStack() as pinned:
             try:  # the layers stay out of a concurrent prune's reach until the container is on disk
@@ -115,7 +123,7 @@ class ContainerHandlers:
         vni = raft.snapshot()["state"]["networks"][record["network"]]["vni"]
         try:
             return self._workload.start(record, vni, image_id, lowers, tty=bool(params.get("tty")),
-                                        stdin=bool(params.get("interactive")))
+                                        stdin=bool(params.get("interactive")), security=security_of(params))
         except (ContainerError, OverlayError, OSError) as error:
             self._workload.undo_create(raft, record, session)
             code = {127: protocol.COMMAND_NOT_FOUND, 126: protocol.COMMAND_NOT_EXECUTABLE}.get(

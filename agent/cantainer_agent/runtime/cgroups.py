@@ -3,9 +3,11 @@
 Detection (``parse_mountinfo``): v1 hierarchies carrying memory/cpu/pids win (hybrid machines too,
 whose cgroup2 mount has no controllers); otherwise the cgroup2 mount. A container's cgroup is
 ``<mount>/<parent>/<id>`` in every hierarchy: v1 memory, cpu, cpuacct, pids, cpuset (new cpuset
-levels copy cpus/mems from their parent); v2 one directory, controllers enabled in
+levels copy cpus/mems from their parent), devices; v2 one directory, controllers enabled in
 ``cgroup.subtree_control`` from the root down to ``<parent>`` (never in the leaf). Limits: memory
-(and swap = memory: an OOM kill, as docker users expect), cpus (CFS quota per 100 ms), pids.
+(and swap = memory: an OOM kill, as docker users expect), cpus (CFS quota per 100 ms), pids; on v1
+the device allow-list of ``DEVICE_RULES`` (v2 has none without a BPF program: docs/security.md).
+``parent_caps`` leaves the host headroom: the parent's memory and pids limits (``cap_parent``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ from dataclasses import dataclass
 from .errors import CgroupError
 from .spec import Limits
 
-V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "cpuset")
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "cpuset", "devices")
 V1_REQUIRED = ("memory", "cpu", "pids")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
 CFS_PERIOD_US = 100_000
+# cgroup v1 devices: nothing but the nodes a container's /dev holds (runc's list minus mknod rights
+# and /dev/console); pts slaves and the devpts ptmx included.
+DEVICE_RULES = ("c 1:3 rw", "c 1:5 rw", "c 1:7 rw", "c 1:8 rw", "c 1:9 rw", "c 5:0 rw", "c 5:2 rw", "c 136:* rw")
+MEMORY_HEADROOM = (256 << 20, 0.05)  # kept free of containers: at least 256 MiB, at least 5 % of RAM
+PIDS_HEADROOM = (1024, 0.10)  # tasks kept for the host: at least 1024, at least 10 % of the kernel's maximum
 _COMPONENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -108,6 +115,36 @@ def limit_writes(version: int, limits: Limits) -> list[LimitWrite]:
     return writes
 
 
+def device_writes() -> list[LimitWrite]:
+    """cgroup v1: deny every device, then allow ``DEVICE_RULES`` (skipped where devices is not mounted)."""
+    return [LimitWrite("devices", "devices.deny", "a", optional=True)] + [
+        LimitWrite("devices", "devices.allow", rule, optional=True) for rule in DEVICE_RULES]
+
+
+def parent_caps(version: int, mem_total: int, max_tasks: int) -> list[LimitWrite]:
+    """The parent cgroup's limits: every container together leaves the host its headroom (pure)."""
+    memory = mem_total - max(MEMORY_HEADROOM[0], int(mem_total * MEMORY_HEADROOM[1]))
+    pids = max_tasks - max(PIDS_HEADROOM[0], int(max_tasks * PIDS_HEADROOM[1]))
+    writes = []  # optional: a hierarchy without the controller limits nothing, as for the containers
+    if memory > 0:
+        writes.append(LimitWrite("memory", "memory.limit_in_bytes" if version == 1 else "memory.max", str(memory),
+                                 optional=True))
+    if pids > 0:
+        writes.append(LimitWrite("pids", "pids.max", str(pids), optional=True))
+    return writes
+
+
+def host_totals() -> tuple[int, int]:
+    """(MemTotal in bytes, the kernel's task limit: the lower of pid_max and threads-max)."""
+    with open("/proc/meminfo", encoding="ascii") as handle:
+        mem = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("MemTotal:"))
+    tasks = []
+    for path in ("/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max"):
+        with open(path, encoding="ascii") as handle:
+            tasks.append(int(handle.read()))
+    return mem, min(tasks)
+
+
 def _read(path: str) -> str:
     with open(path, encoding="ascii") as handle:
         return handle.read()
@@ -178,6 +215,8 @@ class Cgroup:
                 self._create_v2(created)
             if limits is not None:
                 self.apply(limits)
+            if self.layout.version == 1:
+                self.write_all(device_writes())
         except BaseException:
             for directory in created:
                 try:
@@ -187,16 +226,18 @@ class Cgroup:
             raise
 
     @staticmethod
-    def _mkdir_leaf(leaf: str, created: list[str]) -> None:
+    def _mkdir_leaf(leaf: str, created: list[str], exists_ok: bool = False) -> None:
         try:
             os.mkdir(leaf, 0o755)
         except FileExistsError:
+            if exists_ok:
+                return
             raise CgroupError(f"cgroup {leaf} already exists") from None
         except OSError as exc:
             raise _fail("create cgroup", leaf, exc) from None
         created.append(leaf)
 
-    def _create_v1(self, mount: str, leaf: str, cpuset: bool, created: list[str]) -> None:
+    def _create_v1(self, mount: str, leaf: str, cpuset: bool, created: list[str], leaf_exists_ok: bool = False) -> None:
         levels = []
         path = leaf
         while len(path) > len(mount):
@@ -204,7 +245,7 @@ class Cgroup:
             path = os.path.dirname(path)
         for level in reversed(levels):
             if level == leaf:
-                self._mkdir_leaf(leaf, created)
+                self._mkdir_leaf(leaf, created, leaf_exists_ok)
             else:
                 try:
                     os.mkdir(level, 0o755)
@@ -221,7 +262,7 @@ class Cgroup:
                     except OSError as exc:
                         raise _fail("initialise", mine, exc) from None
 
-    def _create_v2(self, created: list[str]) -> None:
+    def _create_v2(self, created: list[str], leaf_exists_ok: bool = False) -> None:
         mount = self.layout.v2_mount
         leaf = self.paths["memory"]
         levels = []
@@ -238,12 +279,17 @@ class Cgroup:
             except OSError as exc:
                 raise _fail("create cgroup", level, exc) from None
             enable_controllers(level)
-        self._mkdir_leaf(leaf, created)
+        self._mkdir_leaf(leaf, created, leaf_exists_ok)
 
     def apply(self, limits: Limits) -> None:
-        for write in limit_writes(self.layout.version, limits):
+        self.write_all(limit_writes(self.layout.version, limits))
+
+    def write_all(self, writes: list[LimitWrite]) -> None:
+        for write in writes:
             directory = self.paths.get(write.controller)
             if directory is None:
+                if write.optional:
+                    continue
                 raise CgroupError(
                     f"cannot apply a {write.controller} limit: the {write.controller} cgroup controller is not mounted"
                 )
@@ -257,6 +303,21 @@ class Cgroup:
                                   f"(is the {write.controller} controller enabled?)") from None
             except OSError as exc:
                 raise _fail(f"write {write.value} to", path, exc) from None
+
+    def ensure(self, writes: list[LimitWrite]) -> None:
+        """mkdir -p this cgroup in every hierarchy (a shared level: never removed here), then *writes*."""
+        if self.layout.version == 1:
+            cpuset_mount = self.layout.mount_of("cpuset")
+            for mount in dict.fromkeys(mount for _, mount in self.layout.v1_mounts):
+                leaf = os.path.join(mount, self.relpath)
+                if not os.path.isdir(leaf):
+                    self._create_v1(mount, leaf, mount == cpuset_mount, [], leaf_exists_ok=True)
+        else:
+            leaf = self.paths["memory"]
+            if not os.path.isdir(leaf):
+                self._create_v2([], leaf_exists_ok=True)
+            enable_controllers(leaf)
+        self.write_all(writes)
 
     def read(self, controller: str, filename: str) -> str:
         return _read(os.path.join(self.paths[controller], filename)).strip()
@@ -359,6 +420,10 @@ class CgroupManager:
         if self.layout.version == 1:
             return list(dict.fromkeys(os.path.join(mount, self.parent) for _, mount in self.layout.v1_mounts))
         return [os.path.join(self.layout.v2_mount, self.parent)]
+
+    def cap_parent(self) -> None:
+        """Create the parent cgroup(s) and give them ``parent_caps`` (idempotent: same values again)."""
+        Cgroup(self.layout, self.parent).ensure(parent_caps(self.layout.version, *host_totals()))
 
     def remove_parent(self) -> None:
         """rmdir the parent cgroup(s) if no container cgroup is left in them (for tests and uninstall)."""

@@ -26,8 +26,9 @@ import time
 from typing import Callable, Sequence
 
 from .. import layout
+from ..capabilities import DEFAULT_CAPS, DOCKER_DEFAULT_CAPS
 from . import linux, logfile
-from .cgroups import Cgroup, CgroupLayout, CgroupManager
+from .cgroups import Cgroup, CgroupLayout, CgroupManager, LimitWrite
 from .errors import (
     CommandFailed,
     ContainerExists,
@@ -48,15 +49,6 @@ DEFAULT_STATE_DIR = layout.containers_state_dir()
 DEFAULT_RUN_DIR = layout.containers_run_dir()
 DEFAULT_LOG_MAX = 10 * 1024 * 1024
 
-DOCKER_DEFAULT_CAPS = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-)
-# Docker's set minus CAP_MKNOD: docker relies on a device cgroup allow-list to make mknod harmless;
-# we have none on cgroup v2 (it needs a BPF program), and without it a container could mknod the
-# host's disks. Images cannot bring device nodes either (extraction skips them).
-DEFAULT_CAPS = tuple(cap for cap in DOCKER_DEFAULT_CAPS if cap != "CAP_MKNOD")
 
 START_TIMEOUT = 30.0
 STOP_RECORD = "stop.json"  # why it was stopped, written before the signal (Runtime.stop's reason)
@@ -215,6 +207,8 @@ class Runtime:
         cgroup_layout: CgroupLayout | None = None,
         python: str | None = None,
         attach_wait: float = ATTACH_WAIT,
+        default_pids: int = layout.CONTAINER_PIDS,
+        min_free_bytes: int = layout.MIN_FREE_BYTES,
     ):
         self.state_dir = os.path.abspath(state_dir)
         self.run_dir = os.path.abspath(run_dir)
@@ -224,7 +218,10 @@ class Runtime:
         self.cgroups = CgroupManager(cgroup_parent, cgroup_layout)
         self.log_max_bytes = log_max_bytes
         self.attach_wait = attach_wait
-        self.caps_mask = linux.caps_mask(capabilities)
+        self.default_pids = default_pids
+        self.min_free_bytes = min_free_bytes
+        self.default_caps = tuple(capabilities)
+        self.caps_mask = linux.caps_mask(capabilities)  # of a container without --cap-add/--cap-drop
         self.cap_last = linux.last_cap()
         self.zygote = Zygote(python, lambda: {"caps": self.caps_mask, "cap_last": self.cap_last,
                                               "prefork_init": self.cgroups.layout.version == 1})
@@ -239,6 +236,10 @@ class Runtime:
                     fd = self._pidfd_for(info)
                     if fd is not None:
                         self._watcher.add(info.id, fd)
+
+    def caps_of(self, spec: ContainerSpec) -> int:
+        """The capability mask of *spec*'s processes: our default set with its --cap-add/--cap-drop."""
+        return linux.caps_mask(spec.capabilities(self.default_caps))
 
     # -- paths -----------------------------------------------------------------------------------
     def container_dir(self, container_id: str) -> str:
@@ -280,6 +281,7 @@ class Runtime:
         with self._lock(cid):
             os.makedirs(self.state_dir, 0o700, exist_ok=True)
             os.makedirs(self.run_dir, 0o700, exist_ok=True)
+            self._check_free_space(spec)
             try:
                 os.mkdir(cdir, 0o700)
             except FileExistsError:
@@ -301,7 +303,10 @@ class Runtime:
                     "version": 1, "spec": spec.to_dict(), "created_at": created_at, "boot_id": linux.boot_id(),
                     "rootfs": lowers, "cgroup": cgroup.relpath,
                 })
+                self.cgroups.cap_parent()  # all containers together leave the host (agent, sshd) headroom
                 cgroup.create(spec.limits)
+                if spec.limits.pids is None:  # the default limit (where the pids controller exists)
+                    cgroup.write_all([LimitWrite("pids", "pids.max", str(self.default_pids), optional=True)])
                 chan = self.zygote.request({
                     "op": "start", "id": cid, "hostname": spec.hostname, "argv": list(spec.command),
                     "env": spec.environ(), "workdir": spec.workdir, "lower": ":".join(reversed(lowers)),
@@ -310,7 +315,8 @@ class Runtime:
                     "rootfs": os.path.join(cdir, "rootfs"),
                     "cgroup_join": cgroup.join_files, "memory_cgroup": cgroup.path("memory"),
                     "cgroup_v2_dir": cgroup.dirs[0] if cgroup.layout.version == 2 else None,
-                    "cgroup_version": cgroup.layout.version, "caps": self.caps_mask, "cap_last": self.cap_last,
+                    "cgroup_version": cgroup.layout.version, "caps": self.caps_of(spec), "cap_last": self.cap_last,
+                    "seccomp": spec.seccomp == "default",
                     "wait_for_go": before_exec is not None,
                     "log": os.path.join(cdir, logfile.NAME), "log_max": self.log_max_bytes,
                     "pids_file": os.path.join(rdir, "pids.json"), "exit_file": os.path.join(cdir, "exit.json"),
@@ -358,6 +364,17 @@ class Runtime:
         else:
             os.close(shim_fd)
         return info
+
+    def _check_free_space(self, spec: ContainerSpec) -> None:
+        """Refuse a container while the file system of its writable layer (and of the raft journal,
+        next to it) is below the floor: a full disk would stop the agent's raft vote too."""
+        info = os.statvfs(self.state_dir)
+        free = info.f_bavail * info.f_frsize
+        if free < self.min_free_bytes:
+            raise StartError(
+                f"cannot start container {spec.name}: only {free >> 20} MiB free on the file system of "
+                f"{self.state_dir} (at least {self.min_free_bytes >> 20} MiB must stay free for the raft "
+                f"journal and logs) — free space there or remove containers")
 
     def _abort_start(self, cid: str, cgroup: Cgroup, chan: socket.socket | None, shim_fd: int | None) -> None:
         if chan is not None:
@@ -611,7 +628,8 @@ class Runtime:
         environ.update(env or {})
         return exec_in_container(
             pids.get("pid") or 0, pids.get("pid_start"), argv, environ, workdir or info.spec.workdir,
-            cgroup.join_files, self.caps_mask, name=info.name, cap_last=self.cap_last, user=info.spec.user,
+            cgroup.join_files, self.caps_of(info.spec), name=info.name, cap_last=self.cap_last, user=info.spec.user,
+            seccomp=info.spec.seccomp == "default",
         )
 
     def lower_dirs_in_use(self) -> set[str]:

@@ -1,10 +1,14 @@
-"""The container's init (PID 1 before execve): namespaces, rootfs, /proc /dev /sys, capabilities.
+"""The container's init (PID 1 before execve): namespaces, rootfs, /proc /dev /sys, capabilities, seccomp.
 
 Runs in a process forked from the zygote (never in the agent): ``prepare_init`` does what does not
-depend on the request (UTS/IPC/net namespaces, signals, no_new_privs, the bounding set) in a warm
+depend on the request (UTS/IPC/net namespaces, unprivileged ping, signals, no_new_privs) in a warm
 slot; ``container_init`` does the rest once the request arrives — join the cgroup, mount and cgroup
-namespaces, the overlay rootfs, pivot_root (runc's way), docker's masked and read-only paths, a
-minimal /dev, the hostname — then waits for "go" and execs the command. ``exec_command`` and
+namespaces, the overlay rootfs, pivot_root (runc's way), runc's masked and read-only paths, a
+minimal /dev, the hostname, the image's user — then waits for "go", drops to the container's
+capabilities and user, loads the seccomp filter (seccomp.py) and execs the command. Every file
+system the container can write is nodev: its device nodes are bind mounts of the host's six
+harmless ones, so a node it makes (with CAP_MKNOD) opens nothing. No descriptor of the host stays
+open across the working directory's chdir (runc CVE-2024-21626). ``exec_command`` and
 ``join_cgroup`` are shared with ``exec`` (nsexec.py).
 """
 from __future__ import annotations
@@ -18,7 +22,8 @@ import socket
 import stat
 import termios
 
-from . import linux, users
+from .. import capabilities
+from . import linux, seccomp, users
 from .linux import (
     CLONE_NEWCGROUP,
     CLONE_NEWIPC,
@@ -39,16 +44,16 @@ from .linux import (
 
 CONTAINER_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWCGROUP
 
-# docker's /proc and /sys hardening (moby oci/defaults.go)
+# runc's and docker's /proc and /sys hardening (moby oci/defaults.go; /proc/interrupts as runc masks it)
 MASKED_PATHS = (
-    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+    "/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
-DEVICES = (  # name, major, minor (mode 0666)
-    ("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0),
-)
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")  # bound from the host's /dev (1:3 1:5 1:7 1:8 1:9 5:0)
+PING_GROUP_RANGE = "0 2147483647"  # every group may open ICMP echo sockets: ping without CAP_NET_RAW (docker's)
 DEV_SYMLINKS = (
     ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
     ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"),
@@ -70,26 +75,15 @@ def setup_rootfs(req: dict) -> None:
     linux.mount("overlay", root, "overlay", MS_NODEV,
                 f"lowerdir={req['lower']},upperdir={req['upper']},workdir={req['work']}")
 
-    # runc's pivot_root: no temporary directory needed, the old root is stacked and detached
     os.chdir(root)
+    _setup_dev()  # before pivot_root: its device nodes are binds of the host's
+    # runc's pivot_root: no temporary directory needed, the old root is stacked and detached
     linux.pivot_root(".", ".")
     linux.umount2(".", MNT_DETACH)
     os.chdir("/")
 
     _ensure_dir("/proc")
     linux.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-
-    _ensure_dir("/dev")
-    linux.mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=65536k")
-    for name, major, minor in DEVICES:
-        os.mknod(f"/dev/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
-    for name, target in DEV_SYMLINKS:
-        os.symlink(target, f"/dev/{name}")
-    for name, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o1777)):
-        os.mkdir(f"/dev/{name}", mode)
-    linux.mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
-    linux.mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
-    linux.mount("mqueue", "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
     _ensure_dir("/sys")
     linux.mount("sysfs", "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -107,6 +101,22 @@ def setup_rootfs(req: dict) -> None:
         if os.path.exists(path):
             linux.mount(path, path, None, MS_BIND | MS_REC)
             linux.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _setup_dev() -> None:
+    """``./dev`` (cwd = the new root): a nodev tmpfs, the host's harmless devices bound in, pts, shm, mqueue."""
+    _ensure_dir("dev")
+    linux.mount("tmpfs", "dev", "tmpfs", MS_NOSUID | MS_NODEV | MS_STRICTATIME, "mode=755,size=65536k")
+    for name in DEVICES:
+        os.close(os.open(f"dev/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+        linux.mount(f"/dev/{name}", f"dev/{name}", None, MS_BIND)
+    for name, target in DEV_SYMLINKS:
+        os.symlink(target, f"dev/{name}")
+    for name, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o1777)):
+        os.mkdir(f"dev/{name}", mode)
+    linux.mount("devpts", "dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    linux.mount("shm", "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    linux.mount("mqueue", "dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def _reset_signals() -> None:
@@ -130,8 +140,13 @@ def exec_user(spec: str, env: dict[str, str]) -> users.ExecUser:
     return user
 
 
+def seccomp_program(caps: int, enabled: bool) -> bytes | None:
+    """The filter a process holding *caps* gets (None: ``--security-opt seccomp=unconfined``)."""
+    return seccomp.program(os.uname().machine, capabilities.names_of(caps)) if enabled else None
+
+
 def exec_command(argv: list[str], env: dict[str, str], caps: int, cap_last: int | None = None,
-                 user: users.ExecUser | None = None) -> None:
+                 user: users.ExecUser | None = None, filter_code: bytes | None = None) -> None:
     """Last steps before becoming the user's command (used by exec; start uses its warm variant)."""
     os.umask(0o022)
     _reset_signals()
@@ -139,6 +154,8 @@ def exec_command(argv: list[str], env: dict[str, str], caps: int, cap_last: int 
     linux.drop_capabilities(caps, cap_last)
     if user is not None:
         users.switch(user)
+    if filter_code is not None:
+        seccomp.install(filter_code)
     os.execvpe(argv[0], argv, env)
 
 
@@ -170,26 +187,27 @@ def join_cgroup(files: list[str]) -> None:
             os.close(fd)
 
 
-def prepare_init(caps: int, cap_last: int | None) -> None:
+def prepare_init() -> None:
     """The part of init that does not depend on the request: done ahead of time in a warm slot.
 
     The mount namespace is *not* created here: a copy made now could miss mounts the host makes
-    before the request (e.g. the image store). Dropping the bounding set and setting
-    no_new_privs only matter at execve; our current privileges (mounts) are unaffected.
+    before the request (e.g. the image store). no_new_privs only matters at execve; our current
+    privileges (mounts) are unaffected. The capabilities are the request's (--cap-add/--cap-drop).
     """
     linux.unshare(CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET)
+    with open("/proc/sys/net/ipv4/ping_group_range", "w", encoding="ascii") as handle:  # our new netns's
+        handle.write(PING_GROUP_RANGE)
     _reset_signals()
     linux.set_no_new_privs()
-    linux.drop_bounding_set(caps, cap_last)
 
 
 def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: bool,
-                   prepared_caps: int | None, in_r: int = -1, tty_sock: int = -1, err_w: int = -1) -> None:
+                   prepared: bool, in_r: int = -1, tty_sock: int = -1, err_w: int = -1) -> None:
     """PID 1 of the container until execve. Never returns.
 
-    *prepared_caps* is the capability mask ``prepare_init`` already ran with, or None. *in_r* is
-    the read end of the stdin pipe (used with ``stdin`` and no ``tty``); *tty_sock* the socket on
-    which the pty master goes to the shim (with ``tty``); *err_w* the stderr pipe (stdout's if -1).
+    *prepared*: ``prepare_init`` already ran (a warm slot). *in_r* is the read end of the stdin pipe
+    (used with ``stdin`` and no ``tty``); *tty_sock* the socket on which the pty master goes to the
+    shim (with ``tty``); *err_w* the stderr pipe (stdout's if -1).
     """
     step = "set up stdio"
     tty = bool(req.get("tty"))
@@ -206,11 +224,11 @@ def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: b
         if in_r >= 0:
             os.close(in_r)
         os.umask(0)
-        if prepared_caps is None:
+        if not prepared:
             step = "create namespaces"
-            prepare_init(req["caps"], req.get("cap_last"))
-        elif prepared_caps != req["caps"]:
-            linux.drop_bounding_set(req["caps"], req.get("cap_last"))
+            prepare_init()
+        step = "build the seccomp filter"
+        filter_code = seccomp_program(req["caps"], req.get("seccomp", True))
         if not in_cgroup:
             step = "join the cgroup"
             join_cgroup(req["cgroup_join"])
@@ -226,6 +244,7 @@ def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: b
         except FileNotFoundError:
             os.makedirs(req["workdir"], 0o755)
             os.chdir(req["workdir"])
+        os.getcwd()  # FileNotFoundError if the directory lies outside our root (runc CVE-2024-21626)
         step = f"find user {req.get('user') or 'root'!r} in the image"
         user = exec_user(req.get("user") or "", req["env"])
         if tty:
@@ -248,9 +267,12 @@ def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: b
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         os.umask(0o022)
         step = "drop capabilities"
-        linux.set_capabilities(req["caps"])
+        linux.drop_capabilities(req["caps"], req.get("cap_last"))
         step = f"switch to user {req.get('user') or 'root'!r}"
         users.switch(user)  # after everything that needs root; clears the capabilities of a non-root user
+        if filter_code is not None:
+            step = "load the seccomp filter"
+            seccomp.install(filter_code)  # last: setgroups/setuid above are allowed anyway
         step = "execute the command"
         argv = req["argv"]
         os.execvpe(argv[0], argv, req["env"])

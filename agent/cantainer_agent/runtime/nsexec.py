@@ -8,7 +8,7 @@ SSH exec channel, whose PTY, if any, the command inherits). Steps:
    then restore our own pid_for_children namespace (the caller can keep forking normally);
 3. child: join the container's cgroup (write "0" to cgroup.procs), ``setns(pidfd, mnt|uts|ipc|net|
    cgroup)`` in one call (Linux >= 5.8; older kernels get /proc/<pid>/ns/* files), chdir, the same
-   capability drop and no_new_privs as the container's init, execvpe;
+   capability drop, no_new_privs and seccomp filter as the container's init, execvpe;
 4. parent: waits, forwarding SIGTERM/SIGHUP; SIGINT/SIGQUIT from a terminal reach the child
    directly (same process group), so the parent ignores them meanwhile.
 """
@@ -22,7 +22,7 @@ import threading
 
 from . import linux
 from .errors import ContainerNotRunning
-from .init import describe_exec_error, exec_command, exec_user, join_cgroup
+from .init import describe_exec_error, exec_command, exec_user, join_cgroup, seccomp_program
 from .linux import CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS
 
 _NS_FILES = (
@@ -51,9 +51,10 @@ def _setns_all(pidfd: int, pid: int, flags: int, names: tuple[tuple[str, int], .
 
 def exec_in_container(pid: int, pid_start: int | None, argv: list[str], env: dict[str, str], workdir: str,
                       cgroup_join: list[str], caps: int, name: str = "", cap_last: int | None = None,
-                      user: str = "") -> int:
+                      user: str = "", seccomp: bool = True) -> int:
     if not argv or not argv[0]:
         raise ValueError("exec needs a command")
+    filter_code = seccomp_program(caps, seccomp)  # built here: the child only loads it
     label = name or str(pid)
     pidfd = linux.pidfd_open_verified(pid, pid_start) if pid and pid_start is not None else None
     if pidfd is None:
@@ -67,7 +68,7 @@ def exec_in_container(pid: int, pid_start: int | None, argv: list[str], env: dic
             raise ContainerNotRunning(f"container {label} is not running")
         child = os.fork()
         if child == 0:
-            _child(pidfd, pid, argv, env, workdir, cgroup_join, caps, cap_last, user)
+            _child(pidfd, pid, argv, env, workdir, cgroup_join, caps, cap_last, user, filter_code)
     finally:
         if switched:
             linux.setns(own_pid_ns, CLONE_NEWPID)  # our later children are ours again
@@ -76,7 +77,7 @@ def exec_in_container(pid: int, pid_start: int | None, argv: list[str], env: dic
     return _wait(child)
 
 
-def _child(pidfd: int, pid: int, argv, env, workdir, cgroup_join, caps, cap_last, user: str) -> None:
+def _child(pidfd: int, pid: int, argv, env, workdir, cgroup_join, caps, cap_last, user: str, filter_code) -> None:
     try:
         step = "join the container's cgroup"
         join_cgroup(cgroup_join)
@@ -85,11 +86,12 @@ def _child(pidfd: int, pid: int, argv, env, workdir, cgroup_join, caps, cap_last
         os.close(pidfd)
         step = f"enter the working directory {workdir}"
         os.chdir(workdir)
+        os.getcwd()  # FileNotFoundError if it lies outside the container's root
         step = f"find user {user or 'root'!r} in the image"
         env = dict(env)
         exec_user_ = exec_user(user, env)
         step = ""
-        exec_command(list(argv), env, caps, cap_last, exec_user_)
+        exec_command(list(argv), env, caps, cap_last, exec_user_, filter_code)
     except BaseException as exc:  # noqa: BLE001
         message = f"cannot {step}: {exc}" if step else describe_exec_error(argv[0], exc)
         try:

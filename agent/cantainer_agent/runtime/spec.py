@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from .. import capabilities
 from .errors import SpecError
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -28,6 +29,7 @@ MIN_MEMORY = 6 * 1024 * 1024  # docker's minimum; smaller limits OOM-kill the fi
 MIN_CPUS = 0.01  # CFS quota of 1 ms per 100 ms period, the kernel's minimum
 MAX_PIDS = 4194304
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SECCOMP_PROFILES = ("default", "unconfined")  # docker's default profile (seccomp.py), or none
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
 
@@ -137,6 +139,9 @@ class ContainerSpec:
     stdin: bool = False  # stdin stays open for attached clients (docker -i); a pipe unless tty
     user: str = ""  # docker's --user: name|uid[:group|gid], resolved in the image by init; "" = root
     stop_signal: int = 15  # what `stop` sends first (the image's StopSignal; SIGTERM by default)
+    cap_add: tuple[str, ...] = ()  # capability names (capabilities.py), "ALL" allowed
+    cap_drop: tuple[str, ...] = ()
+    seccomp: str = "default"  # one of SECCOMP_PROFILES
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not ID_RE.fullmatch(self.id):
@@ -176,6 +181,17 @@ class ContainerSpec:
             raise SpecError(f"user {user!r} is invalid: use NAME or UID, optionally :GROUP or :GID")
         if type(self.stop_signal) is not int or not 1 <= self.stop_signal <= MAX_SIGNAL:
             raise SpecError(f"stop_signal {self.stop_signal!r} is not a signal number (1-{MAX_SIGNAL})")
+        for option in ("cap_add", "cap_drop"):
+            names = getattr(self, option)
+            if isinstance(names, str) or not isinstance(names, Iterable):
+                raise SpecError(f"{option} must be a list of capability names")
+            try:
+                object.__setattr__(self, option, capabilities.normalize(names, option.replace("_", "-")))
+            except capabilities.CapabilityError as exc:
+                raise SpecError(str(exc)) from None
+        if self.seccomp not in SECCOMP_PROFILES:
+            raise SpecError(f"seccomp profile {self.seccomp!r} is not supported: use "
+                            f"{' or '.join(SECCOMP_PROFILES)}")
 
     @property
     def attachable(self) -> bool:
@@ -185,6 +201,10 @@ class ContainerSpec:
     @property
     def hostname(self) -> str:
         return self.name
+
+    def capabilities(self, default: Iterable[str] = capabilities.DEFAULT_CAPS) -> tuple[str, ...]:
+        """The container's capability set: *default* with ``cap_add`` and ``cap_drop`` applied."""
+        return capabilities.effective(self.cap_add, self.cap_drop, default)
 
     def environ(self) -> dict[str, str]:
         """The command's environment: PATH and HOSTNAME defaults overridden by ``env``. HOME, unless
@@ -216,6 +236,9 @@ class ContainerSpec:
             "stdin": self.stdin,
             "user": self.user,
             "stop_signal": self.stop_signal,
+            "cap_add": list(self.cap_add),
+            "cap_drop": list(self.cap_drop),
+            "seccomp": self.seccomp,
         }
 
     @classmethod
@@ -223,7 +246,7 @@ class ContainerSpec:
         if not isinstance(data, Mapping):
             raise SpecError("container spec must be an object")
         known = {"id", "name", "image", "command", "env", "workdir", "limits", "hosts", "resolv_conf", "tty", "stdin",
-                 "user", "stop_signal"}
+                 "user", "stop_signal", "cap_add", "cap_drop", "seccomp"}
         unknown = set(data) - known
         if unknown:
             raise SpecError(f"unknown container spec field(s): {', '.join(sorted(unknown))}")

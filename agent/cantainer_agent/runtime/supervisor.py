@@ -65,9 +65,9 @@ def _fork_into(directory: str | None) -> tuple[int, bool]:
                 pid = linux.fork_into_cgroup(cgroup_fd)
             except OSError:
                 pid = -1  # e.g. kernel < 5.7: fall back to joining via cgroup.procs
+            os.close(cgroup_fd)  # in the child too: a host directory must not stay open in init (CVE-2024-21626)
             if pid == 0:
                 return 0, True
-            os.close(cgroup_fd)
             if pid > 0:
                 return pid, True
     return os.fork(), False
@@ -235,7 +235,7 @@ def _supervise(
             if pid == 0:
                 for fd in (chan.detach(), out_r, err_r, status_r, go_w, in_w, tty_shim.detach()):
                     os.close(fd)
-                container_init(req, out_w, status_w, go_r, in_cgroup, None, in_r, tty_init.detach(), err_w)
+                container_init(req, out_w, status_w, go_r, in_cgroup, False, in_r, tty_init.detach(), err_w)
                 os._exit(127)  # not reached
         for fd in (out_w, err_w, status_w, go_r, in_r):
             os.close(fd)
@@ -334,7 +334,7 @@ def _warm_init(opts: dict, req_r: int, out: tuple[int, int], status_w: int, go_r
                tty_sock: int) -> None:
     """A prepared container init waiting for its request. Never returns."""
     try:
-        prepare_init(opts["caps"], opts.get("cap_last"))
+        prepare_init()
         failure = None
     except BaseException as exc:  # noqa: BLE001 - reported once the request (and a channel) exists
         failure = f"cannot create namespaces: {exc}"
@@ -347,4 +347,4 @@ def _warm_init(opts: dict, req_r: int, out: tuple[int, int], status_w: int, go_r
             os.write(status_w, b"E" + failure.encode())
         finally:
             os._exit(127)
-    container_init(json.loads(data), out[0], status_w, go_r, False, opts["caps"], in_r, tty_sock, out[1])
+    container_init(json.loads(data), out[0], status_w, go_r, False, True, in_r, tty_sock, out[1])

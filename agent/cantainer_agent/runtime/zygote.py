@@ -70,9 +70,20 @@ def _retire(slot: _Slot, wait: float = 0.0) -> None:
 
 def main(fd: int, opts_json: str) -> None:
     """Zygote process body."""
-    from . import linux, supervisor  # noqa: F401 - imported (warmed up) before the first fork
+    from .. import capabilities
+    from . import linux, seccomp, supervisor  # noqa: F401 - imported (warmed up) before the first fork
 
     opts = json.loads(opts_json)
+    if "caps" in opts:  # the default containers' filter, built once here and shared by every fork
+        try:
+            seccomp.program(os.uname().machine, capabilities.names_of(opts["caps"]))
+        except ValueError:
+            pass  # an architecture without a profile: each start reports it
+    try:  # the agent protects itself from the OOM killer; its containers must not inherit that
+        with open("/proc/self/oom_score_adj", "w", encoding="ascii") as handle:
+            handle.write("0")
+    except OSError:
+        pass
     nice = opts.get("nice")
     if isinstance(nice, int) and nice != os.getpriority(os.PRIO_PROCESS, 0):
         try:
@@ -149,7 +160,8 @@ class Zygote:
 
     def __init__(self, python: str | None = None, options: "dict | Callable[[], dict] | None" = None):
         """*options* (or a function returning them, called at spawn): what warm slots prepare ahead
-        of a request — {"prefork_init": bool (cgroup v1), "caps": mask, "cap_last": int}."""
+        of a request — {"prefork_init": bool (cgroup v1), "caps": the default capability mask (its
+        seccomp filter is built once, before the first fork), "cap_last": int}."""
         import threading  # noqa: PLC0415 - agent side only; the zygote process stays lean
 
         self.python = python or sys.executable

@@ -185,18 +185,116 @@ def test_filesystem_sys_ro_dev_minimal_proc_masked(runtime, alpine):
     assert lines[-1] == "1"
 
 
-def test_capabilities_dropped_and_no_new_privs(runtime, alpine):
-    info, log = run_to_exit(runtime, alpine, "caps", ["/bin/sh", "-c", "grep -E '^(Cap|NoNewPrivs)' /proc/1/status"])
+STATUS = ["/bin/sh", "-c", "grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status"]
+
+
+def status_of(log: str) -> dict[str, str]:
+    return {key: value.strip() for key, value in (line.split(":\t") for line in log.splitlines())}
+
+
+def test_capabilities_dropped_no_new_privs_and_seccomp(runtime, alpine):
+    info, log = run_to_exit(runtime, alpine, "caps", STATUS)
     assert info.exit_code == 0
-    status = dict(line.split(":\t") for line in log.splitlines())
+    status = status_of(log)
     expected = caps_mask(DEFAULT_CAPS)
     assert int(status["CapBnd"], 16) == expected
     assert int(status["CapEff"], 16) == expected and int(status["CapPrm"], 16) == expected
     assert int(status["CapInh"], 16) == 0 and int(status["CapAmb"], 16) == 0
-    assert status["NoNewPrivs"].strip() == "1"
-    # docker's default set, minus CAP_MKNOD (see container.py)
-    assert expected == caps_mask(DOCKER_DEFAULT_CAPS) & ~(1 << 27)
-    assert expected == 0xA00425FB
+    assert status["NoNewPrivs"] == "1"
+    assert status["Seccomp"] == "2" and status.get("Seccomp_filters", "1") == "1"  # filter mode, our one filter
+    # docker's default set, minus CAP_MKNOD and CAP_NET_RAW (capabilities.py)
+    assert expected == caps_mask(DOCKER_DEFAULT_CAPS) & ~(1 << 27) & ~(1 << 13)
+    assert expected == 0xA00405FB
+
+
+def test_cap_add_cap_drop_and_unconfined_reach_init_and_exec(runtime, runtimes, alpine):
+    runtime.start(spec("tuned", ["sleep", "60"], cap_add=["net_raw", "SYS_PTRACE"], cap_drop=["CAP_CHOWN"],
+                       seccomp="unconfined"), alpine)
+    wanted = (set(DEFAULT_CAPS) | {"CAP_NET_RAW", "CAP_SYS_PTRACE"}) - {"CAP_CHOWN"}
+    for result in (exec_in(runtimes, "tuned", *STATUS), exec_in(runtimes, "tuned", "cat", "/proc/1/status")):
+        status = {k: v for k, v in status_of("\n".join(
+            line for line in result.stdout.splitlines() if line.startswith(("Cap", "NoNewPrivs", "Seccomp:")))).items()}
+        assert int(status["CapEff"], 16) == caps_mask(wanted) == int(status["CapBnd"], 16), result.stdout
+        assert status["Seccomp"] == "0" and status["NoNewPrivs"] == "1"
+    runtime.start(spec("all", ["sleep", "60"], cap_drop=["ALL"], cap_add=["KILL"]), alpine)
+    status = status_of(exec_in(runtimes, "all", *STATUS).stdout)
+    assert int(status["CapEff"], 16) == caps_mask(["CAP_KILL"]) and status["Seccomp"] == "2"
+
+
+def test_seccomp_denies_nested_user_namespaces_and_unconfined_opts_out(runtime, alpine):
+    """unshare -U -r gave a full capability set and a private mount table before the filter (issue 22)."""
+    attempt = ["unshare", "-U", "-r", "-m", "-n", "sh", "-c",
+               "mount -t tmpfs none /mnt && grep CapEff /proc/self/status"]
+    info, log = run_to_exit(runtime, alpine, "nested", attempt)
+    assert info.exit_code != 0 and "Operation not permitted" in log, log
+    info, log = run_to_exit(runtime, alpine, "nested-open", attempt, seccomp="unconfined")
+    assert info.exit_code == 0 and int(log.split()[-1], 16) > caps_mask(DEFAULT_CAPS), log  # what the filter stops
+
+
+def test_no_descriptor_of_the_host_leaks_into_the_container(runtime, alpine):
+    """runc CVE-2024-21626: a host directory descriptor open in init made `-w /proc/self/fd/N` escape."""
+    info, log = run_to_exit(runtime, alpine, "fds", ["/bin/sh", "-c", "ls /proc/1/fd; true"])
+    assert info.exit_code == 0 and log.split() == ["0", "1", "2"], log  # sh (pid 1) holds only its stdio
+    for fd in range(3, 10):
+        try:
+            runtime.start(spec(f"w{fd}", ["pwd"], workdir=f"/proc/self/fd/{fd}"), alpine)
+        except StartError as error:
+            assert "working directory" in str(error)
+            continue
+        info = runtime.wait(f"w{fd}", timeout=30)
+        assert Path(runtime.logs(f"w{fd}")).read_text().startswith("/proc/"), fd  # never a host path
+
+
+def test_device_nodes_are_the_hosts_harmless_ones_and_nothing_else_opens(runtimes, alpine):
+    runtime = runtimes.make()
+    script = textwrap.dedent("""\
+        ls -l /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty | awk '{print $5 $6, $NF}'
+        grep ' /dev ' /proc/mounts | cut -d' ' -f4
+        mknod /dev/sda b 8 0 && echo made
+        head -c 1 /dev/sda >/dev/null 2>&1 && echo opened || echo refused
+        cat /proc/interrupts | wc -c
+    """)
+    info, log = run_to_exit(runtime, alpine, "devs", ["/bin/sh", "-c", script], cap_add=["MKNOD"])
+    lines = log.splitlines()
+    assert sorted(lines[:6]) == ["1,3 /dev/null", "1,5 /dev/zero", "1,7 /dev/full", "1,8 /dev/random",
+                                 "1,9 /dev/urandom", "5,0 /dev/tty"], log
+    assert "nodev" in lines[6].split(",")
+    # even with CAP_MKNOD: the v1 device cgroup refuses the node, and where a node can be made (v2) no
+    # file system of the container lets it open
+    assert "refused" in lines and "opened" not in lines, log
+    if runtime.cgroups.layout.version == 1 and runtime.cgroups.layout.mount_of("devices"):
+        assert "made" not in lines
+    assert lines[-1] == "0"  # /proc/interrupts masked
+    layout = runtime.cgroups.layout
+    if layout.version == 1 and layout.mount_of("devices"):
+        runtime.start(spec("devlist", ["sleep", "60"]), alpine)
+        rules = Path(runtime.cgroups.cgroup("devlist").path("devices"), "devices.list").read_text().split("\n")
+        assert sorted(filter(None, rules)) == sorted(["c 1:3 rw", "c 1:5 rw", "c 1:7 rw", "c 1:8 rw", "c 1:9 rw",
+                                                      "c 5:0 rw", "c 5:2 rw", "c 136:* rw"])
+
+
+def test_default_pids_limit_and_parent_cap(runtimes, alpine):
+    runtime = runtimes.make()
+    runtime.start(spec("pids", ["sleep", "60"]), alpine)
+    runtime.start(spec("morepids", ["sleep", "60"], limits=Limits(pids=5000)), alpine)
+    cgroup = runtime.cgroups.cgroup("pids")
+    assert cgroup.read("pids", "pids.max") == "1024"
+    assert runtime.cgroups.cgroup("morepids").read("pids", "pids.max") == "5000"
+    parent = os.path.dirname(cgroup.path("pids"))
+    with open("/proc/sys/kernel/pid_max") as a, open("/proc/sys/kernel/threads-max") as b:
+        tasks = min(int(a.read()), int(b.read()))
+    assert int(Path(parent, "pids.max").read_text()) == tasks - max(1024, tasks // 10)
+    memory = os.path.dirname(cgroup.path("memory"))
+    name = "memory.limit_in_bytes" if runtime.cgroups.layout.version == 1 else "memory.max"
+    total = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+    assert int(Path(memory, name).read_text()) <= total - (256 << 20)
+
+
+def test_start_refused_below_the_free_space_floor(runtimes, alpine):
+    runtime = runtimes.make(min_free_bytes=1 << 60)
+    with pytest.raises(StartError, match=r"cannot start container full: only \d+ MiB free .* must stay free"):
+        runtime.start(spec("full", ["true"]), alpine)
+    assert runtime.list() == []
 
 
 def test_before_exec_hook_sees_pid_and_own_netns(runtime, runtimes, alpine):
@@ -491,6 +589,11 @@ def test_cgroup_v2_code_path_on_unified_hierarchy(runtimes, alpine):
     assert os.path.isdir(cgroup_dir)
     with pytest.raises(StartError, match="memory"):
         runtime.start(spec("v2lim", ["/bin/true"], limits=Limits(memory=64 << 20)), alpine)
+    # no device cgroup on v2: a node made with CAP_MKNOD still opens nowhere (every writable fs is nodev)
+    info, log = run_to_exit(runtime, alpine, "v2dev", ["/bin/sh", "-c", "mknod /dev/sda b 8 0 && echo made; "
+                            "head -c 1 /dev/sda > /dev/null && echo opened || echo refused"], cap_add=["MKNOD"])
+    assert log.split("\n")[0] == "made" and "refused" in log and "opened" not in log, log
+    runtime.remove("v2dev")
     runtime.remove("v2")
     assert not os.path.exists(cgroup_dir)
     os.rmdir(os.path.join(layout.v2_mount, runtimes.cgroup_parent))

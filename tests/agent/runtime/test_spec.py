@@ -43,8 +43,22 @@ def test_normalisation_makes_it_immutable_and_hashable():
 
 def test_roundtrip_dict():
     s = spec(command=["/bin/true"], env={"K": "V"}, workdir="/srv", hosts=[("10.0.0.3", "x")],
-             resolv_conf="nameserver 10.0.0.1\n", limits=Limits(memory=6 << 20, cpus=0.5, pids=10))
+             resolv_conf="nameserver 10.0.0.1\n", limits=Limits(memory=6 << 20, cpus=0.5, pids=10),
+             cap_add=["NET_RAW"], cap_drop=["ALL"], seccomp="unconfined")
     assert ContainerSpec.from_dict(s.to_dict()) == s
+
+
+def test_capabilities_follow_dockers_rules():
+    from cantainer_agent.capabilities import CAPABILITIES, DEFAULT_CAPS
+
+    assert set(spec().capabilities()) == set(DEFAULT_CAPS)
+    assert "CAP_NET_RAW" not in DEFAULT_CAPS and "CAP_MKNOD" not in DEFAULT_CAPS
+    s = spec(cap_add=["net_raw", "CAP_NET_RAW", "sys_ptrace"], cap_drop=["chown"])
+    assert s.cap_add == ("CAP_NET_RAW", "CAP_SYS_PTRACE") and s.cap_drop == ("CAP_CHOWN",)
+    assert set(s.capabilities()) == (set(DEFAULT_CAPS) | {"CAP_NET_RAW", "CAP_SYS_PTRACE"}) - {"CAP_CHOWN"}
+    assert spec(cap_drop=["all"], cap_add=["kill"]).capabilities() == ("CAP_KILL",)
+    assert set(spec(cap_add=["ALL"], cap_drop=["SYS_ADMIN"]).capabilities()) == set(CAPABILITIES) - {"CAP_SYS_ADMIN"}
+    assert spec(cap_drop=["ALL"]).capabilities() == ()
 
 
 def test_hosts_file():
@@ -76,6 +90,10 @@ def test_hosts_file():
     ({"hosts": [("10.0.0.1", "")]}, "no names"),
     ({"hosts": [("10.0.0.1", "bad name!")]}, "valid host name"),
     ({"limits": Limits(memory=None, pids=None)}, None),
+    ({"cap_add": ["NET_FOO"]}, "cap-add: unknown capability 'NET_FOO'"),
+    ({"cap_drop": ["chown", 3]}, "cap-drop: 3 is not a capability name"),
+    ({"cap_add": "NET_RAW"}, "list of capability names"),
+    ({"seccomp": "/etc/profile.json"}, "seccomp profile '/etc/profile.json' is not supported"),
 ])
 def test_invalid_fields(kwargs, fragment):
     if fragment is None:
