@@ -8,11 +8,14 @@ OpenSSH behaviour is kept: ~/.ssh/config (Host aliases, ProxyJump, IdentityFile,
 keys and known_hosts checking are asyncssh's defaults, which we leave on. The inventory may name an
 identity file and a known_hosts file; `host_key_checking = "accept-new"` records the key of a host
 that has no entry yet (like OpenSSH's StrictHostKeyChecking=accept-new) and still refuses a host
-whose recorded key differs.
+whose recorded key differs. "No entry" is decided by asyncssh's own lookup, made with the options
+it connects with — every configured file (UserKnownHostsFile, GlobalKnownHostsFile), HostKeyAlias,
+the peer's IP, @cert-authority and @revoked lines — and only for a key that lookup did not trust.
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shlex
 from dataclasses import dataclass
@@ -52,18 +55,45 @@ def _known_hosts_arg(host: Host) -> object:
     return str(host.known_hosts) if host.known_hosts else ()
 
 
-def _has_recorded_key(host: Host) -> bool:
-    path = host.known_hosts or Path.home() / ".ssh" / "known_hosts"
-    if not path.exists():
-        return False
-    trusted = asyncssh.read_known_hosts(str(path)).match(host.address, "", host.port)
-    return any(trusted[:3])
+def _lookup_files(known_hosts: object) -> object:
+    """What asyncssh matches a host against for its ``known_hosts`` option (its default when empty)."""
+    if known_hosts:
+        return known_hosts
+    default = Path("~", ".ssh", "known_hosts").expanduser()
+    return str(default) if default.is_file() and os.access(default, os.R_OK) else b""
 
 
-def _record_host_key(host: Host, key: asyncssh.SSHKey) -> None:
-    path = host.known_hosts or Path.home() / ".ssh" / "known_hosts"
+class _HostKeyPolicy(asyncssh.SSHClient):
+    """Decides about a host key asyncssh's lookup did not trust: accept it only in accept-new mode and
+    only when that same lookup has no entry at all for the host (name or alias, IP, port)."""
+
+    def __init__(self, options: asyncssh.SSHClientConnectionOptions, accept_new: bool) -> None:
+        self._options = options
+        self._accept_new = accept_new
+        self.had_entry: bool | None = None  # None: never asked (the key was trusted, or refused earlier)
+        self.accepted: asyncssh.SSHKey | None = None
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        found = asyncssh.match_known_hosts(_lookup_files(self._options.known_hosts), host, addr,
+                                           None if port == 22 else port)
+        self.had_entry = any(found)  # trusted or revoked keys, CAs, X.509 entries
+        if self.had_entry or not self._accept_new:
+            return False
+        self.accepted = key
+        return True
+
+
+def _record_host_key(host: Host, options: asyncssh.SSHClientConnectionOptions, key: asyncssh.SSHKey) -> None:
+    """Append the accepted key where asyncssh (and OpenSSH) look first: the inventory's file, else the
+    first UserKnownHostsFile, else ~/.ssh/known_hosts — under the HostKeyAlias if one is set."""
+    configured = options.known_hosts
+    first = configured if isinstance(configured, str) else (
+        configured[0] if isinstance(configured, (list, tuple)) and configured and isinstance(configured[0], str)
+        else None)
+    path = Path(first).expanduser() if first else Path.home() / ".ssh" / "known_hosts"
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+    name = options.host_key_alias or host.address
+    name = name if host.port == 22 else f"[{name}]:{host.port}"
     with open(path, "a", encoding="utf-8") as known_hosts:
         known_hosts.write(f"{name} {key.export_public_key().decode().strip()}\n")
 
@@ -167,10 +197,13 @@ class Connection:
         await self._conn.wait_closed()
 
 
-def _describe_connect_failure(host: Host, error: BaseException) -> HostError:
+def _describe_connect_failure(host: Host, error: BaseException, policy: _HostKeyPolicy) -> HostError:
     where = f"{host.address}:{host.port}"
     if isinstance(error, asyncssh.HostKeyNotVerifiable):
-        if _has_recorded_key(host):
+        if "revoked" in str(error).lower():
+            return HostError(host.name, f"host key of {where} is marked @revoked in known_hosts",
+                             "the host must get a new host key; do not remove the @revoked line")
+        if policy.had_entry:
             return HostError(host.name, f"host key of {where} does not match the key recorded in known_hosts "
                              "(possible man-in-the-middle)",
                              "if the host was reinstalled, remove its old entry from known_hosts and connect again")
@@ -191,7 +224,7 @@ def _describe_connect_failure(host: Host, error: BaseException) -> HostError:
 
 
 async def connect(host: Host) -> Connection:
-    options: dict = {
+    settings: dict = {
         "port": host.port,
         "username": host.user,
         "known_hosts": _known_hosts_arg(host),
@@ -200,13 +233,18 @@ async def connect(host: Host) -> Connection:
         "keepalive_interval": 15,
     }
     if host.identity_file:
-        options["client_keys"] = [str(host.identity_file)]
-    if host.host_key_checking == "accept-new" and not _has_recorded_key(host):
-        options["known_hosts"] = None
+        settings["client_keys"] = [str(host.identity_file)]
     try:
-        conn = await asyncssh.connect(host.address, **options)
+        # The options asyncssh connects with (~/.ssh/config applied for this host): the same ones
+        # decide whether a host has a known_hosts entry.
+        options = asyncssh.SSHClientConnectionOptions(host=host.address, config=(), **settings)
+    except (OSError, ValueError, asyncssh.Error) as error:
+        raise HostError(host.name, f"invalid SSH settings: {error}") from None
+    policy = _HostKeyPolicy(options, accept_new=host.host_key_checking == "accept-new")
+    try:
+        conn, _ = await asyncssh.create_connection(lambda: policy, host.address, options=options)
     except (OSError, asyncssh.Error, asyncio.TimeoutError) as error:
-        raise _describe_connect_failure(host, error) from None
-    if options["known_hosts"] is None:
-        _record_host_key(host, conn.get_server_host_key())
+        raise _describe_connect_failure(host, error, policy) from None
+    if policy.accepted is not None:
+        _record_host_key(host, options, policy.accepted)
     return Connection(host, conn)

@@ -31,6 +31,10 @@ class NetfilterController:
         self._nft = nft or Nft()
         self._baseline: tuple[str, str] | None = None  # (ruleset key, listed structure) after our last re-create
         self.changes = 0  # batches applied (tests read it)
+        self.members: frozenset[str] = frozenset()  # as of the last pass (the join port reserves them slots)
+
+    def is_member(self, address: str) -> bool:
+        return address in self.members
 
     def observe(self) -> ruleset.Observed | None:
         tables = self._nft.run([{"list": {"tables": None}}])
@@ -40,11 +44,12 @@ class NetfilterController:
         return ruleset.observe(self._nft.run(ruleset.list_command()))
 
     def sync(self, snapshot: dict) -> None:
+        wanted = ruleset.build(members_of(snapshot["state"], self._address), self._vxlan_port)
+        self.members = frozenset().union(*wanted.elements.values())
         observed = self.observe()
         if not snapshot["ready"] and observed is not None:
             return  # a replica still catching up may know too few members: keep the rules we have
         # (no table at all, e.g. after a reboot: what the replica knows beats no rules)
-        wanted = ruleset.build(members_of(snapshot["state"], self._address), self._vxlan_port)
         self.apply(wanted, observed)
 
     def apply(self, wanted: ruleset.Ruleset, observed: ruleset.Observed | None) -> None:

@@ -110,7 +110,8 @@ class Agent:
         self._api.start()
         try:
             service = JoinService(lambda: self.raft, cfg.cluster, cfg.node, cfg.voters)
-            self._join_server = JoinServer(cfg.address, cfg.join_port, self._secret, service.handle)
+            self._join_server = JoinServer(cfg.address, cfg.join_port, self._secret, service.handle,
+                                           is_member=netfilter.is_member)
         except OSError as exc:
             raise StartupError(str(exc.strerror or exc)) from None
         self._join_server.start()

@@ -6,11 +6,13 @@ Foreground by default (for systemd: ``READY=1`` goes to ``$NOTIFY_SOCKET`` when 
 detaches (fork, setsid, fork; stdin ``/dev/null``; stdout/stderr appended to ``log_dir/agent.log``;
 pid file ``run_dir/agent.pid``): the launching process waits on a readiness pipe and exits 0 once
 the agent serves its API, join and raft ports (after joining, if it had to), or prints one error
-line and exits 1 — with nothing left behind (socket, pid file, ports).
+line and exits 1 — with nothing left behind (socket, pid file, ports). agent.log (0640) rotates at
+``LOG_MAX_BYTES`` keeping ``LOG_BACKUPS`` old files; the agent sets its own ``oom_score_adj``.
 """
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import select
 import signal
@@ -27,22 +29,52 @@ from .startup import StartupError
 log = logging.getLogger("cantainer_agent")
 
 READY_TIMEOUT = 90.0  # launcher's wait; start-up itself is bounded well below this
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3  # agent.log.1 .. .3: at most 40 MiB of log whatever arrives
+OOM_SCORE_ADJ = -900  # the kernel's OOM killer takes containers first (the zygote resets it to 0 for them)
 
 
 class _Interrupted(Exception):
     pass
 
 
-def setup_logging(log_file: str, to_stderr: bool) -> None:
+class AgentLogHandler(logging.handlers.RotatingFileHandler):
+    """Size-rotated agent.log, every file 0640; with *stdio* (daemon mode) stdout and stderr follow
+    the current file, so a stray traceback never grows a rotated one."""
+
+    def __init__(self, path: str, stdio: bool = False, max_bytes: int = LOG_MAX_BYTES) -> None:
+        self._stdio = stdio
+        super().__init__(path, maxBytes=max_bytes, backupCount=LOG_BACKUPS, encoding="utf-8")
+
+    def _open(self):  # noqa: ANN202 - logging's signature
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        os.fchmod(fd, 0o640)
+        stream = os.fdopen(fd, "a", encoding=self.encoding)
+        if self._stdio:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+        return stream
+
+
+def protect_from_oom(score: int = OOM_SCORE_ADJ) -> None:
+    """Make the kernel's OOM killer pick anything before the agent (and its raft vote)."""
+    try:
+        with open("/proc/self/oom_score_adj", "w", encoding="ascii") as handle:
+            handle.write(str(score))
+    except OSError as exc:  # not root: keep the default
+        log.warning("cannot set oom_score_adj %d: %s", score, exc.strerror or exc)
+
+
+def setup_logging(log_file: str, to_stderr: bool, stdio: bool = False) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     handlers: list[logging.Handler] = []
     try:
-        fh = logging.FileHandler(log_file)
-        handlers.append(fh)
-        os.chmod(log_file, 0o640)
+        handlers.append(AgentLogHandler(log_file, stdio))
     except OSError:
         to_stderr = True
     if to_stderr:
@@ -80,6 +112,7 @@ def run_agent(cfg: AgentConfig, ready: Callable[[str | None], None]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    protect_from_oom()
     try:
         secret = read_secret(cfg.secret_file)
         agent = Agent(cfg, secret)
@@ -203,7 +236,7 @@ def _daemon_child(cfg: AgentConfig, w: int) -> None:
     os.close(fd)
     sys.stdout = os.fdopen(1, "w", buffering=1)
     sys.stderr = os.fdopen(2, "w", buffering=1)
-    setup_logging(cfg.log_file, to_stderr=False)
+    setup_logging(cfg.log_file, to_stderr=False, stdio=True)
     status = 1
     try:
         status = run_agent(cfg, ready)

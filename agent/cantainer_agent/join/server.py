@@ -10,6 +10,11 @@ raft change). A joiner already in the configuration gets the member list from *a
 un-wedges a joiner that crashed right after being added to a one-node cluster); otherwise only the
 leader adds, and a follower answers ``not_leader`` with the leader's join address. A wrongly signed
 request gets the unsigned ``REJECT_LINE``; garbage, replays and overlong lines are dropped.
+
+Strangers cannot starve it: a connection has ``DEADLINE`` seconds in all to deliver its line (not
+per read), each address at most ``PER_SOURCE`` connections at once and strangers ``MAX_CONNECTIONS``
+together, while cluster members (``is_member``) have slots of their own. Rejections are logged as
+periodic summaries (ratelog.py), never a line per connection.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from typing import Any, Callable
 from ..config import NAME_RE
 from ..consensus import NotLeader, RaftError, RaftNode
 from ..netaddr import split_hostport
+from ..ratelog import Tally
 from .wire import (
     BAD_REQUEST,
     CLOCK_SKEW,
@@ -42,13 +48,75 @@ from .wire import (
     err,
     ok,
     open_envelope,
-    read_line,
     seal,
 )
 
 log = logging.getLogger(__name__)
 
-MAX_CONNECTIONS = 32
+MAX_CONNECTIONS = 32  # strangers' connections at once (joiners, and anyone else on the underlay)
+MEMBER_CONNECTIONS = 32  # cluster members' own, which strangers cannot take
+PER_SOURCE = 4  # connections at once from one stranger address
+DEADLINE = 5.0  # seconds for a connection to deliver its request line, in all
+
+
+class _Slots:
+    """Admission: per-address and per-class limits on connections being served."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_source: dict[str, int] = {}
+        self._strangers = 0
+        self._members = 0
+
+    def take(self, source: str, member: bool) -> str | None:
+        """None if admitted (call ``give_back``), else why not."""
+        with self._lock:
+            if member:
+                if self._members >= MEMBER_CONNECTIONS:
+                    return "too many connections from members"
+                self._members += 1
+                return None
+            if self._by_source.get(source, 0) >= PER_SOURCE:
+                return f"more than {PER_SOURCE} connections from one address"
+            if self._strangers >= MAX_CONNECTIONS:
+                return "too many connections"
+            self._strangers += 1
+            self._by_source[source] = self._by_source.get(source, 0) + 1
+            return None
+
+    def give_back(self, source: str, member: bool) -> None:
+        with self._lock:
+            if member:
+                self._members -= 1
+                return
+            self._strangers -= 1
+            left = self._by_source[source] - 1
+            if left:
+                self._by_source[source] = left
+            else:
+                del self._by_source[source]
+
+
+def read_line_by(sock: socket.socket, limit: int, deadline: float) -> bytes:
+    """One line of at most *limit* bytes, all of it before *deadline* (time.monotonic)."""
+    buf = bytearray()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AuthError(f"no complete request within {DEADLINE:.0f} s")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(min(65536, limit + 1 - len(buf)))
+        except socket.timeout:
+            raise AuthError(f"no complete request within {DEADLINE:.0f} s") from None
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+        newline = buf.find(b"\n")
+        if newline >= 0:
+            return bytes(buf[: newline + 1])
+        if len(buf) > limit:
+            raise AuthError("line too long")
 
 
 class _ReplayCache:
@@ -78,11 +146,14 @@ class _TCPServer(socketserver.ThreadingTCPServer):
 class JoinServer:
     """Authenticated JSON-lines server. Binds in the constructor (fail fast); :meth:`start` serves."""
 
-    def __init__(self, host: str, port: int, secret: bytes, handle: Callable[[str, dict], dict]):
+    def __init__(self, host: str, port: int, secret: bytes, handle: Callable[[str, dict], dict],
+                 is_member: Callable[[str], bool] = lambda _address: False):
         self._key = derive_key(secret)
         self._handle = handle
+        self._is_member = is_member
         self._replay = _ReplayCache()
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._slots = _Slots()
+        self._rejected = Tally(log, "join port: rejected")
         outer = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -109,18 +180,24 @@ class JoinServer:
             self._server.shutdown()
             self._thread.join(5)
         self._server.server_close()
+        self._rejected.close()
 
     def _serve_connection(self, sock: socket.socket, peer: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            return  # too many concurrent connections: drop
+        deadline = time.monotonic() + DEADLINE
+        source = peer[0]
+        member = self._is_member(source)
+        refusal = self._slots.take(source, member)
+        if refusal is not None:
+            self._rejected.add(source, refusal)
+            return  # dropped unread
         try:
-            sock.settimeout(5.0)
-            line = read_line(sock, MAX_JOIN_LINE)
+            line = read_line_by(sock, MAX_JOIN_LINE, deadline)
             try:
                 body, nonce = open_envelope(self._key, line, "req")
             except SkewError as exc:
                 # MAC is valid: tell the (legitimate) peer why; nonce unknown here, so re-parse it
                 nonce = json.loads(line)["nonce"]
+                sock.settimeout(DEADLINE)
                 sock.sendall(seal(self._key, "resp", err(CLOCK_SKEW, f"{exc}; synchronise the clocks (NTP)"), nonce)[0])
                 return
             if not self._replay.check_and_add(nonce):
@@ -134,19 +211,21 @@ class JoinServer:
                 except Exception as exc:  # noqa: BLE001
                     log.exception("join handler failed")
                     answer = err(UNAVAILABLE, f"internal error: {type(exc).__name__}")
+            sock.settimeout(DEADLINE)  # a reader that never reads does not hold the slot longer
             sock.sendall(seal(self._key, "resp", answer, nonce)[0])
         except BadMac:
-            log.warning("join port: rejected a request from %s signed with another secret", peer[0])
+            self._rejected.add(source, "signed with another secret")
             try:
+                sock.settimeout(1.0)
                 sock.sendall(REJECT_LINE)
             except OSError:
                 pass
         except AuthError as exc:
-            log.warning("join port: dropped unauthenticated input from %s (%s)", peer[0], exc)
+            self._rejected.add(source, str(exc))
         except (OSError, ValueError) as exc:
             log.debug("join port: connection from %s failed: %s", peer, exc)
         finally:
-            self._slots.release()
+            self._slots.give_back(source, member)
 
 
 class JoinService:

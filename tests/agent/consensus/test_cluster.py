@@ -4,6 +4,7 @@ snapshot, and the transport's socket options and pre-authentication limits."""
 
 import os
 import socket
+import stat
 import struct
 import time
 
@@ -98,6 +99,8 @@ def test_member_down_through_compaction_catches_up_from_snapshot(trio):
         node.compact_log()
     wait(lambda: all(journal_of(trio, n)[0][1] > 20 for n in live), 10, "log compaction on the live members")
     assert all(os.path.exists(os.path.join(n.data_dir, "raft.dump")) for n in live)
+    # the snapshot holds the whole state (container environments too): owner-only, like the journal
+    assert all(stat.S_IMODE(os.stat(os.path.join(n.data_dir, "raft.dump")).st_mode) == 0o600 for n in live)
     create_networks(leader, 21, 3)
 
     back = trio.start(down)
@@ -105,6 +108,7 @@ def test_member_down_through_compaction_catches_up_from_snapshot(trio):
     j = journal_of(trio, back)
     assert j[0][1] > 20  # its log now starts at the snapshot, not at entry 1
     assert os.path.exists(os.path.join(back.data_dir, "raft.dump"))
+    assert stat.S_IMODE(os.stat(os.path.join(back.data_dir, "raft.dump")).st_mode) == 0o600  # received, not made
     assert back.snapshot()["state"]["networks"] == leader.snapshot()["state"]["networks"]
 
     # and it survives its own restart from that snapshot + journal

@@ -164,3 +164,107 @@ def test_unreachable_seeds_bounded():
 def test_no_seeds():
     with pytest.raises(JoinError, match="no seeds"):
         join_cluster([], SECRET, {})
+
+
+# -- strangers cannot starve the join port (issue 22: slowloris) ----------------------------------------
+def connect_from(source: str, srv) -> socket.socket:
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.settimeout(10)
+    sock.connect(srv.address)
+    return sock
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """True once the server has closed *sock* (EOF or reset); never blocks long."""
+    sock.settimeout(0.05)
+    try:
+        return sock.recv(1) == b""
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+
+
+def test_a_trickling_connection_is_closed_at_the_deadline_not_kept_alive(server):
+    from cantainer_agent.join.server import DEADLINE
+
+    srv, calls = server
+    sock = connect_from("127.0.0.1", srv)
+    sends = 0
+    try:
+        while not closed_by_server(sock) and sends < 6 * DEADLINE:  # one byte per 0.5 s kept a slot forever
+            sock.sendall(b"{")
+            sends += 1
+            time.sleep(0.5)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    assert sends < 6 * DEADLINE, "the server kept a connection that never completed its line"
+    assert calls == []
+
+
+def test_slow_strangers_from_one_address_leave_room_for_everyone_else(server):
+    from cantainer_agent.join.server import MAX_CONNECTIONS, PER_SOURCE
+
+    srv, calls = server
+    slow = [connect_from("127.0.0.1", srv) for _ in range(MAX_CONNECTIONS + 8)]
+    try:
+        for sock in slow:
+            sock.sendall(b"{")  # every one of them started a request
+        # beyond PER_SOURCE, the server closes them unread; the rest are held until their deadline
+        assert wait_until(lambda: sum(closed_by_server(s) for s in slow) >= len(slow) - PER_SOURCE)
+        body = request_from("127.0.0.2", srv, "ping")  # sent while 127.0.0.1 still holds its share
+        assert body["ok"], body
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_members_have_slots_strangers_cannot_take():
+    from cantainer_agent.join.server import MAX_CONNECTIONS, PER_SOURCE
+
+    def handle(method, params):
+        return {"ok": True, "result": {}}
+
+    srv = JoinServer("127.0.0.1", 0, SECRET, handle, is_member=lambda address: address == "127.0.0.3")
+    srv.start()
+    holders = []
+    try:
+        for n in range(MAX_CONNECTIONS // PER_SOURCE):  # strangers on many addresses fill their share
+            for _ in range(PER_SOURCE):
+                sock = connect_from(f"127.0.0.{10 + n}", srv)
+                sock.sendall(b"{")
+                holders.append(sock)
+        assert wait_until(lambda: request_from("127.0.0.30", srv, "ping", check=False) is None)  # refused
+        assert request_from("127.0.0.3", srv, "ping")["ok"]  # a member still gets in
+    finally:
+        for sock in holders:
+            sock.close()
+        srv.stop()
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def request_from(source: str, srv, method: str, check: bool = True):
+    """A signed request sent from *source*; the answer body, or None when the server closed unread."""
+    key = derive_key(SECRET)
+    line, nonce = seal(key, "req", {"method": method, "params": {}})
+    with connect_from(source, srv) as sock:
+        try:
+            sock.sendall(line)
+            answer = wire.read_line(sock, wire.MAX_JOIN_LINE)
+        except OSError:
+            answer = b""
+    if not answer:
+        assert not check, f"the server refused {source}"
+        return None
+    return open_envelope(key, answer, "resp", re_=nonce)[0]

@@ -7,8 +7,9 @@ name-mangled parts of it, and :mod:`.syncobj` reads a few more. Importing this p
 * undoes PySyncObj's ``win_inet_pton`` side effect, which replaces ``socket.inet_ntop`` with a
   Windows-only shim on every OS and so broke pyroute2's address decoding in the agent.
 
-:func:`install` hooks the durable journal into ``SyncObj``'s journal factory; ``RaftNode.start``
-calls it, so nothing is patched merely by importing. See docs/design/raft.md ("PySyncObj traps").
+:func:`install` hooks the durable journal into ``SyncObj``'s journal factory and makes its
+snapshot file private; ``RaftNode.start`` calls it, so nothing is patched merely by importing.
+See docs/design/raft.md ("PySyncObj traps").
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import socket
 import pysyncobj
 from pysyncobj import version as _version
 
-from .journal import DurableJournal, JournalError, JournalSpec, install_journal_hook
+from .journal import DurableJournal, JournalError, JournalSpec, install_journal_hook, install_private_dump
 from .syncobj import (
     ROLE_NAMES,
     AgentSyncObj,
@@ -46,5 +47,7 @@ __all__ = ["pysyncobj", "DurableJournal", "JournalError", "JournalSpec", "ROLE_N
 
 
 def install() -> None:
-    """Idempotent: make ``SyncObj`` build a :class:`DurableJournal` for a :class:`JournalSpec`."""
+    """Idempotent: make ``SyncObj`` build a :class:`DurableJournal` for a :class:`JournalSpec`, and
+    its snapshot file (raft.dump) be written 0600."""
     install_journal_hook()
+    install_private_dump()

@@ -405,3 +405,26 @@ def install_journal_hook() -> None:
 
     create_journal._cantainer = True  # type: ignore[attr-defined]
     so.createJournal = create_journal
+
+
+def _private_open(path, mode="r", *args, **kwargs):
+    """``open`` for PySyncObj's serializer: files it writes (raft.dump and its temporaries: the whole
+    state, container environments included) are created 0600, never with the process umask."""
+    if not any(flag in mode for flag in "wax+"):
+        return open(path, mode, *args, **kwargs)
+    flags = os.O_CREAT | os.O_CLOEXEC | (os.O_RDWR if "+" in mode else os.O_WRONLY)
+    flags |= os.O_APPEND if "a" in mode else (os.O_EXCL if "x" in mode else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an existing temporary keeps its mode through O_TRUNC
+        return os.fdopen(fd, mode, *args, **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def install_private_dump() -> None:
+    """Idempotent; called by :func:`cantainer_agent.consensus.pysyncobj.install`."""
+    import pysyncobj.serializer as serializer
+
+    serializer.open = _private_open  # a module global shadows the builtin in that module only

@@ -10,7 +10,8 @@
 * ``_connectIfNecessarySingle`` / ``_onNewIncomingConnection`` — ``TCP_USER_TIMEOUT`` 2 s and
   keepalive on every raft socket (a vanished peer is noticed in ~2 s, not 30);
 * ``_onTick`` — syncs the leader's entries of the tick, drops connections that do not
-  authenticate within 5 s, refuses more than 64 at once, and caps an unauthenticated frame at 64 KiB.
+  authenticate within 5 s, refuses more than 64 at once (8 from one address), and caps an
+  unauthenticated frame at 64 KiB; what it drops is logged as periodic summaries (ratelog.py).
 
 The why of each, with measurements: docs/design/raft.md ("PySyncObj traps", "Durability").
 """
@@ -27,6 +28,8 @@ from typing import Any, Callable
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import TCPTransport
 
+from ...ratelog import Tally
+
 log = logging.getLogger(__name__)
 
 USER_TIMEOUT_MS = 2000      # unacknowledged data / SYN / keepalive probes -> connection error
@@ -35,6 +38,7 @@ KEEPALIVE_INTERVAL_S = 1
 KEEPALIVE_COUNT = 2
 PREAUTH_TIMEOUT = 5.0       # seconds to finish the key exchange and name the peer
 MAX_PREAUTH = 64            # concurrent unauthenticated incoming connections
+MAX_PREAUTH_PER_SOURCE = 8  # ... of them from one address
 MAX_PREAUTH_BYTES = 64 * 1024
 
 # The private PySyncObj 0.3.17 members used here (guarded, so an upgrade fails loudly at import):
@@ -57,13 +61,24 @@ def tune_socket(fd: int) -> None:
         s.close()
 
 
-def _cap_preauth_reads(conn: TcpConnection, still_unauthenticated: Callable[[], bool]) -> None:
+def peer_address(fd: int) -> str:
+    s = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)  # a dup, closed below
+    try:
+        return str(s.getpeername()[0])
+    except OSError:
+        return "?"
+    finally:
+        s.close()
+
+
+def _cap_preauth_reads(conn: TcpConnection, still_unauthenticated: Callable[[], bool],
+                       dropped: Callable[[str], None]) -> None:
     original = getattr(conn, _READ_ATTR)
 
     def capped_read(self: TcpConnection) -> bool:
         more = original()
         if still_unauthenticated() and len(getattr(self, _BUF_ATTR, b"")) > MAX_PREAUTH_BYTES:
-            log.warning("raft port: dropped an unauthenticated connection sending an oversized frame")
+            dropped("unauthenticated frame over 64 KiB")
             self.disconnect()
             return False
         return more
@@ -76,7 +91,8 @@ class AgentTransport(TCPTransport):
 
     def __init__(self, syncObj, selfNode, otherNodes, *, journal: Any):
         self._journal = journal  # has .sync(); None: a log kept in memory
-        self._preauth_since: dict[TcpConnection, float] = {}
+        self._preauth_since: dict[TcpConnection, tuple[float, str]] = {}  # -> (since, peer address)
+        self._dropped = Tally(log, "raft port: dropped")
         # ReadIndex (docs/design/raft.md, "Reads"): the leader stamps every append-entries message
         # with an increasing round number, a follower echoes the last one it received from its
         # leader in its answers, and the leader keeps the highest echo per follower.
@@ -145,18 +161,25 @@ class AgentTransport(TCPTransport):
         return result
 
     def _onNewIncomingConnection(self, conn):
+        fd = conn.fileno()
+        source = peer_address(fd) if fd is not None else "?"
         if len(self._preauth_since) >= MAX_PREAUTH:
+            self._dropped.add(source, f"more than {MAX_PREAUTH} unauthenticated connections")
+            conn.disconnect()
+            return
+        if sum(1 for _, peer in self._preauth_since.values() if peer == source) >= MAX_PREAUTH_PER_SOURCE:
+            self._dropped.add(source, f"more than {MAX_PREAUTH_PER_SOURCE} unauthenticated connections from it")
             conn.disconnect()
             return
         super()._onNewIncomingConnection(conn)
-        fd = conn.fileno()
         if fd is not None:
             try:
                 tune_socket(fd)
             except OSError as exc:  # pragma: no cover
                 log.debug("cannot tune raft socket: %s", exc)
-        self._preauth_since[conn] = time.monotonic()
-        _cap_preauth_reads(conn, lambda: conn in self._unknownConnections)
+        self._preauth_since[conn] = (time.monotonic(), source)
+        _cap_preauth_reads(conn, lambda: conn in self._unknownConnections,
+                           lambda why: self._dropped.add(source, why))
 
     def _sync_journal(self) -> None:
         if self._journal is not None:
@@ -167,11 +190,10 @@ class AgentTransport(TCPTransport):
         super()._onTick()
         if self._preauth_since:
             now = time.monotonic()
-            for conn, since in list(self._preauth_since.items()):
+            for conn, (since, source) in list(self._preauth_since.items()):
                 if conn not in self._unknownConnections:
                     del self._preauth_since[conn]  # authenticated (or already dropped)
                 elif now - since > PREAUTH_TIMEOUT:
                     del self._preauth_since[conn]
-                    log.warning("raft port: dropped a connection that did not authenticate within %.0f s",
-                                PREAUTH_TIMEOUT)
+                    self._dropped.add(source, f"no authentication within {PREAUTH_TIMEOUT:.0f} s")
                     conn.disconnect()
