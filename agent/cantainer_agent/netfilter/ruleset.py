@@ -7,9 +7,10 @@ atomic, no moment without rules, idempotent); ``element_commands`` turns the ele
 shows into the wanted ones. ``observe`` reads a listing into a comparable form: the structure
 without handles and counter values, and each set's elements. Rules (docs/security.md):
 
-* nothing enters the host from a tenant network: packets arriving on our bridges, veths or VXLAN
-  devices (``cbr-*``, ``cv*``) are dropped in ``input`` — containers talk within their subnet
-  only, so this also stops a container's forged VXLAN datagram for the host's VXLAN socket;
+* nothing enters the host from a tenant network: packets arriving on our bridges or VXLAN devices
+  (``cbr-*``, ``cvx-*``: prefixes the overlay reserves; a container's veth is a bridge port, so
+  its packets arrive on the bridge) are dropped in ``input`` — containers talk within their
+  subnet only, so this also stops a container's forged VXLAN datagram for the host's VXLAN socket;
 * VXLAN (UDP ``vxlan_port``) is accepted only from cluster members' underlay addresses.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from ..overlay.model import BRIDGE_PREFIX, VETH_PREFIX
+from ..overlay.model import BRIDGE_PREFIX, VXLAN_PREFIX
 
 FAMILY = "inet"
 TABLE = "cantainer"
@@ -105,8 +106,7 @@ def build(members: Iterable[str], vxlan_port: int) -> Ruleset:
         {"add": {"chain": _in_table(name="input", type="filter", hook="input", prio=INPUT_PRIORITY,
                                     policy="accept")}},
         _rule("input", "tenant bridges never reach the host", _match(_iifname(), f"{BRIDGE_PREFIX}*"), *DROP),
-        _rule("input", "container veths and VXLAN devices never reach the host",
-              _match(_iifname(), f"{VETH_PREFIX}*"), *DROP),
+        _rule("input", "VXLAN devices never reach the host", _match(_iifname(), f"{VXLAN_PREFIX}*"), *DROP),
         _rule("input", "VXLAN from cluster members only", _match(_payload("udp", "dport"), vxlan_port),
               _match(_payload("ip", "saddr"), f"@{MEMBERS4}", "!="), *DROP),
         _rule("input", "VXLAN from cluster members only", _match(_payload("udp", "dport"), vxlan_port),
