@@ -1,10 +1,12 @@
 """`cantainer up / status / down` against the real lab: real sshd, real agents, real raft."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -371,12 +373,51 @@ def test_down_keep_containers_leaves_them_and_the_overlay_working(lab, cluster):
     ok(cli(cluster, "rm", "-f", "kept", "pinger"))
 
 
+def test_a_host_without_libnftables_is_refused_before_anything_is_pushed(lab, cluster):
+    """The agent would refuse to start (VXLAN would be open to the underlay): `up` says so per host."""
+    import ctypes
+
+    ctypes.CDLL("libnftables.so.1")  # the machine has it (make setup); hide it in each host's mount namespace
+    with open("/proc/self/maps") as maps:
+        library = next(line.split()[-1] for line in maps if "libnftables" in line)
+    hidden = []
+    try:
+        for host in ("h1", "h2", "h3"):
+            assert host_exec(lab, host, "mount", "--bind", "/dev/null", library).returncode == 0
+            hidden.append(host)
+        before = {host: agent_pid(lab, host) for host in hidden}
+        result = cantainer("up", str(cluster))
+        assert result.returncode == 1 and "0/3 hosts ready" in result.stdout, result.stdout + result.stderr
+        for host in hidden:
+            assert (f"{host}: libnftables.so.1 is missing (the agent needs nftables to protect the overlay) — "
+                    "install the package libnftables1 there (apt-get install libnftables1)") in result.stdout
+        assert {host: agent_pid(lab, host) for host in hidden} == before  # nothing restarted
+    finally:
+        for host in hidden:
+            host_exec(lab, host, "umount", library)
+    assert cantainer("up", str(cluster)).returncode == 0
+
+
+NFT_TABLES = ("import json, sys; sys.path.insert(0, sys.argv[1]); from cantainer_agent.netfilter import Nft;"
+              "print(json.dumps([t['table']['family'] + ' ' + t['table']['name']"
+              " for t in Nft().run([{'list': {'tables': None}}]) if 'table' in t]))")
+
+
+def nft_tables(lab, host: str) -> list[str]:
+    """The nftables tables in `host`'s network namespace (read with this checkout's binding)."""
+    result = host_exec(lab, host, sys.executable, "-c", NFT_TABLES, str(Path(__file__).resolve().parents[2] / "agent"))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def test_down_stops_agents_and_purge_removes_state(lab, cluster):
+    assert all(nft_tables(lab, host) == ["inet cantainer"] for host in ("h1", "h2", "h3"))
     result = cantainer("down", "-i", str(cluster))
     assert result.returncode == 0, result.stdout + result.stderr
     for host in ("h1", "h2", "h3"):
         assert agent_pid(lab, host) is None
         assert host_exec(lab, host, "test", "-e", layout.MEMBERS_FILE).returncode == 0  # state kept
+        assert nft_tables(lab, host) == []  # the table goes with the overlay it guarded
     # up resumes the same cluster from its state
     assert cantainer("up", str(cluster)).returncode == 0
     assert len([n for n in status(cluster)["nodes"] if n["state"] == "up"]) == 3
