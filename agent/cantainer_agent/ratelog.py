@@ -16,10 +16,10 @@ TOP_SOURCES = 3
 
 
 class Tally:
-    def __init__(self, logger: logging.Logger, what: str, interval: float = SUMMARY_INTERVAL) -> None:
+    def __init__(self, logger: logging.Logger, what: str, interval: float | None = None) -> None:
         self._log = logger
         self._what = what  # e.g. "join port: rejected"
-        self._interval = interval
+        self._interval = SUMMARY_INTERVAL if interval is None else interval
         self._lock = threading.Lock()
         self._sources: Counter[str] = Counter()
         self._reasons: Counter[str] = Counter()

@@ -246,12 +246,9 @@ def test_stop_while_held_records_the_exit(runtime, alpine):
     assert b"never" not in runtime.read_logs("held")
 
 
-def test_tty_on_the_cgroup_v2_code_path(runtimes, alpine):
+def test_tty_on_the_cgroup_v2_code_path(runtimes, alpine, v2_layout):
     """No warm init there: init is forked at request time and gets the pipes/socket directly."""
-    from .test_cgroups import unified_layout
-
-    layout = unified_layout()
-    runtime = runtimes.make(cgroup_layout=layout)
+    runtime = runtimes.make(cgroup_layout=v2_layout)
     runtime.start(spec("v2tty", ["/bin/sh", "-c", "tty; stty size; read x; exit $x"], tty=True, stdin=True), alpine)
     with runtime.attach("v2tty") as sock:
         sock.sendall(encode_winsize(12, 34))
@@ -260,4 +257,4 @@ def test_tty_on_the_cgroup_v2_code_path(runtimes, alpine):
         read_to_eof(sock)
     assert runtime.wait("v2tty", timeout=10).exit_code == 8
     runtime.remove("v2tty")
-    os.rmdir(os.path.join(layout.v2_mount, runtimes.cgroup_parent))
+    os.rmdir(os.path.join(v2_layout.v2_mount, runtimes.cgroup_parent))

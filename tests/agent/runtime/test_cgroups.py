@@ -176,23 +176,6 @@ def test_real_limit_on_missing_controller_is_clear(manager):
     assert not cgroup.exists()  # rolled back
 
 
-@pytest.fixture
-def v2_layout(tmp_path):
-    """A cgroup2 hierarchy of our own: cgroup2 mounted on a temp directory (the kernel's one unified
-    hierarchy, seen through a mount of ours), so the v2 code path runs on hybrid machines like this one
-    (no controllers: every one is bound to v1) and on pure-v2 machines alike. Unmounted whatever happens."""
-    needs_root()
-    from cantainer_agent.runtime.linux import MNT_DETACH, mount, umount2
-
-    point = tmp_path / "cgroup2"
-    point.mkdir()
-    mount("cgroup2", str(point), "cgroup2")
-    try:
-        yield CgroupLayout(2, v2_mount=str(point))
-    finally:
-        umount2(str(point), MNT_DETACH)
-
-
 def test_real_v2_create_clone_into_remove(v2_layout):
     layout = v2_layout
     mgr = CgroupManager(f"cantainer-cgtest-{os.getpid()}", layout)
