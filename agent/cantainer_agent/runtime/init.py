@@ -151,9 +151,7 @@ def exec_command(argv: list[str], env: dict[str, str], caps: int, cap_last: int 
     os.umask(0o022)
     _reset_signals()
     linux.set_no_new_privs()
-    linux.drop_capabilities(caps, cap_last)
-    if user is not None:
-        users.switch(user)
+    become(user, caps, cap_last)
     if filter_code is not None:
         seccomp.install(filter_code)
     os.execvpe(argv[0], argv, env)
@@ -165,6 +163,17 @@ NOT_FOUND, NOT_EXECUTABLE = 127, 126  # docker's exit codes for a command that c
 def exec_error_code(exc: BaseException) -> int:
     """127 if the command does not exist, 126 if it exists but cannot be executed."""
     return NOT_FOUND if isinstance(exc, FileNotFoundError) else NOT_EXECUTABLE
+
+
+def become(user: users.ExecUser | None, caps: int, cap_last: int | None) -> None:
+    """Drop to *caps* and become *user*: the bounding set first, then the user switch (setgroups and
+    setgid need CAP_SETGID, which --cap-drop may take away), then — still root — the capability
+    sets. Leaving uid 0 clears them anyway (no SECBIT_KEEP_CAPS)."""
+    linux.drop_bounding_set(caps, cap_last)
+    if user is not None:
+        users.switch(user)
+    if os.geteuid() == 0:
+        linux.set_capabilities(caps)
 
 
 def describe_exec_error(argv0: str, exc: BaseException) -> str:
@@ -266,10 +275,8 @@ def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: b
             step = "set the controlling terminal"
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         os.umask(0o022)
-        step = "drop capabilities"
-        linux.drop_capabilities(req["caps"], req.get("cap_last"))
-        step = f"switch to user {req.get('user') or 'root'!r}"
-        users.switch(user)  # after everything that needs root; clears the capabilities of a non-root user
+        step = f"switch to user {req.get('user') or 'root'!r} and its capabilities"
+        become(user, req["caps"], req.get("cap_last"))  # after everything that needs root
         if filter_code is not None:
             step = "load the seccomp filter"
             seccomp.install(filter_code)  # last: setgroups/setuid above are allowed anyway

@@ -219,6 +219,10 @@ def test_cap_add_cap_drop_and_unconfined_reach_init_and_exec(runtime, runtimes, 
     runtime.start(spec("all", ["sleep", "60"], cap_drop=["ALL"], cap_add=["KILL"]), alpine)
     status = status_of(exec_in(runtimes, "all", *STATUS).stdout)
     assert int(status["CapEff"], 16) == caps_mask(["CAP_KILL"]) and status["Seccomp"] == "2"
+    # without CAP_SETGID/SETUID the user switch still happens (before the capabilities are set)
+    info, log = run_to_exit(runtime, alpine, "nobody", ["/bin/sh", "-c", "id -u; grep CapEff /proc/self/status"],
+                            user="nobody", cap_drop=["ALL"])
+    assert info.exit_code == 0 and log.split()[0] == "65534" and int(log.split()[-1], 16) == 0, log
 
 
 def test_seccomp_denies_nested_user_namespaces_and_unconfined_opts_out(runtime, alpine):
