@@ -365,7 +365,7 @@ INJECTION_CASES = [
                  id="shell payload as container name (run --name): refused"),
     pytest.param(inject_logs_name, id="shell payload as container name (logs, rm, stop): not found"),
     pytest.param(refused("run", "--host", "h1", "-n", NET, "--image", None, "-d", "--", "true",
-                         needles=["unknown image"]), id="shell payload as image name (run --image): refused"),
+                         needles=["is invalid"]), id="shell payload as image name (run --image): refused"),
     pytest.param(inject_inventory_image, id="shell payload as image name in the inventory: refused"),
     pytest.param(refused("run", "--host", "h1", "-n", NET, "-w", None, "-d", "--", "true", needles=[]),
                  id="shell payload as working directory (run -w): refused"),
