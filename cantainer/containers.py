@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 
 from cantainer import ssh
-from cantainer.client import SESSIONS, AgentClient, AgentError, retrying
+from cantainer.client import EXIT_CODES, SESSIONS, AgentClient, AgentError, retrying
 from cantainer.errors import CantainerError, Interrupted
 from cantainer.image_store import RunImage
 from cantainer.inventory import Host, Inventory
@@ -24,7 +24,13 @@ from cantainer_agent import capabilities, layout, protocol
 
 
 class ContainerNotFound(CantainerError):
-    pass
+    """No container has that name, id or id prefix: exit 3, as the agent's not_found."""
+    exit_code = EXIT_CODES[protocol.NOT_FOUND]
+
+
+class AmbiguousContainer(CantainerError):
+    """An id prefix that starts several containers' ids: exit 6, as invalid input."""
+    exit_code = EXIT_CODES[protocol.INVALID]
 
 
 @dataclass
@@ -169,7 +175,7 @@ def pick(containers: list[dict], wanted: str) -> dict:
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise ContainerNotFound(f"{wanted!r} is the start of the ids of {', '.join(c['name'] for c in matches)}",
+        raise AmbiguousContainer(f"{wanted!r} is the start of the ids of {', '.join(c['name'] for c in matches)}",
                                 "give more of the id, or the name")
     raise ContainerNotFound(f"no container named {wanted!r}", "see `cantainer ps -a` for the containers that exist")
 

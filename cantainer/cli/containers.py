@@ -194,15 +194,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def report(results, done) -> int:
-    """One line per container: what happened (stdout) or its error (stderr); exit 1 if any failed."""
-    failed = 0
+    """One line per container: what happened (stdout) or its error (stderr). The exit code is the
+    failures' own when they agree (3 for names that do not exist), 1 when they differ, 0 with none."""
+    codes = set()
     for name, outcome in results:
         if isinstance(outcome, CantainerError):
             print(f"cantainer: error: {outcome}", file=sys.stderr)
-            failed += 1
+            codes.add(outcome.exit_code)
         else:
             print(done(name, outcome))
-    return exitcodes.ERROR if failed else exitcodes.OK
+    if not codes:
+        return exitcodes.OK
+    return codes.pop() if len(codes) == 1 else exitcodes.ERROR
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

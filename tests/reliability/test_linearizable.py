@@ -12,6 +12,8 @@ tests/history/checker.py against models of the networks map and of container add
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import random
 import threading
 import time
@@ -36,6 +38,7 @@ FAMILIES = ["10.201.0.0/16"]
 CONTAINER_NET = "10.202.0.0/24"
 DEFINITE = {protocol.NOT_FOUND, protocol.ALREADY_EXISTS, protocol.CONFLICT, protocol.INVALID}
 OP_TIMEOUT = 8.0
+CLIENT_NAMES = {3: ["l-a", "l-b", "l-c"], 4: ["l-d", "l-e", "l-f"], 5: ["l-g", "l-h", "l-i"]}  # container clients
 
 
 class Recorder:
@@ -173,8 +176,18 @@ def nemesis(lab, cluster: Path, rounds: int, log: list[str]) -> None:
         ok(cli(cluster, "up", str(cluster), timeout=180))
 
 
+def clean_slate(cluster: Path) -> None:
+    """Remove what an earlier run left: the models start from an empty networks map and no containers."""
+    for name in (name for names in CLIENT_NAMES.values() for name in names):
+        assert cli(cluster, "rm", "-f", name).returncode in (0, 3)  # 3: not found, already clean
+    for network in json.loads(ok(cli(cluster, "network", "ls", "--json"))):
+        if any(ipaddress.ip_network(network["cidr"]).subnet_of(ipaddress.ip_network(f)) for f in FAMILIES):
+            ok(cli(cluster, "network", "rm", network["cidr"]))
+
+
 def run_workload(lab, cluster: Path, rounds: int) -> tuple[Recorder, list[str]]:
     inventory = load_inventory(cluster)
+    clean_slate(cluster)
     # The image on every host first (the CLI pushes it on the first `run` of each host).
     for host in ("h1", "h2", "h3"):
         ok(cli(cluster, "run", "--host", host, "-n", CONTAINER_NET, "--name", f"warm-{host}", "-d", "--", "true"))
@@ -189,11 +202,10 @@ def run_workload(lab, cluster: Path, rounds: int) -> tuple[Recorder, list[str]]:
         stop = asyncio.Event()
         hosts = list(inventory.hosts)
         clients = [Client(n, hosts) for n in range(6)]
-        names = {3: ["l-a", "l-b", "l-c"], 4: ["l-d", "l-e", "l-f"], 5: ["l-g", "l-h", "l-i"]}
         tasks = [asyncio.ensure_future(network_client(c, recorder, stop, random.Random(c.number)))
                  for c in clients[:3]]
-        tasks += [asyncio.ensure_future(container_client(c, recorder, stop, random.Random(c.number), names[c.number]))
-                  for c in clients[3:]]
+        tasks += [asyncio.ensure_future(container_client(c, recorder, stop, random.Random(c.number),
+                                                         CLIENT_NAMES[c.number])) for c in clients[3:]]
         fault_thread.start()
         while fault_thread.is_alive():
             await asyncio.sleep(0.5)

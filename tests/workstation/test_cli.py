@@ -149,15 +149,18 @@ def test_containers_are_found_by_name_id_or_unique_id_prefix(wanted, name):
     assert pick(CONTAINERS, wanted)["name"] == name
 
 
-@pytest.mark.parametrize("wanted, needle", [
-    ("a1b2", "is the start of the ids of web, db"), ("zz", "no container named"),
-    ("a1", "no container named"),  # a prefix needs 3 characters
+@pytest.mark.parametrize("wanted, needle, exit_code", [
+    ("a1b2", "is the start of the ids of web, db", 6),  # ambiguous: invalid input
+    ("zz", "no container named", 3),  # not found, as the agent's not_found
+    ("a1", "no container named", 3),  # a prefix needs 3 characters
 ])
-def test_an_ambiguous_or_unknown_container_is_a_clear_error(wanted, needle):
-    from cantainer.containers import ContainerNotFound, pick
+def test_an_ambiguous_or_unknown_container_is_a_clear_error(wanted, needle, exit_code):
+    from cantainer.containers import pick
+    from cantainer.errors import CantainerError
 
-    with pytest.raises(ContainerNotFound, match=needle):
+    with pytest.raises(CantainerError, match=needle) as raised:
         pick(CONTAINERS, wanted)
+    assert raised.value.exit_code == exit_code
 
 
 def test_security_options_parse_and_normalise():
@@ -184,3 +187,19 @@ def test_bad_security_options_are_one_line_before_any_connection(flags, needle, 
     assert main(argv) == 125
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cantainer: error:") and needle in err[0], err
+
+
+@pytest.mark.parametrize("outcomes, code", [
+    ([{}, {}], 0),
+    ([{}, "missing"], 3),  # one name unknown: not found
+    (["missing", "missing"], 3),  # every failure agrees
+    (["missing", "ambiguous"], 1),  # failures of different kinds: the generic code
+])
+def test_several_containers_exit_with_their_failures_code(outcomes, code, capsys):
+    from cantainer.cli.containers import report
+    from cantainer.containers import AmbiguousContainer, ContainerNotFound
+
+    errors = {"missing": ContainerNotFound("no container named 'x'"), "ambiguous": AmbiguousContainer("'a1' is ...")}
+    results = [(f"c{i}", errors.get(o, o) if isinstance(o, str) else o) for i, o in enumerate(outcomes)]
+    assert report(results, lambda name, result: f"removed {name}") == code
+    assert capsys.readouterr().err.count("cantainer: error:") == sum(isinstance(o, str) for o in outcomes)
