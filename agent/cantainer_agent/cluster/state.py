@@ -5,12 +5,20 @@ commands in the same order give the same state on every node; anything that must
 an address, a VNI) is decided here. Commands: ``apply_command(name, args)`` → ``apply_<name>``; a
 refused command raises ``StateError`` and changes nothing. The state pickles to plain dicts::
 
-    nodes:      {name: {address, raft_addr, join_addr, version, bundle, heartbeat, joined_at, overlay?}}
+    nodes:      {name: {address, raft_addr, join_addr, version, bundle, heartbeat, joined_at, overlay?,
+                        labels, capacity: {memory, cpus}, layers: [diff_id]}}
     networks:   {cidr: {cidr, vni, created_at, ips: {ip: container name}}}
     containers: {name: {name, id, host, network, ip, mac, image, image_digest, command, env, workdir, user,
                         stop_signal, ports, limits,
                         created_at, desired: running|stopped, auto_remove (absent: false),
-                        observed: {state, exit_code, pid, started_at, finished_at, reason, reported_at}}}
+                        restart?, health?, publish?, placed? (+ layers, constraints, tty, interactive),
+                        service?, service_id?, slot?, version?, update_seq?, superseded_at?, retire?,
+                        observed: {state, exit_code, pid, started_at, finished_at, reason, reported_at,
+                                   health?, restart_count?, restarts?}}}
+    services:   {name: cluster/services.py}
+
+Optional keys are absent when unused, so older snapshots read the same. Placement (``place_container``,
+``place_task``) runs the scheduler inside the command (cluster/scheduler.py).
 """
 
 from __future__ import annotations
@@ -24,14 +32,18 @@ from typing import Any
 
 from ..errors import AlreadyExists, Conflict, NotFound, StateError
 from ..overlay.model import mac_for_ip  # one derivation, shared with the overlay
-from . import ipam
+from . import ipam, specs
 from . import sessions as S
+from .scheduler import Request, place
+from .services import ServiceCommands
 
 SCHEMA_VERSION = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-# Container names are hostnames inside the container: lowercase letters, digits, hyphens.
-CONTAINER_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+CONTAINER_NAME_RE = specs.CONTAINER_NAME_RE
 CONTAINER_STATES = ("created", "running", "exited", "dead", "unknown")
+HEALTH_STATES = ("starting", "healthy", "unhealthy")
+MAX_LAYERS = 4096  # layers a node reports
+MAX_RESTARTS_KEPT = 10
 
 
 def _check_name(name: Any) -> str:
@@ -58,13 +70,14 @@ def _signature(command: str) -> inspect.Signature:
     return inspect.signature(getattr(ClusterState, f"apply_{command}"))
 
 
-class ClusterState:
+class ClusterState(ServiceCommands):
     """The whole replicated state. Mutate only through the ``apply_*`` methods."""
 
     def __init__(self) -> None:
         self.nodes: dict[str, dict] = {}
         self.networks: dict[str, dict] = {}
         self.containers: dict[str, dict] = {}
+        self.services: dict[str, dict] = {}
         self.sessions = S.Sessions()  # exactly-once writes: outcomes of the clients' recent requests
         # Counts commands that may change what a host must program (everything but heartbeats),
         # so reconcilers wake on real changes only.
@@ -77,6 +90,7 @@ class ClusterState:
             "nodes": self.nodes,
             "networks": self.networks,
             "containers": self.containers,
+            "services": self.services,
             "sessions": self.sessions.clients,
             "revision": self.revision,
         }
@@ -85,6 +99,7 @@ class ClusterState:
         self.nodes = dict(data.get("nodes", {}))
         self.networks = dict(data.get("networks", {}))
         self.containers = dict(data.get("containers", {}))
+        self.services = dict(data.get("services", {}))
         self.sessions = S.Sessions(data.get("sessions"))
         self.revision = int(data.get("revision", 0))
 
@@ -102,8 +117,13 @@ class ClusterState:
         version: str,
         bundle: str,
         ts: float,
+        labels: dict | None = None,
+        capacity: dict | None = None,
+        layers: list | None = None,
     ) -> dict:
         """Add or refresh a node. Re-registering keeps ``joined_at``; returns the record copy.
+        *labels* (the inventory's), *capacity* ({memory: bytes, cpus}) and *layers* (image layers it
+        holds) feed placement (cluster/scheduler.py).
 
         Rejected when another node already owns *raft_addr*, or when *name* is registered with a
         different raft address (one raft member per name; remove the old node first).
@@ -114,6 +134,9 @@ class ClusterState:
         _check_str("version", version, 64)
         _check_str("bundle", bundle, 128)
         ts = _check_ts("ts", ts)
+        labels = specs.check_labels(labels)
+        capacity = _check_capacity(capacity)
+        layers = _check_layers(layers)
         for other, rec in self.nodes.items():
             if other != name and rec["raft_addr"] == raft_addr:
                 raise Conflict(f"raft address {raft_addr} already belongs to node {other!r}")
@@ -131,8 +154,21 @@ class ClusterState:
             "bundle": bundle,
             "heartbeat": ts,
             "joined_at": old["joined_at"] if old else ts,
+            "labels": labels,
+            "capacity": capacity,
+            "layers": layers if layers is not None else (old or {}).get("layers", []),
         }
-        return dict(self.nodes[name])
+        return copy.deepcopy(self.nodes[name])
+
+    def apply_node_layers(self, name: str, layers: list) -> bool:
+        """The image layers a node now holds (after an import or a prune); False for an unknown node."""
+        _check_name(name)
+        layers = _check_layers(layers)
+        rec = self.nodes.get(name)
+        if rec is None:
+            return False
+        rec["layers"] = layers
+        return True
 
     def apply_heartbeat(self, name: str, ts: float, overlay: dict | None = None) -> bool:
         """Record a heartbeat (and the node's overlay health summary); False for an unknown node."""
@@ -159,9 +195,12 @@ class ClusterState:
         "create_network",
         "delete_network",
         "create_container",
+        "place_container",
         "container_observed",
         "set_container_desired",
         "remove_container",
+        "node_layers",
+        *ServiceCommands.SERVICE_COMMANDS,
     )
 
     def apply_command(self, command: str, args: dict, session: dict | None = None) -> Any:
@@ -225,16 +264,68 @@ class ClusterState:
     # ---------------------------------------------------------- containers
 
     def apply_create_container(self, spec: dict, ts: float) -> dict:
-        """Record a container and allocate its address (creating its network implicitly)."""
+        """Record a container on the host its spec names and allocate its address (creating its
+        network implicitly); that host's agent starts it (the API that asked for it)."""
         name = check_container_name(spec.get("name"))
+        existing = self._same_request(name, spec)
+        if existing is not None:
+            return existing
+        host = _check_name(spec.get("host"))
+        if host not in self.nodes:
+            raise StateError(f"host {host!r} is not a member of this cluster")
+        return self._new_container(name, spec, host, ts)
+
+    def apply_place_container(self, spec: dict, ts: float, down_after: float, hint: str | None = None) -> dict:
+        """Record a container on the host the scheduler picks (cluster/scheduler.py; *hint*: the
+        proposer's pick, taken if it fits); its agent starts it. *down_after*: the proposer's window
+        after which a silent host counts as down."""
+        name = check_container_name(spec.get("name"))
+        existing = self._same_request(name, spec)
+        if existing is not None:
+            return existing
+        checked = _check_placement(spec)
+        request = Request.of(name, checked)
+        host = place(self.nodes, self.containers, request, _check_ts("ts", ts), _check_ts("down_after", down_after),
+                     hint if isinstance(hint, str) else None)
+        return self._new_container(name, {**spec, **checked}, host, ts, placed=True)
+
+    def _check_template(self, spec: Any) -> dict:
+        """A service's task template: everything a task is made of but its name, id and host."""
+        if not isinstance(spec, dict):
+            raise StateError("a service spec is an object")
+        template = {
+            "image": _check_str("image", spec.get("image"), 512),
+            "image_digest": _check_str("image_digest", spec.get("image_digest", ""), 128),
+            "command": _check_str_list("command", spec.get("command")),
+            "env": _check_env(spec.get("env", {})),
+            "workdir": _check_str("workdir", spec.get("workdir", "/"), 1024),
+            "user": _check_str("user", spec.get("user", ""), 256),
+            "stop_signal": _check_signal(spec.get("stop_signal", 15)),
+            "ports": _check_str_list("ports", spec.get("ports", []), allow_empty=True),
+            "network": self._check_new_network(spec.get("network")),
+            **_check_optional(spec),
+            **_check_placement(spec),
+        }
+        return {key: value for key, value in template.items() if value != [] or key in ("ports", "layers")}
+
+    def _check_new_network(self, cidr: Any) -> str:
+        """A network a container may join: one that exists, or one create_network would accept."""
+        network = ipam.parse_cidr(cidr)
+        if str(network) not in self.networks:
+            ipam.check_unicast(network)
+            ipam.check_no_overlap(network, list(self.networks))
+        return str(network)
+
+    def _same_request(self, name: str, spec: dict) -> dict | None:
         existing = self.containers.get(name)
         if existing is not None and existing["id"] == spec.get("id"):
             return copy.deepcopy(existing)  # the same request again (a retry after a lost reply)
         if existing is not None:
             raise AlreadyExists(f"container name {name!r} is already in use — pick another name or remove it first")
-        host = _check_name(spec.get("host"))
-        if host not in self.nodes:
-            raise StateError(f"host {host!r} is not a member of this cluster")
+        return None
+
+    def _new_container(self, name: str, spec: dict, host: str, ts: float, placed: bool = False,
+                       task: dict | None = None) -> dict:
         # Validate everything before the first mutation: a refused command changes nothing.
         checked = {
             "id": _check_str("id", spec.get("id"), 64),
@@ -250,9 +341,20 @@ class ClusterState:
             "stop_signal": _check_signal(spec.get("stop_signal", 15)),
             "ports": _check_str_list("ports", spec.get("ports", []), allow_empty=True),
         }
+        if not checked["id"]:
+            raise StateError("a container needs an id")
+        optional = _check_optional(spec)
         auto_remove = spec.get("auto_remove", False)
         if not isinstance(auto_remove, bool):
             raise StateError("auto_remove must be true or false")
+        if placed:
+            optional.update(_check_placement(spec), placed=True)
+            for key in ("tty", "interactive"):
+                if spec.get(key):
+                    optional[key] = True
+        for key in ("publish", "constraints"):
+            if not optional.get(key):
+                optional.pop(key, None)
         network = self.apply_create_network(spec.get("network"), ts)
         record = self.networks[network["cidr"]]
         ip = ipam.lowest_free_address(ipam.parse_cidr(network["cidr"]), set(record["ips"]))
@@ -276,6 +378,8 @@ class ClusterState:
             "created_at": checked["created_at"],
             "desired": "running",
             **({"auto_remove": True} if auto_remove else {}),
+            **optional,
+            **(task or {}),
             "observed": {"state": "created", "exit_code": None, "pid": None, "started_at": None,
                          "finished_at": None, "reason": None, "reported_at": checked["created_at"]},
         }
@@ -293,6 +397,7 @@ class ClusterState:
         report = {
             key: observed.get(key) for key in ("state", "exit_code", "pid", "started_at", "finished_at", "reason")
         }
+        report.update(_check_observed_extras(observed))
         report["reported_at"] = _check_ts("ts", ts)
         changed = {k: v for k, v in report.items() if k != "reported_at"} != {
             k: v for k, v in container["observed"].items() if k != "reported_at"}
@@ -317,7 +422,7 @@ class ClusterState:
         return container
 
     def _container(self, name: Any) -> dict:
-        check_container_name(name)
+        specs.check_known_name(name)
         container = self.containers.get(name)
         if container is None:
             raise NotFound(f"no container named {name!r}")
@@ -337,8 +442,8 @@ class ClusterState:
         Pickling plain dicts is C code, ~12x faster than copy.deepcopy (1000 containers: ~4 ms vs
         ~50 ms here), which matters because snapshots are taken in the raft tick thread. The bytes
         never leave this process: nothing received from outside is ever unpickled here."""
-        return pickle.dumps({"nodes": self.nodes, "networks": self.networks, "containers": self.containers},
-                            protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps({"nodes": self.nodes, "networks": self.networks, "containers": self.containers,
+                             "services": self.services}, protocol=pickle.HIGHEST_PROTOCOL)
 
     def to_dict(self) -> dict:
         """A deep copy safe to hand to other threads / encode as JSON."""
@@ -346,10 +451,89 @@ class ClusterState:
 
 
 def check_container_name(name: Any) -> str:
-    if not isinstance(name, str) or not CONTAINER_NAME_RE.match(name):
-        raise StateError(f"container name {name!r} is invalid — use 1-63 lowercase letters, digits and "
-                         "hyphens, starting and ending with a letter or digit")
-    return name
+    """A name `run` may give a container (dots are reserved for service tasks)."""
+    return specs.check_container_name(name)
+
+
+def _check_capacity(value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or set(value) - {"memory", "cpus"}:
+        raise StateError("capacity must be {memory, cpus}")
+    for key, item in value.items():
+        if type(item) not in (int, float) or item != item or item < 0:
+            raise StateError(f"capacity {key} must be a non-negative number")
+    return dict(value)
+
+
+def _check_layers(value: Any) -> list | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_LAYERS or not all(
+            isinstance(item, str) and len(item) <= 80 for item in value):
+        raise StateError(f"layers must be a list of at most {MAX_LAYERS} digests")
+    return sorted(set(value))
+
+
+def _check_optional(spec: dict) -> dict:
+    """restart, health and publish of a container spec: present only when set."""
+    out: dict = {}
+    if spec.get("restart") is not None:
+        restart = specs.parse_restart(spec["restart"])
+        if restart["policy"] != "no":
+            out["restart"] = restart
+    health = specs.check_health(spec.get("health"))
+    if health is not None:
+        out["health"] = health
+    publish = specs.check_publish(spec.get("publish"))
+    if publish:
+        out["publish"] = publish
+    layers = spec.get("layers")
+    if layers is not None:  # the image's layers: its host can start it again from the record alone
+        if not isinstance(layers, list) or len(layers) > 1000 or not all(
+                isinstance(item, str) and len(item) <= 80 for item in layers):
+            raise StateError("layers must be a list of diff_ids")
+        out["layers"] = list(layers)
+    return out
+
+
+def _check_placement(spec: dict) -> dict:
+    """What placement needs beyond the container: the image's layers (a host must hold them) and
+    the constraints; published ports and limits are in the spec already."""
+    layers = spec.get("layers")
+    if not isinstance(layers, list) or not layers or len(layers) > 1000 or not all(
+            isinstance(item, str) and len(item) <= 80 for item in layers):
+        raise StateError("a placed container needs its image's layers (a list of diff_ids)")
+    return {"layers": list(layers), "constraints": specs.check_constraints(spec.get("constraints")),
+            "publish": specs.check_publish(spec.get("publish")), "limits": _check_limits(spec.get("limits", {}))}
+
+
+def _check_observed_extras(observed: dict) -> dict:
+    """What a host reports beyond the process: health, and the restarts its agent made."""
+    out: dict = {}
+    health = observed.get("health")
+    if health is not None:
+        if not isinstance(health, dict) or health.get("status") not in HEALTH_STATES:
+            raise StateError(f"health status must be one of {', '.join(HEALTH_STATES)}")
+        out["health"] = {"status": health["status"], "since": _check_ts("health since", health.get("since", 0)),
+                         "streak": int(health.get("streak") or 0) if type(health.get("streak") or 0) is int else 0,
+                         "output": _check_str("health output", health.get("output") or "", 4096)}
+    count = observed.get("restart_count")
+    if count is not None:
+        if type(count) is not int or count < 0:
+            raise StateError("restart_count must be a non-negative integer")
+        out["restart_count"] = count
+    restarts = observed.get("restarts")
+    if restarts is not None:
+        if not isinstance(restarts, list) or not all(isinstance(r, dict) for r in restarts):
+            raise StateError("restarts must be a list of {at, delay, exit_code}")
+        out["restarts"] = [{"at": _check_ts("restart at", r.get("at")),
+                            "delay": _check_ts("restart delay", r.get("delay")),
+                            "exit_code": r.get("exit_code") if type(r.get("exit_code")) is int else None,
+                            "exited_at": _check_ts("restart exited_at", r["exited_at"])
+                            if r.get("exited_at") is not None else None}
+                           for r in restarts[-MAX_RESTARTS_KEPT:]]
+    return out
 
 
 OVERLAY_SUMMARY_KEYS = ("networks", "expected", "programmed", "pending")

@@ -3,10 +3,15 @@
 A container whose host is down (no heartbeat for ``liveness.down_after``) and was last seen
 running or starting is shown ``unknown`` (like Kubernetes' Unknown pod phase), with the time of
 the host's last heartbeat: nobody can tell whether it still runs.
+
+For the networking side (service DNS names, published ports), ``service_endpoints`` lists the
+running, healthy tasks of each service on hosts that are up — a retiring task leaves it at once
+(its ``drain`` before it is stopped) — and ``published_ports`` what each host must forward.
 """
 from __future__ import annotations
 
 from .liveness import down_after
+from .specs import restart_text
 
 MAYBE_RUNNING = ("running", "created")
 
@@ -33,7 +38,54 @@ def container_view(record: dict, down: dict[str, float] | None = None) -> dict:
         "oom_killed": reason == "oom-killed", "unknown_since": since, "auto_remove": bool(record.get("auto_remove")),
         "started_at": observed.get("started_at"), "finished_at": observed.get("finished_at"),
         "created_at": record["created_at"],
+        "restart": restart_text(record.get("restart")), "restart_count": observed.get("restart_count", 0),
+        "restarts": observed.get("restarts", []),
+        "health": health_view(record), "service": record.get("service"), "slot": record.get("slot"),
+        "version": record.get("version"), "placed": bool(record.get("placed")),
+        "retiring": bool(record.get("retire")) or bool(record.get("superseded_at")),
+        "publish": record.get("publish", []),
     }
+
+
+def health_view(record: dict) -> dict | None:
+    """None without a health check; else {status, since, streak, output} (starting until reported)."""
+    if not record.get("health"):
+        return None
+    reported = (record.get("observed") or {}).get("health")
+    return dict(reported) if reported else {"status": "starting", "since": None, "streak": 0, "output": ""}
+
+
+def serving(record: dict, down: dict[str, float]) -> bool:
+    """Whether a task takes traffic: running, healthy (if checked), not retiring, its host up."""
+    if record.get("retire") or record["host"] in down:
+        return False
+    if (record.get("observed") or {}).get("state") != "running":
+        return False
+    health = health_view(record)
+    return health is None or health["status"] == "healthy"
+
+
+def service_endpoints(state: dict, down: dict[str, float]) -> dict[str, list[dict]]:
+    """{service name: [{task, ip, host}]} of the tasks that serve (``serving``), for DNS."""
+    out: dict[str, list[dict]] = {name: [] for name in state.get("services", {})}
+    for record in sorted(state["containers"].values(), key=lambda r: r["name"]):
+        service = record.get("service")
+        if service in out and serving(record, down):
+            out[service].append({"task": record["name"], "ip": record["ip"], "host": record["host"]})
+    return out
+
+
+def published_ports(state: dict, down: dict[str, float]) -> dict[str, list[dict]]:
+    """{host: [{service, task, ip, host_port, container_port, protocol}]}: what each host forwards to
+    its own serving tasks (a service's published ports open on every host running one of them)."""
+    out: dict[str, list[dict]] = {}
+    for record in sorted(state["containers"].values(), key=lambda r: r["name"]):
+        if not record.get("publish") or not serving(record, down):
+            continue
+        for entry in record["publish"]:
+            out.setdefault(record["host"], []).append({"service": record.get("service"), "task": record["name"],
+                                                       "ip": record["ip"], **entry})
+    return out
 
 
 def network_views(state: dict) -> list[dict]:

@@ -70,3 +70,33 @@ def test_build_status_down_window_grows_with_the_cluster():
     by = {n["name"]: n for n in build_status(node="h1", cluster="c", snap=s, now=100.0, heartbeat_interval=2.0,
                                              voters=3)["nodes"]}
     assert len(by) == 30 and by["h2"]["state"] == "up" and by["h3"]["state"] == "down"
+
+
+def task(name, host, ip, state="running", health=None, **extra):
+    return {"name": name, "id": name.replace(".", ""), "host": host, "network": "10.0.0.0/24", "ip": ip,
+            "mac": "m", "image": "app", "command": ["x"], "desired": "running", "created_at": 1.0,
+            "service": "web", "service_id": "s", "slot": name.split(".")[1], "version": 1,
+            **({"health": {"test": ["CMD", "x"]}} if health is not None else {}),
+            "observed": {"state": state, **({"health": {"status": health, "since": 1.0, "streak": 0, "output": ""}}
+                                            if health and health != "starting" else {})}, **extra}
+
+
+def test_service_endpoints_and_published_ports_list_only_tasks_that_serve():
+    from cantainer_agent.cluster.views import published_ports, service_endpoints
+
+    publish = [{"host_port": 8080, "container_port": 80, "protocol": "tcp"}]
+    tasks = [task("web.1", "h1", "10.0.0.1", publish=publish),
+             task("web.2", "h2", "10.0.0.2", health="healthy", publish=publish),
+             task("web.3", "h2", "10.0.0.3", health="starting", publish=publish),   # not yet healthy
+             task("web.4", "h3", "10.0.0.4", publish=publish),                     # its host is down
+             task("web.5", "h1", "10.0.0.5", state="exited", publish=publish),
+             task("web.6.0123456789ab", "h1", "10.0.0.6", retire={"at": 1.0}, publish=publish),  # retiring
+             task("web.7", "h2", "10.0.0.7", health="unhealthy")]
+    state = {"services": {"web": {}, "idle": {}}, "containers": {t["name"]: t for t in tasks}}
+    down = {"h3": 1.0}
+    assert service_endpoints(state, down) == {
+        "web": [{"task": "web.1", "ip": "10.0.0.1", "host": "h1"}, {"task": "web.2", "ip": "10.0.0.2", "host": "h2"}],
+        "idle": []}
+    assert published_ports(state, down) == {
+        "h1": [{"service": "web", "task": "web.1", "ip": "10.0.0.1", **publish[0]}],
+        "h2": [{"service": "web", "task": "web.2", "ip": "10.0.0.2", **publish[0]}]}
