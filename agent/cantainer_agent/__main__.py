@@ -36,7 +36,18 @@ def main(argv: list[str] | None = None) -> int:
     teardown.add_argument("--remove", action="store_true", help="remove the containers too (down --purge)")
     for tool in (logs, execute, attach, teardown):
         tool.add_argument("--config", default=layout.CONFIG_FILE)
+    probe = sub.add_parser("probe", help="run a health check in a container (the agent's own tool)")
+    probe.add_argument("--state-dir", required=True)
+    probe.add_argument("--run-dir", required=True)
+    probe.add_argument("--timeout", type=float, required=True)
+    probe.add_argument("id")
+    probe.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.command == "probe":
+        from .tools import probe as run_probe
+
+        return run_probe(args.state_dir, args.run_dir, args.id, args.argv[1:] if args.argv[:1] == ["--"] else
+                         args.argv, args.timeout)
     if args.command in ("logs", "exec", "attach", "teardown"):
         from .tools import main as tool_main
 

@@ -17,6 +17,8 @@ Keys (unknown keys are rejected so typos surface; defaults come from ``layout.py
     bundle              str   ""        content hash of the pushed agent bundle (reported in status)
     heartbeat_interval  float 2.0       seconds between heartbeats (0.1..60)
     vxlan_port          int   4789      UDP port of the overlay's VXLAN devices
+    labels              {str: str} {}   this host's labels (placement constraints label.KEY==VALUE)
+    reschedule_after    float 30.0      seconds a host is down before its service tasks move (1..86400)
 
 Every error raised is a :class:`ConfigError` whose message names the file and the key.
 """
@@ -32,7 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import layout
-from .errors import AgentError
+from .cluster.specs import check_labels
+from .errors import AgentError, StateError
 from .netaddr import split_hostport
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -50,6 +53,8 @@ DEFAULTS: dict[str, Any] = {
     "bundle": "",
     "heartbeat_interval": layout.HEARTBEAT_INTERVAL,
     "vxlan_port": layout.VXLAN_PORT,
+    "labels": {},
+    "reschedule_after": layout.RESCHEDULE_AFTER,
 }
 REQUIRED = ("cluster", "node", "address", "secret_file")
 KNOWN_KEYS = frozenset(REQUIRED) | frozenset(DEFAULTS)
@@ -76,6 +81,8 @@ class AgentConfig:
     bundle: str = ""
     heartbeat_interval: float = layout.HEARTBEAT_INTERVAL
     vxlan_port: int = layout.VXLAN_PORT
+    labels: tuple[tuple[str, str], ...] = ()
+    reschedule_after: float = layout.RESCHEDULE_AFTER
 
     @property
     def raft_addr(self) -> str:
@@ -175,6 +182,15 @@ def parse_config(data: Any, where: str = "config", check_files: bool = True) -> 
     if type(hb) not in (int, float) or not 0.1 <= hb <= 60:
         raise ConfigError(f"{where}: 'heartbeat_interval' must be a number of seconds 0.1..60, got {hb!r}")
 
+    labels = merged["labels"]
+    try:
+        labels = check_labels(labels)
+    except StateError as exc:
+        raise ConfigError(f"{where}: 'labels': {exc}") from None
+    reschedule = merged["reschedule_after"]
+    if type(reschedule) not in (int, float) or not 1 <= reschedule <= 86400:
+        raise ConfigError(f"{where}: 'reschedule_after' must be a number of seconds 1..86400, got {reschedule!r}")
+
     cfg = AgentConfig(
         cluster=merged["cluster"],
         node=merged["node"],
@@ -191,6 +207,8 @@ def parse_config(data: Any, where: str = "config", check_files: bool = True) -> 
         bundle=bundle,
         heartbeat_interval=float(hb),
         vxlan_port=_port(where, "vxlan_port", merged["vxlan_port"]),
+        labels=tuple(labels.items()),
+        reschedule_after=float(reschedule),
     )
     if check_files:
         check_secret_file(cfg.secret_file)

@@ -43,6 +43,7 @@ JOIN_PORT = 7481
 VXLAN_PORT = 4789  # IANA
 VOTERS = 3
 HEARTBEAT_INTERVAL = 2.0  # seconds; stretched in large clusters (cluster/liveness.py)
+RESCHEDULE_AFTER = 30.0  # seconds a host is down before its service tasks are placed elsewhere
 MIN_PYTHON = (3, 10)
 CONTAINER_PIDS = 1024  # a container's task limit unless `run --pids` says otherwise (a fork bomb stops there)
 MIN_FREE_BYTES = 1 << 30  # no new container while less is free where containers and the raft journal live

@@ -158,6 +158,24 @@ def attach(runtime: Runtime, container_id: str) -> int:
     return info.exit_code if info.exit_code is not None else 255
 
 
+PROBE_TIMED_OUT = 124  # as coreutils' timeout
+
+
+def probe(state_dir: str, run_dir: str, container_id: str, argv: list[str], timeout: float) -> int:
+    """A health check: *argv* in the container, killed after *timeout* seconds (exit 124). Run by the
+    agent as its own short-lived process (forking from the agent's threads is unsafe); its stdout
+    and stderr are the check's output."""
+    try:
+        runtime = Runtime(state_dir=state_dir, run_dir=run_dir)
+        return runtime.exec(container_id, argv, timeout=timeout)
+    except TimeoutError:
+        print(f"health check exceeded its timeout of {timeout:g} s", file=sys.stderr)
+        return PROBE_TIMED_OUT
+    except (ContainerError, OSError) as error:
+        print(f"cantainer: error: {error}", file=sys.stderr)
+        return 125
+
+
 STOPPED_BY_DOWN = "stopped by down"
 
 

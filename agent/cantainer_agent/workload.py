@@ -16,11 +16,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import threading
 import time
 from typing import Callable, Iterator
 
 from . import layout
+from .cluster.specs import hostname_of
 from .config import AgentConfig
 from .consensus import RaftError, RaftNode
 from .consensus.writes import Session, replicate
@@ -42,8 +44,26 @@ def observed_from(info: ContainerInfo | None) -> dict:
 
 
 def _same_observation(a: dict, b: dict) -> bool:
-    keys = ("state", "exit_code", "pid", "started_at", "finished_at", "reason")
+    keys = ("state", "exit_code", "pid", "started_at", "finished_at", "reason", "health", "restart_count")
     return all(a.get(k) == b.get(k) for k in keys)
+
+
+def host_capacity() -> dict:
+    """What this host offers to reservations: its memory (bytes) and the CPUs this process may use."""
+    memory = 0
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    memory = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except OSError:
+        cpus = os.cpu_count() or 1
+    return {"memory": memory, "cpus": float(cpus)}
 
 
 class Workload:
@@ -61,6 +81,7 @@ class Workload:
         # of starts in flight stay pinned until the container's record on disk names them.
         self.image_lock = threading.RLock()
         self._pinned: dict[str, int] = {}
+        self.on_layers_changed: Callable[[], None] | None = None  # the agent tells the cluster (placement)
 
     def close(self) -> None:
         self.runtime.close()  # stops the fork server only: containers keep running
@@ -94,17 +115,24 @@ class Workload:
         attached before its command runs. *tty*/*stdin* (run -t/-i): the container waits briefly
         for `attach` (runtime/supervisor.py). *security*: ``cap_add``, ``cap_drop``, ``seccomp`` of
         the spec (run --cap-add/--cap-drop/--security-opt)."""
+        names = tuple(dict.fromkeys((record["name"], hostname_of(record["name"]))))
+        spec = ContainerSpec(id=record["id"], name=record["name"], image=image_id, command=record["command"],
+                             env=record["env"], workdir=record["workdir"], limits=record["limits"],
+                             hosts=[(record["ip"], names)], resolv_conf="", tty=tty, stdin=stdin,
+                             user=record.get("user", ""), stop_signal=record.get("stop_signal", 15),
+                             **(security or {}))
+        return self.runtime.start(spec, lowers, before_exec=self._attach(record, vni))
+
+    def restart(self, record: dict, vni: int) -> ContainerInfo:
+        """Start *record*'s ended container again (its restart policy), its veth attached before exec;
+        the runtime keeps its spec (security options included) from the first start."""
+        return self.runtime.restart(record["id"], before_exec=self._attach(record, vni))
+
+    def _attach(self, record: dict, vni: int) -> Callable[[int], None]:
         network = NetworkSpec(record["network"], vni)
         endpoint = EndpointSpec(record["id"], record["network"], record["ip"], record["host"], self.cfg.address)
         mtu = overlay_mtu(self._underlay_mtu())
-        spec = ContainerSpec(id=record["id"], name=record["name"], image=image_id, command=record["command"],
-                             env=record["env"], workdir=record["workdir"], limits=record["limits"],
-                             hosts=[(record["ip"], (record["name"],))], resolv_conf="", tty=tty, stdin=stdin,
-                             user=record.get("user", ""), stop_signal=record.get("stop_signal", 15),
-                             **(security or {}))
-        return self.runtime.start(
-            spec, lowers, before_exec=lambda pid: attach_container(pid, endpoint, network, mtu, guard=self._guard)
-        )
+        return lambda pid: attach_container(pid, endpoint, network, mtu, guard=self._guard)
 
     @contextlib.contextmanager
     def image_layers(self, diff_ids: list[str]) -> Iterator[list[str]]:
@@ -122,6 +150,11 @@ class Workload:
                     if not self._pinned[path]:
                         del self._pinned[path]
 
+    def layers_changed(self) -> None:
+        """Layers were imported or pruned: the cluster's placement must know what this host holds."""
+        if self.on_layers_changed is not None:
+            self.on_layers_changed()
+
     def prune_images(self) -> list[str]:
         """Remove the layers no container of this host uses (whatever its state)."""
         with self.image_lock:
@@ -135,15 +168,17 @@ class Workload:
             pass
         detach_container(container_id, guard=self._guard)
 
-    def undo_create(self, raft: RaftNode, record: dict, session: Session) -> None:
-        """Take back what a run that failed to start did: the container, its address, and its
-        network if this run created it (the network's created_at is the container's then)."""
+    def undo_create(self, raft: RaftNode, record: dict, session: Session, local: bool = True) -> None:
+        """Take back what a run that failed to start did: the container (*local*: it was started on
+        this host), its address, and its network if this run created it (the network's created_at
+        is the container's then)."""
         name = record["name"]
-        try:
-            self.remove_local(record["id"])
-        except ContainerError:
-            log.exception("cleanup of failed container %s", name)
-            detach_container(record["id"], guard=self._guard)
+        if local:
+            try:
+                self.remove_local(record["id"])
+            except ContainerError:
+                log.exception("cleanup of failed container %s", name)
+                detach_container(record["id"], guard=self._guard)
         try:
             replicate(raft, "remove_container", {"name": name}, session)
             network = raft.snapshot()["state"]["networks"].get(record["network"])
@@ -152,9 +187,10 @@ class Workload:
         except RaftError:
             log.exception("could not release %s after a failed start", name)
 
-    def report(self, raft: RaftNode, record: dict, info: ContainerInfo | None, session: Session) -> None:
-        """Replicate what the runtime shows of *record*'s container, if it changed."""
-        observed = observed_from(info)
+    def report(self, raft: RaftNode, record: dict, info: ContainerInfo | None, session: Session,
+               observed: dict | None = None) -> None:
+        """Replicate what the runtime shows of *record*'s container (or *observed*), if it changed."""
+        observed = observed if observed is not None else observed_from(info)
         if _same_observation(observed, record.get("observed", {})):
             return
         try:

@@ -74,6 +74,11 @@ def test_load_from_file(tmp_path, secret):
         ({"data_dir": "relative/path"}, "'data_dir' must be an absolute path"),
         ({"bundle": "has space"}, "'bundle'"),
         ({"heartbeat_interval": 0}, "'heartbeat_interval'"),
+        ({"labels": {"Zone": "a"}}, "'labels': label key 'Zone' is invalid"),
+        ({"labels": {"zone": ""}}, "'labels': label zone"),
+        ({"labels": ["zone=a"]}, "'labels'"),
+        ({"reschedule_after": 0}, "'reschedule_after'"),
+        ({"reschedule_after": "30"}, "'reschedule_after'"),
     ],
 )
 def test_invalid_values_name_the_key(secret, over, fragment):
@@ -82,6 +87,12 @@ def test_invalid_values_name_the_key(secret, over, fragment):
     msg = str(info.value)
     assert msg.startswith("/etc/cantainer/agent.json: ")
     assert fragment in msg
+
+
+def test_labels_and_reschedule_after(secret):
+    cfg = parse_config(base(secret, labels={"zone": "a", "disk": "ssd"}, reschedule_after=12))
+    assert cfg.labels == (("disk", "ssd"), ("zone", "a")) and cfg.reschedule_after == 12.0
+    assert parse_config(base(secret)).reschedule_after == 30.0 and parse_config(base(secret)).labels == ()
 
 
 def test_missing_required(secret):

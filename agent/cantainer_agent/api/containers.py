@@ -19,17 +19,22 @@ containers controller removes the leftover when it returns.
 from __future__ import annotations
 
 import contextlib
+import copy
 import secrets
 import time
 from contextlib import nullcontext
 from typing import Callable
 
 from .. import layout, protocol
+from ..cluster.liveness import down_after
+from ..cluster.scheduler import Request, place
+from ..cluster.specs import check_constraints
 from ..cluster.state import check_container_name
 from ..cluster.views import MAYBE_RUNNING, container_view, down_hosts
 from ..consensus import RaftNode
 from ..consensus.writes import Session, replicate
-from ..images.config import ImageConfig, effective
+from ..errors import StateError
+from ..images.config import ImageConfig, effective, effective_health
 from ..images.errors import ImageSourceError
 from ..images.reference import DIGEST_RE
 from ..overlay import OverlayError
@@ -40,10 +45,59 @@ from .requests import Reads, session_of
 
 MAX_STOP_TIMEOUT = 3600  # seconds between SIGTERM and SIGKILL
 RETRY_WAIT = 60.0  # seconds a retried `run` waits for its first attempt's start to finish
+PLACE_WAIT = 60.0  # seconds a placed container may take to start on the host the cluster chose
+
+
+def _placement_hint(state, name: str, spec: dict, now: float, heartbeat_interval: float) -> tuple[float, str | None]:
+    """(down window, the host this replica's scheduler picks) — run in the raft tick thread."""
+    window = down_after(heartbeat_interval, len(state.nodes))
+    try:
+        request = Request.of(name, {**spec, "constraints": check_constraints(spec.get("constraints"))})
+        return window, place(state.nodes, state.containers, request, now, window)
+    except StateError:
+        return window, None  # the state machine says why, with the same words
+
+
+def container_fields(name: str, params: dict) -> dict:
+    """The record fields of a container `run`/`place`/a service asks for: the image's config and the
+    options merged docker's way (images/config.effective), validated before anything is recorded."""
+    image = params.get("image")
+    if not isinstance(image, dict):
+        raise rejected("image must be an object {reference, digest, layers, config}")
+    reference, digest = str(image.get("reference") or ""), image.get("digest")
+    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
+        raise rejected(f"image digest {digest!r} is not sha256: and 64 hex digits")
+    layers = image.get("layers")
+    if not isinstance(layers, list) or not layers or not all(isinstance(d, str) for d in layers):
+        raise rejected("image layers must be a non-empty list of diff_ids")
+    try:
+        config = ImageConfig.from_dict(image.get("config") or {})
+        if config.diff_ids and list(config.diff_ids) != layers:
+            raise rejected(f"image {reference}: the layers do not match its config's diff_ids")
+        wanted = effective(config, command=params.get("command") or None, entrypoint=params.get("entrypoint"),
+                           env=params.get("env") or {}, workdir=params.get("workdir") or None,
+                           user=params.get("user"), image=f"image {reference or digest[:19]}")
+        health = effective_health(config, params.get("health"))
+    except ImageSourceError as error:
+        raise rejected(str(error)) from None
+    env = dict(wanted.env)
+    # Validate the whole spec before anything is recorded in the cluster.
+    security = security_of(params)
+    ContainerSpec(id="probe", name=name, image=digest[7:], command=wanted.argv, env=env, workdir=wanted.workdir,
+                  limits=params.get("limits") or {}, user=wanted.user, stop_signal=wanted.stop_signal, **security)
+    changed = security["cap_add"] or security["cap_drop"] or security["seccomp"] != "default"
+    return {"image": reference or digest[:19], "image_digest": digest, "layers": list(layers),
+            "command": list(wanted.argv), "env": env, "workdir": wanted.workdir, "user": wanted.user,
+            "stop_signal": wanted.stop_signal, "ports": list(wanted.exposed_ports),
+            "limits": params.get("limits") or {},
+            **({"restart": params["restart"]} if params.get("restart") else {}),
+            **({"health": health} if health else {}),
+            **({"security": {k: list(v) if k != "seccomp" else v for k, v in security.items()}} if changed else {})}
 
 
 def security_of(params: dict) -> dict:
-    """--cap-add/--cap-drop/--security-opt of a run: this host's business, not replicated."""
+    """--cap-add/--cap-drop/--security-opt of a run (also a record's ``security``, which carries
+    them to the host the cluster placed it on)."""
     return {"cap_add": params.get("cap_add") or (), "cap_drop": params.get("cap_drop") or (),
             "seccomp": params.get("seccomp") or "default"}
 
@@ -60,50 +114,26 @@ class ContainerHandlers:
         self._reads = reads
 
     def handlers(self) -> dict[str, Callable[[dict], object]]:
-        return {"container.run": self.run, "container.stop": self.stop, "container.rm": self.rm,
-                "container.ps": self.ps}
+        return {"container.run": self.run, "container.place": self.place, "container.stop": self.stop,
+                "container.rm": self.rm, "container.ps": self.ps}
 
     def run(self, params: dict) -> dict:
         raft = raft_of(self._get_raft)
         session = session_of(params, "container.run")
         name = params.get("name") or f"c-{secrets.token_hex(3)}"
         check_container_name(name)
-        image = params.get("image")
-        if not isinstance(image, dict):
-            raise rejected("image must be an object {reference, digest, layers, config}")
-        reference, digest = str(image.get("reference") or ""), image.get("digest")
-        if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
-            raise rejected(f"image digest {digest!r} is not sha256: and 64 hex digits")
-        layers = image.get("layers")
-        if not isinstance(layers, list) or not layers or not all(isinstance(d, str) for d in layers):
-            raise rejected("image layers must be a non-empty list of diff_ids")
-        try:
-            config = ImageConfig.from_dict(image.get("config") or {})
-            if config.diff_ids and list(config.diff_ids) != layers:
-                raise rejected(f"image {reference}: the layers do not match its config's diff_ids")
-            wanted = effective(config, command=params.get("command") or None, entrypoint=params.get("entrypoint"),
-                               env=params.get("env") or {}, workdir=params.get("workdir") or None,
-                               user=params.get("user"), image=f"image {reference or digest[:19]}")
-        except ImageSourceError as error:
-            raise rejected(str(error)) from None
-        env = dict(wanted.env)
-        # Validate the whole spec before anything is recorded in the cluster.
-        ContainerSpec(id="probe", name=name, image=digest[7:], command=wanted.argv, env=env, workdir=wanted.workdir,
-                      limits=params.get("limits") or {}, user=wanted.user, stop_signal=wanted.stop_signal,
-                      **security_of(params))
+        fields = container_fields(name, params)
+        layers = fields["layers"]
         container_id = secrets.token_hex(6)
         with contextlib.ExitStack() as pinned:
             try:  # the layers stay out of a concurrent prune's reach until the container is on disk
                 lowers = pinned.enter_context(self._workload.image_layers(layers))
             except ImageNotFound as error:
-                raise rejected(f"image {reference}: {error} — run again to push it") from None
+                raise rejected(f"image {fields['image']}: {error} — run again to push it") from None
             # in flight before the record exists, so the controller never sees it half-made
             with self._workload.in_flight(container_id):
                 record = replicate(raft, "create_container", {"spec": {
-                    "name": name, "id": container_id, "host": self._node, "network": params.get("network"),
-                    "image": reference or digest[:19], "image_digest": digest, "command": list(wanted.argv),
-                    "env": env, "workdir": wanted.workdir, "user": wanted.user, "stop_signal": wanted.stop_signal,
-                    "ports": list(wanted.exposed_ports), "limits": params.get("limits") or {},
+                    **fields, "name": name, "id": container_id, "host": self._node, "network": params.get("network"),
                     **({"auto_remove": params["auto_remove"]} if "auto_remove" in params else {})},
                     "ts": time.time()}, session)
                 retried = record["id"] != container_id  # the record of this request's first attempt
@@ -112,11 +142,55 @@ class ContainerHandlers:
                 with self._workload.in_flight(record["id"]) if retried else nullcontext():
                     info = self._started_before(record["id"]) if retried else None
                     if info is None:
-                        info = self._start(raft, record, digest[7:], lowers, params, session)
+                        info = self._start(raft, record, fields["image_digest"][7:], lowers, params, session)
         self._workload.report(raft, record, info, session)
         self._trigger()
         return {"name": record["name"], "id": record["id"], "ip": record["ip"], "host": record["host"],
-                "network": record["network"], "image_digest": record.get("image_digest") or digest}
+                "network": record["network"], "image_digest": record.get("image_digest") or fields["image_digest"]}
+
+    def place(self, params: dict) -> dict:
+        """`run` without a host: the cluster picks it (inside the replicated command), its agent starts
+        the container; answers once it runs (or refuses, naming why no host fits)."""
+        raft = raft_of(self._get_raft)
+        session = session_of(params, "container.place")
+        name = params.get("name") or f"c-{secrets.token_hex(3)}"
+        check_container_name(name)
+        fields = container_fields(name, params)
+        constraints = params.get("constraints") or []
+        spec = {**fields, "name": name, "id": secrets.token_hex(6), "network": params.get("network"),
+                "constraints": constraints, "tty": bool(params.get("tty")),
+                "interactive": bool(params.get("interactive")),
+                **({"auto_remove": params["auto_remove"]} if "auto_remove" in params else {})}
+        now = time.time()
+        window, hint = raft.read(lambda state: _placement_hint(state, name, spec, now, self._heartbeat_interval))
+        record = replicate(raft, "place_container", {"spec": spec, "ts": now, "down_after": window, "hint": hint},
+                           session)
+        self._trigger()
+        observed = self._wait_started(raft, record)
+        if observed["state"] == "dead" and (observed.get("reason") or "").startswith("failed to start"):
+            self._workload.undo_create(raft, record, session, local=False)
+            code = {127: protocol.COMMAND_NOT_FOUND, 126: protocol.COMMAND_NOT_EXECUTABLE}.get(
+                observed.get("exit_code"), protocol.INTERNAL)
+            raise protocol.ProtocolError(code, f"container {record['name']} failed to start on {record['host']}: "
+                                         f"{observed['reason'][len('failed to start: '):]}")
+        return {"name": record["name"], "id": record["id"], "ip": record["ip"], "host": record["host"],
+                "network": record["network"], "image_digest": record.get("image_digest")}
+
+    def _wait_started(self, raft: RaftNode, record: dict) -> dict:
+        """The container's first observation other than "created", as its host reported it."""
+        deadline = time.monotonic() + PLACE_WAIT
+        name, container_id = record["name"], record["id"]
+        while True:
+            current = raft.read(lambda s: copy.deepcopy(s.containers.get(name)))
+            if current is None or current["id"] != container_id:
+                raise protocol.ProtocolError(protocol.CONFLICT, f"container {name} was removed before it started")
+            if current["observed"]["state"] != "created":
+                return current["observed"]
+            if time.monotonic() > deadline:
+                raise protocol.ProtocolError(protocol.UNAVAILABLE, f"container {name} was placed on "
+                                             f"{current['host']}, which has not started it within {PLACE_WAIT:g} s; "
+                                             "see `cantainer ps -a`")
+            time.sleep(0.05)
 
     def _start(self, raft: RaftNode, record: dict, image_id: str, lowers: list[str], params: dict,
                session: Session):

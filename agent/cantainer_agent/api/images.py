@@ -77,6 +77,7 @@ def handlers(workload: Workload) -> dict[str, Callable[[dict], object]]:
         finally:
             if os.path.exists(path):
                 os.unlink(path)
+        workload.layers_changed()
         return {"diff_id": diff_id}
 
     def pull(params: dict) -> dict:
@@ -107,6 +108,8 @@ def handlers(workload: Workload) -> dict[str, Callable[[dict], object]]:
                 if os.path.exists(staged):
                     os.unlink(staged)
             pulled.append(diff_id)
+        if pulled:
+            workload.layers_changed()
         return {"reference": str(resolved.reference), "digest": resolved.digest,
                 "config": resolved.config.to_dict(), "layers": diff_ids, "pulled": pulled}
 
@@ -122,7 +125,10 @@ def handlers(workload: Workload) -> dict[str, Callable[[dict], object]]:
         return {"layers": out}
 
     def prune(_params: dict) -> dict:
-        return {"removed": workload.prune_images()}
+        removed = workload.prune_images()
+        if removed:
+            workload.layers_changed()
+        return {"removed": removed}
 
     return {"image.status": status, "image.import": import_, "image.pull": pull, "image.ls": ls,
             "image.prune": prune}

@@ -488,6 +488,16 @@ def _check_optional(spec: dict) -> dict:
     publish = specs.check_publish(spec.get("publish"))
     if publish:
         out["publish"] = publish
+    security = spec.get("security")
+    if security is not None:  # --cap-add/--cap-drop/--security-opt: the host that starts it applies them
+        if not isinstance(security, dict) or set(security) - {"cap_add", "cap_drop", "seccomp"} or \
+                security.get("seccomp", "default") not in ("default", "unconfined") or not all(
+                isinstance(security.get(k, []), list) and len(security.get(k, [])) <= 64
+                and all(isinstance(c, str) and len(c) <= 32 for c in security.get(k, []))
+                for k in ("cap_add", "cap_drop")):
+            raise StateError("security must be {cap_add, cap_drop, seccomp: default|unconfined}")
+        out["security"] = {"cap_add": list(security.get("cap_add", [])), "cap_drop": list(security.get("cap_drop", [])),
+                           "seccomp": security.get("seccomp", "default")}
     layers = spec.get("layers")
     if layers is not None:  # the image's layers: its host can start it again from the record alone
         if not isinstance(layers, list) or len(layers) > 1000 or not all(

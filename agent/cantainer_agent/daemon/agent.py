@@ -2,7 +2,7 @@
 
 Start order: directories, the single-instance lock and pid file, the API socket and the join port
 (bound first, to fail fast), raft partners (startup.py: restart, rejoin, bootstrap or join), the
-raft node, then the control loops (containers + overlay; voters) and the heartbeat thread, which
+raft node, then the control loops (containers + overlay; voters; services) and the heartbeat thread, which
 registers this node in the cluster state and then heartbeats every period (cluster/liveness.py).
 Single instance: ``data_dir/agent.lock`` is flock()ed for the life of the process.
 """
@@ -15,10 +15,11 @@ import os
 import threading
 import time
 
-from .. import __version__
+from .. import __version__, layout
 from ..api import containers as api_containers
 from ..api import images as api_images
 from ..api import networks as api_networks
+from ..api import services as api_services
 from ..api import system as api_system
 from ..api.errors import mapped
 from ..api.requests import Reads
@@ -27,24 +28,27 @@ from ..cluster.liveness import heartbeat_period
 from ..cluster.state import ClusterState
 from ..config import AgentConfig
 from ..consensus import RaftConfig, RaftError, RaftNode
-from ..consensus.writes import Session
+from ..consensus.writes import Session, replicate
 from ..controllers.containers import ContainersController
+from ..controllers.health import HealthMonitor
 from ..controllers.loop import ControllerLoop
 from ..controllers.netfilter import NetfilterController
 from ..controllers.overlay import OverlayController
+from ..controllers.services import ServicesController
 from ..controllers.voters import VotersController
 from ..fsutil import atomic_write, ensure_dir
 from ..join.server import JoinServer, JoinService
 from ..layout import LOCK_NAME
 from ..netfilter import NftError, nft_available
 from ..overlay import KernelGuard
-from ..workload import Workload
+from ..workload import Workload, host_capacity
 from .startup import StartupError, check_port_free, decide_partners
 
 log = logging.getLogger("cantainer_agent")
 
 REGISTER_RETRY = 0.5  # seconds between attempts to register (once per start; status shows us down until then)
 VOTERS_PERIOD = 0.5   # seconds between two looks at who votes
+SERVICES_PERIOD = 0.5  # seconds between two passes of the services controller (it acts on the leader only)
 
 
 def read_pid(path: str) -> int | None:
@@ -69,8 +73,13 @@ class Agent:
         self._hb_thread: threading.Thread | None = None
         self.loop: ControllerLoop | None = None
         self._voters_loop: ControllerLoop | None = None
+        self._services_loop: ControllerLoop | None = None
+        self.containers: ContainersController | None = None
         self.workload: Workload | None = None
         self.overlay: OverlayController | None = None
+        self._layers_dirty = False
+        self._layers_session = Session.new(f"layers@{cfg.node}")
+        self._layers_lock = threading.Lock()
 
     # ------------------------------------------------------------ start-up
 
@@ -97,12 +106,19 @@ class Agent:
         guard = KernelGuard()
         self.overlay = OverlayController(cfg, guard, self._snapshot)
         self.workload = Workload(cfg, guard, lambda: self.overlay.underlay_mtu, self.trigger)
-        containers = ContainersController(cfg.node, self.workload, lambda: self.raft)
+        self.workload.on_layers_changed = self._report_layers
+        health = HealthMonitor(layout.containers_state_dir(cfg.data_dir), layout.containers_run_dir(cfg.run_dir),
+                               self.trigger)
+        self.containers = ContainersController(cfg.node, self.workload, lambda: self.raft, self.trigger,
+                                               cfg.reschedule_after, health)
         # netfilter first in every pass: its table is in place before the overlay's devices
-        self.loop = ControllerLoop("reconcile", [netfilter, containers, self.overlay], self._snapshot)
+        self.loop = ControllerLoop("reconcile", [netfilter, self.containers, self.overlay], self._snapshot)
         voters = VotersController(lambda: self.raft, self._secret, voters=cfg.voters,
                                   heartbeat_interval=cfg.heartbeat_interval)
         self._voters_loop = ControllerLoop("voters", [voters], self._status, period=VOTERS_PERIOD, nice=False)
+        services = ServicesController(cfg.node, lambda: self.raft, heartbeat_interval=cfg.heartbeat_interval,
+                                      reschedule_after=cfg.reschedule_after)
+        self._services_loop = ControllerLoop("services", [services], self._leader_snapshot, period=SERVICES_PERIOD)
         try:
             self._api = ApiServer(cfg.socket_path, self._handlers())
         except OSError as exc:
@@ -132,6 +148,7 @@ class Agent:
         raft.on_state_change = self.loop.trigger
         self.loop.start()
         self._voters_loop.start()
+        self._services_loop.start()
         self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self._hb_thread.start()
         log.info("agent %s ready: node=%s cluster=%s raft=%s join=%s mode=%s", __version__, cfg.node,
@@ -161,6 +178,11 @@ class Agent:
             raise RaftError("raft is not running yet")
         return self.raft.status()
 
+    def _leader_snapshot(self) -> dict:
+        """The services loop's view: the whole state on the leader, the raft status elsewhere (cheap)."""
+        status = self._status()
+        return self.raft.snapshot() if status["role"] == "leader" else status
+
     def current_raft(self) -> RaftNode | None:
         return self.raft
 
@@ -177,6 +199,7 @@ class Agent:
             **api_images.handlers(self.workload),
             **api_containers.ContainerHandlers(self.cfg.node, self.workload, get_raft, self.trigger,
                                                reads, self.cfg.heartbeat_interval).handlers(),
+            **api_services.ServiceHandlers(self.cfg.node, get_raft, reads, self.cfg.heartbeat_interval).handlers(),
         }
         return {name: mapped(handler) for name, handler in handlers.items()}
 
@@ -205,8 +228,11 @@ class Agent:
                     raft.apply("register_node", {
                         "name": cfg.node, "address": cfg.address, "raft_addr": cfg.raft_addr,
                         "join_addr": cfg.join_addr, "version": __version__, "bundle": cfg.bundle,
-                        "ts": time.time()}, timeout=timeout, session=session.next())
+                        "ts": time.time(), "labels": dict(cfg.labels), "capacity": host_capacity(),
+                        "layers": self.workload.images.list() if self.workload is not None else []},
+                        timeout=timeout, session=session.next())
                     registered = True
+                    self._layers_dirty = False
                     log.info("registered node %s in the cluster state", cfg.node)
                 else:
                     args = {"name": cfg.node, "ts": time.time()}
@@ -216,6 +242,8 @@ class Agent:
                     if not raft.apply("heartbeat", args, timeout=timeout, session=session.next()):
                         registered = False  # our record vanished (removed?): register again
                         delay = 0.0
+                    elif self._layers_dirty:
+                        self._report_layers()
                 last_error = ""
             except RaftError as exc:
                 if str(exc) != last_error:
@@ -223,6 +251,22 @@ class Agent:
                     last_error = str(exc)
                 if not registered:
                     delay = min(period, REGISTER_RETRY)
+
+    def _report_layers(self) -> None:
+        """Tell the cluster which image layers this host holds (placement needs them there). Best
+        effort: a failure is retried with the next heartbeat."""
+        raft, workload = self.raft, self.workload
+        if raft is None or workload is None:
+            self._layers_dirty = True
+            return
+        with self._layers_lock:
+            try:
+                replicate(raft, "node_layers", {"name": self.cfg.node, "layers": workload.images.list()},
+                          self._layers_session)
+                self._layers_dirty = False
+            except RaftError as exc:
+                self._layers_dirty = True
+                log.warning("could not report this host's image layers (retried with the next heartbeat): %s", exc)
 
     # -------------------------------------------------------------- running
 
@@ -245,9 +289,11 @@ class Agent:
                     log.exception("error stopping %s server", name)
         if self._hb_thread is not None:
             self._hb_thread.join(5)
-        for loop in (self.loop, self._voters_loop):
+        for loop in (self.loop, self._voters_loop, self._services_loop):
             if loop is not None:
                 loop.stop()
+        if self.containers is not None:
+            self.containers.close()
         if self.workload is not None:
             self.workload.close()  # stops the fork server only: containers keep running
         if self.raft is not None:

@@ -1,10 +1,11 @@
 """The image config (what docker calls ``.Config``) and how `run`'s options override it, docker's way.
 
 ``ImageConfig.parse(bytes)`` reads Entrypoint, Cmd, Env, WorkingDir, User, StopSignal, ExposedPorts,
-the platform and the layer diff_ids of an OCI or Docker image config. ``effective(config, …)`` is the
+Healthcheck, the platform and the layer diff_ids of an OCI or Docker image config. ``effective(config, …)`` is the
 container docker would run: a command after ``--`` replaces Cmd; ``--entrypoint`` replaces Entrypoint
 *and* drops the image's Cmd; ``-e`` overrides Env by name; ``-w`` and ``--user`` replace WorkingDir and
 User. An image without a command and a `run` without one is an error, as in docker.
+``effective_health`` merges the image's HEALTHCHECK with `--health-*` options the same way.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class ImageConfig:
     architecture: str = ""
     variant: str | None = None
     diff_ids: tuple[str, ...] = ()
+    # HEALTHCHECK: (test, interval, timeout, start_period, retries); durations in seconds, 0: docker's default
+    healthcheck: tuple | None = None
 
     @classmethod
     def parse(cls, body: bytes, where: str = "image config") -> "ImageConfig":
@@ -75,6 +78,7 @@ class ImageConfig:
             architecture=_string(where, "architecture", document.get("architecture")),
             variant=variant if isinstance(variant, str) and variant else None,
             diff_ids=tuple(diff_ids),
+            healthcheck=_healthcheck(where, inner.get("Healthcheck")),
         )
 
     def to_dict(self) -> dict:
@@ -83,7 +87,8 @@ class ImageConfig:
                 "cmd": list(self.cmd) if self.cmd is not None else None, "env": [list(p) for p in self.env],
                 "workdir": self.workdir, "user": self.user, "stop_signal": self.stop_signal,
                 "exposed_ports": list(self.exposed_ports), "os": self.os, "architecture": self.architecture,
-                "variant": self.variant, "diff_ids": list(self.diff_ids)}
+                "variant": self.variant, "diff_ids": list(self.diff_ids),
+                "healthcheck": _health_to_dict(self.healthcheck)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ImageConfig":
@@ -101,9 +106,69 @@ class ImageConfig:
                 os=str(data.get("os") or "linux"), architecture=str(data.get("architecture") or ""),
                 variant=data.get("variant") or None,
                 diff_ids=tuple(str(d) for d in data.get("diff_ids") or ()),
+                healthcheck=_health_from_dict(data.get("healthcheck")),
             )
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, KeyError):
             raise ImageSourceError("image config is malformed") from None
+
+
+NANOSECONDS = 1e9
+
+
+def _healthcheck(where: str, value: object) -> tuple | None:
+    """docker's Healthcheck {Test, Interval, Timeout, StartPeriod, Retries} (durations in ns)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ImageSourceError(f"{where}: Healthcheck is not an object")
+    test = _strings(where, "Healthcheck.Test", value.get("Test"))
+    if not test:
+        return None  # empty: inherit (nothing to inherit here)
+    numbers = []
+    for key in ("Interval", "Timeout", "StartPeriod", "Retries"):
+        item = value.get(key) or 0
+        if type(item) is not int or item < 0:
+            raise ImageSourceError(f"{where}: Healthcheck.{key} must be a non-negative integer")
+        numbers.append(item)
+    interval, timeout, start, retries = numbers
+    return (test, interval / NANOSECONDS, timeout / NANOSECONDS, start / NANOSECONDS, retries)
+
+
+def _health_to_dict(health: tuple | None) -> dict | None:
+    if health is None:
+        return None
+    test, interval, timeout, start, retries = health
+    return {"test": list(test), "interval": interval, "timeout": timeout, "start_period": start, "retries": retries}
+
+
+def _health_from_dict(data: object) -> tuple | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise TypeError("healthcheck")
+    return (tuple(str(t) for t in data["test"]), float(data["interval"]), float(data["timeout"]),
+            float(data["start_period"]), int(data["retries"]))
+
+
+def effective_health(config: ImageConfig, options: dict | None) -> dict | None:
+    """The health check of a container: `--health-cmd` (``options["test"]``) or the image's
+    HEALTHCHECK, its timings overridden by the options given; ``options["disable"]`` (or a NONE
+    test) means none. Unset timings stay absent: the cluster applies docker's defaults."""
+    options = dict(options or {})
+    if options.pop("disable", False):
+        return None
+    test = options.pop("test", None)
+    base: dict = {}
+    if config.healthcheck is not None:
+        image_test, interval, timeout, start, retries = config.healthcheck
+        base = {"test": list(image_test), **{k: v for k, v in (("interval", interval), ("timeout", timeout),
+                                                                ("start_period", start), ("retries", retries)) if v}}
+    if test is not None:
+        base["test"] = list(test)
+    if not base.get("test") or base["test"][0] == "NONE":
+        return None
+    base.update({key: value for key, value in options.items() if value is not None})
+    return base
 
 
 def _strings(where: str, key: str, value: object) -> tuple[str, ...] | None:

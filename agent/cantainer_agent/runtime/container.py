@@ -277,7 +277,7 @@ class Runtime:
             if not os.path.isdir(lower):
                 raise StartError(f"image root filesystem {lower} does not exist")
         cid = spec.id
-        cdir, rdir = self.container_dir(cid), self._run_path(cid)
+        cdir = self.container_dir(cid)
         with self._lock(cid):
             os.makedirs(self.state_dir, 0o700, exist_ok=True)
             os.makedirs(self.run_dir, 0o700, exist_ok=True)
@@ -286,15 +286,8 @@ class Runtime:
                 os.mkdir(cdir, 0o700)
             except FileExistsError:
                 raise ContainerExists(f"container {cid} already exists") from None
-            self._starting.add(cid)
-            cgroup = self.cgroups.cgroup(cid)
-            chan = None
-            shim_fd = None
-            hook_error = False
-            try:
-                if os.path.lexists(rdir):
-                    shutil.rmtree(rdir, ignore_errors=True)
-                os.mkdir(rdir, 0o700)
+
+            def prepare(cgroup: Cgroup) -> float:
                 for sub in ("upper", "work", "rootfs"):
                     os.mkdir(os.path.join(cdir, sub), 0o755)
                 _seed_etc(lowers, os.path.join(cdir, "upper"), spec)
@@ -303,55 +296,117 @@ class Runtime:
                     "version": 1, "spec": spec.to_dict(), "created_at": created_at, "boot_id": linux.boot_id(),
                     "rootfs": lowers, "cgroup": cgroup.relpath,
                 })
-                self.cgroups.cap_parent()  # all containers together leave the host (agent, sshd) headroom
-                cgroup.create(spec.limits)
-                if spec.limits.pids is None:  # the default limit (where the pids controller exists)
-                    cgroup.write_all([LimitWrite("pids", "pids.max", str(self.default_pids), optional=True)])
-                chan = self.zygote.request({
-                    "op": "start", "id": cid, "hostname": spec.hostname, "argv": list(spec.command),
-                    "env": spec.environ(), "workdir": spec.workdir, "lower": ":".join(reversed(lowers)),
-                    "user": spec.user,
-                    "upper": os.path.join(cdir, "upper"), "work": os.path.join(cdir, "work"),
-                    "rootfs": os.path.join(cdir, "rootfs"),
-                    "cgroup_join": cgroup.join_files, "memory_cgroup": cgroup.path("memory"),
-                    "cgroup_v2_dir": cgroup.dirs[0] if cgroup.layout.version == 2 else None,
-                    "cgroup_version": cgroup.layout.version, "caps": self.caps_of(spec), "cap_last": self.cap_last,
-                    "seccomp": spec.seccomp == "default",
-                    "wait_for_go": before_exec is not None,
-                    "log": os.path.join(cdir, logfile.NAME), "log_max": self.log_max_bytes,
-                    "pids_file": os.path.join(rdir, "pids.json"), "exit_file": os.path.join(cdir, "exit.json"),
-                    "tty": spec.tty, "stdin": spec.stdin,
-                    "attach_sock": self.attach_path(cid) if spec.attachable else None,
-                    "attach_wait": self.attach_wait,
-                })
-                if before_exec is not None:
-                    ready = _recv(chan, timeout)
-                    # The shim is blocked waiting for our reply, so its pid cannot have been recycled.
-                    shim_fd = os.pidfd_open(ready["shim_pid"])
-                    hook_error = True
-                    before_exec(ready["pid"])
-                    hook_error = False
-                    chan.send(b'{"op": "go"}')
-                started = _recv(chan, timeout)
-                if shim_fd is None:
-                    shim_fd = linux.pidfd_open_verified(started["shim_pid"], started["shim_start"])
-                    if shim_fd is None:  # already gone: the command was that quick; watch nothing
-                        shim_fd = -1
-            except BaseException as exc:
-                self._abort_start(cid, cgroup, chan, shim_fd)
-                self._starting.discard(cid)
-                if hook_error or isinstance(exc, (StartError, CommandFailed, KeyboardInterrupt, SystemExit)):
-                    raise
-                if isinstance(exc, RuntimeFailure):
-                    raise StartError(f"cannot start container {spec.name}: {exc}") from exc
-                if isinstance(exc, OSError):
-                    raise StartError(f"cannot start container {spec.name}: {exc.strerror or exc}"
-                                     + (f": {exc.filename}" if exc.filename else "")) from exc
-                raise
-            finally:
-                if chan is not None:
-                    chan.close()
+                return created_at
+
+            return self._launch(spec, lowers, prepare, before_exec, timeout, remove_on_failure=True)
+
+    def restart(self, container_id: str, before_exec: Callable[[int], None] | None = None,
+                timeout: float = START_TIMEOUT) -> ContainerInfo:
+        """Start an exited (or dead) container again, as docker's restart policies do: same id, spec
+        and image, its writable layer and its log kept (appended to); a new process, cgroup and
+        namespaces. *before_exec* as for ``start``. On failure it is left dead (no process)."""
+        cid = container_id
+        cdir = self.container_dir(cid)
+        with self._lock(cid):
+            info = self.inspect(cid)
+            if info.state == RUNNING or cid in self._starting:
+                raise ContainerRunning(f"container {info.name} is running")
+            config = read_json(os.path.join(cdir, "config.json"))
+            if config is None or info.spec is None:
+                raise ContainerNotFound(f"container {cid} has no record to restart from")
+            lowers = config.get("rootfs")
+            lowers = [lowers] if isinstance(lowers, str) else list(lowers or [])
+            for lower in lowers:
+                if not os.path.isdir(lower):
+                    raise StartError(f"image root filesystem {lower} of container {info.name} is gone")
+            self._check_free_space(info.spec)
+            old = Cgroup(self.cgroups.layout, config.get("cgroup") or self.cgroups.relpath(cid))
+            self._kill_cgroup(old)
+            old.remove(timeout=5.0)
+            _unmount_below(cdir)
+            for name in ("exit.json", STOP_RECORD):
+                try:
+                    os.unlink(os.path.join(cdir, name))
+                except FileNotFoundError:
+                    pass
+            spec = info.spec
+
+            def prepare(cgroup: Cgroup) -> float:
+                for sub in ("work", "rootfs"):
+                    shutil.rmtree(os.path.join(cdir, sub), ignore_errors=True)
+                    os.mkdir(os.path.join(cdir, sub), 0o755)
+                config.update(boot_id=linux.boot_id(), cgroup=cgroup.relpath)
+                write_json(os.path.join(cdir, "config.json"), config)
+                return config.get("created_at") or time.time()
+
+            return self._launch(spec, lowers, prepare, before_exec, timeout, remove_on_failure=False)
+
+    def _launch(self, spec: ContainerSpec, lowers: list[str], prepare: Callable[[Cgroup], float],
+                before_exec: Callable[[int], None] | None, timeout: float, remove_on_failure: bool) -> ContainerInfo:
+        """Let *prepare* lay out the container's directory, create its cgroup and start it through the
+        zygote; on failure undo it (and with *remove_on_failure* remove the container's directory).
+        Called with the container's lock held."""
+        cid = spec.id
+        cdir, rdir = self.container_dir(cid), self._run_path(cid)
+        self._starting.add(cid)
+        cgroup = self.cgroups.cgroup(cid)
+        chan = None
+        shim_fd = None
+        hook_error = False
+        try:
+            if os.path.lexists(rdir):
+                shutil.rmtree(rdir, ignore_errors=True)
+            os.mkdir(rdir, 0o700)
+            created_at = prepare(cgroup)
+            self.cgroups.cap_parent()  # all containers together leave the host (agent, sshd) headroom
+            cgroup.create(spec.limits)
+            if spec.limits.pids is None:  # the default limit (where the pids controller exists)
+                cgroup.write_all([LimitWrite("pids", "pids.max", str(self.default_pids), optional=True)])
+            chan = self.zygote.request({
+                "op": "start", "id": cid, "hostname": spec.hostname, "argv": list(spec.command),
+                "env": spec.environ(), "workdir": spec.workdir, "lower": ":".join(reversed(lowers)),
+                "user": spec.user,
+                "upper": os.path.join(cdir, "upper"), "work": os.path.join(cdir, "work"),
+                "rootfs": os.path.join(cdir, "rootfs"),
+                "cgroup_join": cgroup.join_files, "memory_cgroup": cgroup.path("memory"),
+                "cgroup_v2_dir": cgroup.dirs[0] if cgroup.layout.version == 2 else None,
+                "cgroup_version": cgroup.layout.version, "caps": self.caps_of(spec), "cap_last": self.cap_last,
+                "seccomp": spec.seccomp == "default",
+                "wait_for_go": before_exec is not None,
+                "log": os.path.join(cdir, logfile.NAME), "log_max": self.log_max_bytes,
+                "pids_file": os.path.join(rdir, "pids.json"), "exit_file": os.path.join(cdir, "exit.json"),
+                "tty": spec.tty, "stdin": spec.stdin,
+                "attach_sock": self.attach_path(cid) if spec.attachable else None,
+                "attach_wait": self.attach_wait,
+            })
+            if before_exec is not None:
+                ready = _recv(chan, timeout)
+                # The shim is blocked waiting for our reply, so its pid cannot have been recycled.
+                shim_fd = os.pidfd_open(ready["shim_pid"])
+                hook_error = True
+                before_exec(ready["pid"])
+                hook_error = False
+                chan.send(b'{"op": "go"}')
+            started = _recv(chan, timeout)
+            if shim_fd is None:
+                shim_fd = linux.pidfd_open_verified(started["shim_pid"], started["shim_start"])
+                if shim_fd is None:  # already gone: the command was that quick; watch nothing
+                    shim_fd = -1
+        except BaseException as exc:
+            self._abort_start(cid, cgroup, chan, shim_fd, remove=remove_on_failure)
             self._starting.discard(cid)
+            if hook_error or isinstance(exc, (StartError, CommandFailed, KeyboardInterrupt, SystemExit)):
+                raise
+            if isinstance(exc, RuntimeFailure):
+                raise StartError(f"cannot start container {spec.name}: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise StartError(f"cannot start container {spec.name}: {exc.strerror or exc}"
+                                 + (f": {exc.filename}" if exc.filename else "")) from exc
+            raise
+        finally:
+            if chan is not None:
+                chan.close()
+        self._starting.discard(cid)
         info = ContainerInfo(
             id=cid, state=RUNNING, spec=spec, pid=started["pid"], shim_pid=started["shim_pid"],
             created_at=created_at, started_at=started.get("started_at"), log_path=logfile.path_in(cdir),
@@ -376,7 +431,8 @@ class Runtime:
                 f"{self.state_dir} (at least {self.min_free_bytes >> 20} MiB must stay free for the raft "
                 f"journal and logs) — free space there or remove containers")
 
-    def _abort_start(self, cid: str, cgroup: Cgroup, chan: socket.socket | None, shim_fd: int | None) -> None:
+    def _abort_start(self, cid: str, cgroup: Cgroup, chan: socket.socket | None, shim_fd: int | None,
+                     remove: bool = True) -> None:
         if chan is not None:
             try:
                 chan.send(b'{"op": "abort"}')
@@ -396,7 +452,8 @@ class Runtime:
             cgroup.remove(timeout=5.0)
         except Exception:  # noqa: BLE001
             log.exception("cannot remove the cgroup of failed container %s", cid)
-        shutil.rmtree(self.container_dir(cid), ignore_errors=True)
+        if remove:
+            shutil.rmtree(self.container_dir(cid), ignore_errors=True)
         shutil.rmtree(self._run_path(cid), ignore_errors=True)
 
     @staticmethod
@@ -611,10 +668,11 @@ class Runtime:
 
     # -- exec ------------------------------------------------------------------------------------
     def exec(self, container_id: str, argv: list[str], env: dict[str, str] | None = None,
-             workdir: str | None = None) -> int:
+             workdir: str | None = None, timeout: float | None = None) -> int:
         """Run *argv* inside the running container (its namespaces, cgroup, capability set) with this
         process's stdio; return its exit code (128+N if killed by signal N; 126/127 if it cannot be
         executed). Forks: call it from a single-threaded process (the CLI's ``exec``), not the agent.
+        *timeout*: kill the command after that many seconds and raise ``TimeoutError``.
         """
         from .nsexec import exec_in_container
 
@@ -629,7 +687,7 @@ class Runtime:
         return exec_in_container(
             pids.get("pid") or 0, pids.get("pid_start"), argv, environ, workdir or info.spec.workdir,
             cgroup.join_files, self.caps_of(info.spec), name=info.name, cap_last=self.cap_last, user=info.spec.user,
-            seccomp=info.spec.seccomp == "default",
+            seccomp=info.spec.seccomp == "default", timeout=timeout,
         )
 
     def lower_dirs_in_use(self) -> set[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 import threading
 
@@ -51,7 +52,9 @@ def _setns_all(pidfd: int, pid: int, flags: int, names: tuple[tuple[str, int], .
 
 def exec_in_container(pid: int, pid_start: int | None, argv: list[str], env: dict[str, str], workdir: str,
                       cgroup_join: list[str], caps: int, name: str = "", cap_last: int | None = None,
-                      user: str = "", seccomp: bool = True) -> int:
+                      user: str = "", seccomp: bool = True, timeout: float | None = None) -> int:
+    """Run *argv* in the container; its exit code. With *timeout*, a command still running then
+    is SIGKILLed and ``TimeoutError`` raised (health checks)."""
     if not argv or not argv[0]:
         raise ValueError("exec needs a command")
     filter_code = seccomp_program(caps, seccomp)  # built here: the child only loads it
@@ -74,7 +77,7 @@ def exec_in_container(pid: int, pid_start: int | None, argv: list[str], env: dic
             linux.setns(own_pid_ns, CLONE_NEWPID)  # our later children are ours again
         os.close(own_pid_ns)
         os.close(pidfd)
-    return _wait(child)
+    return _wait(child, timeout)
 
 
 def _child(pidfd: int, pid: int, argv, env, workdir, cgroup_join, caps, cap_last, user: str, filter_code) -> None:
@@ -102,7 +105,9 @@ def _child(pidfd: int, pid: int, argv, env, workdir, cgroup_join, caps, cap_last
         os._exit(127 if not_found else 126)
 
 
-def _wait(child: int) -> int:
+def _wait(child: int, timeout: float | None = None) -> int:
+    if timeout is not None:
+        return _wait_at_most(child, timeout)
     forward = (signal.SIGTERM, signal.SIGHUP)
     ignore = (signal.SIGINT, signal.SIGQUIT)
     saved = {}
@@ -122,5 +127,19 @@ def _wait(child: int) -> int:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _wait_at_most(child: int, timeout: float) -> int:
+    pidfd = os.pidfd_open(child)
+    try:
+        if not select.select([pidfd], [], [], timeout)[0]:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            raise TimeoutError(f"still running after {timeout:g} s: killed")
+    finally:
+        os.close(pidfd)
+    _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code

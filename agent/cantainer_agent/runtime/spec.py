@@ -200,7 +200,8 @@ class ContainerSpec:
 
     @property
     def hostname(self) -> str:
-        return self.name
+        """The name, dots (service tasks: web.1) turned into hyphens: one valid DNS label."""
+        return self.name.replace(".", "-")
 
     def capabilities(self, default: Iterable[str] = capabilities.DEFAULT_CAPS) -> tuple[str, ...]:
         """The container's capability set: *default* with ``cap_add`` and ``cap_drop`` applied."""

@@ -6,7 +6,14 @@ import signal
 
 import pytest
 
-from cantainer_agent.images.config import DEFAULT_PATH, ImageConfig, NoCommand, effective, parse_signal
+from cantainer_agent.images.config import (
+    DEFAULT_PATH,
+    ImageConfig,
+    NoCommand,
+    effective,
+    effective_health,
+    parse_signal,
+)
 from cantainer_agent.images.errors import ImageSourceError
 
 D = "sha256:" + "c" * 64
@@ -73,3 +80,19 @@ def test_bad_signals(text):
 def test_malformed_configs(document, fragment):
     with pytest.raises(ImageSourceError, match=fragment):
         ImageConfig.parse(json.dumps(document).encode())
+
+
+def test_the_healthcheck_is_read_in_seconds_and_merged_with_the_options_as_docker_does():
+    c = config(Cmd=["serve"], Healthcheck={"Test": ["CMD-SHELL", "wget -qO- localhost"], "Interval": 5_000_000_000,
+                                           "Timeout": 0, "Retries": 2})
+    assert c.healthcheck == (("CMD-SHELL", "wget -qO- localhost"), 5.0, 0.0, 0.0, 2)
+    assert ImageConfig.from_dict(c.to_dict()) == c
+    assert effective_health(c, None) == {"test": ["CMD-SHELL", "wget -qO- localhost"], "interval": 5.0, "retries": 2}
+    assert effective_health(c, {"interval": 1.0, "timeout": 3.0}) == {
+        "test": ["CMD-SHELL", "wget -qO- localhost"], "interval": 1.0, "timeout": 3.0, "retries": 2}
+    assert effective_health(c, {"test": ["CMD-SHELL", "true"]})["test"] == ["CMD-SHELL", "true"]
+    assert effective_health(c, {"disable": True}) is None
+    assert effective_health(config(Cmd=["x"], Healthcheck={"Test": ["NONE"]}), None) is None
+    assert effective_health(config(Cmd=["x"]), {"interval": 2.0}) is None  # timings alone check nothing
+    with pytest.raises(ImageSourceError, match="Healthcheck.Interval"):
+        config(Cmd=["x"], Healthcheck={"Test": ["CMD", "true"], "Interval": -1})
