@@ -21,6 +21,10 @@ from cantainer.status import open_status_source
 from cantainer.terminal import stream_command
 from cantainer.timefmt import age
 from cantainer_agent import capabilities, layout, protocol
+from cantainer_agent.cluster.specs import constraint_holds, parse_constraint
+from cantainer_agent.errors import StateError
+
+PUSH_FANOUT = 8  # hosts an image is pushed to at once
 
 
 class ContainerNotFound(CantainerError):
@@ -35,7 +39,7 @@ class AmbiguousContainer(CantainerError):
 
 @dataclass
 class RunRequest:
-    host: str
+    host: str | None  # None: the cluster places it (cluster/scheduler.py)
     network: str
     image: str = "alpine"
     name: str | None = None
@@ -51,6 +55,9 @@ class RunRequest:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     seccomp: str = "default"
+    restart: str | None = None  # no | on-failure[:MAX] | always | unless-stopped
+    health: dict | None = None  # --health-* options: {test, interval, timeout, retries, start_period, disable}
+    constraints: list[str] = field(default_factory=list)  # placement (without --host)
 
 
 class HostSession:
@@ -101,7 +108,10 @@ def run_params(request: RunRequest, image: RunImage, interactive: bool = False, 
             "limits": {k: v for k, v in (("memory", request.memory), ("cpus", request.cpus),
                                          ("pids", request.pids)) if v is not None},
             "cap_add": request.cap_add, "cap_drop": request.cap_drop, "seccomp": request.seccomp,
-            **({"auto_remove": True} if request.auto_remove else {})}
+            **({"auto_remove": True} if request.auto_remove else {}),
+            **({"restart": request.restart} if request.restart else {}),
+            **({"health": request.health} if request.health else {}),
+            **({"constraints": request.constraints} if request.constraints else {})}
 
 
 async def run(inventory: Inventory, request: RunRequest, detach: bool, interactive: bool, use_tty: bool) -> int:
@@ -110,6 +120,8 @@ async def run(inventory: Inventory, request: RunRequest, detach: bool, interacti
     (and with --rm removes it) rather than leaving it running unseen."""
     from cantainer import run_image
 
+    if request.host is None:
+        return await run_placed(inventory, request, detach, interactive, use_tty)
     host = inventory.host(request.host)
     async with HostSession(host) as session:
         image = await run_image.resolve(session, inventory, request.image)
@@ -127,6 +139,73 @@ async def run(inventory: Inventory, request: RunRequest, detach: bool, interacti
                 argv = session.tool("logs", created["id"], "--follow", "--exit-code")
             code = await stream_command(session.connection, argv, interactive, use_tty)
         except asyncio.CancelledError:  # Ctrl-C (asyncio.run cancels us)
+            raise await _interrupted(session, created["name"], request.auto_remove) from None
+        if request.auto_remove:
+            await session.write("container.rm", {"name": created["name"], "force": True}, timeout=30)
+        return code
+
+
+def candidate_hosts(inventory: Inventory, status: dict, constraints: list[str]) -> list[str]:
+    """Inventory hosts that are up and satisfy every constraint (labels from the inventory)."""
+    up = {node["name"] for node in status.get("nodes", []) if node.get("state") == "up"}
+    try:
+        for constraint in constraints:
+            parse_constraint(constraint)
+    except StateError as error:
+        raise CantainerError(str(error)) from None
+    return [host.name for host in inventory.hosts if host.name in up
+            and all(constraint_holds(c, host.name, dict(host.labels)) for c in constraints)]
+
+
+async def distribute_image(inventory: Inventory, status: dict, name: str, constraints: list[str]) -> RunImage:
+    """*name* resolved once and its layers on every candidate host; the image (for the agent API)."""
+    from cantainer import run_image
+
+    hosts = candidate_hosts(inventory, status, constraints)
+    if not hosts:
+        raise CantainerError(f"no host that is up matches {' and '.join(constraints) or 'the request'}",
+                           "see `cantainer status` and the hosts' labels in the inventory")
+    gate = asyncio.Semaphore(PUSH_FANOUT)
+
+    async def one(host: str) -> RunImage:
+        async with gate, HostSession(inventory.host(host)) as session:
+            return await run_image.resolve(session, inventory, name)
+
+    results = await asyncio.gather(*(one(host) for host in hosts), return_exceptions=True)
+    images = [result for result in results if isinstance(result, RunImage)]
+    failures = [(host, result) for host, result in zip(hosts, results, strict=True) if not isinstance(result, RunImage)]
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, CantainerError):
+            raise result
+    if not images:
+        raise failures[0][1]
+    for host, error in failures:
+        print(f"cantainer: warning: {host} did not get image {name} ({error}); nothing of it is placed there",
+              file=sys.stderr)
+    return images[0]
+
+
+async def run_placed(inventory: Inventory, request: RunRequest, detach: bool, interactive: bool,
+                     use_tty: bool) -> int:
+    """`run` without --host: the image goes to every host it may land on, the cluster picks one
+    (inside the replicated command), that host's agent starts it; then as `run --host`."""
+    async with ClusterView(inventory) as cluster:
+        image = await distribute_image(inventory, cluster.status, request.image, request.constraints)
+        params = run_params(request, image, interactive, use_tty)
+        if not detach:
+            params.pop("auto_remove", None)  # the host would race our reading of its exit code
+        created = await cluster.write("container.place", params, timeout=90)
+    if detach:
+        print(f"{created['name']} {created['ip']} {created['host']}")
+        return 0
+    async with HostSession(inventory.host(created["host"])) as session:
+        try:
+            if interactive or use_tty:
+                argv = session.tool("attach", created["id"])
+            else:
+                argv = session.tool("logs", created["id"], "--follow", "--exit-code")
+            code = await stream_command(session.connection, argv, interactive, use_tty)
+        except asyncio.CancelledError:
             raise await _interrupted(session, created["name"], request.auto_remove) from None
         if request.auto_remove:
             await session.write("container.rm", {"name": created["name"], "force": True}, timeout=30)

@@ -78,6 +78,7 @@ class Host:
     python: str
     connect_timeout: float
     underlay_address: str | None
+    labels: tuple[tuple[str, str], ...] = ()  # placement: --constraint label.KEY==VALUE
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class Cluster:
     vxlan_port: int
     voters: int
     secret_file: Path
+    reschedule_after: float | None = None  # None: the agent's default (layout.RESCHEDULE_AFTER)
 
 
 @dataclass(frozen=True)
@@ -370,7 +372,8 @@ class _Field:
     check: Callable[[_Source, KeyPath, Any], Any]
 
 
-_TYPE_NAMES = {(str,): "a string", (int,): "an integer", (bool,): "true or false", (int, float): "a number"}
+_TYPE_NAMES = {(str,): "a string", (int,): "an integer", (bool,): "true or false", (int, float): "a number",
+               (dict,): "a table"}
 
 
 def _table(source: _Source, key_path: KeyPath, value: Any) -> dict[str, Any]:
@@ -607,11 +610,34 @@ _BUILTIN_SSH_DEFAULTS: dict[str, Any] = {
     "connect_timeout": 10.0,
 }
 
+def _labels(source: _Source, key_path: KeyPath, value: dict) -> tuple[tuple[str, str], ...]:
+    from cantainer_agent.cluster.specs import LABEL_KEY_RE, LABEL_VALUE_RE
+
+    for key, item in value.items():
+        if not LABEL_KEY_RE.fullmatch(key):
+            raise source.error((*key_path, key), f"{_quote(key)} is not a valid label key",
+                               "use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit")
+        if not isinstance(item, str) or not LABEL_VALUE_RE.fullmatch(item):
+            raise source.error((*key_path, key), f"{_describe(item)} is not a valid label value",
+                               'use a string of 1-63 letters, digits, dots, underscores and hyphens, e.g. zone = "a"')
+    if len(value) > 64:
+        raise source.error(key_path, f"{len(value)} labels are too many", "give a host at most 64 labels")
+    return tuple(sorted(value.items()))
+
+
+def _reschedule_after(source: _Source, key_path: KeyPath, value: int | float) -> float:
+    if not (math.isfinite(value) and 1 <= value <= 86400):
+        raise source.error(key_path, f"{value} is not a number of seconds from 1 to 86400",
+                           "use the seconds a host may be down before its service tasks move, e.g. 30")
+    return float(value)
+
+
 _HOST_FIELDS = {
     "name": _Field((str,), '"h1"', _host_name),
     "address": _Field((str,), '"10.20.0.11"', _ssh_address),
     "underlay_address": _Field((str,), '"10.20.0.11"', _underlay_address),
     **_SSH_FIELDS,
+    "labels": _Field((dict,), '{ zone = "a" }', _labels),
 }
 
 _CLUSTER_FIELDS = {
@@ -621,6 +647,7 @@ _CLUSTER_FIELDS = {
     "vxlan_port": _Field((int,), str(layout.VXLAN_PORT), _port),
     "voters": _Field((int,), "3", _voters),
     "secret_file": _Field((str,), '"~/.config/cantainer/default.secret"', _local_path),
+    "reschedule_after": _Field((int, float), "30", _reschedule_after),
 }
 
 _CLUSTER_DEFAULTS: dict[str, Any] = {
@@ -741,6 +768,7 @@ def _read_host(source: _Source, key_path: KeyPath, entry: Any, ssh_defaults: Map
         address=given["address"],
         # A DNS name stays unresolved here: resolving is the connecting side's job, at connect time.
         underlay_address=given.get("underlay_address", str(address_ip) if address_ip else None),
+        labels=given.get("labels", ()),
         **{key: given.get(key, default) for key, default in ssh_defaults.items()},
     )
 

@@ -78,6 +78,9 @@ def desired_config(inventory: Inventory, host: Host, addresses: dict[str, str | 
         "data_dir": layout.DATA_DIR,
         "run_dir": layout.RUN_DIR,
         "log_dir": layout.LOG_DIR,
+        # only when set, so that configs written before they existed stay unchanged
+        **({"labels": dict(host.labels)} if host.labels else {}),
+        **({"reschedule_after": cluster.reschedule_after} if cluster.reschedule_after is not None else {}),
     }
 
 

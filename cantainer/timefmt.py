@@ -43,3 +43,17 @@ def age(seconds: float | None, now: float | None = None) -> str:
         if elapsed >= size:
             return f"{int(elapsed // size)}{unit}"
     return f"{int(elapsed)}s"
+
+
+def parse_duration(text: str) -> float:
+    """A duration as docker's options take it: 500ms, 5s, 1m30s, 2h — or plain seconds (2.5)."""
+    body = text.strip()
+    if re.fullmatch(r"\d+(?:\.\d+)?", body):
+        return float(body)
+    if body.endswith("ms") and body[:-2].replace(".", "", 1).isdigit():
+        return float(body[:-2]) / 1000
+    match = _DURATION.match(body)
+    if not body or not match or not any(match.groups()):
+        raise ValueError(f"{text!r} is not a duration (write it like 500ms, 5s or 1m30s)")
+    days, hours, minutes, seconds = (float(part or 0) for part in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds

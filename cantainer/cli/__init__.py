@@ -1,6 +1,6 @@
 """The `cantainer` command line. The only place that turns errors into the one line a user sees.
 
-One module per command group (cluster, containers, networks) registers its subcommands; this one
+One module per command group (cluster, containers, networks, services, images) registers its subcommands; this one
 builds the parser from them, runs the chosen command and maps errors to one line and an exit code
 (exitcodes.py). Heavy imports (asyncssh, rich) happen inside the commands, so `cantainer --help`
 and error paths start fast.
@@ -11,11 +11,11 @@ import os
 import sys
 
 from cantainer import __version__
-from cantainer.cli import cluster, containers, exitcodes, images, networks
+from cantainer.cli import cluster, containers, exitcodes, images, networks, services
 from cantainer.cli.parser import Commands, Parser, formatter
 from cantainer.errors import CantainerError, Interrupted
 
-COMMAND_MODULES = (cluster, networks, containers, images)
+COMMAND_MODULES = (cluster, networks, containers, services, images)
 DESCRIPTION = "Agentless orchestrator: containers on a VXLAN overlay, over SSH."
 EPILOG = """examples:
   cantainer up inventory.toml                        # agents on every host, one raft cluster

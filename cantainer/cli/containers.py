@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from cantainer.cli import exitcodes, output
+from cantainer.cli import exitcodes, output, runopts
 from cantainer.cli.common import cluster_call, consistency, load, run_async
 from cantainer.cli.parser import STALE_HELP, Commands, finite_float
 from cantainer.errors import CantainerError, UsageError
@@ -15,18 +15,23 @@ LONG_INVENTORY = ("--inventory",)
 
 
 def register(commands: Commands) -> None:
-    run = commands.add("run", "start a container on a host", cmd_run, inventory_flags=LONG_INVENTORY,
-                       tool_error=exitcodes.TOOL_ERROR, examples=[
+    run = commands.add("run", "start a container (on a host, or where the cluster places it)", cmd_run,
+                       inventory_flags=LONG_INVENTORY, tool_error=exitcodes.TOOL_ERROR, examples=[
         "cantainer run --host h1 -n 10.0.0.0/24 --name web -d sleep 3600   # prints \"web 10.0.0.1\"",
+        "cantainer run -n 10.0.0.0/24 -d --memory 256m sleep 3600         # placed: prints name, IP and host",
+        "cantainer run -n 10.0.0.0/24 -d --constraint label.zone==a sleep 3600",
         "cantainer run --host h2 -n 10.0.0.0/24 sh -c 'echo hi; exit 3'   # streams output, exits 3",
         "cantainer run -it --rm --host h1 -n 10.0.0.0/24 sh                # a shell; removed on exit",
-        "cantainer run --host h1 -n 10.0.0.0/24 -- ls -l /                 # -- is accepted too",
-    ], description="Start a container on a host. Everything after the options is the command, as with docker\n"
-                   "run (it replaces the image's Cmd; without one the image's Entrypoint + Cmd run); exits with\n"
-                   "the command's code (125: cantainer failed, 126: the command cannot be executed, 127: it\n"
-                   "was not found).")
-    run.add_argument("--host", required=True, help="inventory host to run on")
-    run.add_argument("-n", "--network", required=True, metavar="CIDR", help="network, created on first use")
+        "cantainer run -d --restart on-failure:5 --host h1 -n 10.0.0.0/24 -- ./job",
+        "cantainer run -d --health-cmd 'wget -qO- localhost' -n 10.0.0.0/24 --image app:1",
+    ], description="Start a container. With --host it runs there; without, the cluster places it: a host that is\n"
+                   "up, meets every --constraint, has the image and room for --memory/--cpus, with the fewest\n"
+                   "containers. Everything after the options is the command, as with docker run (it replaces\n"
+                   "the image's Cmd; without one the image's Entrypoint + Cmd run); exits with the command's\n"
+                   "code (125: cantainer failed, 126: the command cannot be executed, 127: it was not found).")
+    run.add_argument("--host", help="inventory host to run on (default: the cluster places it)")
+    # required, but checked in cmd_run: a mistyped option must be named before a "missing" one
+    run.add_argument("-n", "--network", metavar="CIDR", help="network, created on first use (required)")
     run.add_argument("--name", help="unique container name (default: generated)")
     run.add_argument("--image", default="alpine",
                      help="alpine, an [images.NAME], NAME:TAG (image load/pull) or HOST[:PORT]/REPO[:TAG|@DIGEST]")
@@ -38,14 +43,14 @@ def register(commands: Commands) -> None:
     run.add_argument("-w", "--workdir", help="working directory inside the container (default: the image's, or /)")
     run.add_argument("--user", "-u", help="NAME|UID[:GROUP|GID] to run as (default: the image's User, or root)")
     run.add_argument("--entrypoint", help="replace the image's Entrypoint (and drop its Cmd); '' clears it")
-    run.add_argument("--memory", help="memory limit, e.g. 256m")
-    run.add_argument("--cpus", type=finite_float, help="CPU limit, e.g. 0.5")
-    run.add_argument("--pids", type=int, help="maximum number of processes (default 1024)")
+    runopts.add_limits(run)
     run.add_argument("--cap-add", action="append", default=[], metavar="CAP",
                      help="add a Linux capability, e.g. NET_RAW (ALL: every one)")
     run.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a Linux capability")
     run.add_argument("--security-opt", action="append", default=[], metavar="OPT",
                      help="seccomp=unconfined: no seccomp filter (no-new-privileges is always on)")
+    runopts.add_placement(run)
+    runopts.add_restart_and_health(run, "no")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...",
                      help="the command and its arguments (default: the image's)")
     execute = commands.add("exec", "run a command in a running container", cmd_exec, inventory_flags=LONG_INVENTORY,
@@ -106,13 +111,14 @@ def command_of(args: argparse.Namespace) -> list[str]:
     return command[1:] if command[:1] == ["--"] else command
 
 
-PS_HEADER = ["NAME", "ID", "HOST", "NETWORK", "IP", "STATE", "CREATED", "IMAGE", "PORTS", "COMMAND"]
+PS_HEADER = ["NAME", "ID", "HOST", "NETWORK", "IP", "STATE", "RESTARTS", "SERVICE", "CREATED", "IMAGE", "PORTS",
+             "COMMAND"]
 
 
 def ps_rows(containers: list[dict], now: float | None = None) -> list[list[str]]:
     return [[c["name"], c["id"], c["host"], c["network"], c["ip"], output.state_text(c, now),
-             output.age(c["created_at"], now), c["image"], ",".join(c.get("ports") or []) or "-",
-             " ".join(c["command"])] for c in containers]
+             str(c.get("restart_count", 0)), c.get("service") or "-", output.age(c["created_at"], now), c["image"],
+             output.ports_text(c), " ".join(c["command"])] for c in containers]
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
@@ -132,6 +138,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from cantainer import containers
 
+    if not args.network:
+        raise UsageError("the following arguments are required: -n/--network", "see `cantainer run --help`")
     if (args.interactive or args.tty) and args.detach:
         raise UsageError(
             "-d cannot be combined with -i/-t", "use `cantainer exec -it NAME -- sh` on a detached container"
@@ -141,17 +149,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = containers.parse_env(args.env)
     if args.tty:  # a terminal needs its type, as docker run -t sets it
         env.setdefault("TERM", os.environ.get("TERM") or "xterm")
+    limits = runopts.limits_of(args)
+    constraints = runopts.constraints_of(args)
+    if constraints and args.host:
+        raise UsageError("--constraint places a container; --host names its host", "give one of them")
+    restart = runopts.restart_of(args)
+    if restart and restart != "no" and args.rm:
+        raise UsageError("--rm and --restart contradict each other", "a container removed when it exits cannot "
+                                                                     "be restarted: give one of them")
     request = containers.RunRequest(
         host=args.host, network=args.network, image=args.image, name=args.name,
         command=command_of(args) or None, env=env, workdir=args.workdir,
         entrypoint=args.entrypoint, user=args.user,
-        memory=containers.parse_size(args.memory) if args.memory else None, cpus=args.cpus, pids=args.pids,
-        auto_remove=args.rm, **containers.parse_security(args.cap_add, args.cap_drop, args.security_opt),
+        memory=limits.get("memory"), cpus=limits.get("cpus"), pids=limits.get("pids"),
+        auto_remove=args.rm, restart=restart, health=runopts.health_of(args), constraints=constraints or [],
+        **containers.parse_security(args.cap_add, args.cap_drop, args.security_opt),
     )
     if request.workdir is not None and not request.workdir.startswith("/"):
         raise UsageError(f"-w {request.workdir!r} is not an absolute path", "write it like -w /app")
-    if request.cpus is not None and request.cpus <= 0 or request.pids is not None and request.pids <= 0:
-        raise UsageError("--cpus and --pids must be positive")
     return run_async(containers.run(load(args), request, args.detach, args.interactive, args.tty))
 
 

@@ -12,12 +12,12 @@ import sys
 from cantainer.timefmt import age, parse_since, rfc3339
 
 __all__ = ["age", "parse_since", "rfc3339", "table", "print_table", "json_times", "print_json", "terminal_width",
-           "state_text"]
+           "state_text", "ports_text"]
 
 GAP = 2
 MIN_SHRUNK = 12  # a shrinkable column keeps at least this much (or its header)
 TIME_KEYS = frozenset({"created_at", "started_at", "finished_at", "unknown_since", "last_seen", "joined_at",
-                       "reported_at", "heartbeat"})
+                       "reported_at", "heartbeat", "updated_at", "since", "at", "exited_at"})
 
 
 def terminal_width() -> int | None:
@@ -95,10 +95,21 @@ def print_json(document) -> None:
 
 
 def state_text(container: dict, now: float | None = None) -> str:
-    """A container's STATE in words: the state, the exit code, why (an OOM kill, `down`, its host down
-    for how long)."""
+    """A container's STATE in words: the state, the exit code, its health, why (an OOM kill, `down`, its
+    host down for how long), and for a service task being replaced, that it is retiring."""
     state, code, reason = container["state"], container.get("exit_code"), container.get("reason")
     if state == "unknown":
         return f"unknown (host {container['host']} down {age(container.get('unknown_since'), now)})"
     text = state if code is None else f"{state} ({code})"
+    health = container.get("health")
+    if health and state == "running":
+        text = f"{text} ({health['status']})"
+    if container.get("retiring"):
+        text = f"{text}, retiring"
     return f"{text}, {reason}" if reason else text
+
+
+def ports_text(container: dict) -> str:
+    """Published ports (HOST->CONTAINER/proto), else the image's exposed ones, else -."""
+    published = [f"{p['host_port']}->{p['container_port']}/{p['protocol']}" for p in container.get("publish") or []]
+    return ",".join(published or container.get("ports") or []) or "-"

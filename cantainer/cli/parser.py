@@ -31,11 +31,32 @@ def suggest(word: str, candidates) -> str:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line (what, a suggestion, where to look) and exit code 2."""
+    """argparse, but a usage mistake is one line (what, a suggestion, where to look) and exit code 2.
+
+    ``dash_command``: the attribute that takes everything after ``--`` (``service create NAME [options]
+    -- CMD``: options may follow the positional NAME, which argparse's REMAINDER would swallow)."""
+
+    dash_command: str | None = None
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self.dash_command is None or args is None:
+            return super().parse_known_args(args, namespace)
+        args = list(args)
+        tail: list[str] = []
+        if "--" in args:
+            cut = args.index("--")
+            args, tail = args[:cut], args[cut + 1:]
+        parsed, extras = super().parse_known_args(args, namespace)
+        setattr(parsed, self.dash_command, tail)
+        return parsed, extras
 
     def error(self, message: str) -> None:  # type: ignore[override]
         choice = _INVALID_CHOICE.search(message)
-        if choice:
+        if choice and message.startswith("argument -"):  # an option's value, not a command
+            word, choices = choice.group(1), re.findall(r"'([^']*)'", choice.group(2))
+            option = message.split(":", 1)[0].removeprefix("argument ").split("/")[-1]
+            message = f"{option} '{word}' is not one of {', '.join(choices)}{suggest(word, choices)}"
+        elif choice:
             word, choices = choice.group(1), re.findall(r"'([^']*)'", choice.group(2))
             what = "command" if self.prog == "cantainer" else f"`{self.prog}` verb"
             message = f"unknown {what} '{word}'{suggest(word, choices)}"

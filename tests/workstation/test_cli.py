@@ -40,6 +40,17 @@ def test_run_takes_everything_after_its_options_as_the_command(argv, command):
     assert command_of(parse(*argv)) == command
 
 
+def test_service_create_takes_options_after_its_name_and_the_command_after_dashes():
+    args = parse("service", "create", "web", "--replicas", "3", "-n", "10.0.0.0/24", "-e", "A=1", "-p", "8080:80",
+                 "--constraint", "label.zone==a", "--update-order", "stop-first", "--", "sh", "-c", "exec x --y")
+    assert (args.name, args.replicas, args.network, args.env, args.publish, args.constraint, args.update_order,
+            args.command) == ("web", 3, "10.0.0.0/24", ["A=1"], ["8080:80"], ["label.zone==a"], "stop-first",
+                              ["sh", "-c", "exec x --y"])
+    assert parse("service", "create", "web", "-n", "10.0.0.0/24").command == []
+    update = parse("service", "update", "web", "--image", "app:2", "--force", "--", "serve")
+    assert (update.image, update.force, update.command) == ("app:2", True, ["serve"])
+
+
 def test_run_options_parse():
     args = parse("run", "--host", "h1", "-n", "10.0.0.0/24", "--cpus", "0.5", "-e", "A=1", "-e", "B=2", "-d",
                  "--inventory", "inv.toml")
@@ -59,6 +70,27 @@ def test_run_options_parse():
     (["logs", "web", "extra"], ["unexpected argument: extra", "cantainer logs --help"], 2),
     (["run", "--hots", "h1", "-n", "10.0.0.0/24"], ["--host", "cantainer run --help"], 125),
     (["exec", "-it", "web"], ["no command given", "cantainer exec web cat /etc/hostname"], 125),
+    (["run", "-d", "sleep", "1"], ["required: -n/--network", "cantainer run --help"], 125),
+    (["run", "--host", "h1", "--constraint", "host==h1", "-n", "10.0.0.0/24"], ["--constraint places", "--host"],
+     125),
+    (["run", "-n", "10.0.0.0/24", "--constraint", "zone=a"], ["--constraint: constraint 'zone=a' is not understood",
+                                                             "label.KEY==VALUE"], 125),
+    (["run", "-n", "10.0.0.0/24", "--restart", "sometimes"], ["--restart: restart policy 'sometimes' is unknown",
+                                                             "on-failure[:MAX]"], 125),
+    (["run", "-n", "10.0.0.0/24", "--restart", "always:3"], ["only on-failure takes a maximum"], 125),
+    (["run", "-n", "10.0.0.0/24", "--restart", "always", "--rm"], ["--rm and --restart contradict"], 125),
+    (["run", "-n", "10.0.0.0/24", "--health-interval", "soon"], ["--health-interval 'soon' is not a duration"], 125),
+    (["run", "-n", "10.0.0.0/24", "--health-retries", "0"], ["--health-retries 0 must be at least 1"], 125),
+    (["run", "-n", "10.0.0.0/24", "--health-cmd", "x", "--no-healthcheck"], ["contradict"], 125),
+    (["service", "create", "web"], ["required: -n/--network"], 2),
+    (["service", "create", "web", "-n", "10.0.0.0/24", "--replicas", "2", "--mode", "global"],
+     ["not allowed with argument --replicas"], 2),
+    (["service", "create", "web", "-n", "10.0.0.0/24", "-p", "80"], ["-p: published port '80' must be"], 2),
+    (["service", "create", "web", "-n", "10.0.0.0/24", "--update-monitor", "x"], ["--update-monitor 'x' is not"], 2),
+    (["service", "create", "web", "-n", "10.0.0.0/24", "--update-order", "last"],
+     ["--update-order 'last' is not one of start-first, stop-first"], 2),
+    (["service", "scale", "web"], ["'web' is not NAME=N", "web=3"], 2),
+    (["service", "remove", "web"], ["unknown `cantainer service` verb 'remove'"], 2),
 ])
 def test_usage_mistakes_are_one_line_with_a_suggestion_and_the_right_help(argv, needles, code, capsys):
     assert main(argv) == code

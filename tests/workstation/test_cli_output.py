@@ -37,7 +37,7 @@ def test_piped_ps_is_not_width_limited():
     assert " ".join(COMMAND) in text and all(key in text for key in KEYS)
 
 
-@pytest.mark.parametrize("width", [180, 200])
+@pytest.mark.parametrize("width", [200, 220])
 def test_ps_on_a_terminal_shrinks_only_the_command(width):
     lines = ps_lines(width)
     assert all(key in lines[1] for key in KEYS) and "5m" in lines[1]

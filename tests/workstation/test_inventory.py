@@ -211,6 +211,20 @@ def test_example_inventory_validates() -> None:
     assert set(inventory.images) == {"alpine"}
 
 
+def test_labels_and_reschedule_after_reach_the_agent_config(tmp_path: Path) -> None:
+    from cantainer.plan import desired_config
+
+    inventory = load_inventory(write(tmp_path, '[cluster]\nreschedule_after = 12\n' + HOST
+                                     + 'labels = { zone = "a", disk = "ssd" }\n'))
+    host = inventory.hosts[0]
+    assert host.labels == (("disk", "ssd"), ("zone", "a")) and inventory.cluster.reschedule_after == 12.0
+    config = desired_config(inventory, host, {"h1": "10.0.0.1"}, "d" * 64, bootstrap=True)
+    assert config["labels"] == {"disk": "ssd", "zone": "a"} and config["reschedule_after"] == 12.0
+    plain = load_inventory(write(tmp_path, HOST, "plain.toml"))
+    config = desired_config(plain, plain.hosts[0], {"h1": "10.0.0.1"}, "d" * 64, bootstrap=True)
+    assert "labels" not in config and "reschedule_after" not in config  # unchanged configs: no restarts
+
+
 def test_registries_are_read_with_defaults(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("secret\n")
     path = write(tmp_path, '[registries."reg.io:5000"]\nusername = "u"\npassword_file = "pw"\npull = "hosts"\n'
@@ -313,6 +327,11 @@ INVALID_CASES = [
     ("registry-missing-password-file", '[registries."reg.io"]\nusername = "u"\npassword_file = "nope"  # <-\n'
      + HOST, 'registries."reg.io".password_file', "does not exist"),
     ("newline-in-value", HOST + 'user = "a\\nb"  # <-\n', "hosts[0].user", r'"a\nb" is not a valid user name'),
+    ("labels-not-a-table", HOST + 'labels = "zone=a"  # <-\n', "hosts[0].labels", "expected a table"),
+    ("label-bad-key", HOST + 'labels = { Zone = "a" }  # <-\n', "hosts[0].labels.Zone", "not a valid label key"),
+    ("label-bad-value", HOST + 'labels = { zone = 1 }  # <-\n', "hosts[0].labels.zone", "not a valid label value"),
+    ("reschedule-after-zero", '[cluster]\nreschedule_after = 0  # <-\n' + HOST, "cluster.reschedule_after",
+     "from 1 to 86400"),
     ("toml-syntax", HOST + "port = = 22  # <-\n", None, "invalid TOML"),
     ("toml-duplicate-key", HOST + 'name = "again"  # <-\n', None, "defined twice"),
     ("empty-file", "  \n\n", None, "the file is empty"),
