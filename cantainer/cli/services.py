@@ -209,7 +209,13 @@ def _wait(inventory, name: str, timeout: float) -> int:
 
 def cmd_create(args: argparse.Namespace) -> int:
     from cantainer import services
+    from cantainer_agent.cluster.specs import check_service_name
+    from cantainer_agent.errors import StateError
 
+    try:  # before any image is sent anywhere
+        check_service_name(args.name)
+    except StateError as error:
+        raise UsageError(str(error)) from None
     options = _options(args)
     if args.mode == "global" and args.replicas is not None:
         raise UsageError("--replicas and --mode global contradict each other",

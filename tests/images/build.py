@@ -175,3 +175,55 @@ def docker_archive(layout: Path, tag: str, path: Path, name: str) -> Path:
 
 def manifest_of(layout: Path, tag: str) -> dict:
     return json.loads(_blob(layout, _descriptor(layout, tag)["digest"]))
+
+
+WEB_CMD = ("trap 'kill $!; exit 0' TERM; /usr/local/bin/busybox httpd -f -p 80 -h /srv/www & wait")
+
+
+def build_web_layout(work: Path, versions: tuple[str, ...] = ("v1", "v2")) -> Path:
+    """An OCI layout with ``web-<version>`` tags for the service tests: the base image, Debian's
+    busybox-static, and a page saying the version; Cmd runs busybox httpd on port 80 under a shell
+    that stops it on SIGTERM. The config carries a docker HEALTHCHECK (fetch the page every 0.5 s),
+    which umoci cannot write, so it is added to the config blob here."""
+    work.mkdir(parents=True, exist_ok=True)
+    layout = work / "web-layout"
+    if layout.exists():
+        shutil.rmtree(layout)
+    run("umoci", "init", "--layout", str(layout))
+    base = base_layer(work)
+    server = _tar(work / "l-web-busybox.tar", [
+        _member("usr/", mode=0o755, kind=tarfile.DIRTYPE), _member("usr/local/", mode=0o755, kind=tarfile.DIRTYPE),
+        _member("usr/local/bin/", mode=0o755, kind=tarfile.DIRTYPE),
+        _member("usr/local/bin/busybox", BUSYBOX_STATIC.read_bytes(), mode=0o755)])
+    for version in versions:
+        tag = f"web-{version}"
+        page = _tar(work / f"l-web-{version}.tar", [
+            _member("srv/", mode=0o755, kind=tarfile.DIRTYPE), _member("srv/www/", mode=0o755, kind=tarfile.DIRTYPE),
+            _member("srv/www/index.html", f"{version}\n".encode())])
+        _add_layers(layout, tag, [base, server, page])
+        run("umoci", "config", "--image", f"{layout}:{tag}", "--config.cmd", "/bin/sh", "--config.cmd", "-c",
+            "--config.cmd", WEB_CMD, "--config.exposedports", "80/tcp")
+        set_healthcheck(layout, tag, {"Test": ["CMD-SHELL", "wget -q -T 1 -O /dev/null http://127.0.0.1/"],
+                                      "Interval": 500_000_000, "Timeout": 2_000_000_000, "Retries": 2})
+    return layout
+
+
+def set_healthcheck(layout: Path, tag: str, healthcheck: dict) -> None:
+    """Add docker's Healthcheck to the config of ``layout:tag`` (new config and manifest blobs)."""
+    index = json.loads((layout / "index.json").read_text())
+    entry = next(m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name")
+                 == tag)
+    manifest = json.loads(_blob(layout, entry["digest"]))
+    config = json.loads(_blob(layout, manifest["config"]["digest"]))
+    config.setdefault("config", {})["Healthcheck"] = healthcheck
+
+    def store(data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        (layout / "blobs" / "sha256" / digest[7:]).write_bytes(data)
+        return digest
+
+    config_bytes = json.dumps(config).encode()
+    manifest["config"].update(digest=store(config_bytes), size=len(config_bytes))
+    manifest_bytes = json.dumps(manifest).encode()
+    entry.update(digest=store(manifest_bytes), size=len(manifest_bytes))
+    (layout / "index.json").write_text(json.dumps(index))
