@@ -1,6 +1,6 @@
 """Benchmarks side by side with their anchors.
 
-    sudo .venv/bin/python -m bench [--quick] [--only start,raft,up,overlay,scale,image] [--out bench/results.json]
+    sudo .venv/bin/python -m bench [--quick] [--only start,raft,up,overlay,scale,image,service] [--out …]
 
 Prints a rich table and writes the rows to bench/results.json (see bench/results.py for the row
 format and the ratio rule) and, when `up` rows exist, a PNG of `up` time against host count
@@ -27,7 +27,7 @@ for p in (str(REPO), str(REPO / "agent")):
 
 from bench.results import normalize, print_table, row, write_json  # noqa: E402
 
-GROUPS = ("start", "raft", "up", "overlay", "scale", "image")
+GROUPS = ("start", "raft", "up", "overlay", "scale", "image", "service")
 
 
 # -- raft: reuses bench/raft_bench.py (writes/s) and bench/raft_failover.py (failover) ---------------
@@ -128,8 +128,17 @@ def image_rows(quick: bool, notes: list[str]) -> list[dict]:
     return image_bench.measure(quick)
 
 
+def service_rows(quick: bool, notes: list[str]) -> list[dict]:
+    if os.geteuid() != 0:
+        notes.append("service needs root (the lab): skipped")
+        return []
+    from bench import service_bench
+
+    return service_bench.measure(quick)
+
+
 MEASURE = {"start": start_rows, "raft": raft_rows, "up": up_rows, "overlay": overlay_rows, "scale": scale_rows,
-           "image": image_rows}
+           "image": image_rows, "service": service_rows}
 
 
 def main(argv: list[str] | None = None) -> int:

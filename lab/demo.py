@@ -1,15 +1,18 @@
 """`sudo make demo`: a 3-host lab, `cantainer up`, Alpine containers on two hosts pinging each other
-over the VXLAN overlay, `cantainer status`, then a clean teardown.
+over the VXLAN overlay, `cantainer status`, a 3-replica service that keeps its 3 tasks through a
+host crash, then a clean teardown.
 
 Each step is the real command a user would type, printed before it runs. Set DEMO_KEEP=1 to keep
 the lab and cluster running afterwards for exploring by hand.
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -18,6 +21,7 @@ from lab.lab import Lab, LabError
 
 console = Console()
 BIN = Path(sys.executable).parent
+RESCHEDULE_AFTER = 10  # seconds (the default is 30): how long a host may be down before its tasks move
 
 
 def step(title: str, argv: list[str], inventory: str | None = None) -> None:
@@ -37,7 +41,11 @@ def main() -> int:
     try:
         with console.status("creating 3 lab hosts (namespaces + sshd each)…"):
             inventory = str(lab.up(3))
-        console.print(f"[green]lab up[/] — 3 hosts, inventory at {inventory}")
+        text = Path(inventory).read_text()
+        setting = f"[cluster]\nreschedule_after = {RESCHEDULE_AFTER}\n"
+        Path(inventory).write_text(text.replace("[cluster]\n", setting, 1))
+        console.print(f"[green]lab up[/] — 3 hosts, inventory at {inventory} ([cluster] reschedule_after = "
+                      f"{RESCHEDULE_AFTER}: the demo waits less than the default 30 s)")
         step("push and start the agents, form the raft cluster", [cantainer, "up", inventory])
         step("re-run: nothing to do, nothing touched", [cantainer, "up", inventory])
         step("an Alpine container on h1 …", [cantainer, "run", "--host", "h1", "-n", "10.0.0.0/24", "--name", "web",
@@ -63,6 +71,7 @@ def main() -> int:
             inventory,
         )
         step("the cluster as the agents see it", [cantainer, "status", "-i", inventory])
+        service_survives_a_crash(lab, cantainer, inventory)
     except LabError as error:
         console.print(f"[red]demo failed:[/] {error}")
         keep = False
@@ -75,6 +84,32 @@ def main() -> int:
             lab.down()
             console.print("[green]lab down[/] — every namespace, link, mount and process removed")
     return 0
+
+
+def service_survives_a_crash(lab: Lab, cantainer: str, inventory: str) -> None:
+    step("a service: 3 replicas, placed by the cluster", [cantainer, "service", "create", "hello", "--replicas", "3",
+                                                          "-n", "10.0.0.0/24", "--", "sleep", "3600"], inventory)
+    step("its tasks", [cantainer, "service", "ps", "hello"], inventory)
+    step("h3 loses power", [sys.executable, "-m", "lab", "crash", "--name", "demo", "h3"])
+    crashed = time.monotonic()
+    with console.status(f"waiting: h3 is down after 6 s without a heartbeat, its task moves {RESCHEDULE_AFTER} s "
+                        "later…"):
+        while True:
+            result = subprocess.run([cantainer, "service", "ps", "hello", "--json", "-i", inventory],
+                                    capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            tasks = json.loads(result.stdout)["tasks"] if result.returncode == 0 else []
+            running = [t for t in tasks if t["state"] == "running" and t["host"] != "h3"]
+            if len(running) == 3:
+                break
+            if time.monotonic() - crashed > 90:
+                raise LabError("the service did not get its 3 tasks back within 90 s")
+            time.sleep(1)
+    hosts = ", ".join(sorted({t["host"] for t in running}))
+    console.print(f"[green]hello has its 3 tasks running again[/] on {hosts}, "
+                  f"{time.monotonic() - crashed:.0f} s after h3 crashed")
+    step("the tasks now", [cantainer, "service", "ps", "hello"], inventory)
+    step("h3 boots again …", [sys.executable, "-m", "lab", "boot", "--name", "demo", "h3"])
+    step("… `up` starts its agent: its stale copy is removed, never started", [cantainer, "up", inventory])
 
 
 if __name__ == "__main__":

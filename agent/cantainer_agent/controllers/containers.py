@@ -25,7 +25,7 @@ from typing import Callable
 from ..consensus import CommandRejected, RaftError, RaftNode
 from ..consensus.writes import Session, replicate
 from ..overlay import OverlayError
-from ..runtime import ContainerError, ContainerNotFound, ImageNotFound
+from ..runtime import ContainerError, ImageNotFound, RuntimeFailure
 from ..workload import Workload, observed_from
 from . import restarts
 from .health import HealthMonitor
@@ -224,7 +224,7 @@ class ContainersController:
                 if book is not None:
                     restarts.save(runtime.container_dir(container_id), book)
             self._failed.pop(container_id, None)
-        except (ContainerError, OverlayError, OSError) as error:
+        except (RuntimeFailure, OverlayError, OSError) as error:
             code = getattr(error, "exit_code", None)
             if isinstance(error, ImageNotFound):
                 error = f"its image is not on this host ({error})"
@@ -236,7 +236,7 @@ class ContainersController:
                 return
             try:
                 self._workload.remove_local(container_id)
-            except (ContainerError, ContainerNotFound):
+            except RuntimeFailure:
                 pass
 
     def _stop(self, record: dict) -> None:
@@ -246,7 +246,7 @@ class ContainersController:
         def work() -> None:
             try:
                 self._workload.runtime.stop(record["id"], timeout=STOP_TIMEOUT)
-            except ContainerError as error:
+            except RuntimeFailure as error:
                 log.warning("could not stop container %s: %s", record["name"], error)
             finally:
                 marker.__exit__(None, None, None)

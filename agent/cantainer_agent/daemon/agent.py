@@ -179,9 +179,13 @@ class Agent:
         return self.raft.status()
 
     def _leader_snapshot(self) -> dict:
-        """The services loop's view: the whole state on the leader, the raft status elsewhere (cheap)."""
+        """The services loop's view: the whole state on the leader when there is a service or a task
+        to look after, else the raft status alone (cheap: no copy of the state)."""
         status = self._status()
-        return self.raft.snapshot() if status["role"] == "leader" else status
+        if status["role"] != "leader" or not self.raft.read(
+                lambda state: bool(state.services) or any("service_id" in c for c in state.containers.values())):
+            return status
+        return self.raft.snapshot()
 
     def current_raft(self) -> RaftNode | None:
         return self.raft

@@ -630,3 +630,41 @@ def test_zygote_spawned_from_a_low_priority_thread_keeps_the_agents_priority():
         assert seen and seen[0] in (ours, ours + 10)  # born niced, then restored by its boot code
     finally:
         zygote.close()
+
+
+# -- restart policies and health checks (the agent's controllers use these) ----------------------
+def test_restart_keeps_the_writable_layer_and_appends_to_the_log(runtime, runtimes, alpine):
+    script = "echo run >> /runs; echo runs=$(wc -l < /runs); exit 3"
+    first, log = run_to_exit(runtime, alpine, "again", ["/bin/sh", "-c", script])
+    assert first.exit_code == 3 and log == "runs=1\n"
+    second = runtime.restart("again")
+    assert second.state == "running" and second.pid != first.pid
+    done = runtime.wait("again", timeout=30)
+    assert done.exit_code == 3 and done.started_at > first.finished_at
+    assert runtime.read_logs("again", ("stdout",)) == b"runs=1\nruns=2\n"  # same file system, same log
+    assert runtime.inspect("again").created_at == first.created_at
+    runtime.start(spec("busy", ["/bin/sleep", "60"]), alpine)
+    with pytest.raises(ContainerRunning):
+        runtime.restart("busy")
+    runtime.stop("busy", timeout=0)
+
+
+def probe(runtimes, cid: str, timeout: float, *argv: str) -> subprocess.CompletedProcess:
+    from cantainer_agent.controllers.health import PACKAGE_ROOT
+
+    return subprocess.run([sys.executable, "-m", "cantainer_agent", "probe", "--state-dir", runtimes.state_dir,
+                           "--run-dir", runtimes.run_dir, "--timeout", str(timeout), cid, "--", *argv],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": PACKAGE_ROOT})
+
+
+def test_a_health_probe_runs_inside_and_is_killed_at_its_timeout(runtime, runtimes, alpine):
+    runtime.start(spec("checked", ["/bin/sleep", "60"], name="checked-box"), alpine)
+    done = probe(runtimes, "checked", 5, "/bin/sh", "-c", "hostname; exit 3")
+    assert done.returncode == 3 and done.stdout == "checked-box\n"
+    slow = probe(runtimes, "checked", 0.3, "/bin/sleep", "30")
+    assert slow.returncode == 124 and "exceeded its timeout of 0.3 s" in slow.stderr
+    left = exec_in(runtimes, "checked", "/bin/sh", "-c", "ps -o comm= | grep -c sleep").stdout.strip()
+    assert left == "1"  # the container's own sleep only: the probe's was killed
+    runtime.stop("checked", timeout=0)
+    gone = probe(runtimes, "checked", 1, "/bin/true")
+    assert gone.returncode == 125 and "not running" in gone.stderr
