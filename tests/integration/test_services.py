@@ -263,6 +263,15 @@ def test_scale_up_and_down_removes_the_newest_first(inv, web_images, clean):
     assert "2/2" in listing.splitlines()[1]
 
 
+def test_a_global_service_runs_one_task_on_each_matching_host(inv, clean):
+    ok(cli(inv, "service", "create", "agent", "--mode", "global", "--constraint", "label.zone==a", "-n", NET, "--",
+           "sleep", "1000"))
+    tasks = running_tasks(inv, "agent")
+    assert sorted((t["name"], t["host"]) for t in tasks) == [("agent.h1", "h1"), ("agent.h2", "h2")]
+    assert ok(cli(inv, "exec", "agent.h1", "hostname")).strip() == "agent-h1"  # one DNS label inside
+    one_line_error(cli(inv, "service", "scale", "agent=3"), "global mode")
+
+
 class Poller:
     """A container on h1 fetching the service's serving addresses round robin every 50 ms (wget),
     logging `ok ADDRESS BODY` or `FAIL ADDRESS …`. The addresses are what `service ps` lists as
@@ -326,6 +335,8 @@ def test_a_rolling_update_fails_no_request(inv, web_images, clean):
     assert len(bodies) > 100 and bodies[0] == "v1" and bodies[-1] == "v2" and set(bodies) == {"v1", "v2"}
     doc = service_doc(inv)
     assert doc["service"]["version"] == 2 and all(t["image"] == web_images[1] for t in doc["tasks"])
+    assert "rollback from v2 completed" in ok(cli(inv, "service", "rollback", "web"))  # on demand, rolling
+    assert {t["image"] for t in running_tasks(inv)} == {web_images[0]}
 
 
 def test_an_update_that_fails_its_health_check_rolls_back_by_itself(inv, web_images, clean):

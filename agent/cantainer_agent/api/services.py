@@ -20,6 +20,7 @@ from typing import Callable
 
 from .. import layout
 from ..cluster import orchestrator
+from ..cluster.liveness import down_after
 from ..cluster.services import service_view
 from ..cluster.specs import check_service_name
 from ..cluster.views import container_view, down_hosts, service_endpoints
@@ -130,8 +131,18 @@ class ServiceHandlers:
         for name, record in sorted(state.get("services", {}).items()):
             tasks = [c for c in state["containers"].values() if c.get("service_id") == record["id"]]
             current = [t for t in tasks if not t.get("retire") and not t.get("superseded_at")]
-            out.append({**summary(record, current), "serving": len(endpoints.get(name, []))})
+            out.append({**summary(record, current, self._wanted(record, state, current)),
+                        "serving": len(endpoints.get(name, []))})
         return out
+
+    def _wanted(self, record: dict, state: dict, current: list[dict]) -> int:
+        """Tasks the service should have: its replicas, or (global) the hosts that can take one plus
+        those that have one."""
+        if record["mode"] == "replicated":
+            return record["replicas"]
+        now = time.time()
+        hosts = orchestrator.global_hosts(record, state, now, down_after(self._heartbeat_interval, len(state["nodes"])))
+        return len(set(hosts) | {t["host"] for t in current})
 
     def ps(self, params: dict) -> dict:
         state = self._reads.snapshot(raft_of(self._get_raft), params)["state"]
@@ -144,7 +155,8 @@ class ServiceHandlers:
                        key=lambda c: (c.get("retire") is not None or c.get("superseded_at") is not None,
                                       _slot_order(c.get("slot", "")), c["created_at"]))
         current = [t for t in tasks if not t.get("retire") and not t.get("superseded_at")]
-        return {"service": {**summary(record, current), "spec": record["spec"], "policy": record["policy"]},
+        return {"service": {**summary(record, current, self._wanted(record, state, current)), "spec": record["spec"],
+                            "policy": record["policy"]},
                 "tasks": [container_view(t, down) for t in tasks],
                 "endpoints": service_endpoints(state, down).get(name, [])}
 
@@ -153,8 +165,9 @@ def _slot_order(slot: str) -> tuple:
     return (0, int(slot), "") if slot.isdigit() else (1, 0, slot)
 
 
-def summary(record: dict, current: list[dict]) -> dict:
-    """A service in one line's worth: desired and running tasks, image, version, update progress, note."""
+def summary(record: dict, current: list[dict], wanted: int) -> dict:
+    """A service in one line's worth: desired (*wanted*) and running tasks, image, version, update
+    progress, note."""
     view = service_view(record)
     target = record["version"]
     running = [t for t in current if t["observed"]["state"] == "running"]
@@ -162,7 +175,7 @@ def summary(record: dict, current: list[dict]) -> dict:
     ready = [t for t in current if orchestrator.is_ready(t, True)]
     return {
         "name": record["name"], "id": record["id"], "mode": record["mode"],
-        "replicas": record["replicas"] if record["mode"] == "replicated" else len(current),
+        "replicas": wanted,
         "running": len(running), "ready": len(ready), "image": record["spec"]["image"],
         "version": target, "previous_version": view["previous_version"],
         "update": {**record["update"], "updated": len(updated), "total": len(current)},

@@ -92,6 +92,17 @@ def update_failure(task: dict) -> str | None:
     return None
 
 
+def global_hosts(service: dict, state: dict, now: float, down_after: float, per_host: dict | None = None) -> list[str]:
+    """The hosts a global service wants a task on: those that could take a new one now."""
+    per_host = loads(state["containers"]) if per_host is None else per_host
+    out = []
+    for host in sorted(state["nodes"]):
+        request = Request.of(f"{service['name']}.{host}", service["spec"], service=service["name"])
+        if why_not(host, state["nodes"][host], per_host.get(host, Load()), request, now, down_after) is None:
+            out.append(host)
+    return out
+
+
 def _slot_key(task: dict) -> tuple:
     slot = task["slot"]
     return (0, int(slot), "") if slot.isdigit() else (1, 0, slot)
@@ -224,11 +235,8 @@ class _Planner:
             if task["host"] in self.nodes and not all(constraint_holds(c, task["host"], labels) for c in constraints):
                 self._retire(task, f"host {task['host']} no longer matches the constraints")
                 del self.current[slot]
-        for host in sorted(self.nodes):
-            if host in self.current or host in held:
-                continue
-            request = Request.of(f"{self.service['name']}.{host}", spec, service=self.service["name"])
-            if why_not(host, self.nodes[host], per_host.get(host, Load()), request, self.now, self.down_after) is None:
+        for host in global_hosts(self.service, self.state, self.now, self.down_after, per_host):
+            if host not in self.current and host not in held:
                 self._place(host, f"global service {self.service['name']} has no task on {host}")
 
     def _update(self, held: set[str]) -> bool:

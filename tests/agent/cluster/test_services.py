@@ -330,3 +330,16 @@ def test_dots_in_names_are_for_service_tasks_only():
     with pytest.raises(StateError, match="dots belong to service tasks"):
         state.apply_create_container({"name": "web.1", "id": "x", "host": "h1", "network": "10.0.0.0/24",
                                       "image": "a", "command": ["sh"]}, 2.0)
+
+
+def test_an_unhealthy_task_is_replaced_start_first_and_the_service_serves_throughout():
+    sim = Sim()
+    rolling(sim)
+    sick = sim.state.containers["web.2"]
+    sim.report(sick, "running", health={"status": "unhealthy", "since": sim.now, "streak": 3, "output": "no"})
+    sim.tick(0.1)
+    assert sim.state.containers["web.2"]["id"] != sick["id"]  # a successor took the name
+    old = next(t for t in sim.tasks(current_only=False).values() if t["id"] == sick["id"])
+    assert "superseded_at" in old and "retire" not in old  # it retires once the successor is ready
+    sim.run_until(lambda: sim.settled())
+    assert sick["id"] not in {t["id"] for t in sim.state.containers.values()}
