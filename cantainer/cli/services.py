@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from cantainer.cli import exitcodes, output, runopts
 from cantainer.cli.common import load, run_async
@@ -329,15 +328,17 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     from cantainer import services
+    from cantainer.cli.containers import report
 
     inventory = load(args)
-    failed = 0
+    results = []
     for name in args.names:
         try:
-            removed = run_async(services.cluster_write(inventory, "service.rm", {"name": name}))
-            print(f"removed service {name} ({removed['tasks']} task{'s' if removed['tasks'] != 1 else ''} "
-                  "stopping)")
+            results.append((name, run_async(services.cluster_write(inventory, "service.rm", {"name": name}))))
         except CantainerError as error:
-            print(f"cantainer: error: {error}", file=sys.stderr)
-            failed += 1
-    return exitcodes.ERROR if failed else exitcodes.OK
+            results.append((name, error))
+
+    def done(name: str, removed: dict) -> str:
+        return f"removed service {name} ({removed['tasks']} task{'s' if removed['tasks'] != 1 else ''} stopping)"
+
+    return report(results, done)  # the failures' own exit code when they agree (3: no such service)
