@@ -10,13 +10,10 @@ A service record::
               finished_at, message}, note: {message, at} | None (why it does not converge),
      created_at, updated_at}
 
-Tasks are containers with ``service``, ``service_id``, ``slot``, ``version`` and ``update_seq`` (the
-update that made them). ``place_task`` names a task ``SERVICE.SLOT`` and places it with the scheduler
-(global mode: on the host of its slot); with ``supersede`` the slot's current task is renamed
-``SERVICE.SLOT.ID`` and keeps running until its successor is ready (start-first). ``retire_task``
-renames it too and records when it leaves the service's addresses and when it is to be stopped
-(``drain`` later). A rollback swaps the spec with the previous one (docker's: a second rollback
-undoes the first). Only the leader's controller (controllers/services.py) issues the task commands.
+Tasks are containers with ``service``, ``service_id``, ``slot``, ``version``, ``update_seq``, named
+``SERVICE.SLOT``; ``place_task`` places one (``supersede``: the slot's task is renamed ``SERVICE.SLOT.ID``
+and serves until its successor is ready), ``retire_task`` renames and drains one. A rollback swaps spec
+and previous (a second undoes the first). Only the leader's controller issues task commands.
 """
 from __future__ import annotations
 
