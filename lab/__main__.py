@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lab import fullos
 from lab.lab import Lab, LabError, list_labs
 from lab.underlay import UnderlayError
 
@@ -22,7 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = verb("up", "create (or complete) a lab of N hosts; prints the inventory path last")
     up.add_argument("--hosts", type=int, default=3, help="number of hosts (default 3)")
     up.add_argument("--subnet", help="underlay IPv4 subnet (default: a free /24 in 198.18.0.0/15)")
-    verb("down", "remove everything the lab made")
+    up.add_argument("--os", dest="os_name", metavar="OS",
+                    help="full-OS hosts: boot this distribution with systemd as PID 1 (`debian`: bookworm, "
+                         "built once with debootstrap); default: namespace hosts sharing this machine's files")
+    down = verb("down", "remove everything the lab made")
+    down.add_argument("--keep-logs", action="store_true", help="leave each host's console.log in place")
     verbs.add_parser("ls", help="list labs and their hosts")
     execute = verb("exec", "run a command inside a host's namespaces", host=True)
     execute.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
@@ -38,17 +43,15 @@ def run(args: argparse.Namespace) -> int:
         return show_labs()
     lab = Lab(args.name)
     if args.verb == "up":
-        path = lab.up(args.hosts, args.subnet)
+        path = lab.up(args.hosts, args.subnet, args.os_name)
         state = lab.load()
+        user = fullos.SUDO_USER if state.os else "root"
         for host in state.hosts.values():
-            print(
-                f"{host.name}  {host.address}  ssh -i {lab.dir / 'id_ed25519'} "
-                f"-o UserKnownHostsFile={lab.dir / 'known_hosts'} root@{host.address}"
-            )
+            print(f"{host.name}  {host.address}  ssh -i {lab.dir / 'id_ed25519'} -o UserKnownHostsFile={lab.dir / 'known_hosts'} {user}@{host.address}")
         print(path)
     elif args.verb == "down":
-        lab.down()
-        print(f"lab {args.name} removed")
+        lab.down(keep_logs=args.keep_logs)
+        print(f"lab {args.name} removed" + (f" (console logs kept in {lab.dir / 'hosts'})" if args.keep_logs else ""))
     elif args.verb == "exec":
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if not command:
@@ -68,13 +71,12 @@ def show_labs() -> int:
     if not labs:
         print("no labs")
     for lab in labs:
-        print(f"lab {lab.name}  ({lab.load().subnet})  inventory: {lab.inventory_file}")
+        state = lab.load()
+        kind = f"full-OS {state.os}" if state.os else "namespace hosts"
+        print(f"lab {lab.name}  ({state.subnet}, {kind})  inventory: {lab.inventory_file}")
         for host in lab.describe():
             state = "running" if host["running"] else "stopped"
-            print(
-                f"  {host['host']:<5} {host['address']:<16} {state:<8} underlay {host['underlay']:<5} pid "
-                f"{host['pid'] or '-'}"
-            )
+            print(f"  {host['host']:<5} {host['address']:<16} {state:<8} underlay {host['underlay']:<5} pid {host['pid'] or '-'}")
     return 0
 
 

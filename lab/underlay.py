@@ -1,10 +1,13 @@
 """The lab's underlay network: a bridge in the machine's namespace, one veth per host, via netlink.
 
 Names are derived from the lab name so `down` can find every link and namespace again even when
-the lab's state file was never written (the lab tool crashed half-way).
+the lab's state file was never written (the lab tool crashed half-way). So are MAC addresses: a
+host's eth0 and the bridge keep theirs across crash/boot, as a real NIC does, so no neighbour cache
+(the workstation's, the other hosts') is left pointing at a MAC that no longer exists.
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import time
@@ -31,6 +34,12 @@ def veth_name(lab: str, host: str) -> str:
 
 def netns_name(lab: str, host: str) -> str:
     return f"{NETNS_PREFIX}{lab}-{host}"
+
+
+def stable_mac(*parts: str) -> str:
+    """A locally administered unicast MAC derived from `parts` (same parts, same MAC, every boot)."""
+    digest = hashlib.sha256("/".join(parts).encode()).digest()
+    return ":".join(f"{byte:02x}" for byte in (0x0E, *digest[:5]))
 
 
 def machine_networks(ignore_link: str | None = None) -> list[tuple[ipaddress.IPv4Network, str]]:
@@ -79,7 +88,9 @@ def default_subnet(lab: str, own_bridge: str) -> ipaddress.IPv4Network:
 def ensure_bridge(name: str, address: ipaddress.IPv4Interface) -> None:
     with IPRoute() as ipr:
         if not ipr.link_lookup(ifname=name):
-            ipr.link("add", ifname=name, kind="bridge")
+            # An explicit address: otherwise the bridge takes its lowest port's MAC, which changes
+            # when a crashed host's port goes and comes back, stranding the hosts' ARP entries.
+            ipr.link("add", ifname=name, kind="bridge", address=stable_mac("bridge", name))
         index = ipr.link_lookup(ifname=name)[0]
         have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)}
         if (str(address.ip), address.network.prefixlen) not in have:
@@ -100,12 +111,15 @@ def netns_inode(name: str) -> int | None:
 
 
 def ensure_host_link(bridge: str, veth: str, ns: str, address: ipaddress.IPv4Interface, mtu: int) -> None:
-    """veth pair: `veth` on the bridge in the machine's namespace, eth0 with `address` inside `ns`."""
+    """veth pair: `veth` on the bridge in the machine's namespace, eth0 with `address` inside `ns`.
+
+    eth0's MAC is derived from the veth's name, so a host booted after a crash answers at the MAC
+    every neighbour cache still holds: a random one made `lab boot` wait up to a minute (or fail)
+    for the workstation's stale REACHABLE entry to expire (docs/design/lab.md)."""
     with IPRoute() as ipr:
         if not ipr.link_lookup(ifname=veth):
-            ipr.link(
-                "add", ifname=veth, kind="veth", mtu=mtu, peer={"ifname": HOST_IFNAME, "net_ns_fd": ns, "mtu": mtu}
-            )
+            ipr.link("add", ifname=veth, kind="veth", mtu=mtu, address=stable_mac("port", veth),
+                     peer={"ifname": HOST_IFNAME, "net_ns_fd": ns, "mtu": mtu, "address": stable_mac("eth0", veth)})
         index = ipr.link_lookup(ifname=veth)[0]
         ipr.link("set", index=index, master=ipr.link_lookup(ifname=bridge)[0], state="up")
     with IPRoute(netns=ns) as inside:
