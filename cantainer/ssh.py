@@ -111,7 +111,11 @@ class Connection:
         return self.host.become and self.host.user != "root"
 
     def command_line(self, argv: list[str]) -> str:
-        argv = ["sudo", "-n", "--", *argv] if self.needs_sudo else argv
+        if self.needs_sudo:
+            # sudo resets the environment, but the probe learns the host's underlay address from
+            # SSH_CONNECTION (the only way when `address` is an ssh_config alias reached through a
+            # ProxyJump): the login shell expands it before sudo runs; a constant, never user input.
+            return 'sudo -n -- env SSH_CONNECTION="$SSH_CONNECTION" ' + shlex.join(argv)
         return shlex.join(argv)
 
     async def run(self, argv: list[str], input: str | None = None, check: bool = True,
@@ -124,9 +128,23 @@ class Connection:
             raise HostError(self.host.name, f"connection lost: {error}") from None
         status = result.exit_status if result.exit_status is not None else 255
         out = CommandResult(status, str(result.stdout or ""), str(result.stderr or ""))
+        if status != 0 and self.needs_sudo:
+            self._check_sudo(status, out.stderr)
         if check and status != 0:
             raise RemoteCommandError(self.host.name, argv, status, out.stderr)
         return out
+
+    def _check_sudo(self, status: int, stderr: str) -> None:
+        """sudo itself failed (not the command it ran): say so, whatever the command was."""
+        user = self.host.user
+        if status == 1 and "sudo: a password is required" in stderr:
+            raise HostError(self.host.name, f"sudo asks user {user!r} for a password (cantainer runs `sudo -n`, "
+                            "which never prompts)",
+                            f"give {user} passwordless sudo (a sudoers line `{user} ALL=(ALL) NOPASSWD:ALL`) "
+                            "or log in as root")
+        if status == 127 and "sudo" in stderr and "not found" in stderr:
+            raise HostError(self.host.name, "sudo is not installed on the host, but the inventory sets become = true",
+                            "install sudo there or log in as root")
 
     async def write_file(self, path: str, data: bytes | Path, mode: int) -> None:
         """Write `data` (bytes, or a local file's content, streamed) to `path` atomically (temp file +

@@ -240,7 +240,13 @@ def _write_if_changed(path: Path, content: str, mode: int) -> None:
     path.chmod(mode)
 
 
-def nspawn_command(root: Path, machine: str, netns_path: str) -> list[str]:
+# Directories a full-OS host keeps on the machine's own file system instead of its overlay root: the
+# agent's containers put overlayfs upper layers under /var/lib/cantainer, and overlayfs refuses an
+# upper layer on overlayfs (EINVAL). A VM's disk is ext4 or xfs, so this is what it has anyway.
+REAL_DISK_DIRS = {"var-lib-cantainer": "/var/lib/cantainer"}
+
+
+def nspawn_command(root: Path, machine: str, netns_path: str, binds: dict[Path, str]) -> list[str]:
     """Boot `root` in the given network namespace; PID 1 is lab-init, which execs systemd.
 
     --keep-unit/--register=no: no systemd on the machine to register with; the caller has already
@@ -250,7 +256,8 @@ def nspawn_command(root: Path, machine: str, netns_path: str) -> list[str]:
     return ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", f"--directory={root}",
             f"--machine={machine}", f"--network-namespace-path={netns_path}", "--capability=all",
             "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=read-only",
-            "--kill-signal=SIGKILL", "/usr/local/sbin/lab-init"]
+            "--kill-signal=SIGKILL", *(f"--bind={source}:{target}" for source, target in binds.items()),
+            "/usr/local/sbin/lab-init"]
 
 
 NSPAWN_ENV = {"SYSTEMD_SECCOMP": "0", "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_COLORS": "0"}

@@ -256,9 +256,13 @@ class Lab:
             raise LabError(f"{host.name}: {error}") from None
         netns = f"/run/netns/{underlay.netns_name(self.name, host.name)}"
         cgroup = _host_cgroup(self.name, host.name)
+        binds = {}
+        for local, target in fullos.REAL_DISK_DIRS.items():
+            (hdir / local).mkdir(exist_ok=True)
+            binds[hdir / local] = target
         with self._open_console(host.name) as console:
             process = subprocess.Popen(
-                fullos.nspawn_command(root, f"{self.name}-{host.name}", netns), stdin=subprocess.DEVNULL,
+                fullos.nspawn_command(root, f"{self.name}-{host.name}", netns, binds), stdin=subprocess.DEVNULL,
                 stdout=console, stderr=console, start_new_session=True, cwd="/",
                 env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **fullos.NSPAWN_ENV},
                 preexec_fn=lambda: enter_host_cgroups(cgroup))

@@ -1,6 +1,7 @@
 """`down` leaves the machine exactly as before — also when the lab tool died half-way."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ from lab.lab import Lab
 from lab.procs import start_time
 
 pytestmark = pytest.mark.lab
+TEARDOWN_LAB = os.environ.get("CANTAINER_TEST_TEARDOWN_LAB", "cdown")
 
 
 def machine_snapshot() -> tuple[set, set, set]:
@@ -25,7 +27,7 @@ def machine_snapshot() -> tuple[set, set, set]:
 def scratch_lab():
     from tests.conftest import require_root
     require_root()
-    lab = Lab("cdown")
+    lab = Lab(TEARDOWN_LAB)
     lab.down()
     before = machine_snapshot()
     yield lab, before
@@ -36,9 +38,9 @@ def test_down_leaves_no_namespace_link_mount_or_process(scratch_lab):
     lab, before = scratch_lab
     lab.up(2)
     pids = [h.pid1.pid for h in lab.load().hosts.values()]
-    subprocess.run([sys.executable, "-m", "lab", "exec", "--name", "cdown", "h1", "--", "sh", "-c",
+    subprocess.run([sys.executable, "-m", "lab", "exec", "--name", TEARDOWN_LAB, "h1", "--", "sh", "-c",
                     "setsid sleep 1000 </dev/null >/dev/null 2>&1 &"], check=True)
-    assert subprocess.run([sys.executable, "-m", "lab", "down", "--name", "cdown"]).returncode == 0
+    assert subprocess.run([sys.executable, "-m", "lab", "down", "--name", TEARDOWN_LAB]).returncode == 0
     assert machine_snapshot() == before
     assert all(start_time(pid) is None for pid in pids)  # gone or a zombie awaiting its reaper
     assert not lab.dir.exists()
@@ -56,18 +58,52 @@ def test_down_cleans_up_after_the_lab_tool_lost_its_state(scratch_lab):
 
 def test_down_cleans_up_after_up_was_killed_half_way(scratch_lab):
     lab, before = scratch_lab
-    process = subprocess.Popen([sys.executable, "-m", "lab", "up", "--name", "cdown", "--hosts", "6"],
+    process = subprocess.Popen([sys.executable, "-m", "lab", "up", "--name", TEARDOWN_LAB, "--hosts", "6"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Kill it once it has started building hosts (the state file exists before the first netns).
     import time
 
     deadline = time.monotonic() + 30
-    while not any(n.startswith("cantainer-cdown-") for n in netns.listnetns()) and time.monotonic() < deadline:
+    while not any(n.startswith(f"cantainer-{TEARDOWN_LAB}-") for n in netns.listnetns()) and time.monotonic() < deadline:
         assert process.poll() is None, "lab up ended before it built any host: nothing half-done to clean up"
         time.sleep(0.001)
     # Half way: some hosts exist, `up` has not finished (else this test would prove nothing).
-    assert process.poll() is None and any(n.startswith("cantainer-cdown-") for n in netns.listnetns())
+    assert process.poll() is None and any(n.startswith(f"cantainer-{TEARDOWN_LAB}-") for n in netns.listnetns())
     process.kill()
     process.wait()
     lab.down()
     assert machine_snapshot() == before
+
+
+def cgroup_dirs(lab: Lab) -> list[str]:
+    from lab.hostinit import cgroup_mount_points
+
+    return [f"{point}/cantainer-lab/{entry}" for point in cgroup_mount_points()
+            for entry in (os.listdir(f"{point}/cantainer-lab") if os.path.isdir(f"{point}/cantainer-lab") else [])
+            if entry.startswith(f"{lab.name}-")]
+
+
+def test_down_of_full_os_hosts_also_after_a_lost_state_leaves_no_mount_process_or_cgroup(scratch_lab):
+    lab, before = scratch_lab
+    lab.up(1, os_name="debian")
+    host = lab.load().hosts["h1"]
+    assert machine_snapshot() != before and cgroup_dirs(lab)  # an overlay mount, links, a netns, cgroups
+    lab.state_file.unlink()
+    lab.down()
+    assert machine_snapshot() == before
+    assert start_time(host.pid1.pid) is None and start_time(host.init.pid) is None
+    assert cgroup_dirs(lab) == [] and not lab.dir.exists()
+
+
+def test_down_with_keep_logs_leaves_each_console_log_in_place(scratch_lab):
+    lab, before = scratch_lab
+    lab.up(1)
+    result = subprocess.run([sys.executable, "-m", "lab", "down", "--name", lab.name, "--keep-logs"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "console logs kept" in result.stdout, result.stderr
+    log = lab.host_dir("h1") / "console.log"
+    assert f"lab {lab.name}: h1 boots at" in log.read_text()
+    assert sorted(str(p.relative_to(lab.dir)) for p in lab.dir.rglob("*")) == ["hosts", "hosts/h1", "hosts/h1/console.log"]
+    assert machine_snapshot() == before and not lab.exists()
+    lab.down()
+    assert not lab.dir.exists()
