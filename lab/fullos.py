@@ -260,4 +260,20 @@ def nspawn_command(root: Path, machine: str, netns_path: str, binds: dict[Path, 
             "/usr/local/sbin/lab-init"]
 
 
-NSPAWN_ENV = {"SYSTEMD_SECCOMP": "0", "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_COLORS": "0"}
+# SYSTEMD_NSPAWN_LOCK=0: no image lock files (/run/systemd/nspawn/locks), which a SIGKILLed nspawn
+# (every crash and down) would leave behind; each host's root is its own overlay anyway.
+NSPAWN_ENV = {"SYSTEMD_SECCOMP": "0", "SYSTEMD_NSPAWN_LOCK": "0", "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_COLORS": "0"}
+NSPAWN_RUN_DIR = Path("/run/systemd/nspawn")
+
+
+def remove_nspawn_leftovers(machines: str) -> None:
+    """What a SIGKILLed nspawn leaves on the machine: the propagation directory of each machine
+    whose name matches the glob `machines`."""
+    propagate = NSPAWN_RUN_DIR / "propagate"
+    for directory in propagate.glob(machines):
+        shutil.rmtree(directory, ignore_errors=True)
+    for directory in (propagate, NSPAWN_RUN_DIR / "locks", NSPAWN_RUN_DIR):
+        try:
+            directory.rmdir()  # only when empty: nspawn makes them on demand
+        except OSError:
+            pass

@@ -72,6 +72,24 @@ def _copy_cpuset_parent_values(path: str, root: str) -> None:
                     handle.write(parent_value)
 
 
+def _delegate_v2_controllers(path: str, root: str) -> None:
+    """cgroup2: enable every available controller for the children of each level above the host's
+    cgroup, so a host gets controllers wherever the machine has them (pure-v2 machines such as
+    Ubuntu 22.04+). A no-op on a hybrid machine, whose cgroup2 has no controllers."""
+    levels = []
+    path = os.path.dirname(path)
+    while len(path) >= len(root):
+        levels.append(path)
+        path = os.path.dirname(path)
+    for level in reversed(levels):
+        available = open(os.path.join(level, "cgroup.controllers")).read().split()
+        enabled = open(os.path.join(level, "cgroup.subtree_control")).read().split()
+        missing = [controller for controller in available if controller not in enabled]
+        if missing:
+            with open(os.path.join(level, "cgroup.subtree_control"), "w") as control:
+                control.write(" ".join(f"+{controller}" for controller in missing))
+
+
 def enter_host_cgroups(subdir: str) -> list[tuple[str, str]]:
     """Move this process into the host's subtree of every hierarchy; return (subtree, mount point)."""
     binds = []
@@ -79,6 +97,8 @@ def enter_host_cgroups(subdir: str) -> list[tuple[str, str]]:
         subtree = os.path.join(point, subdir)
         os.makedirs(subtree, exist_ok=True)
         _copy_cpuset_parent_values(subtree, point)
+        if os.path.exists(os.path.join(point, "cgroup.subtree_control")):
+            _delegate_v2_controllers(subtree, point)
         with open(os.path.join(subtree, "cgroup.procs"), "w") as procs:
             procs.write(str(os.getpid()))
         binds.append((subtree, point))

@@ -382,6 +382,7 @@ class Lab:
         for ns in underlay.lab_netns(self.name):
             underlay.remove_netns(ns)
         _remove_cgroups(f"cantainer-lab/{self.name}-")
+        fullos.remove_nspawn_leftovers(f"{self.name}-h*")
         for hdir in sorted((self.dir / "hosts").glob("*")):
             try:
                 fullos.unmount_host_root(hdir)
@@ -435,6 +436,7 @@ class Lab:
         underlay.remove_netns(underlay.netns_name(self.name, host))
         _remove_cgroups(_host_cgroup(self.name, host), exact=True)
         if state.os:
+            fullos.remove_nspawn_leftovers(f"{self.name}-{host}")
             try:  # the disk stays; the mount goes like everything else of a powered-off machine
                 fullos.unmount_host_root(self.host_dir(host))
             except fullos.FullOSError as error:

@@ -16,18 +16,19 @@ def require_root() -> None:
 
 
 @pytest.fixture(scope="session")
-def lab():
-    """A 3-host lab. A leftover of a crashed earlier run is removed first; `down` runs on any exit."""
+def lab(request):
+    """A 3-host lab. A leftover of a crashed earlier run is removed first; `down` runs on any exit.
+    After a failed test (or a crashed run) each host's console.log stays in place as evidence."""
     require_root()
     from lab.lab import Lab
 
     instance = Lab(LAB_NAME)
-    instance.down()
+    instance.down(keep_logs=True)
     try:
         instance.up(3)
         yield instance
     finally:
-        instance.down()
+        instance.down(keep_logs=request.session.testsfailed > 0)
 
 
 @pytest.fixture(scope="session")

@@ -144,6 +144,24 @@ def test_limits_are_enforced_under_systemd_and_an_oom_kill_is_recorded(fos, inve
     ok(cli(inventory, "rm", "hog"))
 
 
+def test_a_changed_config_restarts_each_agent_through_systemd_and_leaves_containers_running(fos, inventory, tmp_path):
+    """The upgrade path of the README: `up` with something changed rewrites the unit and restarts
+    the agents one at a time through systemd; containers keep running (KillMode=process)."""
+    ok(cli(inventory, "run", "--host", "h3", "-n", "10.9.0.0/24", "--name", "stays", "-d", "--", "sleep", "100000"))
+    containers = container_processes(fos, "h3")
+    before = {host: unit_pid(fos, host) for host in ("h1", "h2", "h3")}
+    changed = tmp_path / "inventory.toml"
+    changed.write_text(inventory.read_text().replace("[cluster]\n", "[cluster]\nvoters = 5\n", 1))
+    result = cantainer("up", str(changed))
+    assert result.returncode == 0 and result.stdout.count("restarted") == 3, result.stdout + result.stderr
+    after = {host: unit_pid(fos, host) for host in ("h1", "h2", "h3")}
+    assert all(after[host] not in (0, before[host]) for host in after)
+    assert '"voters": 5' in sh(fos, "h2", f"cat {remote.CONFIG_FILE}")
+    assert container_processes(fos, "h3") == containers and ps(inventory)["stays"]["state"] == "running"
+    ok(cli(inventory, "up", str(inventory)))  # back to the original config
+    ok(cli(inventory, "rm", "-f", "stays"))
+
+
 # Run inside a host with the pushed agent bundle: the runtime's cgroup v2 code on the host's
 # controller-less cgroup2 mount (creation, a process joining, removal), then a memory limit on it.
 _V2_PROBE = r"""

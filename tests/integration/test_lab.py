@@ -95,6 +95,16 @@ def test_cut_partitions_a_host_and_heal_restores_it(lab):
     assert lab_exec(lab, "h1", "ping", "-c1", "-W3", address).returncode == 0
 
 
+def eth0_and_bridge_macs(lab: Lab, host: str) -> tuple[str, str]:
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=underlay.netns_name(lab.name, host)) as inside:
+        eth0 = inside.get_links(inside.link_lookup(ifname="eth0")[0])[0].get_attr("IFLA_ADDRESS")
+    with IPRoute() as ipr:
+        bridge = ipr.get_links(ipr.link_lookup(ifname=lab.bridge)[0])[0].get_attr("IFLA_ADDRESS")
+    return eth0, bridge
+
+
 def test_crash_kills_everything_and_boot_keeps_disk_state(lab):
     assert lab_exec(lab, "h3", "sh", "-c", "echo kept > /var/lib/cantainer/disk; echo lost > /run/volatile; "
                     "setsid sleep 1000 < /dev/null > /dev/null 2>&1 &").returncode == 0
@@ -102,10 +112,13 @@ def test_crash_kills_everything_and_boot_keeps_disk_state(lab):
     inode = underlay.netns_inode(underlay.netns_name(lab.name, "h3"))
     victims = pids_in_netns(inode)
     assert len(victims) >= 2  # sshd and the sleeper
+    macs = eth0_and_bridge_macs(lab, "h3")
     lab.crash("h3")
     assert all(start_time(pid) is None for pid in victims)  # gone or a zombie awaiting its reaper
     assert lab_exec(lab, "h3", "true").returncode != 0
     lab.boot("h3")
+    # Same MACs as before the crash, like a real NIC: neighbour caches stay right (the boot flake)
+    assert eth0_and_bridge_macs(lab, "h3") == macs
     assert lab_exec(lab, "h3", "cat", "/var/lib/cantainer/disk").stdout == "kept\n"
     assert lab_exec(lab, "h3", "cat", "/run/volatile").returncode != 0
     assert asyncio.run(ssh_run(lab, hosts_of(lab)["h3"], "hostname")).strip() == "h3"

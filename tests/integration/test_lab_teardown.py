@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute, netns
@@ -93,6 +94,7 @@ def test_down_of_full_os_hosts_also_after_a_lost_state_leaves_no_mount_process_o
     assert machine_snapshot() == before
     assert start_time(host.pid1.pid) is None and start_time(host.init.pid) is None
     assert cgroup_dirs(lab) == [] and not lab.dir.exists()
+    assert not list(Path("/run/systemd/nspawn").glob(f"*/{lab.name}-*"))  # nspawn's per-machine state
 
 
 def test_down_with_keep_logs_leaves_each_console_log_in_place(scratch_lab):
