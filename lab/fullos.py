@@ -133,9 +133,14 @@ def ensure_rootfs(recipe: Recipe, report=print) -> Path:
                  recipe.suite, str(staging), mirror],
                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
         if built.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
             raise FullOSError(f"debootstrap of {recipe.suite} from {mirror} failed (exit {built.returncode}) — "
                               f"see {log}; set CANTAINER_LAB_DEBIAN_MIRROR for another Debian mirror")
-        _customise(staging, recipe, log)
+        try:
+            _customise(staging, recipe, log)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         (staging / ".complete").write_text(json.dumps(asdict(recipe), indent=1))
         os.replace(staging, target)
         log.unlink()

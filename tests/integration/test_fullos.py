@@ -228,6 +228,15 @@ def test_sudo_that_asks_for_a_password_is_one_clear_error(fos, inventory, tmp_pa
                       "prompts) — give dev passwordless sudo (a sudoers line `dev ALL=(ALL) NOPASSWD:ALL`) "
                       "or log in as root"], result.stdout
     assert agent_ready(inventory, "h1")  # nothing changed on the host
+    sh(fos, "h1", "mv /usr/bin/sudo /usr/bin/sudo.away")
+    try:
+        result = cantainer("up", str(changed))
+    finally:
+        sh(fos, "h1", "mv /usr/bin/sudo.away /usr/bin/sudo")
+    errors = [line for line in result.stdout.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and errors == [
+        "error: h1: sudo is not installed on the host, but the inventory sets become = true — "
+        "install sudo there or log in as root"], result.stdout + result.stderr
 
 
 def test_down_purge_removes_the_unit_and_everything_cantainer_wrote(fos, inventory):
@@ -307,3 +316,38 @@ def test_a_host_that_never_answers_fails_with_the_tail_of_its_console_log(fos):
     message = str(error.value)
     assert "did not come up within 1s" in message and "console.log ends:" in message
     assert "\n" not in message and "Reached target" in message  # h1's last boot, as systemd printed it
+
+
+def test_a_host_whose_boot_ends_degraded_is_an_error_naming_the_failed_unit(fos):
+    unit = "/etc/systemd/system/lab-broken.service"
+    sh(fos, "h2", f"printf '[Service]\\nExecStart=/bin/false\\n[Install]\\nWantedBy=multi-user.target\\n' > {unit}; "
+                  "ln -s ../lab-broken.service /etc/systemd/system/multi-user.target.wants/lab-broken.service")
+    fos.crash("h2")
+    try:
+        with pytest.raises(LabError) as error:
+            fos.boot("h2")
+        message = str(error.value)
+        assert "systemd on h2 is 'degraded' after boot (failed units: lab-broken.service)" in message, message
+        assert "console.log ends:" in message and "\n" not in message
+    finally:
+        sh(fos, "h2", f"rm -f {unit} /etc/systemd/system/multi-user.target.wants/lab-broken.service")
+        fos.crash("h2")
+        fos.boot("h2")
+    assert sh(fos, "h2", "systemctl is-system-running") == "running\n"
+
+
+def test_rootfs_build_errors_are_one_line_and_create_nothing(tmp_path):
+    """A fresh cache: without debootstrap on PATH, and with a mirror that refuses (loopback)."""
+    require_root()
+    env = {**os.environ, "CANTAINER_LAB_CACHE": str(tmp_path / "cache")}
+    cases = (({"PATH": "/usr/bin:/bin"}, "debootstrap is not installed — run `sudo make setup`"),
+             ({"CANTAINER_LAB_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"}, "debootstrap of bookworm from http://127.0.0.1:9/debian failed"))
+    for extra, needle in cases:
+        result = subprocess.run([sys.executable, "-m", "lab", "up", "--name", f"{FULLOS_LAB[:6]}x", "--os", "debian"],
+                                capture_output=True, text=True, timeout=300, env={**env, **extra})
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and needle in result.stderr, result.stderr
+        assert not Lab(f"{FULLOS_LAB[:6]}x").dir.exists()
+    # no half-built image is left; only the lock and the build log the error names
+    left = sorted(p.name for p in (tmp_path / "cache" / "rootfs").iterdir())
+    assert left == [".lock", f"{fullos.rootfs_path(fullos.recipe_for('debian')).name}.build.log"], left
