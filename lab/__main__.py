@@ -47,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
         state = lab.load()
         user = fullos.SUDO_USER if state.os else "root"
         for host in state.hosts.values():
-            print(f"{host.name}  {host.address}  ssh -i {lab.dir / 'id_ed25519'} -o UserKnownHostsFile={lab.dir / 'known_hosts'} {user}@{host.address}")
+            print(
+                f"{host.name}  {host.address}  ssh -i {lab.dir / 'id_ed25519'} "
+                f"-o UserKnownHostsFile={lab.dir / 'known_hosts'} {user}@{host.address}"
+            )
         print(path)
     elif args.verb == "down":
         lab.down(keep_logs=args.keep_logs)
@@ -76,7 +79,10 @@ def show_labs() -> int:
         print(f"lab {lab.name}  ({state.subnet}, {kind})  inventory: {lab.inventory_file}")
         for host in lab.describe():
             state = "running" if host["running"] else "stopped"
-            print(f"  {host['host']:<5} {host['address']:<16} {state:<8} underlay {host['underlay']:<5} pid {host['pid'] or '-'}")
+            print(
+                f"  {host['host']:<5} {host['address']:<16} {state:<8} underlay {host['underlay']:<5} pid "
+                f"{host['pid'] or '-'}"
+            )
     return 0
 
 

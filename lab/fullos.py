@@ -116,7 +116,8 @@ def ensure_rootfs(recipe: Recipe, report=print) -> Path:
         return target
     for tool in ("debootstrap", "systemd-nspawn"):
         if shutil.which(tool) is None:
-            raise FullOSError(f"{tool} is not installed — run `sudo make setup` (or apt-get install debootstrap systemd-container)")
+            raise FullOSError(f"{tool} is not installed — run `sudo make setup` "
+                              "(or apt-get install debootstrap systemd-container)")
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another lab may be building the same recipe right now
@@ -125,7 +126,8 @@ def ensure_rootfs(recipe: Recipe, report=print) -> Path:
         staging = target.with_name(target.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         mirror = os.environ.get("CANTAINER_LAB_DEBIAN_MIRROR", DEFAULT_MIRROR)
-        report(f"building the {recipe.os} {recipe.suite} root filesystem with debootstrap (once; cached in {target.parent})")
+        report(f"building the {recipe.os} {recipe.suite} root filesystem with debootstrap "
+               f"(once; cached in {target.parent})")
         log = target.parent / f"{target.name}.build.log"
         with open(log, "wb") as output:
             built = subprocess.run(
@@ -161,7 +163,8 @@ def _customise(root: Path, recipe: Recipe, log: Path) -> None:
         for command in recipe.setup:
             if subprocess.run(["chroot", str(root), *command], stdin=subprocess.DEVNULL, stdout=output,
                               stderr=subprocess.STDOUT).returncode != 0:
-                raise FullOSError(f"setting up the {recipe.os} root filesystem failed at `{' '.join(command)}` — see {log}")
+                raise FullOSError(f"setting up the {recipe.os} root filesystem failed at "
+                                  f"`{' '.join(command)}` — see {log}")
     # Per host, not per image: host keys, machine id. Package caches only cost disk.
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
@@ -209,19 +212,22 @@ def unmount_host_root(hdir: Path) -> None:
     while is_mounted(root):
         if _libc.umount2(str(root).encode(), MNT_DETACH) != 0:
             error = ctypes.get_errno()
-            raise FullOSError(f"cannot unmount {root}: {os.strerror(error)} — check what still uses it, then run down again")
+            raise FullOSError(f"cannot unmount {root}: {os.strerror(error)} — "
+                              "check what still uses it, then run down again")
 
 
 def configure_host(root: Path, hostname: str, host_key: Path, authorized_keys: str) -> None:
     """What makes this host itself: name, machine id, SSH host key, the lab key for root/ops/dev."""
     _write_if_changed(root / "etc/hostname", f"{hostname}\n", 0o644)
-    _write_if_changed(root / "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost\n", 0o644)
+    hosts = f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost\n"
+    _write_if_changed(root / "etc/hosts", hosts, 0o644)
     machine_id = root / "etc/machine-id"
     if not machine_id.read_text().strip():
         machine_id.write_text(uuid.uuid4().hex + "\n")
     _write_if_changed(root / "etc/ssh/ssh_host_ed25519_key", host_key.read_text(), 0o600)
     _write_if_changed(root / "etc/ssh/ssh_host_ed25519_key.pub", host_key.with_suffix(".pub").read_text(), 0o644)
-    for user, home in (("root", "root"), (SUDO_USER, f"home/{SUDO_USER}"), (PASSWORD_SUDO_USER, f"home/{PASSWORD_SUDO_USER}")):
+    for user in ("root", SUDO_USER, PASSWORD_SUDO_USER):
+        home = "root" if user == "root" else f"home/{user}"
         uid, gid = _ids(root, user)
         ssh_dir = root / home / ".ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)

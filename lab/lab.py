@@ -79,7 +79,12 @@ class HostState:
 
     @classmethod
     def from_json(cls, data: dict) -> "HostState":
-        return cls(data["name"], data["address"], ProcessRef.from_json(data.get("init")), ProcessRef.from_json(data.get("pid1")))
+        return cls(
+            data["name"],
+            data["address"],
+            ProcessRef.from_json(data.get("init")),
+            ProcessRef.from_json(data.get("pid1")),
+        )
 
     def running(self) -> bool:
         return bool(self.pid1 and self.pid1.alive())
@@ -123,7 +128,9 @@ class Lab:
         try:
             data = json.loads(self.state_file.read_text())
         except FileNotFoundError:
-            raise LabError(f"lab {self.name!r} does not exist — create it with `python -m lab up --name {self.name}`") from None
+            raise LabError(
+                f"lab {self.name!r} does not exist — create it with `python -m lab up --name {self.name}`"
+            ) from None
         return LabState(data["name"], data["subnet"], {h["name"]: HostState.from_json(h) for h in data["hosts"]},
                         data.get("os"))
 
@@ -174,12 +181,20 @@ class Lab:
         if self.exists():
             state = self.load()
             if subnet and ipaddress.ip_network(subnet, strict=False) != state.network:
-                raise LabError(f"lab {self.name!r} already uses {state.subnet} — run `python -m lab down --name {self.name}` first to change it")
+                raise LabError(
+                    f"lab {self.name!r} already uses {state.subnet} — run `python -m lab down --name "
+                    f"{self.name}` first to change it"
+                )
             if os_name != state.os:
                 have = f"full-OS ({state.os})" if state.os else "namespace"
-                raise LabError(f"lab {self.name!r} is made of {have} hosts — run `python -m lab down --name {self.name}` first to change their kind")
+                raise LabError(
+                    f"lab {self.name!r} is made of {have} hosts — run `python -m lab down --name "
+                    f"{self.name}` first to change their kind"
+                )
             if count < len(state.hosts):
-                raise LabError(f"lab {self.name!r} has {len(state.hosts)} hosts; shrinking is not supported — run down first")
+                raise LabError(
+                    f"lab {self.name!r} has {len(state.hosts)} hosts; shrinking is not supported — run down first"
+                )
             underlay.check_no_overlap(state.network, self.bridge)
         else:
             state = LabState(self.name, str(self._choose_subnet(subnet)), os=os_name)
@@ -251,7 +266,8 @@ class Lab:
         hdir.mkdir(parents=True, exist_ok=True)
         try:
             root = fullos.mount_host_root(self._rootfs(state), hdir)
-            fullos.configure_host(root, host.name, self._host_key(host.name), (self.dir / "authorized_keys").read_text())
+            keys = (self.dir / "authorized_keys").read_text()
+            fullos.configure_host(root, host.name, self._host_key(host.name), keys)
         except fullos.FullOSError as error:
             raise LabError(f"{host.name}: {error}") from None
         netns = f"/run/netns/{underlay.netns_name(self.name, host.name)}"
@@ -314,7 +330,9 @@ class Lab:
         try:
             result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
-            raise LabError(f"systemd on {host.name} did not finish booting within {timeout:.0f}s{self.console_tail(host.name)}") from None
+            raise LabError(
+                f"systemd on {host.name} did not finish booting within {timeout:.0f}s{self.console_tail(host.name)}"
+            ) from None
         if result.stdout.strip() != "running":
             failed = subprocess.run(argv[:-3] + ["systemctl", "list-units", "--failed", "--plain", "--no-legend"],
                                     capture_output=True, text=True, timeout=30).stdout.split("\n")
@@ -377,7 +395,10 @@ class Lab:
                 refs += [ref for ref in map(ProcessRef.of, procs.pids_in_netns(inode)) if ref]
         leftovers = procs.kill_and_wait(refs)
         if leftovers:
-            raise LabError(f"processes {[r.pid for r in leftovers]} of lab {self.name!r} did not exit — check them, then run down again")
+            raise LabError(
+                f"processes {[r.pid for r in leftovers]} of lab {self.name!r} did not exit — check them, then "
+                f"run down again"
+            )
         underlay.delete_links(underlay.lab_links(self.name))
         for ns in underlay.lab_netns(self.name):
             underlay.remove_netns(ns)
@@ -458,11 +479,16 @@ class Lab:
         """Run `command` in the host's namespaces and cgroups, like a login there; return its exit code."""
         _, entry = self.host(host)
         if not entry.running():
-            raise LabError(f"host {host} of lab {self.name!r} is not running — start it with `python -m lab boot --name {self.name} {host}`")
+            raise LabError(
+                f"host {host} of lab {self.name!r} is not running — start it with `python -m lab boot --name "
+                f"{self.name} {host}`"
+            )
         argv = ["nsenter", "--target", str(entry.pid1.pid), "--mount", "--uts", "--ipc", "--net", "--pid",
                 "--cgroup", "--root", "--wd", "--", *command]
         cgroup = _host_cgroup(self.name, host)
-        return subprocess.run(argv, env={**os.environ, "HOME": "/root"}, preexec_fn=lambda: _join_cgroups(cgroup)).returncode
+        return subprocess.run(
+            argv, env={**os.environ, "HOME": "/root"}, preexec_fn=lambda: _join_cgroups(cgroup)
+        ).returncode
 
     def describe(self) -> list[dict]:
         state = self.load()
@@ -532,7 +558,9 @@ async def _wait_for_sshd(hosts: dict[str, str], timeout: float, console: Callabl
                 return
             except (OSError, asyncio.TimeoutError):
                 if time.monotonic() > deadline:
-                    raise LabError(f"sshd of {name} ({address}) did not come up within {timeout:.0f}s{console(name)}") from None
+                    raise LabError(
+                        f"sshd of {name} ({address}) did not come up within {timeout:.0f}s{console(name)}"
+                    ) from None
                 await asyncio.sleep(0.01)
 
     await asyncio.gather(*(wait_one(name, address) for name, address in hosts.items()))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cantainer import remote
+from cantainer_agent import layout
 from lab import fullos, underlay
 from lab.lab import Lab, LabError
 from lab.procs import pids_in_netns, start_time
@@ -52,7 +52,7 @@ def sh(lab: Lab, host: str, script: str, timeout: float = 30) -> str:
 
 
 def unit_pid(lab: Lab, host: str) -> int:
-    return int(sh(lab, host, f"systemctl show -p MainPID --value {remote.UNIT_NAME}").strip())
+    return int(sh(lab, host, f"systemctl show -p MainPID --value {layout.UNIT_NAME}").strip())
 
 
 def agent_ready(inventory: Path, host: str) -> bool:
@@ -92,12 +92,13 @@ def test_lab_refuses_an_unknown_os_and_a_change_of_host_kind_with_one_line(fos):
 # -- cantainer on systemd hosts -------------------------------------------------------------------------
 def test_up_as_sudo_user_installs_an_enabled_unit_that_runs_the_agent(fos, inventory):
     for host in ("h1", "h2", "h3"):
-        assert sh(fos, host, f"systemctl is-enabled {remote.UNIT_NAME}; systemctl is-active {remote.UNIT_NAME}") == "enabled\nactive\n"
-        settings = sh(fos, host, f"systemctl show -p Restart -p KillMode {remote.UNIT_NAME}").split()
+        state = sh(fos, host, f"systemctl is-enabled {layout.UNIT_NAME}; systemctl is-active {layout.UNIT_NAME}")
+        assert state == "enabled\nactive\n"
+        settings = sh(fos, host, f"systemctl show -p Restart -p KillMode {layout.UNIT_NAME}").split()
         assert sorted(settings) == ["KillMode=process", "Restart=always"]
         pid = unit_pid(fos, host)
         assert "cantainer_agent" in sh(fos, host, f"cat /proc/{pid}/cmdline")
-        assert sh(fos, host, f"cat {remote.PID_FILE}").split()[0] == str(pid)
+        assert sh(fos, host, f"cat {layout.PID_FILE}").split()[0] == str(pid)
     assert {n["name"]: n["state"] for n in status(inventory)["nodes"]} == {"h1": "up", "h2": "up", "h3": "up"}
     again = cli(inventory, "up", str(inventory))
     assert again.returncode == 0 and again.stdout.count("unchanged") == 3, again.stdout + again.stderr
@@ -108,7 +109,8 @@ def test_sigkilled_agent_is_restarted_by_systemd_and_its_containers_are_untouche
     before = container_processes(fos, "h1")
     old = unit_pid(fos, "h1")
     sh(fos, "h1", f"kill -9 {old}")
-    new = wait_for(lambda: (pid := unit_pid(fos, "h1")) not in (0, old) and pid, 30, what="systemd to restart the agent")
+    new = wait_for(lambda: (pid := unit_pid(fos, "h1")) not in (0, old) and pid, 30,
+                   what="systemd to restart the agent")
     assert "cantainer_agent" in sh(fos, "h1", f"cat /proc/{new}/cmdline")
     wait_for(lambda: agent_ready(inventory, "h1"), 30, what="the restarted agent to rejoin")
     after = container_processes(fos, "h1")
@@ -155,7 +157,7 @@ def test_a_changed_config_restarts_each_agent_through_systemd_and_leaves_contain
     assert result.returncode == 0 and result.stdout.count("restarted") == 3, result.stdout + result.stderr
     after = {host: unit_pid(fos, host) for host in ("h1", "h2", "h3")}
     assert all(after[host] not in (0, before[host]) for host in after)
-    assert '"voters": 5' in sh(fos, "h2", f"cat {remote.CONFIG_FILE}")
+    assert '"voters": 5' in sh(fos, "h2", f"cat {layout.CONFIG_FILE}")
     assert container_processes(fos, "h3") == containers and ps(inventory)["stays"]["state"] == "running"
     ok(cli(inventory, "up", str(inventory)))  # back to the original config
     ok(cli(inventory, "rm", "-f", "stays"))
@@ -189,7 +191,7 @@ print(json.dumps({"pid": child.pid, "members": members, "joined": joined, "error
 
 
 def test_cgroup_v2_code_path_on_the_hosts_controller_less_cgroup2(fos, inventory):
-    bundle = remote.bundle_dir(json.loads(sh(fos, "h3", f"cat {remote.CONFIG_FILE}"))["bundle"])
+    bundle = layout.bundle_dir(json.loads(sh(fos, "h3", f"cat {layout.CONFIG_FILE}"))["bundle"])
     assert "cgroup2" in sh(fos, "h3", "stat -f -c %T /sys/fs/cgroup/unified") + "cgroup2"
     assert sh(fos, "h3", "cat /sys/fs/cgroup/unified/cgroup.controllers").strip() == ""
     result = host_exec(fos, "h3", "python3", "-c", _V2_PROBE, bundle, "/sys/fs/cgroup/unified")
@@ -209,13 +211,14 @@ def test_crash_kills_every_process_and_boot_brings_the_agent_back_by_itself(fos,
     assert all(start_time(pid) is None for pid in victims)
     assert host_exec(fos, "h3", "true").returncode != 0
     fos.boot("h3")  # no `cantainer up`: systemd starts the enabled unit
-    assert sh(fos, "h3", f"systemctl is-enabled {remote.UNIT_NAME}") == "enabled\n"
+    assert sh(fos, "h3", f"systemctl is-enabled {layout.UNIT_NAME}") == "enabled\n"
     wait_for(lambda: agent_ready(inventory, "h3"), 60, what="h3's agent to come back after boot")
     assert sh(fos, "h3", "cat /etc/only-on-h1 2>/dev/null; cat /etc/hostname") == "h3\n"
 
 
 def test_sudo_that_asks_for_a_password_is_one_clear_error(fos, inventory, tmp_path):
-    text = fos.inventory_file.read_text().replace(f'user = "{fullos.SUDO_USER}"', f'user = "{fullos.PASSWORD_SUDO_USER}"')
+    text = fos.inventory_file.read_text()
+    text = text.replace(f'user = "{fullos.SUDO_USER}"', f'user = "{fullos.PASSWORD_SUDO_USER}"')
     first_host = text.index("[[hosts]]")
     only_h1 = text[:text.index("[[hosts]]", first_host + 1)]
     changed = tmp_path / "inventory.toml"
@@ -241,14 +244,14 @@ def test_sudo_that_asks_for_a_password_is_one_clear_error(fos, inventory, tmp_pa
 def test_down_purge_removes_the_unit_and_everything_cantainer_wrote(fos, inventory):
     ok(cli(inventory, "down", "--purge"))
     for host in ("h1", "h2", "h3"):
-        assert host_exec(fos, host, "test", "-e", remote.UNIT_FILE).returncode != 0
-        assert sh(fos, host, f"systemctl is-enabled {remote.UNIT_NAME} || true").strip() in ("", "not-found")
-        assert sh(fos, host, f"systemctl is-active {remote.UNIT_NAME} || true").strip() == "inactive"
+        assert host_exec(fos, host, "test", "-e", layout.UNIT_FILE).returncode != 0
+        assert sh(fos, host, f"systemctl is-enabled {layout.UNIT_NAME} || true").strip() in ("", "not-found")
+        assert sh(fos, host, f"systemctl is-active {layout.UNIT_NAME} || true").strip() == "inactive"
         assert "cantainer_agent" not in sh(fos, host, "ps -eo args")
-        for path in (remote.CONFIG_DIR, remote.LOG_DIR, remote.RUN_DIR):
+        for path in (layout.CONFIG_DIR, layout.LOG_DIR, layout.RUN_DIR):
             assert host_exec(fos, host, "test", "-e", path).returncode != 0, path
         # the lab mounts a real disk there (docs/design/lab.md): emptied, the mount point stays
-        assert sh(fos, host, f"ls -A {remote.DATA_DIR}") == ""
+        assert sh(fos, host, f"ls -A {layout.DATA_DIR}") == ""
 
 
 # -- a bastion-fronted fleet ------------------------------------------------------------------------
@@ -293,7 +296,7 @@ def test_up_reaches_hosts_only_through_a_proxyjump_host_from_ssh_config(fos, tmp
         assert result.returncode == 0, result.stdout + result.stderr
         doc = json.loads(ok(cantainer("status", "--json", "-i", str(inventory), env=env)))
         assert {n["name"]: n["state"] for n in doc["nodes"]} == {"h1": "up", "h2": "up"}
-        config = json.loads(sh(fos, "h1", f"cat {remote.CONFIG_FILE}"))
+        config = json.loads(sh(fos, "h1", f"cat {layout.CONFIG_FILE}"))
         assert config["address"] == inner["h1"]  # raft runs on the inner network, behind the bastion
         ok(cantainer("down", "--purge", "-i", str(inventory), env=env))
     finally:
@@ -340,7 +343,8 @@ def test_rootfs_build_errors_are_one_line_and_create_nothing(tmp_path):
     require_root()
     env = {**os.environ, "CANTAINER_LAB_CACHE": str(tmp_path / "cache")}
     cases = (({"PATH": "/usr/bin:/bin"}, "debootstrap is not installed — run `sudo make setup`"),
-             ({"CANTAINER_LAB_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"}, "debootstrap of bookworm from http://127.0.0.1:9/debian failed"))
+             ({"CANTAINER_LAB_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"},
+              "debootstrap of bookworm from http://127.0.0.1:9/debian failed"))
     for extra, needle in cases:
         result = subprocess.run([sys.executable, "-m", "lab", "up", "--name", f"{FULLOS_LAB[:6]}x", "--os", "debian"],
                                 capture_output=True, text=True, timeout=300, env={**env, **extra})

@@ -105,7 +105,8 @@ def test_down_with_keep_logs_leaves_each_console_log_in_place(scratch_lab):
     assert result.returncode == 0 and "console logs kept" in result.stdout, result.stderr
     log = lab.host_dir("h1") / "console.log"
     assert f"lab {lab.name}: h1 boots at" in log.read_text()
-    assert sorted(str(p.relative_to(lab.dir)) for p in lab.dir.rglob("*")) == ["hosts", "hosts/h1", "hosts/h1/console.log"]
+    left = sorted(str(p.relative_to(lab.dir)) for p in lab.dir.rglob("*"))
+    assert left == ["hosts", "hosts/h1", "hosts/h1/console.log"]
     assert machine_snapshot() == before and not lab.exists()
     lab.down()
     assert not lab.dir.exists()

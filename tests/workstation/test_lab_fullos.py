@@ -46,8 +46,9 @@ def test_sudo_command_line_keeps_ssh_connection_and_quotes_every_argument():
     assert Connection(host("root", True), None).command_line(argv) == shlex.join(argv)
     assert Connection(host("ops", False), None).command_line(argv) == shlex.join(argv)
     # what the login shell runs: the variable is expanded once, every argument arrives verbatim
-    shown = subprocess.run(["sh", "-c", line.replace("sudo -n -- ", "", 1).replace("python3", "printf '%s|'", 1)],
-                           capture_output=True, text=True, env={"SSH_CONNECTION": "1.2.3.4 5 6.7.8.9 22", "PATH": "/usr/bin:/bin"})
+    shell_line = line.replace("sudo -n -- ", "", 1).replace("python3", "printf '%s|'", 1)
+    shown = subprocess.run(["sh", "-c", shell_line], capture_output=True, text=True,
+                           env={"SSH_CONNECTION": "1.2.3.4 5 6.7.8.9 22", "PATH": "/usr/bin:/bin"})
     assert shown.stdout == "-c|print('$HOME; rm -rf /')|a b|"
 
 
