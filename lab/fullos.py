@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import subprocess
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -223,7 +222,7 @@ def configure_host(root: Path, hostname: str, host_key: Path, authorized_keys: s
     _write_if_changed(root / "etc/hosts", hosts, 0o644)
     machine_id = root / "etc/machine-id"
     if not machine_id.read_text().strip():
-        machine_id.write_text(uuid.uuid4().hex + "\n")
+        machine_id.write_text(os.urandom(16).hex() + "\n")
     _write_if_changed(root / "etc/ssh/ssh_host_ed25519_key", host_key.read_text(), 0o600)
     _write_if_changed(root / "etc/ssh/ssh_host_ed25519_key.pub", host_key.with_suffix(".pub").read_text(), 0o644)
     for user in ("root", SUDO_USER, PASSWORD_SUDO_USER):
