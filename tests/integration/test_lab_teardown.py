@@ -64,12 +64,13 @@ def test_down_cleans_up_after_up_was_killed_half_way(scratch_lab):
     # Kill it once it has started building hosts (the state file exists before the first netns).
     import time
 
+    prefix = f"cantainer-{TEARDOWN_LAB}-"
     deadline = time.monotonic() + 30
-    while not any(n.startswith(f"cantainer-{TEARDOWN_LAB}-") for n in netns.listnetns()) and time.monotonic() < deadline:
+    while not any(n.startswith(prefix) for n in netns.listnetns()) and time.monotonic() < deadline:
         assert process.poll() is None, "lab up ended before it built any host: nothing half-done to clean up"
         time.sleep(0.001)
     # Half way: some hosts exist, `up` has not finished (else this test would prove nothing).
-    assert process.poll() is None and any(n.startswith(f"cantainer-{TEARDOWN_LAB}-") for n in netns.listnetns())
+    assert process.poll() is None and any(n.startswith(prefix) for n in netns.listnetns())
     process.kill()
     process.wait()
     lab.down()
