@@ -73,9 +73,11 @@ RECIPES = {
         os="debian",
         suite="bookworm",
         variant="minbase",
-        # What the issue asks for (systemd, sshd, python3, sudo), plus what an Ubuntu server image
-        # has and the tests read hosts with: iproute2 (ip, bridge), procps (ps, kill), dbus (logind).
-        packages=("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "sudo", "iproute2", "procps"),
+        # What a host needs (systemd, sshd, python3, libnftables1 for the agent's nftables table) and
+        # sudo, plus what an Ubuntu server image has and the tests read hosts with: iproute2 (ip,
+        # bridge), procps (ps, kill), dbus (logind).
+        packages=("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "libnftables1", "sudo",
+                  "iproute2", "procps"),
         files=(
             ("/usr/local/sbin/lab-init", LAB_INIT, 0o755),
             ("/etc/ssh/sshd_config.d/lab.conf", SSHD_CONFIG, 0o644),
