@@ -274,7 +274,11 @@ def nspawn_command(root: Path, machine: str, netns_path: str, binds: dict[Path, 
 
 # SYSTEMD_NSPAWN_LOCK=0: no image lock files (/run/systemd/nspawn/locks), which a SIGKILLed nspawn
 # (every crash and down) would leave behind; each host's root is its own overlay anyway.
-NSPAWN_ENV = {"SYSTEMD_SECCOMP": "0", "SYSTEMD_NSPAWN_LOCK": "0", "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_COLORS": "0"}
+# SYSTEMD_NSPAWN_API_VFS_WRITABLE=network: /proc/sys/net writable, as for a real host's root (the
+# runtime sets net.ipv4.ping_group_range in each container's netns); the rest of /proc/sys and /sys
+# stay read-only, since those are the machine's own.
+NSPAWN_ENV = {"SYSTEMD_SECCOMP": "0", "SYSTEMD_NSPAWN_LOCK": "0", "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network",
+              "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_COLORS": "0"}
 NSPAWN_RUN_DIR = Path("/run/systemd/nspawn")
 
 
