@@ -129,14 +129,18 @@ class AgentClient:
             if self._writer is None:
                 await self._open()
             request_id = next(self._ids)
-            self._writer.write(protocol.encode_request(request_id, method, params or {}, session))
             try:
+                self._writer.write(protocol.encode_request(request_id, method, params or {}, session))
                 line = await asyncio.wait_for(self._reader.readline(), timeout)
             except asyncio.TimeoutError:
                 self.close()
                 raise HostError(
                     self.connection.host.name, f"agent did not answer `{method}` within {timeout:g}s"
                 ) from None
+            except ConnectionError:
+                # The sudo relay (become) opens as a session even when the socket is not there yet,
+                # then exits: its channel is closed before or while we write.
+                line = b""
             if not line:
                 self.close()
                 raise HostError(self.connection.host.name, f"agent closed the connection during `{method}`")

@@ -20,7 +20,7 @@ from lab import fullos, underlay
 from lab.lab import Lab, LabError
 from lab.procs import pids_in_netns, start_time
 from tests.conftest import LAB_NAME, require_root
-from tests.labcli import cantainer, cli, container_processes, host_exec, ok, ps, status, wait_for
+from tests.labcli import cantainer, cli, container_processes, host_exec, host_path, ok, ps, status, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -214,6 +214,47 @@ def test_crash_kills_every_process_and_boot_brings_the_agent_back_by_itself(fos,
     assert sh(fos, "h3", f"systemctl is-enabled {layout.UNIT_NAME}") == "enabled\n"
     wait_for(lambda: agent_ready(inventory, "h3"), 60, what="h3's agent to come back after boot")
     assert sh(fos, "h3", "cat /etc/only-on-h1 2>/dev/null; cat /etc/hostname") == "h3\n"
+
+
+def _argv(proc: Path) -> list[str]:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace").split("\0") + ["", "", ""]
+    except OSError:
+        return ["", "", ""]
+
+
+def test_a_sudo_relay_that_went_away_is_a_host_error_not_a_crash(fos, inventory):
+    """With become, the agent API goes through a relay under sudo, whose SSH session opens even when
+    the socket is not there yet (an agent systemd has only just started) and then closes: writing
+    to it must be "the agent closed the connection" (which `up` retries), not a BrokenPipeError."""
+    import asyncio
+
+    from cantainer.client import AgentClient
+    from cantainer.inventory import load_inventory
+    from cantainer.ssh import HostError, connect
+
+    (host,) = [h for h in load_inventory(inventory).hosts if h.name == "h1"]
+
+    async def scenario() -> None:
+        connection = await connect(host)
+        client = AgentClient(connection)
+        try:
+            assert (await client.call("hello"))["node"] == "h1"
+            proc = host_path(fos, "h1", "/proc")
+            relays = [pid for pid in os.listdir(proc) if pid.isdigit()
+                      and _argv(proc / pid)[1] == "-c" and "pump_in" in _argv(proc / pid)[2]]
+            assert relays, "no relay process on h1"
+            sh(fos, "h1", f"kill -9 {' '.join(relays)}")
+            await asyncio.wait_for(client._writer.channel.wait_closed(), 10)
+            with pytest.raises(HostError, match="agent closed the connection during `hello`"):
+                await client.call("hello")
+            assert (await client.call("hello"))["node"] == "h1"  # a new relay
+        finally:
+            client.close()
+            connection.close()
+            await connection.wait_closed()
+
+    asyncio.run(scenario())
 
 
 def test_sudo_that_asks_for_a_password_is_one_clear_error(fos, inventory, tmp_path):
