@@ -9,7 +9,10 @@ Keys (unknown keys are rejected so typos surface; defaults come from ``layout.py
     raft_port           int   7480
     join_port           int   7481
     seeds               [str] []        "host:join_port" of other nodes (our own join address is ignored)
-    bootstrap           bool  false     true only on the node that creates the cluster
+    bootstrap           bool  false     true only on the nodes that create the cluster
+    initial_voters      [str] []        with bootstrap: "ip:raft_port" of every founding voter (this node's
+                                        included), started together like etcd's initial-cluster; empty:
+                                        this node founds a one-voter cluster
     data_dir            str   /var/lib/cantainer
     run_dir             str   /run/cantainer
     log_dir             str   /var/log/cantainer
@@ -46,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "join_port": layout.JOIN_PORT,
     "seeds": [],
     "bootstrap": False,
+    "initial_voters": [],
     "data_dir": layout.DATA_DIR,
     "run_dir": layout.RUN_DIR,
     "log_dir": layout.LOG_DIR,
@@ -74,6 +78,7 @@ class AgentConfig:
     join_port: int = layout.JOIN_PORT
     seeds: tuple[str, ...] = ()
     bootstrap: bool = False
+    initial_voters: tuple[str, ...] = ()
     data_dir: str = layout.DATA_DIR
     run_dir: str = layout.RUN_DIR
     log_dir: str = layout.LOG_DIR
@@ -115,6 +120,26 @@ def _abs_path(where: str, key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
         raise ConfigError(f"{where}: {key!r} must be an absolute path, got {value!r}")
     return os.path.normpath(value)
+
+
+def _initial_voters(where: str, value: Any, bootstrap: bool, own: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: 'initial_voters' must be a list of \"ip:raft_port\" strings")
+    voters: list[str] = []
+    for i, addr in enumerate(value):
+        try:
+            split_hostport(addr)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: initial_voters[{i}]: {exc}") from None
+        if addr not in voters:
+            voters.append(addr)
+    if voters and not bootstrap:
+        raise ConfigError(f"{where}: 'initial_voters' is set but 'bootstrap' is false: only founding nodes use it")
+    if voters and own not in voters:
+        raise ConfigError(f"{where}: 'initial_voters' does not list this node's raft address {own}")
+    if len(voters) > 7:
+        raise ConfigError(f"{where}: 'initial_voters' lists {len(voters)} nodes; at most 7 vote")
+    return tuple(voters)
 
 
 def parse_config(data: Any, where: str = "config", check_files: bool = True) -> AgentConfig:
@@ -171,6 +196,7 @@ def parse_config(data: Any, where: str = "config", check_files: bool = True) -> 
         raise ConfigError(f"{where}: 'bootstrap' must be true or false, got {bootstrap!r}")
     if not bootstrap and not seeds:
         raise ConfigError(f"{where}: 'seeds' is empty and 'bootstrap' is false: this node could never join a cluster")
+    initial_voters = _initial_voters(where, merged["initial_voters"], bootstrap, f"{address}:{raft_port}")
 
     voters = merged["voters"]
     if type(voters) is not int or not 1 <= voters <= 7 or voters % 2 == 0:
@@ -200,6 +226,7 @@ def parse_config(data: Any, where: str = "config", check_files: bool = True) -> 
         join_port=join_port,
         seeds=tuple(seeds),
         bootstrap=bootstrap,
+        initial_voters=initial_voters,
         data_dir=_abs_path(where, "data_dir", merged["data_dir"]),
         run_dir=_abs_path(where, "run_dir", merged["run_dir"]),
         log_dir=_abs_path(where, "log_dir", merged["log_dir"]),

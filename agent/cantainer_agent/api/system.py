@@ -4,6 +4,9 @@
 ``status {consistency?}`` -> ``{"node", "cluster", "leader": name|null, "term", "commit_index",
               "raft": {...}, "nodes": [...], "networks": [...], "containers": [...], "consistency"}``
               (cluster/views.build_status; linearizable unless ``consistency: stale``)
+``member {wait?}`` -> ``{"node", "pid", "leader": raft address|null, "registered": bool, "role"}``: with
+              ``wait`` (seconds, at most MEMBER_WAIT_MAX) it answers once this node knows a leader and
+              is registered in the state, or when the time is up — `up` waits on it instead of polling.
 ``stop``   -> ``{"stopping": true}``, then the agent shuts down gracefully.
 """
 from __future__ import annotations
@@ -18,6 +21,9 @@ from ..config import AgentConfig
 from ..consensus import RaftNode
 from .requests import Reads, consistency_of
 from .server import AfterReply
+
+MEMBER_WAIT_MAX = 30.0
+MEMBER_POLL = 0.02  # a look at this node's own raft status: in memory, no I/O
 
 
 def handlers(cfg: AgentConfig, get_raft: Callable[[], RaftNode | None], stop: Callable[[], None],
@@ -35,7 +41,23 @@ def handlers(cfg: AgentConfig, get_raft: Callable[[], RaftNode | None], stop: Ca
         document["consistency"] = consistency_of(params)  # "stale": this node's replica, maybe behind
         return document
 
+    def member(params: dict) -> dict:
+        wait = params.get("wait", 0)
+        if type(wait) not in (int, float) or not 0 <= wait <= MEMBER_WAIT_MAX:  # also refuses NaN
+            raise protocol.ProtocolError(protocol.BAD_REQUEST, f'"wait" must be 0..{MEMBER_WAIT_MAX:g} seconds')
+        deadline = time.monotonic() + wait
+        while True:
+            answer = {"node": cfg.node, "pid": os.getpid(), "leader": None, "registered": False, "role": None}
+            raft = get_raft()
+            if raft is not None:
+                status = raft.status()
+                answer.update(leader=status["leader"], role=status["role"],
+                              registered=raft.read(lambda state: cfg.node in state.nodes))
+            if answer["leader"] and answer["registered"] or time.monotonic() >= deadline:
+                return answer
+            time.sleep(MEMBER_POLL)
+
     def stop_agent(_params: dict) -> AfterReply:
         return AfterReply({"stopping": True}, stop)
 
-    return {"hello": hello, "status": status, "stop": stop_agent}
+    return {"hello": hello, "status": status, "member": member, "stop": stop_agent}

@@ -42,6 +42,7 @@ class RaftConfig:
     data_dir: str                      # members.json and (for a voter) the journal live here
     secret: bytes                      # the cluster secret: encrypts and authenticates raft traffic
     partners: tuple[str, ...] = ()     # the other voters this node starts with
+    elect_early: bool = False          # call the first election once a majority is reachable (startup.py)
     tuning: pso.SyncTuning = field(default_factory=pso.SyncTuning)
     leader_wait: float = LEADER_WAIT
 
@@ -103,6 +104,8 @@ class RaftNode:
             known = None
         self.standby = known is not None and known.role == "standby" and known.self_addr == self.self_addr
         self._sync = self._make_syncobj(self.standby, self._initial_partners, self._write_store, bind_timeout)
+        if self.config.elect_early and not self.standby:
+            self._sync.elect_early()
         self._owner = threading.Thread(target=self._owner_loop, name="raft-owner", daemon=True)
         self._owner.start()
         log.info("raft started on %s as %s with %s %s", self.self_addr, "standby" if self.standby else "voter",

@@ -133,9 +133,11 @@ class Agent:
         self._join_server.start()
         check_port_free(cfg.address, cfg.raft_port)
 
-        self.start_mode, partners = decide_partners(cfg, self._secret)
+        start = decide_partners(cfg, self._secret)
+        self.start_mode = start.mode
         raft = RaftNode(RaftConfig(cluster=cfg.cluster, self_addr=cfg.raft_addr, data_dir=cfg.data_dir,
-                                   secret=self._secret, partners=tuple(partners)), fsm=ClusterState)
+                                   secret=self._secret, partners=tuple(start.partners),
+                                   elect_early=start.elect_early), fsm=ClusterState)
         try:
             raft.start()
         except RaftError as exc:

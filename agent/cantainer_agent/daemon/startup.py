@@ -3,15 +3,22 @@
 1. ``members.json`` exists -> restart with exactly those members (never the configured seeds: a
    bootstrap node restarted with ``[]`` elects itself alone);
 2. else a raft journal exists (members file lost) -> rejoin through the seeds;
-3. else ``bootstrap`` -> if a seed already answers as a member of this cluster, join it (a wiped
-   bootstrap host must not found a second cluster); otherwise found a one-node cluster;
+3. else ``bootstrap`` -> if a seed already answers as a member of this cluster with a leader, join
+   it (a wiped bootstrap host must not found a second cluster); otherwise found the cluster with the
+   ``initial_voters`` (all started together, like etcd's initial-cluster), or alone;
 4. else join through the seeds.
+
+Who calls the first election (``Partners.elect_early``): a voter with no partner leads at once, and
+of a freshly founded group the first initial voter stands as soon as it reaches a majority — the
+others keep the randomised timeout, so they vote for it instead of competing.
 """
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import threading
+from dataclasses import dataclass
 
 from .. import __version__
 from ..config import AgentConfig
@@ -29,8 +36,15 @@ class StartupError(AgentError):
     """Start-up failed; the message is the one line shown to the operator."""
 
 
-def decide_partners(cfg: AgentConfig, secret: bytes) -> tuple[str, list[str]]:
-    """Returns (start mode, the other voters to start raft with)."""
+@dataclass(frozen=True)
+class Partners:
+    mode: str                 # restart | rejoin | bootstrap | join
+    partners: list[str]       # the other voters to start raft with
+    elect_early: bool = False  # stand for election as soon as a majority is reachable
+
+
+def decide_partners(cfg: AgentConfig, secret: bytes) -> Partners:
+    """How this node starts raft: the mode, the other voters, and whether it calls the first election."""
     try:
         known = load_members(cfg.data_dir)
     except RaftError as exc:
@@ -41,24 +55,45 @@ def decide_partners(cfg: AgentConfig, secret: bytes) -> tuple[str, list[str]]:
         if known.self_addr != cfg.raft_addr:
             raise StartupError(f"{cfg.data_dir} was created for raft address {known.self_addr}, now "
                                f"{cfg.raft_addr}; remove {cfg.data_dir} to join again")
-        return "restart", known.partners
+        alone = known.role == "voter" and not known.partners
+        return Partners("restart", known.partners, elect_early=alone)
     if os.path.exists(journal_path(cfg.data_dir)):
         if not cfg.seeds:
             raise StartupError(f"{cfg.data_dir} has a raft journal but no members.json and no seeds are "
                                "configured: cannot know the cluster members")
-        return "rejoin", join(cfg, secret)
+        return Partners("rejoin", join(cfg, secret))
     if cfg.bootstrap:
-        for seed in cfg.seeds:
-            try:
-                body = join_request(seed, secret, "ping", {}, timeout=1.0)
-            except Exception:  # noqa: BLE001 - an unreachable or misbehaving seed: nobody there yet
-                continue
-            if body.get("ok") and body["result"].get("cluster") == cfg.cluster and body["result"].get("leader"):
-                log.info("bootstrap requested but %s already serves cluster %s: joining it", seed, cfg.cluster)
-                return "join", join(cfg, secret)
-        save_members(cfg.data_dir, cfg.cluster, cfg.raft_addr, [cfg.raft_addr])
-        return "bootstrap", []
-    return "join", join(cfg, secret)
+        serving = _seed_with_leader(cfg, secret)
+        if serving is not None:
+            log.info("bootstrap requested but %s already serves cluster %s: joining it", serving, cfg.cluster)
+            return Partners("join", join(cfg, secret))
+        voters = list(cfg.initial_voters) or [cfg.raft_addr]
+        save_members(cfg.data_dir, cfg.cluster, cfg.raft_addr, voters)
+        partners = [v for v in voters if v != cfg.raft_addr]
+        return Partners("bootstrap", partners, elect_early=voters[0] == cfg.raft_addr)
+    return Partners("join", join(cfg, secret))
+
+
+def _seed_with_leader(cfg: AgentConfig, secret: bytes) -> str | None:
+    """A seed that answers as a member of this cluster with a leader, if any (all asked at once: a
+    founding `up` starts every node together, so most seeds refuse at once or have no leader yet)."""
+    found: list[str] = []
+
+    def ask(seed: str) -> None:
+        try:
+            body = join_request(seed, secret, "ping", {}, timeout=1.0)
+        except Exception:  # noqa: BLE001 - an unreachable or misbehaving seed: nobody there yet
+            return
+        result = body.get("result") if body.get("ok") else None
+        if isinstance(result, dict) and result.get("cluster") == cfg.cluster and result.get("leader"):
+            found.append(seed)
+
+    threads = [threading.Thread(target=ask, args=(seed,), daemon=True) for seed in cfg.seeds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return found[0] if found else None
 
 
 def join(cfg: AgentConfig, secret: bytes) -> list[str]:

@@ -57,6 +57,7 @@ MAX_CONNECTIONS = 32  # strangers' connections at once (joiners, and anyone else
 MEMBER_CONNECTIONS = 32  # cluster members' own, which strangers cannot take
 PER_SOURCE = 4  # connections at once from one stranger address
 DEADLINE = 5.0  # seconds for a connection to deliver its request line, in all
+LEADER_WAIT = 3.0  # seconds a join waits for a leader to be elected before "unavailable"
 
 
 class _Slots:
@@ -251,6 +252,8 @@ class JoinService:
             except RaftError as exc:
                 return err(UNAVAILABLE, str(exc))
         try:
+            if method == "join":
+                self._await_leader(raft)
             snap = raft.snapshot()
         except RaftError as exc:
             return err(UNAVAILABLE, str(exc))
@@ -259,6 +262,15 @@ class JoinService:
             return ok({"cluster": self.cluster, "node": self.node, "leader": snap["leader"],
                         "leader_join": leader_join, "members": snap["members"]})
         return self._join(raft, snap, params, leader_join)
+
+    @staticmethod
+    def _await_leader(raft: RaftNode) -> None:
+        """A join that arrives while the group elects its first leader (a founding `up` starts every
+        node at once) waits for the election — up to LEADER_WAIT — instead of being sent away to
+        retry later."""
+        deadline = time.monotonic() + LEADER_WAIT
+        while raft.status()["leader"] is None and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     @staticmethod
     def _join_addr_of(snap: dict, raft_addr: str | None) -> str | None:

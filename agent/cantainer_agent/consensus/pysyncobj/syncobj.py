@@ -84,10 +84,13 @@ class AgentSyncObj(SyncObj):
     _queueing = False  # inside _checkCommandsToApply
     _send_owed = False  # an append-entries round was asked for while queueing
     _read_round = False  # a read asked for a round this tick (all reads of a tick share it)
+    _elect_early = False  # stand for election as soon as a majority is connected (elect_early)
 
     def _onTick(self, timeToWait=0.0):
         if self._settled:
             self._poller.poll(0)
+            if self._elect_early:
+                self._maybe_elect_now()
         super()._onTick(timeToWait)
         if not self._settled:
             self._settled = self._SyncObj__transport.ready and not self._SyncObj__needLoadDumpFile
@@ -110,7 +113,24 @@ class AgentSyncObj(SyncObj):
             return
         SyncObj._SyncObj__sendAppendEntries(self)
 
+    def _maybe_elect_now(self) -> None:
+        """Move the election deadline to now once this node could win: no other voter (a one-voter
+        group then leads at once instead of after its 1-2 s timeout), or a majority connected (the
+        first initial voter of a group started together). Only while nobody leads and no vote was
+        cast: raft's safety never depends on timing, and a node that saw a term uses the timeout."""
+        if self._getLeader() is not None or (self.otherNodes and self.raftCurrentTerm > 0):
+            self._elect_early = False
+            return
+        if 2 * (1 + len(self.connected_ids())) > 1 + len(self.otherNodes):
+            self._elect_early = False
+            self._SyncObj__raftElectionDeadline = 0
+
     # -- a public surface (tick thread only, except where noted) -------------------------------
+
+    def elect_early(self) -> None:
+        """Stand for election as soon as this node could win (any thread; see _maybe_elect_now)."""
+        self._elect_early = True
+        self.wake()
 
     def wake(self) -> None:
         """Make the tick thread run now instead of at the end of its poll timeout (any thread)."""
