@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.lab_cluster import cluster
+from bench.lab_cluster import cluster, lab_name
 from bench.results import row
 from bench.up_vs_ansible import CANTAINER, _run
 
@@ -37,7 +37,7 @@ def measure(quick: bool, log=print) -> list[dict]:
     samples: dict[str, list[float]] = {"cold": [], "host-cold": [], "cached": [], "skopeo": []}
     try:
         layout = build_layout(work / "oci")
-        with cluster(LAB, 2, log) as (lab, inventory), \
+        with cluster(lab_name(LAB, "im"), 2, log) as (lab, inventory), \
                 Registry(work / "registry", str(lab.load().gateway.ip)) as registry:
             push(layout, "app", registry.host, "team/app")
             text = inventory.read_text()

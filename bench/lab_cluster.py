@@ -26,6 +26,14 @@ from cantainer_agent import layout, protocol
 from lab.lab import Lab
 
 CLONE_NEWNET = 0x40000000
+LAB_PREFIX_ENV = "CANTAINER_BENCH_LAB"  # e.g. "spb": this run's labs are spbu3, spbov, … (others' stay untouched)
+
+
+def lab_name(default: str, tag: str) -> str:
+    """The lab a group uses: *default* (bup3, bov, …), or $CANTAINER_BENCH_LAB + *tag* when set, so
+    several people can run benchmarks on one machine without touching each other's labs."""
+    prefix = os.environ.get(LAB_PREFIX_ENV, "")
+    return f"{prefix}{tag}" if prefix else default
 
 
 @contextlib.contextmanager

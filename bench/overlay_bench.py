@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.lab_cluster import AgentSocket, cluster, container_netns, host_netns, socket_in_netns
+from bench.lab_cluster import AgentSocket, cluster, container_netns, host_netns, lab_name, socket_in_netns
 from bench.results import percentile, row
 from bench.up_vs_ansible import CANTAINER, BenchError
 
@@ -309,7 +309,7 @@ def session_rows(lab, writes: int, clients: int, runs: int, log=print) -> list[d
 def measure(quick: bool, log=print) -> list[dict]:
     runs_e2e, rounds, seconds, tp_runs, writes, w_runs = (10, 5, 3, 1, 300, 1) if quick else (30, 20, 10, 3, 2000, 3)
     rows: list[dict] = []
-    with cluster(LAB, 3, log) as (lab, inventory):
+    with cluster(lab_name(LAB, "ov"), 3, log) as (lab, inventory):
         rows += run_rows(inventory, runs_e2e, log)
         conv, pair = convergence_rows(lab, inventory, rounds, log)
         rows += conv

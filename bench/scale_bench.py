@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.lab_cluster import AgentSocket, agent_pid, cluster, host_root
+from bench.lab_cluster import AgentSocket, agent_pid, cluster, host_root, lab_name
 from bench.results import row
 from bench.up_vs_ansible import CANTAINER, BenchError
 from cantainer_agent import layout
@@ -145,7 +145,7 @@ def _cli_time(argv: list[str], runs: int) -> float:
 def measure(quick: bool, log=print) -> list[dict]:
     hosts, count = (10, 100) if quick else (30, 1000)
     where = f"{count} containers on {hosts} hosts"
-    with cluster(LAB, hosts, log) as (lab, inventory):
+    with cluster(lab_name(LAB, "sc"), hosts, log) as (lab, inventory):
         names = list(lab.load().hosts)
         idle = [host_memory(lab, h)["agent_rss"] for h in names]
         elapsed, retried = asyncio.run(start_containers(inventory, count))

@@ -12,11 +12,12 @@ What each side does, per host count N (a fresh lab `bupN`, removed afterwards):
 * Ansible (ansible-core from PyPI in bench/.ansible-venv, forks = N, pipelining, ControlPersist,
   gather_facts off, the lab's key and known_hosts with host-key checking on): one playbook that does
   the same steps into the same paths — `command: install -d` (creates=), `copy` the same bundle
-  (cantainer.bundle.build_bundle(Platform.local())), `unarchive` it on the host (creates=), `copy`
+  (the one `up` chooses for these hosts: `lab_bundle()`), `unarchive` it on the host (creates=), `copy`
   the secret and the per-host agent.json that cantainer's `plan.desired_config` would write, then start
   the real agent with `python3 BUNDLE_DIR run --config /etc/cantainer/agent.json --daemon` (which
-  returns once the agent is ready and, for joiners, has joined) — on the bootstrap host first, then
-  on the others, each only when no agent runs yet. Ansible does not run the final health check.
+  returns once the agent is ready and, for joiners, has joined) on every host at once, each only
+  when no agent runs yet (the configs are `up`'s: the first `voters` hosts found the cluster
+  together, the rest join it). Ansible does not run the final health check.
 * cold: nothing of cantainer on the hosts (`cantainer down --purge` between runs, untimed); no SSH
   control masters alive before the timed run (they are closed with `ssh -O exit` afterwards).
 * re-run: the same command again right after a cold run (everything in place, agents running);
@@ -79,14 +80,8 @@ PLAYBOOK = """\
         src: "{{ config_dir }}/{{ inventory_hostname }}.json"
         dest: /etc/cantainer/agent.json
         mode: "0600"
-    - name: start the bootstrap agent
+    - name: start the agents (all at once; the initial voters form the cluster, the rest join it)
       shell: "{{ start_agent }}"
-      when: inventory_hostname == groups['all'][0]
-      register: started
-      changed_when: "'running' not in started.stdout"
-    - name: start the other agents (they join through the seeds)
-      shell: "{{ start_agent }}"
-      when: inventory_hostname != groups['all'][0]
       register: started
       changed_when: "'running' not in started.stdout"
 """
@@ -121,7 +116,7 @@ class AnsibleSide:
 
     def __init__(self, inventory_path: Path, workdir: Path, bundle) -> None:
         from cantainer.inventory import load_inventory
-        from cantainer.plan import desired_config
+        from cantainer.plan import desired_config, founding_voters
         from cantainer.secret import load_or_create_secret
 
         inventory = load_inventory(inventory_path)
@@ -136,9 +131,10 @@ class AnsibleSide:
         bundle_file = workdir / "bundle.tar.gz"
         bundle_file.write_bytes(bundle.data)
         addresses = {h.name: h.underlay_address or h.address for h in inventory.hosts}
-        first = inventory.hosts[0].name
+        founders = founding_voters(inventory, inventory.hosts[0].name)  # the configs `up` writes
         for host in inventory.hosts:
-            config = desired_config(inventory, host, addresses, bundle.digest, bootstrap=host.name == first)
+            config = desired_config(inventory, host, addresses, bundle.digest, bootstrap=host.name in founders,
+                                    initial_voters=founders)
             (config_dir / f"{host.name}.json").write_text(json.dumps(config, indent=1) + "\n")
         defaults = inventory.hosts[0]
         lines = ["[all]"] + [f"{h.name} ansible_host={h.address}" for h in inventory.hosts]
@@ -189,13 +185,25 @@ def _row(name: str, value: float, anchor: str, anchor_value: float) -> dict:
             "anchor_value": round(anchor_value, 3), "ratio": round(anchor_value / value, 2)}
 
 
-def measure_hosts(count: int, runs: int, rerun: bool, log=print) -> list[dict]:
+def lab_bundle():
+    """The bundle `up` pushes to lab hosts, chosen from their facts as `up` does (they run this
+    machine's /usr/bin/python3: with Debian's python3-cryptography, the pure-Python bundle)."""
+    from cantainer import remote
     from cantainer.bundle import Platform, build_bundle
+    from cantainer.plan import bundle_needs_compiled
+
+    probe = subprocess.run(["/usr/bin/python3", "-c", remote.PROBE, *["/nonexistent"] * 5], capture_output=True,
+                           text=True, check=True)
+    return build_bundle(Platform.local(), compiled=bundle_needs_compiled(remote.ProbeResult.parse(probe.stdout)))
+
+
+def measure_hosts(count: int, runs: int, rerun: bool, log=print) -> list[dict]:
+    from bench.lab_cluster import lab_name
     from lab.lab import Lab
 
     ensure_ansible()
-    bundle = build_bundle(Platform.local())
-    lab = Lab(f"bup{count}")
+    bundle = lab_bundle()
+    lab = Lab(lab_name(f"bup{count}", f"u{count}"))
     workdir = Path(tempfile.mkdtemp(prefix="bup-"))
     try:
         lab.down()  # a leftover of a crashed run

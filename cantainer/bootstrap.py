@@ -4,10 +4,15 @@ Reading and changing are separate steps, as in pyinfra: a probe reads each host'
 round trip, `plan.plan_host` compares them with what the inventory wants, and only then are files
 pushed and agents (re)started. A host that already matches is not touched (same agent PID).
 
+Each host costs three round trips: connect, probe, and one `apply` program that writes what the
+plan says (bundle, secret, config: all on its stdin) and becomes the agent's launcher.
+
 Ordering rules that keep raft safe:
-- a cluster is bootstrapped only when *every* inventory host was probed and none has raft state —
+- a cluster is founded only when *every* inventory host was probed and none has raft state —
   otherwise a wiped or new node could found a second cluster;
-- the bootstrap node starts first, the others then join through the seeds;
+- a founding `up` starts every host at once: the first `voters` hosts as the initial voters (they
+  know each other from their config, like etcd's initial-cluster), the rest join them through the
+  seeds as standbys; hosts added later join through the seeds too, one membership change at a time;
 - agents that already run and must be restarted (new bundle, new config) are restarted one at a
   time, each waiting until it is a healthy member again, so the group keeps its quorum.
 """
@@ -25,12 +30,22 @@ from cantainer.client import AgentClient, AgentError
 from cantainer.errors import CantainerError
 from cantainer.fleet import Fleet
 from cantainer.inventory import Host, Inventory
-from cantainer.plan import HostPlan, NoFounder, choose_bootstrap, plan_host, secret_digest, underlay_addresses
+from cantainer.plan import (
+    HostPlan,
+    NoFounder,
+    bundle_needs_compiled,
+    choose_bootstrap,
+    plan_host,
+    secret_digest,
+    underlay_addresses,
+)
 from cantainer.secret import load_or_create_secret
 from cantainer.ssh import HostError, RemoteCommandError
 from cantainer_agent import layout, protocol
 
 HEALTHY_TIMEOUT = 60.0
+MEMBER_WAIT = 20.0  # seconds one `member` call may wait on the agent
+_ROLES = {"candidate": "follower"}  # a member between elections is shown as the follower it was
 
 # Progress callback: (host name, phase, detail).
 Reporter = Callable[[str, str, str], None]
@@ -63,7 +78,7 @@ class Bootstrapper:
         self.fleet = Fleet(inventory, fanout)
         self.result = UpResult()
         self.secret = b""
-        self._bundles: dict[Platform, Bundle] = {}
+        self._bundles: dict[tuple[Platform, bool], Bundle] = {}
 
     async def run(self) -> UpResult:
         started = time.monotonic()
@@ -75,8 +90,10 @@ class Bootstrapper:
             await self.fleet.each(self.fleet.healthy(), self._probe)
             bootstrap_node = self._choose_bootstrap_node()
             addresses = await self._addresses()
-            await self.fleet.each(self.fleet.healthy(), lambda h: self._converge_files(h, addresses, bootstrap_node))
-            await self._start_agents(bootstrap_node)
+            for host in self.fleet.healthy():
+                self._plan(host, addresses, bootstrap_node)
+            await self.fleet.each(self.fleet.healthy(), self._apply)
+            await self._start_rest()
             await self._wait_healthy()
         finally:
             self.result.errors = dict(self.fleet.errors)
@@ -108,7 +125,7 @@ class Bootstrapper:
             raise HostError(host.name, "libnftables.so.1 is missing (the agent needs nftables to protect the overlay)",
                             "install the package libnftables1 there (apt-get install libnftables1)")
         outcome = HostOutcome(host, probe)
-        outcome.bundle = self._bundle_for(Platform(probe.machine, probe.python[:2]))
+        outcome.bundle = self._bundle_for(Platform(probe.machine, probe.python[:2]), bundle_needs_compiled(probe))
         self.result.outcomes[host.name] = outcome
 
     async def _addresses(self) -> dict[str, str | None]:
@@ -140,10 +157,11 @@ class Bootstrapper:
             return {node["name"]: node["address"] for node in status.get("nodes", []) if node.get("registered")}
         return {}
 
-    def _bundle_for(self, target: Platform) -> Bundle:
-        if target not in self._bundles:
-            self._bundles[target] = build_bundle(target)
-        return self._bundles[target]
+    def _bundle_for(self, target: Platform, compiled: bool) -> Bundle:
+        key = (target, compiled) if compiled else (Platform("any", (0, 0)), False)  # pure Python runs anywhere
+        if key not in self._bundles:
+            self._bundles[key] = build_bundle(target, compiled)
+        return self._bundles[key]
 
     def _choose_bootstrap_node(self) -> str | None:
         probes = {h.name: self.result.outcomes[h.name].probe for h in self.fleet.healthy()}
@@ -156,43 +174,76 @@ class Bootstrapper:
             return None
 
     # -- change -----------------------------------------------------------------------------------
-    async def _converge_files(self, host: Host, addresses: dict[str, str], bootstrap_node: str | None) -> None:
+    def _plan(self, host: Host, addresses: dict[str, str], bootstrap_node: str | None) -> None:
         outcome = self.result.outcomes[host.name]
-        probe, bundle = outcome.probe, outcome.bundle
-        connection = self.fleet.connections[host.name]
-        plan = outcome.plan = plan_host(self.inventory, host, probe, bundle_digest=bundle.digest,
-                                        secret_sha256=secret_digest(self.secret), addresses=addresses,
-                                        bootstrap_node=bootstrap_node)
-        if not plan.touches_files:
+        outcome.plan = plan_host(self.inventory, host, outcome.probe, bundle_digest=outcome.bundle.digest,
+                                 secret_sha256=secret_digest(self.secret), addresses=addresses,
+                                 bootstrap_node=bootstrap_node)
+
+    def _starts_in_apply(self, outcome: HostOutcome) -> bool:
+        """A stopped agent without systemd starts in the same round trip as its files; restarts wait
+        for their turn (one at a time) and systemd hosts start through their unit."""
+        return outcome.plan.start == "start" and not outcome.probe.systemd
+
+    async def _apply(self, host: Host) -> None:
+        """One round trip: the files the plan wants (bundle, secret, config) and, for an agent that is
+        not running, its start (remote.APPLY becomes the launcher, which returns once it is ready)."""
+        outcome = self.result.outcomes[host.name]
+        plan, bundle = outcome.plan, outcome.bundle
+        start = self._starts_in_apply(outcome)
+        if not plan.touches_files and not start:
             return
-        await connection.run(["install", "-d", "-m", "700", layout.CONFIG_DIR, layout.DATA_DIR, layout.BUNDLES_DIR,
-                              layout.LOG_DIR])
+        header: dict = {"dirs": [layout.CONFIG_DIR, layout.DATA_DIR, layout.BUNDLES_DIR, layout.LOG_DIR]
+                        if plan.touches_files else []}
+        blobs: list[bytes] = []
         if plan.push_bundle:
             self.report(host.name, "push", f"agent bundle {bundle.short} ({len(bundle.data) / 1e6:.1f} MB)")
-            archive = f"{layout.BUNDLES_DIR}/.{bundle.digest}.tar.gz"
-            await connection.write_file(archive, bundle.data, 0o600)
-            await connection.run([host.python, "-c", remote.INSTALL_BUNDLE, archive, layout.bundle_dir(bundle.digest),
-                                  bundle.digest])
-            outcome.pushed = True
             keep = [layout.bundle_dir(digest).rsplit("/", 1)[1]
-                    for digest in (bundle.digest, (probe.config or {}).get("bundle")) if digest]
-            await connection.run([host.python, "-c", remote.PRUNE_BUNDLES, layout.BUNDLES_DIR, *keep])
+                    for digest in (bundle.digest, (outcome.probe.config or {}).get("bundle")) if digest]
+            header["bundle"] = {"digest": bundle.digest, "size": len(bundle.data),
+                                "target": layout.bundle_dir(bundle.digest), "keep": keep}
+            blobs.append(bundle.data)
         if plan.write_secret:
-            await connection.write_file(layout.SECRET_FILE, self.secret + b"\n", 0o600)
+            header["secret"] = {"path": layout.SECRET_FILE, "size": len(self.secret) + 1}
+            blobs.append(self.secret + b"\n")
         if plan.write_config:
             self.report(host.name, "configure", "")
-            await connection.write_file(layout.CONFIG_FILE, json.dumps(plan.config, indent=1).encode() + b"\n", 0o600)
+            config = json.dumps(plan.config, indent=1).encode() + b"\n"
+            header["config"] = {"path": layout.CONFIG_FILE, "size": len(config)}
+            blobs.append(config)
+        if start:
+            self.report(host.name, "start", "")
+            header["exec"] = {"argv": self._launcher(host, outcome)}
+        stdin = json.dumps(header).encode() + b"\n" + b"".join(blobs)
+        try:
+            await self.fleet.connections[host.name].run([host.python, "-c", remote.APPLY], input=stdin,
+                                                        timeout=120 if start else 60)
+        except RemoteCommandError as error:
+            if start and "another agent is already running" in error.stderr:
+                raise self._taken(host) from None
+            raise
+        outcome.pushed = plan.push_bundle
+        if start:
+            outcome.action = "started"
 
-    async def _start_agents(self, bootstrap_node: str | None) -> None:
+    def _launcher(self, host: Host, outcome: HostOutcome) -> list[str]:
+        return [host.python, layout.bundle_dir(outcome.bundle.digest), "run", "--config", layout.CONFIG_FILE,
+                "--daemon"]
+
+    @staticmethod
+    def _taken(host: Host) -> HostError:
+        return HostError(host.name, "an agent was started on this host meanwhile — another `up` (from another "
+                         "workstation?) is in progress", "wait for it, then run `cantainer up` again")
+
+    async def _start_rest(self) -> None:
+        """What `_apply` did not start: systemd units (all at once), then restarts one at a time."""
         healthy = self.fleet.healthy()
-        todo = {h.name: self.result.outcomes[h.name].plan.start for h in healthy}
+        outcomes = {h.name: self.result.outcomes[h.name] for h in healthy}
         for host in healthy:
-            if not todo[host.name]:
-                self.result.outcomes[host.name].pid = self.result.outcomes[host.name].probe.agent_pid
-        first = [h for h in healthy if h.name == bootstrap_node and todo[h.name]]
-        fresh = [h for h in healthy if todo[h.name] == "start" and h.name != bootstrap_node]
-        rolling = [h for h in healthy if todo[h.name] == "restart" and h.name != bootstrap_node]
-        await self.fleet.each(first, self._start_agent)
+            if not outcomes[host.name].plan.start:
+                outcomes[host.name].pid = outcomes[host.name].probe.agent_pid
+        fresh = [h for h in healthy if outcomes[h.name].plan.start == "start" and outcomes[h.name].probe.systemd]
+        rolling = [h for h in healthy if outcomes[h.name].plan.start == "restart"]
         await self.fleet.each(fresh, self._start_agent)
         for host in rolling:  # one at a time: the group keeps its quorum
             await self.fleet.each([host], self._start_agent)
@@ -206,16 +257,15 @@ class Bootstrapper:
         if outcome.probe.systemd:
             await self._start_with_systemd(host, outcome)
         else:
-            if restarting:
-                await connection.run([host.python, "-c", remote.STOP_AGENT, layout.PID_FILE, "10"])
+            header = {"dirs": [], "exec": {"argv": self._launcher(host, outcome), "stop_first": restarting,
+                                           "pid_file": layout.PID_FILE}}
             try:
-                await connection.run([host.python, layout.bundle_dir(outcome.bundle.digest), "run",
-                                      "--config", layout.CONFIG_FILE, "--daemon"], timeout=60)
+                await connection.run([host.python, "-c", remote.APPLY], input=json.dumps(header).encode() + b"\n",
+                                     timeout=120)
             except RemoteCommandError as error:
                 if "another agent is already running" not in error.stderr:
                     raise
-                raise HostError(host.name, "an agent was started on this host meanwhile — another `up` (from another "
-                                "workstation?) is in progress", "wait for it, then run `cantainer up` again") from None
+                raise self._taken(host) from None
         outcome.action = "restarted" if restarting else "started"
 
     async def _start_with_systemd(self, host: Host, outcome: HostOutcome) -> None:
@@ -227,34 +277,35 @@ class Bootstrapper:
         await connection.run(["systemctl", "restart", layout.UNIT_NAME])
 
     async def _wait_member(self, host: Host) -> None:
-        """Until the host's agent answers with a leader and lists itself as an up member."""
+        """Until the host's agent knows a leader and is registered in the cluster state (it answers
+        `member` as soon as that is so: no polling over SSH)."""
         self.report(host.name, "join", "")
         client = AgentClient(self.fleet.connections[host.name])
         deadline = time.monotonic() + HEALTHY_TIMEOUT
         last_problem = "no answer yet"
         try:
-            while time.monotonic() < deadline:
+            while (left := deadline - time.monotonic()) > 0:
+                wait = min(MEMBER_WAIT, left)
                 try:
-                    hello = await client.call("hello", timeout=5)
-                    status = await client.call("status", {"consistency": "stale"}, timeout=5)
-                except HostError as error:
+                    member = await client.call("member", {"wait": wait}, timeout=wait + 5)
+                except HostError as error:  # not listening yet, or the connection broke: ask again
                     last_problem = error.message
                     client.close()
+                    await asyncio.sleep(0.1)
+                    continue
                 except AgentError as error:
                     if error.code != protocol.UNAVAILABLE:
                         raise
-                    # Still joining — e.g. started by an `up` that was interrupted: finish the job.
-                    last_problem = error.message
-                else:
-                    mine = {n["name"]: n for n in status.get("nodes", [])}.get(host.name)
-                    if status.get("leader") and mine and mine.get("state") == "up":
-                        outcome = self.result.outcomes[host.name]
-                        outcome.pid, outcome.role = hello.get("pid"), mine.get("role")
-                        self.result.leader = status["leader"]
-                        self.report(host.name, "ready", "")
-                        return
-                    last_problem = "no leader yet" if not status.get("leader") else "not yet a member"
-                await asyncio.sleep(0.1)
+                    last_problem = error.message  # raft busy (e.g. changing roles): ask again
+                    await asyncio.sleep(0.1)
+                    continue
+                if member["leader"] and member["registered"]:
+                    outcome = self.result.outcomes[host.name]
+                    outcome.pid, outcome.role = member["pid"], _ROLES.get(member["role"], member["role"])
+                    self.result.leader = await self._leader_name(client, member["leader"])
+                    self.report(host.name, "ready", "")
+                    return
+                last_problem = "no leader yet" if not member["leader"] else "not yet registered"
         finally:
             client.close()
         raise HostError(
@@ -262,6 +313,13 @@ class Bootstrapper:
             f"agent did not become a healthy raft member within {HEALTHY_TIMEOUT:.0f}s ({last_problem})",
             f"see {layout.LOG_DIR}/agent.log on the host",
         )
+
+    async def _leader_name(self, client: AgentClient, raft_addr: str) -> str | None:
+        """The leader's node name (the summary shows it), asked once per `up`."""
+        if self.result.leader is None:
+            status = await client.call("status", {"consistency": "stale"}, timeout=10)
+            self.result.leader = status.get("leader")
+        return self.result.leader
 
     async def _wait_healthy(self) -> None:
         await self.fleet.each(self.fleet.healthy(), self._wait_member)

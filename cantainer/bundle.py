@@ -1,12 +1,13 @@
 """The agent bundle: everything a host needs besides python3, in one archive named by its hash.
 
-Contents: the `cantainer_agent` package, pysyncobj and pyroute2 (pure Python), and cryptography
-with cffi's `_cffi_backend` (compiled: they must match the host's CPU and Python). When the host's
-platform equals the workstation's, they come from this environment; otherwise from wheels in the
-wheel cache (``~/.cache/cantainer/wheels``), which the error message tells how to fill.
+Contents: the `cantainer_agent` package, pysyncobj and pyroute2 (pure Python), and — only for a
+host without a usable cryptography of its own (``host_has_cryptography``; Ubuntu ships one) —
+cryptography with cffi's `_cffi_backend` (compiled: they must match the host's CPU and Python).
+When the host's platform equals the workstation's, they come from this environment; otherwise from
+wheels in the wheel cache (``~/.cache/cantainer/wheels``), which the error message tells how to fill.
 
-The archive is deterministic (sorted entries, zero mtimes and owners), so the same inputs give the
-same hash and `up` can skip hosts that already have it.
+The archive is deterministic (sorted entries, zero mtimes and owners; gzip -9, compressed once and
+cached), so the same inputs give the same hash and `up` can skip hosts that already have it.
 """
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ from cantainer.errors import CantainerError
 PURE_PACKAGES = ("cantainer_agent", "pysyncobj", "pyroute2")
 COMPILED_PACKAGES = ("cryptography", "cffi")
 COMPILED_MODULES = ("_cffi_backend",)
+# The oldest cryptography PySyncObj's encryption works with that a supported host ships (Ubuntu
+# 22.04: 3.4.8): Fernet and PBKDF2HMAC with default_backend.
+MIN_HOST_CRYPTOGRAPHY = (3, 4)
+FORMAT = b"tar+gzip9 v2"  # part of the cache key: a change of the archive format rebuilds
 
 
 class BundleError(CantainerError):
@@ -49,11 +54,25 @@ class Platform:
         return cls(platform.machine(), sys.version_info[:2])
 
 
+def host_has_cryptography(version: str | None) -> bool:
+    """Is the host's own cryptography (its version as the probe read it) one the agent can use?"""
+    if not version:
+        return False
+    parts = []
+    for part in version.split(".")[:2]:
+        digits = "".join(ch for ch in part if ch.isdigit()) if part[:1].isdigit() else ""
+        if not digits:
+            return False
+        parts.append(int(digits))
+    return tuple(parts) >= MIN_HOST_CRYPTOGRAPHY
+
+
 @dataclass(frozen=True)
 class Bundle:
     digest: str  # sha256 of the archive bytes; names the bundle on hosts
     data: bytes = field(repr=False)  # megabytes: never in a repr (asyncio formats task reprs)
     platform: Platform = field(default_factory=Platform.local)
+    compiled: bool = True  # carries cryptography and cffi (else the host's own cryptography is used)
 
     @property
     def short(self) -> str:
@@ -122,15 +141,17 @@ def _archive(entries: list[tuple[str, bytes, int]]) -> bytes:
             info.size, info.mode, info.mtime = len(data), mode, 0
             tar.addfile(info, io.BytesIO(data))
     packed = io.BytesIO()
-    # Level 1: 18 MB -> 6 MB in a quarter second; higher levels cost time and save little.
-    with gzip.GzipFile(fileobj=packed, mode="wb", compresslevel=1, mtime=0) as gz:
+    # Level 9, once per change of the inputs (the result is cached): the pure bundle is 2.7 MB ->
+    # 0.6 MB, which every host receives; decompressing costs the host ~12 ms whatever the level
+    # (xz would save another 0.1 MB for three times that, on every host).
+    with gzip.GzipFile(fileobj=packed, mode="wb", compresslevel=9, mtime=0) as gz:
         gz.write(raw.getvalue())
     return packed.getvalue()
 
 
-def _fingerprint(paths: list[Path], target: Platform) -> str:
+def _fingerprint(paths: list[Path], target: Platform, compiled: bool) -> str:
     """Cheap identity of the inputs (names, sizes, mtimes) so an unchanged bundle is not rebuilt."""
-    digest = hashlib.sha256(target.tag.encode() + BUNDLE_MAIN)
+    digest = hashlib.sha256(FORMAT + (target.tag.encode() if compiled else b"pure") + BUNDLE_MAIN)
     for path in paths:
         stat = path.stat()
         digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -141,15 +162,17 @@ def _fingerprint(paths: list[Path], target: Platform) -> str:
 BUNDLE_MAIN = b"import sys\n\nfrom cantainer_agent.__main__ import main\n\nsys.exit(main())\n"
 
 
-def build_bundle(target: Platform) -> Bundle:
-    """The bundle for `target`, from the bundle cache when its inputs are unchanged."""
+def build_bundle(target: Platform, compiled: bool = True) -> Bundle:
+    """The bundle for `target` — with cryptography and cffi for it, or (*compiled* False: the host
+    has its own) pure Python that runs anywhere — from the bundle cache when its inputs are unchanged."""
     local = _local_sources(PURE_PACKAGES)
     wheels: list[Path] = []
-    if target == Platform.local():
+    if compiled and target == Platform.local():
         local += _local_sources(COMPILED_PACKAGES + COMPILED_MODULES)
-    else:
+    elif compiled:
         wheels = _wheel_sources(target)
-    cached = cache_root() / "bundles" / f"{_fingerprint([p for _, p in local] + wheels, target)}.tar.gz"
+    key = _fingerprint([p for _, p in local] + wheels, target, compiled)
+    cached = cache_root() / "bundles" / f"{key}.tar.gz"
     if cached.exists():
         data = cached.read_bytes()
     else:
@@ -158,4 +181,4 @@ def build_bundle(target: Platform) -> Bundle:
         partial = cached.with_suffix(".partial")
         partial.write_bytes(data)
         os.replace(partial, cached)
-    return Bundle(hashlib.sha256(data).hexdigest(), data, target)
+    return Bundle(hashlib.sha256(data).hexdigest(), data, target, compiled)

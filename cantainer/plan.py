@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from cantainer.bundle import host_has_cryptography
 from cantainer.inventory import Host, Inventory
 from cantainer.remote import ProbeResult
 from cantainer_agent import layout
@@ -51,8 +52,9 @@ def underlay_addresses(inventory: Inventory, probes: dict[str, ProbeResult],
 
 
 def desired_config(inventory: Inventory, host: Host, addresses: dict[str, str | None], bundle_digest: str,
-                   bootstrap: bool, current: dict | None = None) -> dict:
-    """The agent config of *host*: its underlay address, the others' join ports as seeds.
+                   bootstrap: bool, current: dict | None = None, initial_voters: list[str] | None = None) -> dict:
+    """The agent config of *host*: its underlay address, the others' join ports as seeds; a founding
+    voter (*bootstrap*) also gets the raft addresses of every *initial_voters* host.
 
     A host whose address is unknown (None: DNS-named, not answering, never registered) is left out;
     then a host that has a config keeps the seeds it has (plus any newly known), since one of them
@@ -63,6 +65,8 @@ def desired_config(inventory: Inventory, host: Host, addresses: dict[str, str | 
     unknown = any(address is None for name, address in addresses.items() if name != host.name)
     if unknown and current and isinstance(current.get("seeds"), list):
         seeds = list(current["seeds"]) + [seed for seed in seeds if seed not in current["seeds"]]
+    voters = [f"{addresses[name]}:{cluster.raft_port}" for name in initial_voters or ()
+              if addresses.get(name)] if bootstrap else []
     return {
         "cluster": cluster.name,
         "node": host.name,
@@ -71,6 +75,7 @@ def desired_config(inventory: Inventory, host: Host, addresses: dict[str, str | 
         "join_port": cluster.join_port,
         "seeds": seeds,
         "bootstrap": bootstrap,
+        **({"initial_voters": voters} if voters else {}),
         "secret_file": layout.SECRET_FILE,
         "voters": cluster.voters,
         "vxlan_port": cluster.vxlan_port,
@@ -84,21 +89,26 @@ def desired_config(inventory: Inventory, host: Host, addresses: dict[str, str | 
     }
 
 
+FOUNDING_KEYS = ("bootstrap", "initial_voters")
+
+
 def config_changed(current: dict | None, wanted: dict) -> bool:
-    """`bootstrap` matters only before a node has state, so a change of it alone needs no restart."""
+    """`bootstrap` and `initial_voters` matter only before a node has state, so a change of them
+    alone needs no restart."""
     if current is None:
         return True
 
     def strip(config: dict) -> dict:
-        return {k: v for k, v in config.items() if k != "bootstrap"}
+        return {k: v for k, v in config.items() if k not in FOUNDING_KEYS}
 
     return strip(current) != strip(wanted)
 
 
 def plan_host(inventory: Inventory, host: Host, probe: ProbeResult, *, bundle_digest: str, secret_sha256: str,
               addresses: dict[str, str | None], bootstrap_node: str | None) -> HostPlan:
-    config = desired_config(inventory, host, addresses, bundle_digest, bootstrap=host.name == bootstrap_node,
-                            current=probe.config)
+    founders = founding_voters(inventory, bootstrap_node)
+    config = desired_config(inventory, host, addresses, bundle_digest, bootstrap=host.name in founders,
+                            current=probe.config, initial_voters=founders)
     write_secret = probe.secret_sha256 != secret_sha256
     if probe.agent_pid is None:
         start = "start"
@@ -134,3 +144,19 @@ def choose_bootstrap(inventory: Inventory, probes: dict[str, ProbeResult]) -> st
         if host.name in probes:
             return host.name
     return None
+
+
+def founding_voters(inventory: Inventory, founder: str | None) -> list[str]:
+    """The hosts that start a new cluster together as its voters (etcd's initial-cluster): the first
+    ``[cluster] voters`` inventory hosts from the founder on. Every other host joins through the
+    seeds as a standby, all at once. Empty when no cluster is founded (a later host joins the usual
+    way, one membership change at a time)."""
+    if founder is None:
+        return []
+    names = [host.name for host in inventory.hosts]
+    return names[names.index(founder):][:inventory.cluster.voters]
+
+
+def bundle_needs_compiled(probe: ProbeResult) -> bool:
+    """Does the host need cryptography (and cffi) in its bundle, or can it use its own?"""
+    return not host_has_cryptography(probe.cryptography)

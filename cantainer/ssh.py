@@ -118,16 +118,23 @@ class Connection:
             return 'sudo -n -- env SSH_CONNECTION="$SSH_CONNECTION" ' + shlex.join(argv)
         return shlex.join(argv)
 
-    async def run(self, argv: list[str], input: str | None = None, check: bool = True,
+    async def run(self, argv: list[str], input: str | bytes | None = None, check: bool = True,
                   timeout: float | None = 120) -> CommandResult:
+        """Run *argv*; *input* (text, or bytes fed as they are) is its stdin."""
+        binary = isinstance(input, bytes)
         try:
-            result = await self._conn.run(self.command_line(argv), input=input, check=False, timeout=timeout)
+            result = await self._conn.run(self.command_line(argv), input=input, check=False, timeout=timeout,
+                                          **({"encoding": None} if binary else {}))
         except asyncssh.TimeoutError:
             raise HostError(self.host.name, f"`{argv[0]}` did not finish within {timeout:.0f}s") from None
         except (asyncssh.Error, OSError) as error:
             raise HostError(self.host.name, f"connection lost: {error}") from None
         status = result.exit_status if result.exit_status is not None else 255
-        out = CommandResult(status, str(result.stdout or ""), str(result.stderr or ""))
+
+        def text(value) -> str:
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
+
+        out = CommandResult(status, text(result.stdout), text(result.stderr))
         if status != 0 and self.needs_sudo:
             self._check_sudo(status, out.stderr)
         if check and status != 0:

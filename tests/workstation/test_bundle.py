@@ -40,3 +40,15 @@ def test_a_foreign_platform_without_wheels_says_how_to_get_them(cache):
     with pytest.raises(BundleError, match="no cryptography/cffi wheels for cp39-riscv64") as error:
         build_bundle(Platform("riscv64", (3, 9)))
     assert "pip download" in error.value.hint and "--python-version 3.9" in error.value.hint
+
+
+def test_a_bundle_for_a_host_with_its_own_cryptography_is_pure_python(cache):
+    pure, full = build_bundle(Platform.local(), compiled=False), build_bundle(Platform.local())
+    assert pure.digest != full.digest and not pure.compiled and full.compiled
+    pure_names, full_names = names(pure.data), names(full.data)
+    assert not [n for n in pure_names if n.startswith(("cryptography/", "cffi/", "_cffi_backend"))]
+    assert not [n for n in pure_names if n.endswith((".so", ".pyd"))]
+    assert "cryptography/fernet.py" in full_names and any(n.startswith("_cffi_backend") for n in full_names)
+    assert set(pure_names) < set(full_names)
+    # a foreign platform needs no wheels when the host brings its cryptography
+    assert build_bundle(Platform("riscv64", (3, 9)), compiled=False).digest == pure.digest

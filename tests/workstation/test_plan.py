@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from cantainer.inventory import load_inventory
-from cantainer.plan import NoFounder, choose_bootstrap, desired_config, plan_host, secret_digest, underlay_addresses
+from cantainer.plan import (
+    NoFounder,
+    bundle_needs_compiled,
+    choose_bootstrap,
+    desired_config,
+    founding_voters,
+    plan_host,
+    secret_digest,
+    underlay_addresses,
+)
 from cantainer.remote import ProbeResult
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "plan_host.json").read_text())
@@ -32,7 +41,8 @@ def facts(inventory, overrides: dict) -> ProbeResult:
     configs = {"WANTED": wanted, "OLD_BUNDLE": {**wanted, "bundle": "0" * 64},
                "BOOTSTRAP_FLIPPED": {**wanted, "bootstrap": True}}
     data = {**FIXTURES["base_facts"], **overrides}
-    data["config"] = configs.get(data["config"], data["config"])
+    if isinstance(data["config"], str):
+        data["config"] = configs[data["config"]]
     if data["secret_sha256"] == "SECRET":
         data["secret_sha256"] = secret_digest(SECRET)
     return ProbeResult.parse(json.dumps(data))
@@ -98,3 +108,61 @@ def test_a_host_that_does_not_answer_changes_nothing_for_the_others(inventory):
     plan = plan_host(inventory, inventory.hosts[0], probes["h1"], bundle_digest=BUNDLE,
                      secret_sha256=secret_digest(SECRET), addresses=addresses, bootstrap_node=None)
     assert (plan.start, plan.write_config, plan.touches_files) == (None, False, False)
+
+
+FIVE = {f"h{i}": f"10.0.0.{i}" for i in range(1, 6)}
+
+
+@pytest.fixture
+def five(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / "five.toml"
+    path.write_text('[cluster]\nname = "lab"\nvoters = 3\n'
+                    + "".join(f'[[hosts]]\nname = "{n}"\naddress = "{a}"\n' for n, a in FIVE.items()))
+    return load_inventory(path)
+
+
+def fresh(inventory) -> ProbeResult:
+    return facts(inventory, {})
+
+
+def test_a_founding_up_starts_the_first_voters_hosts_together_as_initial_voters_and_the_rest_as_standbys(five):
+    plans = {host.name: plan_host(five, host, fresh(five), bundle_digest=BUNDLE, secret_sha256=secret_digest(SECRET),
+                                  addresses=FIVE, bootstrap_node="h1") for host in five.hosts}
+    voters = ["10.0.0.1:7480", "10.0.0.2:7480", "10.0.0.3:7480"]
+    for name in ("h1", "h2", "h3"):
+        assert plans[name].config["bootstrap"] is True and plans[name].config["initial_voters"] == voters
+    for name in ("h4", "h5"):  # they join the voters through the seeds (as standbys)
+        assert plans[name].config["bootstrap"] is False and "initial_voters" not in plans[name].config
+        assert len(plans[name].config["seeds"]) == 4
+    assert {plan.start for plan in plans.values()} == {"start"}  # every host starts in the same round
+
+
+def test_founding_voters_are_the_first_voters_hosts_and_none_without_a_founder(five):
+    assert founding_voters(five, "h1") == ["h1", "h2", "h3"]
+    assert founding_voters(five, None) == []
+
+
+def test_once_the_cluster_exists_the_founding_keys_change_nothing(five):
+    """A later `up` writes bootstrap false and no initial_voters; a running initial voter is not restarted."""
+    host = five.hosts[1]
+    founded = desired_config(five, host, FIVE, BUNDLE, bootstrap=True, initial_voters=["h1", "h2", "h3"])
+    probe = facts(five, {"config": founded, "agent_pid": 42, "has_state": True,
+                         "bundles": ["cantainer_agent-aaaaaaaaaaaaaaaa"], "secret_sha256": "SECRET"})
+    plan = plan_host(five, host, probe, bundle_digest=BUNDLE, secret_sha256=secret_digest(SECRET), addresses=FIVE,
+                     bootstrap_node=None)
+    assert "initial_voters" not in plan.config and plan.config["bootstrap"] is False
+    assert plan.write_config and plan.start is None
+
+
+@pytest.mark.parametrize("version, compiled", [
+    ("38.0.4", False),   # Debian 12's python3-cryptography
+    ("3.4.8", False),    # Ubuntu 22.04's
+    ("41.0.7", False),   # Ubuntu 24.04's
+    ("2.8", True),       # too old for the agent: the bundle brings its own
+    ("3.3.2", True),
+    (None, True),        # none installed
+    ("dev", True),       # unreadable: better push ours
+])
+def test_the_bundle_carries_cryptography_only_for_hosts_without_a_usable_one(inventory, version, compiled):
+    assert bundle_needs_compiled(facts(inventory, {"cryptography": version})) is compiled

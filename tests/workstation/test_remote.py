@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -10,39 +12,92 @@ import tarfile
 from cantainer import remote
 
 
-def archive(tmp_path, data: bytes = b"print('agent')\n"):
+def archive(data: bytes = b"print('agent')\n") -> tuple[bytes, str]:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         info = tarfile.TarInfo("__main__.py")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-    path = tmp_path / ".bundle.tar.gz"
-    path.write_bytes(buffer.getvalue())
-    return path, hashlib.sha256(buffer.getvalue()).hexdigest()
+    return buffer.getvalue(), hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
-def install(path, target, digest) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", remote.INSTALL_BUNDLE, str(path), str(target), digest],
-                          capture_output=True, text=True, timeout=60)
+def apply(header: dict, *blobs: bytes) -> subprocess.CompletedProcess:
+    stdin = json.dumps(header).encode() + b"\n" + b"".join(blobs)
+    return subprocess.run([sys.executable, "-c", remote.APPLY], input=stdin, capture_output=True, timeout=60)
 
 
-def test_a_bundle_is_unpacked_only_when_its_hash_is_the_one_pushed(tmp_path):
-    path, digest = archive(tmp_path)
-    target = tmp_path / "cantainer_agent-x"
-    result = install(path, target, digest)
+def bundle_header(tmp_path, data: bytes, digest: str, keep=()) -> dict:
+    target = tmp_path / "bundles" / "cantainer_agent-x"
+    return {"dirs": [str(tmp_path / "bundles")],
+            "bundle": {"digest": digest, "size": len(data), "target": str(target), "keep": ["cantainer_agent-x", *keep]}}
+
+
+def test_a_bundle_is_unpacked_only_when_its_hash_is_the_one_pushed_and_older_ones_are_pruned(tmp_path):
+    data, digest = archive()
+    (tmp_path / "bundles" / "cantainer_agent-old").mkdir(parents=True)   # not kept: pruned
+    (tmp_path / "bundles" / "cantainer_agent-live").mkdir(parents=True)  # the running agent's: kept
+    result = apply(bundle_header(tmp_path, data, digest, keep=["cantainer_agent-live"]), data)
     assert result.returncode == 0, result.stderr
+    target = tmp_path / "bundles" / "cantainer_agent-x"
     assert (target / "__main__.py").read_text() == "print('agent')\n" and (target / ".complete").exists()
-    assert not path.exists()
+    assert sorted(os.listdir(tmp_path / "bundles")) == ["cantainer_agent-live", "cantainer_agent-x"]
 
 
 def test_a_corrupted_bundle_is_refused_and_nothing_is_installed(tmp_path):
-    path, digest = archive(tmp_path)
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF  # one bit flipped on the way (or someone swapped the file in the staging directory)
-    path.write_bytes(bytes(data))
-    target = tmp_path / "cantainer_agent-x"
-    result = install(path, target, digest)
+    data, digest = archive()
+    corrupt = bytearray(data)
+    corrupt[-1] ^= 0xFF  # one bit flipped on the way
+    config = b'{"node": "h1"}\n'
+    header = {**bundle_header(tmp_path, data, digest), "config": {"path": str(tmp_path / "agent.json"),
+                                                                  "size": len(config)}}
+    result = apply(header, bytes(corrupt), config)
     assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
+    lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "the pushed agent bundle is corrupt" in lines[0] and digest in lines[0]
-    assert not target.exists() and not (tmp_path / "cantainer_agent-x.partial").exists() and not path.exists()
+    assert os.listdir(tmp_path / "bundles") == [] and not (tmp_path / "agent.json").exists()
+
+
+def test_secret_and_config_are_written_0600_atomically(tmp_path):
+    secret, config = b"s3cret\n", b'{"node": "h1"}\n'
+    (tmp_path / "agent.json").write_text("old")
+    header = {"dirs": [], "secret": {"path": str(tmp_path / "secret"), "size": len(secret)},
+              "config": {"path": str(tmp_path / "agent.json"), "size": len(config)}}
+    result = apply(header, secret, config)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "secret").read_bytes() == secret and (tmp_path / "agent.json").read_bytes() == config
+    assert all((tmp_path / name).stat().st_mode & 0o777 == 0o600 for name in ("secret", "agent.json"))
+    assert sorted(os.listdir(tmp_path)) == ["agent.json", "secret"]  # no temp file left
+
+
+def test_input_that_ends_early_is_one_line_and_writes_nothing(tmp_path):
+    config = b'{"node": "h1"}\n'
+    result = apply({"dirs": [], "config": {"path": str(tmp_path / "agent.json"), "size": len(config)}}, config[:5])
+    assert result.returncode != 0
+    assert result.stderr.decode().strip() == "the input ended early (5 of 15 bytes): run `cantainer up` again"
+    assert not (tmp_path / "agent.json").exists()
+
+
+def test_it_becomes_the_launcher_in_the_same_process(tmp_path):
+    """"exec": the files first, then the process is replaced (one round trip, one Python start for both)."""
+    config = b"{}\n"
+    header = {"dirs": [], "config": {"path": str(tmp_path / "agent.json"), "size": len(config)},
+              "exec": {"argv": [sys.executable, "-c", "import os, sys; print(os.getpid(), open(sys.argv[1]).read())",
+                                str(tmp_path / "agent.json")]}}
+    process = subprocess.Popen([sys.executable, "-c", remote.APPLY], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    out, _ = process.communicate(json.dumps(header).encode() + b"\n" + config, timeout=60)
+    assert process.returncode == 0
+    pid, seen = out.decode().split(" ", 1)
+    assert int(pid) == process.pid and seen.strip() == "{}"
+
+
+def test_stop_first_leaves_a_process_that_is_not_our_agent_alone(tmp_path):
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "agent.pid").write_text(f"{bystander.pid}\n")  # a stale pid file, its pid reused
+        header = {"dirs": [], "exec": {"argv": [sys.executable, "-c", "pass"], "stop_first": True,
+                                       "pid_file": str(tmp_path / "agent.pid")}}
+        assert apply(header).returncode == 0
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
