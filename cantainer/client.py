@@ -1,7 +1,8 @@
 """Client of the agent API: JSON lines over the host's unix socket, reached through SSH.
 
-Root logins use SSH direct-streamlocal to the root-only socket. A non-root login with `become`
-cannot open that socket itself, so it runs a tiny relay under sudo on the host instead.
+The connection (ssh.Connection, or persist.client.ProxyConnection through the connection process)
+opens the stream: root logins use SSH direct-streamlocal to the root-only socket; a non-root login
+with `become` cannot open that socket itself, so it runs a tiny relay under sudo on the host instead.
 
 Writes carry a session ``{client, seq}`` (one client id per CLI process, one sequence number per
 request, kept across its retries): :func:`retrying` resends a write whose outcome is unknown, on
@@ -16,26 +17,9 @@ import os
 import time
 from typing import Awaitable, Callable, TypeVar
 
-from cantainer.errors import CantainerError
-from cantainer.ssh import Connection, HostError
+from cantainer.errors import CantainerError, HostError
 from cantainer_agent import protocol
 from cantainer_agent.layout import SOCKET_PATH
-
-# Copies bytes between stdin/stdout and the agent socket; started under sudo for non-root logins.
-SOCKET_RELAY = r"""
-import socket, sys, threading
-sock = socket.socket(socket.AF_UNIX)
-sock.connect(sys.argv[1])
-def pump_in():
-    for chunk in iter(lambda: sys.stdin.buffer.read1(65536), b""):
-        sock.sendall(chunk)
-    sock.shutdown(socket.SHUT_WR)
-threading.Thread(target=pump_in, daemon=True).start()
-for chunk in iter(lambda: sock.recv(65536), b""):
-    sys.stdout.buffer.write(chunk)
-    sys.stdout.buffer.flush()
-"""
-
 
 # Exit codes of the CLI by the agent's error code (docs: README "Exit codes").
 EXIT_CODES = {
@@ -106,7 +90,7 @@ async def retrying(attempt: Callable[[], Awaitable[T]], deadline: float = RETRY_
 
 
 class AgentClient:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection) -> None:
         self.connection = connection
         self._ids = itertools.count(1)
         self._reader = None
@@ -115,11 +99,9 @@ class AgentClient:
 
     async def _open(self) -> None:
         try:
-            if self.connection.needs_sudo:
-                argv = [self.connection.host.python, "-c", SOCKET_RELAY, SOCKET_PATH]
-                self._reader, self._writer = await self.connection.open_exec_stream(argv)
-            else:
-                self._reader, self._writer = await self.connection.open_unix(SOCKET_PATH)
+            self._reader, self._writer = await self.connection.open_agent(SOCKET_PATH)
+        except HostError:
+            raise
         except Exception as error:  # asyncssh.ChannelOpenError and friends: the agent is not listening
             raise HostError(self.connection.host.name, f"agent is not running (cannot open {SOCKET_PATH}: {error})",
                             "run `cantainer up` to start it") from None

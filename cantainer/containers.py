@@ -11,12 +11,11 @@ import asyncio
 import sys
 from dataclasses import dataclass, field
 
-from cantainer import ssh
 from cantainer.client import EXIT_CODES, SESSIONS, AgentClient, AgentError, retrying
-from cantainer.errors import CantainerError, Interrupted
+from cantainer.connection import connect
+from cantainer.errors import CantainerError, HostError, Interrupted
 from cantainer.image_store import RunImage
 from cantainer.inventory import Host, Inventory
-from cantainer.ssh import HostError
 from cantainer.status import open_status_source
 from cantainer.terminal import stream_command
 from cantainer.timefmt import age
@@ -67,7 +66,7 @@ class HostSession:
         self.host = host
 
     async def __aenter__(self) -> "HostSession":
-        self.connection = await ssh.connect(self.host)
+        self.connection = await connect(self.host)
         self.client = AgentClient(self.connection)
         hello = await self.client.call("hello")
         self.bundle = layout.bundle_dir(hello["bundle"])
@@ -89,7 +88,7 @@ class HostSession:
             except HostError:
                 self.client.close()
                 self.connection.close()
-                self.connection = await ssh.connect(self.host)
+                self.connection = await connect(self.host)
                 self.client = AgentClient(self.connection)
                 raise
 

@@ -31,3 +31,22 @@ class UsageError(CantainerError):
     """The command line itself is wrong (unknown flag, missing argument)."""
 
     exit_code = 2
+
+
+class HostError(CantainerError):
+    """Something went wrong with one host; other hosts carry on."""
+
+    def __init__(self, host: str, message: str, hint: str = "") -> None:
+        super().__init__(f"{host}: {message}", hint)
+        self.host = host
+
+
+class RemoteCommandError(HostError):
+    def __init__(self, host: str, argv: list[str], exit_status: int | None, stderr: str) -> None:
+        import shlex
+
+        detail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {exit_status}"
+        shown = ["<script>" if "\n" in part else part for part in argv[:3]]
+        super().__init__(host, f"`{shlex.join(shown)}{' …' if len(argv) > 3 else ''}` failed: {detail}")
+        self.exit_status = exit_status
+        self.stderr = stderr

@@ -150,6 +150,21 @@ if start:
     os.execv(start["argv"][0], start["argv"])
 """
 
+# Copies bytes between stdin/stdout and the agent socket; started under sudo for non-root logins.
+SOCKET_RELAY = r"""
+import socket, sys, threading
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(sys.argv[1])
+def pump_in():
+    for chunk in iter(lambda: sys.stdin.buffer.read1(65536), b""):
+        sock.sendall(chunk)
+    sock.shutdown(socket.SHUT_WR)
+threading.Thread(target=pump_in, daemon=True).start()
+for chunk in iter(lambda: sock.recv(65536), b""):
+    sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.flush()
+"""
+
 # Stops the agent whose PID is in the pid file (only if that PID really is our agent) and waits.
 # Prints "stopped" or "not-running".
 STOP_AGENT = r"""

@@ -18,37 +18,15 @@ import asyncio
 import os
 import secrets
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 
-from cantainer.errors import CantainerError
+from cantainer.connection import CommandResult
+from cantainer.errors import HostError, RemoteCommandError
 from cantainer.inventory import Host
 
-
-class HostError(CantainerError):
-    """Something went wrong with one host; other hosts carry on."""
-
-    def __init__(self, host: str, message: str, hint: str = "") -> None:
-        super().__init__(f"{host}: {message}", hint)
-        self.host = host
-
-
-class RemoteCommandError(HostError):
-    def __init__(self, host: str, argv: list[str], exit_status: int | None, stderr: str) -> None:
-        detail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {exit_status}"
-        shown = ["<script>" if "\n" in part else part for part in argv[:3]]
-        super().__init__(host, f"`{shlex.join(shown)}{' …' if len(argv) > 3 else ''}` failed: {detail}")
-        self.exit_status = exit_status
-        self.stderr = stderr
-
-
-@dataclass
-class CommandResult:
-    exit_status: int
-    stdout: str
-    stderr: str
+__all__ = ["CommandResult", "Connection", "HostError", "RemoteCommandError", "connect"]
 
 
 def _known_hosts_arg(host: Host) -> object:
@@ -210,6 +188,23 @@ class Connection:
         """A byte stream to a unix socket on the host (SSH direct-streamlocal)."""
         return await self._conn.open_unix_connection(socket_path)
 
+    async def open_agent(self, socket_path: str) -> tuple[asyncssh.SSHReader, asyncssh.SSHWriter]:
+        """A byte stream to the agent's root-only socket: direct-streamlocal for root, else a relay
+        run under sudo (remote.SOCKET_RELAY)."""
+        from cantainer.remote import SOCKET_RELAY
+
+        try:
+            if self.needs_sudo:
+                return await self.open_exec_stream([self.host.python, "-c", SOCKET_RELAY, socket_path])
+            return await self.open_unix(socket_path)
+        except (asyncssh.Error, OSError) as error:  # ChannelOpenError and friends: the agent is not listening
+            raise HostError(self.host.name, f"agent is not running (cannot open {socket_path}: {error})",
+                            "run `cantainer up` to start it") from None
+
+    async def sftp_ready(self) -> None:
+        """Open the SFTP channel now (write_file uses it), so a dead connection shows before any write."""
+        await self._sftp_client()
+
     async def open_exec_stream(self, argv: list[str]) -> tuple[asyncssh.SSHReader, asyncssh.SSHWriter]:
         """A byte stream to a remote command's stdin/stdout (used where sudo is needed)."""
         writer, reader, _ = await self._conn.open_session(self.command_line(argv), encoding=None)
@@ -217,6 +212,9 @@ class Connection:
 
     def close(self) -> None:
         self._conn.close()
+
+    def is_closed(self) -> bool:
+        return self._conn.is_closed()
 
     async def wait_closed(self) -> None:
         await self._conn.wait_closed()
@@ -248,7 +246,8 @@ def _describe_connect_failure(host: Host, error: BaseException, policy: _HostKey
     return HostError(host.name, f"SSH to {where} failed: {error}")
 
 
-async def connect(host: Host) -> Connection:
+async def connect(host: Host, agent_path: object = ()) -> Connection:
+    """*agent_path*: the ssh-agent socket to use (None: none; default: $SSH_AUTH_SOCK, as OpenSSH)."""
     settings: dict = {
         "port": host.port,
         "username": host.user,
@@ -259,6 +258,8 @@ async def connect(host: Host) -> Connection:
     }
     if host.identity_file:
         settings["client_keys"] = [str(host.identity_file)]
+    if agent_path != ():
+        settings["agent_path"] = agent_path
     try:
         # The options asyncssh connects with (~/.ssh/config applied for this host): the same ones
         # decide whether a host has a known_hosts entry.

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import asyncio
 
-from cantainer import ssh
 from cantainer.client import AgentClient
+from cantainer.connection import connect
 from cantainer.errors import CantainerError
 from cantainer.inventory import Host, Inventory
 
@@ -17,7 +17,7 @@ class ClusterUnreachable(CantainerError):
 
 
 async def _status_from(host: Host) -> tuple[AgentClient, dict]:
-    connection = await ssh.connect(host)
+    connection = await connect(host)
     client = AgentClient(connection)
     try:
         # Finding a way in only needs each agent's own view: no read barrier per host.

@@ -10,6 +10,37 @@ import pytest
 LAB_NAME = os.environ.get("CANTAINER_TEST_LAB", "ctest")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def connection_process(tmp_path_factory):
+    """CLI subprocesses of this run share one connection process in a private directory of the run
+    (as a user's commands share theirs); it is stopped at the end, by its pid."""
+    runtime = tmp_path_factory.mktemp("runtime")
+    runtime.chmod(0o700)
+    saved = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    try:
+        yield runtime / "cantainer"
+    finally:
+        if saved is None:
+            del os.environ["XDG_RUNTIME_DIR"]
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = saved
+        stop_connection_processes(runtime / "cantainer")
+
+
+def stop_connection_processes(directory: Path) -> None:
+    import signal
+
+    for lock in directory.glob("conn-*.lock") if directory.is_dir() else ():
+        try:
+            pid = int(lock.read_text().split()[0])
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if b"cantainer.persist.server" in cmdline.read():
+                    os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError, IndexError):
+            pass
+
+
 def require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("lab tests need root: run `sudo make test`")

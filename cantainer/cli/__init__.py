@@ -33,6 +33,9 @@ Run `cantainer COMMAND --help` for a command's options and examples. Every comma
 def build(width: int | None = None) -> tuple[Parser, Commands]:
     parser = Parser(prog="cantainer", description=DESCRIPTION, epilog=EPILOG, formatter_class=formatter(width))
     parser.add_argument("--version", action="version", version=f"cantainer {__version__}")
+    parser.add_argument("--no-persist", action="store_true",
+                        help="connect to the hosts from this process instead of through the connection process "
+                             "(also: CANTAINER_PERSIST=no)")
     parser.set_defaults(handler=None, parser=parser)
     commands = Commands(parser, "command", "COMMAND", width)
     for module in COMMAND_MODULES:
@@ -57,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         args, extras = parser.parse_known_args(argv)
         if extras:
             args.parser.unknown_options(extras)
+        if args.no_persist:
+            from cantainer.persist import settings
+
+            settings.disable()
         if args.handler is None:  # `cantainer` or `cantainer network` alone: show what there is
             print(args.parser.format_help(), end="")
             return exitcodes.OK

@@ -78,20 +78,21 @@ def cmd_status(args: argparse.Namespace) -> int:
                           flush=True)
                     await asyncio.sleep(1.0)
                     status = await client.call("status", consistency)
-            from rich.console import Console
-            from rich.live import Live
-
             from cantainer.status_view import render_status
 
             width = output.terminal_width()
-            console = Console() if width is not None else Console(width=100_000)
+            if not args.watch:
+                print("\n".join(render_status(merge_inventory(status, inventory), width)))
+                return 0
+            from rich.console import Console
+            from rich.live import Live
+            from rich.text import Text
+
+            console = Console()
 
             def view():
-                return render_status(merge_inventory(status, inventory), None if width is None else console.width)
+                return Text("\n".join(render_status(merge_inventory(status, inventory), console.width)))
 
-            if not args.watch:
-                console.print(view())
-                return 0
             with Live(view(), console=console, auto_refresh=False) as live:
                 while True:
                     await asyncio.sleep(1.0)

@@ -50,6 +50,9 @@ def render() -> str:
     commands = list(_subcommands(parser, "cantainer"))
     for name, help_text, _sub in commands:
         out.append(f"| [`{name}`](#{name.replace(' ', '-')}) | {help_text} |")
+    top = [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
+    out += ["", "Options before the command (`cantainer OPTION COMMAND …`):", "", "| option | meaning |", "|---|---|"]
+    out += [f"| {_option(action)} | {_meaning(action)} |" for action in top]
     for name, _help, sub in commands:
         out += ["", f"#### {name}", "", sub.description.replace("\n", " "), ""]
         actions = [a for a in sub._actions if a.dest != "inventory"

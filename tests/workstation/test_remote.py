@@ -29,7 +29,8 @@ def apply(header: dict, *blobs: bytes) -> subprocess.CompletedProcess:
 def bundle_header(tmp_path, data: bytes, digest: str, keep=()) -> dict:
     target = tmp_path / "bundles" / "cantainer_agent-x"
     return {"dirs": [str(tmp_path / "bundles")],
-            "bundle": {"digest": digest, "size": len(data), "target": str(target), "keep": ["cantainer_agent-x", *keep]}}
+            "bundle": {"digest": digest, "size": len(data), "target": str(target),
+                       "keep": ["cantainer_agent-x", *keep]}}
 
 
 def test_a_bundle_is_unpacked_only_when_its_hash_is_the_one_pushed_and_older_ones_are_pruned(tmp_path):
