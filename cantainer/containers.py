@@ -265,12 +265,13 @@ class ClusterView:
         self.inventory = inventory
 
     async def __aenter__(self) -> "ClusterView":
-        self.client, self.status = await open_status_source(self.inventory)
+        self.client, _ = await open_status_source(self.inventory)
         try:  # a container created a moment ago must be found: a linearizable read, if a leader answers
             self.status = await self.client.call("status", {"consistency": "linearizable"})
         except AgentError as error:
             if error.code != protocol.UNAVAILABLE:
                 raise
+            self.status = await self.client.call("status", {"consistency": "stale"})
         return self
 
     async def __aexit__(self, *exc) -> None:
