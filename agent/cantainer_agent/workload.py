@@ -6,15 +6,19 @@ The *in-flight* set is how the two stay out of each other's way: an id is marked
 record is replicated and unmarked once it runs (or is gone), so the controller never mistakes a
 container being started for an orphan, nor a record being created for a dead container.
 
-Order of operations keeps the cluster and the host consistent ("nothing half-done"):
-start = replicate the record (name, address) → start with the veth attached before exec → report;
-a failed start removes the container, its record and a network it created. Remove = stop and
-remove locally (process, mounts, cgroup, veth) → replicate the removal.
+Order of operations keeps the cluster and the host consistent ("nothing half-done"), with one raft
+commit for a `run` (``create_and_start``): the container is made up to its command (namespaces,
+mounts, cgroup), then recorded in raft as running with its pid — the commit decides its name and
+address — then given its veth and /etc/hosts, then its command runs. A start of a record that exists
+(placed, restarted) = start with the veth attached before exec → report. A failed start removes the
+container, its record and a network it created. Remove = stop and remove locally (process, mounts,
+cgroup, veth) → replicate the removal.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -64,6 +68,14 @@ def host_capacity() -> dict:
     except OSError:
         cpus = os.cpu_count() or 1
     return {"memory": memory, "cpus": float(cpus)}
+
+
+class RecordOfAnotherAttempt(Exception):
+    """create_and_start: the request was sent before, and its first attempt created this record."""
+
+    def __init__(self, record: dict) -> None:
+        super().__init__(record["name"])
+        self.record = record
 
 
 class Workload:
@@ -122,6 +134,39 @@ class Workload:
                              user=record.get("user", ""), stop_signal=record.get("stop_signal", 15),
                              **(security or {}))
         return self.runtime.start(spec, lowers, before_exec=self._attach(record, vni))
+
+    def create_and_start(self, raft: RaftNode, spec: ContainerSpec, lowers: list[str], create: Callable[[dict], dict],
+                         session: Session) -> tuple[dict, ContainerInfo]:
+        """Start *spec*'s container with one raft commit: ``create(observed)`` replicates its record
+        (create_container with ``observed`` = running, this pid, this start time) once its processes
+        exist and before its command runs; then the veth and /etc/hosts get the address the commit
+        allocated, and the command runs. Raises ``RecordOfAnotherAttempt`` (the container made here
+        already torn down) when the commit answers with the record an earlier attempt of the same
+        request created. Anything else that fails removes the container and, if made, its record."""
+        made: dict = {}
+
+        def before_exec(pid: int) -> dict:
+            started_at = time.time()
+            made["record"] = record = create({"state": "running", "pid": pid, "started_at": started_at})
+            if record["id"] != spec.id:
+                raise RecordOfAnotherAttempt(record)
+            vni = raft.read(lambda state: state.networks[record["network"]]["vni"])  # the local replica applied it
+            self._attach(record, vni)(pid)
+            names = tuple(dict.fromkeys((record["name"], hostname_of(record["name"]))))
+            named = dataclasses.replace(spec, hosts=[(record["ip"], names)])
+            self.runtime.update_etc_file(record["id"], "hosts", named.hosts_file())
+            return {"started_at": started_at}
+
+        try:
+            info = self.runtime.start(spec, lowers, before_exec=before_exec)
+        except RecordOfAnotherAttempt:
+            raise
+        except BaseException:
+            record = made.get("record")
+            if record is not None and record["id"] == spec.id:
+                self.undo_create(raft, record, session)
+            raise
+        return made["record"], info
 
     def restart(self, record: dict, vni: int) -> ContainerInfo:
         """Start *record*'s ended container again (its restart policy), its veth attached before exec;

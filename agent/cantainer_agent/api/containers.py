@@ -22,7 +22,6 @@ import contextlib
 import copy
 import secrets
 import time
-from contextlib import nullcontext
 from typing import Callable
 
 from .. import layout, protocol
@@ -39,7 +38,7 @@ from ..images.errors import ImageSourceError
 from ..images.reference import DIGEST_RE
 from ..overlay import OverlayError
 from ..runtime import ContainerError, ContainerNotFound, ContainerRunning, ContainerSpec, ImageNotFound
-from ..workload import Workload
+from ..workload import RecordOfAnotherAttempt, Workload
 from .errors import raft_of, rejected
 from .requests import Reads, session_of
 
@@ -95,6 +94,12 @@ def container_fields(name: str, params: dict) -> dict:
             **({"security": {k: list(v) if k != "seccomp" else v for k, v in security.items()}} if changed else {})}
 
 
+def _start_failed(name: str, error: Exception) -> protocol.ProtocolError:
+    code = {127: protocol.COMMAND_NOT_FOUND, 126: protocol.COMMAND_NOT_EXECUTABLE}.get(
+        getattr(error, "exit_code", None), protocol.INTERNAL)  # docker's 127/126: the command cannot run
+    return protocol.ProtocolError(code, f"container {name} failed to start: {error}")
+
+
 def security_of(params: dict) -> dict:
     """--cap-add/--cap-drop/--security-opt of a run (also a record's ``security``, which carries
     them to the host the cluster placed it on)."""
@@ -125,6 +130,18 @@ class ContainerHandlers:
         fields = container_fields(name, params)
         layers = fields["layers"]
         container_id = secrets.token_hex(6)
+        spec = ContainerSpec(id=container_id, name=name, image=fields["image_digest"][7:], command=fields["command"],
+                             env=fields["env"], workdir=fields["workdir"], limits=fields["limits"], resolv_conf="",
+                             tty=bool(params.get("tty")), stdin=bool(params.get("interactive")), user=fields["user"],
+                             stop_signal=fields["stop_signal"], **security_of(params))
+        ts = time.time()
+
+        def create(observed: dict) -> dict:
+            return replicate(raft, "create_container", {"spec": {
+                **fields, "name": name, "id": container_id, "host": self._node, "network": params.get("network"),
+                **({"auto_remove": params["auto_remove"]} if "auto_remove" in params else {})},
+                "ts": ts, "observed": observed}, session)
+
         with contextlib.ExitStack() as pinned:
             try:  # the layers stay out of a concurrent prune's reach until the container is on disk
                 lowers = pinned.enter_context(self._workload.image_layers(layers))
@@ -132,18 +149,18 @@ class ContainerHandlers:
                 raise rejected(f"image {fields['image']}: {error} — run again to push it") from None
             # in flight before the record exists, so the controller never sees it half-made
             with self._workload.in_flight(container_id):
-                record = replicate(raft, "create_container", {"spec": {
-                    **fields, "name": name, "id": container_id, "host": self._node, "network": params.get("network"),
-                    **({"auto_remove": params["auto_remove"]} if "auto_remove" in params else {})},
-                    "ts": time.time()}, session)
-                retried = record["id"] != container_id  # the record of this request's first attempt
-                if retried:
-                    self._workload.wait_not_in_flight(record["id"], RETRY_WAIT)  # the first attempt may still start it
-                with self._workload.in_flight(record["id"]) if retried else nullcontext():
-                    info = self._started_before(record["id"]) if retried else None
-                    if info is None:
-                        info = self._start(raft, record, fields["image_digest"][7:], lowers, params, session)
-        self._workload.report(raft, record, info, session)
+                try:  # one commit: recorded as running once made, before its command runs
+                    record, info = self._workload.create_and_start(raft, spec, lowers, create, session)
+                except RecordOfAnotherAttempt as earlier:  # a resent request: its first attempt recorded this
+                    record, info = earlier.record, None
+                except (ContainerError, OverlayError, OSError) as error:
+                    raise _start_failed(name, error) from None
+            if info is None:
+                self._workload.wait_not_in_flight(record["id"], RETRY_WAIT)  # the first attempt may still start it
+                with self._workload.in_flight(record["id"]):
+                    info = self._started_before(record["id"]) or \
+                        self._start(raft, record, fields["image_digest"][7:], lowers, params, session)
+        self._workload.report(raft, record, info, session)  # the common path: nothing new to commit
         self._trigger()
         return {"name": record["name"], "id": record["id"], "ip": record["ip"], "host": record["host"],
                 "network": record["network"], "image_digest": record.get("image_digest") or fields["image_digest"]}
@@ -194,15 +211,14 @@ class ContainerHandlers:
 
     def _start(self, raft: RaftNode, record: dict, image_id: str, lowers: list[str], params: dict,
                session: Session):
-        vni = raft.snapshot()["state"]["networks"][record["network"]]["vni"]
+        """Start the container of a record an earlier attempt of this request made (its address known)."""
+        vni = raft.read(lambda state: state.networks[record["network"]]["vni"])
         try:
             return self._workload.start(record, vni, image_id, lowers, tty=bool(params.get("tty")),
                                         stdin=bool(params.get("interactive")), security=security_of(params))
         except (ContainerError, OverlayError, OSError) as error:
             self._workload.undo_create(raft, record, session)
-            code = {127: protocol.COMMAND_NOT_FOUND, 126: protocol.COMMAND_NOT_EXECUTABLE}.get(
-                getattr(error, "exit_code", None), protocol.INTERNAL)  # docker's 127/126: the command cannot run
-            raise protocol.ProtocolError(code, f"container {record['name']} failed to start: {error}") from None
+            raise _start_failed(record["name"], error) from None
 
     def _started_before(self, container_id: str):
         """The container a first attempt of this request started, if it did."""

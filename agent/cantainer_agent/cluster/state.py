@@ -263,9 +263,11 @@ class ClusterState(ServiceCommands):
 
     # ---------------------------------------------------------- containers
 
-    def apply_create_container(self, spec: dict, ts: float) -> dict:
+    def apply_create_container(self, spec: dict, ts: float, observed: dict | None = None) -> dict:
         """Record a container on the host its spec names and allocate its address (creating its
-        network implicitly); that host's agent starts it (the API that asked for it)."""
+        network implicitly); that host's agent starts it (the API that asked for it). *observed*
+        ``{state: "running", pid, started_at}``: that host already made it and runs it as soon as
+        this commits (the one commit of a `run`); without it the record starts as "created"."""
         name = check_container_name(spec.get("name"))
         existing = self._same_request(name, spec)
         if existing is not None:
@@ -273,7 +275,8 @@ class ClusterState(ServiceCommands):
         host = _check_name(spec.get("host"))
         if host not in self.nodes:
             raise StateError(f"host {host!r} is not a member of this cluster")
-        return self._new_container(name, spec, host, ts)
+        first = _first_observation(observed, _check_ts("ts", ts))
+        return self._new_container(name, spec, host, ts, first=first)
 
     def apply_place_container(self, spec: dict, ts: float, down_after: float, hint: str | None = None) -> dict:
         """Record a container on the host the scheduler picks (cluster/scheduler.py; *hint*: the
@@ -325,7 +328,7 @@ class ClusterState(ServiceCommands):
         return None
 
     def _new_container(self, name: str, spec: dict, host: str, ts: float, placed: bool = False,
-                       task: dict | None = None) -> dict:
+                       task: dict | None = None, first: dict | None = None) -> dict:
         # Validate everything before the first mutation: a refused command changes nothing.
         checked = {
             "id": _check_str("id", spec.get("id"), 64),
@@ -380,8 +383,7 @@ class ClusterState(ServiceCommands):
             **({"auto_remove": True} if auto_remove else {}),
             **optional,
             **(task or {}),
-            "observed": {"state": "created", "exit_code": None, "pid": None, "started_at": None,
-                         "finished_at": None, "reason": None, "reported_at": checked["created_at"]},
+            "observed": first or _first_observation(None, checked["created_at"]),
         }
         self.containers[name] = container
         return copy.deepcopy(container)
@@ -448,6 +450,20 @@ class ClusterState(ServiceCommands):
     def to_dict(self) -> dict:
         """A deep copy safe to hand to other threads / encode as JSON."""
         return pickle.loads(self.to_bytes())
+
+
+def _first_observation(observed: Any, ts: float) -> dict:
+    """A new container's observed record: "created", or what its host reports as it starts it."""
+    record = {"state": "created", "exit_code": None, "pid": None, "started_at": None, "finished_at": None,
+              "reason": None, "reported_at": ts}
+    if observed is None:
+        return record
+    if not isinstance(observed, dict) or observed.get("state") != "running":
+        raise StateError("a new container's first observation must be {state: running, pid, started_at}")
+    pid = observed.get("pid")
+    if type(pid) is not int or pid <= 0:
+        raise StateError("pid must be a positive integer")
+    return {**record, "state": "running", "pid": pid, "started_at": _check_ts("started_at", observed.get("started_at"))}
 
 
 def check_container_name(name: Any) -> str:

@@ -265,6 +265,7 @@ class Runtime:
         *before_exec(pid)* is called in this thread with the host pid of the container's init once
         its namespaces exist and before the command is executed (its network namespace is
         ``/proc/<pid>/ns/net``). If it raises, the container is torn down and the exception propagates.
+        It may return ``{"started_at": t}``: the start time to record (the one it already told raft).
         """
         if not isinstance(spec, ContainerSpec):
             raise TypeError("spec must be a ContainerSpec")
@@ -384,9 +385,9 @@ class Runtime:
                 # The shim is blocked waiting for our reply, so its pid cannot have been recycled.
                 shim_fd = os.pidfd_open(ready["shim_pid"])
                 hook_error = True
-                before_exec(ready["pid"])
+                go = before_exec(ready["pid"]) or {}
                 hook_error = False
-                chan.send(b'{"op": "go"}')
+                chan.send(json.dumps({"op": "go", **go}).encode())
             started = _recv(chan, timeout)
             if shim_fd is None:
                 shim_fd = linux.pidfd_open_verified(started["shim_pid"], started["shim_start"])

@@ -261,6 +261,7 @@ def _supervise(
         tty_shim.close()
         if attach_path:
             listener = listen(attach_path)
+        promised = None
         if req.get("wait_for_go", True):
             _send(chan, {"event": "ready", **identity})
             try:
@@ -269,6 +270,7 @@ def _supervise(
                 reply = {}
             if reply.get("op") != "go":
                 _kill_and_exit(pid, 0)
+            promised = reply.get("started_at")  # the start time the agent recorded in raft, if it did
             if listener is None:
                 os.write(go_w, b"G")
         if listener is None:
@@ -279,7 +281,7 @@ def _supervise(
                 os.waitpid(pid, 0)
                 raise _CommandError(result[1:].decode("utf-8", "replace") or "container init failed",
                                     EXEC_FAILURE_CODES.get(result[:1]))
-        started_at = time.time()
+        started_at = promised if type(promised) is float else time.time()
         _write_json(req["pids_file"], {"boot_id": linux.boot_id(), **identity, "started_at": started_at},
                     durable=False)
         _send(chan, {"event": "started", "started_at": started_at, **identity})
