@@ -106,30 +106,51 @@ class AgentClient:
             raise HostError(self.connection.host.name, f"agent is not running (cannot open {SOCKET_PATH}: {error})",
                             "run `cantainer up` to start it") from None
 
+    LARGE = frozenset({"status", "container.ps"})  # answers that grow with the cluster: taken in parts
+
     async def call(self, method: str, params: dict | None = None, timeout: float = 10.0, session: dict | None = None):
         async with self._lock:
             if self._writer is None:
                 await self._open()
+            deadline = asyncio.get_running_loop().time() + timeout
+            parts = method in self.LARGE
             request_id = next(self._ids)
-            try:
-                self._writer.write(protocol.encode_request(request_id, method, params or {}, session))
-                line = await asyncio.wait_for(self._reader.readline(), timeout)
-            except asyncio.TimeoutError:
-                self.close()
-                raise HostError(
-                    self.connection.host.name, f"agent did not answer `{method}` within {timeout:g}s"
-                ) from None
-            except ConnectionError:
-                # The sudo relay (become) opens as a session even when the socket is not there yet,
-                # then exits: its channel is closed before or while we write.
-                line = b""
-            if not line:
-                self.close()
-                raise HostError(self.connection.host.name, f"agent closed the connection during `{method}`")
-            response = protocol.decode_response(line)
+            self._send(protocol.encode_request(request_id, method, params or {}, session, parts=parts))
+            response = protocol.decode_response(await self._line(method, timeout, deadline))
+            if not response.ok and parts and "unexpected request fields: parts" in response.error.message:
+                # an agent from before results came in parts (the workstation was upgraded first)
+                self._send(protocol.encode_request(request_id, method, params or {}, session))
+                response = protocol.decode_response(await self._line(method, timeout, deadline))
             if not response.ok:
                 raise AgentError(self.connection.host.name, response.error.code, response.error.message)
-            return response.result
+            if response.more is None:
+                return response.result
+            pieces = []
+            while (piece := protocol.decode_part(await self._line(method, timeout, deadline))) is not None:
+                pieces.append(piece)
+            return protocol.join_parts(response, pieces)
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+        except ConnectionError:
+            pass  # the stream is closed: reading says so (see _line)
+
+    async def _line(self, method: str, timeout: float, deadline: float) -> bytes:
+        try:
+            line = await asyncio.wait_for(self._reader.readline(),
+                                          max(0.0, deadline - asyncio.get_running_loop().time()))
+        except asyncio.TimeoutError:
+            self.close()
+            raise HostError(self.connection.host.name, f"agent did not answer `{method}` within {timeout:g}s") from None
+        except ConnectionError:
+            # The sudo relay (become) opens as a session even when the socket is not there yet,
+            # then exits: its channel is closed before or while we write.
+            line = b""
+        if not line:
+            self.close()
+            raise HostError(self.connection.host.name, f"agent closed the connection during `{method}`")
+        return line
 
     def close(self) -> None:
         if self._writer is not None:

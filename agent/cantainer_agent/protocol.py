@@ -17,6 +17,14 @@ client acts on: ``not_found``, ``already_exists``, ``conflict`` (collides with t
 may have been done: retry with the same session, or read), plus the protocol's own ``bad_request``,
 ``unsupported_version``, ``unknown_method``, ``too_large``, ``internal``.
 
+A request with ``"parts": true`` accepts a large result in parts (so no line is ever near
+``MAX_LINE``, whatever the cluster's size): the result's largest list (the result itself when it is
+a list) goes in lines of at most ``PART_BYTES``::
+
+    head      {"v":1,"id":N,"ok":true,"result":{... "containers": []},"more":"containers"}   ("more":"" for a list)
+    items     {"v":1,"id":N,"items":[...]}        (as many as needed, in order)
+    end       {"v":1,"id":N,"end":true}
+
 ``id`` is an int chosen by the client and echoed back; it is ``null`` in an error response to a
 line whose id could not be read. Every malformed input (oversized, not JSON, not an object, wrong
 version, bad field types, unknown method) yields an error response, never an exception escaping
@@ -34,6 +42,7 @@ from .errors import AgentError
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 1024 * 1024  # bytes, including the trailing newline
+PART_BYTES = 256 * 1024  # a result in parts: each line at most about this long
 
 # Error codes (the "code" field of an error response).
 BAD_REQUEST = "bad_request"
@@ -77,6 +86,7 @@ class Request:
     method: str
     params: dict = field(default_factory=dict)
     session: dict | None = None
+    parts: bool = False  # the client takes a large result in parts
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,7 @@ class Response:
     ok: bool
     result: Any = None
     error: ProtocolError | None = None
+    more: str | None = None  # the result continues in parts: the key of its list ("" the result itself)
 
     def unwrap(self) -> Any:
         """Return the result, or raise the carried :class:`ProtocolError`."""
@@ -151,8 +162,9 @@ def _valid_id(value: Any) -> bool:
 # ---------------------------------------------------------------- requests
 
 
-def encode_request(id: int, method: str, params: Mapping | None = None, session: Mapping | None = None) -> bytes:
-    """Encode one request line (client side)."""
+def encode_request(id: int, method: str, params: Mapping | None = None, session: Mapping | None = None,
+                   parts: bool = False) -> bytes:
+    """Encode one request line (client side); *parts*: the client takes a large result in parts."""
     if not _valid_id(id):
         raise ProtocolError(BAD_REQUEST, "request id must be a non-negative integer")
     if not isinstance(method, str) or not _METHOD_RE.match(method):
@@ -160,6 +172,8 @@ def encode_request(id: int, method: str, params: Mapping | None = None, session:
     body = {"v": PROTOCOL_VERSION, "id": id, "method": method, "params": dict(params or {})}
     if session is not None:
         body["session"] = _check_session(dict(session))
+    if parts:
+        body["parts"] = True
     return _dumps_line(body)
 
 
@@ -196,22 +210,87 @@ def decode_request(line: bytes | str) -> Request:
         params = {}
     if not isinstance(params, dict):
         raise ProtocolError(BAD_REQUEST, '"params" must be a JSON object')
-    extra = set(obj) - {"v", "id", "method", "params", "session"}
+    extra = set(obj) - {"v", "id", "method", "params", "session", "parts"}
     if extra:
         raise ProtocolError(BAD_REQUEST, f"unexpected request fields: {', '.join(sorted(extra))}")
     session = _check_session(obj["session"]) if "session" in obj else None
-    return Request(id=rid, method=method, params=params, session=session)
+    parts = obj.get("parts", False)
+    if type(parts) is not bool:
+        raise ProtocolError(BAD_REQUEST, '"parts" must be true or false')
+    return Request(id=rid, method=method, params=params, session=session, parts=parts)
 
 
 # --------------------------------------------------------------- responses
 
 
-def encode_result(id: int | None, result: Any) -> bytes:
-    """Encode a success response. Falls back to an error line if the result cannot be sent."""
+def encode_result(id: int | None, result: Any, parts: bool = False) -> bytes:
+    """Encode a success response — in parts (see above) when allowed and it is large. Falls back to an
+    error line if the result cannot be sent."""
     try:
+        if parts:
+            return _encode_parts(id, result)
         return _dumps_line({"v": PROTOCOL_VERSION, "id": id, "ok": True, "result": result})
     except ProtocolError as exc:
         return encode_error(id, exc.code, exc.message)
+
+
+def _encode_parts(id: int | None, result: Any) -> bytes:
+    whole = {"v": PROTOCOL_VERSION, "id": id, "ok": True, "result": result}
+    lists = [k for k, v in result.items() if isinstance(v, list)] if isinstance(result, dict) else []
+    if not isinstance(result, list) and not lists:
+        return _dumps_line(whole)  # nothing to split
+    try:
+        text = json.dumps(whole, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(INTERNAL, f"value is not JSON-serialisable: {exc}") from None
+    if len(text) < PART_BYTES:
+        return text.encode("ascii") + b"\n"
+    if isinstance(result, list):
+        key, head, items = "", [], result
+    else:
+        key = max(lists, key=lambda k: len(result[k]))
+        head, items = {**result, key: []}, result[key]
+    lines = [_dumps_line({"v": PROTOCOL_VERSION, "id": id, "ok": True, "result": head, "more": key})]
+    batch: list[str] = []
+    size = 0
+    for item in items:
+        text = json.dumps(item, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        if batch and size + len(text) > PART_BYTES:
+            lines.append(_items_line(id, batch))
+            batch, size = [], 0
+        batch.append(text)
+        size += len(text) + 1
+    if batch:
+        lines.append(_items_line(id, batch))
+    lines.append(_dumps_line({"v": PROTOCOL_VERSION, "id": id, "end": True}))
+    return b"".join(lines)
+
+
+def _items_line(id: int | None, encoded: list[str]) -> bytes:
+    data = (f'{{"v":{PROTOCOL_VERSION},"id":{json.dumps(id)},"items":[' + ",".join(encoded) + "]}").encode("ascii")
+    if len(data) + 1 > MAX_LINE:
+        raise ProtocolError(TOO_LARGE, f"one item of the result exceeds the {MAX_LINE}-byte limit")
+    return data + b"\n"
+
+
+def decode_part(line: bytes | str) -> list | None:
+    """One line after a head with ``more``: its items, or None at the end."""
+    obj = _loads_object(line)
+    _check_version(obj)
+    if obj.get("end") is True:
+        return None
+    items = obj.get("items")
+    if not isinstance(items, list):
+        raise ProtocolError(BAD_REQUEST, 'a part must carry "items" (or "end")')
+    return items
+
+
+def join_parts(response: Response, parts: list[list]) -> Any:
+    """The whole result of a response that came in parts."""
+    items = [item for part in parts for item in part]
+    if response.more == "":
+        return items
+    return {**response.result, response.more: items}
 
 
 def encode_error(id: int | None, code: str, message: str) -> bytes:
@@ -235,7 +314,10 @@ def decode_response(line: bytes | str) -> Response:
     if ok is True:
         if "result" not in obj:
             raise ProtocolError(BAD_REQUEST, 'success response without "result"')
-        return Response(id=rid, ok=True, result=obj["result"])
+        more = obj.get("more")
+        if more is not None and not isinstance(more, str):
+            raise ProtocolError(BAD_REQUEST, '"more" must name the list that follows')
+        return Response(id=rid, ok=True, result=obj["result"], more=more)
     if ok is False:
         err = obj.get("error")
         if not isinstance(err, dict) or not isinstance(err.get("code"), str):
@@ -270,4 +352,4 @@ def dispatch(line: bytes | str, handlers: Mapping[str, Handler]) -> tuple[bytes,
         return encode_error(req.id, exc.code, exc.message), req
     except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the connection
         return encode_error(req.id, INTERNAL, f"{type(exc).__name__}: {exc}"), req
-    return encode_result(req.id, result), req
+    return encode_result(req.id, result, parts=req.parts), req

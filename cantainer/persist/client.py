@@ -76,7 +76,7 @@ def start_process(path: Path) -> None:
 
 
 async def _connect(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_unix_connection(str(path), limit=wire.MAX_LINE)
+    reader, writer = await asyncio.open_unix_connection(str(path), limit=2 * wire.MAX_LINE)
     if _peer_uid(writer.get_extra_info("socket")) != os.geteuid():
         writer.close()
         raise PersistError(f"{path} is served by another user's process", f"remove it, or set {settings.ENV}=no")
