@@ -38,22 +38,51 @@ def lab_name(default: str, tag: str) -> str:
 
 @contextlib.contextmanager
 def cluster(name: str, hosts: int, log=print) -> Iterator[tuple[Lab, Path]]:
-    """A lab of `hosts` hosts with a formed cantainer cluster; yields (lab, inventory path)."""
+    """A lab of `hosts` hosts with a formed cantainer cluster; yields (lab, inventory path). CLI calls
+    meanwhile share a connection process of their own (a private XDG_RUNTIME_DIR), stopped afterwards."""
     lab = Lab(name)
     lab.down()  # a leftover of a crashed run
     inventory = lab.inventory_file
-    try:
-        inventory = lab.up(hosts)
-        _run([str(CANTAINER), "up", str(inventory)], timeout=900)
-        yield lab, inventory
-    finally:
+    with private_connection_process():
         try:
-            if inventory.exists():
-                _run([str(CANTAINER), "down", "--purge", "-i", str(inventory)], timeout=900)
-        except Exception as error:  # noqa: BLE001 - lab.down() below removes whatever is left anyway
-            log(f"  cantainer down --purge on lab {name} failed ({error}); removing the lab anyway")
+            inventory = lab.up(hosts)
+            _run([str(CANTAINER), "up", str(inventory)], timeout=900)
+            yield lab, inventory
         finally:
-            lab.down()
+            try:
+                if inventory.exists():
+                    _run([str(CANTAINER), "down", "--purge", "-i", str(inventory)], timeout=900)
+            except Exception as error:  # noqa: BLE001 - lab.down() below removes whatever is left anyway
+                log(f"  cantainer down --purge on lab {name} failed ({error}); removing the lab anyway")
+            finally:
+                lab.down()
+
+
+@contextlib.contextmanager
+def private_connection_process() -> Iterator[Path]:
+    """The CLI's connection process (cantainer/persist/) in a directory of this run, stopped by its pid."""
+    import shutil
+    import signal
+    import tempfile
+
+    runtime = Path(tempfile.mkdtemp(prefix="cantainer-bench-run-"))
+    saved = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    try:
+        yield runtime
+    finally:
+        if saved is None:
+            del os.environ["XDG_RUNTIME_DIR"]
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = saved
+        for lock in runtime.glob("cantainer/conn-*.lock"):
+            try:
+                pid = int(lock.read_text().split()[0])
+                if b"cantainer.persist.server" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGTERM)
+            except (OSError, ValueError, IndexError):
+                pass
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def host_root(lab: Lab, host: str) -> str:

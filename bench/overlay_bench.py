@@ -182,26 +182,58 @@ def api_reads(lab, host: str, reads: int, consistency: str) -> list[float]:
 
 
 # -- the rows -----------------------------------------------------------------------------------------
+def cli_wall(inventory: Path, *args: str, persist: bool = True) -> float:
+    """Wall time of one CLI process (`cantainer ARGS`, or `cantainer --no-persist ARGS`)."""
+    argv = [str(CANTAINER), *([] if persist else ["--no-persist"]), *args]
+    started = time.monotonic()
+    result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "CANTAINER_INVENTORY": str(inventory)})
+    elapsed = time.monotonic() - started
+    if result.returncode != 0:
+        raise BenchError(f"cantainer {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
+    return elapsed
+
+
 def run_rows(inventory: Path, count: int, log=print) -> list[dict]:
+    """`run -d` (and ps, exec, logs) as a user types them: through the connection process, beside the
+    same command with --no-persist (the CLI connects and imports asyncssh itself), interleaved."""
     from cantainer.inventory import load_inventory
 
     hosts = load_inventory(inventory).hosts
-    ours, ssh = [], []
+    first = cli_wall(inventory, "ps")  # no connection process yet: this call starts it
+    ours, direct, ssh = [], [], []
     for index in range(count):
         host = hosts[index % len(hosts)]
         _, wall, _ = cli_run(inventory, host.name, "10.202.0.0/24", f"e2e-{index}")
         ours.append(wall)
-        started = time.monotonic()  # interleaved, so both see the same load
+        direct.append(cli_wall(inventory, "run", "--host", host.name, "-n", "10.202.0.0/24", "--name",
+                               f"e2d-{index}", "-d", "--", "sleep", "1000000", persist=False))
+        started = time.monotonic()  # interleaved, so all see the same load
         subprocess.run(["ssh", "-i", str(host.identity_file), "-o", f"UserKnownHostsFile={host.known_hosts}",
                         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ControlMaster=no",
                         f"root@{host.address}", "true"], stdin=subprocess.DEVNULL, check=True, timeout=30)
         ssh.append(time.monotonic() - started)
-    log(f"  run -d: p50 {statistics.median(ours):.3f} s, ssh true p50 {statistics.median(ssh):.3f} s")
-    return [
-        row(f"cantainer run -d end to end (CLI process), p50 (n={count})", statistics.median(ours), "s"),
-        row(f"cantainer run -d end to end (CLI process), p99 (n={count})", percentile(ours, 99), "s"),
+    log(f"  run -d: p50 {statistics.median(ours):.3f} s (--no-persist {statistics.median(direct):.3f} s), "
+        f"ssh true p50 {statistics.median(ssh):.3f} s; first call {first:.3f} s")
+    no_persist = "the same with --no-persist (own SSH connection, asyncssh imported)"
+    rows = [
+        row(f"cantainer run -d end to end (CLI process), p50 (n={count})", statistics.median(ours), "s",
+            no_persist, statistics.median(direct)),
+        row(f"cantainer run -d end to end (CLI process), p99 (n={count})", percentile(ours, 99), "s",
+            no_persist, percentile(direct, 99)),
+        row("first CLI call of a session (`ps`: starts the connection process, connects to 3 hosts)", first, "s"),
         row(f"for scale: OpenSSH `ssh HOST true` (connect + exec), p50 (n={count})", statistics.median(ssh), "s"),
     ]
+    others = {"ps": ["ps"], "exec": ["exec", "e2e-0", "true"], "logs": ["logs", "e2e-0"]}
+    for name, args in others.items():
+        mine, theirs = [], []
+        for _ in range(max(5, count // 3)):
+            mine.append(cli_wall(inventory, *args))
+            theirs.append(cli_wall(inventory, *args, persist=False))
+        log(f"  {name}: p50 {statistics.median(mine):.3f} s (--no-persist {statistics.median(theirs):.3f} s)")
+        rows.append(row(f"cantainer {' '.join(args)} end to end (CLI process), p50 (n={len(mine)})",
+                        statistics.median(mine), "s", no_persist, statistics.median(theirs)))
+    return rows
 
 
 def convergence_rows(lab, inventory: Path, rounds: int, log=print) -> tuple[list[dict], dict]:
