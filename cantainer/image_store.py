@@ -23,7 +23,6 @@ from cantainer_agent.images.config import ImageConfig
 from cantainer_agent.images.errors import ImageSourceError
 from cantainer_agent.images.manifest import Index, Manifest, Platform, choose, parse
 from cantainer_agent.images.reference import DIGEST_RE
-from cantainer_agent.images.registry import check_layers
 
 _CHUNK = 1 << 20
 
@@ -183,6 +182,8 @@ class Store:
             if isinstance(document, Index):
                 raise ImageError(f"{reference}: an index inside an index is not supported")
         config = self.config(document, reference)
+        from cantainer_agent.images.registry import check_layers  # not at import: http.client, ssl, email
+
         try:
             check_layers(reference, document, config)
         except ImageSourceError as error:
