@@ -9,16 +9,7 @@ persistence is off (``--no-persist``, ``CANTAINER_PERSIST=no``), an ``ssh.Connec
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from cantainer.inventory import Host
-
-
-@dataclass
-class CommandResult:
-    exit_status: int
-    stdout: str
-    stderr: str
 
 
 async def connect(host: Host):

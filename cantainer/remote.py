@@ -213,6 +213,15 @@ for path in sys.argv[1:]:
 """
 
 
+@dataclass
+class CommandResult:
+    """What running a fixed program on a host returned."""
+
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     python: tuple[int, int, int]

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import asyncssh
 
-from cantainer.connection import CommandResult
 from cantainer.errors import HostError, RemoteCommandError
 from cantainer.inventory import Host
+from cantainer.remote import CommandResult
 
 __all__ = ["CommandResult", "Connection", "HostError", "RemoteCommandError", "connect"]
 

@@ -30,7 +30,7 @@ from .cluster.specs import hostname_of
 from .config import AgentConfig
 from .consensus import RaftError, RaftNode
 from .consensus.writes import Session, replicate
-from .overlay import EndpointSpec, KernelGuard, NetworkSpec, attach_container, detach_container, overlay_mtu
+from .overlay import EndpointSpec, KernelGuard, NetworkSpec, overlay_mtu
 from .runtime import ContainerError, ContainerInfo, ContainerNotFound, ContainerSpec, LayerStore, Runtime
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,8 @@ class Workload:
         return self.runtime.restart(record["id"], before_exec=self._attach(record, vni))
 
     def _attach(self, record: dict, vni: int) -> Callable[[int], None]:
+        from .overlay.veth import attach_container  # netlink: imported when a container first needs it
+
         network = NetworkSpec(record["network"], vni)
         endpoint = EndpointSpec(record["id"], record["network"], record["ip"], record["host"], self.cfg.address)
         mtu = overlay_mtu(self._underlay_mtu())
@@ -207,6 +209,8 @@ class Workload:
 
     def remove_local(self, container_id: str, force: bool = True) -> None:
         """Remove the container and its veth from this host (nothing replicated)."""
+        from .overlay.veth import detach_container
+
         try:
             self.runtime.remove(container_id, force=force)
         except ContainerNotFound:
@@ -222,6 +226,8 @@ class Workload:
             try:
                 self.remove_local(record["id"])
             except ContainerError:
+                from .overlay.veth import detach_container
+
                 log.exception("cleanup of failed container %s", name)
                 detach_container(record["id"], guard=self._guard)
         try:

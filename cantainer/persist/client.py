@@ -18,10 +18,10 @@ import struct
 import sys
 from pathlib import Path
 
-from cantainer.connection import CommandResult
 from cantainer.inventory import Host
 from cantainer.persist import settings, wire
 from cantainer.persist.settings import PersistError
+from cantainer.remote import CommandResult
 
 START_TIMEOUT = 30.0
 _start_lock: asyncio.Lock | None = None

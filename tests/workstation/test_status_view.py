@@ -3,8 +3,6 @@ names, addresses or CIDRs: shrinkable columns give way, narrow terminals get row
 output is not width-limited."""
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from cantainer.status_view import render_status
@@ -104,10 +102,10 @@ def test_a_container_of_a_down_host_shows_unknown_with_the_time_since():
     assert "unknown (host h1 down 17s)" in render(document)
 
 
-def test_a_thousand_containers_render_without_rich():
+def test_a_thousand_containers_render():
     document = doc()
     document["containers"] = [{"name": f"c-{i:04d}", "host": f"h{i % 30}", "network": "10.0.0.0/16",
                                "ip": f"10.0.{i // 250}.{i % 250 + 1}", "state": "running", "command": ["sleep", "1"]}
                               for i in range(1000)]
     lines = render_status(document, 120, now=NOW)
-    assert sum(line.startswith("c-") for line in lines) == 1000 and "rich" not in sys.modules
+    assert sum(line.startswith("c-") for line in lines) == 1000

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..config import AgentConfig
-from ..overlay import DesiredHost, EndpointSpec, KernelGuard, NetworkSpec, Observed, OverlayReconciler, underlay_mtu
+from ..overlay import DesiredHost, EndpointSpec, KernelGuard, NetworkSpec, Observed
 from ..overlay.model import owned_kind
 
 GONE_STATES = ("exited", "dead")
@@ -52,18 +52,21 @@ class OverlayController:
         self._cfg = cfg
         self._read = read  # a fresh snapshot, when the one a pass got is older than the kernel
         self._mtu: int | None = None
-        self._reconciler = OverlayReconciler(self._desired, guard)
+        self._guard = guard
+        self._reconciler = None  # made by the first pass, in the loop's thread: netlink is imported there
         self._state: dict | None = None
 
     @property
     def summary(self) -> dict | None:
         """Entries expected vs programmed after the last pass, sent with heartbeats for `status`."""
-        last = self._reconciler.last
+        last = self._reconciler.last if self._reconciler is not None else None
         return summarize(last.health) if last is not None and last.health else None
 
     @property
     def underlay_mtu(self) -> int:
         if self._mtu is None:
+            from ..overlay import underlay_mtu
+
             self._mtu = underlay_mtu(self._cfg.address)
         return self._mtu
 
@@ -83,6 +86,10 @@ class OverlayController:
         if not snapshot["ready"]:
             return  # a replica still catching up would delete entries for containers it has not seen yet
         self._state = snapshot["state"]
+        if self._reconciler is None:
+            from ..overlay import OverlayReconciler
+
+            self._reconciler = OverlayReconciler(self._desired, self._guard)
         try:
             self._reconciler.reconcile()  # raises OverlayError on failed actions: the loop retries
         finally:

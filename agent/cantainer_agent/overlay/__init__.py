@@ -8,7 +8,9 @@ correct entry. Modules: model (pure data, naming), plan (pure diff), kernel (net
 container's link), reconciler (the pass). Depends on the standard library and pyroute2 only.
 Design and lessons: docs/design/overlay.md.
 """
-from .kernel import KernelGuard, OverlayError, apply, observe, underlay_mtu
+from importlib import import_module
+
+from .guard import KernelGuard, OverlayError
 from .model import (
     DEFAULT_VXLAN_PORT,
     VXLAN_OVERHEAD,
@@ -28,8 +30,19 @@ from .model import (
     vxlan_name,
 )
 from .plan import Action, diff, health
-from .reconciler import OverlayReconciler, ReconcileResult, reconcile
-from .veth import attach_container, detach_container
+
+# What needs netlink (pyroute2, ~0.15 s of CPU to import) is imported on first use, not with the
+# package: the agent becomes ready without it, and its reconcile thread (nice +10) loads it later.
+_LAZY = {"apply": "kernel", "observe": "kernel", "underlay_mtu": "kernel", "OverlayReconciler": "reconciler",
+         "ReconcileResult": "reconciler", "reconcile": "reconciler", "attach_container": "veth",
+         "detach_container": "veth"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_VXLAN_PORT", "VXLAN_OVERHEAD", "DesiredHost", "EndpointSpec", "FdbEntry", "LinkState",

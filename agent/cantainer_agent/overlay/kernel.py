@@ -4,8 +4,9 @@
   :class:`~.model.Observed`;
 * :func:`apply` executes a plan; one failing action does not stop the others (the next pass
   retries), deleting something already gone counts as done;
-* :class:`KernelGuard` serialises every change this process makes to the overlay and counts the
-  ones made outside reconcile passes (attach/detach), which void a reconciler's cached view;
+* :class:`~.guard.KernelGuard` (guard.py, no pyroute2) serialises every change this process makes
+  to the overlay and counts the ones made outside reconcile passes (attach/detach), which void a
+  reconciler's cached view;
 * :func:`underlay_mtu` reads the MTU under the host's VTEP address.
 
 Every function takes the ``IPRoute`` of the host's network namespace (``ipr``); it defaults to
@@ -16,7 +17,6 @@ from __future__ import annotations
 import errno
 import logging
 import struct
-import threading
 from collections import defaultdict
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -26,8 +26,8 @@ from pyroute2.netlink import NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, nla, nlmsg
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_SETLINK
 
-from ..errors import AgentError
 from . import plan as P
+from .guard import OverlayError
 from .model import (
     FdbEntry,
     LinkState,
@@ -53,32 +53,6 @@ IPV6_ADDR_GEN_MODE_NONE = P.IPV6_ADDR_GEN_MODE_NONE
 # "already gone" answers to a delete: the goal is reached
 _GONE = {errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENXIO}
 
-
-
-class KernelGuard:
-    """One reconcile / attach / detach at a time on a host's overlay (an attach running between a
-    reconcile's observe and apply would see its fresh veth deleted as an orphan), and the number
-    of changes made outside reconcile passes. The agent owns one; tests make their own."""
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self.changes = 0
-
-    def __enter__(self) -> "KernelGuard":
-        self._lock.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
-
-    def changed(self) -> None:
-        """Record a change made outside a reconcile pass (call while holding the guard)."""
-        self.changes += 1
-
-
-
-class OverlayError(AgentError):
-    """A request the overlay cannot carry out; the message names the cause."""
 
 
 # ---------------------------------------------------------------------------------- observe

@@ -16,7 +16,8 @@ from typing import Callable, Union
 from pyroute2 import IPRoute
 
 from . import plan as P
-from .kernel import KernelGuard, OverlayError, apply, iproute, observe
+from .guard import KernelGuard, OverlayError
+from .kernel import apply, iproute, observe
 from .model import DesiredHost, Observed
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,11 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import plan as P
+from .guard import KernelGuard, OverlayError
 from .kernel import (
     _GONE,
     AF_INET,
     IPV6_ADDR_GEN_MODE_NONE,
-    KernelGuard,
-    OverlayError,
     _index,
     _link_state,
     _set_inet,
