@@ -20,7 +20,6 @@ from .. import layout
 from ..images.errors import ImageSourceError
 from ..images.manifest import Platform, check_layer_type, host_platform
 from ..images.reference import parse_reference
-from ..images.registry import Credentials, RegistryClient
 from ..runtime import ChecksumMismatch, ImageError
 from ..workload import Workload
 from .errors import rejected
@@ -33,7 +32,7 @@ def _diff_ids(params: dict, key: str = "layers") -> list[str]:
     return value
 
 
-def read_credentials(config_dir: str, registry: str) -> Credentials | None:
+def read_credentials(config_dir: str, registry: str):
     path = layout.registry_auth_file(registry, config_dir)
     try:
         with open(path, encoding="utf-8") as handle:
@@ -45,6 +44,8 @@ def read_credentials(config_dir: str, registry: str) -> Credentials | None:
     if not isinstance(data, dict) or not isinstance(data.get("username"), str) \
             or not isinstance(data.get("password"), str):
         raise rejected(f"credentials of registry {registry} in {path} need a username and a password")
+    from ..images.registry import Credentials  # the HTTP client is imported by a pull, not at start
+
     return Credentials(data["username"], data["password"])
 
 
@@ -84,6 +85,8 @@ def handlers(workload: Workload) -> dict[str, Callable[[dict], object]]:
         try:
             reference = parse_reference(params.get("reference", ""))
             platform = Platform.parse(params["platform"]) if params.get("platform") else host_platform()
+            from ..images.registry import RegistryClient
+
             client = RegistryClient(reference.registry, read_credentials(config_dir, reference.registry),
                                     insecure=bool(params.get("insecure")))
             resolved = client.resolve(reference, platform)
