@@ -24,7 +24,7 @@ What each side does, per host count N (a fresh lab `bupN`, removed afterwards):
   Ansible's control masters are closed first, so both sides pay their SSH connections.
 
 Timings: time.monotonic around the subprocess. quick: 3 hosts, one run each; full: 3, 10, 20 hosts,
-median of 3 cold runs, re-run on 20 hosts (median of 3).
+median of 3 cold runs, re-run on 20 hosts (median of 3), and one cold `up` of 100 hosts (no anchor).
 """
 from __future__ import annotations
 
@@ -241,14 +241,34 @@ def measure_hosts(count: int, runs: int, rerun: bool, log=print) -> list[dict]:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def measure_many(count: int, log=print) -> list[dict]:
+    """`up` cold on *count* lab hosts, once (no anchor: Ansible would take many minutes here)."""
+    from bench.lab_cluster import lab_name
+    from lab.lab import Lab
+
+    lab = Lab(lab_name(f"bup{count}", f"u{count}"))
+    try:
+        lab.down()
+        inventory = lab.up(count)
+        elapsed = _run([str(CANTAINER), "up", str(inventory)], timeout=900)
+        log(f"  cantainer up cold, {count} hosts: {elapsed:.2f} s")
+        _purge(inventory)
+    finally:
+        lab.down()
+    return [{"name": f"up cold {count} hosts (one run)", "value": round(elapsed, 3), "unit": "s", "anchor": None,
+             "anchor_value": None, "ratio": None}]
+
+
 def measure(quick: bool) -> list[dict]:
-    """Rows for `python -m bench`: up cold on 3 (quick) or 3/10/20 hosts, and the re-run on 3 or 20."""
+    """Rows for `python -m bench`: up cold on 3 (quick) or 3/10/20 hosts, and the re-run on 3 or 20;
+    the full run also brings 100 hosts up once."""
     if quick:
         return measure_hosts(3, runs=1, rerun=True)
     rows: list[dict] = []
     for count in (3, 10):
         rows += measure_hosts(count, runs=3, rerun=False)
     rows += measure_hosts(20, runs=3, rerun=True)
+    rows += measure_many(100)
     return rows
 
 
