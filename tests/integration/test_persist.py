@@ -40,12 +40,12 @@ def test_cli_calls_share_one_connection_per_host(cluster, web):
         ok(cli(cluster, "logs", "pweb"))
         ok(cli(cluster, "run", "--host", "h2", "-n", "10.77.0.0/24", "-d", "--rm", "true"))
 
-    calls()
+    calls()  # (the process is the test session's: earlier tests may have made connections already)
     before = stats()["connections_made"]
-    assert set(before) == {"h1", "h2", "h3"} and set(before.values()) == {1}, before
+    assert set(before) >= {"h1", "h2", "h3"}, before
     for _ in range(3):
         calls()
-    assert stats()["connections_made"] == before
+    assert stats()["connections_made"] == before  # twelve CLI calls, not one new SSH connection
 
 
 @pytest.mark.parametrize("args", [["ps"], ["status"], ["status", "--json"], ["logs", "pweb"], ["exec", "pweb", "true"],

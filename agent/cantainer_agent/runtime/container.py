@@ -385,9 +385,9 @@ class Runtime:
                 # The shim is blocked waiting for our reply, so its pid cannot have been recycled.
                 shim_fd = os.pidfd_open(ready["shim_pid"])
                 hook_error = True
-                go = before_exec(ready["pid"]) or {}
+                go = before_exec(ready["pid"])
                 hook_error = False
-                chan.send(json.dumps({"op": "go", **go}).encode())
+                chan.send(json.dumps({"op": "go", **(go if isinstance(go, dict) else {})}).encode())
             started = _recv(chan, timeout)
             if shim_fd is None:
                 shim_fd = linux.pidfd_open_verified(started["shim_pid"], started["shim_start"])
