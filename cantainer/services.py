@@ -47,19 +47,25 @@ async def cluster_read(inventory: Inventory, method: str, params: dict | None = 
         client.connection.close()
 
 
+async def _node_states(inventory: Inventory) -> dict:
+    """One agent's view of which hosts are up (a status document from the way in)."""
+    client, _ = await open_status_source(inventory)
+    try:
+        return await client.call("status", {"consistency": "stale"})
+    finally:
+        client.close()
+        client.connection.close()
+
+
 async def create(inventory: Inventory, params: dict, image_name: str) -> dict:
-    client, status = await open_status_source(inventory)
-    client.close()
-    client.connection.close()
+    status = await _node_states(inventory)
     image = await distribute_image(inventory, status, image_name, params.get("constraints") or [])
     return await cluster_write(inventory, "service.create", {**params, "image": image.params()})
 
 
 async def update(inventory: Inventory, params: dict, image_name: str | None) -> dict:
     if image_name is not None:
-        client, status = await open_status_source(inventory)
-        client.close()
-        client.connection.close()
+        status = await _node_states(inventory)
         constraints = params.get("constraints")
         if constraints is None:
             current = await cluster_read(inventory, "service.ps", {"name": params["name"]})
