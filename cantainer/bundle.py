@@ -1,7 +1,7 @@
 """The agent bundle: everything a host needs besides python3, in one archive named by its hash.
 
-Contents: the `cantainer_agent` package, pysyncobj and pyroute2 (pure Python), and — only for a
-host without a usable cryptography of its own (``host_has_cryptography``; Ubuntu ships one) —
+Contents: the `cantainer_agent` package, pysyncobj, pyroute2 and dnslib (pure Python), and — only
+for a host without a usable cryptography of its own (``host_has_cryptography``; Ubuntu ships one) —
 cryptography with cffi's `_cffi_backend` (compiled: they must match the host's CPU and Python).
 When the host's platform equals the workstation's, they come from this environment; otherwise from
 wheels in the wheel cache (``~/.cache/cantainer/wheels``), which the error message tells how to fill.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cantainer.errors import CantainerError
 
-PURE_PACKAGES = ("cantainer_agent", "pysyncobj", "pyroute2")
+PURE_PACKAGES = ("cantainer_agent", "pysyncobj", "pyroute2", "dnslib")
 COMPILED_PACKAGES = ("cryptography", "cffi")
 COMPILED_MODULES = ("_cffi_backend",)
 # The oldest cryptography PySyncObj's encryption works with that a supported host ships (Ubuntu

@@ -23,6 +23,7 @@ SOCKET_PATH = f"{RUN_DIR}/agent.sock"
 PID_FILE = f"{RUN_DIR}/agent.pid"
 UNIT_NAME = "cantainer-agent.service"
 UNIT_FILE = f"/etc/systemd/system/{UNIT_NAME}"
+RESOLV_CONF = "/etc/resolv.conf"  # the host's resolvers: where the agent's DNS server forwards other names
 
 # Names inside the three directories (joined by the helpers below).
 SOCKET_NAME = "agent.sock"

@@ -17,6 +17,7 @@ cgroup, veth) → replicate the removal.
 from __future__ import annotations
 
 import collections
+import copy
 import contextlib
 import dataclasses
 import logging
@@ -45,6 +46,14 @@ def observed_from(info: ContainerInfo | None) -> dict:
                                   (f"killed by signal {info.signal}" if info.signal else None))
     return {"state": info.state, "exit_code": info.exit_code, "pid": info.pid, "started_at": info.started_at,
             "finished_at": info.finished_at, "reason": reason}
+
+
+def resolv_conf(net: dict) -> str:
+    """The container's /etc/resolv.conf: its network's DNS server on the gateway, the network's name
+    as search domain (``ping db`` asks for db.NETWORK). A network without a gateway has no DNS."""
+    if not net.get("gateway"):
+        return ""
+    return f"nameserver {net['gateway']}\nsearch {net['name']}\n"
 
 
 def _same_observation(a: dict, b: dict) -> bool:
@@ -121,26 +130,26 @@ class Workload:
             self._in_flight_lock.wait_for(lambda: container_id not in self._in_flight, timeout)
 
     # -- start / remove ---------------------------------------------------------------------------
-    def start(self, record: dict, vni: int, image_id: str, lowers: list[str], tty: bool = False,
+    def start(self, record: dict, net: dict, image_id: str, lowers: list[str], tty: bool = False,
               stdin: bool = False, security: dict | None = None) -> ContainerInfo:
         """Start the container of *record* on the layer dirs *lowers* (bottom first) with its veth
-        attached before its command runs. *tty*/*stdin* (run -t/-i): the container waits briefly
-        for `attach` (runtime/supervisor.py). *security*: ``cap_add``, ``cap_drop``, ``seccomp`` of
-        the spec (run --cap-add/--cap-drop/--security-opt)."""
+        attached before its command runs; *net* is its network's record. *tty*/*stdin* (run -t/-i):
+        the container waits briefly for `attach` (runtime/supervisor.py). *security*: ``cap_add``,
+        ``cap_drop``, ``seccomp`` of the spec (run --cap-add/--cap-drop/--security-opt)."""
         names = tuple(dict.fromkeys((record["name"], hostname_of(record["name"]))))
         spec = ContainerSpec(id=record["id"], name=record["name"], image=image_id, command=record["command"],
                              env=record["env"], workdir=record["workdir"], limits=record["limits"],
-                             hosts=[(record["ip"], names)], resolv_conf="", tty=tty, stdin=stdin,
+                             hosts=[(record["ip"], names)], resolv_conf=resolv_conf(net), tty=tty, stdin=stdin,
                              user=record.get("user", ""), stop_signal=record.get("stop_signal", 15),
                              **(security or {}))
-        return self.runtime.start(spec, lowers, before_exec=self._attach(record, vni))
+        return self.runtime.start(spec, lowers, before_exec=self._attach(record, net))
 
     def create_and_start(self, raft: RaftNode, spec: ContainerSpec, lowers: list[str], create: Callable[[dict], dict],
                          session: Session) -> tuple[dict, ContainerInfo]:
         """Start *spec*'s container with one raft commit: ``create(observed)`` replicates its record
         (create_container with ``observed`` = running, this pid, this start time) once its processes
         exist and before its command runs; then the veth and /etc/hosts get the address the commit
-        allocated, and the command runs. Raises ``RecordOfAnotherAttempt`` (the container made here
+        allocated (and /etc/resolv.conf its network's DNS server), and the command runs. Raises ``RecordOfAnotherAttempt`` (the container made here
         already torn down) when the commit answers with the record an earlier attempt of the same
         request created. Anything else that fails removes the container and, if made, its record."""
         made: dict = {}
@@ -150,11 +159,14 @@ class Workload:
             made["record"] = record = create({"state": "running", "pid": pid, "started_at": started_at})
             if record["id"] != spec.id:
                 raise RecordOfAnotherAttempt(record)
-            vni = raft.read(lambda state: state.networks[record["network"]]["vni"])  # the local replica applied it
-            self._attach(record, vni)(pid)
+            # the local replica applied it
+            net = raft.read(lambda state: copy.deepcopy(state.networks[record["network"]]))
+            self._attach(record, net)(pid)
             names = tuple(dict.fromkeys((record["name"], hostname_of(record["name"]))))
             named = dataclasses.replace(spec, hosts=[(record["ip"], names)])
             self.runtime.update_etc_file(record["id"], "hosts", named.hosts_file())
+            if resolv_conf(net):
+                self.runtime.update_etc_file(record["id"], "resolv.conf", resolv_conf(net))
             return {"started_at": started_at}
 
         try:
@@ -168,15 +180,15 @@ class Workload:
             raise
         return made["record"], info
 
-    def restart(self, record: dict, vni: int) -> ContainerInfo:
+    def restart(self, record: dict, net: dict) -> ContainerInfo:
         """Start *record*'s ended container again (its restart policy), its veth attached before exec;
         the runtime keeps its spec (security options included) from the first start."""
-        return self.runtime.restart(record["id"], before_exec=self._attach(record, vni))
+        return self.runtime.restart(record["id"], before_exec=self._attach(record, net))
 
-    def _attach(self, record: dict, vni: int) -> Callable[[int], None]:
+    def _attach(self, record: dict, net: dict) -> Callable[[int], None]:
         from .overlay.veth import attach_container  # netlink: imported when a container first needs it
 
-        network = NetworkSpec(record["network"], vni)
+        network = NetworkSpec(record["network"], net["vni"], net.get("gateway"), bool(net.get("internal")))
         endpoint = EndpointSpec(record["id"], record["network"], record["ip"], record["host"], self.cfg.address)
         mtu = overlay_mtu(self._underlay_mtu())
         return lambda pid: attach_container(pid, endpoint, network, mtu, guard=self._guard)

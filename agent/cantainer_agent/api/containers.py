@@ -1,10 +1,12 @@
 """Container methods of the agent API.
 
-``container.run {name?, network, image: {reference, digest, layers, config}, command?, entrypoint?, env,
-workdir?, user?, limits, tty?, interactive?, auto_remove?, cap_add?, cap_drop?, seccomp?}`` -> ``{name, id, ip,
-    host, network, image_digest}`` (on the host that runs it; the layers must be here: image.import /
-    image.pull). The image's config and the options merge docker's way (images/config.effective)
-    before anything is recorded; cap_add/cap_drop/seccomp stay on this host (not replicated).
+``container.run {name?, network (a name or a CIDR), image: {reference, digest, layers, config}, command?,
+entrypoint?, env, workdir?, user?, limits, tty?, interactive?, auto_remove?, cap_add?, cap_drop?, seccomp?,
+publish?}`` -> ``{name, id, ip, host, network, network_name, image_digest, publish}`` (on the host that runs
+    it; the layers must be here: image.import / image.pull). The image's config and the options merge
+    docker's way (images/config.effective) before anything is recorded; cap_add/cap_drop/seccomp stay
+    on this host (not replicated). ``publish`` (cluster/ports.py) is refused before anything is recorded
+    when a process of this host listens on the port; the cluster refuses one another container holds.
 ``container.stop {name, timeout}`` -> ``{name, state, exit_code}``;  ``container.rm {name, force}`` -> ``{removed}``
 ``container.ps`` -> ``[{name, id, host, network, ip, mac, image, command, state, exit_code, …}]`` (any node)
 
@@ -25,10 +27,11 @@ import time
 from typing import Callable
 
 from .. import layout, protocol
+from ..cluster import ports
 from ..cluster.liveness import down_after
 from ..cluster.scheduler import Request, place
 from ..cluster.specs import check_constraints
-from ..cluster.state import check_container_name
+from ..cluster.state import check_container_name, ports_conflict
 from ..cluster.views import MAYBE_RUNNING, container_view, down_hosts
 from ..consensus import RaftNode
 from ..consensus.writes import Session, replicate
@@ -36,6 +39,7 @@ from ..errors import StateError
 from ..images.config import ImageConfig, effective, effective_health
 from ..images.errors import ImageSourceError
 from ..images.reference import DIGEST_RE
+from ..netfilter import listeners
 from ..overlay import OverlayError
 from ..runtime import ContainerError, ContainerNotFound, ContainerRunning, ContainerSpec, ImageNotFound
 from ..workload import RecordOfAnotherAttempt, Workload
@@ -129,6 +133,7 @@ class ContainerHandlers:
         check_container_name(name)
         fields = container_fields(name, params)
         layers = fields["layers"]
+        publish = self._publish(raft, params.get("publish") or [])
         container_id = secrets.token_hex(6)
         spec = ContainerSpec(id=container_id, name=name, image=fields["image_digest"][7:], command=fields["command"],
                              env=fields["env"], workdir=fields["workdir"], limits=fields["limits"], resolv_conf="",
@@ -139,8 +144,8 @@ class ContainerHandlers:
         def create(observed: dict) -> dict:
             return replicate(raft, "create_container", {"spec": {
                 **fields, "name": name, "id": container_id, "host": self._node, "network": params.get("network"),
-                **({"auto_remove": params["auto_remove"]} if "auto_remove" in params else {})},
-                "ts": ts, "observed": observed}, session)
+                "publish": publish, **({"auto_remove": params["auto_remove"]} if "auto_remove" in params else {})},
+                "ts": ts, "observed": observed, "gateway": True}, session)
 
         with contextlib.ExitStack() as pinned:
             try:  # the layers stay out of a concurrent prune's reach until the container is on disk
@@ -163,7 +168,8 @@ class ContainerHandlers:
         self._workload.report(raft, record, info, session)  # the common path: nothing new to commit
         self._trigger()
         return {"name": record["name"], "id": record["id"], "ip": record["ip"], "host": record["host"],
-                "network": record["network"], "image_digest": record.get("image_digest") or fields["image_digest"]}
+                "network": record["network"], "network_name": self._network_name(raft, record),
+                "image_digest": record.get("image_digest") or fields["image_digest"], "publish": record.get("publish", [])}
 
     def place(self, params: dict) -> dict:
         """`run` without a host: the cluster picks it (inside the replicated command), its agent starts
@@ -174,14 +180,18 @@ class ContainerHandlers:
         check_container_name(name)
         fields = container_fields(name, params)
         constraints = params.get("constraints") or []
+        try:  # which host has the port free is the scheduler's to say
+            publish = ports.check(params.get("publish") or [])
+        except ports.PortError as error:
+            raise rejected(str(error)) from None
         spec = {**fields, "name": name, "id": secrets.token_hex(6), "network": params.get("network"),
-                "constraints": constraints, "tty": bool(params.get("tty")),
+                "constraints": constraints, "publish": publish, "tty": bool(params.get("tty")),
                 "interactive": bool(params.get("interactive")),
                 **({"auto_remove": params["auto_remove"]} if "auto_remove" in params else {})}
         now = time.time()
         window, hint = raft.read(lambda state: _placement_hint(state, name, spec, now, self._heartbeat_interval))
-        record = replicate(raft, "place_container", {"spec": spec, "ts": now, "down_after": window, "hint": hint},
-                           session)
+        record = replicate(raft, "place_container", {"spec": spec, "ts": now, "down_after": window, "hint": hint,
+                                                     "gateway": True}, session)
         self._trigger()
         observed = self._wait_started(raft, record)
         if observed["state"] == "dead" and (observed.get("reason") or "").startswith("failed to start"):
@@ -191,7 +201,45 @@ class ContainerHandlers:
             raise protocol.ProtocolError(code, f"container {record['name']} failed to start on {record['host']}: "
                                          f"{observed['reason'][len('failed to start: '):]}")
         return {"name": record["name"], "id": record["id"], "ip": record["ip"], "host": record["host"],
-                "network": record["network"], "image_digest": record.get("image_digest")}
+                "network": record["network"], "network_name": self._network_name(raft, record),
+                "image_digest": record.get("image_digest"), "publish": record.get("publish", [])}
+
+    @staticmethod
+    def _network_name(raft: RaftNode, record: dict) -> str | None:
+        return raft.read(lambda state: state.networks.get(record["network"], {}).get("name"))
+
+    def _publish(self, raft: RaftNode, value: object) -> list[dict]:
+        """The request's published ports, checked before anything is made against what this host's
+        own processes listen on and what its containers publish (as this replica knows it; the
+        cluster checks that again when it records the container)."""
+        try:
+            wanted = ports.check(value)
+        except ports.PortError as error:
+            raise rejected(str(error)) from None
+        if not wanted:
+            return wanted
+        node = self._node
+
+        def published_here(state) -> list[tuple[str, dict]]:
+            return [(c["name"], dict(p)) for c in state.containers.values() if c["host"] == node
+                    for p in c.get("publish") or ()]
+
+        taken = raft.read(published_here)
+        for port in wanted:
+            holder = next((name for name, theirs in taken if ports.clash(port, theirs)), None)
+            if holder is not None:
+                raise ports_conflict(port, node, holder)
+        gateways = raft.read(lambda state: {n["gateway"] for n in state.networks.values() if n.get("gateway")})
+        for port in wanted:
+            if port["protocol"] == "udp" and port["host_port"] == self._workload.cfg.vxlan_port:
+                held = f"the cluster's VXLAN port {port['host_port']}/udp"
+            else:
+                found = listeners.holder(port, listeners.listening(port["protocol"]), gateways)
+                held = f"a process of the host listens on {found}" if found else None
+            if held:
+                raise protocol.ProtocolError(protocol.CONFLICT, f"port {ports.describe(port)} is in use on "
+                                             f"{self._node} ({held}) — pick another host port")
+        return wanted
 
     def _wait_started(self, raft: RaftNode, record: dict) -> dict:
         """The container's first observation other than "created", as its host reported it."""
@@ -212,9 +260,9 @@ class ContainerHandlers:
     def _start(self, raft: RaftNode, record: dict, image_id: str, lowers: list[str], params: dict,
                session: Session):
         """Start the container of a record an earlier attempt of this request made (its address known)."""
-        vni = raft.read(lambda state: state.networks[record["network"]]["vni"])
+        net = raft.read(lambda state: copy.deepcopy(state.networks[record["network"]]))
         try:
-            return self._workload.start(record, vni, image_id, lowers, tty=bool(params.get("tty")),
+            return self._workload.start(record, net, image_id, lowers, tty=bool(params.get("tty")),
                                         stdin=bool(params.get("interactive")), security=security_of(params))
         except (ContainerError, OverlayError, OSError) as error:
             self._workload.undo_create(raft, record, session)
@@ -301,4 +349,4 @@ class ContainerHandlers:
     def ps(self, params: dict) -> list[dict]:
         state = self._reads.snapshot(raft_of(self._get_raft), params)["state"]
         down = self._down(state)
-        return [container_view(record, down) for _, record in sorted(state["containers"].items())]
+        return [container_view(record, down, state["networks"]) for _, record in sorted(state["containers"].items())]

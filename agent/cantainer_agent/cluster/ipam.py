@@ -6,8 +6,9 @@ two containers can never get one address and no lock is needed.
 Rules (documented in the README):
 - a network is an IPv4 CIDR between /8 and /30, written without host bits, of unicast addresses
   (not 0/8, loopback, link-local, multicast or the reserved 240/4: no host can use those);
-- no gateway address is reserved: containers talk only within their subnet (the bridge has no IP),
-  so every host address (network + 1 … broadcast − 1) is usable;
+- the first host address (network + 1) is the network's gateway, reserved: the address its bridge
+  holds on every host (docs/design/networking.md); networks recorded before gateways existed have
+  none, and every host address is a container's there;
 - allocation takes the lowest free host address; a released address is reused by the next run;
 - VNIs are allocated from 4096 upwards (docker's range), lowest unused first.
 """
@@ -71,6 +72,10 @@ def check_no_overlap(network: ipaddress.IPv4Network, existing: list[str]) -> Non
     for other in existing:
         if network.overlaps(ipaddress.ip_network(other)):
             raise IpamConflict(f"network {network} overlaps existing network {other} — pick a CIDR outside it")
+
+
+def gateway_address(network: ipaddress.IPv4Network) -> str:
+    return str(network.network_address + 1)
 
 
 def lowest_free_address(network: ipaddress.IPv4Network, used: set[str]) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import Conflict
-from .specs import constraint_holds, publish_text
+from .specs import constraint_holds
 
 GONE = ("exited", "dead")
 RESTARTING = ("on-failure", "always", "unless-stopped")
@@ -121,7 +121,7 @@ def why_not(host: str, node: dict, load: Load, request: Request, now: float, dow
             return f"{max(free, 0):.3g} of {total:g} CPUs free, {request.cpus:g} asked"
     for entry in request.publish:
         if (entry["host_port"], entry["protocol"]) in load.ports:
-            return f"port {publish_text(entry).split(':')[0]}/{entry['protocol']} already published there"
+            return f"port {entry['host_port']}/{entry['protocol']} already published there"
     return None
 
 

@@ -244,7 +244,8 @@ class ServiceCommands:
         task = {"service": service, "service_id": record["id"], "slot": slot, "version": record["version"],
                 "update_seq": record["update"]["seq"]}
         try:
-            return self._new_container(name, {**spec, "id": id, "name": name}, host, ts, placed=True, task=task)
+            return self._new_container(name, {**spec, "id": id, "name": name}, host, ts, placed=True, task=task,
+                                       gateway=spec.get("gateway") is True)
         except StateError:
             if renamed is not None:
                 self.containers[renamed].pop("superseded_at", None)

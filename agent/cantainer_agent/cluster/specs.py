@@ -3,8 +3,8 @@
 Restart policy ``no | on-failure[:MAX] | always | unless-stopped`` → ``{"policy", "max"}``; health
 check (docker's HEALTHCHECK: ``test`` as ``["CMD", …]`` or ``["CMD-SHELL", cmd]``, durations in
 seconds) → ``{"test", "interval", "timeout", "retries", "start_period"}``; placement constraints
-``host==H``, ``host!=H``, ``label.KEY==V``, ``label.KEY!=V``; published ports ``HOST:CONTAINER[/tcp|udp]``
-→ ``{"host_port", "container_port", "protocol"}``. Names: a container's name is a DNS label
+``host==H``, ``host!=H``, ``label.KEY==V``, ``label.KEY!=V``; published ports as
+cluster/ports.py has them. Names: a container's name is a DNS label
 (``[a-z0-9-]``, 1-63); a service task is ``SERVICE.SLOT`` (slot: a number, or a host name in global
 mode) and a task being retired ``SERVICE.SLOT.ID`` (its 12 hex digits) — the dots are reserved for tasks, and inside the
 container the hostname is the name with dots turned into hyphens (one valid DNS label).
@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from ..errors import StateError
+from . import ports
 
 LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 CONTAINER_NAME_RE = re.compile(rf"^{LABEL}$")
@@ -32,7 +33,6 @@ LABEL_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 CONSTRAINT_RE = re.compile(r"^(host|label\.([^=!\s]+))\s*(==|!=)\s*(\S+)$")
 MAX_CONSTRAINTS = 32
-MAX_PUBLISH = 64
 
 
 def check_container_name(name: Any, task: bool = False) -> str:
@@ -203,45 +203,11 @@ def check_labels(value: Any) -> dict[str, str]:
 # ----------------------------------------------------------------------------------- publish
 
 
-def parse_publish(text: Any) -> dict:
-    """``8080:80`` or ``8080:80/udp`` → {"host_port": 8080, "container_port": 80, "protocol": "tcp"}."""
-    if isinstance(text, dict):
-        return check_publish_entry(text)
-    if not isinstance(text, str):
-        raise StateError("a published port is a string like 8080:80 or 5353:53/udp")
-    ports, _, protocol = text.partition("/")
-    host, sep, container = ports.partition(":")
-    if not sep or not host.isdigit() or not container.isdigit():
-        raise StateError(f"published port {text!r} must be HOST_PORT:CONTAINER_PORT[/tcp|udp], e.g. 8080:80")
-    return check_publish_entry({"host_port": int(host), "container_port": int(container),
-                                "protocol": protocol or "tcp"})
-
-
-def check_publish_entry(value: Any) -> dict:
-    if not isinstance(value, dict) or set(value) != {"host_port", "container_port", "protocol"}:
-        raise StateError("a published port is {host_port, container_port, protocol}")
-    for key in ("host_port", "container_port"):
-        if type(value[key]) is not int or not 1 <= value[key] <= 65535:
-            raise StateError(f"published {key.replace('_', ' ')} {value[key]!r} must be from 1 to 65535")
-    if value["protocol"] not in ("tcp", "udp"):
-        raise StateError(f"published port protocol {value['protocol']!r} must be tcp or udp")
-    return dict(value)
-
-
 def check_publish(value: Any) -> list[dict]:
+    """Published ports (cluster/ports.py: docker's ``[HOSTIP:]HOST:CONTAINER[/tcp|udp]`` or its dicts)."""
     if value is None:
         return []
-    if not isinstance(value, list) or len(value) > MAX_PUBLISH:
-        raise StateError(f"published ports must be a list of at most {MAX_PUBLISH}")
-    out = [parse_publish(item) for item in value]
-    seen = set()
-    for entry in out:
-        key = (entry["host_port"], entry["protocol"])
-        if key in seen:
-            raise StateError(f"host port {entry['host_port']}/{entry['protocol']} is published twice")
-        seen.add(key)
-    return out
-
-
-def publish_text(entry: dict) -> str:
-    return f"{entry['host_port']}:{entry['container_port']}/{entry['protocol']}"
+    try:
+        return ports.check(value)
+    except ports.PortError as error:
+        raise StateError(str(error)) from None

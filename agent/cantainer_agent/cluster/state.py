@@ -7,9 +7,10 @@ refused command raises ``StateError`` and changes nothing. The state pickles to 
 
     nodes:      {name: {address, raft_addr, join_addr, version, bundle, heartbeat, joined_at, overlay?,
                         labels, capacity: {memory, cpus}, layers: [diff_id]}}
-    networks:   {cidr: {cidr, vni, created_at, ips: {ip: container name}}}
-    containers: {name: {name, id, host, network, ip, mac, image, image_digest, command, env, workdir, user,
-                        stop_signal, ports, limits,
+    networks:   {cidr: {cidr, name, vni, gateway (None: made before gateways), internal, created_at,
+                        ips: {ip: container name}}}
+    containers: {name: {name, id, host, network (its CIDR), ip, mac, image, image_digest, command, env, workdir,
+                        user, stop_signal, ports (the image's exposed), limits,
                         created_at, desired: running|stopped, auto_remove (absent: false),
                         restart?, health?, publish?, placed? (+ layers, constraints, tty, interactive),
                         service?, service_id?, slot?, version?, update_seq?, superseded_at?, retire?,
@@ -26,18 +27,22 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import ipaddress
 import pickle
 import re
 from typing import Any
 
 from ..errors import AlreadyExists, Conflict, NotFound, StateError
 from ..overlay.model import mac_for_ip  # one derivation, shared with the overlay
-from . import ipam, specs
+from . import ipam, ports, specs
 from . import sessions as S
 from .scheduler import Request, place
 from .services import ServiceCommands
 
-SCHEMA_VERSION = 1
+# 2: networks have a name, a gateway and ``internal``; containers ``publish``. Older snapshots and
+# log entries still load and apply exactly as they did (``_upgrade``; commands' new arguments default
+# to the old behaviour).
+SCHEMA_VERSION = 2
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 CONTAINER_NAME_RE = specs.CONTAINER_NAME_RE
 CONTAINER_STATES = ("created", "running", "exited", "dead", "unknown")
@@ -97,7 +102,7 @@ class ClusterState(ServiceCommands):
 
     def __setstate__(self, data: dict) -> None:
         self.nodes = dict(data.get("nodes", {}))
-        self.networks = dict(data.get("networks", {}))
+        self.networks = {cidr: _upgrade_network(record) for cidr, record in data.get("networks", {}).items()}
         self.containers = dict(data.get("containers", {}))
         self.services = dict(data.get("services", {}))
         self.sessions = S.Sessions(data.get("sessions"))
@@ -234,24 +239,67 @@ class ClusterState(ServiceCommands):
 
     # ------------------------------------------------------------ networks
 
-    def apply_create_network(self, cidr: str, ts: float) -> dict:
-        """Create a network (idempotent for the same CIDR); returns its record without ``ips``, and
-        ``created``: whether this command made it (False: it existed)."""
+    def apply_create_network(self, cidr: str, ts: float, name: str | None = None, internal: bool = False,
+                             gateway: bool = False) -> dict:
+        """Create a network (idempotent for the same CIDR and options); returns its view and ``created``:
+        whether this command made it (False: it existed).
+
+        *gateway*: reserve the first host address as the network's gateway (every caller since
+        named networks passes True; log entries from before lack it and make a network without one,
+        as they did). *name* defaults to ``net-A-B-C-D-P``; *internal* networks have no egress."""
         network = ipam.parse_cidr(cidr)
         key = str(network)
-        created = key not in self.networks
-        if created:
-            ipam.check_unicast(network)
-            ipam.check_no_overlap(network, list(self.networks))
-            vni = ipam.lowest_free_vni({n["vni"] for n in self.networks.values()})
-            self.networks[key] = {"cidr": key, "vni": vni, "created_at": _check_ts("ts", ts), "ips": {}}
-        return {**_network_view(self.networks[key]), "created": created}
+        if type(internal) is not bool or type(gateway) is not bool:
+            raise StateError("internal and gateway must be true or false")
+        if name is not None:
+            check_network_name(name, key)
+        existing = self.networks.get(key)
+        if existing is not None:
+            if name is not None and name != existing["name"]:
+                raise AlreadyExists(f"network {key} already exists, named {existing['name']!r} — use that name "
+                                    "or another CIDR")
+            if internal != existing["internal"]:
+                raise Conflict(f"network {key} already exists and is {'' if existing['internal'] else 'not '}"
+                               "internal — remove it first to change that")
+            return {**_network_view(existing), "created": False}
+        name = name if name is not None else default_network_name(key)
+        if self._network_named(name) is not None:
+            raise AlreadyExists(f"network name {name!r} is already used by {self._network_named(name)} — "
+                                "pick another name")
+        if internal and not gateway:
+            raise StateError("an internal network needs a gateway (its DNS server)")
+        ipam.check_unicast(network)
+        ipam.check_no_overlap(network, list(self.networks))
+        vni = ipam.lowest_free_vni({n["vni"] for n in self.networks.values()})
+        self.networks[key] = {"cidr": key, "name": name, "vni": vni,
+                              "gateway": ipam.gateway_address(network) if gateway else None,
+                              "internal": internal, "created_at": _check_ts("ts", ts), "ips": {}}
+        return {**_network_view(self.networks[key]), "created": True}
+
+    def _network_named(self, name: str) -> str | None:
+        for key, record in self.networks.items():
+            if record["name"] == name:
+                return key
+        return None
+
+    def network_key(self, ref: Any) -> str:
+        """The CIDR of the network *ref* names (a name or a CIDR); NotFound if there is none."""
+        if isinstance(ref, str) and "/" not in ref:
+            key = self._network_named(ref)
+            if key is None:
+                check_network_name(ref)
+                raise NotFound(f"no network named {ref!r} — see `cantainer network ls`, or create it with "
+                               f"`cantainer network create CIDR --name {ref}`")
+            return key
+        key = str(ipam.parse_cidr(ref))
+        if key not in self.networks:
+            raise NotFound(f"network {key} does not exist — see `cantainer network ls`")
+        return key
 
     def apply_delete_network(self, cidr: str) -> bool:
-        key = str(ipam.parse_cidr(cidr))
-        record = self.networks.get(key)
-        if record is None:
-            raise NotFound(f"network {key} does not exist — see `cantainer network ls`")
+        """Remove an unused network; *cidr* is its CIDR or its name."""
+        key = self.network_key(cidr)
+        record = self.networks[key]
         if record["ips"]:
             names = sorted(record["ips"].values())
             users = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -263,11 +311,14 @@ class ClusterState(ServiceCommands):
 
     # ---------------------------------------------------------- containers
 
-    def apply_create_container(self, spec: dict, ts: float, observed: dict | None = None) -> dict:
-        """Record a container on the host its spec names and allocate its address (creating its
-        network implicitly); that host's agent starts it (the API that asked for it). *observed*
-        ``{state: "running", pid, started_at}``: that host already made it and runs it as soon as
-        this commits (the one commit of a `run`); without it the record starts as "created"."""
+    def apply_create_container(self, spec: dict, ts: float, observed: dict | None = None,
+                               gateway: bool = False) -> dict:
+        """Record a container on the host its spec names and allocate its address. ``spec["network"]``
+        is a network's name or CIDR; a CIDR nobody has is created (*gateway*: as ``create_network`` —
+        entries from before gateways lack it); ``spec["publish"]``: its published ports, unique per
+        host. That host's agent starts it (the API that asked for it). *observed* ``{state: "running",
+        pid, started_at}``: that host already made it and runs it as soon as this commits (the one
+        commit of a `run`); without it the record starts as "created"."""
         name = check_container_name(spec.get("name"))
         existing = self._same_request(name, spec)
         if existing is not None:
@@ -276,12 +327,13 @@ class ClusterState(ServiceCommands):
         if host not in self.nodes:
             raise StateError(f"host {host!r} is not a member of this cluster")
         first = _first_observation(observed, _check_ts("ts", ts))
-        return self._new_container(name, spec, host, ts, first=first)
+        return self._new_container(name, spec, host, ts, first=first, gateway=gateway)
 
-    def apply_place_container(self, spec: dict, ts: float, down_after: float, hint: str | None = None) -> dict:
+    def apply_place_container(self, spec: dict, ts: float, down_after: float, hint: str | None = None,
+                              gateway: bool = False) -> dict:
         """Record a container on the host the scheduler picks (cluster/scheduler.py; *hint*: the
         proposer's pick, taken if it fits); its agent starts it. *down_after*: the proposer's window
-        after which a silent host counts as down."""
+        after which a silent host counts as down. *gateway*: as in ``create_container``."""
         name = check_container_name(spec.get("name"))
         existing = self._same_request(name, spec)
         if existing is not None:
@@ -290,7 +342,7 @@ class ClusterState(ServiceCommands):
         request = Request.of(name, checked)
         host = place(self.nodes, self.containers, request, _check_ts("ts", ts), _check_ts("down_after", down_after),
                      hint if isinstance(hint, str) else None)
-        return self._new_container(name, {**spec, **checked}, host, ts, placed=True)
+        return self._new_container(name, {**spec, **checked}, host, ts, placed=True, gateway=gateway)
 
     def _check_template(self, spec: Any) -> dict:
         """A service's task template: everything a task is made of but its name, id and host."""
@@ -306,13 +358,19 @@ class ClusterState(ServiceCommands):
             "stop_signal": _check_signal(spec.get("stop_signal", 15)),
             "ports": _check_str_list("ports", spec.get("ports", []), allow_empty=True),
             "network": self._check_new_network(spec.get("network")),
+            # its network, when a task creates it, gets a gateway (services from before gateways: none)
+            "gateway": spec.get("gateway") is True,
             **_check_optional(spec),
             **_check_placement(spec),
         }
-        return {key: value for key, value in template.items() if value != [] or key in ("ports", "layers")}
+        return {key: value for key, value in template.items()
+                if value not in ([], False) or key in ("ports", "layers")}
 
     def _check_new_network(self, cidr: Any) -> str:
-        """A network a container may join: one that exists, or one create_network would accept."""
+        """A network a container may join: one that exists (by name or CIDR), or one create_network would
+        accept; its CIDR."""
+        if isinstance(cidr, str) and "/" not in cidr:
+            return self.network_key(cidr)
         network = ipam.parse_cidr(cidr)
         if str(network) not in self.networks:
             ipam.check_unicast(network)
@@ -328,7 +386,7 @@ class ClusterState(ServiceCommands):
         return None
 
     def _new_container(self, name: str, spec: dict, host: str, ts: float, placed: bool = False,
-                       task: dict | None = None, first: dict | None = None) -> dict:
+                       task: dict | None = None, first: dict | None = None, gateway: bool = False) -> dict:
         # Validate everything before the first mutation: a refused command changes nothing.
         checked = {
             "id": _check_str("id", spec.get("id"), 64),
@@ -358,15 +416,33 @@ class ClusterState(ServiceCommands):
         for key in ("publish", "constraints"):
             if not optional.get(key):
                 optional.pop(key, None)
-        network = self.apply_create_network(spec.get("network"), ts)
-        record = self.networks[network["cidr"]]
-        ip = ipam.lowest_free_address(ipam.parse_cidr(network["cidr"]), set(record["ips"]))
+        if type(gateway) is not bool:
+            raise StateError("gateway must be true or false")
+        publish = optional.get("publish", [])
+        ref = spec.get("network")
+        key = self.network_key(ref) if isinstance(ref, str) and "/" not in ref else str(ipam.parse_cidr(ref))
+        record = self.networks.get(key)
+        if publish and record is not None and record["internal"]:
+            raise StateError(f"network {record['name']} is internal: nothing outside reaches it, so it has no "
+                             "published ports — drop -p or use another network")
+        for port in publish:
+            inside = [cidr for cidr in self.networks if port["host_ip"] != ports.ANY
+                      and ipaddress.IPv4Address(port["host_ip"]) in ipaddress.IPv4Network(cidr)]
+            if inside:
+                raise StateError(f"-p {ports.format_port(port)}: {port['host_ip']} is inside network {inside[0]} — "
+                                 "publish on an address of the host")
+        if not placed:  # placement already passed over hosts whose active containers hold the port
+            self._check_ports_free(host, name, publish)
+        if record is None:
+            record = self.networks[self.apply_create_network(key, ts, gateway=gateway)["cidr"]]
+        reserved = {record["gateway"]} if record.get("gateway") else set()
+        ip = ipam.lowest_free_address(ipam.parse_cidr(key), set(record["ips"]) | reserved)
         record["ips"][ip] = name
         container = {
             "name": name,
             "id": checked["id"],
             "host": host,
-            "network": network["cidr"],
+            "network": key,
             "ip": ip,
             "mac": mac_for_ip(ip),
             "image": checked["image"],
@@ -387,6 +463,16 @@ class ClusterState(ServiceCommands):
         }
         self.containers[name] = container
         return copy.deepcopy(container)
+
+    def _check_ports_free(self, host: str, name: str, publish: list[dict]) -> None:
+        """A host port is held by its container until the container is removed (whatever its state)."""
+        for other in self.containers.values():
+            if other["host"] != host or other["name"] == name:
+                continue
+            for theirs in other.get("publish") or ():
+                for mine in publish:
+                    if ports.clash(mine, theirs):
+                        raise ports_conflict(mine, host, other["name"])
 
     def apply_container_observed(self, name: str, host: str, observed: dict, ts: float) -> bool:
         """The container's host reports what it sees; reports from any other host are refused."""
@@ -464,6 +550,41 @@ def _first_observation(observed: Any, ts: float) -> dict:
     if type(pid) is not int or pid <= 0:
         raise StateError("pid must be a positive integer")
     return {**record, "state": "running", "pid": pid, "started_at": _check_ts("started_at", observed.get("started_at"))}
+
+
+# A network's name is a DNS label (containers find each other as NAME.NETWORK) starting with a letter,
+# so it never reads as an address. ``net-A-B-C-D-P`` is what a CIDR-only network is called.
+NETWORK_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_DEFAULT_NAME_RE = re.compile(r"^net(-[0-9]+){5}$")
+
+
+def default_network_name(cidr: str) -> str:
+    return "net-" + cidr.replace(".", "-").replace("/", "-")
+
+
+def check_network_name(name: Any, cidr: str | None = None) -> str:
+    if not isinstance(name, str) or not NETWORK_NAME_RE.match(name):
+        raise StateError(f"network name {name!r} is invalid — use 1-63 lowercase letters, digits and hyphens, "
+                         "starting with a letter and ending with a letter or digit")
+    if _DEFAULT_NAME_RE.match(name) and (cidr is None or name != default_network_name(cidr)):
+        raise StateError(f"network name {name!r} is reserved for the network of that CIDR — pick another name")
+    return name
+
+
+def ports_conflict(port: dict, host: str, holder: str) -> Conflict:
+    return Conflict(f"port {ports.describe(port)} is already published on {host} by container {holder!r} — "
+                    "pick another host port, or remove that container first")
+
+
+def _upgrade_network(record: dict) -> dict:
+    """A network record of any schema as schema 2 has it (what replaying its log entries gives)."""
+    if "name" in record:
+        return record
+    return {**record, "name": default_network_name(record["cidr"]), "gateway": None, "internal": False}
+
+
+def _upgrade_container(record: dict) -> dict:
+    return record if "publish" in record else {**record, "publish": []}
 
 
 def check_container_name(name: Any) -> str:
@@ -573,8 +694,8 @@ def _check_overlay_summary(value: Any) -> dict:
 
 
 def _network_view(record: dict) -> dict:
-    return {"cidr": record["cidr"], "vni": record["vni"], "created_at": record["created_at"],
-            "containers": len(record["ips"])}
+    return {"cidr": record["cidr"], "name": record["name"], "vni": record["vni"], "gateway": record["gateway"],
+            "internal": record["internal"], "created_at": record["created_at"], "containers": len(record["ips"])}
 
 
 def _check_str_list(key: str, value: Any, allow_empty: bool = False) -> list[str]:

@@ -23,17 +23,19 @@ def down_hosts(state: dict, now: float, heartbeat_interval: float, self_node: st
             if name != self_node and now - rec["heartbeat"] >= window}
 
 
-def container_view(record: dict, down: dict[str, float] | None = None) -> dict:
-    """The API's view of a container record; *down* is ``down_hosts`` (its host down: ``unknown``)."""
+def container_view(record: dict, down: dict[str, float] | None = None, networks: dict | None = None) -> dict:
+    """The API's view of a container record; *down* is ``down_hosts`` (its host down: ``unknown``);
+    *networks* (the state's) names its network."""
     observed = record.get("observed", {})
     state, reason, since = observed.get("state", "unknown"), observed.get("reason"), None
     if down and record["host"] in down and state in MAYBE_RUNNING:
         state, reason, since = "unknown", f"host {record['host']} is down", down[record["host"]]
     return {
         "name": record["name"], "id": record["id"], "host": record["host"], "network": record["network"],
+        "network_name": ((networks or {}).get(record["network"]) or {}).get("name"),
         "ip": record["ip"], "mac": record["mac"], "image": record["image"],
         "image_digest": record.get("image_digest") or None, "user": record.get("user", ""),
-        "ports": record.get("ports", []), "command": record["command"],
+        "ports": record.get("ports", []), "publish": record.get("publish", []), "command": record["command"],
         "desired": record["desired"], "state": state, "exit_code": observed.get("exit_code"), "reason": reason,
         "oom_killed": reason == "oom-killed", "unknown_since": since, "auto_remove": bool(record.get("auto_remove")),
         "started_at": observed.get("started_at"), "finished_at": observed.get("finished_at"),
@@ -89,11 +91,13 @@ def published_ports(state: dict, down: dict[str, float]) -> dict[str, list[dict]
 
 
 def network_views(state: dict) -> list[dict]:
+    """Networks by name: cidr, vni, gateway (None: a network from before gateways), internal, hosts, containers."""
     views = []
-    for cidr, network in sorted(state["networks"].items()):
+    for cidr, network in sorted(state["networks"].items(), key=lambda item: item[1]["name"]):
         members = [state["containers"][name] for name in network["ips"].values() if name in state["containers"]]
-        views.append({"cidr": cidr, "vni": network["vni"], "containers": len(members),
-                      "hosts": sorted({c["host"] for c in members})})
+        views.append({"name": network["name"], "cidr": cidr, "vni": network["vni"], "gateway": network["gateway"],
+                      "internal": network["internal"], "containers": len(members),
+                      "hosts": sorted({c["host"] for c in members}), "created_at": network["created_at"]})
     return views
 
 
@@ -165,5 +169,6 @@ def build_status(*, node: str, cluster: str, snap: dict, now: float, heartbeat_i
         },
         "nodes": nodes,
         "networks": network_views(state),
-        "containers": [container_view(record, down) for _, record in sorted(state["containers"].items())],
+        "containers": [container_view(record, down, state["networks"])
+                       for _, record in sorted(state["containers"].items())],
     }

@@ -193,14 +193,14 @@ class ContainersController:
 
         def work() -> None:
             try:
-                self._start(record, network["vni"], restart, book)
+                self._start(record, network, restart, book)
             finally:
                 marker.__exit__(None, None, None)
                 self._trigger()
 
         self._pool.submit(work)
 
-    def _start(self, record: dict, vni: int, restart: bool, book: dict | None) -> None:
+    def _start(self, record: dict, network: dict, restart: bool, book: dict | None) -> None:
         container_id = record["id"]
         runtime = self._workload.runtime
         if book is not None:
@@ -211,14 +211,14 @@ class ContainersController:
                      book["history"][-1]["delay"])
         try:
             if restart:
-                self._workload.restart(record, vni)
+                self._workload.restart(record, network)
             else:
                 try:
                     self._workload.remove_local(container_id)  # a leftover of a start that was cut short
                 except ContainerError:
                     pass
                 with self._workload.image_layers(record.get("layers") or []) as lowers:
-                    self._workload.start(record, vni, record["image_digest"][7:], lowers,
+                    self._workload.start(record, network, record["image_digest"][7:], lowers,
                                          tty=bool(record.get("tty")), stdin=bool(record.get("interactive")),
                                          security=record.get("security"))
                 if book is not None:

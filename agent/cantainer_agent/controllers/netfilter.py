@@ -1,20 +1,27 @@
-"""The netfilter controller: keeps this host's nftables table ``inet cantainer`` as the cluster wants it.
+"""The netfilter controller: keeps this host's nftables tables (``inet``/``bridge cantainer``) as the cluster wants.
 
-Level-triggered like the others (``sync(snapshot)``): each pass builds the table from the state
-(netfilter/ruleset.py), lists the kernel's, and changes only what differs — set elements in place
-when the structure matches, else the whole table re-created in one transaction (no moment without
-rules). The structure is compared with the listing our own last re-creation left (nft normalises
-what it is given; comparing with what we sent would never match), so the first pass after a start
-re-creates the table once and every later pass finds it equal. Stopping the agent leaves the table
-in place: the kernel keeps filtering while no agent runs. ``remove`` (teardown) deletes it.
+Level-triggered like the others (``sync(snapshot)``): each pass builds the tables from the state
+(netfilter/ruleset.py, from ``rules_of``), lists the kernel's, and changes only what differs — set
+and map elements in place when the structure matches, else both tables re-created in one
+transaction (no moment without rules). The structure is compared with the listing our own last
+re-creation left (nft normalises what it is given; comparing with what we sent would never match),
+so the first pass after a start re-creates the tables once and every later pass finds them equal.
+A published port that goes away also takes its connections out of conntrack (a UDP flow would
+otherwise keep reaching the old address until it times out). Stopping the agent leaves the tables
+in place: the kernel keeps filtering while no agent runs. ``remove`` (teardown) deletes them.
 """
 from __future__ import annotations
 
 import logging
+import socket
+from typing import Iterable
 
+from ..cluster.ports import ANY, host_ip
 from ..netfilter import Nft, ruleset
+from ..overlay.model import bridge_name
 
 log = logging.getLogger(__name__)
+GONE_STATES = ("exited", "dead")  # no process, no veth: nothing to forward to (as the overlay controller)
 
 
 def members_of(state: dict, own_address: str) -> set[str]:
@@ -22,14 +29,37 @@ def members_of(state: dict, own_address: str) -> set[str]:
     return {node["address"] for node in state["nodes"].values() if node.get("address")} | {own_address}
 
 
+def rules_of(state: dict, node: str) -> tuple[list[ruleset.NetworkRules], list[ruleset.PortRule],
+                                                list[tuple[str, str, int]]]:
+    """Pure: every network, this node's published ports, and every host's published (address, protocol, port)."""
+    networks = [ruleset.NetworkRules(bridge_name(record["vni"]), cidr, record.get("gateway"),
+                                     bool(record.get("internal")))
+                for cidr, record in state["networks"].items()]
+    ports, published = [], []
+    for container in state["containers"].values():
+        if not container.get("publish") or container.get("observed", {}).get("state") in GONE_STATES:
+            continue
+        host = state["nodes"].get(container["host"])
+        for port in container["publish"]:
+            if container["host"] == node:
+                ports.append(ruleset.PortRule(port["protocol"], host_ip(port), port["host_port"], container["ip"],
+                                              port["container_port"]))
+            address = host_ip(port) if host_ip(port) != ANY else (host or {}).get("address")
+            if address:
+                published.append((address, port["protocol"], port["host_port"]))
+    return networks, ports, published
+
+
 class NetfilterController:
     name = "netfilter"
 
-    def __init__(self, address: str, vxlan_port: int, nft: Nft | None = None) -> None:
+    def __init__(self, address: str, vxlan_port: int, nft: Nft | None = None, node: str = "") -> None:
         self._address = address
         self._vxlan_port = vxlan_port
+        self._node = node
         self._nft = nft or Nft()
         self._baseline: tuple[str, str] | None = None  # (ruleset key, listed structure) after our last re-create
+        self._ports: set[ruleset.PortRule] | None = None  # as of the last applied pass
         self.changes = 0  # batches applied (tests read it)
         self.members: frozenset[str] = frozenset()  # as of the last pass (the join port reserves them slots)
 
@@ -38,19 +68,26 @@ class NetfilterController:
 
     def observe(self) -> ruleset.Observed | None:
         tables = self._nft.run([{"list": {"tables": None}}])
-        if not any(item.get("table", {}).get("name") == ruleset.TABLE
-                   and item["table"].get("family") == ruleset.FAMILY for item in tables):
+        have = {(item["table"].get("family"), item["table"].get("name")) for item in tables if "table" in item}
+        if not all(table in have for table in ruleset.TABLES):
             return None
-        return ruleset.observe(self._nft.run(ruleset.list_command()))
+        # one list per batch: libnftables 1.0.6 mixes up two list commands in one
+        return ruleset.observe([item for command in ruleset.list_command() for item in self._nft.run([command])])
 
     def sync(self, snapshot: dict) -> None:
-        wanted = ruleset.build(members_of(snapshot["state"], self._address), self._vxlan_port)
-        self.members = frozenset().union(*wanted.elements.values())
+        state = snapshot["state"]
+        networks, ports, published = rules_of(state, self._node)
+        wanted = ruleset.build(members_of(state, self._address), self._vxlan_port, networks, ports, published)
+        self.members = frozenset(wanted.elements[ruleset.MEMBERS4] | wanted.elements[ruleset.MEMBERS6])
         observed = self.observe()
         if not snapshot["ready"] and observed is not None:
             return  # a replica still catching up may know too few members: keep the rules we have
         # (no table at all, e.g. after a reboot: what the replica knows beats no rules)
         self.apply(wanted, observed)
+        gone = (self._ports or set()) - set(ports)
+        self._ports = set(ports)
+        if gone:
+            forget_connections(gone)
 
     def apply(self, wanted: ruleset.Ruleset, observed: ruleset.Observed | None) -> None:
         if observed is None or self._baseline != (wanted.key, observed.structure):
@@ -58,17 +95,37 @@ class NetfilterController:
             after = self.observe()
             self._baseline = (wanted.key, after.structure) if after is not None else None
             self.changes += 1
-            log.info("netfilter: table %s %s %s (%d members)", ruleset.FAMILY, ruleset.TABLE,
-                     "created" if observed is None else "re-created",
-                     sum(len(v) for v in wanted.elements.values()))
+            log.info("netfilter: tables %s %s (%d members)", "created" if observed is None else "re-created",
+                     "/".join(f"{family} {name}" for family, name in ruleset.TABLES),
+                     len(wanted.elements[ruleset.MEMBERS4] | wanted.elements[ruleset.MEMBERS6]))
             return
         commands = wanted.element_commands(observed.elements)
         if commands:
             self._nft.run(commands)
             self.changes += 1
-            log.info("netfilter: members now %s", ", ".join(sorted(set().union(*wanted.elements.values()))))
+            log.info("netfilter: %d set(s) changed: %s", len(commands),
+                     ", ".join(sorted({c[next(iter(c))]["element"]["name"] for c in commands})))
+
+
+def forget_connections(gone: Iterable[ruleset.PortRule]) -> int:
+    """Delete the conntrack entries of connections DNAT'd to published ports that went away."""
+    from pyroute2 import Conntrack  # imported here: only hosts that unpublish a port need the socket
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    deleted = 0
+    try:
+        with Conntrack() as ct:
+            for rule in gone:
+                proto = socket.IPPROTO_TCP if rule.protocol == "tcp" else socket.IPPROTO_UDP
+                reply = NFCTAttrTuple(saddr=rule.ip, sport=rule.port, proto=proto)
+                for entry in list(ct.dump_entries(tuple_reply=reply)):
+                    ct.delete(entry)
+                    deleted += 1
+    except Exception as exc:  # noqa: BLE001 - stale flows time out anyway; never fail the pass for it
+        log.warning("netfilter: could not forget connections of removed published ports: %s", exc)
+    return deleted
 
 
 def remove_table(nft: Nft | None = None) -> None:
-    """Delete our table (``cantainer down``, after the agent stopped); nothing if it is absent."""
+    """Delete our tables (``cantainer down``, after the agent stopped); nothing if they are absent."""
     (nft or Nft()).run(ruleset.delete_commands())

@@ -17,9 +17,14 @@ from ..overlay.model import owned_kind
 GONE_STATES = ("exited", "dead")
 
 
+def network_spec(cidr: str, record: dict) -> NetworkSpec:
+    """A network record of the state as the overlay sees it."""
+    return NetworkSpec(cidr, record["vni"], record.get("gateway"), bool(record.get("internal")))
+
+
 def desired_host(state: dict, node: str, vtep: str, mtu: int, vxlan_port: int) -> DesiredHost:
     """Pure: this node's share of the cluster's overlay."""
-    networks = [NetworkSpec(cidr, record["vni"]) for cidr, record in state["networks"].items()]
+    networks = [network_spec(cidr, record) for cidr, record in state["networks"].items()]
     endpoints = []
     for container in state["containers"].values():
         if container.get("observed", {}).get("state") in GONE_STATES:

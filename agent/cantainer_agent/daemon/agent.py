@@ -2,8 +2,9 @@
 
 Start order: directories, the single-instance lock and pid file, the API socket and the join port
 (bound first, to fail fast), raft partners (startup.py: restart, rejoin, bootstrap or join), the
-raft node, then the control loops (containers + overlay; voters; services) and the heartbeat thread, which
-registers this node in the cluster state and then heartbeats every period (cluster/liveness.py).
+raft node, then the control loops (netfilter, dns, containers, overlay; voters; services) and the
+heartbeat thread, which registers this node in the cluster state and then heartbeats every period
+(cluster/liveness.py).
 Single instance: ``data_dir/agent.lock`` is flock()ed for the life of the process.
 """
 from __future__ import annotations
@@ -30,15 +31,17 @@ from ..config import AgentConfig
 from ..consensus import RaftConfig, RaftError, RaftNode
 from ..consensus.writes import Session, replicate
 from ..controllers.containers import ContainersController
+from ..controllers.dns import DnsController, LiveTable
 from ..controllers.health import HealthMonitor
 from ..controllers.loop import ControllerLoop
 from ..controllers.netfilter import NetfilterController
 from ..controllers.overlay import OverlayController
 from ..controllers.services import ServicesController
 from ..controllers.voters import VotersController
+from ..dns import DnsServer, read_resolv_conf
 from ..fsutil import atomic_write, ensure_dir
 from ..join.server import JoinServer, JoinService
-from ..layout import LOCK_NAME
+from ..layout import LOCK_NAME, RESOLV_CONF
 from ..netfilter import NftError, nft_available
 from ..overlay import KernelGuard
 from ..workload import Workload, host_capacity
@@ -80,6 +83,8 @@ class Agent:
         self._layers_dirty = False
         self._layers_session = Session.new(f"layers@{cfg.node}")
         self._layers_lock = threading.Lock()
+        self.dns: DnsServer | None = None
+        self._names: LiveTable | None = None
 
     # ------------------------------------------------------------ start-up
 
@@ -99,7 +104,7 @@ class Agent:
         if missing is not None:
             raise StartupError(f"nftables is required to protect the overlay: {missing}")
         try:
-            netfilter = NetfilterController(cfg.address, cfg.vxlan_port)
+            netfilter = NetfilterController(cfg.address, cfg.vxlan_port, node=cfg.node)
         except NftError as exc:
             raise StartupError(str(exc)) from None
 
@@ -112,7 +117,10 @@ class Agent:
         self.containers = ContainersController(cfg.node, self.workload, lambda: self.raft, self.trigger,
                                                cfg.reschedule_after, health)
         # netfilter first in every pass: its table is in place before the overlay's devices
-        self.loop = ControllerLoop("reconcile", [netfilter, self.containers, self.overlay], self._snapshot)
+        self._names = LiveTable(self._read)
+        self.dns = DnsServer(self._names, lambda: read_resolv_conf(RESOLV_CONF))
+        self.loop = ControllerLoop("reconcile", [netfilter, DnsController(cfg.node, self.dns), self.containers,
+                                                 self.overlay], self._snapshot)
         voters = VotersController(lambda: self.raft, self._secret, voters=cfg.voters,
                                   heartbeat_interval=cfg.heartbeat_interval)
         self._voters_loop = ControllerLoop("voters", [voters], self._status, period=VOTERS_PERIOD, nice=False)
@@ -147,7 +155,7 @@ class Agent:
         except (NftError, RaftError) as exc:
             log.warning("netfilter: first pass failed (the control loop retries): %s", exc)
         self.raft = raft
-        raft.on_state_change = self.loop.trigger
+        raft.on_state_change = self._state_changed
         self.loop.start()
         self._voters_loop.start()
         self._services_loop.start()
@@ -174,6 +182,18 @@ class Agent:
         if self.raft is None:
             raise RaftError("raft is not running yet")
         return self.raft.snapshot()
+
+    def _read(self, fn):
+        if self.raft is None:
+            raise RaftError("raft is not running yet")
+        return self.raft.read(fn)
+
+    def _state_changed(self) -> None:
+        """In raft's tick thread, when a commit changed the state: only signal."""
+        if self._names is not None:
+            self._names.invalidate()
+        if self.loop is not None:
+            self.loop.trigger()
 
     def _status(self) -> dict:
         if self.raft is None:
@@ -302,6 +322,8 @@ class Agent:
             self.containers.close()
         if self.workload is not None:
             self.workload.close()  # stops the fork server only: containers keep running
+        if self.dns is not None:
+            self.dns.close()
         if self.raft is not None:
             self.raft.stop()
         if self._pid_written and read_pid(self.cfg.pid_file) == os.getpid():

@@ -14,8 +14,10 @@ a fresh ``IPRoute()`` where that makes sense. Tests pass ``IPRoute(netns=...)``.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
+import os
 import struct
 from collections import defaultdict
 from contextlib import contextmanager
@@ -48,8 +50,13 @@ RTN_UNICAST = 1
 RT_TABLE_LOCAL = 255
 IFLA_INET_CONF = 1
 # LinkState field -> IPV4_DEVCONF_* index (include/uapi/linux/ip.h)
-DEVCONF = {"ipv4_forwarding": 1, "ipv4_rp_filter": 8, "ipv4_drop_unicast_in_l2_multicast": 30}
+DEVCONF = {"ipv4_forwarding": 1, "ipv4_rp_filter": 8, "ipv4_route_localnet": 26,
+           "ipv4_drop_unicast_in_l2_multicast": 30}
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+NETNS_DIR = "/run/netns"
 IPV6_ADDR_GEN_MODE_NONE = P.IPV6_ADDR_GEN_MODE_NONE
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 # "already gone" answers to a delete: the goal is reached
 _GONE = {errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENXIO}
 
@@ -112,7 +119,53 @@ def observe(ipr: IPRoute) -> Observed:
                 priority=msg.get_attr("RTA_PRIORITY"),
                 gateway=msg.get_attr("RTA_GATEWAY"),
             ))
-    return Observed(links=links, fdb=frozenset(fdb), neigh=frozenset(neigh), routes=frozenset(routes))
+    return Observed(links=links, fdb=frozenset(fdb), neigh=frozenset(neigh), routes=frozenset(routes),
+                    ip_forward=read_ip_forward(ipr))
+
+
+def _in_netns_of(ipr: IPRoute, fn: Callable[[], object]) -> object:
+    """*fn()* in the network namespace *ipr* talks to (tests give it one by name), for /proc/sys/net."""
+    status = getattr(ipr, "status", None)
+    netns = status.get("netns") if isinstance(status, dict) else None
+    if not netns:
+        return fn()
+    box: dict = {}
+
+    def body() -> None:  # a thread of its own enters the namespace: sysctls resolve per task
+        try:
+            fd = os.open(netns if netns.startswith("/") else f"{NETNS_DIR}/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns into {netns}")
+                box["value"] = fn()
+            finally:
+                os.close(fd)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=body, name="netns-sysctl")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def read_ip_forward(ipr: IPRoute) -> int | None:
+    def read() -> int | None:
+        try:
+            with open(IP_FORWARD) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+    return _in_netns_of(ipr, read)  # type: ignore[return-value]
+
+
+def _enable_forwarding(ipr: IPRoute, _action: P.EnableForwarding) -> None:
+    def write() -> None:
+        with open(IP_FORWARD, "w") as f:
+            f.write("1\n")
+    _in_netns_of(ipr, write)
 
 
 def _link_state(msg, names: dict[int, str], addresses: tuple[str, ...]) -> LinkState:
@@ -130,6 +183,7 @@ def _link_state(msg, names: dict[int, str], addresses: tuple[str, ...]) -> LinkS
                 group=data.get_attr("IFLA_VXLAN_GROUP"),
             )
     master = msg.get_attr("IFLA_MASTER")
+    mac = msg.get_attr("IFLA_ADDRESS")
     return LinkState(
         name=msg.get_attr("IFLA_IFNAME"),
         index=msg["index"],
@@ -139,6 +193,7 @@ def _link_state(msg, names: dict[int, str], addresses: tuple[str, ...]) -> LinkS
         master=names.get(master) if master else None,
         addresses=addresses,
         vxlan=vxlan,
+        mac=mac.lower() if mac else None,
         ipv6_addr_gen_mode=msg.get_nested("IFLA_AF_SPEC", "AF_INET6", "IFLA_INET6_ADDR_GEN_MODE"),
         **_ipv4_devconf(msg),
     )
@@ -257,11 +312,22 @@ def _set_inet(ipr: IPRoute, index: int, gen_mode: int | None, **ipv4: int | None
 
 
 def _create_bridge(ipr: IPRoute, a: P.CreateBridge) -> None:
-    ipr.link("add", ifname=a.dev, kind="bridge", mtu=a.mtu)
+    ipr.link("add", ifname=a.dev, kind="bridge", mtu=a.mtu, **({"address": a.mac} if a.mac else {}))
     index = _index(ipr, a.dev)
-    # no routing out of the bridge even when the host forwards, strict rp_filter, no IPv6 link-local
-    _set_inet(ipr, index, gen_mode=IPV6_ADDR_GEN_MODE_NONE, **P.BRIDGE_INET)
+    # routing only for a network that routes, strict rp_filter, no IPv6 link-local
+    _set_inet(ipr, index, gen_mode=IPV6_ADDR_GEN_MODE_NONE, **dict(a.inet))
     ipr.link("set", index=index, state="up")
+    if a.address:
+        _add_address(ipr, P.AddAddress(a.dev, a.address))
+
+
+def _add_address(ipr: IPRoute, a: P.AddAddress) -> None:
+    address, prefixlen = a.address.rsplit("/", 1)
+    try:
+        ipr.addr("add", index=_index(ipr, a.dev), address=address, prefixlen=int(prefixlen))
+    except NetlinkError as error:
+        if error.code != errno.EEXIST:
+            raise
 
 
 def _create_vxlan(ipr: IPRoute, a: P.CreateVxlan) -> None:
@@ -311,6 +377,9 @@ _APPLY: dict[type, Callable[[IPRoute, P.Action], None]] = {
     P.CreateBridge: _create_bridge,
     P.CreateVxlan: _create_vxlan,
     P.SetMtu: lambda ipr, a: ipr.link("set", index=_index(ipr, a.dev), mtu=a.mtu),
+    P.SetMac: lambda ipr, a: ipr.link("set", index=_index(ipr, a.dev), address=a.mac),
+    P.AddAddress: _add_address,
+    P.EnableForwarding: _enable_forwarding,
     P.SetMaster: lambda ipr, a: ipr.link("set", index=_index(ipr, a.dev), master=_index(ipr, a.master)),
     P.SetUp: lambda ipr, a: ipr.link("set", index=_index(ipr, a.dev), state="up"),
     P.SetInetConf: lambda ipr, a: _set_inet(ipr, _index(ipr, a.dev), a.ipv6_addr_gen_mode,

@@ -108,10 +108,14 @@ def _set(obj: object, name: str, value: object) -> None:
 
 @dataclass(frozen=True, order=True)
 class NetworkSpec:
-    """One overlay network: an IPv4 CIDR (normalised) and its VXLAN VNI."""
+    """One overlay network: an IPv4 CIDR (normalised), its VXLAN VNI, its gateway — the address
+    its bridge holds on every host, with the MAC :func:`mac_for_ip` of it (None: a network from
+    before gateways; its bridge has no address) — and ``internal`` (no routing out of it)."""
 
     cidr: str
     vni: int
+    gateway: str | None = None
+    internal: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -120,6 +124,24 @@ class NetworkSpec:
             raise ValueError(f"network must be an IPv4 CIDR, not {self.cidr!r}") from None
         _set(self, "cidr", str(network))
         _check_vni(self.vni)
+        if self.gateway is not None:
+            _set(self, "gateway", _ipv4(self.gateway, "gateway"))
+            if ipaddress.IPv4Address(self.gateway) not in network:
+                raise ValueError(f"gateway {self.gateway} is outside {self.cidr}")
+
+    @property
+    def routed(self) -> bool:
+        """Does the host route for it (egress, published ports)? Only a non-internal network with a gateway."""
+        return self.gateway is not None and not self.internal
+
+    @property
+    def gateway_mac(self) -> str | None:
+        return mac_for_ip(self.gateway) if self.gateway else None
+
+    @property
+    def gateway_address(self) -> str | None:
+        """``gateway/prefixlen``, as the bridge holds it."""
+        return f"{self.gateway}/{self.prefixlen}" if self.gateway else None
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -248,6 +270,8 @@ class DesiredHost:
                 why = f"unknown network {ep.network_cidr}"
             elif ipaddress.IPv4Address(ep.ip) not in net.network:
                 why = f"IP {ep.ip} is outside {net.cidr}"
+            elif ep.ip == net.gateway:
+                why = f"IP {ep.ip} is the gateway of {net.cidr}"
             elif ep.container_id in ids:
                 why = "container listed twice"
             elif (ep.network_cidr, ep.ip) in ips:
@@ -305,6 +329,8 @@ class LinkState:
     ipv6_addr_gen_mode: int | None = None  # 1 = none: no link-local address
     ipv4_rp_filter: int | None = None  # net.ipv4.conf.<dev>.rp_filter (None: not reported)
     ipv4_drop_unicast_in_l2_multicast: int | None = None
+    ipv4_route_localnet: int | None = None
+    mac: str | None = None  # lowercase; None: not reported
 
 
 @dataclass(frozen=True, order=True)
@@ -348,12 +374,14 @@ class RouteEntry:
 
 @dataclass(frozen=True)
 class Observed:
-    """The kernel's view. ``links`` holds every link; entries only those on our devices."""
+    """The kernel's view. ``links`` holds every link; entries only those on our devices;
+    ``ip_forward`` is net.ipv4.ip_forward (None: not read)."""
 
     links: Mapping[str, LinkState] = field(default_factory=dict)
     fdb: frozenset[FdbEntry] = frozenset()
     neigh: frozenset[NeighEntry] = frozenset()
     routes: frozenset[RouteEntry] = frozenset()
+    ip_forward: int | None = None
 
     def replace(self, **changes) -> "Observed":
         return dataclasses.replace(self, **changes)

@@ -2,8 +2,10 @@
 
 Level-triggered and idempotent: empty when the kernel matches, so a restart or a periodic pass never
 deletes and re-adds a correct entry. Order: delete unwanted links; delete routes/addresses on our
-devices, then stale FDB and neighbour entries; create bridges, then VXLAN devices, and fix MTU /
-master / up / inet settings; fix container veth ports; add or replace remote entries. ``fold``
+devices (but a bridge's gateway address and its subnet route), then stale FDB and neighbour entries;
+turn on IPv4 forwarding if a network here routes; create bridges (gateway address and MAC), then
+VXLAN devices, and fix MTU / master / up / inet settings / gateway; fix container veth ports; add or
+replace remote entries. ``fold``
 applies entry changes to an observed view (the reconciler's cache); ``health`` counts what is
 programmed against what is expected. Forwarding model: docs/design/overlay.md.
 """
@@ -17,6 +19,7 @@ from .model import (
     FdbEntry,
     LinkState,
     NeighEntry,
+    NetworkSpec,
     Observed,
     RouteEntry,
     VxlanInfo,
@@ -24,6 +27,9 @@ from .model import (
     owned_kind,
     vxlan_name,
 )
+
+AF_INET = 2
+RT_TABLE_MAIN = 254
 
 IPV6_ADDR_GEN_MODE_NONE = 1  # IN6_ADDR_GEN_MODE_NONE: the kernel adds no link-local address
 
@@ -43,21 +49,62 @@ class DeleteLink(Action):
         return f"delete link {self.dev}" + (f" ({self.reason})" if self.reason else "")
 
 
-# A bridge's IPv4 settings: no routing out of it, strict reverse-path filtering and no IP unicast
-# hidden in L2 broadcast/multicast frames — what a container could aim at the host's own sockets
-# (its VXLAN socket among them) through the bridge. nftables drops such packets too (netfilter/).
-BRIDGE_INET = {"ipv4_forwarding": 0, "ipv4_rp_filter": 1, "ipv4_drop_unicast_in_l2_multicast": 1}
+# A bridge's IPv4 settings: strict reverse-path filtering and no IP unicast hidden in L2
+# broadcast/multicast frames — what a container could aim at the host's own sockets (its VXLAN
+# socket among them) through the bridge; nftables drops such packets too (netfilter/). Routing out
+# of it (and route_localnet, for localhost's published ports) only for a network that routes.
+BRIDGE_INET = {"ipv4_forwarding": 0, "ipv4_rp_filter": 1, "ipv4_drop_unicast_in_l2_multicast": 1,
+               "ipv4_route_localnet": 0}
+
+
+def bridge_inet(net: NetworkSpec | None) -> dict[str, int]:
+    routed = int(bool(net and net.routed))
+    return {**BRIDGE_INET, "ipv4_forwarding": routed, "ipv4_route_localnet": routed}
 
 
 @dataclass(frozen=True)
 class CreateBridge(Action):
-    """Create a bridge: MTU set, ``BRIDGE_INET`` settings, no IPv6 link-local, then up."""
+    """Create a bridge: MTU, MAC (the gateway's, if any), inet settings (``bridge_inet``), no IPv6
+    link-local, up, then the gateway address (``ip/prefixlen``, if any)."""
 
     dev: str
     mtu: int
+    mac: str | None = None
+    address: str | None = None
+    inet: tuple[tuple[str, int], ...] = tuple(BRIDGE_INET.items())
 
     def __str__(self) -> str:
-        return f"create bridge {self.dev} mtu {self.mtu}"
+        return f"create bridge {self.dev} mtu {self.mtu}" + (f" address {self.address} mac {self.mac}"
+                                                             if self.address else "")
+
+
+@dataclass(frozen=True)
+class SetMac(Action):
+    dev: str
+    mac: str
+
+    def __str__(self) -> str:
+        return f"set {self.dev} address {self.mac}"
+
+
+@dataclass(frozen=True)
+class AddAddress(Action):
+    dev: str
+    address: str  # "ip/prefixlen"
+
+    def __str__(self) -> str:
+        return f"add address {self.address} to {self.dev}"
+
+
+@dataclass(frozen=True)
+class EnableForwarding(Action):
+    """net.ipv4.ip_forward = 1: the host routes for its networks (egress, published ports), as docker
+    sets it; what it may route is nftables' business (netfilter/ruleset.py)."""
+
+    dev: str = ""
+
+    def __str__(self) -> str:
+        return "set net.ipv4.ip_forward 1"
 
 
 @dataclass(frozen=True)
@@ -111,11 +158,12 @@ class SetInetConf(Action):
     ipv6_addr_gen_mode: int | None = None
     ipv4_rp_filter: int | None = None
     ipv4_drop_unicast_in_l2_multicast: int | None = None
+    ipv4_route_localnet: int | None = None
 
     def __str__(self) -> str:
         labels = (("ipv4_forwarding", "ipv4 forwarding"), ("ipv4_rp_filter", "ipv4 rp_filter"),
                   ("ipv4_drop_unicast_in_l2_multicast", "ipv4 drop_unicast_in_l2_multicast"),
-                  ("ipv6_addr_gen_mode", "ipv6 addrgenmode"))
+                  ("ipv4_route_localnet", "ipv4 route_localnet"), ("ipv6_addr_gen_mode", "ipv6 addrgenmode"))
         parts = [f"{label} {getattr(self, name)}" for name, label in labels if getattr(self, name) is not None]
         return f"set {self.dev} " + ", ".join(parts)
 
@@ -249,11 +297,17 @@ def diff(desired: DesiredHost, observed: Observed) -> list[Action]:
         if link is not None and link.kind != "bridge":
             delete(br, f"is a {link.kind}, not a bridge")
             link = None
+        net = nets[vni]
+        inet = bridge_inet(net)
         if link is None:
-            creates.append(CreateBridge(br, mtu))
+            creates.append(CreateBridge(br, mtu, net.gateway_mac, net.gateway_address, tuple(inet.items())))
         else:
-            creates.extend(_fix_link(link, mtu, master=None, inet=BRIDGE_INET))
-            cleanup.extend(DeleteAddress(br, a) for a in link.addresses)
+            creates.extend(_fix_link(link, mtu, master=None, inet=inet))
+            if net.gateway_mac is not None and link.mac not in (None, net.gateway_mac):
+                creates.append(SetMac(br, net.gateway_mac))
+            cleanup.extend(DeleteAddress(br, a) for a in link.addresses if a != net.gateway_address)
+            if net.gateway_address is not None and net.gateway_address not in link.addresses:
+                creates.append(AddAddress(br, net.gateway_address))
 
         link = links.get(vx)
         want = wanted_vxlan(desired, vni)
@@ -277,8 +331,12 @@ def diff(desired: DesiredHost, observed: Observed) -> list[Action]:
         ports.extend(_fix_link(link, mtu, master=bridge_name(vni_of[ep.network_cidr])))
         cleanup.extend(DeleteAddress(name, a) for a in link.addresses)
 
-    # 2. routes through our devices: a bridge must never be a route's output device
-    cleanup[:0] = [DeleteRoute(r) for r in sorted(observed.routes) if r.dev not in gone]
+    # 2. routes through our devices: none but the subnet route of a bridge's gateway address
+    kept = {subnet_route(net) for net in desired.networks if net.gateway is not None}
+    cleanup[:0] = [DeleteRoute(r) for r in sorted(observed.routes)
+                   if r.dev not in gone and _route_key(r) not in kept]
+    if any(net.routed for net in desired.networks) and observed.ip_forward not in (None, 1):
+        creates.insert(0, EnableForwarding())  # first: turning it on resets every device's forwarding
 
     # 2./5. FDB: grouped per (device, MAC) — a device holds one entry per MAC, possibly with
     # several remotes; rewrite a single wrong remote in place rather than delete + add
@@ -310,6 +368,15 @@ def diff(desired: DesiredHost, observed: Observed) -> list[Action]:
             adds.append(ReplaceNeigh(want_n.dev, want_n.ip, want_n.mac))  # type: ignore[arg-type]
 
     return deletes + cleanup + creates + ports + adds
+
+
+def subnet_route(net: NetworkSpec) -> tuple:
+    """The route the kernel adds with a bridge's gateway address (kept; compared without metric)."""
+    return (bridge_name(net.vni), AF_INET, RT_TABLE_MAIN, str(net.network.network_address), net.prefixlen, None)
+
+
+def _route_key(route: RouteEntry) -> tuple:
+    return (route.dev, route.family, route.table, route.dst, route.dst_len, route.gateway)
 
 
 def _fix_link(link: LinkState, mtu: int, master: str | None, inet: dict[str, int] | None = None) -> list[Action]:

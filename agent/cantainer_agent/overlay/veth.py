@@ -39,8 +39,9 @@ def attach_container(pid: int, endpoint: EndpointSpec, network: NetworkSpec, mtu
     ``eth0`` (no temporary name in the host), MAC = :func:`~.model.mac_for_ip` of the IP,
     ``ip/prefix`` of the network, ``mtu`` (pass ``DesiredHost.mtu``, the underlay MTU − 50),
     up, and ``lo`` up; the host end (:func:`~.model.host_veth_name`) gets the same MTU, no IPv6
-    link-local address, and joins the bridge (created here if the reconciler has not yet).
-    No route is added in the container: it reaches its own subnet only.
+    link-local address, and joins the bridge (created here if the reconciler has not yet, with the
+    gateway). A network that routes (``NetworkSpec.routed``) gives the container its default route
+    via the gateway; otherwise it has its subnet's route only.
 
     Idempotent: an existing, correctly paired veth is only corrected; a half-made one is
     replaced. Returns the host-side name. The VXLAN device and remote entries are the
@@ -59,7 +60,9 @@ def attach_container(pid: int, endpoint: EndpointSpec, network: NetworkSpec, mtu
         with guard, iproute(ipr) as host_ipr, IPRoute(fileno=_netlink_socket_in(nsfd).detach(), groups=0) as inside:
             guard.changed()
             if not host_ipr.link_lookup(ifname=network.bridge):
-                failures = apply(host_ipr, [P.CreateBridge(network.bridge, mtu)])
+                failures = apply(host_ipr, [P.CreateBridge(network.bridge, mtu, network.gateway_mac,
+                                                           network.gateway_address,
+                                                           tuple(P.bridge_inet(network).items()))])
                 if failures:
                     raise OverlayError(f"cannot create bridge {network.bridge}: {failures[0][1]}")
             if not _paired(host_ipr, inside, host, nsfd):
@@ -159,6 +162,8 @@ def _configure_container_end(inside: IPRoute, endpoint: EndpointSpec, network: N
     if want not in have:
         inside.addr("add", index=index, address=endpoint.ip, prefixlen=network.prefixlen)
     inside.link("set", index=index, state="up")
+    if network.routed:
+        inside.route("replace", dst="0.0.0.0/0", gateway=network.gateway, oif=index)
 
 
 def detach_container(container_id: str, *, guard: KernelGuard, ipr: IPRoute | None = None) -> bool:

@@ -114,7 +114,7 @@ def test_pickle_round_trip_uses_plain_data():
     data = pickle.dumps(s)
     t = pickle.loads(data)
     assert t == s and t.to_dict() == s.to_dict()
-    assert s.__getstate__()["schema"] == 1
+    assert s.__getstate__()["schema"] == 2
 
 
 def test_to_dict_is_a_copy():
