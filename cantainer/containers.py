@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from cantainer.client import EXIT_CODES, SESSIONS, AgentClient, AgentError, retrying
 from cantainer.connection import connect
-from cantainer.errors import CantainerError, HostError, Interrupted
+from cantainer.errors import CantainerError, HostError, Interrupted, UsageError
 from cantainer.image_store import RunImage
 from cantainer.inventory import Host, Inventory
 from cantainer.status import open_status_source
@@ -57,6 +57,7 @@ class RunRequest:
     restart: str | None = None  # no | on-failure[:MAX] | always | unless-stopped
     health: dict | None = None  # --health-* options: {test, interval, timeout, retries, start_period, disable}
     constraints: list[str] = field(default_factory=list)  # placement (without --host)
+    publish: list[dict] = field(default_factory=list)  # cantainer_agent.cluster.ports dicts (run -p)
 
 
 class HostSession:
@@ -107,6 +108,7 @@ def run_params(request: RunRequest, image: RunImage, interactive: bool = False, 
             "limits": {k: v for k, v in (("memory", request.memory), ("cpus", request.cpus),
                                          ("pids", request.pids)) if v is not None},
             "cap_add": request.cap_add, "cap_drop": request.cap_drop, "seccomp": request.seccomp,
+            **({"publish": request.publish} if request.publish else {}),
             **({"auto_remove": True} if request.auto_remove else {}),
             **({"restart": request.restart} if request.restart else {}),
             **({"health": request.health} if request.health else {}),
@@ -378,6 +380,16 @@ def parse_env(items: list[str]) -> dict[str, str]:
             raise CantainerError(f"-e {item!r} is not KEY=VALUE", "write it like -e GREETING=hello")
         env[key] = value
     return env
+
+
+def parse_publish(items: list[str]) -> list[dict]:
+    """run -p values, docker's syntax (cantainer_agent/cluster/ports.py); each host port once."""
+    from cantainer_agent.cluster import ports
+
+    try:
+        return ports.check([ports.parse(item) for item in items])
+    except ports.PortError as error:
+        raise UsageError(str(error)) from None
 
 
 def parse_security(cap_add: list[str], cap_drop: list[str], options: list[str]) -> dict:

@@ -12,6 +12,8 @@ Why each step:
 - /proc is remounted for the new PID namespace.
 - /run and /tmp are fresh tmpfs (lost on crash like a real reboot); /root and the agent's
   directories are bind mounts of per-host directories on disk (kept across crash/boot).
+- /etc/resolv.conf is the host's own (its resolver is the workstation's lab address), bound over
+  the file it names — also when that is a symlink into the fresh /run (systemd-resolved's stub).
 - Mount propagation is "slave": the machine's unmounts (e.g. of another host's netns file) still
   reach us, so no host keeps a dead host's namespace alive; our mounts never leak out.
 """
@@ -117,6 +119,12 @@ def build_host_view(args: argparse.Namespace) -> None:
     for private in args.private:
         source, target = private.split(":", 1)
         mount(source, target, None, MS_BIND | MS_REC)
+    if args.resolv_conf:
+        target = os.path.realpath("/etc/resolv.conf")
+        if not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
+        mount(args.resolv_conf, target, None, MS_BIND)
     socket.sethostname(args.hostname)
 
 
@@ -126,6 +134,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--cgroup-subdir", required=True)
     parser.add_argument("--private", action="append", default=[], help="SOURCE:TARGET bind mount")
     parser.add_argument("--sshd-config", required=True)
+    parser.add_argument("--resolv-conf", help="the host's /etc/resolv.conf (bind-mounted over the machine's)")
     args = parser.parse_args(argv)
     build_host_view(args)
     os.chdir("/root")

@@ -233,7 +233,7 @@ class Lab:
         if state.os:
             self._start_fullos_host(state, host)
         else:
-            self._start_namespace_host(host)
+            self._start_namespace_host(host, str(state.gateway.ip))
 
     def _open_console(self, host: str):
         """The host's console.log, appended to across boots; each boot starts with a marker line."""
@@ -286,7 +286,7 @@ class Lab:
         host.pid1 = _wait_for_child(process, lambda pid: _in_new_pid_namespace(pid, process.pid),
                                     lambda: self.console_tail(host.name))
 
-    def _start_namespace_host(self, host: HostState) -> None:
+    def _start_namespace_host(self, host: HostState, resolver: str) -> None:
         hdir = self.host_dir(host.name)
         hdir.mkdir(parents=True, exist_ok=True)
         for local in PRIVATE_DIRS:
@@ -297,10 +297,15 @@ class Lab:
         host_key = self._host_key(host.name)
         config = hdir / "sshd_config"
         config.write_text(_sshd_config(host.address, host_key, self.dir / "authorized_keys"))
+        # The host's resolver is the workstation's lab address (tests run one there): no DNS query a
+        # lab host forwards ever leaves the machine.
+        (hdir / "resolv.conf").write_text(f"# lab host {host.name}: the workstation's lab address\n"
+                                          f"nameserver {resolver}\n")
         command = [
             "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child", "--propagation", "slave",
             "/usr/bin/python3", "-I", str(HOSTINIT), "--hostname", host.name,
             "--cgroup-subdir", _host_cgroup(self.name, host.name), "--sshd-config", str(config),
+            "--resolv-conf", str(hdir / "resolv.conf"),
         ]
         for local, target in PRIVATE_DIRS.items():
             command += ["--private", f"{hdir / local}:{target}"]

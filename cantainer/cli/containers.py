@@ -17,9 +17,10 @@ LONG_INVENTORY = ("--inventory",)
 def register(commands: Commands) -> None:
     run = commands.add("run", "start a container (on a host, or where the cluster places it)", cmd_run,
                        inventory_flags=LONG_INVENTORY, tool_error=exitcodes.TOOL_ERROR, examples=[
-        "cantainer run --host h1 -n 10.0.0.0/24 --name web -d sleep 3600   # prints \"web 10.0.0.1\"",
+        "cantainer run --host h1 -n 10.0.0.0/24 --name web -d sleep 3600   # prints \"web 10.0.0.2\"",
         "cantainer run -n 10.0.0.0/24 -d --memory 256m sleep 3600         # placed: prints name, IP and host",
         "cantainer run -n 10.0.0.0/24 -d --constraint label.zone==a sleep 3600",
+        "cantainer run --host h1 -n backend -p 8080:80 -d --image team/web:1.4   # h1:8080 reaches its port 80",
         "cantainer run --host h2 -n 10.0.0.0/24 sh -c 'echo hi; exit 3'   # streams output, exits 3",
         "cantainer run -it --rm --host h1 -n 10.0.0.0/24 sh                # a shell; removed on exit",
         "cantainer run -d --restart on-failure:5 --host h1 -n 10.0.0.0/24 -- ./job",
@@ -31,7 +32,10 @@ def register(commands: Commands) -> None:
                    "code (125: cantainer failed, 126: the command cannot be executed, 127: it was not found).")
     run.add_argument("--host", help="inventory host to run on (default: the cluster places it)")
     # required, but checked in cmd_run: a mistyped option must be named before a "missing" one
-    run.add_argument("-n", "--network", metavar="CIDR", help="network, created on first use (required)")
+    run.add_argument("-n", "--network", metavar="NETWORK",
+                     help="network name or CIDR (a CIDR is created on first use) (required)")
+    run.add_argument("-p", "--publish", action="append", default=[], metavar="[HOSTIP:]HOSTPORT:PORT[/PROTO]",
+                     help="publish a container port on the host's address (tcp or udp; repeatable)")
     run.add_argument("--name", help="unique container name (default: generated)")
     run.add_argument("--image", default="alpine",
                      help="alpine, an [images.NAME], NAME:TAG (image load/pull) or HOST[:PORT]/REPO[:TAG|@DIGEST]")
@@ -116,7 +120,7 @@ PS_HEADER = ["NAME", "ID", "HOST", "NETWORK", "IP", "STATE", "RESTARTS", "SERVIC
 
 
 def ps_rows(containers: list[dict], now: float | None = None) -> list[list[str]]:
-    return [[c["name"], c["id"], c["host"], c["network"], c["ip"], output.state_text(c, now),
+    return [[c["name"], c["id"], c["host"], c.get("network_name") or c["network"], c["ip"], output.state_text(c, now),
              str(c.get("restart_count", 0)), c.get("service") or "-", output.age(c["created_at"], now), c["image"],
              output.ports_text(c), " ".join(c["command"])] for c in containers]
 
@@ -147,6 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.tty and not containers.stdin_is_tty():
         raise UsageError("-t needs a terminal on stdin and stdout", "drop -t when piping")
     env = containers.parse_env(args.env)
+    publish = containers.parse_publish(args.publish)
     if args.tty:  # a terminal needs its type, as docker run -t sets it
         env.setdefault("TERM", os.environ.get("TERM") or "xterm")
     limits = runopts.limits_of(args)
@@ -162,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         command=command_of(args) or None, env=env, workdir=args.workdir,
         entrypoint=args.entrypoint, user=args.user,
         memory=limits.get("memory"), cpus=limits.get("cpus"), pids=limits.get("pids"),
-        auto_remove=args.rm, restart=restart, health=runopts.health_of(args), constraints=constraints or [],
+        auto_remove=args.rm, publish=publish, restart=restart, health=runopts.health_of(args), constraints=constraints or [],
         **containers.parse_security(args.cap_add, args.cap_drop, args.security_opt),
     )
     if request.workdir is not None and not request.workdir.startswith("/"):

@@ -10,27 +10,38 @@ from cantainer.cli.parser import STALE_HELP, Commands
 
 def register(commands: Commands) -> None:
     verbs = commands.group("network", "create, list and remove overlay networks", examples=[
-        "cantainer network create 10.1.0.0/24", "cantainer network ls", "cantainer network rm 10.1.0.0/24"])
-    create = verbs.add("create", "create a network (one CIDR, one VXLAN VNI)", cmd_create, examples=[
-        "cantainer network create 10.1.0.0/24    # prints the CIDR and its VNI; says so if it exists"])
-    create.add_argument("cidr", metavar="CIDR", help="e.g. 10.0.0.0/24")
+        "cantainer network create 10.1.0.0/24 --name backend", "cantainer network ls",
+        "cantainer network rm backend"])
+    create = verbs.add("create", "create a network (one CIDR, one VXLAN VNI, a gateway)", cmd_create, examples=[
+        "cantainer network create 10.1.0.0/24 --name backend   # prints name, CIDR, VNI and gateway",
+        "cantainer network create 10.2.0.0/24 --name db --internal   # no egress, no published ports",
+        "cantainer network create 10.3.0.0/24                  # named net-10-3-0-0-24"])
+    create.add_argument("cidr", metavar="CIDR", help="e.g. 10.0.0.0/24 (its first address is the gateway)")
+    create.add_argument("--name", help="1-63 lowercase letters, digits and hyphens, starting with a letter "
+                                       "(default: net-A-B-C-D-PREFIX)")
+    create.add_argument("--internal", action="store_true",
+                        help="no egress and no published ports: its containers reach only each other")
     listing = verbs.add("ls", "list networks", cmd_ls, examples=["cantainer network ls", "cantainer network ls --json"])
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.add_argument("--stale", action="store_true", help=STALE_HELP)
     remove = verbs.add("rm", "remove an unused network", cmd_rm, examples=[
-        "cantainer network rm 10.1.0.0/24       # refused while containers are attached"])
-    remove.add_argument("cidr", metavar="CIDR", help="e.g. 10.0.0.0/24")
+        "cantainer network rm backend            # refused while containers are attached",
+        "cantainer network rm 10.1.0.0/24        # a CIDR works too"])
+    remove.add_argument("network", metavar="NETWORK", help="its name or CIDR")
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    network = cluster_call(args, "network.create", {"cidr": args.cidr}, write=True)
-    print(f"{network['cidr']} vni {network['vni']}{'' if network.get('created', True) else ' (already exists)'}")
+    params = {"cidr": args.cidr, "internal": args.internal, **({"name": args.name} if args.name else {})}
+    network = cluster_call(args, "network.create", params, write=True)
+    print(f"{network['name']} {network['cidr']} vni {network['vni']} gateway {network.get('gateway') or '-'}"
+          f"{' internal' if network.get('internal') else ''}"
+          f"{'' if network.get('created', True) else ' (already exists)'}")
     return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    cluster_call(args, "network.rm", {"cidr": args.cidr}, write=True)
-    print(f"removed {args.cidr}")
+    cluster_call(args, "network.rm", {"network": args.network}, write=True)
+    print(f"removed {args.network}")
     return 0
 
 
@@ -39,6 +50,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json(networks)
     else:
-        output.print_table(["CIDR", "VNI", "HOSTS", "CONTAINERS"],
-                           [[n["cidr"], n["vni"], ",".join(n["hosts"]) or "-", n["containers"]] for n in networks])
+        output.print_table(["NAME", "CIDR", "VNI", "GATEWAY", "INTERNAL", "HOSTS", "CONTAINERS"],
+                           [[n["name"], n["cidr"], n["vni"], n.get("gateway") or "-",
+                             "yes" if n.get("internal") else "no", ",".join(n["hosts"]) or "-", n["containers"]]
+                            for n in networks])
     return 0

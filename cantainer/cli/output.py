@@ -110,6 +110,11 @@ def state_text(container: dict, now: float | None = None) -> str:
 
 
 def ports_text(container: dict) -> str:
-    """Published ports (HOST->CONTAINER/proto), else the image's exposed ones, else -."""
-    published = [f"{p['host_port']}->{p['container_port']}/{p['protocol']}" for p in container.get("publish") or []]
-    return ",".join(published or container.get("ports") or []) or "-"
+    """docker ps's PORTS: published ports (0.0.0.0:8080->80/tcp), then exposed ones not published, or -."""
+    from cantainer_agent.cluster.ports import format_port
+
+    published = container.get("publish") or []
+    shown = [format_port(port) for port in published]
+    taken = {f"{port['container_port']}/{port['protocol']}" for port in published}
+    shown += [port for port in container.get("ports") or [] if port not in taken]
+    return ", ".join(shown) or "-"

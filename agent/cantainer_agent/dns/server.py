@@ -83,10 +83,11 @@ def answer(table: Table, cidr: str, query: DNSRecord) -> DNSRecord | None:
 
 class DnsServer:
     def __init__(self, table: Callable[[], Table], upstreams: Callable[[], list[str]],
-                 timeout: float = FORWARD_TIMEOUT) -> None:
+                 timeout: float = FORWARD_TIMEOUT, port: int = PORT, upstream_port: int = PORT) -> None:
         self._table = table
         self._upstreams = upstreams
         self._timeout = timeout
+        self._port, self._upstream_port = port, upstream_port  # other than 53 in tests only
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
         self._bound: dict[str, tuple[str, socket.socket, socket.socket]] = {}  # gateway -> (cidr, udp, tcp)
@@ -119,7 +120,7 @@ class DnsServer:
                 try:
                     self._open(gateway, cidr)
                 except OSError as error:
-                    failures.append(f"{gateway}:{PORT} ({error.strerror or error})")
+                    failures.append(f"{gateway}:{self._port} ({error.strerror or error})")
         os.write(self._wake_w, b"x")
         if failures:
             raise DnsError(f"cannot serve DNS on {', '.join(failures)} — is another DNS server bound to "
@@ -132,7 +133,7 @@ class DnsServer:
             for sock in (udp, tcp):
                 sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((gateway, PORT))
+                sock.bind((gateway, self._port))
                 sock.setblocking(False)
             tcp.listen(16)
         except OSError:
@@ -142,7 +143,7 @@ class DnsServer:
         self._bound[gateway] = (cidr, udp, tcp)
         self._selector.register(udp, selectors.EVENT_READ, ("udp", cidr))
         self._selector.register(tcp, selectors.EVENT_READ, ("tcp", cidr))
-        log.info("dns: serving network %s on %s:%d", cidr, gateway, PORT)
+        log.info("dns: serving network %s on %s:%d", cidr, gateway, self._port)
 
     def _close(self, gateway: str) -> None:
         cidr, udp, tcp = self._bound.pop(gateway)
@@ -229,9 +230,9 @@ class DnsServer:
         query = DNSRecord.parse(data)
         for server in self._upstreams():
             try:
-                reply = _ask(server, data, self._timeout, tcp)
+                reply = _ask(server, self._upstream_port, data, self._timeout, tcp)
                 if not tcp and DNSRecord.parse(reply).header.tc:
-                    reply = _ask(server, data, self._timeout, True)
+                    reply = _ask(server, self._upstream_port, data, self._timeout, True)
                 parsed = DNSRecord.parse(reply)
                 if parsed.header.id == query.header.id and parsed.q == query.q:
                     return reply
@@ -302,10 +303,10 @@ def _fit(reply: bytes) -> bytes:
     return truncated.pack()
 
 
-def _ask(server: str, data: bytes, timeout: float, tcp: bool) -> bytes:
+def _ask(server: str, port: int, data: bytes, timeout: float, tcp: bool) -> bytes:
     family = socket.AF_INET6 if ":" in server else socket.AF_INET
     if tcp:
-        with socket.create_connection((server, PORT), timeout=timeout) as conn:
+        with socket.create_connection((server, port), timeout=timeout) as conn:
             conn.sendall(struct.pack("!H", len(data)) + data)
             header = _recv_exactly(conn, 2, time.monotonic() + timeout)
             reply = _recv_exactly(conn, struct.unpack("!H", header)[0], time.monotonic() + timeout) if header else None
@@ -314,6 +315,6 @@ def _ask(server: str, data: bytes, timeout: float, tcp: bool) -> bytes:
             return reply
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
-        sock.connect((server, PORT))  # a connected socket only takes replies from the server
+        sock.connect((server, port))  # a connected socket only takes replies from the server
         sock.send(data)
         return sock.recv(65535)

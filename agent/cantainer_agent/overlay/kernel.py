@@ -194,6 +194,7 @@ def _link_state(msg, names: dict[int, str], addresses: tuple[str, ...]) -> LinkS
         addresses=addresses,
         vxlan=vxlan,
         mac=mac.lower() if mac else None,
+        hairpin=msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_SLAVE_DATA", "IFLA_BRPORT_MODE"),
         ipv6_addr_gen_mode=msg.get_nested("IFLA_AF_SPEC", "AF_INET6", "IFLA_INET6_ADDR_GEN_MODE"),
         **_ipv4_devconf(msg),
     )
@@ -379,6 +380,7 @@ _APPLY: dict[type, Callable[[IPRoute, P.Action], None]] = {
     P.SetMtu: lambda ipr, a: ipr.link("set", index=_index(ipr, a.dev), mtu=a.mtu),
     P.SetMac: lambda ipr, a: ipr.link("set", index=_index(ipr, a.dev), address=a.mac),
     P.AddAddress: _add_address,
+    P.SetHairpin: lambda ipr, a: ipr.link("set", index=_index(ipr, a.dev), kind="bridge_slave", mode=1),
     P.EnableForwarding: _enable_forwarding,
     P.SetMaster: lambda ipr, a: ipr.link("set", index=_index(ipr, a.dev), master=_index(ipr, a.master)),
     P.SetUp: lambda ipr, a: ipr.link("set", index=_index(ipr, a.dev), state="up"),

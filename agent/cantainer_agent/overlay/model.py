@@ -331,6 +331,7 @@ class LinkState:
     ipv4_drop_unicast_in_l2_multicast: int | None = None
     ipv4_route_localnet: int | None = None
     mac: str | None = None  # lowercase; None: not reported
+    hairpin: int | None = None  # a bridge port's hairpin mode (None: not a bridge port)
 
 
 @dataclass(frozen=True, order=True)

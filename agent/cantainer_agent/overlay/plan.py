@@ -88,6 +88,18 @@ class SetMac(Action):
 
 
 @dataclass(frozen=True)
+class SetHairpin(Action):
+    """A container's bridge port sends frames back where they came from: with br_netfilter, a
+    container reaching its own published port is DNAT'd back through the bridge (bridged, not
+    routed) to the port it came in on — dropped without hairpin mode (docker sets it too)."""
+
+    dev: str
+
+    def __str__(self) -> str:
+        return f"set {self.dev} hairpin on"
+
+
+@dataclass(frozen=True)
 class AddAddress(Action):
     dev: str
     address: str  # "ip/prefixlen"
@@ -329,6 +341,8 @@ def diff(desired: DesiredHost, observed: Observed) -> list[Action]:
             delete(name, f"is a {link.kind}, not a veth")
             continue
         ports.extend(_fix_link(link, mtu, master=bridge_name(vni_of[ep.network_cidr])))
+        if nets[vni_of[ep.network_cidr]].routed and link.hairpin == 0:
+            ports.append(SetHairpin(name))
         cleanup.extend(DeleteAddress(name, a) for a in link.addresses)
 
     # 2. routes through our devices: none but the subnet route of a bridge's gateway address

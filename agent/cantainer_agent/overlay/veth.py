@@ -80,6 +80,8 @@ def attach_container(pid: int, endpoint: EndpointSpec, network: NetworkSpec, mtu
             if link.ipv6_addr_gen_mode != IPV6_ADDR_GEN_MODE_NONE:
                 _set_inet(host_ipr, index, gen_mode=IPV6_ADDR_GEN_MODE_NONE)
             host_ipr.link("set", index=index, mtu=mtu, master=_index(host_ipr, network.bridge), state="up")
+            if network.routed:  # plan.SetHairpin says why
+                host_ipr.link("set", index=index, kind="bridge_slave", mode=1)
     except NetlinkError as error:
         raise OverlayError(f"attaching container {endpoint.container_id} to {network.cidr} failed: {error}") from None
     finally:
