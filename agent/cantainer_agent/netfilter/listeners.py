@@ -55,5 +55,5 @@ def holder(port: dict, sockets: set[tuple[str, int]], ignore: set[str] = frozens
         if number != port["host_port"] or address in ignore:
             continue
         if wildcard or address in ("0.0.0.0", "::", port["host_ip"]):
-            return f"{address}:{number}"
+            return f"[{address}]:{number}" if ":" in address else f"{address}:{number}"
     return None
