@@ -485,3 +485,32 @@ def test_fabric_cleanup_leaves_nothing(make_fabric):
     assert not [n for n in netns.listnetns() if n.startswith(fabric.run_id)]
     for pid in pids:
         assert subprocess.run(["ps", "-p", str(pid)], capture_output=True).returncode != 0
+
+
+# ------------------------------------------------------------------------------- gateways
+
+
+def test_a_gateway_is_programmed_on_every_host_and_read_back_exactly(make_fabric):
+    """Same address and MAC on each host's bridge, the subnet route kept, forwarding on, hairpin on
+    the container ports, the containers' default route via it; a second pass finds nothing to do."""
+    cluster = Cluster(make_fabric())
+    routed = NetworkSpec(NET_A.cidr, NET_A.vni, "10.0.0.1")
+    cluster.networks[NET_A.cidr] = routed
+    for cid in ("c1", "c2"):
+        host = LAYOUT[cid][0]
+        with cluster.hosts[host].ipr() as ipr:
+            attach_container(cluster.containers[cid].pid, cluster.endpoints[cid], routed,
+                             cluster.desired(host).mtu, guard=cluster.guards[host], ipr=ipr)
+    cluster.reconcile_all()
+    assert all(actions == [] for actions in cluster.reconcile_all().values())
+    for host, cid in (("hA", "c1"), ("hB", "c2")):
+        observed = cluster.observe(host)
+        bridge = observed.links[bridge_name(NET_A.vni)]
+        assert (bridge.addresses, bridge.mac, bridge.ipv4_forwarding, bridge.ipv4_route_localnet) == (
+            ("10.0.0.1/24",), "02:42:0a:00:00:01", 1, 1)
+        assert observed.ip_forward == 1 and observed.links[host_veth_name(cid)].hairpin == 1
+        assert [(r.dst, r.dst_len) for r in observed.routes] == [("10.0.0.0", 24)]
+        routes = cluster.containers[cid].run("ip", "route").stdout
+        assert "default via 10.0.0.1 dev eth0" in routes
+        assert cluster.containers[cid].ping("10.0.0.1")  # answered by its own host
+    assert cluster.containers["c1"].ping(cluster.ip("c2"))

@@ -464,3 +464,77 @@ def test_fold_rewrites_a_stale_fdb_remote_to_the_single_wanted_one():
     stale = good.replace(fdb=frozenset({FdbEntry(VX1, C2.mac, C), FdbEntry(VX1, C2.mac, B, port=8472)}))
     actions = P.diff(d, stale)
     assert P.fold(stale, actions).fdb == good.fdb
+
+
+# ------------------------------------------------------------------------------ gateways
+
+GW1 = NetworkSpec("10.0.0.0/24", 4096, "10.0.0.1")  # routed: egress, published ports
+GW2 = NetworkSpec("10.1.0.0/24", 4097, "10.1.0.1", internal=True)
+
+
+def gateway_converged(d: DesiredHost) -> Observed:
+    """A kernel where the gateways are programmed: address, MAC, subnet route, forwarding, hairpin."""
+    base = converged(d)
+    links = dict(base.links)
+    routes = set()
+    for net in d.networks:
+        inet = P.bridge_inet(net)
+        links[net.bridge] = replace(links[net.bridge], addresses=(net.gateway_address,), mac=net.gateway_mac,
+                                    ipv4_forwarding=inet["ipv4_forwarding"],
+                                    ipv4_route_localnet=inet["ipv4_route_localnet"])
+        routes.add(RouteEntry(net.bridge, 2, 254, str(net.network.network_address), net.prefixlen, priority=None))
+    for e in d.local:
+        links[e.host_veth] = replace(links[e.host_veth], hairpin=int(d.network(e.network_cidr).routed))
+    return base.replace(links=links, routes=frozenset(routes), ip_forward=1)
+
+
+def test_a_gateway_is_created_with_its_bridge():
+    d = desired(C1, C4, networks=(GW1, GW2))
+    creates = of_type(P.diff(d, Observed(links={}, ip_forward=0)), P.CreateBridge, P.EnableForwarding)
+    assert isinstance(creates[0], P.EnableForwarding)  # before any bridge: turning it on resets devices
+    routed, internal = creates[1:]
+    assert (routed.address, routed.mac, dict(routed.inet)["ipv4_forwarding"], dict(routed.inet)["ipv4_route_localnet"]
+            ) == ("10.0.0.1/24", "02:42:0a:00:00:01", 1, 1)
+    assert (internal.address, dict(internal.inet)["ipv4_forwarding"], dict(internal.inet)["ipv4_route_localnet"]
+            ) == ("10.1.0.1/24", 0, 0)
+    assert dict(internal.inet)["ipv4_rp_filter"] == 1 == dict(routed.inet)["ipv4_drop_unicast_in_l2_multicast"]
+
+
+def test_a_programmed_gateway_is_left_alone():
+    d = desired(C1, C2, C4, networks=(GW1, GW2))
+    assert P.diff(d, gateway_converged(d)) == []
+
+
+def test_gateway_drift_is_repaired_without_touching_the_rest():
+    d = desired(C1, C2, C4, networks=(GW1, GW2))
+    good = gateway_converged(d)
+    links = dict(good.links)
+    links[BR1] = replace(links[BR1], addresses=("10.0.0.9/24",), mac="02:00:00:00:00:09", ipv4_route_localnet=0)
+    links[C1.host_veth] = replace(links[C1.host_veth], hairpin=0)
+    stray = RouteEntry(BR1, 2, 254, "192.168.7.0", 24)
+    actions = P.diff(d, good.replace(links=links, routes=good.routes | {stray}, ip_forward=0))
+    assert set(names(actions)) == {
+        f"delete route 192.168.7.0/24 table 254 dev {BR1}", f"delete address 10.0.0.9/24 from {BR1}",
+        "set net.ipv4.ip_forward 1", f"set {BR1} ipv4 route_localnet 1", f"set {BR1} address 02:42:0a:00:00:01",
+        f"add address 10.0.0.1/24 to {BR1}", f"set {C1.host_veth} hairpin on"}
+    assert names(actions)[:2] == [f"delete route 192.168.7.0/24 table 254 dev {BR1}",
+                                  f"delete address 10.0.0.9/24 from {BR1}"]
+
+
+def test_no_forwarding_without_a_network_that_routes():
+    d = desired(C4, networks=(GW2,))
+    assert P.diff(d, gateway_converged(d).replace(ip_forward=0)) == []
+
+
+def test_a_network_from_before_gateways_keeps_a_bare_bridge():
+    d = desired(C1, networks=(NET1,))
+    actions = P.diff(d, Observed(links={}, ip_forward=0))
+    bridge = of_type(actions, P.CreateBridge)[0]
+    assert (bridge.address, bridge.mac, dict(bridge.inet)["ipv4_forwarding"]) == (None, None, 0)
+    assert not of_type(actions, P.EnableForwarding)
+
+
+def test_an_endpoint_on_the_gateway_address_is_skipped():
+    bad = EndpointSpec("bad", GW1.cidr, "10.0.0.1", "a", A)
+    d = desired(C1, bad, networks=(GW1,))
+    assert [e.container_id for e in d.local] == ["c1"] and "is the gateway" in d.skipped[0]
