@@ -151,7 +151,7 @@ def test_pids_limit_is_enforced(cluster):
 def test_stop_then_rm_frees_the_address_and_the_next_run_reuses_it(cluster, web):
     ok(cli(cluster, "run", "--host", "h2", "-n", "10.3.0.0/24", "--name", "first", "-d", "--", "sleep", "1000"))
     ok(cli(cluster, "run", "--host", "h2", "-n", "10.3.0.0/24", "--name", "second", "-d", "--", "sleep", "1000"))
-    assert ps(cluster)["first"]["ip"] == "10.3.0.1"
+    assert ps(cluster)["first"]["ip"] == "10.3.0.2"  # .1 is the gateway
     line = one_line_error(cli(cluster, "rm", "first"), "container first is running — stop it first, or use `rm -f`")
     assert line.count("stop it first") == 1 and line.count("rm -f") == 1  # the hint, once
     ok(cli(cluster, "stop", "first", "--time", "2"))
@@ -159,7 +159,7 @@ def test_stop_then_rm_frees_the_address_and_the_next_run_reuses_it(cluster, web)
     ok(cli(cluster, "rm", "first"))
     assert "first" not in ps(cluster)
     ok(cli(cluster, "run", "--host", "h1", "-n", "10.3.0.0/24", "--name", "third", "-d", "--", "sleep", "1000"))
-    assert ps(cluster)["third"]["ip"] == "10.3.0.1"
+    assert ps(cluster)["third"]["ip"] == "10.3.0.2"
     ok(cli(cluster, "rm", "-f", "second"))
     ok(cli(cluster, "rm", "-f", "third"))
 
@@ -453,7 +453,8 @@ def test_run_rm_removes_the_container_once_it_exits(cluster):
 
 
 def test_network_create_says_when_it_already_exists(cluster, web):
-    assert ok(cli(cluster, "network", "create", "10.0.0.0/24")).strip() == "10.0.0.0/24 vni 4096 (already exists)"
+    assert ok(cli(cluster, "network", "create", "10.0.0.0/24")).strip() == (
+        "net-10-0-0-0-24 10.0.0.0/24 vni 4096 gateway 10.0.0.1 (already exists)")
     created = ok(cli(cluster, "network", "create", "10.77.0.0/24")).strip()
-    assert created.startswith("10.77.0.0/24 vni ") and "exists" not in created
+    assert created.startswith("net-10-77-0-0-24 10.77.0.0/24 vni ") and "exists" not in created
     assert ok(cli(cluster, "network", "rm", "10.77.0.0/24")).strip() == "removed 10.77.0.0/24"
