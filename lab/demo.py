@@ -1,6 +1,6 @@
-"""`sudo make demo`: a 3-host lab, `cantainer up`, Alpine containers on two hosts pinging each other
-over the VXLAN overlay, `cantainer status`, a 3-replica service that keeps its 3 tasks through a
-host crash, then a clean teardown.
+"""`sudo make demo`: a 3-host lab, `cantainer up`, a named network, Alpine containers on two hosts
+pinging each other by name over the VXLAN overlay, `cantainer status`, a 3-replica service that
+keeps its 3 tasks through a host crash, then a clean teardown.
 
 Each step is the real command a user would type, printed before it runs. Set DEMO_KEEP=1 to keep
 the lab and cluster running afterwards for exploring by hand.
@@ -48,9 +48,11 @@ def main() -> int:
                       f"{RESCHEDULE_AFTER}: the demo waits less than the default 30 s)")
         step("push and start the agents, form the raft cluster", [cantainer, "up", inventory])
         step("re-run: nothing to do, nothing touched", [cantainer, "up", inventory])
-        step("an Alpine container on h1 …", [cantainer, "run", "--host", "h1", "-n", "10.0.0.0/24", "--name", "web",
+        step("a network: one VXLAN segment, its gateway on every host", [cantainer, "network", "create",
+                                                                        "10.0.0.0/24", "--name", "backend"], inventory)
+        step("an Alpine container on h1 …", [cantainer, "run", "--host", "h1", "-n", "backend", "--name", "web",
                                               "-d", "--", "sleep", "3600"], inventory)
-        step("… and one on h2, same network", [cantainer, "run", "--host", "h2", "-n", "10.0.0.0/24", "--name", "db",
+        step("… and one on h2, same network", [cantainer, "run", "--host", "h2", "-n", "backend", "--name", "db",
                                                 "-d", "--", "sleep", "3600"], inventory)
         step(
             "inside web",
@@ -66,8 +68,8 @@ def main() -> int:
             inventory,
         )
         step(
-            "web on h1 pings db on h2 over the VXLAN overlay",
-            [cantainer, "exec", "web", "--", "ping", "-c", "3", "10.0.0.2"],
+            "web on h1 pings db on h2 by name (h1's agent answers DNS on the gateway) over the VXLAN overlay",
+            [cantainer, "exec", "web", "--", "ping", "-c", "3", "db"],
             inventory,
         )
         step("the cluster as the agents see it", [cantainer, "status", "-i", inventory])

@@ -21,6 +21,7 @@ def test_demo_runs_containers_that_ping_across_hosts_keeps_a_service_through_a_c
     from lab.rootfs import base_image
 
     assert f"{base_image().label} on web" in result.stdout  # the image the demo ran, whichever it was
+    assert "PING db (10.0.0.3)" in result.stdout  # by name: db is h2's, answered by h1's agent
     assert "3 packets transmitted, 3 packets received, 0% packet loss" in result.stdout
     assert "hello has its 3 tasks running again on h1, h2" in result.stdout  # through h3's crash
     assert not [name for name in netns.listnetns() if name.startswith("cantainer-demo-")]
