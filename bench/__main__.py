@@ -27,7 +27,7 @@ for p in (str(REPO), str(REPO / "agent")):
 
 from bench.results import normalize, print_table, row, write_json  # noqa: E402
 
-GROUPS = ("start", "raft", "up", "overlay", "scale", "image", "service")
+GROUPS = ("start", "raft", "up", "overlay", "network", "scale", "image", "service")
 
 
 # -- raft: reuses bench/raft_bench.py (writes/s) and bench/raft_failover.py (failover) ---------------
@@ -110,6 +110,15 @@ def overlay_rows(quick: bool, notes: list[str]) -> list[dict]:
     return overlay_bench.measure(quick)
 
 
+def network_rows(quick: bool, notes: list[str]) -> list[dict]:
+    if os.geteuid() != 0:
+        notes.append("network needs root (the lab): skipped")
+        return []
+    from bench import network_bench
+
+    return network_bench.measure(quick)
+
+
 def scale_rows(quick: bool, notes: list[str]) -> list[dict]:
     if os.geteuid() != 0:
         notes.append("scale needs root (the lab): skipped")
@@ -137,8 +146,8 @@ def service_rows(quick: bool, notes: list[str]) -> list[dict]:
     return service_bench.measure(quick)
 
 
-MEASURE = {"start": start_rows, "raft": raft_rows, "up": up_rows, "overlay": overlay_rows, "scale": scale_rows,
-           "image": image_rows, "service": service_rows}
+MEASURE = {"start": start_rows, "raft": raft_rows, "up": up_rows, "overlay": overlay_rows, "network": network_rows,
+           "scale": scale_rows, "image": image_rows, "service": service_rows}
 
 
 def main(argv: list[str] | None = None) -> int:
