@@ -411,13 +411,13 @@ def nft_tables(lab, host: str) -> list[str]:
 
 
 def test_down_stops_agents_and_purge_removes_state(lab, cluster):
-    assert all(nft_tables(lab, host) == ["inet cantainer"] for host in ("h1", "h2", "h3"))
+    assert all(nft_tables(lab, host) == ["inet cantainer", "bridge cantainer"] for host in ("h1", "h2", "h3"))
     result = cantainer("down", "-i", str(cluster))
     assert result.returncode == 0, result.stdout + result.stderr
     for host in ("h1", "h2", "h3"):
         assert agent_pid(lab, host) is None
         assert host_exec(lab, host, "test", "-e", layout.MEMBERS_FILE).returncode == 0  # state kept
-        assert nft_tables(lab, host) == []  # the table goes with the overlay it guarded
+        assert nft_tables(lab, host) == []  # the tables go with the overlay they guarded
     # up resumes the same cluster from its state
     assert cantainer("up", str(cluster)).returncode == 0
     assert len([n for n in status(cluster)["nodes"] if n["state"] == "up"]) == 3

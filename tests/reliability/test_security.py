@@ -462,7 +462,7 @@ def nft_counters(lab, host: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     for item in json.loads(result.stdout):
         rule = item.get("rule")
-        if rule:
+        if rule and any("counter" in e for e in rule["expr"]):  # accept rules count nothing
             packets = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
             counts[rule["comment"]] = counts.get(rule["comment"], 0) + packets
     return counts

@@ -71,8 +71,7 @@ class NetfilterController:
         have = {(item["table"].get("family"), item["table"].get("name")) for item in tables if "table" in item}
         if not all(table in have for table in ruleset.TABLES):
             return None
-        # one list per batch: libnftables 1.0.6 mixes up two list commands in one
-        return ruleset.observe([item for command in ruleset.list_command() for item in self._nft.run([command])])
+        return ruleset.observe([item for batch in ruleset.list_commands() for item in self._nft.run(batch)])
 
     def sync(self, snapshot: dict) -> None:
         state = snapshot["state"]

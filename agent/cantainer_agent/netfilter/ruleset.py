@@ -353,7 +353,7 @@ def _is_mac(text: str) -> bool:
 
 
 def observe(listing: list[dict]) -> Observed | None:
-    """The comparable form of our tables' listing (``list_command``); None if a table is absent."""
+    """The comparable form of our tables' listings (``list_commands``); None if a table is absent."""
     items = [item for item in listing if "metainfo" not in item]
     tables = {(item["table"]["family"], item["table"]["name"]) for item in items if "table" in item}
     if not all(table in tables for table in TABLES):
@@ -374,5 +374,11 @@ def observe(listing: list[dict]) -> Observed | None:
     return Observed(json.dumps(structure, sort_keys=True), elements)
 
 
-def list_command() -> list[dict]:
-    return [{"list": {"table": _table(family)}} for family, _ in TABLES]
+def list_command(family: str = FAMILY) -> list[dict]:
+    """List one of our tables (libnftables 1.0.6 mixes up two list commands in one batch)."""
+    return [{"list": {"table": _table(family)}}]
+
+
+def list_commands() -> list[list[dict]]:
+    """One batch per table: what ``observe`` reads."""
+    return [list_command(family) for family, _ in TABLES]

@@ -95,7 +95,7 @@ def counters(host: str) -> dict[str, int]:
     """Packets counted by each drop rule, by comment (the IPv4 and IPv6 VXLAN rules summed)."""
     def read() -> dict[str, int]:
         with Nft() as nft:
-            listing = nft.run(ruleset.list_command()[:1])  # the inet table (one list per batch)
+            listing = nft.run(ruleset.list_command())
         counts: dict[str, int] = {}
         for item in listing:
             rule = item.get("rule")
@@ -159,7 +159,7 @@ def test_sync_is_idempotent_follows_members_and_repairs_tampering(fabric):
     # someone deletes a rule and a member: the next pass re-creates the table as it should be
     def tamper() -> None:
         with Nft() as nft:
-            handle = next(item["rule"]["handle"] for item in nft.run(ruleset.list_command()[:1]) if "rule" in item
+            handle = next(item["rule"]["handle"] for item in nft.run(ruleset.list_command()) if "rule" in item
                           and item["rule"]["chain"] == "input")
             nft.run([{"delete": {"rule": {"family": "inet", "table": "cantainer", "chain": "input",
                                           "handle": handle}}}])
