@@ -206,7 +206,7 @@ class ContainerHandlers:
 
     @staticmethod
     def _network_name(raft: RaftNode, record: dict) -> str | None:
-        return raft.read(lambda state: state.networks.get(record["network"], {}).get("name"))
+        return raft.read(lambda state: (state.networks.get(record["network"]) or {}).get("name"))
 
     def _publish(self, raft: RaftNode, value: object) -> list[dict]:
         """The request's published ports, checked before anything is made against what this host's
