@@ -52,11 +52,13 @@ class Containers:
     """Containers on one network that only the test uses: ``run(name)`` -> ("ok", ip) |
     ("error", "already_exists"); ``rm(name)`` -> ("ok", None) | ("error", "not_found"); ``ps()`` -> the
     {(name, ip)} it listed of the test's containers. An address must be the lowest free one (IPAM is
-    deterministic), so a duplicate or skipped allocation is a violation too."""
+    deterministic), so a duplicate or skipped allocation is a violation too; the network's first
+    address is its gateway (*gateway*, as every network `run -n CIDR` creates has one)."""
 
-    def __init__(self, cidr: str, names: Iterable[str]) -> None:
+    def __init__(self, cidr: str, names: Iterable[str], gateway: bool = True) -> None:
         self.network = ipaddress.ip_network(cidr)
         self.names = frozenset(names)
+        self.reserved = {str(self.network.network_address + 1)} if gateway else set()
 
     def init(self) -> Hashable:
         return frozenset()
@@ -65,7 +67,7 @@ class Containers:
         return [str(self.network)]
 
     def _lowest_free(self, state: frozenset) -> str:
-        used = {ip for _, ip in state}
+        used = {ip for _, ip in state} | self.reserved
         return next(str(ip) for ip in self.network.hosts() if str(ip) not in used)
 
     def step(self, state: frozenset, op: Op) -> tuple[bool, Hashable]:

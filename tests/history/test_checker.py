@@ -84,7 +84,7 @@ def test_a_pending_op_may_have_taken_effect_or_not():
 
 
 def test_container_addresses_must_be_unique_and_lowest_free():
-    model = Containers("10.30.0.0/24", ["a", "b", "c"])
+    model = Containers("10.30.0.0/24", ["a", "b", "c"], gateway=False)
     good = [Op(1, "run", "a", 0, 1, ("ok", "10.30.0.1")), Op(2, "run", "b", 0.5, 2, ("ok", "10.30.0.2")),
             Op(1, "rm", "a", 3, 4, ("ok", None)), Op(3, "run", "c", 5, 6, ("ok", "10.30.0.1")),
             Op(2, "ps", None, 7, 8, frozenset({("b", "10.30.0.2"), ("c", "10.30.0.1")}))]
@@ -93,6 +93,10 @@ def test_container_addresses_must_be_unique_and_lowest_free():
     assert check(model, duplicate) is not None
     twice = [Op(1, "run", "a", 0, 1, ("ok", "10.30.0.1")), Op(2, "run", "a", 2, 3, ("ok", "10.30.0.2"))]
     assert check(model, twice) is not None
+    # with a gateway the first address is never a container's
+    gateway = Containers("10.30.0.0/24", ["a", "b"])
+    assert check(gateway, [Op(1, "run", "a", 0, 1, ("ok", "10.30.0.2"))]) is None
+    assert check(gateway, [Op(1, "run", "a", 0, 1, ("ok", "10.30.0.1"))]) is not None
 
 
 def test_a_long_concurrent_linearizable_history_is_checked_quickly():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cantainer_agent import layout
-from tests.labcli import cli, host_exec, ok, one_line_error, ps
+from tests.labcli import cli, host_exec, mac_for, ok, one_line_error, ps
 
 pytestmark = pytest.mark.lab
 
@@ -218,7 +218,7 @@ def fdb(lab, host: str, device: str = "cvx-4096") -> str:
 def test_agent_restart_leaves_correct_entries_untouched(lab, cluster, web):
     before_link = host_exec(lab, "h1", "ip", "-o", "link", "show", "cvx-4096").stdout.split(":")[0]
     before = fdb(lab, "h1")
-    assert "02:42:0a:00:00:02" in before  # c2's MAC -> h2
+    assert mac_for(web["c2"]) in before  # c2's MAC -> h2
     pid = host_exec(lab, "h1", "cat", layout.PID_FILE).stdout.split()[0]
     host_exec(lab, "h1", "kill", "-9", pid)
     ok(cli(cluster, "up", str(cluster)))

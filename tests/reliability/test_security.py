@@ -150,11 +150,15 @@ def listening(lab, host: str) -> set[tuple[str, int]]:
 
 
 def test_no_tcp_api(lab, cluster, measured):
-    """No TCP API: hosts listen on sshd, raft and join only, bound to the underlay address"""
+    """No TCP API: hosts listen on sshd, raft and join only, bound to the underlay address (and DNS on the
+    gateways of their networks, which only that network's containers reach)"""
     state = lab.load()
+    doc = status(cluster)
     for host in HOSTS:
         address = state.hosts[host].address
-        assert listening(lab, host) == {(address, 22), (address, 7480), (address, 7481)}
+        local = {c["network"] for c in doc["containers"] if c["host"] == host and c["state"] == "running"}
+        gateways = {(n["gateway"], 53) for n in doc["networks"] if n["cidr"] in local and n.get("gateway")}
+        assert listening(lab, host) == {(address, 22), (address, 7480), (address, 7481)} | gateways
     measured("listening on h1", ", ".join(f"{a}:{p}" for a, p in sorted(listening(lab, "h1"))))
 
 

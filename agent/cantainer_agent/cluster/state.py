@@ -284,7 +284,7 @@ class ClusterState(ServiceCommands):
 
     def network_key(self, ref: Any) -> str:
         """The CIDR of the network *ref* names (a name or a CIDR); NotFound if there is none."""
-        if isinstance(ref, str) and "/" not in ref:
+        if is_network_name(ref):
             key = self._network_named(ref)
             if key is None:
                 check_network_name(ref)
@@ -420,7 +420,7 @@ class ClusterState(ServiceCommands):
             raise StateError("gateway must be true or false")
         publish = optional.get("publish", [])
         ref = spec.get("network")
-        key = self.network_key(ref) if isinstance(ref, str) and "/" not in ref else str(ipam.parse_cidr(ref))
+        key = self.network_key(ref) if is_network_name(ref) else str(ipam.parse_cidr(ref))
         record = self.networks.get(key)
         if publish and record is not None and record["internal"]:
             raise StateError(f"network {record['name']} is internal: nothing outside reaches it, so it has no "
@@ -556,6 +556,11 @@ def _first_observation(observed: Any, ts: float) -> dict:
 # so it never reads as an address. ``net-A-B-C-D-P`` is what a CIDR-only network is called.
 NETWORK_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _DEFAULT_NAME_RE = re.compile(r"^net(-[0-9]+){5}$")
+
+
+def is_network_name(ref: Any) -> bool:
+    """Does *ref* mean a name (it starts with a letter, as names must) rather than a CIDR?"""
+    return isinstance(ref, str) and ref[:1].isalpha() and "/" not in ref
 
 
 def default_network_name(cidr: str) -> str:

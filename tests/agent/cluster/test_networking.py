@@ -83,6 +83,8 @@ def test_unknown_network_names():
         run(state, "a", "nope")
     with pytest.raises(StateError, match="network name 'No!' is invalid"):
         run(state, "a", "No!")
+    with pytest.raises(StateError, match="'10.79.0.0' has no prefix length — write it like 10.79.0.0/24"):
+        run(state, "a", "10.79.0.0")  # a digit first: meant as a CIDR
     assert state.containers == {} and state.networks == {}
 
 
