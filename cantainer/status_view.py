@@ -57,15 +57,17 @@ def render_status(doc: dict, width: int | None = None, now: float | None = None)
     nodes = [[node["name"], node.get("address", ""), node.get("role", "?"), node.get("state", "?"),
               node.get("version") or "-", node.get("bundle") or "-", _ago(node.get("last_seen"), now),
               _overlay(node.get("overlay"))] for node in doc["nodes"]]
-    networks = [[net.get("name", ""), net.get("cidr", ""), str(net.get("vni", "")), ", ".join(net.get("hosts", [])) or "-",
-                 str(net.get("containers", ""))] for net in doc.get("networks", [])]
+    networks = [[net.get("name", ""), net.get("cidr", ""), str(net.get("vni", "")),
+                 ", ".join(net.get("hosts", [])) or "-", str(net.get("containers", ""))]
+                for net in doc.get("networks", [])]
     containers = [[ctr.get("name", ""), ctr.get("host", ""), ctr.get("network", ""), ctr.get("ip", ""),
                    state_text(ctr, now), " ".join(ctr.get("command", [])) or "-"] for ctr in doc.get("containers", [])]
     return [
         *header, "",
         *_section("NODES", ["NAME", "ADDRESS", "ROLE", "STATE", "AGENT", "BUNDLE", "LAST SEEN", "OVERLAY ENTRIES"],
                   nodes, ("AGENT", "BUNDLE", "OVERLAY ENTRIES"), width), "",
-        *_section("NETWORKS", ["NAME", "CIDR", "VNI", "HOSTS", "CONTAINERS"], networks, (), width, "no networks yet"), "",
+        *_section("NETWORKS", ["NAME", "CIDR", "VNI", "HOSTS", "CONTAINERS"], networks, (), width,
+                  "no networks yet"), "",
         *_section("CONTAINERS", ["NAME", "HOST", "NETWORK", "IP", "STATE", "COMMAND"], containers, ("COMMAND",),
                   width, "no containers yet"),
     ]

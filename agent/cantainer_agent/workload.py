@@ -17,8 +17,8 @@ cgroup, veth) → replicate the removal.
 from __future__ import annotations
 
 import collections
-import copy
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -149,9 +149,10 @@ class Workload:
         """Start *spec*'s container with one raft commit: ``create(observed)`` replicates its record
         (create_container with ``observed`` = running, this pid, this start time) once its processes
         exist and before its command runs; then the veth and /etc/hosts get the address the commit
-        allocated (and /etc/resolv.conf its network's DNS server), and the command runs. Raises ``RecordOfAnotherAttempt`` (the container made here
-        already torn down) when the commit answers with the record an earlier attempt of the same
-        request created. Anything else that fails removes the container and, if made, its record."""
+        allocated (/etc/resolv.conf its network's DNS server), and the command runs. Raises
+        ``RecordOfAnotherAttempt`` (the container made here already torn down) when the commit answers
+        with the record an earlier attempt of the same request created. Anything else that fails
+        removes the container and, if made, its record."""
         made: dict = {}
 
         def before_exec(pid: int) -> dict:

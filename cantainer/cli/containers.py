@@ -167,7 +167,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         command=command_of(args) or None, env=env, workdir=args.workdir,
         entrypoint=args.entrypoint, user=args.user,
         memory=limits.get("memory"), cpus=limits.get("cpus"), pids=limits.get("pids"),
-        auto_remove=args.rm, publish=publish, restart=restart, health=runopts.health_of(args), constraints=constraints or [],
+        auto_remove=args.rm, publish=publish, restart=restart, health=runopts.health_of(args),
+        constraints=constraints or [],
         **containers.parse_security(args.cap_add, args.cap_drop, args.security_opt),
     )
     if request.workdir is not None and not request.workdir.startswith("/"):

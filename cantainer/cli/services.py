@@ -37,7 +37,8 @@ def register(commands: Commands) -> None:
     mode.add_argument("--replicas", type=int, default=None, metavar="N", help="number of tasks (default 1)")
     mode.add_argument("--mode", choices=("replicated", "global"), default="replicated",
                       help="replicated (default) or global: one task on every host that fits")
-    create.add_argument("-n", "--network", required=True, metavar="CIDR", help="network, created on first use")
+    create.add_argument("-n", "--network", required=True, metavar="NETWORK",
+                        help="network name or CIDR (a CIDR is created on first use)")
     _task_options(create, update=False)
     create.dash_command = "command"
 
@@ -71,7 +72,7 @@ def register(commands: Commands) -> None:
                    "a new command follows --.")
     update.add_argument("name", metavar="NAME", help="service name")
     update.add_argument("--replicas", type=int, metavar="N", help="number of tasks")
-    update.add_argument("-n", "--network", metavar="CIDR", help="move the tasks to another network")
+    update.add_argument("-n", "--network", metavar="NETWORK", help="move the tasks to another network (name or CIDR)")
     update.add_argument("--env-rm", action="append", default=[], metavar="KEY", help="drop an environment variable")
     update.add_argument("--force", action="store_true", help="replace every task even if nothing changed")
     _task_options(update, update=True)
@@ -147,17 +148,10 @@ def _policy(args: argparse.Namespace) -> dict:
     return policy
 
 
-def _publish(args: argparse.Namespace) -> list[str] | None:
-    from cantainer_agent.cluster.specs import check_publish
-    from cantainer_agent.errors import StateError
+def _publish(args: argparse.Namespace) -> list[dict] | None:
+    from cantainer.containers import parse_publish  # run -p's syntax and checks
 
-    if args.publish is None:
-        return None
-    try:
-        check_publish(list(args.publish))
-    except StateError as error:
-        raise UsageError(f"-p: {error}") from None
-    return list(args.publish)
+    return None if args.publish is None else parse_publish(list(args.publish))
 
 
 def _options(args: argparse.Namespace) -> dict:

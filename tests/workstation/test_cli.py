@@ -85,7 +85,7 @@ def test_run_options_parse():
     (["service", "create", "web"], ["required: -n/--network"], 2),
     (["service", "create", "web", "-n", "10.0.0.0/24", "--replicas", "2", "--mode", "global"],
      ["not allowed with argument --replicas"], 2),
-    (["service", "create", "web", "-n", "10.0.0.0/24", "-p", "80"], ["-p: published port '80' must be"], 2),
+    (["service", "create", "web", "-n", "10.0.0.0/24", "-p", "80"], ["-p 80: give the host port too"], 2),
     (["service", "create", "web", "-n", "10.0.0.0/24", "--update-monitor", "x"], ["--update-monitor 'x' is not"], 2),
     (["service", "create", "web", "-n", "10.0.0.0/24", "--update-order", "last"],
      ["--update-order 'last' is not one of start-first, stop-first"], 2),

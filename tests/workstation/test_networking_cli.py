@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from cantainer.cli import build_parser, main
-from cantainer.cli.containers import ports_text, ps_rows
+from cantainer.cli.containers import ps_rows
+from cantainer.cli.output import ports_text
 from cantainer.containers import RunRequest, parse_publish, run_params
 
 
@@ -47,7 +48,7 @@ def test_ps_shows_published_then_exposed_ports_and_the_network_name():
     assert ports_text(container) == "0.0.0.0:8080->80/tcp, 443/tcp"
     assert ports_text({"ports": [], "publish": []}) == "-"
     row = ps_rows([container], now=10.0)[0]
-    assert row[3] == "backend" and row[8] == "0.0.0.0:8080->80/tcp, 443/tcp"
+    assert row[3] == "backend" and row[10] == "0.0.0.0:8080->80/tcp, 443/tcp"
     assert ps_rows([{**container, "network_name": None}], now=10.0)[0][3] == "10.0.0.0/24"  # an older agent
 
 

@@ -169,7 +169,8 @@ class ContainerHandlers:
         self._trigger()
         return {"name": record["name"], "id": record["id"], "ip": record["ip"], "host": record["host"],
                 "network": record["network"], "network_name": self._network_name(raft, record),
-                "image_digest": record.get("image_digest") or fields["image_digest"], "publish": record.get("publish", [])}
+                "image_digest": record.get("image_digest") or fields["image_digest"],
+                "publish": record.get("publish", [])}
 
     def place(self, params: dict) -> dict:
         """`run` without a host: the cluster picks it (inside the replicated command), its agent starts

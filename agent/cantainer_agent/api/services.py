@@ -38,7 +38,8 @@ SERVICE_DEFAULT_RESTART = "always"
 def _template(name: str, image: dict, options: dict, network: str, constraints: list, publish: list) -> dict:
     fields = container_fields(f"{name}.1", {"image": image, **options,
                                             "restart": options.get("restart") or SERVICE_DEFAULT_RESTART})
-    return {**fields, "network": network, "constraints": constraints, "publish": publish}
+    # gateway: the network a task creates gets one (its DNS server, egress), as `run`'s does
+    return {**fields, "network": network, "constraints": constraints, "publish": publish, "gateway": True}
 
 
 class ServiceHandlers:

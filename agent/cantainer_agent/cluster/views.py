@@ -45,7 +45,6 @@ def container_view(record: dict, down: dict[str, float] | None = None, networks:
         "health": health_view(record), "service": record.get("service"), "slot": record.get("slot"),
         "version": record.get("version"), "placed": bool(record.get("placed")),
         "retiring": bool(record.get("retire")) or bool(record.get("superseded_at")),
-        "publish": record.get("publish", []),
     }
 
 

@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import struct
+import threading
 from collections import defaultdict
 from contextlib import contextmanager
 from typing import Callable, Iterator

@@ -55,7 +55,7 @@ def test_check_sorts_and_refuses_duplicates():
 @pytest.mark.parametrize("value, message", [
     ("8080:80", "must be a list"),
     ([port()] * 65, "at most 64"),
-    (["8080:80"], "exactly host_ip, host_port"),
+    ([["8080:80"]], "exactly host_ip, host_port"),
     ([{**port(), "extra": 1}], "exactly host_ip"),
     ([port(protocol="icmp")], "protocol 'icmp'"),
     ([port(host_port="8080")], "host_port '8080' is not a port number"),
