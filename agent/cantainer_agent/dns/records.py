@@ -1,7 +1,7 @@
 """The DNS answer table, built from the replicated state alone (pure).
 
 Per network (by CIDR): its name and ``names`` — label → the addresses it answers (a container's
-name → its address; a service's name → all its healthy tasks, once issue 16 adds that source).
+name → its address; a service's name → the addresses of its tasks that serve, cluster/views.py).
 Every entry comes from a *source*, ``fn(networks, containers) -> Iterable[Entry]``, listed in
 ``SOURCES``: to make a new kind of name resolvable, write a source and append it there.
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
+
+from ..cluster.views import serving
 
 GONE_STATES = ("exited", "dead")  # no process: its name answers nothing (as the overlay's endpoints)
 REVERSE_SUFFIX = ".in-addr.arpa"
@@ -38,7 +40,15 @@ def containers(networks: Mapping[str, dict], records: Mapping[str, dict]) -> Ite
         yield Entry(container["network"], container["name"].lower(), container["ip"])
 
 
-SOURCES: list[Source] = [containers]
+def services(networks: Mapping[str, dict], records: Mapping[str, dict]) -> Iterable[Entry]:
+    """A service's name answers every task of it that serves (running, healthy if checked, not
+    retiring) — as ``service_endpoints``; a task's host being down is not known here (no clock)."""
+    for task in records.values():
+        if task.get("service") and task["network"] in networks and serving(task, {}):
+            yield Entry(task["network"], task["service"].lower(), task["ip"])
+
+
+SOURCES: list[Source] = [containers, services]
 
 
 @dataclass(frozen=True)

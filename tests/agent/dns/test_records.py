@@ -74,3 +74,22 @@ def test_sources_plug_in_and_a_name_may_have_many_addresses():
     assert lookup(table, BACKEND, "api.backend") == Answer(("10.50.0.9", "10.50.0.10"))  # numeric order
     assert lookup(table, BACKEND, "web") == Answer(("10.50.0.2",))
     assert table.revision == -1 and build(NETWORKS, CONTAINERS, 7).revision == 7
+
+
+def test_a_service_name_answers_the_tasks_that_serve():
+    """Running and healthy (or unchecked) tasks; not one starting, unhealthy, retiring or exited."""
+    def task(slot, ip, state="running", **extra):
+        return {"name": f"api.{slot}", "service": "api", "host": "h1", "network": BACKEND, "ip": ip,
+                "observed": {"state": state},
+                **extra}
+    tasks = {t["name"]: t for t in (
+        task(1, "10.50.0.11"), task(2, "10.50.0.12", health={"cmd": ["true"]}),
+        task(3, "10.50.0.13"), task(4, "10.50.0.14", state="exited"), task(5, "10.50.0.15", retire={"at": 1.0}),
+        task(6, "10.50.0.16", state="created"))}
+    tasks["api.2"]["observed"]["health"] = {"status": "healthy"}
+    tasks["api.3"]["health"] = {"cmd": ["true"]}
+    tasks["api.3"]["observed"]["health"] = {"status": "unhealthy"}
+    table = build(NETWORKS, {**CONTAINERS, **tasks})
+    both = Answer(("10.50.0.11", "10.50.0.12"))
+    assert lookup(table, BACKEND, "api") == lookup(table, BACKEND, "api.backend") == both
+    assert lookup(table, VAULT, "api") == NXDOMAIN  # another network never learns it
