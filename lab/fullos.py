@@ -217,9 +217,14 @@ def unmount_host_root(hdir: Path) -> None:
                               "check what still uses it, then run down again")
 
 
-def configure_host(root: Path, hostname: str, host_key: Path, authorized_keys: str) -> None:
-    """What makes this host itself: name, machine id, SSH host key, the lab key for root/ops/dev."""
+def configure_host(root: Path, hostname: str, host_key: Path, authorized_keys: str, resolver: str) -> None:
+    """What makes this host itself: name, machine id, SSH host key, the lab key for root/ops/dev, and
+    its resolver (*resolver*: the workstation's lab address, so no query it forwards leaves the machine)."""
     _write_if_changed(root / "etc/hostname", f"{hostname}\n", 0o644)
+    resolv = root / "etc/resolv.conf"
+    if resolv.is_symlink():  # an image's link (to resolved's stub) would point outside this root
+        resolv.unlink()
+    _write_if_changed(resolv, f"# lab host {hostname}: the workstation's lab address\nnameserver {resolver}\n", 0o644)
     hosts = f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost\n"
     _write_if_changed(root / "etc/hosts", hosts, 0o644)
     machine_id = root / "etc/machine-id"

@@ -267,7 +267,7 @@ class Lab:
         try:
             root = fullos.mount_host_root(self._rootfs(state), hdir)
             keys = (self.dir / "authorized_keys").read_text()
-            fullos.configure_host(root, host.name, self._host_key(host.name), keys)
+            fullos.configure_host(root, host.name, self._host_key(host.name), keys, str(state.gateway.ip))
         except fullos.FullOSError as error:
             raise LabError(f"{host.name}: {error}") from None
         netns = f"/run/netns/{underlay.netns_name(self.name, host.name)}"

@@ -64,3 +64,24 @@ def test_console_tail_shows_the_last_lines_since_the_last_boot(tmp_path, monkeyp
     assert tail == f" — {log} ends: " + " | ".join(f"OK   line {n}" for n in range(4, 12))
     assert "old boot" not in tail and "\n" not in tail
     assert lab.console_tail("h2") == f" — {Path(tmp_path, 'unit', 'hosts', 'h2', 'console.log')} does not exist"
+
+
+def test_a_full_os_hosts_resolver_is_the_workstations_lab_address_never_an_images_link(tmp_path):
+    """An image's /etc/resolv.conf link (systemd-resolved's stub) is replaced, not followed out of the root."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/machine-id").write_text("")
+    (root / "etc/passwd").write_text("".join(f"{user}:x:{n}:{n}::/h:/bin/sh\n" for n, user in
+                                             enumerate(("root", fullos.SUDO_USER, fullos.PASSWORD_SUDO_USER))))
+    for home in ("root", f"home/{fullos.SUDO_USER}", f"home/{fullos.PASSWORD_SUDO_USER}"):
+        (root / home).mkdir(parents=True)
+    outside = tmp_path / "outside-resolv.conf"
+    outside.write_text("nameserver 9.9.9.9\n")
+    (root / "etc/resolv.conf").symlink_to(outside)
+    key = tmp_path / "key"
+    key.write_text("private\n")
+    key.with_suffix(".pub").write_text("public\n")
+    fullos.configure_host(root, "h1", key, "ssh-ed25519 AAAA lab\n", "10.99.0.1")
+    resolv = root / "etc/resolv.conf"
+    assert not resolv.is_symlink() and resolv.read_text().endswith("nameserver 10.99.0.1\n")
+    assert outside.read_text() == "nameserver 9.9.9.9\n"
