@@ -255,6 +255,33 @@ def test_ps_and_network_ls_show_ports_names_and_gateways(net):
     assert networks["vault"]["internal"] is True and isinstance(networks["vault"]["vni"], int)
 
 
+def test_a_service_name_answers_its_tasks_and_its_port_is_published_where_they_run(net):
+    """Two tasks on two hosts (one host port each): `api` answers both, h1:18081 and h2:18081 reach them."""
+    inventory, hosts = net["inventory"], net["hosts"]
+    ok(cli(inventory, "service", "create", "api", "--replicas", "2", "-n", "backend", "-p", "18081:80", "--",
+           "sh", "-c", TCP_SERVER))
+
+    def serving() -> list[dict]:
+        endpoints = json.loads(ok(cli(inventory, "service", "ps", "api", "--json")))["endpoints"]
+        return endpoints if len(endpoints) == 2 else []
+
+    def answers(host: str) -> str:
+        try:
+            return tcp_get(host, 18081)
+        except OSError as error:
+            return str(error)
+
+    try:
+        endpoints = wait_for(serving, 60, what="two serving tasks")
+        assert sorted(resolves(inventory, "web", "api")) == sorted(e["ip"] for e in endpoints)
+        assert resolves(inventory, "o1", "api") == []  # another network never learns it
+        for endpoint in endpoints:
+            address = hosts[endpoint["host"]]
+            assert wait_for(lambda a=address: answers(a).startswith("hello-from-api-"), 10, what=f"api on {address}")
+    finally:
+        ok(cli(inventory, "service", "rm", "api"))
+
+
 # -- isolation --------------------------------------------------------------------------------------
 
 def isolated(net) -> None:
