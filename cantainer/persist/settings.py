@@ -99,4 +99,8 @@ def code_fingerprint(root: Path | None = None) -> str:
 
 
 def socket_path() -> Path:
-    return control_dir() / f"conn-{code_fingerprint()}.sock"
+    """The socket of the process for this code and this home: the process reads ~/.ssh/config and
+    known_hosts from its own $HOME, so a command run with another HOME (a second SSH set-up, as a
+    bastion's ProxyJump config) must not be served by one started under the first."""
+    name = hashlib.sha256(f"{code_fingerprint()}\0{Path.home()}".encode()).hexdigest()[:16]
+    return control_dir() / f"conn-{name}.sock"

@@ -116,6 +116,15 @@ def test_changed_code_gets_a_process_of_its_own(tmp_path):
     assert settings.code_fingerprint(package) != before
 
 
+def test_another_home_gets_a_process_of_its_own(runtime, monkeypatch, tmp_path):
+    """The process applies ~/.ssh/config of its own HOME: a command with another HOME (another SSH
+    set-up) must reach another socket, else it would connect with the first one's config."""
+    first = settings.socket_path()
+    monkeypatch.setenv("HOME", str(tmp_path / "other"))
+    second = settings.socket_path()
+    assert first.parent == second.parent == runtime and first != second
+
+
 # -- start-up ----------------------------------------------------------------------------------------------
 def test_two_clients_racing_to_start_it_get_one_process(runtime):
     path = settings.socket_path()
