@@ -6,9 +6,10 @@ VENV := .venv
 # iproute2/ping/iperf3 for checks and benchmarks, util-linux for unshare/nsenter; umoci/skopeo build
 # and push test images, apache2-utils' htpasswd protects a test registry; libnftables1 for the agent's
 # nftables table (lab hosts share the machine's /usr; real hosts need it too); debootstrap and
-# systemd-container (systemd-nspawn) make full-OS lab hosts (`python -m lab up --os debian`).
+# systemd-container (systemd-nspawn, with systemd's systemd-analyze) make full-OS lab hosts (`python -m lab up
+# --os debian`); linux-libc-dev and cpp let the seccomp tests check the syscall tables against the kernel's headers.
 APT_PACKAGES := openssh-server openssh-client busybox-static iproute2 iputils-ping iperf3 python3-venv util-linux procps tmux \
-                skopeo umoci apache2-utils libnftables1 debootstrap systemd-container
+                skopeo umoci apache2-utils libnftables1 debootstrap systemd-container linux-libc-dev cpp
 # The test registry: Debian's docker-registry, unpacked into the venv rather than installed, because
 # installing it starts (and enables at boot) a registry listening on every address.
 REGISTRY := $(VENV)/tools/usr/bin/docker-registry
