@@ -4,6 +4,9 @@
 
 failover:  SIGKILL the leader; time until the survivors agree on a new leader, and until a
            write (network.create through a survivor) is acknowledged. Median of --rounds.
+crash:     the same, but the leader's host "crashes": its packets are blackholed first, then it
+           is SIGKILLed, so no FIN/RST reaches anyone and only the election timeout notices.
+           Median of --crash-rounds.
 vanish:    the lowest-addressed member (its peers connect to it) loses "power": its packets are
            blackholed, then it is SIGKILLed (no FIN/RST reaches anyone). Time until the peers
            drop their connections to it; it "reboots" after 8 s: time from its restart until
@@ -53,6 +56,28 @@ def failover_round(cluster: Cluster, k: int) -> tuple[float, float]:
     return elected, written
 
 
+def crash_round(cluster: Cluster, netns: Netns, k: int) -> tuple[float, float]:
+    """Like failover_round, but the leader's host loses power: nothing it sends arrives any more."""
+    leader = cluster.wait_healthy()
+    survivors = [a for a in cluster.agents if a is not leader]
+    netns.vanish(leader.address)
+    t0 = time.monotonic()
+    os.kill(leader.pid, signal.SIGKILL)
+    try:
+        wait_for(lambda: (lambda new: new is not None and new is not leader)(cluster.leader_among(survivors)), 20,
+                 "new leader", interval=0.005)
+        elected = time.monotonic() - t0
+        wait_for(lambda: survivors[k % 2].api("network.create", {"cidr": f"10.78.{k}.0/24"}, timeout=10), 20,
+                 "first write", interval=0.005)
+        written = time.monotonic() - t0
+        wait_for(lambda: not os.path.exists(f"/proc/{leader.pid}") or
+                 open(f"/proc/{leader.pid}/stat").read().split()[2] == "Z", 5, "death")
+    finally:
+        netns.heal(leader.address)
+    leader.start(cluster.env)
+    return elected, written
+
+
 def vanish_round(cluster: Cluster, netns: Netns) -> tuple[float, float]:
     cluster.wait_healthy()
     victim = min(cluster.agents, key=lambda a: a.raft_addr)  # the others connect to it
@@ -75,6 +100,7 @@ def vanish_round(cluster: Cluster, netns: Netns) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--crash-rounds", type=int, default=5)
     ap.add_argument("--vanish-rounds", type=int, default=3)
     ap.add_argument("--untuned", action="store_true", help="baseline: raft sockets not tuned")
     args = ap.parse_args()
@@ -96,6 +122,11 @@ def main() -> None:
               f"{statistics.median(elected) * 1000:.0f} ms (min {min(elected) * 1000:.0f}, max "
               f"{max(elected) * 1000:.0f}); first acknowledged write p50 {statistics.median(written) * 1000:.0f} ms "
               f"(max {max(written) * 1000:.0f})")
+        crashed = [crash_round(cluster, netns, k) for k in range(args.crash_rounds)]
+        if crashed:
+            print(f"failover after the leader's host crashed, {args.crash_rounds} rounds: new leader p50 "
+                  f"{statistics.median(e for e, _ in crashed) * 1000:.0f} ms; first acknowledged write p50 "
+                  f"{statistics.median(w for _, w in crashed) * 1000:.0f} ms")
         detected, reconnected = [], []
         for _ in range(args.vanish_rounds):
             d, r = vanish_round(cluster, netns)

@@ -53,6 +53,12 @@ class Trio:
             self.nodes[i].stop()
             self.nodes[i] = None
 
+    def stop_abruptly(self, i):
+        """Stop without handing leadership over: its sockets close, as when its process dies."""
+        if self.nodes[i] is not None:
+            self.nodes[i].stop(handover_timeout=0)
+            self.nodes[i] = None
+
     def leader(self, among=None):
         def find():
             for node in (among or [n for n in self.nodes if n is not None]):

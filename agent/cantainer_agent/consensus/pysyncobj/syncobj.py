@@ -1,5 +1,6 @@
 """PySyncObj's SyncObj as the raft node uses it: tuned, polled before judging timeouts, one
-append round per batch, and read through a small public surface instead of private names.
+append round per batch, PreVote and a fast election when the leader's process dies (election.py),
+and read through a small public surface instead of private names.
 
 * :class:`StateStore` holds the state machine; its single ``@replicated`` method is the only one
   there will ever be (PySyncObj numbers replicated methods by sorted name: a second one would
@@ -22,10 +23,12 @@ from pysyncobj.syncobj import SyncObjException
 
 from ...errors import StateError
 from ..errors import CommandFailed, CommandRejected, NotLeader, NotSubmitted, OutcomeUnknown, RaftError
+from . import election
 
 log = logging.getLogger(__name__)
 
 ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
+_FOLLOWER, _CANDIDATE, _LEADER = 0, 1, 2  # PySyncObj's _RAFT_STATE
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 # Failures that prove the command was never appended to any log (safe to resubmit).
 _NOT_APPENDED = frozenset({FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.QUEUE_FULL,
@@ -71,7 +74,8 @@ class StateStore(SyncObjConsumer):
 
 class AgentSyncObj(SyncObj):
     """PySyncObj's SyncObj, reading what already arrived *before* judging timeouts, sending one
-    append round per batch of queued commands, and answering a few questions publicly.
+    append round per batch of queued commands, electing with PreVote (and at once when the
+    leader's connection closes), and answering a few questions publicly.
 
     PySyncObj's tick checks the election and leader-fallback deadlines first and polls its
     sockets last: after any stall of the tick thread longer than the election timeout a follower
@@ -86,14 +90,131 @@ class AgentSyncObj(SyncObj):
     _read_round = False  # a read asked for a round this tick (all reads of a tick share it)
     _elect_early = False  # stand for election as soon as a majority is connected (elect_early)
 
+    def __init__(self, *args, **kwargs):
+        # Set before SyncObj.__init__, which may start the tick thread.
+        self._prevote_term = 0        # the term the running pre-vote round asks for (0: none)
+        self._prevote_grants: set[str] = set()
+        self._election_cleared = False  # a pre-vote round was won: elect at the next tick
+        self._leader_heard = 0.0      # when the current leader's append-entries last arrived
+        self._fast_until = 0.0        # the leader's connection closed: quick pre-vote rounds until then
+        self.election_stats = {"prevote_rounds": 0, "prevotes_won": 0, "prevotes_granted": 0,
+                               "prevotes_refused": 0, "fast_starts": 0}
+        super().__init__(*args, **kwargs)
+
     def _onTick(self, timeToWait=0.0):
+        term = self.raftCurrentTerm
         if self._settled:
             self._poller.poll(0)
             if self._elect_early:
-                self._maybe_elect_now()
+                self._maybe_elect_now()  # moves the deadline; _elect still asks for pre-votes first
+            self._elect()
         super()._onTick(timeToWait)
+        if (self.raftCurrentTerm > term and self._SyncObj__raftState == _CANDIDATE
+                and time.monotonic() < self._fast_until):
+            # An election while the leader is known dead: should the vote split, retry soon.
+            self._SyncObj__raftElectionDeadline = time.monotonic() + election.split_retry_delay()
         if not self._settled:
             self._settled = self._SyncObj__transport.ready and not self._SyncObj__needLoadDumpFile
+
+    # -- elections (election.py says why) ----------------------------------------------------------
+
+    def _elect(self) -> None:
+        """Before PySyncObj's tick judges the election deadline: turn an expired deadline into a
+        pre-vote round; let the election through once a round was won (or a TimeoutNow asked)."""
+        if self._SyncObj__raftState == _LEADER or self._SyncObj__selfNode is None:
+            self._prevote_term = 0
+            return
+        if self._election_cleared:
+            self._election_cleared = False
+            self._SyncObj__raftElectionDeadline = 0  # PySyncObj starts the election in this tick
+            return
+        if self._SyncObj__transferInProgress:
+            return  # the leader asked us to take over (TimeoutNow): elect at once, no pre-vote
+        now = time.monotonic()
+        if self._SyncObj__raftElectionDeadline >= now or not self._SyncObj__connectedToAnyone():
+            return
+        others = self._SyncObj__otherNodes
+        if not others:
+            return  # alone: PySyncObj elects this node without asking anyone
+        fast = now < self._fast_until
+        self._SyncObj__raftElectionDeadline = now + (election.retry_delay() if fast else
+                                                     self._SyncObj__generateRaftTimeout())
+        self._prevote_term = self.raftCurrentTerm + 1
+        self._prevote_grants = set()
+        self.election_stats["prevote_rounds"] += 1
+        request = {"type": "pre_vote", "term": self._prevote_term,
+                   "last_log_index": self._SyncObj__getCurrentLogIndex(),
+                   "last_log_term": self._SyncObj__getCurrentLogTerm()}
+        transport = self._SyncObj__transport
+        for node in others:
+            transport.send(node, request)
+
+    def _leader_alive(self) -> bool:
+        leader = self._SyncObj__raftLeader
+        return election.leader_alive(
+            is_leader=self._SyncObj__raftState == _LEADER, leader_known=leader is not None,
+            leader_connected=leader is not None and self.isNodeConnected(leader),
+            since_heard=time.monotonic() - self._leader_heard, election_min=self._SyncObj__conf.raftMinTimeout)
+
+    def _answer_pre_vote(self, node, message: dict) -> None:
+        granted = election.grant_pre_vote(
+            proposed_term=message["term"], cand_last_term=message["last_log_term"],
+            cand_last_index=message["last_log_index"], own_term=self.raftCurrentTerm,
+            own_last_term=self._SyncObj__getCurrentLogTerm(), own_last_index=self._SyncObj__getCurrentLogIndex(),
+            leader_alive=self._leader_alive(), voter=self._SyncObj__selfNode is not None)
+        self.election_stats["prevotes_granted" if granted else "prevotes_refused"] += 1
+        self._SyncObj__transport.send(node, {"type": "pre_vote_reply", "term": message["term"], "granted": granted,
+                                             "current": self.raftCurrentTerm})
+
+    def _count_pre_vote(self, node, message: dict) -> None:
+        state = self._SyncObj__raftState
+        if state == _LEADER or self._SyncObj__selfNode is None:
+            return
+        current = message.get("current")
+        if type(current) is int and current > self.raftCurrentTerm:
+            # A voter is at a later term (it voted in an election we missed): adopt it, as raft
+            # does for any answer with a higher term, so our next round can ask for a term above it.
+            self._SyncObj__setCurrentTerm(current, None)
+            self._SyncObj__setState(_FOLLOWER)
+            self._SyncObj__raftLeader = None
+            self._prevote_term = 0
+            return
+        if not message.get("granted") or message.get("term") != self._prevote_term \
+                or self._prevote_term != self.raftCurrentTerm + 1:
+            return
+        self._prevote_grants.add(node.id)
+        if election.pre_vote_won(1 + len(self._prevote_grants), 1 + len(self._SyncObj__otherNodes)):
+            self._prevote_term = 0
+            self._election_cleared = True
+            self.election_stats["prevotes_won"] += 1
+            self.wake()
+
+    def _SyncObj__onMessageReceived(self, node, message):  # what the transport's callback resolves to
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "pre_vote":
+            return self._answer_pre_vote(node, message)
+        if kind == "pre_vote_reply":
+            return self._count_pre_vote(node, message)
+        if kind == "append_entries" and message.get("term", -1) >= self.raftCurrentTerm:
+            self._leader_heard = time.monotonic()  # the current leader (a lower term is ignored)
+            self._fast_until = 0.0
+        return SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    def _SyncObj__onNodeDisconnected(self, node):
+        was_connected = self.isNodeConnected(node)
+        SyncObj._SyncObj__onNodeDisconnected(self, node)
+        leader = self._SyncObj__raftLeader
+        if (not was_connected or leader is None or node != leader or self._SyncObj__selfNode is None
+                or self._SyncObj__raftState != _FOLLOWER):
+            return
+        # The leader's connection closed (a failed reconnect attempt never counts: it was not
+        # connected): its process is probably gone. Pre-vote soon; a live leader is safe anyway.
+        now = time.monotonic()
+        self._fast_until = now + self._SyncObj__conf.raftMaxTimeout
+        delay = election.fast_delay(self._SyncObj__selfNode.id, [n.id for n in self._SyncObj__otherNodes], node.id)
+        self._SyncObj__raftElectionDeadline = min(self._SyncObj__raftElectionDeadline, now + delay)
+        self.election_stats["fast_starts"] += 1
+        log.info("raft: the connection to leader %s closed; pre-vote in %.0f ms", node.id, 1000 * delay)
 
     # With appendEntriesUseBatch=False PySyncObj sends a full append round to every member after
     # *each* command it appends; one round after the whole queue carries the same entries.
