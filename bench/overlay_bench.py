@@ -29,7 +29,6 @@ import socket
 import statistics
 import struct
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -338,19 +337,33 @@ def session_rows(lab, writes: int, clients: int, runs: int, log=print) -> list[d
                 "the same writes without sessions", statistics.median(without))]
 
 
-def measure(quick: bool, log=print) -> list[dict]:
+PARTS = ("run", "convergence", "writes", "sessions", "reads")
+
+
+def measure(quick: bool, log=print, parts: tuple[str, ...] = PARTS) -> list[dict]:
     runs_e2e, rounds, seconds, tp_runs, writes, w_runs = (10, 5, 3, 1, 300, 1) if quick else (30, 20, 10, 3, 2000, 3)
     rows: list[dict] = []
     with cluster(lab_name(LAB, "ov"), 3, log) as (lab, inventory):
-        rows += run_rows(inventory, runs_e2e, log)
-        conv, pair = convergence_rows(lab, inventory, rounds, log)
-        rows += conv
-        rows += throughput_rows(lab, pair, seconds, tp_runs, log)
-        rows += api_write_rows(lab, writes, 8, w_runs, log)
-        rows += session_rows(lab, writes, 8, w_runs, log)
-        rows += read_rows(lab, 100 if quick else 500, log)
+        if "run" in parts:
+            rows += run_rows(inventory, runs_e2e, log)
+        if "convergence" in parts:
+            conv, pair = convergence_rows(lab, inventory, rounds, log)
+            rows += conv
+            rows += throughput_rows(lab, pair, seconds, tp_runs, log)
+        if "writes" in parts:
+            rows += api_write_rows(lab, writes, 8, w_runs, log)
+        if "sessions" in parts:
+            rows += session_rows(lab, writes, 8, w_runs, log)
+        if "reads" in parts:
+            rows += read_rows(lab, 100 if quick else 500, log)
     return rows
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure("--quick" in sys.argv[1:]), indent=1))
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bench.overlay_bench")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    args = ap.parse_args()
+    print(json.dumps(measure(args.quick, parts=tuple(args.parts.split(","))), indent=1))

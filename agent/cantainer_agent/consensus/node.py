@@ -262,6 +262,33 @@ class RaftNode:
         status["state"] = self.store.state.to_bytes()  # unpickled by the caller, outside the tick thread
         return status
 
+    def _delta_in_tick(self, cursor: tuple[int, int] | None) -> dict:
+        status = self._status_in_tick()
+        state = self.store.state
+        epoch, seq = getattr(state, "feed_epoch", None), getattr(state, "feed_seq", None)
+        changed = None
+        if cursor is not None and epoch is not None and cursor[0] == epoch:
+            changed = state.changes_since(cursor[1])
+        if changed is None:
+            status["state"] = state.to_bytes()
+        else:
+            status["records"] = state.records_bytes(changed) if changed else None
+        status["changes"], status["cursor"] = changed, (epoch, seq) if epoch is not None else None
+        return status
+
+    def snapshot_since(self, cursor: tuple[int, int] | None, timeout: float = 2.0) -> dict:
+        """Raft status plus what changed in the replica since *cursor* (from an earlier answer):
+        ``changes`` — the ``(section, key)`` of the changed records — and ``records``, a copy of
+        them (None: deleted); or, when the replica cannot tell (first call, a replaced replica, a
+        reader too far behind), ``changes`` None and the whole ``state``. ``cursor`` is the next
+        call's argument (controllers/view.py keeps a full copy up to date this way)."""
+        snap = self.run_in_tick(lambda: self._delta_in_tick(cursor), timeout)
+        if snap["changes"] is None:
+            snap["state"] = pickle.loads(snap["state"])
+        else:
+            snap["records"] = pickle.loads(snap["records"]) if snap["records"] is not None else {}
+        return snap
+
     def status(self, timeout: float = 2.0) -> dict:
         """Raft status only (role, leader, term, indexes, members): no copy of the state."""
         return self.run_in_tick(self._status_in_tick, timeout)

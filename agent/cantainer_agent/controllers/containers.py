@@ -13,6 +13,8 @@ while its host was down). Starts and restarts run on worker threads, marked *in 
 log is not trusted ("ready"): after a reboot nothing restarts until this replica has caught up with
 a leader — so a task the cluster moved meanwhile is removed, never restarted (fencing). A service
 task is not restarted either while this host has been without a leader for ``reschedule_after``.
+A pass woken only by commits that touched no container of this host ends at once (timers, workers
+and the periodic pass trigger full passes, which look at everything).
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ class ContainersController:
         self._timers: dict[str, threading.Timer] = {}
         self._started_up = False
         self._fenced_logged: set[str] = set()
+        self._names: set[str] | None = None  # this host's container names as of the last full pass
 
     def close(self) -> None:
         for timer in list(self._timers.values()):
@@ -64,15 +67,29 @@ class ContainersController:
         if self._health is not None:
             self._health.close()
 
+    def _concerned(self, changes: set[tuple[str, str]], containers: dict) -> bool:
+        """Did these changes touch a container that is, or was, on this host?"""
+        if self._names is None:
+            return True
+        for section, key in changes:
+            if section == "containers":
+                record = containers.get(key)
+                if key in self._names or (record is not None and record["host"] == self._node):
+                    return True
+        return False
+
     def sync(self, snapshot: dict) -> None:
         raft = self._raft()
         if raft is None or not snapshot["ready"]:
             return  # a replica still replaying its log would "correct" records back to old states
+        state = snapshot["state"]
+        if snapshot.get("commits_only") and not self._concerned(snapshot["changes"], state["containers"]):
+            return
+        self._names = None  # until this pass is through
         writable = snapshot.get("leader") is not None  # reports wait for a leader; restarts do not
         runtime = self._workload.runtime
         busy = self._workload.in_flight_ids()
         local = {info.id: info for info in runtime.list()}
-        state = snapshot["state"]
         mine = {c["id"]: c for c in state["containers"].values() if c["host"] == self._node}
         if not self._started_up and writable:
             self._bring_back_always(raft, mine)
@@ -113,6 +130,7 @@ class ContainersController:
         for container_id in [cid for cid in self._failed if cid not in mine]:
             self._failed.pop(container_id, None)
             self._books.pop(container_id, None)
+        self._names = {record["name"] for record in mine.values()}
 
     # -- reports --------------------------------------------------------------------------------
     def _report(self, raft: RaftNode, record: dict, info) -> None:

@@ -7,6 +7,9 @@ event repairs everything. The loop owns the rest: one thread, so its controllers
 other; a pass when triggered (a raft commit, a container exit, an API write) and at least every
 ``period``; triggers during a pass fold into one next pass, spaced by the CPU the last pass used
 (at least ``min_gap``); a failing controller is retried with back-off and logged once per new error.
+A pass woken only by commits (:meth:`notify_commit`) says so in the snapshot (``commits_only``), so a
+controller may look at nothing but the snapshot's ``changes`` (controllers/view.py); any other pass
+(periodic, :meth:`trigger`, a retry) is a full one.
 The thread runs at nice +``NICE``: on a starved host the raft tick and the API go first. Why these
 numbers: docs/design/agent.md ("reconcile cost").
 """
@@ -52,6 +55,7 @@ class ControllerLoop:
         self._min_gap = min_gap
         self._nice = nice
         self._wake = threading.Event()
+        self._event = True  # something other than a commit asked for a pass (the first pass is full)
         self._stop = threading.Event()
         self._done = threading.Condition()
         self._generation = 0  # completed passes, for callers that wait for one
@@ -70,6 +74,12 @@ class ControllerLoop:
             self._thread.join(timeout)
 
     def trigger(self) -> None:
+        """A full pass soon (something happened on this host: a container exited, the API acted)."""
+        self._event = True
+        self._wake.set()
+
+    def notify_commit(self) -> None:
+        """A pass soon: the replicated state changed (controllers may look at the changes only)."""
         self._wake.set()
 
     def run_once_and_wait(self, timeout: float = 10.0) -> bool:
@@ -89,17 +99,19 @@ class ControllerLoop:
     def _run(self) -> None:
         if self._nice:
             _lower_priority()
-        took, wait = 0.0, self._period
+        took, wait, retry = 0.0, self._period, None
         while not self._stop.is_set():
-            self._wake.wait(wait)
+            woken = self._wake.wait(wait)
             self.last_gap = max(self._min_gap, took)
             if self._stop.wait(self.last_gap):  # let more triggers fold into this pass
                 return
             self._wake.clear()
+            commits_only = woken and retry is None and not self._event
+            self._event = False
             with self._done:
                 self._running = True
             started = time.thread_time()
-            retry = self._pass()
+            retry = self._pass(commits_only)
             took = time.thread_time() - started
             wait = self._period if retry is None else min(self._period, retry)
             with self._done:
@@ -107,13 +119,16 @@ class ControllerLoop:
                 self._generation += 1
                 self._done.notify_all()
 
-    def _pass(self) -> float | None:
+    def _pass(self, commits_only: bool = False) -> float | None:
         """One pass; returns how soon to retry after a failure (None: all succeeded)."""
         retry: float | None = None
         try:
             snapshot = self._read()
         except Exception as exc:  # noqa: BLE001 - e.g. raft stalled or not started: retried
             return self._failed("snapshot", exc)
+        if isinstance(snapshot, dict):
+            snapshot.setdefault("changes", None)
+            snapshot["commits_only"] = commits_only and snapshot["changes"] is not None
         for controller in self._controllers:
             try:
                 controller.sync(snapshot)

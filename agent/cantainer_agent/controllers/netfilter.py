@@ -9,6 +9,8 @@ so the first pass after a start re-creates the tables once and every later pass 
 A published port that goes away also takes its connections out of conntrack (a UDP flow would
 otherwise keep reaching the old address until it times out). Stopping the agent leaves the tables
 in place: the kernel keeps filtering while no agent runs. ``remove`` (teardown) deletes them.
+A pass woken only by commits lists nothing when what the tables are built from (members, networks,
+ports) is what the last good pass programmed; the periodic pass always compares.
 """
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ class NetfilterController:
         self._ports: set[ruleset.PortRule] | None = None  # as of the last applied pass
         self.changes = 0  # batches applied (tests read it)
         self.members: frozenset[str] = frozenset()  # as of the last pass (the join port reserves them slots)
+        self._synced: tuple | None = None  # (members, networks, ports, published) the last good pass programmed
 
     def is_member(self, address: str) -> bool:
         return address in self.members
@@ -76,8 +79,13 @@ class NetfilterController:
     def sync(self, snapshot: dict) -> None:
         state = snapshot["state"]
         networks, ports, published = rules_of(state, self._node)
-        wanted = ruleset.build(members_of(state, self._address), self._vxlan_port, networks, ports, published)
+        members = frozenset(members_of(state, self._address))
+        inputs = (members, networks, ports, published)
+        if snapshot.get("commits_only") and snapshot["ready"] and inputs == self._synced:
+            return  # nothing these tables depend on changed; the periodic pass still compares
+        wanted = ruleset.build(members, self._vxlan_port, networks, ports, published)
         self.members = frozenset(wanted.elements[ruleset.MEMBERS4] | wanted.elements[ruleset.MEMBERS6])
+        self._synced = None
         observed = self.observe()
         if not snapshot["ready"] and observed is not None:
             return  # a replica still catching up may know too few members: keep the rules we have
@@ -87,6 +95,8 @@ class NetfilterController:
         self._ports = set(ports)
         if gone:
             forget_connections(gone)
+        if snapshot["ready"]:
+            self._synced = inputs
 
     def apply(self, wanted: ruleset.Ruleset, observed: ruleset.Observed | None) -> None:
         if observed is None or self._baseline != (wanted.key, observed.structure):

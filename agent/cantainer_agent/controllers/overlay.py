@@ -5,6 +5,11 @@ state is not exited/dead — a created-but-starting container must already be re
 its process runs, and an exited one has no veth left to reach. A snapshot taken before a container
 was attached does not show it: when the kernel holds a container link the snapshot does not want,
 the desired state is read again before anything is deleted.
+
+The desired state lives in an :class:`~cantainer_agent.overlay.index.DesiredIndex`, updated from the
+records a pass names as changed (controllers/view.py): a pass woken by commits that only moved
+remote containers diffs just their entries against the reconciler's cached view of the kernel;
+anything else (a local container or network, a node's address, the periodic pass) is a full pass.
 """
 from __future__ import annotations
 
@@ -12,14 +17,10 @@ from typing import Callable
 
 from ..config import AgentConfig
 from ..overlay import DesiredHost, EndpointSpec, KernelGuard, NetworkSpec, Observed
+from ..overlay.index import DesiredIndex, network_spec
 from ..overlay.model import owned_kind
 
 GONE_STATES = ("exited", "dead")
-
-
-def network_spec(cidr: str, record: dict) -> NetworkSpec:
-    """A network record of the state as the overlay sees it."""
-    return NetworkSpec(cidr, record["vni"], record.get("gateway"), bool(record.get("internal")))
 
 
 def desired_host(state: dict, node: str, vtep: str, mtu: int, vxlan_port: int) -> DesiredHost:
@@ -59,7 +60,7 @@ class OverlayController:
         self._mtu: int | None = None
         self._guard = guard
         self._reconciler = None  # made by the first pass, in the loop's thread: netlink is imported there
-        self._state: dict | None = None
+        self._index: DesiredIndex | None = None  # None: rebuild from the next snapshot
 
     @property
     def summary(self) -> dict | None:
@@ -79,23 +80,37 @@ class OverlayController:
         return desired_host(state, self._cfg.node, self._cfg.address, self.underlay_mtu, self._cfg.vxlan_port)
 
     def _desired(self, observed: Observed) -> DesiredHost:
-        want = self._build(self._state)
+        want = self._index.desired()
         wanted = {ep.host_veth for ep in want.local}
         if any(owned_kind(name) == ("veth", None) and name not in wanted for name in observed.links):
             snapshot = self._read()  # attached after our snapshot was taken, or really an orphan
             if snapshot["ready"]:
                 want = self._build(snapshot["state"])
+                self._index = None  # it is behind that snapshot: rebuild at the next pass
         return want
 
     def sync(self, snapshot: dict) -> None:
         if not snapshot["ready"]:
+            self._index = None  # this pass's changes are not taken in: rebuild from the next snapshot
             return  # a replica still catching up would delete entries for containers it has not seen yet
-        self._state = snapshot["state"]
         if self._reconciler is None:
             from ..overlay import OverlayReconciler
 
             self._reconciler = OverlayReconciler(self._desired, self._guard)
-        try:
-            self._reconciler.reconcile()  # raises OverlayError on failed actions: the loop retries
-        finally:
-            self._state = None
+        state, changes = snapshot["state"], snapshot.get("changes")
+        index = self._index
+        touched = None
+        if index is None or changes is None:
+            index = DesiredIndex(self._cfg.node, self._cfg.address, self.underlay_mtu, self._cfg.vxlan_port)
+            index.rebuild(state)
+        else:
+            self._index = None  # until the update is through (an exception leaves it half-done)
+            touched = index.update(state, changes)
+        self._index = index
+        if snapshot.get("commits_only") and touched is not None:
+            if not touched:
+                return  # nothing this host programs changed
+            result = self._reconciler.reconcile_entries(index.fdb, index.neigh, touched, index.desired)
+            if result is not None:
+                return
+        self._reconciler.reconcile()  # raises OverlayError on failed actions: the loop retries

@@ -37,6 +37,7 @@ from ..controllers.loop import ControllerLoop
 from ..controllers.netfilter import NetfilterController
 from ..controllers.overlay import OverlayController
 from ..controllers.services import ServicesController
+from ..controllers.view import LocalView
 from ..controllers.voters import VotersController
 from ..dns import DnsServer, read_resolv_conf
 from ..fsutil import atomic_write, ensure_dir
@@ -119,8 +120,9 @@ class Agent:
         # netfilter first in every pass: its table is in place before the overlay's devices
         self._names = LiveTable(self._read)
         self.dns = DnsServer(self._names, lambda: read_resolv_conf(RESOLV_CONF))
+        view = LocalView(self.current_raft)  # the loop's copy of the state, patched per changed record
         self.loop = ControllerLoop("reconcile", [netfilter, DnsController(cfg.node, self.dns), self.containers,
-                                                 self.overlay], self._snapshot)
+                                                 self.overlay], view.read)
         voters = VotersController(lambda: self.raft, self._secret, voters=cfg.voters,
                                   heartbeat_interval=cfg.heartbeat_interval)
         self._voters_loop = ControllerLoop("voters", [voters], self._status, period=VOTERS_PERIOD, nice=False)
@@ -193,7 +195,7 @@ class Agent:
         if self._names is not None:
             self._names.invalidate()
         if self.loop is not None:
-            self.loop.trigger()
+            self.loop.notify_commit()  # a pass that may look at the changed records only
 
     def _status(self) -> dict:
         if self.raft is None:

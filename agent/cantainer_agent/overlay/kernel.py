@@ -68,6 +68,12 @@ _GONE = {errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENX
 
 def observe(ipr: IPRoute) -> Observed:
     """Dump the kernel state the planner compares with the desired state."""
+    return observe_links(ipr, with_entries=True)
+
+
+def observe_links(ipr: IPRoute, with_entries: bool = False) -> Observed:
+    """Links, addresses and routes only (cheap: a host has few links); the FDB and neighbour
+    entries — thousands on a big cluster, most of an observe's cost — only *with_entries*."""
     raw = list(ipr.get_links())
     names = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in raw}
     owned = {index: name for index, name in names.items() if owned_kind(name or "")}
@@ -83,7 +89,10 @@ def observe(ipr: IPRoute) -> Observed:
         state = _link_state(msg, names, tuple(sorted(addresses.get(msg["index"], ()))))
         links[state.name] = state
 
-    fdb = set()
+    fdb: set[FdbEntry] = set()
+    neigh: set[NeighEntry] = set()
+    if not with_entries:
+        return Observed(links=links, routes=frozenset(_routes(ipr, owned)), ip_forward=read_ip_forward(ipr))
     for msg in ipr.fdb("dump"):
         if msg["ifindex"] in vxlans and msg["flags"] & NTF_SELF:
             fdb.add(FdbEntry(
@@ -95,7 +104,6 @@ def observe(ipr: IPRoute) -> Observed:
                 vni=msg.get_attr("NDA_VNI"),
             ))
 
-    neigh = set()
     for msg in ipr.neigh("dump", family=AF_INET):
         if msg["ifindex"] in vxlans:
             mac = msg.get_attr("NDA_LLADDR")
@@ -106,6 +114,11 @@ def observe(ipr: IPRoute) -> Observed:
                 permanent=bool(msg["state"] & NUD_PERMANENT),
             ))
 
+    return Observed(links=links, fdb=frozenset(fdb), neigh=frozenset(neigh), routes=frozenset(_routes(ipr, owned)),
+                    ip_forward=read_ip_forward(ipr))
+
+
+def _routes(ipr: IPRoute, owned: dict[int, str]) -> set[RouteEntry]:
     routes = set()
     for msg in ipr.route("dump"):
         oif = msg.get_attr("RTA_OIF")
@@ -120,8 +133,7 @@ def observe(ipr: IPRoute) -> Observed:
                 priority=msg.get_attr("RTA_PRIORITY"),
                 gateway=msg.get_attr("RTA_GATEWAY"),
             ))
-    return Observed(links=links, fdb=frozenset(fdb), neigh=frozenset(neigh), routes=frozenset(routes),
-                    ip_forward=read_ip_forward(ipr))
+    return routes
 
 
 def _in_netns_of(ipr: IPRoute, fn: Callable[[], object]) -> object:

@@ -443,6 +443,67 @@ def fold(observed: Observed, actions: list[Action]) -> Observed | None:
     return observed.replace(fdb=frozenset(fdb), neigh=frozenset(neigh.values()))
 
 
+# ---------------------------------------------------------------------- per-entry (incremental)
+
+
+class EntryIndex:
+    """The FDB and neighbour entries of an :class:`Observed`, by key, kept in step with the
+    actions applied to it — so a pass that changes a few remote entries looks at those keys only."""
+
+    def __init__(self, observed: Observed) -> None:
+        self.fdb: dict[tuple[str, str], set[FdbEntry]] = defaultdict(set)
+        for entry in observed.fdb:
+            self.fdb[(entry.dev, entry.mac)].add(entry)
+        self.neigh: dict[tuple[str, str], NeighEntry] = {(e.dev, e.ip): e for e in observed.neigh}
+
+    def apply(self, actions: list[Action]) -> None:
+        """The entry actions of :func:`diff_entries`, all succeeded (as :func:`fold`)."""
+        for action in actions:
+            if isinstance(action, DeleteFdb):
+                key = (action.entry.dev, action.entry.mac)
+                self.fdb[key].discard(action.entry)
+                if not self.fdb[key]:
+                    del self.fdb[key]
+            elif isinstance(action, ReplaceFdb):
+                self.fdb[(action.dev, action.mac)] = {FdbEntry(action.dev, action.mac, action.dst)}
+            elif isinstance(action, DeleteNeigh):
+                self.neigh.pop((action.entry.dev, action.entry.ip), None)
+            elif isinstance(action, ReplaceNeigh):
+                self.neigh[(action.dev, action.ip)] = NeighEntry(action.dev, action.ip, action.mac)
+
+    def observed(self, base: Observed) -> Observed:
+        """*base* with these entries (what :func:`fold` of the same actions gives)."""
+        fdb = frozenset(e for entries in self.fdb.values() for e in entries)
+        return base.replace(fdb=fdb, neigh=frozenset(self.neigh.values()))
+
+
+def diff_entries(want_fdb: dict[tuple[str, str], FdbEntry], want_neigh: dict[tuple[str, str], NeighEntry],
+                 keys: set[tuple[str, str, str]], have: EntryIndex) -> list[Action]:
+    """:func:`diff`'s entry rules for the given keys only (``("fdb", dev, mac)`` and ``("neigh",
+    dev, ip)``): when no link changes, the same actions a full diff would give for them."""
+    cleanup: list[Action] = []
+    adds: list[Action] = []
+    for kind, dev, key in sorted(keys):
+        if kind == "fdb":
+            want_entry, entries = want_fdb.get((dev, key)), sorted(have.fdb.get((dev, key), ()))
+            if want_entry is not None and want_entry in entries:
+                stale = [e for e in entries if e != want_entry]
+            elif want_entry is not None and len(entries) == 1 and entries[0].port is None and entries[0].vni is None:
+                stale = []  # replaced in place below
+            else:
+                stale = entries
+            cleanup.extend(DeleteFdb(e) for e in stale)
+            if want_entry is not None and want_entry not in entries:
+                adds.append(ReplaceFdb(want_entry.dev, want_entry.mac, want_entry.dst))  # type: ignore[arg-type]
+        else:
+            want_n, have_n = want_neigh.get((dev, key)), have.neigh.get((dev, key))
+            if want_n is None and have_n is not None:
+                cleanup.append(DeleteNeigh(have_n))
+            elif want_n is not None and want_n != have_n:
+                adds.append(ReplaceNeigh(want_n.dev, want_n.ip, want_n.mac))  # type: ignore[arg-type]
+    return cleanup + adds
+
+
 # --------------------------------------------------------------------------------------- health
 
 

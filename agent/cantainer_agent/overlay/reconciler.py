@@ -2,11 +2,14 @@
 
 :class:`OverlayReconciler` (the agent's) observes the kernel fully every few seconds and in between
 diffs against the view its last pass left (``plan.fold``), like a controller's informer cache; a
-change made outside a pass (attach/detach, counted by the :class:`~.kernel.KernelGuard`) voids
-that view. A pass whose desired state did not change ends at once.
+change made outside a pass (attach/detach, counted by the :class:`~.kernel.KernelGuard`) touches
+links only, so the view's links are read again and its entries kept. A pass whose desired state did
+not change ends at once; :meth:`OverlayReconciler.reconcile_entries` diffs only the FDB/neighbour
+entries a change named (a remote container came or went), against that view.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -17,8 +20,8 @@ from pyroute2 import IPRoute
 
 from . import plan as P
 from .guard import KernelGuard, OverlayError
-from .kernel import apply, iproute, observe
-from .model import DesiredHost, Observed
+from .kernel import apply, iproute, observe, observe_links
+from .model import DesiredHost, FdbEntry, NeighEntry, Observed
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +41,26 @@ class ReconcileResult:
     skipped: tuple[str, ...] = ()
     desired: DesiredHost | None = None
     observed: Observed | None = None  # the kernel after the pass (observed again, or folded)
+    # a pass that diffed a few entries only: the desired state, built when someone asks for it
+    desired_source: Callable[[], DesiredHost] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
+    def desired_state(self) -> DesiredHost | None:
+        if self.desired is None and self.desired_source is not None:
+            self.desired = self.desired_source()
+        return self.desired
+
     @functools.cached_property
     def health(self) -> dict:
         """P.health after the pass, against the same desired state. Computed on first use: at
         ~1000 containers it costs as much as the pass (and only heartbeats read it)."""
-        if self.desired is None or self.observed is None:
+        desired = self.desired_state()
+        if desired is None or self.observed is None:
             return {}
-        return P.health(self.desired, self.observed)
+        return P.health(desired, self.observed)
 
 
 def reconcile(ipr: IPRoute, desired: DesiredSource, guard: KernelGuard, observed: Observed | None = None,
@@ -66,7 +77,7 @@ def reconcile(ipr: IPRoute, desired: DesiredSource, guard: KernelGuard, observed
         if observed is None:
             observed = observe(ipr)
         want = desired(observed) if callable(desired) else desired
-        if last is not None and observed is last.observed and last.ok and want == last.desired:
+        if last is not None and observed is last.observed and last.ok and want == last.desired_state():
             return ReconcileResult([], [], want.skipped, want, observed)
         actions = P.diff(want, observed)
         failures = apply(ipr, actions)
@@ -97,29 +108,77 @@ class OverlayReconciler:
         self._observed_at = float("-inf")
         self._resync_after = RESYNC_MIN
         self._kernel_changes_seen = -1
+        self._entries: P.EntryIndex | None = None  # the entries of _entries_of, by key
+        self._entries_of: Observed | None = None
+        self.passes = {"full_observe": 0, "links_observe": 0, "entries": 0, "full": 0}  # statistics (tests)
 
-    def _cached_observation(self) -> Observed | None:
+    def _cached_observation(self, ipr: IPRoute | None = None) -> Observed | None:
         """The kernel as the last pass left it, while that view can be trusted: the pass fully
-        succeeded, no container was attached or detached since (those change links outside a
-        pass), and the last full observe is recent. Under the guard."""
+        succeeded and the last full observe is recent. A container attached or detached since
+        changed links only (outside a pass): with *ipr* the links are read again and the entries
+        kept; without, there is no trusted view. Under the guard."""
         last = self.last
-        if (last is None or not last.ok or last.observed is None or self._guard.changes != self._kernel_changes_seen
+        if (last is None or not last.ok or last.observed is None
                 or time.monotonic() - self._observed_at >= self._resync_after):
             return None
-        return last.observed
+        if self._guard.changes == self._kernel_changes_seen:
+            return last.observed
+        if ipr is None:
+            return None
+        fresh = observe_links(ipr)
+        devices = fresh.links
+        observed = fresh.replace(fdb=frozenset(e for e in last.observed.fdb if e.dev in devices),
+                                 neigh=frozenset(e for e in last.observed.neigh if e.dev in devices))
+        self._kernel_changes_seen = self._guard.changes
+        self.passes["links_observe"] += 1
+        self.last = dataclasses.replace(last, observed=observed)
+        return observed
 
     def reconcile(self) -> ReconcileResult:
         with iproute(None, self._netns) as ipr, self._guard:
-            observed = self._cached_observation()
+            observed = self._cached_observation(ipr)
             fresh = observed is None
             if fresh:
                 started, observed_at = time.thread_time(), time.monotonic()
                 observed = observe(ipr)
                 cost = time.thread_time() - started
+                self.passes["full_observe"] += 1
             result = reconcile(ipr, self._desired, self._guard, observed, self.last)
+            self.passes["full"] += 1
             if fresh:  # after the pass: one that stopped early (replica not ready) left the old view, still aged
                 self._observed_at, self._kernel_changes_seen = observed_at, self._guard.changes
                 self._resync_after = max(RESYNC_MIN, cost / RESYNC_CPU_SHARE)
+        return self._finish(result)
+
+    def reconcile_entries(self, want_fdb: dict[tuple[str, str], FdbEntry],
+                          want_neigh: dict[tuple[str, str], NeighEntry], keys: set[tuple[str, str, str]],
+                          desired: Callable[[], DesiredHost]) -> ReconcileResult | None:
+        """Only the entries *keys* name (``("fdb", dev, mac)`` / ``("neigh", dev, ip)``), against
+        the cached view — when nothing but remote containers changed. Returns None, doing nothing,
+        when there is no trusted view without reading the kernel (call :meth:`reconcile` then).
+        *desired* gives the whole desired state, built only if someone asks (health)."""
+        with self._guard:
+            observed = self._cached_observation()
+            if observed is None:
+                return None
+            if self._entries_of is not observed:
+                self._entries, self._entries_of = P.EntryIndex(observed), observed
+            actions = P.diff_entries(want_fdb, want_neigh, keys, self._entries)
+            failures: list = []
+            if actions:
+                with iproute(None, self._netns) as ipr:
+                    failures = apply(ipr, actions)
+            after = observed
+            if failures:
+                self._observed_at = float("-inf")  # observe the kernel again next time
+                self._entries_of = None
+            elif actions:
+                self._entries.apply(actions)
+                after = self._entries_of = self._entries.observed(observed)
+        self.passes["entries"] += 1
+        return self._finish(ReconcileResult(actions, failures, (), None, after, desired_source=desired))
+
+    def _finish(self, result: ReconcileResult) -> ReconcileResult:
         self.last = result
         if result.failures:
             raise OverlayError(

@@ -184,3 +184,56 @@ def test_auto_remove_is_recorded_only_when_asked_and_must_be_a_boolean():
     with pytest.raises(StateError, match="auto_remove must be true or false"):
         state.apply_create_container(spec("odd", auto_remove="yes"), 1.0)
     assert "odd" not in state.containers
+
+
+# ------------------------------------------------------------------ the change feed
+
+
+def test_the_feed_names_every_record_a_command_touched_and_nothing_a_refused_one_did():
+    state = state_with_nodes("h1")
+    seq = state.feed_seq
+    state.apply_command("create_container", {"spec": spec("c1"), "ts": 1.0})
+    assert state.changes_since(seq) == {("containers", "c1"), ("networks", "10.0.0.0/24")}
+    seq = state.feed_seq
+    state.apply_command("heartbeat", {"name": "h1", "ts": 2.0})  # no revision, but a change
+    assert state.changes_since(seq) == {("nodes", "h1")}
+    seq = state.feed_seq
+    with pytest.raises(StateError):
+        state.apply_command("delete_network", {"cidr": "10.0.0.0/24"})  # still used: refused
+    assert state.changes_since(seq) == set() and state.feed_seq == seq
+    state.apply_command("remove_container", {"name": "c1"})
+    state.apply_command("delete_network", {"cidr": "10.0.0.0/24"})
+    assert state.changes_since(seq) == {("containers", "c1"), ("networks", "10.0.0.0/24")}
+    assert state.changes_since(state.feed_seq) == set()
+
+
+def test_a_reader_behind_a_gap_or_the_feeds_end_reads_everything_again(monkeypatch):
+    from cantainer_agent.cluster import state as state_module
+
+    state = state_with_nodes("h1")
+    seq = state.feed_seq
+    monkeypatch.delitem(state_module._TOUCHES, "heartbeat")  # now a command the feed cannot describe
+    state.apply_command("heartbeat", {"name": "h1", "ts": 2.0})
+    assert state.changes_since(seq) is None  # behind the gap
+    after = state.feed_seq
+    state.apply_command("register_node", {"name": "h2", "address": "10.9.0.9", "raft_addr": "10.9.0.9:7480",
+                                          "join_addr": "10.9.0.9:7481", "version": "v", "bundle": "b", "ts": 3.0})
+    assert state.changes_since(after) == {("nodes", "h2")}  # after it: fine again
+
+    monkeypatch.setattr(state_module, "FEED_MAX", 3)
+    start = state.feed_seq
+    for ts in range(5):
+        state.apply_command("register_node", {"name": "h2", "address": "10.9.0.9", "raft_addr": "10.9.0.9:7480",
+                                              "join_addr": "10.9.0.9:7481", "version": "v", "bundle": "b",
+                                              "ts": float(ts)})
+    assert state.changes_since(start) is None  # fell off the end of the feed
+    assert state.changes_since(state.feed_seq - 2) == {("nodes", "h2")}
+
+
+def test_a_restored_replica_is_a_new_feed_and_the_feed_is_never_pickled():
+    state = state_with_nodes("h1")
+    restored = pickle.loads(pickle.dumps(state))
+    assert restored == state and restored.feed_epoch != state.feed_epoch and restored.feed_seq == 0
+    assert b"_feed" not in pickle.dumps(state)
+    records = pickle.loads(state.records_bytes({("nodes", "h1"), ("nodes", "gone")}))
+    assert records[("nodes", "h1")] == state.nodes["h1"] and records[("nodes", "gone")] is None

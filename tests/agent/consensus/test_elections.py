@@ -6,9 +6,18 @@ election timeout far longer than the test waits, so only the fast path can elect
 """
 import random
 
+import pytest
+
 from cantainer_agent.consensus.pysyncobj import election
 
-from .test_cluster import create_networks, networks, trio, wait  # noqa: F401 - trio is a fixture
+from .test_cluster import Trio, create_networks, networks, wait
+
+
+@pytest.fixture
+def trio(tmp_path):
+    t = Trio(tmp_path)
+    yield t
+    t.close()
 
 SLOW = 600.0  # seconds: an election timeout no test here waits for
 
@@ -84,7 +93,7 @@ def test_survivors_of_a_dead_leader_go_in_address_order_one_stagger_apart():
     delays = {v: election.fast_delay(v, [o for o in voters if o != v], lost, rng) for v in voters if v != lost}
     order = sorted(delays, key=delays.get)
     assert order == ["10.0.0.1:1", "10.0.0.3:1", "10.0.0.4:1", "10.0.0.5:1"]
-    for earlier, later in zip(order, order[1:]):
+    for earlier, later in zip(order, order[1:], strict=False):
         assert delays[later] - delays[earlier] >= election.STAGGER - election.JITTER
     assert election.pre_vote_won(2, 3) and not election.pre_vote_won(2, 4) and election.pre_vote_won(3, 5)
 

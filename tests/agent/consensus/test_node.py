@@ -137,3 +137,31 @@ def test_write_without_a_reachable_leader_fails_fast_and_is_not_queued(tmp_path)
         assert node.snapshot()["log_len"] == 1  # nothing was appended or queued for later
     finally:
         node.stop()
+
+
+def test_a_local_view_reads_everything_once_then_only_changed_records(tmp_path):
+    """controllers/view.LocalView through RaftNode.snapshot_since: after the first full copy each
+    read patches the view with the changed records only, and the view equals a full snapshot."""
+    from cantainer_agent.controllers.view import LocalView
+
+    addr = f"127.0.0.1:{free_port()}"
+    node = raft_node(tmp_path, addr)
+    node.start()
+    try:
+        wait_leader(node)
+        register(node, "h1")
+        view = LocalView(lambda: node)
+        first = view.read()
+        assert first["changes"] is None and view.full_reads == 1 and first["ready"]
+        node.apply("create_network", {"cidr": "10.5.0.0/24", "ts": 1.0})
+        heartbeat(node, "h1", ts=7.0)
+        second = view.read()
+        assert second["changes"] == {("networks", "10.5.0.0/24"), ("nodes", "h1")}
+        assert view.full_reads == 1 and view.delta_reads == 1
+        node.apply("delete_network", {"cidr": "10.5.0.0/24"})
+        third = view.read()
+        assert third["changes"] == {("networks", "10.5.0.0/24")} and "10.5.0.0/24" not in view.state["networks"]
+        assert view.state == node.snapshot()["state"] and view.state["nodes"]["h1"]["heartbeat"] == 7.0
+        assert view.read()["changes"] == set()  # nothing new
+    finally:
+        node.stop()

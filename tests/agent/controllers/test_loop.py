@@ -80,7 +80,7 @@ def test_a_snapshot_that_cannot_be_read_is_retried_and_no_controller_sees_a_pass
     try:
         loop.trigger()
         assert counting.seen.wait(10)  # the retry after the failed read
-        assert counting.snapshots[0] == {"ok": True}
+        assert counting.snapshots[0] == {"ok": True, "changes": None, "commits_only": False}
         assert len(attempts) >= 2
     finally:
         loop.stop()
@@ -165,3 +165,22 @@ def test_passes_run_at_a_lower_cpu_priority_than_the_rest_of_the_agent():
         loop.stop()
     ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert probe.value == min(19, ours + NICE) and ours != probe.value
+
+
+def test_a_pass_woken_only_by_commits_says_so_and_any_other_pass_is_full():
+    counting = Counting(fail_first=0)
+    changes = iter([None, {("networks", "x")}, {("networks", "y")}, set(), set(), set()])
+    loop = ControllerLoop("test", [counting], lambda: {"changes": next(changes)}, period=60)
+    loop.start()
+    try:
+        assert loop.run_once_and_wait(timeout=5)  # the first pass (and a trigger) is full
+        assert counting.snapshots[-1]["commits_only"] is False
+        loop.notify_commit()
+        deadline = time.monotonic() + 5
+        while counting.passes < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert counting.snapshots[-1] == {"changes": {("networks", "x")}, "commits_only": True}
+        assert loop.run_once_and_wait(timeout=5)  # trigger(): something happened here, full
+        assert counting.snapshots[-1] == {"changes": {("networks", "y")}, "commits_only": False}
+    finally:
+        loop.stop()

@@ -185,3 +185,31 @@ def test_sync_is_idempotent_follows_members_and_repairs_tampering(fabric):
     in_netns(host, remove_table)
     in_netns(host, remove_table)  # removing an absent table is not an error
     assert listing(host) is None
+
+
+def test_a_pass_woken_by_commits_that_left_the_members_alone_does_not_list_the_table(fabric):
+    """Network and container writes cannot change this table: a commits-only pass with the members
+    of the last good pass asks libnftables nothing; the periodic (full) pass still compares."""
+    host = fabric["host"]
+    controller = in_netns(host, lambda: NetfilterController("10.99.0.1", PORT))
+    calls = []
+    real_run = controller._nft.run
+    controller._nft.run = lambda commands: (calls.append(commands), real_run(commands))[1]
+
+    def commits_only(*addresses: str) -> dict:
+        return {**snapshot(*addresses), "commits_only": True, "changes": {("networks", "10.1.0.0/24")}}
+
+    in_netns(host, lambda: controller.sync(commits_only("10.99.0.2")))  # first pass: nothing synced yet
+    assert calls and controller.changes == 1
+    calls.clear()
+    in_netns(host, lambda: controller.sync(commits_only("10.99.0.2")))
+    assert calls == []
+    in_netns(host, lambda: controller.sync(commits_only("10.99.0.2", "10.99.0.7")))  # a new member: look
+    assert calls and listing(host).elements["members4"] == {"10.99.0.1", "10.99.0.2", "10.99.0.7"}
+    in_netns(host, remove_table)  # removed behind our back: the periodic pass puts it back
+    calls.clear()
+    in_netns(host, lambda: controller.sync(commits_only("10.99.0.2", "10.99.0.7")))
+    assert calls == [] and listing(host) is None
+    in_netns(host, lambda: controller.sync(snapshot("10.99.0.2", "10.99.0.7")))
+    assert listing(host).elements["members4"] == {"10.99.0.1", "10.99.0.2", "10.99.0.7"}
+    in_netns(host, remove_table)

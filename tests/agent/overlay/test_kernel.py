@@ -438,8 +438,9 @@ def test_reconciler_adapter_reports_and_converges(make_fabric):
 
 def test_reconciler_diffs_against_its_folded_view_and_resyncs(fresh_cluster, monkeypatch):
     """OverlayReconciler observes the kernel once, then diffs later passes against the view the
-    last one left (plan.fold) — which must be exactly what the kernel then holds — until a
-    container is attached or detached, or the resync time is up."""
+    last one left (plan.fold) — which must be exactly what the kernel then holds — until the
+    resync time is up; a container attached or detached changes links only, and only the links
+    are read again (the view stays exact)."""
     cluster = fresh_cluster
     monkeypatch.setattr(reconciler_module, "RESYNC_MIN", 60.0)
     observes = []
@@ -458,21 +459,61 @@ def test_reconciler_diffs_against_its_folded_view_and_resyncs(fresh_cluster, mon
     assert cluster.containers["c1"].ping(cluster.ip("c2"))
     assert rec.reconcile().actions == [] and len(observes) == 1  # nothing changed: not even a diff
 
-    with cluster.hosts["hA"].ipr() as ipr:  # a container attached here changes links: look again
+    with cluster.hosts["hA"].ipr() as ipr:  # a container detached here changes links: read them again
         detach_container("c4", guard=cluster.guards["hA"], ipr=ipr)
-    assert rec.reconcile().actions == [] and len(observes) == 2
+    result = rec.reconcile()
+    assert result.actions == [] and len(observes) == 1 and rec.passes["links_observe"] == 1
+    assert result.observed == cluster.observe("hA")
     cluster.attach("c4")
-    assert rec.reconcile().actions == [] and len(observes) == 3
+    result = rec.reconcile()
+    assert result.actions == [] and len(observes) == 1 and rec.passes["links_observe"] == 2
+    assert result.observed == cluster.observe("hA")
 
     vx = vxlan_name(NET_A.vni)  # removed behind our back: put back at the next full observe
     with cluster.hosts["hA"].ipr() as ipr:
         ipr.fdb("del", ifindex=ipr.link_lookup(ifname=vx)[0], lladdr=mac_for_ip(cluster.ip("c2")),
                 dst=cluster.hosts["hB"].address)
-    assert rec.reconcile().actions == [] and len(observes) == 3
+    assert rec.reconcile().actions == [] and len(observes) == 1
     monkeypatch.setattr(rec, "_resync_after", 0.0)
     assert [str(a) for a in rec.reconcile().actions] == [
         f"fdb {mac_for_ip(cluster.ip('c2'))} dst {cluster.hosts['hB'].address} dev {vx} permanent"]
-    assert len(observes) == 4 and cluster.containers["c1"].ping(cluster.ip("c2"))
+    assert len(observes) == 2 and cluster.containers["c1"].ping(cluster.ip("c2"))
+
+
+def test_an_entries_pass_changes_only_the_named_entries_and_its_view_stays_exact(fresh_cluster, monkeypatch):
+    """reconcile_entries (a remote container came or went): only the named keys are diffed, against
+    the cached view, without reading the kernel; the view it leaves is what the kernel holds."""
+    from cantainer_agent.overlay import plan as P
+
+    cluster = fresh_cluster
+    monkeypatch.setattr(reconciler_module, "RESYNC_MIN", 60.0)
+    observes = []
+    monkeypatch.setattr(reconciler_module, "observe", lambda ipr: (observes.append(1), observe(ipr))[1])
+    rec = OverlayReconciler(lambda _observed: cluster.desired("hA"), cluster.guards["hA"], netns=cluster.hosts["hA"].ns)
+    assert rec.reconcile().actions == [] and len(observes) == 1
+
+    def wanted():
+        d = cluster.desired("hA")
+        return {(e.dev, e.mac): e for e in P.wanted_fdb(d)}, {(e.dev, e.ip): e for e in P.wanted_neigh(d)}
+
+    vx, ip, mac = vxlan_name(NET_A.vni), cluster.ip("c2"), mac_for_ip(cluster.ip("c2"))
+    keys = {("fdb", vx, mac), ("neigh", vx, ip)}
+    c2 = cluster.endpoints.pop("c2")  # c2 gone from hB
+    result = rec.reconcile_entries(*wanted(), keys, lambda: cluster.desired("hA"))
+    assert sorted(type(a).__name__ for a in result.actions) == ["DeleteFdb", "DeleteNeigh"]
+    assert len(observes) == 1 and result.observed == cluster.observe("hA")
+    assert not cluster.containers["c1"].ping(cluster.ip("c2"), count=1)
+    cluster.endpoints["c2"] = c2  # and back
+    result = rec.reconcile_entries(*wanted(), keys, lambda: cluster.desired("hA"))
+    assert [str(a) for a in result.actions] == [f"fdb {mac} dst {cluster.hosts['hB'].address} dev {vx} permanent",
+                                                f"neigh {ip} lladdr {mac} dev {vx} permanent"]
+    assert len(observes) == 1 and result.observed == cluster.observe("hA")
+    assert result.health["pending"] == 0  # the desired state, built on demand, agrees
+    assert cluster.containers["c1"].ping(cluster.ip("c2"))
+    # a full pass after it trusts the same view and finds nothing to do
+    assert rec.reconcile().actions == [] and len(observes) == 1
+    rec._resync_after = 0.0  # no trusted view: an entries pass declines, the caller runs a full one
+    assert rec.reconcile_entries(*wanted(), keys, lambda: cluster.desired("hA")) is None
 
 
 def test_fabric_cleanup_leaves_nothing(make_fabric):
