@@ -157,6 +157,10 @@ def measure(
     anchors, anchor_notes = ensure_anchors(install)
     notes.extend(anchor_notes)
     base = Path(tempfile.mkdtemp(prefix="cantainer-bench-start-"))
+    # The agent's run dir (/run/cantainer: pids.json, attach sockets) is on a tmpfs on every host;
+    # the state dir (writable layers, logs) on disk. /dev/shm is this machine's tmpfs.
+    run_dir = Path(tempfile.mkdtemp(prefix="cantainer-bench-run-", dir="/dev/shm")) if os.path.isdir(
+        "/dev/shm") else base / "run"
     cgroup_parent = f"cantainer-bench-{os.getpid()}"
     runtime = None
     helper = None
@@ -165,7 +169,7 @@ def measure(
         store = LayerStore(str(base / "images"))
         tarball, sha256 = base_tarball()
         rootfs = store.import_layer(str(tarball), f"sha256:{sha256}", _diff_id_of_tarball(tarball, sha256))
-        runtime = Runtime(str(base / "state"), str(base / "run"), cgroup_parent)
+        runtime = Runtime(str(base / "state"), str(run_dir), cgroup_parent)
         runtime.warm_up()
         if anchors:
             make_bundle(anchors.get("runc") or anchors["crun"], base / "bundle", rootfs)
@@ -218,6 +222,7 @@ def measure(
             except Exception as exc:  # noqa: BLE001
                 notes.append(f"cleanup of cgroup {cgroup_parent} failed: {exc}")
         shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
     ms = lambda xs, p: 1000 * percentile(xs, p)  # noqa: E731
     rows = []

@@ -6,7 +6,10 @@ fails — ``before_exec`` included — init is killed and the cgroup and directo
 half-started container. A new ``Runtime`` re-adopts running containers from disk (records.py); with
 ``on_exit`` a watcher thread holds a pidfd per container and calls back on exit (no polling).
 Mounts exist only in each container's mount namespace: the host's mount table holds none.
-Process tree, start protocol, choices: docs/design/runtime.md.
+``remove`` renames the container's state directory into ``<state_dir>/.removed`` and a
+low-priority thread deletes it (as containerd's snapshotter does): the id is free at once, and
+deleting the files of its writable layer is off the caller's path. Leftovers are deleted by the
+next ``Runtime``. Process tree, start protocol, choices: docs/design/runtime.md.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ START_TIMEOUT = 30.0
 STOP_RECORD = "stop.json"  # why it was stopped, written before the signal (Runtime.stop's reason)
 ATTACH_WAIT = 10.0  # a tty/stdin container waits this long before execve for its first client
 _OVERLAY_UNSAFE = (",", ":", "\\", "\n")
+REMOVED_DIR = ".removed"  # below state_dir: removed containers' directories, deleted in the background
+REAPER_NICE = 10  # the deleting thread yields to everything else in the agent
 
 
 def _poll_fd(fd: int, timeout: float | None) -> bool:
@@ -228,6 +233,7 @@ class Runtime:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._starting: set[str] = set()
+        self._reaper = _Reaper(os.path.join(self.state_dir, REMOVED_DIR))
         self._watcher: _ExitWatcher | None = None
         if on_exit is not None:
             self._watcher = _ExitWatcher(self, on_exit)
@@ -502,7 +508,7 @@ class Runtime:
             return []
         infos = []
         for name in names:
-            if os.path.isdir(os.path.join(self.state_dir, name)):
+            if not name.startswith(".") and os.path.isdir(os.path.join(self.state_dir, name)):
                 try:
                     infos.append(self.inspect(name))
                 except ContainerNotFound:
@@ -644,6 +650,8 @@ class Runtime:
             cgroup.remove(timeout=5.0)
             for root in (self.container_dir(container_id), self._run_path(container_id)):
                 _unmount_below(root)
+                if root == self.container_dir(container_id) and self._reaper.take(root, container_id):
+                    continue  # deleted in the background (the run dir is on tmpfs: cheap)
                 shutil.rmtree(root, ignore_errors=True)
                 if os.path.lexists(root):
                     raise RuntimeFailure(f"cannot remove {root}")
@@ -695,6 +703,8 @@ class Runtime:
         """The overlay lower dirs (image layers) of every container on disk, whatever its state."""
         used: set[str] = set()
         for name in os.listdir(self.state_dir) if os.path.isdir(self.state_dir) else []:
+            if name.startswith("."):
+                continue
             config = read_json(os.path.join(self.state_dir, name, "config.json"))
             rootfs = (config or {}).get("rootfs")
             used.update([rootfs] if isinstance(rootfs, str) else rootfs or [])
@@ -702,17 +712,78 @@ class Runtime:
 
     # -- shutdown --------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the exit watcher and the zygote. Containers keep running."""
+        """Stop the exit watcher and the zygote, and finish deleting removed containers (up to
+        10 s; the rest is deleted by the next Runtime). Containers keep running."""
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
         self.zygote.close()
+        self._reaper.drain(10.0)
 
     def __enter__(self) -> "Runtime":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Reaper:
+    """Deletes removed containers' directories, moved into *trash*, in a thread at nice +10."""
+
+    def __init__(self, trash: str) -> None:
+        self.trash = trash
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._guard = threading.Lock()
+        self.idle = threading.Event()  # set while there is nothing to delete (tests wait for it)
+        self.idle.set()
+        if os.path.isdir(trash) and os.listdir(trash):
+            self._kick()  # left by an earlier agent
+
+    def take(self, directory: str, container_id: str) -> bool:
+        """Move *directory* into the trash (False: could not; delete it the slow way)."""
+        try:
+            os.makedirs(self.trash, 0o700, exist_ok=True)
+            os.rename(directory, os.path.join(self.trash, f"{container_id}.{os.urandom(4).hex()}"))
+        except OSError as exc:
+            log.warning("cannot move %s out of the way for background deletion: %s", directory, exc)
+            return False
+        self._kick()
+        return True
+
+    def _kick(self) -> None:
+        self.idle.clear()
+        self._wake.set()
+        with self._guard:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="cantainer-reaper", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        thread = threading.get_native_id()
+        try:
+            os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + REAPER_NICE)
+        except OSError:
+            pass
+        while True:
+            self._wake.wait(30.0)
+            self._wake.clear()
+            try:
+                names = os.listdir(self.trash)
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                shutil.rmtree(os.path.join(self.trash, name), ignore_errors=True)
+            if not self._wake.is_set():
+                self.idle.set()
+
+    def drain(self, timeout: float) -> None:
+        """Wait (up to *timeout*) until everything taken is deleted; then drop the empty trash."""
+        if self.idle.wait(timeout):
+            try:
+                os.rmdir(self.trash)
+            except OSError:
+                pass  # absent, or something arrived meanwhile
 
 
 ETC_FILES = ("hosts", "resolv.conf", "hostname")

@@ -184,7 +184,6 @@ def run_shim(slot_fd: int, opts: dict) -> None:
         message, fds, _flags, _addr = socket.recv_fds(slot, 1 << 18, 1, socket.MSG_CMSG_CLOEXEC)
     except OSError:
         message, fds = b"", []
-    slot.close()
     if init_fd >= 0:
         os.close(init_fd)
     if not message or not fds:
@@ -205,7 +204,7 @@ def run_shim(slot_fd: int, opts: dict) -> None:
         _kill_and_exit(pid, 1)
     linux.set_process_name(f"cshim-{req.get('id', '')}")
     _supervise(req, chan, pid, (out_r, out_w, err_r, err_w), (status_r, status_w), (go_r, go_w), (in_r, in_w),
-               (tty_shim, tty_init))
+               (tty_shim, tty_init), slot)
 
 
 def _supervise(
@@ -217,9 +216,12 @@ def _supervise(
     go: tuple[int, int],
     stdin: tuple[int, int],
     tty_pair: tuple[socket.socket, socket.socket | None],
+    slot: socket.socket | None = None,
 ) -> None:
     """The shim once it has its request; *pid* is the prepared init (already given the request) or 0.
-    *out* is (stdout read, write, stderr read, write): the two streams stay apart in the log."""
+    *out* is (stdout read, write, stderr read, write): the two streams stay apart in the log.
+    *slot* (the zygote's socket) is closed once the start is over: the zygote then prepares the
+    next warm slot (zygote.REFILL_MAX)."""
     out_r, out_w, err_r, err_w = out
     status_r, status_w = status
     go_r, go_w = go
@@ -235,6 +237,8 @@ def _supervise(
             if pid == 0:
                 for fd in (chan.detach(), out_r, err_r, status_r, go_w, in_w, tty_shim.detach()):
                     os.close(fd)
+                if slot is not None:
+                    slot.close()
                 container_init(req, out_w, status_w, go_r, in_cgroup, False, in_r, tty_init.detach(), err_w)
                 os._exit(127)  # not reached
         for fd in (out_w, err_w, status_w, go_r, in_r):
@@ -290,6 +294,8 @@ def _supervise(
                      "exit_code": getattr(exc, "exit_code", None)})
         _kill_and_exit(pid, 1)
     chan.close()
+    if slot is not None:
+        slot.close()  # the start is over: the zygote may prepare the next slot now
 
     if listener is None:
         _copy_to_log({out_r: "stdout", err_r: "stderr"}, log)
@@ -324,9 +330,9 @@ def _supervise(
     code, sig = _exit_code(wstatus)
     memory = req.get("memory_cgroup")
     oom = bool(memory) and _oom_kills(memory, req["cgroup_version"]) > 0
-    try:
+    try:  # not fsync'd (records.write_json says why); the exit also goes to raft, durably
         _write_json(req["exit_file"], {"exit_code": code, "signal": sig, "oom_killed": oom,
-                                       "started_at": started_at, "finished_at": finished_at}, durable=True)
+                                       "started_at": started_at, "finished_at": finished_at})
     except OSError:
         pass
     os._exit(0)

@@ -21,7 +21,10 @@ import time
 from collections.abc import Callable  # already loaded at start-up: free for the zygote
 
 MAX_REQUEST = 1 << 18
-REFILL_DELAY = 0.0  # seconds after a start before the next warm slot is prepared
+# The next warm slot is prepared once the slot just used has started its container (its shim closes
+# the slot socket), not while that start still runs: on a 2-core host the refill (fork, a PID and a
+# network namespace) competed with it for the CPU. At the latest REFILL_MAX seconds after a start.
+REFILL_MAX = 0.05
 
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -98,12 +101,14 @@ def main(fd: int, opts_json: str) -> None:
     sock = socket.socket(fileno=fd)
     gc.collect()
     gc.freeze()  # forks share the heap; keep the collector from touching (copying) its pages
+    refill_max = float(opts.get("refill_max", REFILL_MAX))
     warm: _Slot | None = None
     refill_at = 0.0
     failures = 0
+    starting: list[_Slot] = []  # slots whose container is being started (their shim holds the socket)
     while True:
-        if warm is None:
-            delay = refill_at - time.monotonic()
+        if warm is None and (not starting or time.monotonic() >= refill_at):
+            delay = refill_at - time.monotonic() if not starting else 0.0
             if delay <= 0:
                 try:
                     warm = _spawn_slot(sock, opts)
@@ -112,8 +117,16 @@ def main(fd: int, opts_json: str) -> None:
                     failures += 1
                     refill_at = time.monotonic() + min(5.0, 0.05 * 2 ** failures)
                 continue
-            if not select.select([sock], [], [], delay)[0]:
-                continue
+        timeout = None if warm is not None else max(0.0, refill_at - time.monotonic())
+        readable = select.select([sock, *[slot.sock for slot in starting]], [], [], timeout)[0]
+        done = [slot for slot in starting if slot.sock in readable]
+        for slot in done:  # started (or failed): its shim closed the socket
+            starting.remove(slot)
+            slot.sock.close()
+        if done and not starting:
+            refill_at = 0.0
+        if sock not in readable:
+            continue
         try:
             message, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, 4, socket.MSG_CMSG_CLOEXEC)
         except InterruptedError:
@@ -139,17 +152,20 @@ def main(fd: int, opts_json: str) -> None:
                 delivered = True
             except OSError as exc:
                 error = exc
+            if delivered:
+                starting.append(slot)  # refill once it has started its container
+                break
             if slot is not None:
                 slot.sock.close()
-            if delivered:
-                break
         if not delivered:
             try:
                 os.write(chan, json.dumps({"event": "error", "message": f"zygote: {error}"}).encode())
             except OSError:
                 pass
         os.close(chan)
-        refill_at = time.monotonic() + REFILL_DELAY
+        refill_at = time.monotonic() + refill_max
+    for slot in starting:
+        slot.sock.close()
     if warm is not None:
         _retire(warm, wait=2.0)
     os._exit(0)
@@ -161,7 +177,8 @@ class Zygote:
     def __init__(self, python: str | None = None, options: "dict | Callable[[], dict] | None" = None):
         """*options* (or a function returning them, called at spawn): what warm slots prepare ahead
         of a request — {"prefork_init": bool (cgroup v1), "caps": the default capability mask (its
-        seccomp filter is built once, before the first fork), "cap_last": int}."""
+        seccomp filter is built once, before the first fork), "cap_last": int, "refill_max": seconds
+        (REFILL_MAX; tests)}."""
         import threading  # noqa: PLC0415 - agent side only; the zygote process stays lean
 
         self.python = python or sys.executable

@@ -213,3 +213,15 @@ def test_real_v2_create_clone_into_remove(v2_layout):
         cgroup.remove()
         mgr.remove_parent()
     assert not os.path.exists(mgr.parent_dirs()[0])
+
+
+def test_real_parent_caps_are_written_once_and_again_when_the_parent_went(manager, monkeypatch):
+    writes = []
+    real = Cgroup.write_all
+    monkeypatch.setattr(Cgroup, "write_all", lambda self, w: (writes.append(list(w)), real(self, w))[1])
+    manager.cap_parent()
+    manager.cap_parent()  # the same caps: nothing written (a start used to write them every time)
+    assert len(writes) == 1 and writes[0]
+    manager.remove_parent()  # gone behind our back: created and capped again
+    manager.cap_parent()
+    assert len(writes) == 2 and all(os.path.isdir(d) for d in manager.parent_dirs())

@@ -668,3 +668,55 @@ def test_a_health_probe_runs_inside_and_is_killed_at_its_timeout(runtime, runtim
     runtime.stop("checked", timeout=0)
     gone = probe(runtimes, "checked", 1, "/bin/true")
     assert gone.returncode == 125 and "not running" in gone.stderr
+
+
+def _children(pid: int) -> set[int]:
+    kids: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as handle:
+            kids.update(int(k) for k in handle.read().split())
+    return kids
+
+
+def test_the_next_warm_slot_is_prepared_once_the_start_is_over_not_during_it(runtime, alpine):
+    """The zygote hands a request to its warm slot and prepares the next one only when that slot's
+    shim reports the start over (zygote.REFILL_MAX is 5 minutes here): the refill no longer
+    competes with the start for the CPU."""
+    zygote = runtime.zygote
+    zygote.options = lambda: {"prefork_init": runtime.cgroups.layout.version == 1, "refill_max": 300.0}
+    runtime.warm_up()
+    deadline = time.monotonic() + 10
+    while len(_children(zygote.pid)) != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (warm,) = _children(zygote.pid)
+    during = []
+    runtime.start(spec("refill", ["sleep", "30"]), alpine,
+                  before_exec=lambda _pid: during.append(_children(zygote.pid)))
+    assert during == [{warm}]  # the slot serving this start, and no new one yet
+    deadline = time.monotonic() + 10
+    while len(_children(zygote.pid)) != 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    kids = _children(zygote.pid)
+    assert warm in kids and len(kids) == 2  # the start is over: a fresh warm slot beside it
+    runtime.remove("refill", force=True)
+
+
+def test_remove_frees_the_id_at_once_and_deletes_the_files_in_the_background(runtimes, alpine):
+    runtime = runtimes.make()
+    runtime.start(spec("gone", ["true"]), alpine)
+    runtime.wait("gone", timeout=30)
+    trash = os.path.join(runtime.state_dir, ".removed")
+    runtime._reaper._wake.clear()
+    runtime.remove("gone")
+    assert not os.path.exists(runtime.container_dir("gone"))
+    with pytest.raises(ContainerNotFound):
+        runtime.inspect("gone")
+    assert [info.id for info in runtime.list()] == []  # the trash is no container
+    runtime.start(spec("gone", ["true"]), alpine)  # the id is free again at once
+    runtime.wait("gone", timeout=30)
+    runtime.remove("gone")
+    assert runtime._reaper.idle.wait(10) and os.listdir(trash) == []
+
+    os.makedirs(os.path.join(trash, "left-by-a-crash", "upper", "etc"))  # an agent died mid-delete
+    again = runtimes.make()
+    assert again._reaper.idle.wait(10) and os.listdir(trash) == []
