@@ -4,6 +4,7 @@ import gzip
 import json
 import logging
 import os
+import time
 
 import pytest
 from pysyncobj import SyncObjConf
@@ -84,6 +85,58 @@ def test_sync_policy(tmp_path):
     assert j.syncs == n + 1 and j.dirty
     j.setRaftCommitIndex(4)
     assert j.syncs == n + 2
+
+
+def test_background_sync_covers_what_was_written_and_the_next_sync_has_nothing_left(tmp_path):
+    j = open_journal(tmp_path)
+    fill(j, 3)
+    n = j.syncs
+    j.sync_soon()  # the leader after sending a round: fdatasync in another thread
+    assert j._syncer is not None
+    deadline = time.monotonic() + 10
+    while j.dirty and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not j.dirty and j.syncs == n + 1
+    j.setRaftCommitIndex(3)  # the commit finds the entries durable: no fdatasync of its own
+    j.sync()
+    assert j.syncs == n + 1
+    j._destroy()
+    assert not j._syncer.is_alive()
+
+
+def test_a_truncation_waits_for_a_background_sync_and_is_never_counted_durable(tmp_path, monkeypatch):
+    """A background fdatasync read the head (entries 1..5) before a conflict cut the log at 3 and
+    new entries 4'..5' were written: 4' and 5' must not count as durable because of it."""
+    import threading
+
+    j = open_journal(tmp_path)
+    fill(j, 5)
+    entered, release = threading.Event(), threading.Event()
+    real = os.fdatasync
+
+    def slow_fdatasync(fd):
+        entered.set()
+        assert release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(jmod, "os", type("SlowOs", (), {"__getattr__": lambda self, n: getattr(os, n),
+                                                         "fdatasync": staticmethod(slow_fdatasync)})())
+    j.sync_soon()
+    assert entered.wait(10)
+    cut = threading.Thread(target=lambda: (j.deleteEntriesFrom(3), j.add(cmd(40), 4, 2), j.add(cmd(50), 5, 2)))
+    cut.start()
+    cut.join(0.2)
+    assert cut.is_alive()  # the truncation waits for the fdatasync in flight
+    release.set()
+    cut.join(10)
+    assert j._durable_idx <= 3 and j.dirty  # 4' and 5' are not durable yet ...
+    monkeypatch.setattr(jmod, "os", os)
+    j.setRaftCommitIndex(5)  # ... so the commit syncs them itself
+    assert not j.dirty and j._durable_idx == 5
+    j._destroy()
+    again = open_journal(tmp_path)
+    assert [again[i] for i in range(5)][3:] == [(cmd(40), 4, 2), (cmd(50), 5, 2)]
+    again._destroy()
 
 
 @pytest.mark.parametrize("garbage", [b"\x05", b"\x10\x00\x00\x00" + b"\x01" * 10, b"\xff" * 40])

@@ -5,13 +5,18 @@
   never-synced tail can be bad). Records are never rewritten; a conflicting tail is ``ftruncate``d.
 * ``raft.term``: term, vote and a commit-index hint, replaced atomically and durably *before*
   ``setCurrentTerm`` returns (so before any vote reflecting it is sent).
-* ``add`` only writes; ``sync`` (fdatasync) runs before any message leaves the node (transport.py)
-  and in ``setRaftCommitIndex``: every entry is on disk before anyone can count it.
+* ``add`` only writes; ``sync`` (fdatasync) runs before any acknowledgement or vote leaves the node
+  (transport.py) and in ``setRaftCommitIndex``: every entry is on disk before anyone can count it.
+  ``sync_soon`` starts that fdatasync in a background thread (the leader, after sending a round):
+  the tick thread goes on reading answers instead of waiting for the disk, and the commit that
+  needs the leader's copy usually finds it durable already.
 * Compaction fsyncs the snapshot first, then swaps in a new journal; an interrupted one is completed
   at open, and a compacted journal whose snapshot is unreadable is refused.
 
-Every method runs in PySyncObj's tick thread. Why PySyncObj's FileJournal is not enough, and how
-this is proven: docs/design/raft.md ("Durability").
+Every method runs in PySyncObj's tick thread except the background fdatasync, which holds
+``_sync_lock``; everything that changes the file other than appending (truncation, compaction,
+closing) takes that lock too, and durability is tracked by a generation count of those changes.
+Why PySyncObj's FileJournal is not enough, and how this is proven: docs/design/raft.md ("Durability").
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import time
 import zlib
 from typing import Any
@@ -87,8 +93,16 @@ class DurableJournal(Journal):
         self._offsets: list[int] = []
         self._len = 0
         self._end = len(MAGIC)
-        self._dirty = False
-        self._durable_idx = 0  # raft index up to which the log is known to be on disk
+        # Durability: every change to the file bumps _gen; _head is (_gen, last index on disk),
+        # _durable the (_gen, index) the last completed fdatasync covered. Tuples, assigned whole,
+        # so the background thread reads them consistently.
+        self._gen = 0
+        self._head = (0, 0)
+        self._durable = (0, 0)
+        self._sync_lock = threading.Lock()
+        self._syncer: threading.Thread | None = None
+        self._sync_wanted = threading.Event()
+        self._closing = False
         self._fd = -1
         self.syncs = 0  # statistics: fdatasync calls on the log and the time they took
         self.sync_seconds = 0.0
@@ -96,7 +110,8 @@ class DurableJournal(Journal):
         self._meta_dirty = False
         self._open()
         self._check_snapshot()
-        self._durable_idx = self._entries[-1][1] if self._entries else 0
+        last = self._entries[-1][1] if self._entries else 0
+        self._head = self._durable = (self._gen, last)  # what we read is on disk (truncated tails synced)
 
     # ---------------------------------------------------------------- opening
 
@@ -208,18 +223,60 @@ class DurableJournal(Journal):
     # ----------------------------------------------------------- durability
 
     def sync(self) -> None:
-        """Make every written entry (and truncation) durable. Cheap when nothing changed."""
-        if self._dirty and self._fd >= 0:
-            t0 = time.perf_counter()
-            os.fdatasync(self._fd)
-            self.sync_seconds += time.perf_counter() - t0
-            self.syncs += 1
-            self._dirty = False
-            self._durable_idx = self._entries[-1][1] if self._entries else 0
+        """Make every written entry (and truncation) durable. Cheap when nothing changed; waits for
+        a background fdatasync in progress (which often covers everything already)."""
+        if self._durable[0] == self._gen:
+            return
+        with self._sync_lock:
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        gen, idx = self._head
+        if self._durable[0] >= gen or self._fd < 0:
+            return
+        t0 = time.perf_counter()
+        os.fdatasync(self._fd)
+        self.sync_seconds += time.perf_counter() - t0
+        self.syncs += 1
+        self._durable = (gen, idx)
+
+    def sync_soon(self) -> None:
+        """Start making what was written durable, in the background; :meth:`sync` still must run
+        (and then usually finds nothing left to do) before anything relies on it."""
+        if self._durable[0] == self._gen or self._fd < 0:
+            return
+        if self._syncer is None:
+            self._syncer = threading.Thread(target=self._background_sync, name="raft-journal-sync", daemon=True)
+            self._syncer.start()
+        self._sync_wanted.set()
+
+    def _background_sync(self) -> None:
+        while True:
+            self._sync_wanted.wait()
+            self._sync_wanted.clear()
+            with self._sync_lock:
+                if self._closing:
+                    return
+                try:
+                    self._sync_locked()
+                except OSError:
+                    log.exception("background fdatasync of %s failed (the next sync retries)", self.path)
 
     @property
     def dirty(self) -> bool:
-        return self._dirty
+        return self._durable[0] != self._gen
+
+    @property
+    def _durable_idx(self) -> int:
+        return self._durable[1]
+
+    def _changed(self, durable_idx: int | None = None) -> None:
+        """After a change to the file: a new generation (not durable yet); *durable_idx* caps what
+        is still known durable (a truncation)."""
+        self._gen += 1
+        self._head = (self._gen, self._entries[-1][1] if self._entries else 0)
+        if durable_idx is not None:
+            self._durable = (self._durable[0], min(self._durable[1], durable_idx))
 
     flush = sync
 
@@ -230,6 +287,10 @@ class DurableJournal(Journal):
 
     def _rewrite(self, entries: list[Entry]) -> None:
         """Replace the log file with *entries* atomically (new file, fsync, rename)."""
+        with self._sync_lock:
+            self._rewrite_locked(entries)
+
+    def _rewrite_locked(self, entries: list[Entry]) -> None:
         tmp = self.path + ".rewrite.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         offsets, pos = [], len(MAGIC)
@@ -251,7 +312,8 @@ class DurableJournal(Journal):
         self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         self._entries, self._offsets, self._end = list(entries), offsets, pos
         self._len = len(self._entries)
-        self._dirty = False
+        self._gen += 1
+        self._head = self._durable = (self._gen, self._entries[-1][1] if self._entries else 0)  # fsync'd above
 
     def _write_meta(self) -> None:
         body = {"version": 1, "term": self._term, "voted_for": self._voted_for, "commit_index": self._commit}
@@ -275,23 +337,23 @@ class DurableJournal(Journal):
         self._entries.append(entry)
         self._end += len(rec)
         self._len += 1
-        self._dirty = True
+        self._changed()
 
     def _truncate_disk(self, pos: int) -> None:
-        self._durable_idx = min(self._durable_idx, self._entries[pos - 1][1] if pos else 0)
-        self._end = self._offsets[pos]
-        os.ftruncate(self._fd, self._end)
-        del self._entries[pos:]
-        del self._offsets[pos:]
-        self._dirty = True
+        with self._sync_lock:  # not under a background fdatasync that read the old head
+            self._end = self._offsets[pos]
+            os.ftruncate(self._fd, self._end)
+            del self._entries[pos:]
+            del self._offsets[pos:]
+            self._changed(durable_idx=self._entries[-1][1] if self._entries else 0)
 
     def clear(self):
         # PySyncObj clears only to replace the log by a snapshot it has just written.
         self._make_snapshot_durable()
-        os.ftruncate(self._fd, len(MAGIC))
-        self._entries, self._offsets, self._end, self._len = [], [], len(MAGIC), 0
-        self._dirty = True
-        self._durable_idx = 0
+        with self._sync_lock:
+            os.ftruncate(self._fd, len(MAGIC))
+            self._entries, self._offsets, self._end, self._len = [], [], len(MAGIC), 0
+            self._changed(durable_idx=0)
 
     def deleteEntriesFrom(self, entryFrom):
         # PySyncObj (0.3.17) cuts the log after prevLogIdx on *every* append-entries whose
@@ -334,8 +396,13 @@ class DurableJournal(Journal):
             if self._meta_dirty:
                 self._write_meta()
         finally:
-            os.close(self._fd)
-            self._fd = -1
+            with self._sync_lock:
+                self._closing = True
+                os.close(self._fd)
+                self._fd = -1
+            self._sync_wanted.set()  # the background thread, if any, sees _closing and ends
+            if self._syncer is not None and self._syncer is not threading.current_thread():
+                self._syncer.join(5)
 
     def setRaftCommitIndex(self, raftCommitIndex):
         # Called by the leader right after it advanced the commit index, before applying and
@@ -384,6 +451,10 @@ class JournalSpec:
     def sync(self) -> None:
         if self.journal is not None:
             self.journal.sync()
+
+    def sync_soon(self) -> None:
+        if self.journal is not None:
+            self.journal.sync_soon()
 
     def __repr__(self) -> str:
         return f"JournalSpec({self.path!r})"

@@ -9,7 +9,7 @@
   that a majority still followed it after the read began (ReadIndex);
 * ``_connectIfNecessarySingle`` / ``_onNewIncomingConnection`` — ``TCP_USER_TIMEOUT`` 2 s and
   keepalive on every raft socket (a vanished peer is noticed in ~2 s, not 30);
-* ``_onTick`` — syncs the leader's entries of the tick, drops connections that do not
+* ``_onTick`` — starts syncing the tick's entries in the background, drops connections that do not
   authenticate within 5 s, refuses more than 64 at once (8 from one address), and caps an
   unauthenticated frame at 64 KiB; what it drops is logged as periodic summaries (ratelog.py).
 
@@ -186,7 +186,10 @@ class AgentTransport(TCPTransport):
             self._journal.sync()
 
     def _onTick(self):
-        self._sync_journal()  # the leader's entries of this tick (group commit), before polling
+        # The entries this tick appended (group commit): fdatasync'd in the background while this
+        # thread polls for answers; the commit and every acknowledgement still wait for it.
+        if self._journal is not None:
+            getattr(self._journal, "sync_soon", self._journal.sync)()
         super()._onTick()
         if self._preauth_since:
             now = time.monotonic()
