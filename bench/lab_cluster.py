@@ -102,6 +102,24 @@ def agent_pid(lab: Lab, host: str) -> int:
     return int(Path(host_root(lab, host) + layout.PID_FILE).read_text().split()[0])
 
 
+def agent_cpu_seconds(lab: Lab, host: str) -> float:
+    """CPU time (user + system, all threads) the host's agent process has used so far."""
+    pid = agent_pid(lab, host)
+    fields = Path(f"{host_root(lab, host)}/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cores(lab: Lab, hosts: list[str], seconds: float) -> float:
+    """Cores the agents of *hosts* use together while nobody asks them anything, over *seconds*."""
+    import time
+
+    before = {h: agent_cpu_seconds(lab, h) for h in hosts}
+    started = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    return sum(agent_cpu_seconds(lab, h) - before[h] for h in hosts) / elapsed
+
+
 def container_netns(lab: Lab, host: str, container_id: str) -> str:
     """The network namespace of a running container, from the runtime's pids.json on its host."""
     root = host_root(lab, host)

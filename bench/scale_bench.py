@@ -19,6 +19,8 @@ quick: 10 hosts, 100 containers) with a formed cluster (bench/lab_cluster.py), r
   shared with the zygote.
 * status: wall time of `cantainer status` (rich table) and `cantainer status --json` subprocesses
   with every container running (median of 3).
+* idle CPU: the agents' CPU time (all threads, from /proc through each host's PID 1) over 20 s in
+  which nobody calls them, once before the containers and once with all of them running, as cores.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.lab_cluster import AgentSocket, agent_pid, cluster, host_root, lab_name
+from bench.lab_cluster import AgentSocket, agent_pid, cluster, host_root, idle_cores, lab_name
 from bench.results import row
 from bench.up_vs_ansible import CANTAINER, BenchError
 from cantainer_agent import layout
@@ -41,6 +43,7 @@ from cantainer_agent import layout
 LAB = "bsc"
 NETWORKS = ("10.150.0.0/22", "10.150.4.0/22", "10.150.8.0/22", "10.150.12.0/22")
 CONCURRENCY = 8  # in flight in all: more only adds contention on a 2-core machine
+IDLE_SETTLE, IDLE_SECONDS = 5.0, 20.0  # idle CPU: wait, then measure the agents' CPU time over this
 RETRIES = 5
 MiB = 1024 * 1024
 
@@ -148,6 +151,9 @@ def measure(quick: bool, log=print) -> list[dict]:
     with cluster(lab_name(LAB, "sc"), hosts, log) as (lab, inventory):
         names = list(lab.load().hosts)
         idle = [host_memory(lab, h)["agent_rss"] for h in names]
+        time.sleep(IDLE_SETTLE)  # registrations and the first passes are over
+        cores_empty = idle_cores(lab, names, IDLE_SECONDS)
+        log(f"  idle cluster, no containers: {cores_empty:.3f} cores")
         elapsed, retried = asyncio.run(start_containers(inventory, count))
         log(f"  started {count} containers in {elapsed:.1f} s ({retried} calls retried)")
         # A start whose "running" report timed out under load is reported by its host's reconciler
@@ -161,6 +167,9 @@ def measure(quick: bool, log=print) -> list[dict]:
             if time.monotonic() > deadline:
                 raise BenchError(f"only {running} of {count} containers are running")
             time.sleep(1)
+        time.sleep(IDLE_SETTLE)
+        cores_full = idle_cores(lab, names, IDLE_SECONDS)
+        log(f"  idle cluster, {count} containers: {cores_full:.3f} cores")
         memory = [host_memory(lab, h) for h in names]
         rss = [m["agent_rss"] / MiB for m in memory]
         shims = [uss / MiB for m in memory for uss in m["shim_uss"]]
@@ -172,6 +181,9 @@ def measure(quick: bool, log=print) -> list[dict]:
         row(f"scale: start {where} (in-process API, {CONCURRENCY} in flight)", elapsed, "s"),
         row(f"scale: start rate, {where}", count / elapsed, "containers/s"),
         row(f"scale: container.run calls that failed with outcome unknown and were retried, {where}", retried, "calls"),
+        row(f"scale: idle cluster, all agents together, no containers ({hosts} hosts, {IDLE_SECONDS:.0f} s)",
+            cores_empty, "cores"),
+        row(f"scale: idle cluster, all agents together, {where} ({IDLE_SECONDS:.0f} s)", cores_full, "cores"),
         row(
             f"scale: agent RSS per host, median, before containers ({hosts} hosts)",
             statistics.median(idle) / MiB,

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 LEADER_WAIT = 5.0  # seconds a write waits for a reachable leader before failing (> an election)
 READ_WAIT = 3.0  # seconds a linearizable read waits for its confirmation and for the replica to catch up
+OWNER_PERIOD = 1.0  # seconds between two looks for a role change to carry out (rare; promotion takes 10 s)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,12 @@ class RaftNode:
             raise RaftError(f"cannot bind the raft port {self.self_addr} (address in use or not on this host)")
         sync.addOnTickCallback(functools.partial(self._on_tick, sync))
         return sync
+
+    @property
+    def leading(self) -> bool:
+        """A racy look (any thread, no tick round trip): does this node believe it leads?"""
+        sync = self._sync
+        return sync is not None and not self._stopped and sync.is_leader()
 
     @property
     def running(self) -> bool:
@@ -431,7 +438,7 @@ class RaftNode:
 
     def _owner_loop(self) -> None:
         """The owner thread: it creates replacement SyncObjs, so they tick as long as it lives."""
-        while not self._owner_stop.wait(0.25):
+        while not self._owner_stop.wait(OWNER_PERIOD):
             if self._restart_to is None:
                 continue
             try:

@@ -47,11 +47,12 @@ class ControllerLoop:
     """Runs *controllers* in one thread; *read* returns the snapshot a pass hands to each."""
 
     def __init__(self, name: str, controllers: list[Controller], read: Callable[[], dict],
-                 period: float = 5.0, min_gap: float = 0.02, nice: bool = True) -> None:
+                 period: float | Callable[[], float] = 5.0, min_gap: float = 0.02, nice: bool = True) -> None:
+        """*period* may be a function: asked before each wait (e.g. shorter on the raft leader)."""
         self.name = name
         self._controllers = controllers
         self._read = read
-        self._period = period
+        self._period_of = period if callable(period) else (lambda: period)
         self._min_gap = min_gap
         self._nice = nice
         self._wake = threading.Event()
@@ -72,6 +73,10 @@ class ControllerLoop:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    @property
+    def _period(self) -> float:
+        return self._period_of()
 
     def trigger(self) -> None:
         """A full pass soon (something happened on this host: a container exited, the API acted)."""
@@ -113,7 +118,8 @@ class ControllerLoop:
             started = time.thread_time()
             retry = self._pass(commits_only)
             took = time.thread_time() - started
-            wait = self._period if retry is None else min(self._period, retry)
+            period = self._period
+            wait = period if retry is None else min(period, retry)
             with self._done:
                 self._running = False
                 self._generation += 1

@@ -51,8 +51,10 @@ from .startup import StartupError, check_port_free, decide_partners
 log = logging.getLogger("cantainer_agent")
 
 REGISTER_RETRY = 0.5  # seconds between attempts to register (once per start; status shows us down until then)
-VOTERS_PERIOD = 0.5   # seconds between two looks at who votes
-SERVICES_PERIOD = 0.5  # seconds between two passes of the services controller (it acts on the leader only)
+VOTERS_PERIOD = 0.5   # seconds between two looks at who votes, on the leader (elsewhere VOTERS_IDLE)
+VOTERS_IDLE = 2.0     # a follower only probes after 5 s without a leader; a standby does nothing
+SERVICES_PERIOD = 0.5  # seconds between two passes of the services controller on the leader (elsewhere
+                       # VOTERS_IDLE: it acts on the leader only, so a new leader's first pass may wait that)
 
 
 def read_pid(path: str) -> int | None:
@@ -125,10 +127,13 @@ class Agent:
                                                  self.overlay], view.read)
         voters = VotersController(lambda: self.raft, self._secret, voters=cfg.voters,
                                   heartbeat_interval=cfg.heartbeat_interval)
-        self._voters_loop = ControllerLoop("voters", [voters], self._status, period=VOTERS_PERIOD, nice=False)
+        self._voters_loop = ControllerLoop(
+            "voters", [voters], self._status, nice=False,
+            period=lambda: VOTERS_PERIOD if self._leading() else VOTERS_IDLE)
         services = ServicesController(cfg.node, lambda: self.raft, heartbeat_interval=cfg.heartbeat_interval,
                                       reschedule_after=cfg.reschedule_after)
-        self._services_loop = ControllerLoop("services", [services], self._leader_snapshot, period=SERVICES_PERIOD)
+        self._services_loop = ControllerLoop("services", [services], self._leader_snapshot,
+                                             period=lambda: SERVICES_PERIOD if self._leading() else VOTERS_IDLE)
         try:
             self._api = ApiServer(cfg.socket_path, self._handlers())
         except OSError as exc:
@@ -213,6 +218,9 @@ class Agent:
 
     def current_raft(self) -> RaftNode | None:
         return self.raft
+
+    def _leading(self) -> bool:
+        return self.raft is not None and self.raft.leading
 
     def trigger(self) -> None:
         if self.loop is not None:
@@ -300,7 +308,7 @@ class Agent:
 
     def wait(self) -> int:
         """Block until asked to stop; returns the exit status."""
-        while not self.stop_event.wait(0.5):
+        while not self.stop_event.wait(1.0):
             raft = self.raft
             if raft is not None and not raft.running:
                 log.error("raft tick thread died; exiting so the supervisor restarts the agent")

@@ -369,3 +369,43 @@ def test_commands_queued_together_share_one_append_round(trio, monkeypatch):
     assert done == [0] * 60  # FAIL_REASON.SUCCESS
     assert len(rounds) < 30, len(rounds)  # one per command (60+) without the batching
     assert len(networks(leader)) == 60
+
+
+def test_standbys_get_bare_heartbeats_less_often_and_entries_at_once(trio, tmp_path):
+    """A standby neither votes, nor counts for a commit, nor times anything out: the leader sends
+    it a heartbeat carrying nothing new every STANDBY_HEARTBEAT (0.5 s) instead of every append
+    period (0.1 s), and entries with their commit in one round."""
+    from cantainer_agent.consensus.pysyncobj import syncobj
+
+    for i in range(3):
+        trio.start(i)
+    leader = trio.leader()
+    standby_dir = tmp_path / "standby"
+    standby_dir.mkdir()
+    standby_addr = f"127.0.0.1:{free_ports(1)[0]}"
+    save_members(str(standby_dir), "c", standby_addr, trio.addrs, role="standby")
+    standby = raft_node(standby_dir, standby_addr, trio.addrs)
+    standby.start()
+    try:
+        wait(lambda: standby.snapshot()["leader"] == leader.self_addr, 10, "the standby to follow the leader")
+        transport = leader._sync._SyncObj__transport
+        sent: dict[str, int] = {}
+        real = transport.send
+
+        def counting(node, message, real=real):
+            if isinstance(message, dict) and message.get("type") == "append_entries":
+                sent[node.id] = sent.get(node.id, 0) + 1
+            return real(node, message)
+
+        transport.send = counting
+        time.sleep(2.0)  # idle: heartbeats only
+        transport.send = real
+        voter = next(a for a in trio.addrs if a != leader.self_addr)
+        heartbeats_to_standby = sum(v for k, v in sent.items() if k not in trio.addrs)
+        assert sent.get(voter, 0) >= 2 * heartbeats_to_standby >= 2, sent
+        assert syncobj.STANDBY_HEARTBEAT >= 4 * leader._sync._SyncObj__conf.appendEntriesPeriod
+        create_networks(leader, 1, 3)  # entries and their commit reach the standby without waiting
+        wait(lambda: networks(standby) == ["10.1.0.0/24", "10.2.0.0/24", "10.3.0.0/24"], 10,
+             "the standby applying the writes")
+    finally:
+        standby.stop()

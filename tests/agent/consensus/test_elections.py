@@ -187,3 +187,52 @@ def test_a_leader_cut_off_from_the_majority_steps_down_and_returns_as_a_follower
     wait(lambda: term_and_leader(old) == after, 10, "the old leader following the new one")
     assert [term_and_leader(n) for n in trio.nodes] == [after] * 3
     assert stats(old)["prevotes_won"] == won  # it never raised its term while cut off
+
+
+def test_an_idle_tick_sleeps_long_but_wakes_for_heartbeats_and_election_deadlines():
+    from cantainer_agent.consensus.pysyncobj.syncobj import tick_wait
+
+    tick, now = 0.25, 100.0
+    # the leader: its next heartbeat round is due in 0.03 s
+    assert tick_wait(tick, now, leader=True, voter=True, election_deadline=0.0, next_append=now + 0.03) == \
+        pytest.approx(0.03)
+    assert tick_wait(tick, now, leader=True, voter=True, election_deadline=0.0, next_append=now - 1) == 0.0
+    # a follower: the fast start put its election deadline 0.01 s ahead; normally it is 1-2 s away
+    assert tick_wait(tick, now, leader=False, voter=True, election_deadline=now + 0.01, next_append=0.0) == \
+        pytest.approx(0.01)
+    assert tick_wait(tick, now, leader=False, voter=True, election_deadline=now + 1.5, next_append=0.0) == tick
+    # a deadline already past (no peer connected yet, so no election starts): no busy loop
+    assert tick_wait(tick, now, leader=False, voter=True, election_deadline=now - 3, next_append=0.0) == tick
+    # a standby never elects: the full tick
+    assert tick_wait(tick, now, leader=False, voter=False, election_deadline=now, next_append=now) == tick
+
+
+def test_election_deadlines_are_read_on_pysyncobjs_own_clock(trio, monkeypatch):
+    """PySyncObj keeps its deadlines on CLOCK_MONOTONIC_RAW, which drifts from CLOCK_MONOTONIC by
+    NTP's slewing (0.3 s after two hours on this VM): judged on the other clock, an election
+    deadline would pass that much early — more on a host up for months."""
+    import pysyncobj.monotonic
+
+    from cantainer_agent.consensus.pysyncobj import syncobj as module
+
+    assert module.raft_clock is pysyncobj.monotonic.monotonic
+    for i in range(3):
+        trio.start(i)
+    leader = trio.leader()
+    follower = next(n for n in trio.nodes if n is not leader)
+    rounds = stats(follower)["prevote_rounds"]
+
+    def elect_at(offset):
+        def probe(sync):
+            deadline = sync._SyncObj__raftElectionDeadline
+            monkeypatch.setattr(module, "raft_clock", lambda: deadline + offset)
+            try:
+                sync._elect()
+            finally:
+                monkeypatch.setattr(module, "raft_clock", pysyncobj.monotonic.monotonic)
+        tick(follower, probe)
+
+    elect_at(-0.01)  # just before the deadline by PySyncObj's clock: nothing
+    assert stats(follower)["prevote_rounds"] == rounds
+    elect_at(+0.01)  # just after it: a pre-vote round (refused: the leader is alive)
+    assert stats(follower)["prevote_rounds"] == rounds + 1

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.config import FAIL_REASON
+from pysyncobj.monotonic import monotonic as raft_clock  # CLOCK_MONOTONIC_RAW: PySyncObj's deadlines
 from pysyncobj.syncobj import SyncObjException
 
 from ...errors import StateError
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
 _FOLLOWER, _CANDIDATE, _LEADER = 0, 1, 2  # PySyncObj's _RAFT_STATE
+STANDBY_HEARTBEAT = 0.5  # seconds between bare heartbeats to standbys (voters: every append period)
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
 # Failures that prove the command was never appended to any log (safe to resubmit).
 _NOT_APPENDED = frozenset({FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.QUEUE_FULL,
@@ -89,6 +91,8 @@ class AgentSyncObj(SyncObj):
     _send_owed = False  # an append-entries round was asked for while queueing
     _read_round = False  # a read asked for a round this tick (all reads of a tick share it)
     _elect_early = False  # stand for election as soon as a majority is connected (elect_early)
+    _standby_beat_due = 0.0  # when the standbys get their next bare heartbeat (raft_clock)
+    _standby_commit = -1  # the commit index the standbys were last sent
 
     def __init__(self, *args, **kwargs):
         # Set before SyncObj.__init__, which may start the tick thread.
@@ -108,11 +112,14 @@ class AgentSyncObj(SyncObj):
             if self._elect_early:
                 self._maybe_elect_now()  # moves the deadline; _elect still asks for pre-votes first
             self._elect()
+            timeToWait = tick_wait(timeToWait, raft_clock(), self._SyncObj__raftState == _LEADER,
+                                   self._SyncObj__selfNode is not None, self._SyncObj__raftElectionDeadline,
+                                   self._SyncObj__newAppendEntriesTime)
         super()._onTick(timeToWait)
         if (self.raftCurrentTerm > term and self._SyncObj__raftState == _CANDIDATE
-                and time.monotonic() < self._fast_until):
+                and raft_clock() < self._fast_until):
             # An election while the leader is known dead: should the vote split, retry soon.
-            self._SyncObj__raftElectionDeadline = time.monotonic() + election.split_retry_delay()
+            self._SyncObj__raftElectionDeadline = raft_clock() + election.split_retry_delay()
         if not self._settled:
             self._settled = self._SyncObj__transport.ready and not self._SyncObj__needLoadDumpFile
 
@@ -130,7 +137,7 @@ class AgentSyncObj(SyncObj):
             return
         if self._SyncObj__transferInProgress:
             return  # the leader asked us to take over (TimeoutNow): elect at once, no pre-vote
-        now = time.monotonic()
+        now = raft_clock()
         if self._SyncObj__raftElectionDeadline >= now or not self._SyncObj__connectedToAnyone():
             return
         others = self._SyncObj__otherNodes
@@ -154,7 +161,7 @@ class AgentSyncObj(SyncObj):
         return election.leader_alive(
             is_leader=self._SyncObj__raftState == _LEADER, leader_known=leader is not None,
             leader_connected=leader is not None and self.isNodeConnected(leader),
-            since_heard=time.monotonic() - self._leader_heard, election_min=self._SyncObj__conf.raftMinTimeout)
+            since_heard=raft_clock() - self._leader_heard, election_min=self._SyncObj__conf.raftMinTimeout)
 
     def _answer_pre_vote(self, node, message: dict) -> None:
         granted = election.grant_pre_vote(
@@ -196,7 +203,7 @@ class AgentSyncObj(SyncObj):
         if kind == "pre_vote_reply":
             return self._count_pre_vote(node, message)
         if kind == "append_entries" and message.get("term", -1) >= self.raftCurrentTerm:
-            self._leader_heard = time.monotonic()  # the current leader (a lower term is ignored)
+            self._leader_heard = raft_clock()  # the current leader (a lower term is ignored)
             self._fast_until = 0.0
         return SyncObj._SyncObj__onMessageReceived(self, node, message)
 
@@ -209,7 +216,7 @@ class AgentSyncObj(SyncObj):
             return
         # The leader's connection closed (a failed reconnect attempt never counts: it was not
         # connected): its process is probably gone. Pre-vote soon; a live leader is safe anyway.
-        now = time.monotonic()
+        now = raft_clock()
         self._fast_until = now + self._SyncObj__conf.raftMaxTimeout
         delay = election.fast_delay(self._SyncObj__selfNode.id, [n.id for n in self._SyncObj__otherNodes], node.id)
         self._SyncObj__raftElectionDeadline = min(self._SyncObj__raftElectionDeadline, now + delay)
@@ -226,13 +233,41 @@ class AgentSyncObj(SyncObj):
             self._queueing = False
         if self._send_owed:
             self._send_owed = False
-            SyncObj._SyncObj__sendAppendEntries(self)
+            self._send_round()
 
     def _SyncObj__sendAppendEntries(self):  # what SyncObj's own calls resolve to
         if self._queueing:
             self._send_owed = True
             return
+        self._send_round()
+
+    # Standbys (read-only nodes) neither vote nor count for a commit, and time nothing out. They get
+    # a round when it carries something they can use: a commit index they have not been sent
+    # (PySyncObj sends a round right after each commit: it brings them the entries and the commit
+    # together) or committed entries they lack (catching up); else a bare heartbeat every
+    # STANDBY_HEARTBEAT instead of every append period. Entries not yet committed wait for their
+    # commit round, one message later for nothing: a standby cannot apply them sooner anyway.
+    def _send_round(self) -> None:
+        readonly = self._SyncObj__readonlyNodes
+        now = raft_clock()
+        if readonly and now < self._standby_beat_due and self._standbys_current(readonly):
+            self._SyncObj__readonlyNodes = set()  # this round: the voters only
+            try:
+                SyncObj._SyncObj__sendAppendEntries(self)
+            finally:
+                self._SyncObj__readonlyNodes = readonly
+            return
         SyncObj._SyncObj__sendAppendEntries(self)
+        self._standby_beat_due = now + STANDBY_HEARTBEAT
+        self._standby_commit = self.raftCommitIndex
+
+    def _standbys_current(self, readonly) -> bool:
+        """Have the standbys been sent every committed entry and the current commit index?"""
+        commit = self.raftCommitIndex
+        if commit != self._standby_commit:
+            return False
+        next_index = self._SyncObj__raftNextIndex
+        return all(next_index.get(node, 0) > commit for node in readonly)
 
     def _maybe_elect_now(self) -> None:
         """Move the election deadline to now once this node could win: no other voter (a one-voter
@@ -323,6 +358,18 @@ class AgentSyncObj(SyncObj):
         self.transferLeadership(None, callback)
 
 
+def tick_wait(tick: float, now: float, leader: bool, voter: bool, election_deadline: float,
+              next_append: float) -> float:
+    """How long the tick thread may sleep when nothing arrives: the tick period (long: input,
+    commands and reads wake it anyway), but the leader wakes for its next heartbeat round and a
+    voter for its election deadline (the fast start's is close), not up to a tick later."""
+    if leader:
+        return min(tick, max(0.0, next_append - now))
+    if voter and election_deadline > now:  # (one already past waits for a peer to connect: no spin)
+        return min(tick, election_deadline - now)
+    return tick
+
+
 # ------------------------------------------------------------------ configuration
 
 
@@ -333,7 +380,7 @@ class SyncTuning:
     election_min: float = 1.0
     election_max: float = 2.0
     append_period: float = 0.1
-    tick_period: float = 0.05
+    tick_period: float = 0.25  # the longest sleep of an idle tick thread (tick_wait)
     leader_fallback: float = 2.0
     connection_retry: float = 0.5
     log_compaction_min_entries: int | None = None  # None: PySyncObj's default
