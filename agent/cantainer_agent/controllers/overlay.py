@@ -96,7 +96,7 @@ class OverlayController:
         if self._reconciler is None:
             from ..overlay import OverlayReconciler
 
-            self._reconciler = OverlayReconciler(self._desired, self._guard)
+            self._reconciler = OverlayReconciler(self._desired, self._guard, keep_socket=True)  # this thread only
         state, changes = snapshot["state"], snapshot.get("changes")
         index = self._index
         touched = None
@@ -110,7 +110,7 @@ class OverlayController:
         if snapshot.get("commits_only") and touched is not None:
             if not touched:
                 return  # nothing this host programs changed
-            result = self._reconciler.reconcile_entries(index.fdb, index.neigh, touched, index.desired)
+            result = self._reconciler.reconcile_entries(index.fdb, index.neigh, touched, index.desired_later())
             if result is not None:
                 return
         self._reconciler.reconcile()  # raises OverlayError on failed actions: the loop retries

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .model import DesiredHost, EndpointSpec, FdbEntry, NeighEntry, NetworkSpec, vxlan_name
 
@@ -145,6 +145,16 @@ class DesiredIndex:
             self._desired = DesiredHost.build(self.node, self.vtep, self.underlay_mtu, self._nets.values(),
                                               self._eps.values(), vxlan_port=self.vxlan_port)
         return self._desired
+
+    def desired_later(self) -> Callable[[], DesiredHost]:
+        """:meth:`desired` as of now, built when (and in whichever thread) it is first asked for:
+        the index itself keeps changing in the loop's thread."""
+        if self._desired is not None:
+            done = self._desired
+            return lambda: done
+        nets, eps = tuple(self._nets.values()), tuple(self._eps.values())
+        node, vtep, mtu, port = self.node, self.vtep, self.underlay_mtu, self.vxlan_port
+        return lambda: DesiredHost.build(node, vtep, mtu, nets, eps, vxlan_port=port)
 
     # ------------------------------------------------------------------ inside
 

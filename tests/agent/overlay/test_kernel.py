@@ -516,6 +516,28 @@ def test_an_entries_pass_changes_only_the_named_entries_and_its_view_stays_exact
     assert rec.reconcile_entries(*wanted(), keys, lambda: cluster.desired("hA")) is None
 
 
+def test_a_reconciler_may_keep_its_netlink_socket_between_passes(fresh_cluster, monkeypatch):
+    """The agent's reconciler opens one IPRoute and keeps it (opening one per pass cost more than a
+    pass changing two entries); after an error on it, the next pass opens a fresh one."""
+    cluster = fresh_cluster
+    opened = []
+    real = reconciler_module.IPRoute
+    monkeypatch.setattr(reconciler_module, "IPRoute", lambda **kw: (opened.append(1), real(**kw))[1])
+    rec = OverlayReconciler(lambda _observed: cluster.desired("hA"), cluster.guards["hA"],
+                            netns=cluster.hosts["hA"].ns, keep_socket=True)
+    try:
+        for _ in range(3):
+            assert rec.reconcile().actions == []
+        assert len(opened) == 1
+        rec._ipr.close()  # broken under our feet
+        rec._resync_after = 0.0  # a pass that must read the kernel
+        with pytest.raises(OSError):
+            rec.reconcile()
+        assert rec.reconcile().actions == [] and len(opened) == 2
+    finally:
+        rec.close()
+
+
 def test_fabric_cleanup_leaves_nothing(make_fabric):
     from pyroute2 import netns
 
