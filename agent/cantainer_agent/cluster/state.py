@@ -675,6 +675,7 @@ _TOUCHES: dict[str, Callable[[dict, Any], list[tuple[str, str]] | None]] = {
     "rollback_service": _named_service,
     "service_update_state": _named_service,
     "note_service": _named_service,
+    "remove_service": lambda _args, _res: None,  # renames every task it retires
     "place_task": lambda args, res: None if args.get("supersede") else _new_record(args, res),
     "retire_task": lambda args, res: [("containers", args["name"]), *_new_record(args, res)],
 }

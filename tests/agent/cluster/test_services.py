@@ -7,6 +7,7 @@ the state machine checks.
 from __future__ import annotations
 
 import itertools
+import pickle
 
 import pytest
 
@@ -343,3 +344,72 @@ def test_an_unhealthy_task_is_replaced_start_first_and_the_service_serves_throug
     assert "superseded_at" in old and "retire" not in old  # it retires once the successor is ready
     sim.run_until(lambda: sim.settled())
     assert sick["id"] not in {t["id"] for t in sim.state.containers.values()}
+
+
+# -- the change feed (controllers/view.py patches its copy of the state from it) -------------------
+class FeedSim(Sim):
+    """Every change goes through apply_command, as on a replica; a reader patches a copy of the state
+    from the feed after every step, as LocalView does, and must see what the state holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copy, self.cursor = self.state.to_dict(), self.state.feed_seq
+        self.full_reads = self.delta_reads = 0
+
+    def command(self, command: str, /, **args):
+        return self.state.apply_command(command, args)
+
+    def tick(self, seconds: float = 0.5) -> list[orchestrator.Action]:
+        self.now += seconds
+        for name in self.state.nodes:
+            self.command("heartbeat", name=name, ts=self.now)
+        self._hosts()
+        actions = orchestrator.plan(self.state.to_dict(), self.now, DOWN_AFTER, RESCHEDULE_AFTER)
+        for action in actions:
+            self.apply(action)
+        self.log += actions
+        self._hosts()
+        self.read()
+        return actions
+
+    def report(self, task: dict, state: str, **extra) -> None:
+        observed = {"state": state, "exit_code": extra.pop("exit_code", None), "pid": 1, "started_at": self.now,
+                    "finished_at": self.now if state == "exited" else None, "reason": None, **extra}
+        self.command("container_observed", name=task["name"], host=task["host"], observed=observed, ts=self.now)
+
+    def read(self) -> None:
+        changed = self.state.changes_since(self.cursor)
+        if changed is None:
+            self.copy = self.state.to_dict()
+            self.full_reads += 1
+        else:
+            for (section, key), record in pickle.loads(self.state.records_bytes(changed)).items():
+                if record is None:
+                    self.copy[section].pop(key, None)
+                else:
+                    self.copy[section][key] = record
+            self.delta_reads += 1
+        self.cursor = self.state.feed_seq
+        assert self.copy == self.state.to_dict()
+
+
+def test_a_reader_patched_from_the_feed_sees_every_service_command():
+    sim = FeedSim()
+    sim.command("create_service", service={"name": "web", "id": "svc-web", "mode": "replicated", "replicas": 3,
+                                           "spec": template(health={"test": ["CMD", "check"]}),
+                                           "policy": {"monitor": 1.0}}, ts=sim.now)
+    sim.run_until(lambda: sim.settled())
+    sim.command("update_service", name="web", ts=sim.now,
+                spec=template(command=("serve", "v2"), health={"test": ["CMD", "check"]}))  # start-first
+    sim.run_until(lambda: sim.state.services["web"]["update"]["state"] == "completed" and sim.settled())
+    sim.command("scale_service", name="web", replicas=1)  # retire_task, then remove_container
+    sim.run_until(lambda: sim.settled(count=1))
+    sim.command("rollback_service", name="web", ts=sim.now)
+    sim.command("note_service", name="web", message="no host fits", ts=sim.now)
+    sim.run_until(lambda: sim.state.services["web"]["update"]["state"] == "completed" and sim.settled(count=1))
+    sim.command("remove_service", name="web", ts=sim.now)
+    sim.run_until(lambda: not sim.state.containers)
+    sim.read()
+    assert not sim.copy["services"] and not sim.copy["containers"]
+    # most steps were patches; the commands that rename records they do not return were full reads
+    assert sim.delta_reads > 5 * sim.full_reads > 0

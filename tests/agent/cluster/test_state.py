@@ -237,3 +237,11 @@ def test_a_restored_replica_is_a_new_feed_and_the_feed_is_never_pickled():
     assert b"_feed" not in pickle.dumps(state)
     records = pickle.loads(state.records_bytes({("nodes", "h1"), ("nodes", "gone")}))
     assert records[("nodes", "h1")] == state.nodes["h1"] and records[("nodes", "gone")] is None
+
+
+def test_every_command_says_what_it_touches():
+    """A command missing from the feed's table would only cost full reads, silently: every command is
+    described (None for a rename the feed cannot name), and a new one must be too."""
+    from cantainer_agent.cluster import state as state_module
+
+    assert set(state_module._TOUCHES) == set(ClusterState.COMMANDS)

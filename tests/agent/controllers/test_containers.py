@@ -23,7 +23,7 @@ class Workload:
     def in_flight_ids(self) -> set[str]:
         return set()
 
-    def report(self, _raft, record, _info, _session) -> None:
+    def report(self, _raft, record, _info, _session, observed=None) -> None:
         self.reports.append(record["name"])
 
 
@@ -33,14 +33,15 @@ def record(name: str, host: str) -> dict:
 
 
 def snapshot(containers: dict, changes=None, commits_only=False) -> dict:
-    return {"ready": True, "state": {"containers": containers}, "changes": changes, "commits_only": commits_only}
+    return {"ready": True, "leader": "h1:7000", "state": {"containers": containers, "networks": {}},
+            "changes": changes, "commits_only": commits_only}
 
 
 def test_commits_about_other_hosts_leave_the_runtime_alone():
     workload = Workload()
     controller = ContainersController("h1", workload, lambda: object())
     containers = {"mine": record("mine", "h1"), "theirs": record("theirs", "h2")}
-    controller.sync(snapshot(containers))  # full: lists the runtime, reports "mine" (not running here)
+    controller.sync(snapshot(containers))  # full: lists the runtime, reports "mine" (its process is gone: dead)
     assert workload.runtime.lists == 1 and workload.reports == ["mine"]
 
     containers["other"] = record("other", "h3")
@@ -55,3 +56,4 @@ def test_commits_about_other_hosts_leave_the_runtime_alone():
 
     controller.sync(snapshot(containers, {("containers", "other")}, False))  # a full pass looks anyway
     assert workload.runtime.lists == 4
+    controller.close()
