@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.labcli import cli, container_processes, ok, ps
+from tests.labcli import cli, container_processes, ok, ps, status
 
 pytestmark = [pytest.mark.lab, pytest.mark.reliability]
 AREA = "Load"
@@ -62,13 +62,15 @@ def failures(results) -> list[str]:
 @pytest.mark.timeout(1200)  # ~2 min on a quiet 2-core machine; far more while other labs load it
 def test_200_concurrent_runs_then_200_rms(lab, cluster, measured):
     """200 `run -d` at once from 10 workstation processes over 3 hosts and 2 networks: 200 running containers with 200
-    distinct addresses and unique names; 200 `rm -f` at once free every address"""
+    distinct addresses and unique names; 200 `rm -f` at once free every address; the raft leader and term stay the
+    same"""
     commands = []
     for index in range(COUNT):
         name = ["--name", f"load-{index:03d}"] if index % 2 == 0 else []  # half named, half generated
         commands.append(["run", "--host", HOSTS[index % 3], "-n", NETWORKS[index % 2], *name, "-d", "--",
                          "sleep", "100000"])
     created_names: list[str] = []
+    before = status(cluster)
     try:
         results, wall = run_all(cluster, commands)
         created_names = [out.split()[0] for code, out, _, _ in results if code == 0 and out.split()]
@@ -123,6 +125,12 @@ def test_200_concurrent_runs_then_200_rms(lab, cluster, measured):
             out = ok(cli(cluster, "run", "--host", "h1", "-n", cidr, "--name", "after-load", "-d", "--", "true"))
             assert out.split()[1] == str(next(ipaddress.ip_network(cidr).hosts())), out
             ok(cli(cluster, "rm", "-f", "after-load"))
+        # No leader flapping: the load starved the hosts' CPUs, yet no follower stood for election
+        # (PreVote: a voter that still hears its leader refuses; the election timeout is 1-2 s).
+        after = status(cluster)
+        measured("raft leader, term before / after", f"{before['leader']} {before['term']} / "
+                                                     f"{after['leader']} {after['term']}")
+        assert (after["leader"], after["term"]) == (before["leader"], before["term"])
     finally:
         if created_names:  # a failure half way: leave no load behind for the next modules
             run_all(cluster, [["rm", "-f", name] for name in created_names])
