@@ -477,9 +477,16 @@ class Runtime:
         config = read_json(os.path.join(cdir, "config.json"))
         if config is None and not os.path.isdir(cdir):
             raise ContainerNotFound(f"no container {container_id}")
-        exit_record = read_json(os.path.join(cdir, "exit.json"))
+        exit_path = os.path.join(cdir, "exit.json")
+        exit_record = read_json(exit_path)
         pids = read_json(os.path.join(self._run_path(container_id), "pids.json"))
         state, pid, shim = derive_state(config, pids, exit_record, linux.boot_id())
+        if state == DEAD and exit_record is None and pids is not None:
+            # The shim writes exit.json, then exits: a record read before its liveness was checked
+            # may predate an exit that happened in between. Gone now, so its record (if any) is there.
+            exit_record = read_json(exit_path)
+            if exit_record is not None:
+                state, pid, shim = EXITED, None, None
         if config is None:
             state = CREATED if container_id in self._starting else DEAD
         spec = None

@@ -720,3 +720,24 @@ def test_remove_frees_the_id_at_once_and_deletes_the_files_in_the_background(run
     os.makedirs(os.path.join(trash, "left-by-a-crash", "upper", "etc"))  # an agent died mid-delete
     again = runtimes.make()
     assert again._reaper.idle.wait(10) and os.listdir(trash) == []
+
+
+def test_an_exit_that_lands_between_the_records_and_the_liveness_check_is_an_exit(runtime, alpine, monkeypatch):
+    """inspect reads exit.json, then checks the processes. The shim writes exit.json and then exits,
+    so both can happen in between (wait() wakes on the init's exit, just as the shim reaps it): the
+    processes are gone but the record read was from before. That is an exit, not a dead container."""
+    from cantainer_agent.runtime import container as module
+
+    first, _ = run_to_exit(runtime, alpine, "raced", ["/bin/sh", "-c", "exit 7"])
+    assert (first.state, first.exit_code) == ("exited", 7)
+    real, missed = module.read_json, []
+
+    def read_before_the_exit(path):
+        if path.endswith("exit.json") and not missed:
+            missed.append(path)
+            return None  # as read a moment before the shim wrote it
+        return real(path)
+    monkeypatch.setattr(module, "read_json", read_before_the_exit)
+    info = runtime.inspect("raced")
+    assert missed and (info.state, info.exit_code) == ("exited", 7)
+    runtime.remove("raced")
