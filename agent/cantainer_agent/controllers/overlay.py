@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..config import AgentConfig
-from ..overlay import DesiredHost, EndpointSpec, KernelGuard, NetworkSpec, Observed
+from ..overlay import DesiredHost, EndpointSpec, KernelGuard, Observed
 from ..overlay.index import DesiredIndex, network_spec
 from ..overlay.model import owned_kind
 

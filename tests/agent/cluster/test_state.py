@@ -245,3 +245,15 @@ def test_every_command_says_what_it_touches():
     from cantainer_agent.cluster import state as state_module
 
     assert set(state_module._TOUCHES) == set(ClusterState.COMMANDS)
+
+
+def test_a_network_deleted_by_name_is_a_feed_gap_and_by_cidr_names_its_record():
+    state = state_with_nodes("h1")
+    state.apply_command("create_network", {"cidr": "10.5.0.0/24", "ts": 1.0, "name": "blue", "gateway": True})
+    state.apply_command("create_network", {"cidr": "10.6.0.0/24", "ts": 1.0, "gateway": True})
+    seq = state.feed_seq
+    state.apply_command("delete_network", {"cidr": "10.6.0.0/24"})
+    assert state.changes_since(seq) == {("networks", "10.6.0.0/24")}
+    seq = state.feed_seq
+    state.apply_command("delete_network", {"cidr": "blue"})  # the name went with the record
+    assert state.changes_since(seq) is None and "10.5.0.0/24" not in state.networks

@@ -188,8 +188,8 @@ def test_sync_is_idempotent_follows_members_and_repairs_tampering(fabric):
 
 
 def test_a_pass_woken_by_commits_that_left_the_members_alone_does_not_list_the_table(fabric):
-    """Network and container writes cannot change this table: a commits-only pass with the members
-    of the last good pass asks libnftables nothing; the periodic (full) pass still compares."""
+    """A commits-only pass whose members, networks and published ports are those of the last good pass
+    asks libnftables nothing; a new network (or port) is looked at; the periodic (full) pass still compares."""
     host = fabric["host"]
     controller = in_netns(host, lambda: NetfilterController("10.99.0.1", PORT))
     calls = []
@@ -206,6 +206,13 @@ def test_a_pass_woken_by_commits_that_left_the_members_alone_does_not_list_the_t
     assert calls == []
     in_netns(host, lambda: controller.sync(commits_only("10.99.0.2", "10.99.0.7")))  # a new member: look
     assert calls and listing(host).elements["members4"] == {"10.99.0.1", "10.99.0.2", "10.99.0.7"}
+    calls.clear()
+    with_network = commits_only("10.99.0.2", "10.99.0.7")
+    with_network["state"]["networks"]["10.1.0.0/24"] = {"cidr": "10.1.0.0/24", "vni": 1, "gateway": "10.1.0.1",
+                                                        "internal": False}
+    in_netns(host, lambda: controller.sync(with_network))  # a network: its rules depend on it
+    assert calls
+    in_netns(host, lambda: controller.sync(commits_only("10.99.0.2", "10.99.0.7")))  # and gone again
     in_netns(host, remove_table)  # removed behind our back: the periodic pass puts it back
     calls.clear()
     in_netns(host, lambda: controller.sync(commits_only("10.99.0.2", "10.99.0.7")))
