@@ -17,6 +17,7 @@ def empty(tmp_path, monkeypatch):
     """No cache and no shared images: every source but the one a test provides is empty."""
     monkeypatch.setenv("CANTAINER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CANTAINER_SHARED_IMAGES", str(tmp_path / "shared"))
+    monkeypatch.delenv("CANTAINER_OFFLINE", raising=False)  # a run made offline must still test the download
     (tmp_path / "shared").mkdir()
     return tmp_path
 
@@ -78,6 +79,7 @@ def test_the_pinned_alpine_is_downloaded_from_its_url_when_no_local_copy_exists(
     shutil.copyfile(source, root / "alpine.tar.gz")
     monkeypatch.setenv("CANTAINER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CANTAINER_SHARED_IMAGES", str(tmp_path / "shared"))
+    monkeypatch.delenv("CANTAINER_OFFLINE", raising=False)
     image = rootfs.base_image(url=f"{url}/alpine.tar.gz")
     assert (image.kind, image.sha256, image.os_release) == ("alpine", ALPINE.sha256, rootfs.ALPINE_RELEASE)
     assert hits == ["/alpine.tar.gz"] and image.path == cached_path(ALPINE.sha256)

@@ -250,7 +250,7 @@ CLI_CASES = [
                  id="run: health interval not a duration"),
     pytest.param(["service", "create", "web", "-n", FREE, "--image", "nosuch:1"], ["unknown image 'nosuch:1'"],
                  id="service create: unknown image"),
-    pytest.param(["service", "create", "web", "-n", FREE, "-p", "80"], ["published port '80' must be"],
+    pytest.param(["service", "create", "web", "-n", FREE, "-p", "80"], ["-p 80: give the host port too", "-p 8080:80"],
                  id="service create: bad published port"),
     pytest.param(["service", "update", "nosuch", "--replicas", "2"], ["no service named 'nosuch'"],
                  id="service update: unknown service"),
