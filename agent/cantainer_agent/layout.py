@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-DATA_DIR = "/var/lib/cantainer"    # raft journal, members, images, containers, bundles (persistent)
+DATA_DIR = "/var/lib/cantainer"    # raft journal, members, images, containers, volumes, bundles (persistent)
 CONFIG_DIR = "/etc/cantainer"      # agent.json and the cluster secret (0600)
 RUN_DIR = "/run/cantainer"         # socket, pid file, per-boot container records (tmpfs)
 LOG_DIR = "/var/log/cantainer"     # agent.log
@@ -37,6 +37,7 @@ DUMP_NAME = "raft.dump"
 IMAGES_NAME = "images"
 CONTAINERS_NAME = "containers"
 INCOMING_NAME = "incoming"  # images/incoming: where the workstation stages layer blobs
+VOLUMES_NAME = "volumes"  # volumes/NAME: a named volume's data (0755 root; the volumes dir 0700)
 
 # Defaults of the cluster settings (inventory [cluster] and the agent config share them).
 RAFT_PORT = 7480
@@ -65,6 +66,15 @@ def image_incoming_dir(data_dir: str = DATA_DIR) -> str:
 
 def containers_state_dir(data_dir: str = DATA_DIR) -> str:
     return os.path.join(data_dir, CONTAINERS_NAME)
+
+
+def volumes_dir(data_dir: str = DATA_DIR) -> str:
+    return os.path.join(data_dir, VOLUMES_NAME)
+
+
+def volume_dir(name: str, data_dir: str = DATA_DIR) -> str:
+    """Where the named volume *name* keeps its data on its host (the name is checked by mounts.py)."""
+    return os.path.join(volumes_dir(data_dir), name)
 
 
 def containers_run_dir(run_dir: str = RUN_DIR) -> str:

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Callable, Sequence
 
-from .. import layout
+from .. import layout, mounts
 from ..capabilities import DEFAULT_CAPS, DOCKER_DEFAULT_CAPS
 from . import linux, logfile
 from .cgroups import Cgroup, CgroupLayout, CgroupManager, LimitWrite
@@ -214,6 +214,7 @@ class Runtime:
         attach_wait: float = ATTACH_WAIT,
         default_pids: int = layout.CONTAINER_PIDS,
         min_free_bytes: int = layout.MIN_FREE_BYTES,
+        protected: tuple[str, ...] = mounts.PROTECTED,
     ):
         self.state_dir = os.path.abspath(state_dir)
         self.run_dir = os.path.abspath(run_dir)
@@ -225,6 +226,8 @@ class Runtime:
         self.attach_wait = attach_wait
         self.default_pids = default_pids
         self.min_free_bytes = min_free_bytes
+        # what no bind mount may reach: the agent's and the kernel's directories, and ours
+        self.protected = tuple(sorted({*protected, self.state_dir, self.run_dir}))
         self.default_caps = tuple(capabilities)
         self.caps_mask = linux.caps_mask(capabilities)  # of a container without --cap-add/--cap-drop
         self.cap_last = linux.last_cap()
@@ -285,6 +288,7 @@ class Runtime:
                 raise StartError(f"image root filesystem {lower} does not exist")
         cid = spec.id
         cdir = self.container_dir(cid)
+        self._mount_requests(spec)  # a mount that cannot be made: said before anything is created
         with self._lock(cid):
             os.makedirs(self.state_dir, 0o700, exist_ok=True)
             os.makedirs(self.run_dir, 0o700, exist_ok=True)
@@ -364,6 +368,7 @@ class Runtime:
             if os.path.lexists(rdir):
                 shutil.rmtree(rdir, ignore_errors=True)
             os.mkdir(rdir, 0o700)
+            mount_requests = self._mount_requests(spec)  # (again for a restart: is the source still there?)
             created_at = prepare(cgroup)
             self.cgroups.cap_parent()  # all containers together leave the host (agent, sshd) headroom
             cgroup.create(spec.limits)
@@ -385,6 +390,7 @@ class Runtime:
                 "tty": spec.tty, "stdin": spec.stdin,
                 "attach_sock": self.attach_path(cid) if spec.attachable else None,
                 "attach_wait": self.attach_wait,
+                "mounts": mount_requests, "protected": list(self.protected),
             })
             if before_exec is not None:
                 ready = _recv(chan, timeout)
@@ -426,6 +432,27 @@ class Runtime:
         else:
             os.close(shim_fd)
         return info
+
+    def _mount_requests(self, spec: ContainerSpec) -> list[dict]:
+        """The spec's mounts for init, checked early for a clear error (init checks again, race-free,
+        on what the kernel resolves): a bind source must exist and reach nothing protected; a volume's
+        directory must exist — seeded from the image (copy_up) while it is empty."""
+        requests = []
+        for mount in spec.mounts:
+            if not os.path.exists(mount.source):
+                what = f"volume {mount.name}'s directory" if mount.kind == mounts.VOLUME else "bind mount source"
+                raise StartError(f"cannot start container {spec.name}: {what} {mount.source} does not exist on this "
+                                 "host" + ("" if mount.kind == mounts.VOLUME else " — create it first"))
+            if mount.kind == mounts.BIND:
+                real = os.path.realpath(mount.source)
+                reason = mounts.refusal(real, tuple(sorted({*self.protected,
+                                                            *map(os.path.realpath, self.protected)})))
+                if reason:
+                    shown = mount.source if real == mount.source else f"{mount.source} (resolves to {real})"
+                    raise StartError(f"bind mount source {shown} is refused: {reason} — bind a directory of your own")
+            copy_up = mount.kind == mounts.VOLUME and os.path.isdir(mount.source) and not os.listdir(mount.source)
+            requests.append({**mount.to_dict(), "copy_up": copy_up})
+        return requests
 
     def _check_free_space(self, spec: ContainerSpec) -> None:
         """Refuse a container while the file system of its writable layer (and of the raft journal,

@@ -23,7 +23,7 @@ import stat
 import termios
 
 from .. import capabilities
-from . import linux, seccomp, users
+from . import linux, seccomp, users, volumes
 from .linux import (
     CLONE_NEWCGROUP,
     CLONE_NEWIPC,
@@ -67,9 +67,22 @@ def _ensure_dir(path: str, mode: int = 0o755) -> None:
         pass
 
 
-def setup_rootfs(req: dict) -> None:
-    """Mount the container's filesystem tree and make it the root. Runs in the new mount namespace."""
+def setup_rootfs(req: dict) -> list[volumes.Opened]:
+    """Mount the container's filesystem tree and make it the root. Runs in the new mount namespace.
+    Returns the sources of its volumes and bind mounts, opened and checked while the host's paths
+    were reachable (volumes.py); ``volumes.attach`` mounts them."""
     linux.mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we do propagates back to the host
+    opened = volumes.open_sources(req.get("mounts") or [], req.get("protected") or [])
+    try:
+        _setup_root(req)
+    except BaseException:
+        for item in opened:
+            os.close(item.tree)
+        raise
+    return opened
+
+
+def _setup_root(req: dict) -> None:
     root = req["rootfs"]
     # req["lower"] lists the image's layers topmost first, joined by ':' (overlayfs' order)
     linux.mount("overlay", root, "overlay", MS_NODEV,
@@ -244,7 +257,9 @@ def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: b
         step = "create namespaces"
         linux.unshare(CLONE_NEWNS | CLONE_NEWCGROUP)  # cgroup ns after joining: its root is our cgroup
         step = "set up the root filesystem"
-        setup_rootfs(req)
+        opened = setup_rootfs(req)
+        step = "mount its volumes"
+        volumes.attach(opened)  # closes every source descriptor, before the working directory is entered
         step = "set the hostname"
         socket.sethostname(req["hostname"])
         step = f"enter the working directory {req['workdir']}"

@@ -44,10 +44,17 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
+# The new mount API (Linux >= 5.2): a detached copy of a mount, attached elsewhere later.
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_EMPTY_PATH = 0x1000
+AT_FDCWD = -100
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+
 # Syscalls glibc does not wrap (or wraps only in recent versions).
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126},
-    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91},
+    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126, "open_tree": 428, "move_mount": 429},
+    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91, "open_tree": 428, "move_mount": 429},
 }
 _MACHINE = os.uname().machine
 _NR = _SYSCALLS.get(_MACHINE)
@@ -97,6 +104,29 @@ def pivot_root(new_root: str, put_old: str) -> None:
     if _NR is None:
         raise OSError(errno.ENOSYS, f"pivot_root: unsupported architecture {_MACHINE}")
     _check(_libc.syscall(_NR["pivot_root"], _b(new_root), _b(put_old)), "pivot_root")
+
+
+def _syscall_nr(name: str) -> int:
+    if _NR is None:
+        raise OSError(errno.ENOSYS, f"{name}: unsupported architecture {_MACHINE}")
+    return _NR[name]
+
+
+def open_tree(fd: int) -> int:
+    """A detached copy of the mount at the O_PATH descriptor *fd* (not of the mounts below it);
+    close-on-exec. Attach it with ``move_mount``."""
+    result = _libc.syscall(ctypes.c_long(_syscall_nr("open_tree")), ctypes.c_int(fd), b"",
+                           ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"open_tree: {os.strerror(err)}")
+    return int(result)
+
+
+def move_mount(tree: int, target: str) -> None:
+    """Attach the detached mount *tree* (from ``open_tree``) at *target*."""
+    _check(_libc.syscall(ctypes.c_long(_syscall_nr("move_mount")), ctypes.c_int(tree), b"", ctypes.c_int(AT_FDCWD),
+                         _b(target), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), f"move_mount on {target}", target)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:

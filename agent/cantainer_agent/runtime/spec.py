@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .. import capabilities
+from .. import capabilities, mounts
 from .errors import SpecError
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -125,6 +125,44 @@ def _normalize_hosts(hosts: Iterable[Any]) -> tuple[tuple[str, tuple[str, ...]],
 
 
 @dataclass(frozen=True)
+class Mount:
+    """A mount of the container (mounts.py): a named volume's directory on this host, or a bind."""
+
+    kind: str  # mounts.VOLUME or mounts.BIND
+    source: str  # host path: the volume's directory (layout.volume_dir) or the bound path
+    target: str  # path inside the container
+    readonly: bool = False
+    name: str = ""  # the volume's name (messages), "" for a bind
+
+    def __post_init__(self) -> None:
+        try:
+            if self.kind == mounts.BIND:
+                object.__setattr__(self, "source", mounts.check_bind_source(self.source))
+            elif self.kind == mounts.VOLUME:
+                mounts.check_volume_name(self.name)
+                object.__setattr__(self, "source", mounts.check_volume_dir(self.source))
+            else:
+                raise mounts.MountError(f"mount kind {self.kind!r} must be volume or bind")
+            object.__setattr__(self, "target", mounts.check_target(self.target))
+        except mounts.MountError as error:
+            raise SpecError(str(error)) from None
+        if not isinstance(self.readonly, bool):
+            raise SpecError("mount readonly must be true or false")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "source": self.source, "target": self.target, "readonly": self.readonly,
+                "name": self.name}
+
+    @classmethod
+    def of(cls, value: Any) -> "Mount":
+        if isinstance(value, Mount):
+            return value
+        if not isinstance(value, Mapping) or set(value) - {"kind", "source", "target", "readonly", "name"}:
+            raise SpecError("a mount is {kind, source, target, readonly, name}")
+        return cls(**value)
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     id: str
     name: str
@@ -142,6 +180,7 @@ class ContainerSpec:
     cap_add: tuple[str, ...] = ()  # capability names (capabilities.py), "ALL" allowed
     cap_drop: tuple[str, ...] = ()
     seccomp: str = "default"  # one of SECCOMP_PROFILES
+    mounts: tuple[Mount, ...] = ()  # accepts dicts; volumes and binds, mounted nosuid,nodev
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not ID_RE.fullmatch(self.id):
@@ -192,6 +231,15 @@ class ContainerSpec:
         if self.seccomp not in SECCOMP_PROFILES:
             raise SpecError(f"seccomp profile {self.seccomp!r} is not supported: use "
                             f"{' or '.join(SECCOMP_PROFILES)}")
+        if isinstance(self.mounts, (str, Mapping)) or not isinstance(self.mounts, Iterable):
+            raise SpecError("mounts must be a list of mounts")
+        checked = tuple(Mount.of(m) for m in self.mounts)
+        if len(checked) > mounts.MAX_MOUNTS:
+            raise SpecError(f"a container has at most {mounts.MAX_MOUNTS} mounts")
+        targets = [m.target for m in checked]
+        if len(set(targets)) != len(targets):
+            raise SpecError("two mounts go to the same target — give each its own")
+        object.__setattr__(self, "mounts", checked)
 
     @property
     def attachable(self) -> bool:
@@ -240,6 +288,7 @@ class ContainerSpec:
             "cap_add": list(self.cap_add),
             "cap_drop": list(self.cap_drop),
             "seccomp": self.seccomp,
+            "mounts": [m.to_dict() for m in self.mounts],
         }
 
     @classmethod
@@ -247,7 +296,7 @@ class ContainerSpec:
         if not isinstance(data, Mapping):
             raise SpecError("container spec must be an object")
         known = {"id", "name", "image", "command", "env", "workdir", "limits", "hosts", "resolv_conf", "tty", "stdin",
-                 "user", "stop_signal", "cap_add", "cap_drop", "seccomp"}
+                 "user", "stop_signal", "cap_add", "cap_drop", "seccomp", "mounts"}
         unknown = set(data) - known
         if unknown:
             raise SpecError(f"unknown container spec field(s): {', '.join(sorted(unknown))}")
