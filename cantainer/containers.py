@@ -19,7 +19,7 @@ from cantainer.inventory import Host, Inventory
 from cantainer.status import open_status_source
 from cantainer.terminal import stream_command
 from cantainer.timefmt import age
-from cantainer_agent import capabilities, layout, protocol
+from cantainer_agent import capabilities, layout, mounts, protocol
 from cantainer_agent.cluster.specs import constraint_holds, parse_constraint
 from cantainer_agent.errors import StateError
 
@@ -58,6 +58,7 @@ class RunRequest:
     health: dict | None = None  # --health-* options: {test, interval, timeout, retries, start_period, disable}
     constraints: list[str] = field(default_factory=list)  # placement (without --host)
     publish: list[dict] = field(default_factory=list)  # cantainer_agent.cluster.ports dicts (run -p)
+    mounts: list[dict] = field(default_factory=list)  # cantainer_agent.mounts: -v volumes and binds
 
 
 class HostSession:
@@ -109,6 +110,7 @@ def run_params(request: RunRequest, image: RunImage, interactive: bool = False, 
                                          ("pids", request.pids)) if v is not None},
             "cap_add": request.cap_add, "cap_drop": request.cap_drop, "seccomp": request.seccomp,
             **({"publish": request.publish} if request.publish else {}),
+            **({"mounts": request.mounts} if request.mounts else {}),
             **({"auto_remove": True} if request.auto_remove else {}),
             **({"restart": request.restart} if request.restart else {}),
             **({"health": request.health} if request.health else {}),
@@ -389,6 +391,20 @@ def parse_publish(items: list[str]) -> list[dict]:
     try:
         return ports.check([ports.parse(item) for item in items])
     except ports.PortError as error:
+        raise UsageError(str(error)) from None
+
+
+def parse_mounts(items: list[str]) -> list[dict]:
+    """-v values to mounts (cantainer_agent.mounts: the cluster checks them by the same rules)."""
+    parsed = []
+    for item in items:
+        try:
+            parsed.append(mounts.parse(item))
+        except mounts.MountError as error:
+            raise UsageError(str(error)) from None
+    try:
+        return mounts.check_all(parsed)
+    except mounts.MountError as error:
         raise UsageError(str(error)) from None
 
 

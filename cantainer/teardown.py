@@ -28,6 +28,7 @@ class HostTeardown:
     stopped: int = 0      # containers stopped now
     removed: int = 0      # containers removed (--purge)
     kept: int | None = None  # containers left running (--keep-containers), if known
+    volumes: list[str] = field(default_factory=list)  # volumes whose data is on the host (--purge deletes them)
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Teardown:
             bundle = layout.bundle_dir(json.loads(config.stdout)["bundle"])
             counts = await self._teardown(host, bundle)
             outcome.stopped, outcome.removed = counts.get("stopped", 0), counts.get("removed", 0)
+            outcome.volumes = list(counts.get("volumes") or [])
         paths = [layout.RUN_DIR]
         if self.options.purge:
             paths += [layout.DATA_DIR, layout.CONFIG_DIR, layout.LOG_DIR]

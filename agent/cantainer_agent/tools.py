@@ -29,6 +29,10 @@ def open_runtime(config_path: str) -> Runtime:
     return Runtime(state_dir=layout.containers_state_dir(cfg.data_dir), run_dir=layout.containers_run_dir(cfg.run_dir))
 
 
+def volumes_dir_of(config_path: str) -> str:
+    return layout.volumes_dir(load_config(config_path).data_dir)
+
+
 class _Output:
     """Writes records to our stdout or stderr as their stream says; with time stamps, each line
     starts with its record's time (per stream, so a partial line is not stamped twice)."""
@@ -179,11 +183,21 @@ def probe(state_dir: str, run_dir: str, container_id: str, argv: list[str], time
 STOPPED_BY_DOWN = "stopped by down"
 
 
-def teardown(runtime: Runtime, stop_timeout: float = 10.0, remove: bool = True) -> int:
+def volumes_on_disk(volumes_dir: str) -> list[str]:
+    """The named volumes whose data is in *volumes_dir* (leftovers of a removal excluded)."""
+    try:
+        return sorted(e.name for e in os.scandir(volumes_dir) if e.is_dir(follow_symlinks=False)
+                      and not e.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def teardown(runtime: Runtime, stop_timeout: float = 10.0, remove: bool = True, volumes_dir: str | None = None) -> int:
     """For `cantainer down`: stop every running container gracefully (SIGTERM, SIGKILL after
     *stop_timeout*, all at once), recording "stopped by down" as the reason; with *remove* (--purge)
-    remove them all; then every overlay device and our nftables table. Prints {"stopped", "removed"}
-    as one JSON line.
+    remove them all; then every overlay device and our nftables table. Prints {"stopped", "removed",
+    "volumes"} as one JSON line: *volumes* names the volumes in *volumes_dir*, which --purge deletes
+    with the data directory (the workstation says so).
 
     Run only after the agent has stopped, or it would start reconciling them back."""
     from concurrent.futures import ThreadPoolExecutor
@@ -207,7 +221,8 @@ def teardown(runtime: Runtime, stop_timeout: float = 10.0, remove: bool = True) 
         remove_table()  # last: while devices existed, the rules guarded them
     except NftUnavailable:
         pass  # no agent ever ran here without libnftables, so there is no table
-    print(json.dumps({"stopped": len(running), "removed": removed}), flush=True)
+    volumes = volumes_on_disk(volumes_dir) if volumes_dir else []
+    print(json.dumps({"stopped": len(running), "removed": removed, "volumes": volumes}), flush=True)
     return 0
 
 
@@ -219,7 +234,7 @@ def main(command: str, args) -> int:
             return logs(runtime, args.id, args.follow, args.exit_code, args.tail, args.since, args.timestamps,
                         streams)
         if command == "teardown":
-            return teardown(runtime, args.stop_timeout, args.remove)
+            return teardown(runtime, args.stop_timeout, args.remove, volumes_dir_of(args.config))
         if command == "attach":
             return attach(runtime, args.id)
         # -t: the terminal's type, as sshd set it from the client's (docker exec -t sets TERM too)

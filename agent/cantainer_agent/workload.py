@@ -11,8 +11,11 @@ commit for a `run` (``create_and_start``): the container is made up to its comma
 mounts, cgroup), then recorded in raft as running with its pid — the commit decides its name and
 address — then given its veth and /etc/hosts, then its command runs. A start of a record that exists
 (placed, restarted) = start with the veth attached before exec → report. A failed start removes the
-container, its record and a network it created. Remove = stop and remove locally (process, mounts,
-cgroup, veth) → replicate the removal.
+container, its record and a network or volumes it created. Remove = stop and remove locally
+(process, mounts, cgroup, veth) → replicate the removal. A volume's directory is made by the first
+start that mounts it and deleted by ``delete_volume`` after its record is gone (or by the `run` that
+made it, if its commit is refused), both under that volume's lock, so a removal never deletes what a
+start mounts.
 """
 from __future__ import annotations
 
@@ -22,11 +25,13 @@ import copy
 import dataclasses
 import logging
 import os
+import secrets
+import shutil
 import threading
 import time
 from typing import Callable, Iterator
 
-from . import layout
+from . import layout, mounts
 from .cluster.specs import hostname_of
 from .config import AgentConfig
 from .consensus import RaftError, RaftNode
@@ -54,6 +59,12 @@ def resolv_conf(net: dict) -> str:
     if not net.get("gateway"):
         return ""
     return f"nameserver {net['gateway']}\nsearch {net['name']}\n"
+
+
+def protected_dirs(cfg: AgentConfig) -> tuple[str, ...]:
+    """What no bind mount may reach on this host: the agent's directories as configured (the config
+    and secret's too) and the kernel's."""
+    return mounts.protected_dirs(cfg.data_dir, cfg.run_dir, cfg.log_dir, os.path.dirname(cfg.secret_file))
 
 
 def _same_observation(a: dict, b: dict) -> bool:
@@ -94,8 +105,12 @@ class Workload:
         self._guard = guard
         self._underlay_mtu = underlay_mtu
         self.images = LayerStore(layout.images_dir(cfg.data_dir))
+        self.protected = protected_dirs(cfg)
         self.runtime = Runtime(state_dir=layout.containers_state_dir(cfg.data_dir),
-                               run_dir=layout.containers_run_dir(cfg.run_dir), on_exit=lambda _info: trigger())
+                               run_dir=layout.containers_run_dir(cfg.run_dir), on_exit=lambda _info: trigger(),
+                               protected=self.protected)
+        self._volume_locks: dict[str, threading.RLock] = {}
+        self._volume_locks_guard = threading.Lock()
         self._in_flight: collections.Counter[str] = collections.Counter()
         self._in_flight_lock = threading.Condition()
         # Held while layers are imported, pruned, or picked as a container's lower dirs; the dirs
@@ -141,8 +156,12 @@ class Workload:
                              env=record["env"], workdir=record["workdir"], limits=record["limits"],
                              hosts=[(record["ip"], names)], resolv_conf=resolv_conf(net), tty=tty, stdin=stdin,
                              user=record.get("user", ""), stop_signal=record.get("stop_signal", 15),
-                             **(security or {}))
-        return self.runtime.start(spec, lowers, before_exec=self._attach(record, net))
+                             mounts=self.spec_mounts(record.get("mounts") or []), **(security or {}))
+        volumes = mounts.volume_names(record.get("mounts") or [])
+        with self.volumes_locked(volumes):
+            for name in volumes:
+                self.ensure_volume(name)
+            return self.runtime.start(spec, lowers, before_exec=self._attach(record, net))
 
     def create_and_start(self, raft: RaftNode, spec: ContainerSpec, lowers: list[str], create: Callable[[dict], dict],
                          session: Session) -> tuple[dict, ContainerInfo]:
@@ -170,21 +189,73 @@ class Workload:
                 self.runtime.update_etc_file(record["id"], "resolv.conf", resolv_conf(net))
             return {"started_at": started_at}
 
-        try:
-            info = self.runtime.start(spec, lowers, before_exec=before_exec)
-        except RecordOfAnotherAttempt:
-            raise
-        except BaseException:
-            record = made.get("record")
-            if record is not None and record["id"] == spec.id:
-                self.undo_create(raft, record, session)
-            raise
+        volumes = sorted({m.name for m in spec.mounts if m.kind == mounts.VOLUME})
+        with self.volumes_locked(volumes):
+            # a volume's directory is made here before the commit says the volume is this host's
+            # (the commit refuses another host's volume); a directory made for a refused run goes
+            made_dirs = [name for name in volumes if self.ensure_volume(name)]
+            try:
+                info = self.runtime.start(spec, lowers, before_exec=before_exec)
+            except RecordOfAnotherAttempt:
+                raise
+            except BaseException:
+                record = made.get("record")
+                if record is not None and record["id"] == spec.id:
+                    self.undo_create(raft, record, session)
+                elif record is None:
+                    for name in made_dirs:
+                        self.delete_volume(name)
+                raise
         return made["record"], info
 
     def restart(self, record: dict, net: dict) -> ContainerInfo:
         """Start *record*'s ended container again (its restart policy), its veth attached before exec;
         the runtime keeps its spec (security options included) from the first start."""
         return self.runtime.restart(record["id"], before_exec=self._attach(record, net))
+
+    # -- volumes ----------------------------------------------------------------------------------
+    def volume_path(self, name: str) -> str:
+        """Where volume *name* keeps its data on this host (the data dir's real path: init compares
+        the path it opened with this one)."""
+        return layout.volume_dir(mounts.check_volume_name(name), os.path.realpath(self.cfg.data_dir))
+
+    def spec_mounts(self, record_mounts: list[dict]) -> list[dict]:
+        """A record's mounts as the runtime takes them: a volume by its directory on this host."""
+        return [{"kind": m["type"], "target": m["target"], "readonly": m.get("readonly", False),
+                 **({"source": self.volume_path(m["source"]), "name": m["source"]} if m["type"] == mounts.VOLUME
+                    else {"source": m["source"]})} for m in record_mounts]
+
+    @contextlib.contextmanager
+    def volumes_locked(self, names: list[str]) -> Iterator[None]:
+        """Hold the locks of these volumes (in name order: two starts never wait on each other in turn)."""
+        with contextlib.ExitStack() as stack:
+            for name in sorted(set(names)):
+                with self._volume_locks_guard:
+                    lock = self._volume_locks.setdefault(name, threading.RLock())
+                stack.enter_context(lock)
+            yield
+
+    def ensure_volume(self, name: str) -> bool:
+        """Make the volume's directory (empty: the first start seeds it from the image) if it is
+        missing; True if this call made it."""
+        os.makedirs(layout.volumes_dir(self.cfg.data_dir), 0o700, exist_ok=True)
+        try:
+            os.mkdir(self.volume_path(name), 0o755)
+        except FileExistsError:
+            return False
+        return True
+
+    def delete_volume(self, name: str) -> bool:
+        """Delete the volume's data on this host (call after its record is gone); False if it had none.
+        Renamed away first, so a start that creates the volume anew meanwhile gets an empty one."""
+        with self.volumes_locked([name]):
+            path = self.volume_path(name)
+            if not os.path.lexists(path):
+                return False
+            trash = os.path.join(os.path.dirname(path), f".removed-{secrets.token_hex(4)}-{name}")
+            os.rename(path, trash)
+        shutil.rmtree(trash)
+        return True
 
     def _attach(self, record: dict, net: dict) -> Callable[[int], None]:
         from .overlay.veth import attach_container  # netlink: imported when a container first needs it
@@ -245,10 +316,18 @@ class Workload:
                 detach_container(record["id"], guard=self._guard)
         try:
             replicate(raft, "remove_container", {"name": name}, session)
-            network = raft.snapshot()["state"]["networks"].get(record["network"])
+            state = raft.snapshot()["state"]
+            network = state["networks"].get(record["network"])
             if network is not None and network["created_at"] == record["created_at"] and not network["ips"]:
                 replicate(raft, "delete_network", {"cidr": record["network"]}, session)
-        except RaftError:
+            for volume in mounts.volume_names(record.get("mounts") or []):  # the ones this run created
+                known = state.get("volumes", {}).get(volume)
+                if known is not None and known["created_at"] == record["created_at"] and not any(
+                        volume in mounts.volume_names(c.get("mounts") or []) for c in state["containers"].values()):
+                    replicate(raft, "remove_volume", {"name": volume}, session)
+                    if local:
+                        self.delete_volume(volume)
+        except (RaftError, OSError):
             log.exception("could not release %s after a failed start", name)
 
     def report(self, raft: RaftNode, record: dict, info: ContainerInfo | None, session: Session,

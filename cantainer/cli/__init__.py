@@ -11,11 +11,11 @@ import os
 import sys
 
 from cantainer import __version__
-from cantainer.cli import cluster, containers, exitcodes, images, networks, services
+from cantainer.cli import cluster, containers, exitcodes, images, networks, services, volumes
 from cantainer.cli.parser import Commands, Parser, formatter
 from cantainer.errors import CantainerError, Interrupted
 
-COMMAND_MODULES = (cluster, networks, containers, services, images)
+COMMAND_MODULES = (cluster, networks, containers, services, volumes, images)
 DESCRIPTION = "Agentless orchestrator: containers on a VXLAN overlay, over SSH."
 EPILOG = """examples:
   cantainer up inventory.toml                        # agents on every host, one raft cluster

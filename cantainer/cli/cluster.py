@@ -30,12 +30,13 @@ def register(commands: Commands) -> None:
         "cantainer down                          # agents stopped, containers stopped gracefully, state kept",
         "cantainer down --time 30                # give containers 30 s between SIGTERM and SIGKILL",
         "cantainer down --keep-containers        # only the agents: containers and the overlay keep working",
-        "cantainer down --purge                  # everything cantainer wrote on the hosts removed",
+        "cantainer down --purge                  # everything cantainer wrote on the hosts removed, volumes too",
     ], description="Stop the agents (leader last), then each host's containers: SIGTERM, SIGKILL after --time;\n"
-                   "a later `up` shows them exited, \"stopped by down\". Raft state, config and bundles stay\n"
-                   "unless --purge.")
+                   "a later `up` shows them exited, \"stopped by down\". Raft state, config, bundles and volumes\n"
+                   "stay unless --purge (which names the volumes it deletes, host by host).")
     down.add_argument("--purge", action="store_true",
-                      help="also remove containers, raft state, config, bundles and logs")
+                      help="also remove containers, volumes (named in the output), raft state, config, bundles and "
+                           "logs")
     down.add_argument("--keep-containers", action="store_true",
                       help="stop only the agents; containers keep running (and the overlay forwarding)")
     down.add_argument("--time", type=finite_float, default=10.0,
@@ -121,6 +122,9 @@ def down_line(name: str, outcome, purge: bool) -> str:
     if outcome.removed:
         parts.append(count(outcome.removed, "removed"))
     if purge:
+        volumes = getattr(outcome, "volumes", [])
+        if volumes:
+            parts.append(f"volume{'' if len(volumes) == 1 else 's'} {', '.join(volumes)} deleted")
         parts.append("state purged")
     return f"{name}: {', '.join(parts)}"
 

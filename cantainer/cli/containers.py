@@ -25,11 +25,14 @@ def register(commands: Commands) -> None:
         "cantainer run -it --rm --host h1 -n 10.0.0.0/24 sh                # a shell; removed on exit",
         "cantainer run -d --restart on-failure:5 --host h1 -n 10.0.0.0/24 -- ./job",
         "cantainer run -d --health-cmd 'wget -qO- localhost' -n 10.0.0.0/24 --image app:1",
+        "cantainer run --host h1 -n 10.0.0.0/24 -v data:/data -d sleep 1d  # volume data, made on first use",
+        "cantainer run -n 10.0.0.0/24 -v data:/data -v /srv/conf:/etc/app:ro sh  # placed on data's host",
     ], description="Start a container. With --host it runs there; without, the cluster places it: a host that is\n"
-                   "up, meets every --constraint, has the image and room for --memory/--cpus, with the fewest\n"
-                   "containers. Everything after the options is the command, as with docker run (it replaces\n"
-                   "the image's Cmd; without one the image's Entrypoint + Cmd run); exits with the command's\n"
-                   "code (125: cantainer failed, 126: the command cannot be executed, 127: it was not found).")
+                   "up, meets every --constraint, holds its -v volumes that exist, has the image and room for\n"
+                   "--memory/--cpus, with the fewest containers. Everything after the options is the command, as\n"
+                   "with docker run (it replaces the image's Cmd; without one the image's Entrypoint + Cmd run);\n"
+                   "exits with the command's code (125: cantainer failed, 126: the command cannot be executed,\n"
+                   "127: it was not found).")
     run.add_argument("--host", help="inventory host to run on (default: the cluster places it)")
     # required, but checked in cmd_run: a mistyped option must be named before a "missing" one
     run.add_argument("-n", "--network", metavar="NETWORK",
@@ -55,6 +58,9 @@ def register(commands: Commands) -> None:
                      help="seccomp=unconfined: no seccomp filter (no-new-privileges is always on)")
     runopts.add_placement(run)
     runopts.add_restart_and_health(run, "no")
+    run.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:/PATH[:ro]",
+                     help="NAME:/path mounts the named volume NAME (created on first use, on the container's host); "
+                          "/host/path:/path binds a host path (not cantainer's own, /proc, /sys or /dev); nosuid,nodev")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...",
                      help="the command and its arguments (default: the image's)")
     execute = commands.add("exec", "run a command in a running container", cmd_exec, inventory_flags=LONG_INVENTORY,
@@ -150,6 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     if args.tty and not containers.stdin_is_tty():
         raise UsageError("-t needs a terminal on stdin and stdout", "drop -t when piping")
+    if not args.network:
+        raise UsageError("the following arguments are required: -n/--network", "see `cantainer run --help`")
     env = containers.parse_env(args.env)
     publish = containers.parse_publish(args.publish)
     if args.tty:  # a terminal needs its type, as docker run -t sets it
@@ -162,8 +170,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if restart and restart != "no" and args.rm:
         raise UsageError("--rm and --restart contradict each other", "a container removed when it exits cannot "
                                                                      "be restarted: give one of them")
+    mounts = containers.parse_mounts(args.volume)
     request = containers.RunRequest(
-        host=args.host, network=args.network, image=args.image, name=args.name,
+        host=args.host, network=args.network, mounts=mounts, image=args.image, name=args.name,
         command=command_of(args) or None, env=env, workdir=args.workdir,
         entrypoint=args.entrypoint, user=args.user,
         memory=limits.get("memory"), cpus=limits.get("cpus"), pids=limits.get("pids"),

@@ -2,11 +2,14 @@
 
 ``container.run {name?, network (a name or a CIDR), image: {reference, digest, layers, config}, command?,
 entrypoint?, env, workdir?, user?, limits, tty?, interactive?, auto_remove?, cap_add?, cap_drop?, seccomp?,
-publish?}`` -> ``{name, id, ip, host, network, network_name, image_digest, publish}`` (on the host that runs
-    it; the layers must be here: image.import / image.pull). The image's config and the options merge
-    docker's way (images/config.effective) before anything is recorded; cap_add/cap_drop/seccomp stay
-    on this host (not replicated). ``publish`` (cluster/ports.py) is refused before anything is recorded
-    when a process of this host listens on the port; the cluster refuses one another container holds.
+publish?, mounts?}`` -> ``{name, id, ip, host, network, network_name, image_digest, publish}`` (on the host
+    that runs it; the layers must be here: image.import / image.pull). The image's config and the options
+    merge docker's way (images/config.effective) before anything is recorded; cap_add/cap_drop/seccomp
+    stay on this host (not replicated). ``publish`` (cluster/ports.py) is refused before anything is
+    recorded when a process of this host listens on the port; the cluster refuses one another container
+    holds. *mounts* (mounts.py) are replicated: a named volume is made by its first use, on the
+    container's host, and a container is never recorded on another host than a volume it mounts
+    (cluster/volumes.py).
 ``container.stop {name, timeout}`` -> ``{name, state, exit_code}``;  ``container.rm {name, force}`` -> ``{removed}``
 ``container.ps`` -> ``[{name, id, host, network, ip, mac, image, command, state, exit_code, …}]`` (any node)
 
@@ -22,11 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import secrets
 import time
 from typing import Callable
 
-from .. import layout, protocol
+from .. import layout, mounts, protocol
 from ..cluster import ports
 from ..cluster.liveness import down_after
 from ..cluster.scheduler import Request, place
@@ -84,6 +88,10 @@ def container_fields(name: str, params: dict) -> dict:
     except ImageSourceError as error:
         raise rejected(str(error)) from None
     env = dict(wanted.env)
+    try:
+        wanted_mounts = mounts.check_all(params.get("mounts"))
+    except mounts.MountError as error:
+        raise rejected(str(error)) from None
     # Validate the whole spec before anything is recorded in the cluster.
     security = security_of(params)
     ContainerSpec(id="probe", name=name, image=digest[7:], command=wanted.argv, env=env, workdir=wanted.workdir,
@@ -93,6 +101,7 @@ def container_fields(name: str, params: dict) -> dict:
             "command": list(wanted.argv), "env": env, "workdir": wanted.workdir, "user": wanted.user,
             "stop_signal": wanted.stop_signal, "ports": list(wanted.exposed_ports),
             "limits": params.get("limits") or {},
+            **({"mounts": wanted_mounts} if wanted_mounts else {}),
             **({"restart": params["restart"]} if params.get("restart") else {}),
             **({"health": health} if health else {}),
             **({"security": {k: list(v) if k != "seccomp" else v for k, v in security.items()}} if changed else {})}
@@ -132,13 +141,17 @@ class ContainerHandlers:
         name = params.get("name") or f"c-{secrets.token_hex(3)}"
         check_container_name(name)
         fields = container_fields(name, params)
+        self._check_binds(fields.get("mounts") or [])
         layers = fields["layers"]
         publish = self._publish(raft, params.get("publish") or [])
         container_id = secrets.token_hex(6)
         spec = ContainerSpec(id=container_id, name=name, image=fields["image_digest"][7:], command=fields["command"],
                              env=fields["env"], workdir=fields["workdir"], limits=fields["limits"], resolv_conf="",
                              tty=bool(params.get("tty")), stdin=bool(params.get("interactive")), user=fields["user"],
-                             stop_signal=fields["stop_signal"], **security_of(params))
+                             stop_signal=fields["stop_signal"],
+                             mounts=self._workload.spec_mounts(fields.get("mounts") or []), **security_of(params))
+        if fields.get("mounts"):  # another host's volume is refused before its directory is made here
+            raft.read(lambda state: state._volume_mounts(fields, self._node) and None)  # (the commit checks too)
         ts = time.time()
 
         def create(observed: dict) -> dict:
@@ -171,6 +184,22 @@ class ContainerHandlers:
                 "network": record["network"], "network_name": self._network_name(raft, record),
                 "image_digest": record.get("image_digest") or fields["image_digest"],
                 "publish": record.get("publish", [])}
+
+    def _check_binds(self, wanted: list[dict]) -> None:
+        """A bind source of a container this host runs must exist here and, resolved, reach nothing
+        protected (init checks again on what it opens; a placed container's host checks at its start)."""
+        protected = tuple(sorted({*self._workload.protected, *map(os.path.realpath, self._workload.protected)}))
+        for mount in wanted:
+            if mount["type"] != mounts.BIND:
+                continue
+            source = mount["source"]
+            if not os.path.lexists(source):
+                raise rejected(f"bind mount source {source} does not exist on {self._node} — create it there first")
+            real = os.path.realpath(source)
+            reason = mounts.refusal(real, protected)
+            if reason:
+                raise rejected(f"bind mount source {source} (resolves to {real}) is refused: {reason} — bind a "
+                               "directory of your own")
 
     def place(self, params: dict) -> dict:
         """`run` without a host: the cluster picks it (inside the replicated command), its agent starts

@@ -10,13 +10,14 @@ refused command raises ``StateError`` and changes nothing. The state pickles to 
     networks:   {cidr: {cidr, name, vni, gateway (None: made before gateways), internal, created_at,
                         ips: {ip: container name}}}
     containers: {name: {name, id, host, network (its CIDR), ip, mac, image, image_digest, command, env, workdir,
-                        user, stop_signal, ports (the image's exposed), limits,
+                        user, stop_signal, ports (the image's exposed), limits, mounts? (cluster/volumes.py),
                         created_at, desired: running|stopped, auto_remove (absent: false),
                         restart?, health?, publish?, placed? (+ layers, constraints, tty, interactive),
                         service?, service_id?, slot?, version?, update_seq?, superseded_at?, retire?,
                         observed: {state, exit_code, pid, started_at, finished_at, reason, reported_at,
                                    health?, restart_count?, restarts?}}}
     services:   {name: cluster/services.py}
+    volumes:    {name: {name, host, created_at, labels}}                      (cluster/volumes.py)
 
 Optional keys are absent when unused, so older snapshots read the same. Placement (``place_container``,
 ``place_task``) runs the scheduler inside the command (cluster/scheduler.py).
@@ -39,12 +40,14 @@ import pickle
 import re
 from typing import Any, Callable
 
+from .. import mounts as M
 from ..errors import AlreadyExists, Conflict, NotFound, StateError
 from ..overlay.model import mac_for_ip  # one derivation, shared with the overlay
 from . import ipam, ports, specs
 from . import sessions as S
-from .scheduler import Request, place
+from .scheduler import NoHostFits, Request, place
 from .services import ServiceCommands
+from .volumes import VolumeCommands, check_mounts, volume_host
 
 # 2: networks have a name, a gateway and ``internal``; containers ``publish``. Older snapshots and
 # log entries still load and apply exactly as they did (``_upgrade``; commands' new arguments default
@@ -56,7 +59,8 @@ CONTAINER_STATES = ("created", "running", "exited", "dead", "unknown")
 HEALTH_STATES = ("starting", "healthy", "unhealthy")
 MAX_LAYERS = 4096  # layers a node reports
 MAX_RESTARTS_KEPT = 10
-SECTIONS = ("nodes", "networks", "containers", "services")  # what to_bytes copies; the feed names records by them
+# what to_bytes copies; the feed names records by them
+SECTIONS = ("nodes", "networks", "containers", "services", "volumes")
 FEED_MAX = 8192  # changes the feed remembers; a reader further behind reads everything again
 _EPOCHS = itertools.count(1)  # tells replicas (feeds) of one process apart
 
@@ -85,7 +89,7 @@ def _signature(command: str) -> inspect.Signature:
     return inspect.signature(getattr(ClusterState, f"apply_{command}"))
 
 
-class ClusterState(ServiceCommands):
+class ClusterState(ServiceCommands, VolumeCommands):
     """The whole replicated state. Mutate only through the ``apply_*`` methods."""
 
     def __init__(self) -> None:
@@ -93,6 +97,7 @@ class ClusterState(ServiceCommands):
         self.networks: dict[str, dict] = {}
         self.containers: dict[str, dict] = {}
         self.services: dict[str, dict] = {}
+        self.volumes: dict[str, dict] = {}
         self.sessions = S.Sessions()  # exactly-once writes: outcomes of the clients' recent requests
         # Counts commands that may change what a host must program (everything but heartbeats),
         # so reconcilers wake on real changes only.
@@ -113,6 +118,7 @@ class ClusterState(ServiceCommands):
             "networks": self.networks,
             "containers": self.containers,
             "services": self.services,
+            "volumes": self.volumes,
             "sessions": self.sessions.clients,
             "revision": self.revision,
         }
@@ -122,6 +128,7 @@ class ClusterState(ServiceCommands):
         self.networks = {cidr: _upgrade_network(record) for cidr, record in data.get("networks", {}).items()}
         self.containers = dict(data.get("containers", {}))
         self.services = dict(data.get("services", {}))
+        self.volumes = dict(data.get("volumes", {}))  # absent in snapshots from before volumes
         self.sessions = S.Sessions(data.get("sessions"))
         self.revision = int(data.get("revision", 0))
         self._start_feed()
@@ -224,6 +231,7 @@ class ClusterState(ServiceCommands):
         "remove_container",
         "node_layers",
         *ServiceCommands.SERVICE_COMMANDS,
+        *VolumeCommands.VOLUME_COMMANDS,
     )
 
     def apply_command(self, command: str, args: dict, session: dict | None = None) -> Any:
@@ -385,9 +393,15 @@ class ClusterState(ServiceCommands):
         if existing is not None:
             return existing
         checked = _check_placement(spec)
-        request = Request.of(name, checked)
-        host = place(self.nodes, self.containers, request, _check_ts("ts", ts), _check_ts("down_after", down_after),
-                     hint if isinstance(hint, str) else None)
+        pinned = volume_host(self.volumes, check_mounts(spec.get("mounts")))  # a volume's data stays on its host
+        request = Request.of(name, checked, **({"only": (pinned,)} if pinned else {}))
+        try:
+            host = place(self.nodes, self.containers, request, _check_ts("ts", ts),
+                         _check_ts("down_after", down_after), hint if isinstance(hint, str) else None)
+        except NoHostFits as error:
+            if pinned:
+                raise NoHostFits(f"{error} (its volume's data lives on {pinned})") from None
+            raise
         return self._new_container(name, {**spec, **checked}, host, ts, placed=True, gateway=gateway)
 
     def _check_template(self, spec: Any) -> dict:
@@ -454,6 +468,7 @@ class ClusterState(ServiceCommands):
         auto_remove = spec.get("auto_remove", False)
         if not isinstance(auto_remove, bool):
             raise StateError("auto_remove must be true or false")
+        mounts = self._volume_mounts(spec, host)
         if placed:
             optional.update(_check_placement(spec), placed=True)
             for key in ("tty", "interactive"):
@@ -505,8 +520,10 @@ class ClusterState(ServiceCommands):
             **({"auto_remove": True} if auto_remove else {}),
             **optional,
             **(task or {}),
+            **({"mounts": mounts} if mounts else {}),
             "observed": first or _first_observation(None, checked["created_at"]),
         }
+        self._claim_volumes(mounts, host, checked["created_at"])
         self.containers[name] = container
         return copy.deepcopy(container)
 
@@ -644,7 +661,9 @@ def _upgrade_container(record: dict) -> dict:
 
 
 def _new_record(_args: dict, res: dict) -> list[tuple[str, str]]:
-    return [("containers", res["name"]), ("networks", res["network"])]
+    """A container made or removed: its record, its network's and its volumes' (a first use makes one)."""
+    return [("containers", res["name"]), ("networks", res["network"]),
+            *(("volumes", name) for name in M.volume_names(res.get("mounts") or []))]
 
 
 def _named_service(args: dict, _res: Any) -> list[tuple[str, str]]:
@@ -678,6 +697,8 @@ _TOUCHES: dict[str, Callable[[dict, Any], list[tuple[str, str]] | None]] = {
     "remove_service": lambda _args, _res: None,  # renames every task it retires
     "place_task": lambda args, res: None if args.get("supersede") else _new_record(args, res),
     "retire_task": lambda args, res: [("containers", args["name"]), *_new_record(args, res)],
+    "create_volume": lambda args, _res: [("volumes", args["name"])],
+    "remove_volume": lambda args, _res: [("volumes", args["name"])],
 }
 
 

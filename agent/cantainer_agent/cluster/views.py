@@ -10,8 +10,10 @@ running, healthy tasks of each service on hosts that are up — a retiring task 
 """
 from __future__ import annotations
 
+from .. import layout
 from .liveness import down_after
 from .specs import restart_text
+from .volumes import users_of
 
 MAYBE_RUNNING = ("running", "created")
 
@@ -45,7 +47,19 @@ def container_view(record: dict, down: dict[str, float] | None = None, networks:
         "health": health_view(record), "service": record.get("service"), "slot": record.get("slot"),
         "version": record.get("version"), "placed": bool(record.get("placed")),
         "retiring": bool(record.get("retire")) or bool(record.get("superseded_at")),
+        "mounts": record.get("mounts", []),
     }
+
+
+def volume_views(state: dict, down: dict[str, float] | None = None) -> list[dict]:
+    """Every volume: its host (and whether that host is down), the containers that mount it, and
+    where its data is on the host (the default data directory's path)."""
+    views = []
+    for name, volume in sorted(state.get("volumes", {}).items()):
+        views.append({"name": name, "host": volume["host"], "created_at": volume["created_at"],
+                      "labels": volume.get("labels", {}), "containers": users_of(state["containers"], name),
+                      "mountpoint": layout.volume_dir(name), "host_down": bool(down and volume["host"] in down)})
+    return views
 
 
 def health_view(record: dict) -> dict | None:
@@ -170,4 +184,5 @@ def build_status(*, node: str, cluster: str, snap: dict, now: float, heartbeat_i
         "networks": network_views(state),
         "containers": [container_view(record, down, state["networks"])
                        for _, record in sorted(state["containers"].items())],
+        "volumes": volume_views(state, down),
     }

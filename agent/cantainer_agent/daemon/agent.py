@@ -22,6 +22,7 @@ from ..api import images as api_images
 from ..api import networks as api_networks
 from ..api import services as api_services
 from ..api import system as api_system
+from ..api import volumes as api_volumes
 from ..api.errors import mapped
 from ..api.requests import Reads
 from ..api.server import ApiServer
@@ -236,6 +237,8 @@ class Agent:
             **api_containers.ContainerHandlers(self.cfg.node, self.workload, get_raft, self.trigger,
                                                reads, self.cfg.heartbeat_interval).handlers(),
             **api_services.ServiceHandlers(self.cfg.node, get_raft, reads, self.cfg.heartbeat_interval).handlers(),
+            **api_volumes.VolumeHandlers(self.cfg.node, self.workload, get_raft, reads,
+                                         self.cfg.heartbeat_interval).handlers(),
         }
         return {name: mapped(handler) for name, handler in handlers.items()}
 
