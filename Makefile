@@ -7,9 +7,10 @@ VENV := .venv
 # and push test images, apache2-utils' htpasswd protects a test registry; libnftables1 for the agent's
 # nftables table (lab hosts share the machine's /usr; real hosts need it too); debootstrap and
 # systemd-container (systemd-nspawn, with systemd's systemd-analyze) make full-OS lab hosts (`python -m lab up
-# --os debian`); linux-libc-dev and cpp let the seccomp tests check the syscall tables against the kernel's headers.
+# --os debian`); linux-libc-dev and cpp let the seccomp tests check the syscall tables against the kernel's headers;
+# zsh (and tmux) to test `cantainer completion` in the shells it is for.
 APT_PACKAGES := openssh-server openssh-client busybox-static iproute2 iputils-ping iperf3 python3-venv util-linux procps tmux \
-                skopeo umoci apache2-utils libnftables1 debootstrap systemd-container linux-libc-dev cpp
+                skopeo umoci apache2-utils libnftables1 debootstrap systemd-container linux-libc-dev cpp zsh
 # The test registry: Debian's docker-registry, unpacked into the venv rather than installed, because
 # installing it starts (and enables at boot) a registry listening on every address.
 REGISTRY := $(VENV)/tools/usr/bin/docker-registry

@@ -110,6 +110,10 @@ def cmd_ls(args: argparse.Namespace, load: Callable, print_table: Callable) -> i
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
+    if getattr(args, "quiet", False):
+        for row in rows:
+            print(row["name"])
+        return 0
     header = ["NAME", "DIGEST", "PLATFORMS", "SIZE"] + (["HOSTS"] if args.hosts else [])
     print_table(header, [[r["name"], r["digest"][:19], ",".join(r["platforms"]) or "-", _human(r["size"])]
                          + ([",".join(r["hosts"]) or "-"] if args.hosts else []) for r in rows])

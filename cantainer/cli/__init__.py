@@ -11,11 +11,11 @@ import os
 import sys
 
 from cantainer import __version__
-from cantainer.cli import cluster, containers, exitcodes, images, networks, services, volumes
+from cantainer.cli import cluster, completion, containers, exitcodes, images, networks, services, volumes
 from cantainer.cli.parser import Commands, Parser, formatter
 from cantainer.errors import CantainerError, Interrupted
 
-COMMAND_MODULES = (cluster, networks, containers, services, volumes, images)
+COMMAND_MODULES = (cluster, networks, containers, services, volumes, images, completion)
 DESCRIPTION = "Agentless orchestrator: containers on a VXLAN overlay, over SSH."
 EPILOG = """examples:
   cantainer up inventory.toml                        # agents on every host, one raft cluster
@@ -27,7 +27,8 @@ EPILOG = """examples:
   cantainer down
 
 Run `cantainer COMMAND --help` for a command's options and examples. Every command takes
--i INVENTORY (run and exec: --inventory) or $CANTAINER_INVENTORY."""
+-i INVENTORY before or after it (run and exec: --inventory after it) or $CANTAINER_INVENTORY."""
+TOP_INVENTORY = ("-i", "--inventory")
 
 
 def build(width: int | None = None) -> tuple[Parser, Commands]:
@@ -36,6 +37,9 @@ def build(width: int | None = None) -> tuple[Parser, Commands]:
     parser.add_argument("--no-persist", action="store_true",
                         help="connect to the hosts from this process instead of through the connection process "
                              "(also: CANTAINER_PERSIST=no)")
+    # `cantainer -i inv.toml ps`, as git/docker/ansible users type it; the subcommand's own -i wins
+    parser.add_argument(*TOP_INVENTORY, dest="inventory_top", metavar="INVENTORY",
+                        help="inventory TOML, for any command (default: $CANTAINER_INVENTORY)")
     parser.set_defaults(handler=None, parser=parser)
     commands = Commands(parser, "command", "COMMAND", width)
     for module in COMMAND_MODULES:
@@ -48,7 +52,14 @@ def build_parser(width: int | None = None) -> Parser:
 
 
 def _command_name(argv: list[str]) -> str | None:
-    return next((word for word in argv if not word.startswith("-")), None)
+    """The subcommand's name: the first word that is neither an option nor the top-level -i's value."""
+    words = iter(argv)
+    for word in words:
+        if word in TOP_INVENTORY:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

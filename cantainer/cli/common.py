@@ -10,7 +10,8 @@ from cantainer.errors import UsageError
 
 
 def inventory_path(args: argparse.Namespace) -> Path:
-    chosen = getattr(args, "inventory_path", None) or args.inventory or os.environ.get(INVENTORY_ENV)
+    chosen = (getattr(args, "inventory_path", None) or getattr(args, "inventory", None)
+              or getattr(args, "inventory_top", None) or os.environ.get(INVENTORY_ENV))
     if not chosen:
         raise UsageError("no inventory given", f"pass -i INVENTORY (or set {INVENTORY_ENV})")
     return Path(chosen)

@@ -22,7 +22,9 @@ def register(commands: Commands) -> None:
     pull_cmd.add_argument("reference", metavar="REF", help="HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]")
     pull_cmd.add_argument("--platform", help="OS/ARCH[/VARIANT] (default: this machine's)")
     ls_cmd = verbs.add("ls", "list the store's images", cmd_image, examples=[
-        "cantainer image ls", "cantainer image ls --hosts -i inventory.toml   # which hosts hold each image"])
+        "cantainer image ls", "cantainer image ls --hosts -i inventory.toml   # which hosts hold each image",
+        "cantainer image ls -q                   # names only"])
+    ls_cmd.add_argument("-q", "--quiet", action="store_true", help="only names")
     ls_cmd.add_argument("--json", action="store_true", help="print JSON")
     ls_cmd.add_argument("--hosts", action="store_true", help="also show which hosts hold each image")
     rm_cmd = verbs.add("rm", "remove images from the store", cmd_image, examples=[

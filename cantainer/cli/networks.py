@@ -21,7 +21,9 @@ def register(commands: Commands) -> None:
                                        "(default: net-A-B-C-D-PREFIX)")
     create.add_argument("--internal", action="store_true",
                         help="no egress and no published ports: its containers reach only each other")
-    listing = verbs.add("ls", "list networks", cmd_ls, examples=["cantainer network ls", "cantainer network ls --json"])
+    listing = verbs.add("ls", "list networks", cmd_ls, examples=["cantainer network ls", "cantainer network ls --json",
+                                                                 "cantainer network ls -q     # names only"])
+    listing.add_argument("-q", "--quiet", action="store_true", help="only names")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.add_argument("--stale", action="store_true", help=STALE_HELP)
     remove = verbs.add("rm", "remove an unused network", cmd_rm, examples=[
@@ -49,6 +51,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     networks = cluster_call(args, "network.ls", consistency(args))
     if args.json:
         output.print_json(networks)
+    elif args.quiet:
+        for network in networks:
+            print(network["name"])
     else:
         output.print_table(["NAME", "CIDR", "VNI", "GATEWAY", "INTERNAL", "HOSTS", "CONTAINERS"],
                            [[n["name"], n["cidr"], n["vni"], n.get("gateway") or "-",

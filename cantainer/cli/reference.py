@@ -44,8 +44,8 @@ def _meaning(action: argparse.Action) -> str:
 def render() -> str:
     parser, _ = build(width=100)
     out = [BEGIN, "", f"{DESCRIPTION} Every command answers `--help` with its options and examples, and",
-           "takes the inventory as `-i INVENTORY` (`run` and `exec`: `--inventory`, since `-i` is",
-           "`--interactive` there) or `$CANTAINER_INVENTORY`.", ""]
+           "takes the inventory as `-i INVENTORY` before or after it (`cantainer -i inv.toml ps`; after",
+           "`run` and `exec`: `--inventory`, since `-i` is `--interactive` there) or `$CANTAINER_INVENTORY`.", ""]
     out += ["| command | what |", "|---|---|"]
     commands = list(_subcommands(parser, "cantainer"))
     for name, help_text, _sub in commands:

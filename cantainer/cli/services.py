@@ -42,13 +42,16 @@ def register(commands: Commands) -> None:
     _task_options(create, update=False)
     create.dash_command = "command"
 
-    ls = verbs.add("ls", "list services", cmd_ls, examples=["cantainer service ls", "cantainer service ls --json"])
+    ls = verbs.add("ls", "list services", cmd_ls, examples=["cantainer service ls", "cantainer service ls --json",
+                                                            "cantainer service ls -q      # names only"])
+    ls.add_argument("-q", "--quiet", action="store_true", help="only names")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.add_argument("--stale", action="store_true", help=STALE_HELP)
 
     ps = verbs.add("ps", "list a service's tasks and its update's progress", cmd_ps, examples=[
         "cantainer service ps web", "cantainer service ps web --json   # also the addresses that serve"])
     ps.add_argument("name", metavar="NAME", help="service name")
+    ps.add_argument("-q", "--quiet", action="store_true", help="only the tasks' names")
     ps.add_argument("--json", action="store_true", help="print JSON")
     ps.add_argument("--stale", action="store_true", help=STALE_HELP)
 
@@ -237,6 +240,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json(listing)
         return exitcodes.OK
+    if args.quiet:
+        for service in listing:
+            print(service["name"])
+        return exitcodes.OK
     rows = []
     for service in listing:
         update = service["update"]
@@ -261,6 +268,10 @@ def cmd_ps(args: argparse.Namespace) -> int:
     doc = run_async(services.cluster_read(inventory, "service.ps", {"name": args.name, **consistency(args)}))
     if args.json:
         output.print_json(doc)
+        return exitcodes.OK
+    if args.quiet:
+        for task in doc["tasks"]:
+            print(task["name"])
         return exitcodes.OK
     print(_progress_line(doc))
     rows = [[t["name"], t["slot"], t["host"], t["ip"], output.state_text(t), f"v{t['version']}",
