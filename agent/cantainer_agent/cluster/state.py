@@ -18,6 +18,7 @@ refused command raises ``StateError`` and changes nothing. The state pickles to 
                                    health?, restart_count?, restarts?}}}
     services:   {name: cluster/services.py}
     volumes:    {name: {name, host, created_at, labels}}                      (cluster/volumes.py)
+    stacks:     {name: {name, objects: {KIND:NAME: {kind, name, spec, owned}}, updated_at}}  (cluster/stacks.py)
 
 Optional keys are absent when unused, so older snapshots read the same. Placement (``place_container``,
 ``place_task``) runs the scheduler inside the command (cluster/scheduler.py).
@@ -47,6 +48,7 @@ from . import ipam, ports, specs
 from . import sessions as S
 from .scheduler import NoHostFits, Request, place
 from .services import ServiceCommands
+from .stacks import StackCommands
 from .volumes import VolumeCommands, check_mounts, volume_host
 
 # 2: networks have a name, a gateway and ``internal``; containers ``publish``. Older snapshots and
@@ -60,7 +62,7 @@ HEALTH_STATES = ("starting", "healthy", "unhealthy")
 MAX_LAYERS = 4096  # layers a node reports
 MAX_RESTARTS_KEPT = 10
 # what to_bytes copies; the feed names records by them
-SECTIONS = ("nodes", "networks", "containers", "services", "volumes")
+SECTIONS = ("nodes", "networks", "containers", "services", "volumes", "stacks")
 FEED_MAX = 8192  # changes the feed remembers; a reader further behind reads everything again
 _EPOCHS = itertools.count(1)  # tells replicas (feeds) of one process apart
 
@@ -89,7 +91,7 @@ def _signature(command: str) -> inspect.Signature:
     return inspect.signature(getattr(ClusterState, f"apply_{command}"))
 
 
-class ClusterState(ServiceCommands, VolumeCommands):
+class ClusterState(ServiceCommands, VolumeCommands, StackCommands):
     """The whole replicated state. Mutate only through the ``apply_*`` methods."""
 
     def __init__(self) -> None:
@@ -98,6 +100,7 @@ class ClusterState(ServiceCommands, VolumeCommands):
         self.containers: dict[str, dict] = {}
         self.services: dict[str, dict] = {}
         self.volumes: dict[str, dict] = {}
+        self.stacks: dict[str, dict] = {}
         self.sessions = S.Sessions()  # exactly-once writes: outcomes of the clients' recent requests
         # Counts commands that may change what a host must program (everything but heartbeats),
         # so reconcilers wake on real changes only.
@@ -119,6 +122,7 @@ class ClusterState(ServiceCommands, VolumeCommands):
             "containers": self.containers,
             "services": self.services,
             "volumes": self.volumes,
+            "stacks": self.stacks,
             "sessions": self.sessions.clients,
             "revision": self.revision,
         }
@@ -129,6 +133,7 @@ class ClusterState(ServiceCommands, VolumeCommands):
         self.containers = dict(data.get("containers", {}))
         self.services = dict(data.get("services", {}))
         self.volumes = dict(data.get("volumes", {}))  # absent in snapshots from before volumes
+        self.stacks = dict(data.get("stacks", {}))  # ... and stacks
         self.sessions = S.Sessions(data.get("sessions"))
         self.revision = int(data.get("revision", 0))
         self._start_feed()
@@ -232,6 +237,7 @@ class ClusterState(ServiceCommands, VolumeCommands):
         "node_layers",
         *ServiceCommands.SERVICE_COMMANDS,
         *VolumeCommands.VOLUME_COMMANDS,
+        *StackCommands.STACK_COMMANDS,
     )
 
     def apply_command(self, command: str, args: dict, session: dict | None = None) -> Any:
@@ -699,6 +705,7 @@ _TOUCHES: dict[str, Callable[[dict, Any], list[tuple[str, str]] | None]] = {
     "retire_task": lambda args, res: [("containers", args["name"]), *_new_record(args, res)],
     "create_volume": lambda args, _res: [("volumes", args["name"])],
     "remove_volume": lambda args, _res: [("volumes", args["name"])],
+    "set_stack_object": lambda args, _res: [("stacks", args["stack"])],
 }
 
 

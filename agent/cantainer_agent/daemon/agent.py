@@ -21,6 +21,7 @@ from ..api import containers as api_containers
 from ..api import images as api_images
 from ..api import networks as api_networks
 from ..api import services as api_services
+from ..api import stacks as api_stacks
 from ..api import system as api_system
 from ..api import volumes as api_volumes
 from ..api.errors import mapped
@@ -233,6 +234,7 @@ class Agent:
         handlers = {
             **api_system.handlers(self.cfg, get_raft, self.stop_event.set, reads),
             **api_networks.handlers(get_raft, reads),
+            **api_stacks.handlers(get_raft, reads),
             **api_images.handlers(self.workload),
             **api_containers.ContainerHandlers(self.cfg.node, self.workload, get_raft, self.trigger,
                                                reads, self.cfg.heartbeat_interval).handlers(),

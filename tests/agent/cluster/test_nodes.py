@@ -17,7 +17,8 @@ def test_register_creates_record():
     assert rec == {"address": "10.0.0.1", "raft_addr": "10.0.0.1:7480", "join_addr": "10.0.0.1:7481",
                    "version": "0.1.0", "bundle": "b1", "heartbeat": 100.0, "joined_at": 100.0,
                    "labels": {}, "capacity": {}, "layers": []}
-    assert s.to_dict() == {"nodes": {"h1": rec}, "networks": {}, "containers": {}, "services": {}, "volumes": {}}
+    assert s.to_dict() == {"nodes": {"h1": rec}, "networks": {}, "containers": {}, "services": {}, "volumes": {},
+                           "stacks": {}}
 
 
 def test_reregister_keeps_joined_at_and_updates_the_rest():
