@@ -144,23 +144,25 @@ def volume_names(mounts: list[dict]) -> list[str]:
     return [m["source"] for m in mounts if m.get("type") == VOLUME]
 
 
-def parse(text: str) -> dict:
-    """``-v`` syntax — ``NAME:/path[:ro|rw]`` or ``/host/path:/path[:ro|rw]`` — to a checked mount."""
+def parse(text: str, label: str = "") -> dict:
+    """``-v`` syntax — ``NAME:/path[:ro|rw]`` or ``/host/path:/path[:ro|rw]`` — to a checked mount.
+    *label* names it in messages (default: ``-v 'TEXT'``)."""
+    label = label or f"-v {text!r}"
     parts = text.split(":")
     if len(parts) == 3 and parts[2] in OPTIONS:
         source, target, readonly = parts[0], parts[1], parts[2] == "ro"
     elif len(parts) == 2:
         source, target, readonly = parts[0], parts[1], False
     elif len(parts) == 3:
-        raise MountError(f"-v {text!r}: unknown option {parts[2]!r} — use ro or rw")
+        raise MountError(f"{label}: unknown option {parts[2]!r} — use ro or rw")
     else:
-        raise MountError(f"-v {text!r} is not NAME:/path[:ro] or /host/path:/path[:ro]")
+        raise MountError(f"{label} is not NAME:/path[:ro] or /host/path:/path[:ro]")
     if not source:
-        raise MountError(f"-v {text!r} has no source — name a volume (data:/path) or a host path (/srv:/path)")
+        raise MountError(f"{label} has no source — name a volume (data:/path) or a host path (/srv:/path)")
     if source.startswith("/"):
         return check({"type": BIND, "source": source, "target": target, "readonly": readonly})
     if source.startswith(".") or "/" in source or "~" in source:
-        raise MountError(f"-v {text!r}: bind mount source {source!r} is not an absolute path — write it from "
+        raise MountError(f"{label}: bind mount source {source!r} is not an absolute path — write it from "
                          "the root, like /srv/data")
     return check({"type": VOLUME, "source": source, "target": target, "readonly": readonly})
 

@@ -11,11 +11,11 @@ import os
 import sys
 
 from cantainer import __version__
-from cantainer.cli import cluster, completion, containers, exitcodes, images, networks, services, volumes
+from cantainer.cli import cluster, completion, containers, exitcodes, images, networks, services, stacks, volumes
 from cantainer.cli.parser import Commands, Parser, formatter
 from cantainer.errors import CantainerError, Interrupted
 
-COMMAND_MODULES = (cluster, networks, containers, services, volumes, images, completion)
+COMMAND_MODULES = (cluster, stacks, networks, containers, services, volumes, images, completion)
 DESCRIPTION = "Agentless orchestrator: containers on a VXLAN overlay, over SSH."
 EPILOG = """examples:
   cantainer up inventory.toml                        # agents on every host, one raft cluster
