@@ -98,7 +98,8 @@ class Applier:
             return "forgotten"
         handler = getattr(self, f"_{change.kind}_{change.op.replace('-', '_')}")
         result = await handler(change)
-        await self._record(change, remove=change.action == "remove")
+        if change.op != "retire":  # a replaced object's key already names its successor
+            await self._record(change, remove=change.action == "remove")
         return result
 
     async def _network_create(self, change: Change) -> str:
@@ -107,6 +108,19 @@ class Applier:
 
     async def _network_remove(self, change: Change) -> str:
         await self._write("network.rm", {"cidr": change.target})
+        return "removed"
+
+    async def _network_retire(self, change: Change) -> str:
+        """The subnet a changed network had: removed, unless something outside the stack still uses it."""
+        from cantainer.client import AgentError
+        from cantainer_agent import protocol
+
+        try:
+            await self._write("network.rm", {"cidr": change.target})
+        except AgentError as error:
+            if error.code != protocol.CONFLICT:
+                raise
+            return f"kept: {error}"
         return "removed"
 
     async def _volume_create(self, change: Change) -> str:

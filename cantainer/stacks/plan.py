@@ -89,8 +89,13 @@ def plan(stack: dict, facts: dict, prune: bool = False, volumes: bool = False) -
     for net, spec in stack["networks"].items():
         target = spec["subnet"]
         recorded = mine.get(f"network:{net}")
+        replaced = recorded is not None and recorded["name"] != target
+        if replaced and recorded["owned"] and recorded["name"] in facts["networks"]:
+            # the old subnet goes once its services and containers have moved (removals come last)
+            changes.append(Change("remove", "network", net, recorded["name"], "retire", spec=recorded["spec"],
+                                  detail=f"replaced by {target}"))
         if target not in facts["networks"]:
-            detail = "" if recorded is None else f"replaces {recorded['name']}" if recorded["name"] != target \
+            detail = "" if recorded is None else f"replaces {recorded['name']}" if replaced \
                 else "was removed outside the stack"
             changes.append(Change("create", "network", net, target, "create", spec=dict(spec), detail=detail))
         elif recorded is None or recorded["name"] != target:
@@ -186,7 +191,7 @@ def plan(stack: dict, facts: dict, prune: bool = False, volumes: bool = False) -
                 changes.append(Change("update", kind, obj, target, op, fields, spec=wanted, detail=detail))
 
     # -- what the stack has that the file no longer names ----------------------------------------------------
-    in_file = {c.key for c in changes}
+    in_file = {c.key for c in changes if c.op != "retire"}
     kept: list[Change] = []
     for key, entry in sorted(mine.items(), key=lambda item: (-KINDS.index(item[1]["kind"]), item[0])):
         if key in in_file:
