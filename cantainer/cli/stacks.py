@@ -102,8 +102,13 @@ def show(plan: dict, as_json: bool, results: dict | None = None) -> None:
     listed = plan["changes"] + plan["kept"]
     if listed:
         output.print_table(header, rows(listed, results), shrink=("CHANGE", "RESULT"))
-    counts = {action: sum(c.action == action for c in plan["changes"]) for action in ("create", "update", "remove")}
-    summary = ", ".join(f"{n} to {a}" for a, n in counts.items() if n) or "no changes"
+    def counted(change) -> bool:
+        return results is None or not results.get(id(change), "").startswith(("failed", "not done"))
+
+    counts = {action: sum(c.action == action and counted(c) for c in plan["changes"])
+              for action in ("create", "update", "remove")}
+    done = {"create": "created", "update": "updated", "remove": "removed"}
+    summary = ", ".join(f"{n} {done[a]}" if results else f"{n} to {a}" for a, n in counts.items() if n) or "no changes"
     print(f"stack {plan['stack']}: {summary}" + (f"; {len(plan['kept'])} kept (not in the file)" if plan["kept"]
                                                  else ""))
 

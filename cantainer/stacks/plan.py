@@ -183,8 +183,7 @@ def plan(stack: dict, facts: dict, prune: bool = False, volumes: bool = False) -
             if not fields:
                 changes.append(Change("unchanged", kind, obj, target, spec=wanted))
             elif kind == "container":
-                changes.append(Change("update", kind, obj, target, "replace", fields, spec=wanted,
-                                      detail="replaced: a container is not changed in place"))
+                changes.append(Change("update", kind, obj, target, "replace", fields, spec=wanted))
             else:
                 op = "scale" if fields == ["replicas"] else "update"
                 detail = "rolling update" if op == "update" and set(fields) - {"replicas", "update"} else ""

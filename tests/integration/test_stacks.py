@@ -1,0 +1,193 @@
+"""Stacks on the real lab: `apply` brings a file up, a second apply touches nothing (same ids and PIDs),
+a change replaces only what changed, `--check`/`plan` change nothing and say so by exit code, `--prune`
+and `rm-stack` remove what the stack made (volumes only when asked), two stacks live side by side, and
+every stack-file mistake is one file:line error with nothing changed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.labcli import cli, cluster_snapshot, container_processes, host_exec, ok, one_line_error, ps
+from tests.workstation.test_stack_file import MISTAKES
+
+pytestmark = pytest.mark.lab
+
+STACK = """\
+name = "{name}"
+
+[networks.front]
+subnet = "{subnet}"
+
+[volumes.db]
+
+[containers.db]
+host = "h2"
+volumes = ["db:/data"]
+command = ["sh", "-c", "echo started >> /data/log; exec sleep 1d"]
+
+[containers.web]
+host = "h1"
+command = "{web}"
+"""
+
+
+def write(tmp_path: Path, name: str = "shop", subnet: str = "10.80.0.0/24", web: str = "sleep 1d",
+          extra: str = "") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(STACK.format(name=name, subnet=subnet, web=web) + extra)
+    return path
+
+
+def plan_json(cluster, path: Path, *flags: str) -> tuple[int, dict]:
+    result = cli(cluster, "plan", str(path), "--json", *flags)
+    assert result.returncode in (0, 2), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def ops(document: dict) -> dict[str, str]:
+    return {f"{c['kind']}:{c['name']}": f"{c['symbol']}{c['op']}" for c in document["changes"]}
+
+
+def identities(lab, cluster) -> dict[str, tuple]:
+    """Every container's id and its init's pid and start time on its host."""
+    listed = ps(cluster)
+    processes = {}
+    for host in ("h1", "h2", "h3"):
+        processes.update(container_processes(lab, host))
+    return {name: (c["id"], processes.get(c["id"], {}).get("pid"), processes.get(c["id"], {}).get("pid_start"))
+            for name, c in listed.items()}
+
+
+@pytest.fixture(scope="module")
+def applied(cluster, tmp_path_factory):
+    path = write(tmp_path_factory.mktemp("stack"))
+    code, before = plan_json(cluster, path)
+    assert code == 2 and ops(before) == {"network:front": "+create", "volume:db": "+create",
+                                         "container:db": "+create", "container:web": "+create"}
+    out = ok(cli(cluster, "apply", str(path)))
+    assert out.splitlines()[-1] == "stack shop: 4 created", out
+    return path
+
+
+def test_apply_brings_the_stack_up_named_after_it(lab, cluster, applied):
+    listed = ps(cluster)
+    assert listed["shop-db"]["state"] == listed["shop-web"]["state"] == "running"
+    assert (listed["shop-db"]["host"], listed["shop-web"]["host"]) == ("h2", "h1")
+    assert listed["shop-db"]["network"] == "10.80.0.0/24"
+    volumes = {v["name"]: v for v in json.loads(ok(cli(cluster, "volume", "ls", "--json")))}
+    assert volumes["shop_db"]["host"] == "h2" and volumes["shop_db"]["labels"] == {"stack": "shop"}
+    assert ok(cli(cluster, "exec", "shop-db", "cat", "/data/log")) == "started\n"
+    stacks = json.loads(ok(cli(cluster, "stack", "ls", "--json")))
+    assert [s["name"] for s in stacks] == ["shop"] and len(stacks[0]["objects"]) == 4
+    assert ok(cli(cluster, "stack", "ls", "-q")) == "shop\n"
+
+
+def test_a_second_apply_touches_nothing(lab, cluster, applied):
+    before, snapshot = identities(lab, cluster), json.loads(ok(cli(cluster, "stack", "ls", "--json")))
+    out = ok(cli(cluster, "apply", str(applied)))
+    assert out.splitlines()[-1] == "stack shop: no changes"
+    assert identities(lab, cluster) == before  # same container ids, same processes
+    assert json.loads(ok(cli(cluster, "stack", "ls", "--json"))) == snapshot  # not even the record was written
+    code, document = plan_json(cluster, applied)
+    assert code == 0 and document["pending"] is False and set(ops(document).values()) == {"=none"}
+
+
+def test_check_shows_the_change_and_changes_nothing(lab, cluster, applied, tmp_path):
+    changed = write(tmp_path, web="sleep 2d")
+    before = identities(lab, cluster)
+    for argv in (["apply", "--check", str(changed)], ["plan", str(changed)]):
+        result = cli(cluster, *argv)
+        assert result.returncode == 2, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0].split() == ["KIND", "NAME", "IN", "THE", "CLUSTER", "CHANGE"]
+        assert any(line.split()[:4] == ["~", "container", "web", "shop-web"] and "replace (command)" in line
+                   for line in lines), lines
+        assert lines[-1] == "stack shop: 1 to update"
+    assert identities(lab, cluster) == before
+
+
+def test_a_changed_container_is_replaced_and_nothing_else_is_touched(lab, cluster, applied, tmp_path):
+    changed = write(tmp_path, web="sleep 2d")
+    before = identities(lab, cluster)
+    ok(cli(cluster, "apply", str(changed)))
+    after = identities(lab, cluster)
+    assert after["shop-db"] == before["shop-db"] and after["shop-web"][0] != before["shop-web"][0]
+    assert ps(cluster)["shop-web"]["command"] == ["sleep", "2d"]
+    ok(cli(cluster, "apply", str(applied)))  # back to the module's file
+
+
+def test_two_stacks_live_side_by_side(lab, cluster, applied, tmp_path):
+    other = write(tmp_path, name="shop2", subnet="10.81.0.0/24")
+    ok(cli(cluster, "apply", str(other)))
+    listed = ps(cluster)
+    assert {"shop-db", "shop-web", "shop2-db", "shop2-web"} <= set(listed)
+    volumes = {v["name"] for v in json.loads(ok(cli(cluster, "volume", "ls", "--json")))}
+    assert {"shop_db", "shop2_db"} <= volumes
+    assert plan_json(cluster, applied)[0] == 0  # one stack's apply does not see the other's objects as its own
+    ok(cli(cluster, "rm-stack", "shop2", "--volumes"))
+    assert not [name for name in ps(cluster) if name.startswith("shop2-")]
+    assert "shop2_db" not in {v["name"] for v in json.loads(ok(cli(cluster, "volume", "ls", "--json")))}
+    assert "10.81.0.0/24" not in {n["cidr"] for n in json.loads(ok(cli(cluster, "network", "ls", "--json")))}
+    assert "shop" in ok(cli(cluster, "stack", "ls", "-q")).split()
+
+
+def test_prune_removes_what_the_file_dropped_but_volumes_only_when_asked(lab, cluster, applied, tmp_path):
+    extra = '\n[containers.extra]\nhost = "h3"\ncommand = "sleep 1d"\nvolumes = ["logs:/l"]\n\n[volumes.logs]\n'
+    grown = write(tmp_path, extra=extra)
+    ok(cli(cluster, "apply", str(grown)))
+    assert "shop-extra" in ps(cluster)
+    kept = ok(cli(cluster, "apply", str(applied)))  # no --prune: kept, and said so
+    assert "shop-extra" in ps(cluster) and "2 kept (not in the file)" in kept.splitlines()[-1]
+    code, document = plan_json(cluster, applied, "--prune")
+    assert code == 2 and ops(document)["container:extra"] == "-remove" and "volume:logs" not in ops(document)
+    ok(cli(cluster, "apply", "--prune", str(applied)))
+    assert "shop-extra" not in ps(cluster)
+    assert "shop_logs" in {v["name"] for v in json.loads(ok(cli(cluster, "volume", "ls", "--json")))}
+    ok(cli(cluster, "apply", "--prune", "--volumes", str(applied)))
+    assert "shop_logs" not in {v["name"] for v in json.loads(ok(cli(cluster, "volume", "ls", "--json")))}
+    assert plan_json(cluster, applied, "--prune", "--volumes")[0] == 0
+
+
+@pytest.mark.parametrize("what, text, line, needles", MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_stack_file_mistakes_are_one_line_and_change_nothing(lab, cluster, applied, tmp_path, what, text, line,
+                                                            needles):
+    path = tmp_path / "stack.toml"
+    path.write_text(text)
+    before = cluster_snapshot(lab, cluster)
+    for verb in ("apply", "plan"):
+        result = cli(cluster, verb, str(path))
+        assert result.returncode == 1, (verb, result.stdout, result.stderr)
+        message = one_line_error(result, *needles)
+        assert f"{path}:{line}: " in message if line else f"{path}: " in message
+    assert cluster_snapshot(lab, cluster) == before
+
+
+def test_plans_the_cluster_refuses_are_one_line_and_change_nothing(lab, cluster, applied, tmp_path):
+    ok(cli(cluster, "run", "--host", "h3", "-n", "10.80.0.0/24", "--name", "shop-intruder", "-d", "sleep", "1d"))
+    intruder = write(tmp_path, extra='\n[containers.intruder]\nhost = "h3"\n')
+    before = cluster_snapshot(lab, cluster)
+    one_line_error(cli(cluster, "apply", str(intruder)), "container shop-intruder exists and is not part of stack shop")
+    moved = write(tmp_path, extra="").read_text().replace("[volumes.db]", '[volumes.db]\nhost = "h3"')
+    moved_path = tmp_path / "moved.toml"
+    moved_path.write_text(moved.replace('host = "h2"\nvolumes', 'volumes'))
+    one_line_error(cli(cluster, "apply", str(moved_path)), "volume shop_db lives on h2, but the file pins it to h3")
+    assert cluster_snapshot(lab, cluster) == before
+    ok(cli(cluster, "rm", "-f", "shop-intruder"))
+
+
+def test_rm_stack_removes_the_stack_and_keeps_its_volume_data(lab, cluster, applied):
+    ok(cli(cluster, "exec", "shop-db", "sh", "-c", "echo precious > /data/keep"))
+    code = cli(cluster, "rm-stack", "shop", "--check")
+    assert code.returncode == 2 and "- container db" not in code.stdout and "shop-db" in code.stdout
+    ok(cli(cluster, "rm-stack", "shop"))
+    assert not [name for name in ps(cluster) if name.startswith("shop-")]
+    assert host_exec(lab, "h2", "cat", "/var/lib/cantainer/volumes/shop_db/keep").stdout == "precious\n"
+    missing = cli(cluster, "rm-stack", "nosuch")
+    assert missing.returncode == 1
+    one_line_error(missing, "no stack named 'nosuch'")
+    ok(cli(cluster, "apply", str(applied)))  # the stack comes back with its data
+    assert ok(cli(cluster, "exec", "shop-db", "cat", "/data/keep")) == "precious\n"
+    ok(cli(cluster, "rm-stack", "shop", "--volumes"))
+    assert ok(cli(cluster, "stack", "ls", "-q")) == ""
