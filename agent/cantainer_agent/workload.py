@@ -324,7 +324,7 @@ class Workload:
                 known = state.get("volumes", {}).get(volume)
                 if known is not None and known["created_at"] == record["created_at"] and not any(
                         volume in mounts.volume_names(c.get("mounts") or []) for c in state["containers"].values()):
-                    replicate(raft, "remove_volume", {"name": volume}, session)
+                    replicate(raft, "remove_volume", {"name": volume, "host": record["host"]}, session)
                     if local:
                         self.delete_volume(volume)
         except (RaftError, OSError):

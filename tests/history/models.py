@@ -85,3 +85,38 @@ class Containers:
                 return (op.pending or op.result == ("ok", None)), frozenset(e for e in state if e[0] != op.arg)
             return (op.pending or op.result == ("error", "not_found")), state
         raise ValueError(op.kind)
+
+
+class Volumes:
+    """Named volumes the test alone uses: ``create((name, host))`` -> ("ok", created?) | ("error",
+    "already_exists") (it lives on another host); ``rm((name, host))`` -> ("ok", None) | ("error",
+    "not_found") | ("error", "conflict") (it lives on another host: only its own host deletes it);
+    ``vls()`` -> the {(name, host)} it listed of the test's volumes."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = frozenset(names)
+
+    def init(self) -> Hashable:
+        return frozenset()
+
+    def partition(self, op: Op) -> Iterable[Hashable]:
+        return ["volumes"]
+
+    def step(self, state: frozenset, op: Op) -> tuple[bool, Hashable]:
+        hosts = dict(state)
+        if op.kind == "vls":
+            seen = frozenset((n, h) for n, h in op.result if n in self.names) if not op.pending else None
+            return (op.pending or seen == state), state
+        name, host = op.arg
+        if op.kind == "vcreate":
+            if name not in hosts:
+                return (op.pending or op.result == ("ok", True)), state | {(name, host)}
+            expected = ("ok", False) if hosts[name] == host else ("error", "already_exists")
+            return (op.pending or op.result == expected), state
+        if op.kind == "vrm":
+            if name not in hosts:
+                return (op.pending or op.result == ("error", "not_found")), state
+            if hosts[name] != host:
+                return (op.pending or op.result == ("error", "conflict")), state
+            return (op.pending or op.result == ("ok", None)), state - {(name, host)}
+        raise ValueError(op.kind)

@@ -137,3 +137,24 @@ def test_a_long_concurrent_linearizable_history_is_checked_quickly():
     wrong = flipped[i]
     flipped[i] = op(wrong.client, "delete", wrong.arg, wrong.call, wrong.ret, ("error", "not_found"))
     assert check(Networks(), flipped) is not None
+
+
+def test_the_volumes_model_knows_a_volume_lives_on_one_host():
+    from .models import Volumes
+
+    def vop(client, kind, arg, call, ret, result):
+        return Op(client, kind, arg, call, ret, result)
+
+    model = Volumes(["v"])
+    good = [vop(1, "vcreate", ("v", "h1"), 0, 1, ("ok", True)),
+            vop(2, "vcreate", ("v", "h2"), 2, 3, ("error", "already_exists")),
+            vop(2, "vrm", ("v", "h2"), 4, 5, ("error", "conflict")),
+            vop(3, "vls", None, 6, 7, frozenset({("v", "h1")})),
+            vop(1, "vrm", ("v", "h1"), 8, 9, ("ok", None)),
+            vop(3, "vls", None, 10, 11, frozenset())]
+    assert check(model, good) is None
+    # a removal by the wrong host that took effect (the race `remove_volume`'s host check closes)
+    wrong = good[:2] + [vop(2, "vrm", ("v", "h2"), 4, 5, ("ok", None)), vop(3, "vls", None, 6, 7, frozenset())]
+    assert check(model, wrong) is not None
+    # a second host's create answered "created" for a name that exists: two volumes of one name
+    assert check(model, good[:1] + [vop(2, "vcreate", ("v", "h2"), 2, 3, ("ok", True))]) is not None

@@ -1,13 +1,14 @@
 """Linearizability of the cluster API under faults, checked as etcd's robustness tests do.
 
 Concurrent clients (the CLI's own code: asyncssh to the agents, one write session per request,
-resent while the outcome is unknown) create, remove and list overlapping networks, and run, remove
-and list containers, while a nemesis SIGKILLs the leader's agent, cuts a host off and SIGKILLs
-every agent (each time `up` brings them back). Every operation is recorded with its invocation and
-response time; one whose outcome stayed unknown is kept as *pending* — never dropped, never counted
-as a failure — and failed reads (nothing happened) are left out. The history is then checked with
-tests/history/checker.py against models of the networks map and of container addresses.
-`make test` runs the short form (one round of faults); `-m slow` adds a longer one.
+resent while the outcome is unknown) create, remove and list overlapping networks, run, remove and
+list containers, and create, remove and list volumes from three hosts at once, while a nemesis
+SIGKILLs the leader's agent, cuts a host off and SIGKILLs every agent (each time `up` brings them
+back). Every operation is recorded with its invocation and response time; one whose outcome stayed
+unknown is kept as *pending* — never dropped, never counted as a failure — and failed reads
+(nothing happened) are left out. The history is then checked with tests/history/checker.py against
+models of the networks map, of container addresses and of volumes. `make test` runs the short
+form (one round of faults); `-m slow` adds a longer one.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from cantainer.errors import CantainerError
 from cantainer.inventory import load_inventory
 from cantainer_agent import protocol
 from tests.history.checker import Op, check
-from tests.history.models import Containers, Networks
+from tests.history.models import Containers, Networks, Volumes
 from tests.labcli import cli, kill_agent, ok, status, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.reliability]
@@ -137,6 +138,30 @@ async def container_client(client: Client, recorder: Recorder, stop: asyncio.Eve
         await asyncio.sleep(rng.random() * 0.2)
 
 
+VOLUME_NAMES = ["lv-a", "lv-b", "lv-c"]
+
+
+async def volume_client(client: Client, recorder: Recorder, stop: asyncio.Event, rng: random.Random) -> None:
+    """Volumes live on one host: this client stays with its host, and its volumes (created there)
+    race with the other volume clients', which are on other hosts, for the same names."""
+    client.pinned = True
+    while not stop.is_set():
+        choice = rng.random()
+        arg = (rng.choice(VOLUME_NAMES), client.host.name)
+        if choice < 0.4:
+            session = SESSIONS.next()
+            await recorder.write(client.number, "vcreate", arg, lambda a=arg, s=session: _created(
+                client.call("volume.create", {"name": a[0]}, s)))
+        elif choice < 0.75:
+            session = SESSIONS.next()
+            await recorder.write(client.number, "vrm", arg, lambda a=arg, s=session: _none(
+                client.call("volume.rm", {"name": a[0]}, s)))
+        else:
+            await recorder.read(client.number, "vls", None, lambda: client.call("volume.ls", {}),
+                                lambda vs: frozenset((v["name"], v["host"]) for v in vs))
+        await asyncio.sleep(rng.random() * 0.1)
+
+
 IMAGE: list[dict] = []  # the `image` parameter of container.run for alpine (on every host before the workload)
 
 
@@ -177,9 +202,13 @@ def nemesis(lab, cluster: Path, rounds: int, log: list[str]) -> None:
 
 
 def clean_slate(cluster: Path) -> None:
-    """Remove what an earlier run left: the models start from an empty networks map and no containers."""
+    """Remove what an earlier run left: the models start from an empty networks map, no containers and
+    no volumes."""
     for name in (name for names in CLIENT_NAMES.values() for name in names):
         assert cli(cluster, "rm", "-f", name).returncode in (0, 3)  # 3: not found, already clean
+    for volume in json.loads(ok(cli(cluster, "volume", "ls", "--json"))):
+        if volume["name"] in VOLUME_NAMES:
+            ok(cli(cluster, "volume", "rm", volume["name"]))
     for network in json.loads(ok(cli(cluster, "network", "ls", "--json"))):
         if any(ipaddress.ip_network(network["cidr"]).subnet_of(ipaddress.ip_network(f)) for f in FAMILIES):
             ok(cli(cluster, "network", "rm", network["cidr"]))
@@ -201,11 +230,13 @@ def run_workload(lab, cluster: Path, rounds: int) -> tuple[Recorder, list[str]]:
     async def main() -> None:
         stop = asyncio.Event()
         hosts = list(inventory.hosts)
-        clients = [Client(n, hosts) for n in range(6)]
+        clients = [Client(n, hosts) for n in range(9)]  # 6, 7, 8: volumes, one per host
         tasks = [asyncio.ensure_future(network_client(c, recorder, stop, random.Random(c.number)))
                  for c in clients[:3]]
         tasks += [asyncio.ensure_future(container_client(c, recorder, stop, random.Random(c.number),
-                                                         CLIENT_NAMES[c.number])) for c in clients[3:]]
+                                                         CLIENT_NAMES[c.number])) for c in clients[3:6]]
+        tasks += [asyncio.ensure_future(volume_client(c, recorder, stop, random.Random(c.number)))
+                  for c in clients[6:]]
         fault_thread.start()
         while fault_thread.is_alive():
             await asyncio.sleep(0.5)
@@ -223,18 +254,20 @@ def check_and_report(recorder: Recorder, faults: list[str], measured) -> None:
     networks = [op for op in recorder.ops if op.kind in ("create", "delete", "ls")]
     containers = [op for op in recorder.ops if op.kind in ("run", "rm", "ps")]
     names = {op.arg for op in containers if op.kind != "ps"}
+    volumes = [op for op in recorder.ops if op.kind in ("vcreate", "vrm", "vls")]
     measured("faults", "; ".join(faults))
     measured("operations", f"{len(recorder.ops)} ({sum(op.pending for op in recorder.ops)} pending)")
     for label, model, ops in (("networks", Networks(), networks),
-                              ("containers", Containers(CONTAINER_NET, names), containers)):
+                              ("containers", Containers(CONTAINER_NET, names), containers),
+                              ("volumes", Volumes(VOLUME_NAMES), volumes)):
         completed = [op for op in ops if not op.pending]
         assert len({op.client for op in ops}) >= 3, f"{label}: too few clients recorded"
         refused = [op for op in completed if isinstance(op.result, tuple) and op.result[0] == "error"
                    and op.result[1] not in ("not_found", "already_exists", "conflict")]
         assert refused == [], f"{label}: requests refused as wrong, the workload is broken: {refused[:3]}"
-        assert sum(op.kind in ("create", "run") and op.result[0] == "ok" for op in completed) >= 5, \
+        assert sum(op.kind in ("create", "run", "vcreate") and op.result[0] == "ok" for op in completed) >= 5, \
             f"{label}: too few successful writes to judge"
-        assert sum(op.kind in ("ls", "ps") for op in completed) >= 5, f"{label}: too few reads to judge"
+        assert sum(op.kind in ("ls", "ps", "vls") for op in completed) >= 5, f"{label}: too few reads to judge"
         started = time.monotonic()
         violation = check(model, ops)
         measured(f"{label} history", f"{len(ops)} ops, checked in {time.monotonic() - started:.2f} s, "
@@ -243,7 +276,7 @@ def check_and_report(recorder: Recorder, faults: list[str], measured) -> None:
 
 
 def test_api_is_linearizable_while_agents_die_and_a_host_is_cut(lab, cluster, measured):
-    """5+ concurrent clients on networks and containers while the leader's agent is SIGKILLed, a host is
+    """5+ concurrent clients on networks, containers and volumes while the leader's agent is SIGKILLed, a host is
     cut off and every agent is SIGKILLed: the recorded history is linearizable."""
     recorder, faults = run_workload(lab, cluster, rounds=1)
     check_and_report(recorder, faults, measured)

@@ -17,7 +17,7 @@ from ..cluster.views import down_hosts, volume_views
 from ..consensus import RaftNode
 from ..consensus.writes import replicate
 from ..workload import Workload
-from .errors import raft_of, rejected
+from .errors import raft_of
 from .requests import Reads, session_of
 
 
@@ -59,12 +59,13 @@ class VolumeHandlers:
         name = params.get("name")
         record = self._reads.snapshot(raft, params)["state"].get("volumes", {}).get(name)
         if record is not None and record["host"] != self._node:
-            raise rejected(f"volume {name} is on {record['host']}, not on {self._node}: its data can only be "
-                           f"deleted there")
+            raise protocol.ProtocolError(protocol.CONFLICT, f"volume {name} is on {record['host']}, not on "
+                                         f"{self._node}: its data can only be deleted there")
         # One lock over both steps: a start that records the volume anew meanwhile mounts it only after
         # the old data is renamed away.
         with self._workload.volumes_locked([name] if isinstance(name, str) else []):
-            replicate(raft, "remove_volume", {"name": name}, session_of(params, "volume.rm"))
+            # the host is checked again inside the command: a volume made on another host since the read
+            replicate(raft, "remove_volume", {"name": name, "host": self._node}, session_of(params, "volume.rm"))
             try:
                 deleted = self._workload.delete_volume(name)
             except OSError as error:

@@ -69,10 +69,14 @@ class VolumeCommands:
         self.volumes[name] = {"name": name, "host": host, "created_at": float(ts), "labels": labels}
         return {**copy.deepcopy(self.volumes[name]), "created": True}
 
-    def apply_remove_volume(self, name: str) -> dict:
-        """Forget a volume; refused while a container record mounts it. Returns the removed record."""
+    def apply_remove_volume(self, name: str, host: str | None = None) -> dict:
+        """Forget a volume; refused while a container record mounts it, and (*host* given: the agent
+        that deletes its data) when it lives on another host. Returns the removed record."""
         if not isinstance(name, str) or name not in self.volumes:
             raise NotFound(f"no volume named {name!r} — see `cantainer volume ls`")
+        if host is not None and self.volumes[name]["host"] != host:
+            raise Conflict(f"volume {name} is on {self.volumes[name]['host']}, not on {host}: its data can only be "
+                           "deleted there")
         users = users_of(self.containers, name)
         if users:
             shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")

@@ -73,7 +73,9 @@ def test_remove_volume_is_refused_while_a_container_record_mounts_it():
         state.apply_command("remove_volume", {"name": "data"})
     state.apply_command("remove_container", {"name": "db"})
     assert state.volumes["data"]["host"] == "h1"  # data outlives the container
-    assert state.apply_command("remove_volume", {"name": "data"})["host"] == "h1"
+    with pytest.raises(Conflict, match="volume data is on h1, not on h2"):
+        state.apply_command("remove_volume", {"name": "data", "host": "h2"})
+    assert state.apply_command("remove_volume", {"name": "data", "host": "h1"})["host"] == "h1"
     with pytest.raises(NotFound, match="no volume named 'data'"):
         state.apply_command("remove_volume", {"name": "data"})
 
