@@ -145,9 +145,10 @@ def test_agent_error_codes_map_to_exit_codes_through_one_table(code, tool_error,
     assert exitcodes.exit_code_for(AgentError("h1", code, "message"), tool_error) == exit_code
 
 
-def test_run_and_exec_report_their_own_failures_as_125():
+def test_run_and_exec_report_their_own_failures_as_125_and_stack_commands_as_1():
     _, commands = build()
-    assert commands.tool_errors == {"run": 125, "exec": 125}
+    # apply/plan/rm-stack: 1 for any error, so that --check's 2 only ever means "changes pending"
+    assert commands.tool_errors == {"run": 125, "exec": 125, "apply": 1, "plan": 1, "rm-stack": 1}
 
 
 def test_readme_cli_reference_is_generated_from_the_parser():

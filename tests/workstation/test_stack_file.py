@@ -143,3 +143,8 @@ def test_the_only_network_is_every_services_and_values_are_normalised():
     web = stack["services"]["web"]
     assert web["network"] == "front" and web["env"] == {"N": "3", "B": "true"} and web["command"] == ["a", "b c"]
     assert stack["containers"]["db"]["network"] == "front"
+
+
+def test_the_readme_shows_the_example_file_as_it_is():
+    readme = (ROOT / "README.md").read_text()
+    assert "```toml\n" + (ROOT / "stack.example.toml").read_text() + "```" in readme
