@@ -158,8 +158,8 @@ def host_path(lab, host: str, path: str) -> Path:
 
 def cluster_snapshot(lab, inventory: Path) -> dict:
     """What a failed command must leave unchanged: containers (`ps --all --json`), networks
-    (`network ls --json`), each host's agent pid and agent config/secret, and the workstation's
-    known_hosts and secret of the lab."""
+    (`network ls --json`), volumes and stacks, each host's agent pid and agent config/secret, and
+    the workstation's known_hosts and secret of the lab."""
     import hashlib
 
     from cantainer_agent import layout
@@ -176,6 +176,8 @@ def cluster_snapshot(lab, inventory: Path) -> dict:
     return {
         "containers": ps(inventory),
         "networks": json.loads(ok(cli(inventory, "network", "ls", "--json"))),
+        "volumes": json.loads(ok(cli(inventory, "volume", "ls", "--json"))),
+        "stacks": json.loads(ok(cli(inventory, "stack", "ls", "--json"))),
         "hosts": hosts,
         "known_hosts": digest(lab.dir / "known_hosts"),
         "secret": digest(lab.dir / "cluster.secret"),
