@@ -125,6 +125,11 @@ def test_data_survives_a_host_crash_and_boot(lab, cluster, db):
     ok(cli(cluster, "exec", "db", "sh", "-c", "echo before-crash >> /data/greeting && sync"))
     try:
         lab.crash("h2")
+        wait_for(lambda: volumes(cluster)["data"]["host_down"], 60, what="h2 to count as down")
+        assert "(down)" in ok(cli(cluster, "volume", "ls"))
+        refused = cli(cluster, "volume", "rm", "data")  # its data is where nobody can delete it now
+        assert refused.returncode == 69
+        one_line_error(refused, "volume data is on host h2, which is down", "bring h2 back")
         lab.boot("h2")
         ok(cli(cluster, "up", str(cluster)))
         wait_for(lambda: ps(cluster)["db"]["state"] == "dead", 60, what="db to be reported dead")
