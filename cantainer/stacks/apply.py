@@ -24,6 +24,10 @@ from cantainer_agent import mounts as M
 SERVICE_WAIT = 300.0  # seconds a created or updated service may take to converge
 
 
+class _Kept(Exception):
+    """An object the stack would remove but something outside it still uses: kept, and still recorded."""
+
+
 @dataclass
 class Outcome:
     change: Change
@@ -97,7 +101,10 @@ class Applier:
             await self._record(change, remove=True)
             return "forgotten"
         handler = getattr(self, f"_{change.kind}_{change.op.replace('-', '_')}")
-        result = await handler(change)
+        try:
+            result = await handler(change)
+        except _Kept as kept:
+            return str(kept)
         if change.op != "retire":  # a replaced object's key already names its successor
             await self._record(change, remove=change.action == "remove")
         return result
@@ -107,11 +114,8 @@ class Applier:
         return "created" if created.get("created", True) else "existed"
 
     async def _network_remove(self, change: Change) -> str:
-        await self._write("network.rm", {"cidr": change.target})
-        return "removed"
-
-    async def _network_retire(self, change: Change) -> str:
-        """The subnet a changed network had: removed, unless something outside the stack still uses it."""
+        """Removed, unless containers outside the stack still use it: then kept (and still the
+        stack's, so a later prune tries again) — not a failure."""
         from cantainer.client import AgentError
         from cantainer_agent import protocol
 
@@ -120,8 +124,15 @@ class Applier:
         except AgentError as error:
             if error.code != protocol.CONFLICT:
                 raise
-            return f"kept: {error}"
+            raise _Kept(f"kept: {error.message.split(' — ')[0]}") from None
         return "removed"
+
+    async def _network_retire(self, change: Change) -> str:
+        """The subnet a changed network had: removed, unless something outside the stack still uses it."""
+        try:
+            return await self._network_remove(change)
+        except _Kept as kept:
+            return str(kept)
 
     async def _volume_create(self, change: Change) -> str:
         host = change.host or change.spec.get("host")
@@ -237,6 +248,9 @@ class Applier:
         from cantainer import services
 
         params = self._service_params(change)
+        dropped = set((change.previous or {}).get("env") or {}) - set(change.spec.get("env") or {})
+        if dropped:  # the update API merges variables: the ones the file no longer has are dropped by name
+            params["env_rm"] = sorted(dropped)
         if (change.spec.get("mode") or "replicated") == "replicated":
             params["replicas"] = change.spec["replicas"] if change.spec.get("replicas") is not None else 1
         image = change.spec.get("image") or "alpine" if "image" in change.fields else None

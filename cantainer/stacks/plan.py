@@ -50,6 +50,7 @@ class Change:
     owned: bool = True  # made by this stack (prune removes only those)
     detail: str = ""
     host: str | None = None  # where a volume is made (its pin, or its container's host)
+    previous: dict | None = None  # the spec recorded when it was last applied (an update)
 
     @property
     def key(self) -> str:
@@ -187,7 +188,8 @@ def plan(stack: dict, facts: dict, prune: bool = False, volumes: bool = False) -
             else:
                 op = "scale" if fields == ["replicas"] else "update"
                 detail = "rolling update" if op == "update" and set(fields) - {"replicas", "update"} else ""
-                changes.append(Change("update", kind, obj, target, op, fields, spec=wanted, detail=detail))
+                changes.append(Change("update", kind, obj, target, op, fields, spec=wanted, detail=detail,
+                                      previous=recorded["spec"]))
 
     # -- what the stack has that the file no longer names ----------------------------------------------------
     in_file = {c.key for c in changes if c.op != "retire"}

@@ -45,7 +45,7 @@ def facts_of(case: dict, stack: dict) -> dict:
 def projected(change) -> dict:
     data = change.to_dict()
     out = {key: data[key] for key in PROJECTED}
-    for key, default in (("fields", []), ("owned", True), ("host", None)):
+    for key, default in (("fields", []), ("owned", True), ("host", None)):  # (previous: the record's, tested below)
         if data[key] != default:
             out[key] = data[key]
     return out
