@@ -6,7 +6,6 @@ import argparse
 from cantainer.cli import output
 from cantainer.cli.common import cluster_call, consistency, load, run_async
 from cantainer.cli.parser import STALE_HELP, Commands
-from cantainer.errors import CantainerError
 
 
 def register(commands: Commands) -> None:
@@ -94,6 +93,4 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from cantainer.cli.containers import report
 
     results = run_async(volumes.remove(load(args), args.names))
-    code = report(results, lambda name, _result: f"removed {name}")
-    errors = [outcome for _, outcome in results if isinstance(outcome, CantainerError)]
-    return errors[0].exit_code if len(errors) == len(results) and errors else code
+    return report(results, lambda name, _result: f"removed {name}")
