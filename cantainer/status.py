@@ -96,4 +96,5 @@ def merge_inventory(status: dict, inventory: Inventory) -> dict:
         "nodes": nodes,
         "networks": status.get("networks", []),
         "containers": status.get("containers", []),
+        "volumes": status.get("volumes", []),
     }

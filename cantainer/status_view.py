@@ -62,6 +62,8 @@ def render_status(doc: dict, width: int | None = None, now: float | None = None)
                 for net in doc.get("networks", [])]
     containers = [[ctr.get("name", ""), ctr.get("host", ""), ctr.get("network", ""), ctr.get("ip", ""),
                    state_text(ctr, now), " ".join(ctr.get("command", [])) or "-"] for ctr in doc.get("containers", [])]
+    volumes = [[vol.get("name", ""), vol.get("host", "") + (" (down)" if vol.get("host_down") else ""),
+                ", ".join(vol.get("containers", [])) or "-"] for vol in doc.get("volumes", [])]
     return [
         *header, "",
         *_section("NODES", ["NAME", "ADDRESS", "ROLE", "STATE", "AGENT", "BUNDLE", "LAST SEEN", "OVERLAY ENTRIES"],
@@ -70,4 +72,6 @@ def render_status(doc: dict, width: int | None = None, now: float | None = None)
                   "no networks yet"), "",
         *_section("CONTAINERS", ["NAME", "HOST", "NETWORK", "IP", "STATE", "COMMAND"], containers, ("COMMAND",),
                   width, "no containers yet"),
+        *(["", *_section("VOLUMES", ["NAME", "HOST", "CONTAINERS"], volumes, ("CONTAINERS",), width)]
+          if volumes else []),
     ]

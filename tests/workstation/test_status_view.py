@@ -109,3 +109,26 @@ def test_a_thousand_containers_render():
                               for i in range(1000)]
     lines = render_status(document, 120, now=NOW)
     assert sum(line.startswith("c-") for line in lines) == 1000
+
+
+def test_volumes_are_shown_with_their_host_and_containers_only_when_there_are_some():
+    assert "VOLUMES" not in render(doc())  # a cluster without volumes: no empty table
+    document = doc()
+    document["volumes"] = [{"name": "shop_db", "host": "h2", "host_down": True, "containers": ["shop-db"]},
+                           {"name": "logs", "host": "h1", "host_down": False, "containers": []}]
+    text = render(document)
+    assert "VOLUMES" in text and "h2 (down)" in text and "shop-db" in text
+    assert [line.split() for line in text.splitlines() if line.startswith("logs")] == [["logs", "h1", "-"]]
+
+
+def test_the_status_document_keeps_the_clusters_volumes():
+    from pathlib import Path
+
+    from cantainer.inventory import parse_inventory
+    from cantainer.status import merge_inventory
+
+    inventory = parse_inventory('[cluster]\nname = "lab"\n[[hosts]]\nname = "h1"\naddress = "10.0.0.1"\n',
+                                Path("inv.toml"))
+    volumes = [{"name": "logs", "host": "h1", "host_down": False, "containers": ["web"]}]
+    merged = merge_inventory({**doc(), "volumes": volumes}, inventory)
+    assert merged["volumes"] == volumes and "VOLUMES" in "\n".join(render_status(merged, 160, now=NOW))
