@@ -75,6 +75,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                                                                                   else "")),
                            ("mountpoint", volume["mountpoint"]), ("created", output.rfc3339(volume["created_at"])),
                            ("containers", ", ".join(volume["containers"]) or "-"),
+                           ("data", {True: "empty", False: "not empty", None: "not seen yet"}[volume.get("empty")]),
                            ("labels", ", ".join(f"{k}={v}" for k, v in sorted(volume["labels"].items())) or "-")):
             print(f"{key:<11} {value}")
     return 0

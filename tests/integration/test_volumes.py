@@ -57,6 +57,9 @@ def test_first_use_creates_the_volume_on_the_containers_host(lab, cluster, db):
     mounts = ok(cli(cluster, "exec", "db", "grep", " /data ", "/proc/self/mounts")).split()
     assert {"nosuid", "nodev", "rw"} <= set(mounts[3].split(","))
     assert ps(cluster)["db"]["mounts"] == [{"type": "volume", "source": "data", "target": "/data", "readonly": False}]
+    # its host tells the cluster it holds something (what lets an empty one be made again elsewhere)
+    wait_for(lambda: volumes(cluster)["data"]["empty"] is False, 30, what="the volume to be seen not empty")
+    assert "data        not empty" in ok(cli(cluster, "volume", "inspect", "data"))
 
 
 def test_data_outlives_the_container_and_a_new_one_goes_to_its_host(cluster, db):
@@ -99,6 +102,7 @@ def test_volume_rm_is_refused_while_in_use_then_deletes_the_data(lab, cluster, d
 
 def test_volume_create_pins_a_volume_to_a_host(cluster):
     assert ok(cli(cluster, "volume", "create", "pinned", "--host", "h3")) == "pinned on h3\n"
+    wait_for(lambda: volumes(cluster)["pinned"]["empty"] is True, 30, what="h3 to see the new volume empty")
     assert ok(cli(cluster, "volume", "create", "pinned", "--host", "h3")) == "pinned on h3 (already exists)\n"
     other = cli(cluster, "volume", "create", "pinned", "--host", "h1")
     assert other.returncode == 4

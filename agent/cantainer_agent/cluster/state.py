@@ -705,6 +705,7 @@ _TOUCHES: dict[str, Callable[[dict, Any], list[tuple[str, str]] | None]] = {
     "retire_task": lambda args, res: [("containers", args["name"]), *_new_record(args, res)],
     "create_volume": lambda args, _res: [("volumes", args["name"])],
     "remove_volume": lambda args, _res: [("volumes", args["name"])],
+    "volume_observed": lambda args, _res: [("volumes", args["name"])],
     "set_stack_object": lambda args, _res: [("stacks", args["stack"])],
 }
 

@@ -52,13 +52,15 @@ def container_view(record: dict, down: dict[str, float] | None = None, networks:
 
 
 def volume_views(state: dict, down: dict[str, float] | None = None) -> list[dict]:
-    """Every volume: its host (and whether that host is down), the containers that mount it, and
-    where its data is on the host (the default data directory's path)."""
+    """Every volume: its host (and whether that host is down), the containers that mount it, where its
+    data is on the host (the default data directory's path) and whether it holds anything (None:
+    its host has not said yet)."""
     views = []
     for name, volume in sorted(state.get("volumes", {}).items()):
         views.append({"name": name, "host": volume["host"], "created_at": volume["created_at"],
                       "labels": volume.get("labels", {}), "containers": users_of(state["containers"], name),
-                      "mountpoint": layout.volume_dir(name), "host_down": bool(down and volume["host"] in down)})
+                      "mountpoint": layout.volume_dir(name), "host_down": bool(down and volume["host"] in down),
+                      "empty": volume.get("empty")})
     return views
 
 

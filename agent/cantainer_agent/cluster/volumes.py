@@ -1,9 +1,10 @@
 """Named volumes in the replicated state (pure; a mixin of ClusterState, state.py).
 
-A volume record is ``{name, host, created_at, labels}``: its data lives on *host* only (under
+A volume record is ``{name, host, created_at, labels, empty?}``: its data lives on *host* only (under
 layout.volumes_dir), so a container that mounts it is recorded on that host or refused. A volume
 is created by its first use (``create_container`` with a volume mount: on the container's host) or
-by ``create_volume``; ``remove_volume`` refuses while any container record mounts it. Container
+by ``create_volume``; ``remove_volume`` refuses while any container record mounts it; its host
+reports whether it holds anything (``volume_observed``: ``empty``, absent until first seen). Container
 records keep their mounts as ``mounts: [{type, source, target, readonly}]`` (absent when none), so
 snapshots and logs written before volumes existed read the same: no ``volumes`` key is an empty
 table, no ``mounts`` key no mounts.
@@ -44,7 +45,7 @@ def users_of(containers: dict, name: str) -> list[str]:
 class VolumeCommands:
     """``create_volume``, ``remove_volume`` and the volume part of ``create_container``."""
 
-    VOLUME_COMMANDS = ("create_volume", "remove_volume")
+    VOLUME_COMMANDS = ("create_volume", "remove_volume", "volume_observed")
     volumes: dict[str, dict]
     nodes: dict[str, dict]
     containers: dict[str, dict]
@@ -83,6 +84,20 @@ class VolumeCommands:
             raise Conflict(f"volume {name} is in use by {shown} — remove {'it' if len(users) == 1 else 'them'} "
                            "first (`cantainer rm`)")
         return self.volumes.pop(name)
+
+    def apply_volume_observed(self, name: str, host: str, empty: bool) -> bool:
+        """The volume's host says whether its directory holds anything; returns whether that changed.
+        From any other host it is refused (another host's directory of that name is not this volume)."""
+        if not isinstance(name, str) or name not in self.volumes:
+            raise NotFound(f"no volume named {name!r}")
+        record = self.volumes[name]
+        if record["host"] != host:
+            raise Conflict(f"volume {name} is on {record['host']}, not on {host}")
+        if not isinstance(empty, bool):
+            raise StateError("empty must be true or false")
+        changed = record.get("empty") is not empty
+        record["empty"] = empty
+        return changed
 
     def _volume_mounts(self, spec: dict, host: str) -> list[dict]:
         """The mounts of a container spec, checked against the volumes: each named volume must be on

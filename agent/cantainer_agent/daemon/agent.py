@@ -40,6 +40,7 @@ from ..controllers.netfilter import NetfilterController
 from ..controllers.overlay import OverlayController
 from ..controllers.services import ServicesController
 from ..controllers.view import LocalView
+from ..controllers.volumes import VolumesController
 from ..controllers.voters import VotersController
 from ..dns import DnsServer, read_resolv_conf
 from ..fsutil import atomic_write, ensure_dir
@@ -121,12 +122,13 @@ class Agent:
                                self.trigger)
         self.containers = ContainersController(cfg.node, self.workload, lambda: self.raft, self.trigger,
                                                cfg.reschedule_after, health)
+        volumes = VolumesController(cfg.node, self.workload, lambda: self.raft)
         # netfilter first in every pass: its table is in place before the overlay's devices
         self._names = LiveTable(self._read)
         self.dns = DnsServer(self._names, lambda: read_resolv_conf(RESOLV_CONF))
         view = LocalView(self.current_raft)  # the loop's copy of the state, patched per changed record
         self.loop = ControllerLoop("reconcile", [netfilter, DnsController(cfg.node, self.dns), self.containers,
-                                                 self.overlay], view.read)
+                                                 self.overlay, volumes], view.read)
         voters = VotersController(lambda: self.raft, self._secret, voters=cfg.voters,
                                   heartbeat_interval=cfg.heartbeat_interval)
         self._voters_loop = ControllerLoop(

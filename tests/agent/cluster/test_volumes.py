@@ -29,7 +29,7 @@ def test_first_use_creates_the_volume_on_the_containers_host():
     assert state.volumes["data"]["created_at"] == 5.0
     view = volume_views(state.to_dict())
     assert view == [{"name": "data", "host": "h2", "created_at": 5.0, "labels": {}, "containers": ["db", "db2"],
-                     "mountpoint": "/var/lib/cantainer/volumes/data", "host_down": False}]
+                     "mountpoint": "/var/lib/cantainer/volumes/data", "host_down": False, "empty": None}]
     assert container_view(state.containers["db2"])["mounts"] == [vol("data", "/x", True)]
 
 
@@ -124,3 +124,18 @@ def test_placement_follows_the_volumes():
     assert volume_host(state.volumes, [vol("new")]) is None
     with pytest.raises(Conflict, match="different hosts"):
         volume_host(state.volumes, [vol("a"), vol("b", "/b")])
+
+
+def test_only_the_volumes_host_reports_whether_it_holds_anything():
+    state = state_with_nodes("h1", "h2")
+    state.apply_command("create_volume", {"name": "v", "host": "h1", "ts": 1.0})
+    assert state.apply_command("volume_observed", {"name": "v", "host": "h1", "empty": True}) is True
+    assert state.apply_command("volume_observed", {"name": "v", "host": "h1", "empty": True}) is False
+    assert state.apply_command("volume_observed", {"name": "v", "host": "h1", "empty": False}) is True
+    assert volume_views(state.to_dict())[0]["empty"] is False
+    with pytest.raises(Conflict, match="volume v is on h1, not on h2"):
+        state.apply_command("volume_observed", {"name": "v", "host": "h2", "empty": True})
+    with pytest.raises(NotFound):
+        state.apply_command("volume_observed", {"name": "w", "host": "h1", "empty": True})
+    with pytest.raises(StateError, match="true or false"):
+        state.apply_command("volume_observed", {"name": "v", "host": "h1", "empty": "no"})
