@@ -266,3 +266,17 @@ def test_a_spec_with_mounts_survives_its_record_on_disk(runtime, alpine, tmp_pat
         assert ContainerSpec.from_dict({k: v for k, v in info.spec.to_dict().items() if k != "mounts"}).mounts == ()
     finally:
         runtime.remove("record", force=True)
+
+
+def test_a_restarted_container_gets_its_mounts_again_and_its_data(runtime, alpine, tmp_path):
+    """A restart policy restarts from the record on disk: the volume is mounted again, its data kept."""
+    data = tmp_path / "vol"
+    data.mkdir()
+    runtime.start(spec("again", ["/bin/sh", "-c", "echo run >> /data/runs; grep -c run /data/runs"],
+                       [volume(data, "/data")]), alpine)
+    assert runtime.wait("again", timeout=30).exit_code == 0
+    runtime.restart("again")
+    info = runtime.wait("again", timeout=30)
+    assert info.exit_code == 0 and (data / "runs").read_text() == "run\nrun\n"
+    assert runtime.read_logs("again", ("stdout",)).decode().split() == ["1", "2"]
+    runtime.remove("again")
