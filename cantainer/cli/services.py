@@ -28,6 +28,7 @@ def register(commands: Commands) -> None:
     create = verbs.add("create", "create a service and wait until its tasks run", cmd_create, examples=[
         "cantainer service create web --replicas 3 -n 10.0.0.0/24 --image app:1 -p 8080:80",
         "cantainer service create agent --mode global -n 10.0.0.0/24 -- sleep 1d",
+        "cantainer service create db --replicas 2 -n 10.0.0.0/24 -v data:/var/lib/db --image db:1  # data.1, data.2",
         "cantainer service create api --replicas 2 -n 10.0.0.0/24 --health-cmd 'wget -qO- localhost/health' \\",
         "    --constraint label.zone==a --memory 128m --update-order stop-first -- ./api",
     ], description="Create a service and wait until its tasks run. The command, if any, follows -- (default:\n"
@@ -100,6 +101,13 @@ def _task_options(parser: argparse.ArgumentParser, update: bool) -> None:
     parser.add_argument("-w", "--workdir", help="working directory inside the container")
     parser.add_argument("--user", "-u", help="NAME|UID[:GROUP|GID] to run as")
     parser.add_argument("--entrypoint", help="replace the image's Entrypoint (and drop its Cmd); '' clears it")
+    parser.add_argument("-v", "--volume", action="append", default=None, metavar="SRC:/PATH[:ro]",
+                        help="NAME:/path gives each task its own volume NAME.SLOT (its tasks stay on its host); "
+                             "/host/path:/path binds a host path"
+                             + (" (replaces the service's mounts)" if update else ""))
+    parser.add_argument("--volume-policy", choices=("stay", "move-empty"), metavar="POLICY",
+                        help="a task whose host is lost: stay (default: it waits for its volume's host) or "
+                             "move-empty (an empty volume is made again where the task moves)")
     parser.add_argument("-p", "--publish", action="append", default=None, metavar="HOST:CONTAINER[/udp]",
                         help="publish a port on every host running a task (repeatable)")
     runopts.add_limits(parser)
@@ -141,6 +149,8 @@ def _policy(args: argparse.Namespace) -> dict:
         policy["order"] = args.update_order
     if args.update_failure_action:
         policy["failure_action"] = args.update_failure_action
+    if args.volume_policy:
+        policy["volumes"] = args.volume_policy
     for key, flag in (("monitor", "update_monitor"), ("drain", "drain")):
         text = getattr(args, flag)
         if text is not None:
@@ -159,13 +169,15 @@ def _publish(args: argparse.Namespace) -> list[dict] | None:
 
 def _options(args: argparse.Namespace) -> dict:
     """The task options given (None: not given), as the agent API takes them."""
-    from cantainer.containers import parse_env
+    from cantainer.containers import parse_env, parse_mounts
 
     if args.workdir is not None and not args.workdir.startswith("/"):
         raise UsageError(f"-w {args.workdir!r} is not an absolute path", "write it like -w /app")
     limits = runopts.limits_of(args)
     command = _command(args)
+    mounts = None if args.volume is None else parse_mounts(args.volume)
     return {"command": command or None, "entrypoint": args.entrypoint, "env": parse_env(args.env) or None,
+            "mounts": mounts,
             "workdir": args.workdir, "user": args.user, "limits": limits or None,
             "restart": runopts.restart_of(args), "health": runopts.health_of(args),
             "constraints": runopts.constraints_of(args), "publish": _publish(args)}

@@ -1,9 +1,11 @@
 """Service methods of the agent API (any node; writes go to the leader through raft).
 
 ``service.create {name, mode?, replicas?, network, image: {reference, digest, layers, config}, command?,
-entrypoint?, env?, workdir?, user?, limits?, restart?, health?, constraints?, publish?, policy?}`` -> the service
+entrypoint?, env?, workdir?, user?, limits?, restart?, health?, constraints?, publish?, mounts?, policy?}`` -> the
+service (a volume mount gives each task its slot's own volume, ``NAME.SLOT``, and the tasks stay with
+them: cluster/volumes.py; such a service updates stop-first unless its policy says otherwise)
 ``service.update {name, image?, command?, entrypoint?, env?, env_rm?, workdir?, user?, limits?, restart?,
-health?, constraints?, publish?, network?, replicas?, policy?, force?}`` -> the service (a new version when the
+health?, constraints?, publish?, mounts?, network?, replicas?, policy?, force?}`` -> the service (a new version when the
 task template changes or *force*; a paused update resumes otherwise)
 ``service.scale {name, replicas}``, ``service.rollback {name}``, ``service.rm {name}``
 ``service.ls`` -> [summary], ``service.ps {name}`` -> {service, tasks, endpoints, progress}
@@ -31,7 +33,7 @@ from .containers import container_fields
 from .errors import raft_of
 from .requests import Reads, session_of
 
-OPTIONS = ("command", "entrypoint", "env", "workdir", "user", "limits", "restart", "health")
+OPTIONS = ("command", "entrypoint", "env", "workdir", "user", "limits", "restart", "health", "mounts")
 SERVICE_DEFAULT_RESTART = "always"
 
 
@@ -62,9 +64,11 @@ class ServiceHandlers:
         source = {"image": params.get("image"), "options": options, "network": params.get("network"),
                   "constraints": params.get("constraints") or [], "publish": params.get("publish") or []}
         spec = _template(name, source["image"], options, source["network"], source["constraints"], source["publish"])
+        policy = params.get("policy") or {}
+        if any(m["type"] == "volume" for m in spec.get("mounts") or ()) and isinstance(policy, dict):
+            policy = {"order": "stop-first", **policy}  # one task at a time on a slot's volume, unless asked
         service = {"name": name, "id": secrets.token_hex(6), "mode": params.get("mode") or "replicated",
-                   "replicas": params.get("replicas", 1), "spec": spec, "source": source,
-                   "policy": params.get("policy") or {}}
+                   "replicas": params.get("replicas", 1), "spec": spec, "source": source, "policy": policy}
         return replicate(raft, "create_service", {"service": service, "ts": time.time()},
                          session_of(params, "service.create"))
 

@@ -11,7 +11,9 @@ serves until its successor is ready), stop-first retires first and holds the slo
 batch waits until the new tasks have been ready (running, healthy) for ``monitor`` seconds; a new
 task that exits, restarts or turns unhealthy first rolls the service back (or pauses the update).
 Retired tasks leave the service's addresses at once, are stopped ``drain`` later, and removed once
-stopped (or their host is gone). Docs: docs/design/services.md.
+stopped (or their host is gone). A task whose volumes' data is on its lost host stays with it
+(unless the ``move-empty`` policy lets an empty one go), and such services are not rebalanced.
+Docs: docs/design/services.md, docs/design/stacks.md.
 """
 from __future__ import annotations
 
@@ -170,6 +172,17 @@ class _Planner:
             self._do("place_task", {"service": self.service["name"], "slot": task["slot"], "supersede": True},
                      f"{why} (start-first)", fallback=stop_first)
 
+    def _held_by_volumes(self, task: dict) -> bool:
+        """Whether *task* mounts a volume on its own host that may not be made again elsewhere (the
+        service's volume policy is ``stay``, or the volume was not seen empty)."""
+        movable = self.service["policy"].get("volumes", "stay") == "move-empty"
+        volumes = self.state.get("volumes", {})
+        for mount in task.get("mounts") or ():
+            record = volumes.get(mount["source"]) if mount.get("type") == "volume" else None
+            if record is not None and record["host"] == task["host"] and not (movable and record.get("empty") is True):
+                return True
+        return False
+
     def _up(self, task: dict) -> bool:
         return self.hosts[task["host"]] == "up"
 
@@ -179,6 +192,8 @@ class _Planner:
         replicated = service["mode"] == "replicated"
         for slot, task in list(self.current.items()):
             gone_host = task["host"] not in self.nodes
+            if self.hosts[task["host"]] == "lost" and not gone_host and self._held_by_volumes(task):
+                continue  # its data is there: it comes back with its host
             if self.hosts[task["host"]] == "lost" and (replicated or gone_host):
                 self._remove(task, f"host {task['host']} is gone: rescheduling {task['name']}")
                 del self.current[slot]
@@ -280,6 +295,8 @@ class _Planner:
         eligible one with at least two fewer of its tasks (start-first, like an update)."""
         service = self.service
         current = list(self.current.values())
+        if any(m.get("type") == "volume" for m in service["spec"].get("mounts") or ()):
+            return  # its tasks stay with their volumes' data
         if service["update"]["state"] == "updating" or self.superseded or self.retired or not current \
                 or not all(is_ready(t, self._up(t)) for t in current) or self.actions:
             return

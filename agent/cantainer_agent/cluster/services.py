@@ -23,13 +23,15 @@ from typing import Any
 
 from ..errors import AlreadyExists, NotFound, StateError
 from . import specs
-from .scheduler import Request, place
+from .scheduler import NoHostFits, Request, place
+from .volumes import slot_mounts
 
 MODES = ("replicated", "global")
 ORDERS = ("start-first", "stop-first")
 FAILURE_ACTIONS = ("rollback", "pause")
 POLICY_DEFAULTS = {"parallelism": 1, "order": "start-first", "monitor": 5.0, "failure_action": "rollback",
-                   "drain": 2.0}
+                   "drain": 2.0, "volumes": "stay"}
+VOLUME_POLICIES = ("stay", "move-empty")  # a task whose volume's host is lost: waits / may move if it is empty
 MAX_REPLICAS = 10000
 MAX_SOURCE = 64 * 1024
 UPDATE_STATES = ("updating", "paused", "completed")
@@ -46,6 +48,8 @@ def check_policy(value: Any, base: dict | None = None) -> dict:
         raise StateError("update parallelism must be a number of tasks (0: all at once)")
     if merged["order"] not in ORDERS:
         raise StateError(f"update order {merged['order']!r} must be start-first or stop-first")
+    if merged.get("volumes", "stay") not in VOLUME_POLICIES:
+        raise StateError(f"volume policy {merged['volumes']!r} must be stay or move-empty")
     if merged["failure_action"] not in FAILURE_ACTIONS:
         raise StateError(f"update failure action {merged['failure_action']!r} must be rollback or pause")
     for key, top in (("monitor", 3600.0), ("drain", 600.0)):
@@ -233,9 +237,18 @@ class ServiceCommands:
         if current is not None and not supersede:
             raise AlreadyExists(f"task {name} exists already")
         spec = record["spec"]
-        request = task_request(record, slot, current)
-        host = place(self.nodes, self.containers, request, float(ts), float(down_after),
-                     hint if isinstance(hint, str) else None)
+        mounts = slot_mounts(spec.get("mounts") or [], slot)  # the slot's own volumes, NAME.SLOT
+        movable = record["policy"].get("volumes", "stay") == "move-empty"
+        pinned, moving = self._volume_pin(mounts, float(ts), float(down_after), movable)
+        request = task_request(record, slot, current, pinned)
+        try:
+            host = place(self.nodes, self.containers, request, float(ts), float(down_after),
+                         hint if isinstance(hint, str) else None)
+        except NoHostFits as error:
+            if pinned:
+                raise NoHostFits(f"{error} (its volumes' data lives on {pinned})") from None
+            raise
+        moved = {name: self.volumes.pop(name) for name in moving}  # made again, empty, on the new host
         renamed = None
         if current is not None:  # start-first: the old task keeps serving until its successor is ready
             renamed = specs.retired_name(service, current.get("slot", slot), current["id"])
@@ -244,9 +257,10 @@ class ServiceCommands:
         task = {"service": service, "service_id": record["id"], "slot": slot, "version": record["version"],
                 "update_seq": record["update"]["seq"]}
         try:
-            return self._new_container(name, {**spec, "id": id, "name": name}, host, ts, placed=True, task=task,
-                                       gateway=spec.get("gateway") is True)
+            return self._new_container(name, {**spec, "id": id, "name": name, **({"mounts": mounts} if mounts else {})},
+                                       host, ts, placed=True, task=task, gateway=spec.get("gateway") is True)
         except StateError:
+            self.volumes.update(moved)
             if renamed is not None:
                 self.containers[renamed].pop("superseded_at", None)
                 self._rename(renamed, name)
@@ -285,10 +299,13 @@ class ServiceCommands:
             network["ips"][record["ip"]] = new
 
 
-def task_request(service: dict, slot: str, current: dict | None) -> Request:
-    """What the task of *slot* asks of its host (*current*: the task it supersedes, if any)."""
-    return Request.of(f"{service['name']}.{slot}", service["spec"], service=service["name"],
-                      only=(slot,) if service["mode"] == "global" else (),
+def task_request(service: dict, slot: str, current: dict | None, pinned: str | None = None) -> Request:
+    """What the task of *slot* asks of its host (*current*: the task it supersedes, if any; *pinned*:
+    the host its volumes live on)."""
+    only = (slot,) if service["mode"] == "global" else ()
+    if pinned is not None:
+        only = (pinned,) if not only or pinned in only else ("",)  # ("",): no host is both
+    return Request.of(f"{service['name']}.{slot}", service["spec"], service=service["name"], only=only,
                       leaving=current["host"] if current is not None else None)
 
 

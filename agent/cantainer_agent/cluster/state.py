@@ -426,6 +426,7 @@ class ClusterState(ServiceCommands, VolumeCommands, StackCommands):
             "network": self._check_new_network(spec.get("network")),
             # its network, when a task creates it, gets a gateway (services from before gateways: none)
             "gateway": spec.get("gateway") is True,
+            "mounts": check_mounts(spec.get("mounts")),  # a task mounts its slot's own volumes (NAME.SLOT)
             **_check_optional(spec),
             **_check_placement(spec),
         }

@@ -111,11 +111,37 @@ class VolumeCommands:
                                "--host out)")
         return mounts
 
+    def _volume_pin(self, mounts: list[dict], ts: float, down_after: float, movable: bool) -> tuple[str | None, list]:
+        """Where a task with these mounts must run (its volumes' host, or None), and the volumes that
+        may instead be made again wherever it is placed: with *movable* (a service's ``move-empty``
+        policy), a volume its host reported empty, on a host that is down (no heartbeat for
+        *down_after* at *ts*)."""
+        hosts, moving = set(), []
+        for name in M.volume_names(mounts):
+            record = self.volumes.get(name)
+            if record is None:
+                continue
+            node = self.nodes.get(record["host"])
+            down = node is None or ts - node.get("heartbeat", 0.0) >= down_after
+            if movable and down and record.get("empty") is True:
+                moving.append(name)
+            else:
+                hosts.add(record["host"])
+        if len(hosts) > 1:
+            raise Conflict(f"the volumes live on different hosts ({', '.join(sorted(hosts))}): one container can "
+                           "only mount volumes of one host")
+        return (hosts.pop() if hosts else None), moving
+
     def _claim_volumes(self, mounts: list[dict], host: str, ts: float) -> None:
         """Create the volumes the mounts name that do not exist yet (on *host*); after _volume_mounts."""
         for name in M.volume_names(mounts):
             if name not in self.volumes:
                 self.volumes[name] = {"name": name, "host": host, "created_at": float(ts), "labels": {}}
+
+
+def slot_mounts(template: list[dict], slot: str) -> list[dict]:
+    """A service task's mounts: each volume of the template becomes the slot's own, ``NAME.SLOT``."""
+    return [{**m, "source": f"{m['source']}.{slot}"} if m["type"] == M.VOLUME else dict(m) for m in template]
 
 
 def volume_host(volumes: dict, mounts: list[dict]) -> str | None:
