@@ -1,6 +1,7 @@
 """`sudo make demo`: a 3-host lab, `cantainer up`, a named network, Alpine containers on two hosts
-pinging each other by name over the VXLAN overlay, `cantainer status`, a 3-replica service that
-keeps its 3 tasks through a host crash, then a clean teardown.
+pinging each other by name over the VXLAN overlay, `cantainer status`, then a stack — one file,
+planned and applied, applied again without a change — whose 3-replica service keeps its 3 tasks
+through a host crash and whose other service keeps its data in a volume; then a clean teardown.
 
 Each step is the real command a user would type, printed before it runs. Set DEMO_KEEP=1 to keep
 the lab and cluster running afterwards for exploring by hand.
@@ -24,13 +25,31 @@ BIN = Path(sys.executable).parent
 RESCHEDULE_AFTER = 10  # seconds (the default is 30): how long a host may be down before its tasks move
 
 
-def step(title: str, argv: list[str], inventory: str | None = None) -> None:
+STACK = """\
+name = "demo"
+
+[networks.front]
+subnet = "10.0.0.0/24"             # the network web and db run on: it exists, so the stack uses it
+
+[volumes.notes]                    # one per slot of the service that mounts it: demo_notes.1
+
+[services.hello]
+replicas = 3
+command = "sleep 3600"
+
+[services.notes]
+command = ["sh", "-c", "echo \\"written by $(hostname)\\" >> /data/log; exec sleep 3600"]
+volumes = ["notes:/data"]
+"""
+
+
+def step(title: str, argv: list[str], inventory: str | None = None, codes: tuple[int, ...] = (0,)) -> None:
     shown = [Path(argv[0]).name if argv[0].startswith(str(BIN)) else argv[0], *argv[1:]]
     console.rule(f"[bold]{title}")
     console.print(f"[dim]$ {shlex.join(shown)}[/]")
     env = {**os.environ, **({"CANTAINER_INVENTORY": inventory} if inventory else {})}
     result = subprocess.run(argv, stdin=subprocess.DEVNULL, env=env)
-    if result.returncode != 0:
+    if result.returncode not in codes:
         raise LabError(f"`{shlex.join(shown)}` exited with {result.returncode}")
 
 
@@ -73,6 +92,9 @@ def main() -> int:
             inventory,
         )
         step("the cluster as the agents see it", [cantainer, "status", "-i", inventory])
+        stack = Path(inventory).parent / "stack.toml"
+        stack.write_text(STACK)
+        a_stack(cantainer, inventory, stack)
         service_survives_a_crash(lab, cantainer, inventory)
     except LabError as error:
         console.print(f"[red]demo failed:[/] {error}")
@@ -88,16 +110,27 @@ def main() -> int:
     return 0
 
 
+def a_stack(cantainer: str, inventory: str, stack: Path) -> None:
+    console.rule(f"[bold]a stack: one file ({stack})")
+    console.print(STACK, markup=False, highlight=False)
+    step("the plan (exit 2: changes pending)", [cantainer, "plan", str(stack)], inventory, codes=(2,))
+    step("apply: the network is used, the volume and the services made", [cantainer, "apply", str(stack)],
+         inventory)
+    step("apply again: nothing to do, nothing touched", [cantainer, "apply", str(stack)], inventory)
+    step("the notes service wrote into its volume", [cantainer, "exec", "demo-notes.1", "cat", "/data/log"],
+         inventory)
+    step("the volume", [cantainer, "volume", "ls"], inventory)
+
+
 def service_survives_a_crash(lab: Lab, cantainer: str, inventory: str) -> None:
-    step("a service: 3 replicas, placed by the cluster", [cantainer, "service", "create", "hello", "--replicas", "3",
-                                                          "-n", "10.0.0.0/24", "--", "sleep", "3600"], inventory)
-    step("its tasks", [cantainer, "service", "ps", "hello"], inventory)
+    step("the service hello: 3 replicas, placed by the cluster", [cantainer, "service", "ps", "demo-hello"],
+         inventory)
     step("h3 loses power", [sys.executable, "-m", "lab", "crash", "--name", "demo", "h3"])
     crashed = time.monotonic()
     with console.status(f"waiting: h3 is down after 6 s without a heartbeat, its task moves {RESCHEDULE_AFTER} s "
                         "later…"):
         while True:
-            result = subprocess.run([cantainer, "service", "ps", "hello", "--json", "-i", inventory],
+            result = subprocess.run([cantainer, "service", "ps", "demo-hello", "--json", "-i", inventory],
                                     capture_output=True, text=True, stdin=subprocess.DEVNULL)
             tasks = json.loads(result.stdout)["tasks"] if result.returncode == 0 else []
             running = [t for t in tasks if t["state"] == "running" and t["host"] != "h3"]
@@ -107,9 +140,9 @@ def service_survives_a_crash(lab: Lab, cantainer: str, inventory: str) -> None:
                 raise LabError("the service did not get its 3 tasks back within 90 s")
             time.sleep(1)
     hosts = ", ".join(sorted({t["host"] for t in running}))
-    console.print(f"[green]hello has its 3 tasks running again[/] on {hosts}, "
+    console.print(f"[green]demo-hello has its 3 tasks running again[/] on {hosts}, "
                   f"{time.monotonic() - crashed:.0f} s after h3 crashed")
-    step("the tasks now", [cantainer, "service", "ps", "hello"], inventory)
+    step("the tasks now", [cantainer, "service", "ps", "demo-hello"], inventory)
     step("h3 boots again …", [sys.executable, "-m", "lab", "boot", "--name", "demo", "h3"])
     step("… `up` starts its agent: its stale copy is removed, never started", [cantainer, "up", inventory])
 

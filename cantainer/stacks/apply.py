@@ -224,8 +224,14 @@ class Applier:
                   "entrypoint": spec.get("entrypoint"), "env": spec.get("env"), "workdir": spec.get("workdir"),
                   "user": spec.get("user"), "limits": spec.get("resources"), "restart": spec.get("restart"),
                   "health": health, "constraints": spec.get("constraints"), "publish": spec.get("ports"),
-                  "policy": spec.get("update")}
+                  "mounts": self._mounts(spec) or None, "policy": self._policy(spec)}
         return {key: value for key, value in params.items() if value is not None}
+
+    @staticmethod
+    def _policy(spec: dict) -> dict | None:
+        policy = {**(spec.get("update") or {}),
+                  **({"volumes": spec["volume_policy"]} if spec.get("volume_policy") else {})}
+        return policy or None
 
     async def _service_create(self, change: Change) -> str:
         from cantainer import services

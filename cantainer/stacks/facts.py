@@ -46,6 +46,6 @@ def shape(status: dict, stacks: list[dict], services: list[dict] | None) -> dict
             s["name"]: {"replicas": s.get("replicas"), "image": s.get("image")} for s in services},
         "stacks": {s["name"]: s["objects"] for s in stacks},
         "placement": services is not None,  # agents with services place a container given no host
-        "service_volumes": False,
+        "service_volumes": services is not None,  # the same agents give a service's tasks their volumes
         "nodes": {n["name"]: n.get("state") for n in status.get("nodes", [])},
     }

@@ -11,8 +11,8 @@ planner compares with the cluster (plan.py)::
 A SPEC holds the file's inputs, normalised, with None for a key not given (so the plan compares what
 the file asked for, not what a default became): image, command, entrypoint, env, workdir, user,
 network (one of the stack's), mounts (cantainer_agent.mounts dicts; a volume by its name in the file),
-restart, health, constraints, resources {memory, cpus, pids}; a service also mode, replicas, ports
-and update; a container host.
+restart, health, constraints, resources {memory, cpus, pids}; a service also mode, replicas, ports,
+update and volume_policy; a container host.
 """
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ NETWORK_KEYS = ("subnet", "internal")
 VOLUME_KEYS = ("host",)
 COMMON_KEYS = ("image", "command", "entrypoint", "env", "workdir", "user", "networks", "volumes", "restart",
                "health", "constraints", "resources")
-SERVICE_KEYS = (*COMMON_KEYS, "replicas", "mode", "ports", "update")
+SERVICE_KEYS = (*COMMON_KEYS, "replicas", "mode", "ports", "update", "volume_policy")
+VOLUME_POLICIES = ("stay", "move-empty")
 CONTAINER_KEYS = (*COMMON_KEYS, "host")
 HEALTH_KEYS = ("cmd", "interval", "timeout", "retries", "start_period")
 RESOURCE_KEYS = ("memory", "cpus", "pids")
@@ -342,7 +343,16 @@ class _Reader:
         update = None
         if "update" in table:
             update = self.update((*path, "update"), table["update"])
-        return {**spec, "mode": mode, "replicas": replicas, "ports": ports, "update": update}
+        volume_policy = None
+        if "volume_policy" in table:
+            volume_policy = self.string((*path, "volume_policy"), table["volume_policy"], '"stay"')
+            if volume_policy not in VOLUME_POLICIES:
+                raise self.err((*path, "volume_policy"), f"{_quote(volume_policy)} is not a volume policy"
+                                                         f"{_did_you_mean(volume_policy, VOLUME_POLICIES)}",
+                               "use stay (a task waits for its volume's host) or move-empty (an empty volume may "
+                               "be made again where its task moves)")
+        return {**spec, "mode": mode, "replicas": replicas, "ports": ports, "update": update,
+                "volume_policy": volume_policy}
 
     def container(self, path: tuple, name: str, value: Any) -> dict:
         self.name(path, name, "container", CONTAINER_NAME_MAX)

@@ -12,7 +12,7 @@ from tests.conftest import require_root
 pytestmark = pytest.mark.lab
 
 
-def test_demo_runs_containers_that_ping_across_hosts_keeps_a_service_through_a_crash_and_cleans_up():
+def test_demo_pings_across_hosts_applies_a_stack_keeps_a_service_through_a_crash_and_cleans_up():
     require_root()
     result = subprocess.run([sys.executable, "-m", "lab.demo"], capture_output=True, text=True, timeout=300,
                             stdin=subprocess.DEVNULL, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "COLUMNS": "120",
@@ -23,5 +23,7 @@ def test_demo_runs_containers_that_ping_across_hosts_keeps_a_service_through_a_c
     assert f"{base_image().label} on web" in result.stdout  # the image the demo ran, whichever it was
     assert "PING db (10.0.0.3)" in result.stdout  # by name: db is h2's, answered by h1's agent
     assert "3 packets transmitted, 3 packets received, 0% packet loss" in result.stdout
-    assert "hello has its 3 tasks running again on h1, h2" in result.stdout  # through h3's crash
+    assert "stack demo: 3 created" in result.stdout and "stack demo: no changes" in result.stdout
+    assert "written by demo-notes-1" in result.stdout  # the service's volume
+    assert "demo-hello has its 3 tasks running again on h1, h2" in result.stdout  # through h3's crash
     assert not [name for name in netns.listnetns() if name.startswith("cantainer-demo-")]

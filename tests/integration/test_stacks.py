@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.labcli import cli, cluster_snapshot, container_processes, host_exec, ok, one_line_error, ps
+from tests.labcli import cli, cluster_snapshot, container_processes, host_exec, ok, one_line_error, ps, wait_for
 from tests.workstation.test_stack_file import MISTAKES
 
 pytestmark = pytest.mark.lab
@@ -191,3 +191,123 @@ def test_rm_stack_removes_the_stack_and_keeps_its_volume_data(lab, cluster, appl
     assert ok(cli(cluster, "exec", "shop-db", "cat", "/data/keep")) == "precious\n"
     ok(cli(cluster, "rm-stack", "shop", "--volumes"))
     assert ok(cli(cluster, "stack", "ls", "-q")) == ""
+
+
+# -- services in a stack ---------------------------------------------------------------------------------
+APP = """\
+name = "app"
+
+[networks.front]
+subnet = "10.82.0.0/24"
+
+[volumes.db]
+
+[services.web]
+image = "{image}"
+replicas = {replicas}
+ports = ["8080:80"]
+update = {{ monitor = "1s" }}
+
+[services.db]
+command = ["sh", "-c", "echo up >> /data/log; exec sleep 1d"]
+volumes = ["db:/data"]
+"""
+
+
+@pytest.fixture(scope="module")
+def web_images(cluster, tmp_path_factory) -> tuple[str, str]:
+    """web:v1 and web:v2 (busybox httpd with a HEALTHCHECK) in the workstation's store."""
+    from tests.images.build import build_web_layout, docker_archive
+
+    work = tmp_path_factory.mktemp("web")
+    layout = build_web_layout(work)
+    for version in ("v1", "v2"):
+        archive = docker_archive(layout, f"web-{version}", work / f"web-{version}.tar", f"web:{version}")
+        ok(cli(cluster, "image", "load", str(archive)))
+    return "web:v1", "web:v2"
+
+
+def app(tmp_path: Path, image: str, replicas: int) -> Path:
+    path = tmp_path / f"app-{image.replace(':', '-')}-{replicas}.toml"
+    path.write_text(APP.format(image=image, replicas=replicas))
+    return path
+
+
+def service_ps(cluster, name: str) -> dict:
+    return json.loads(ok(cli(cluster, "service", "ps", name, "--json")))
+
+
+def tasks(cluster, name: str) -> dict[str, dict]:
+    return {t["name"]: t for t in service_ps(cluster, name)["tasks"] if not t["retiring"]}
+
+
+@pytest.fixture(scope="module")
+def app_stack(cluster, web_images, tmp_path_factory):
+    path = app(tmp_path_factory.mktemp("app"), web_images[0], 3)
+    code, document = plan_json(cluster, path)
+    assert code == 2 and ops(document) == {"network:front": "+create", "volume:db": "+first-use",
+                                           "service:web": "+create", "service:db": "+create"}
+    ok(cli(cluster, "apply", str(path), timeout=400))
+    yield path
+    cli(cluster, "rm-stack", "app", "--volumes", timeout=300)
+
+
+def test_a_two_service_stack_runs_web_with_its_port_and_db_with_its_volume(lab, cluster, app_stack):
+    web = tasks(cluster, "app-web")
+    assert sorted(web) == ["app-web.1", "app-web.2", "app-web.3"]
+    assert all(t["state"] == "running" and t["image"] == "web:v1" for t in web.values())
+    assert sorted(t["host"] for t in web.values()) == ["h1", "h2", "h3"]  # one 8080 per host
+    assert service_ps(cluster, "app-web")["service"]["publish"] == [
+        {"host_port": 8080, "container_port": 80, "protocol": "tcp"}]
+    (db,) = tasks(cluster, "app-db").values()
+    volumes = {v["name"]: v for v in json.loads(ok(cli(cluster, "volume", "ls", "--json")))}
+    assert volumes["app_db.1"]["host"] == db["host"] and volumes["app_db.1"]["containers"] == ["app-db.1"]
+    assert ok(cli(cluster, "exec", "app-db.1", "cat", "/data/log")) == "up\n"
+
+
+def test_re_applying_the_stack_touches_nothing(lab, cluster, app_stack):
+    before = identities(lab, cluster)
+    assert ok(cli(cluster, "apply", str(app_stack))).splitlines()[-1] == "stack app: no changes"
+    assert identities(lab, cluster) == before
+
+
+def test_a_changed_replica_count_is_only_a_scale(lab, cluster, app_stack, web_images, tmp_path):
+    smaller = app(tmp_path, web_images[0], 2)  # (4 could not run: one 8080 per host, 3 hosts)
+    code, document = plan_json(cluster, smaller)
+    assert code == 2 and ops(document) == {"network:front": "=none", "volume:db": "=none",
+                                           "service:web": "~scale", "service:db": "=none"}
+    assert [c["fields"] for c in document["changes"] if c["kind"] == "service" and c["op"] == "scale"] == [["replicas"]]
+    before = identities(lab, cluster)
+    ok(cli(cluster, "apply", str(smaller), timeout=300))
+    wait_for(lambda: sorted(tasks(cluster, "app-web")) == ["app-web.1", "app-web.2"], 60, what="the scale to 2")
+    after = identities(lab, cluster)
+    kept = [name for name in before if name != "app-web.3" and not name.startswith("app-web.3.")]
+    assert {n: after[n] for n in kept} == {n: before[n] for n in kept}  # the others untouched
+    ok(cli(cluster, "apply", str(app_stack), timeout=300))  # back to 3
+    assert sorted(tasks(cluster, "app-web")) == ["app-web.1", "app-web.2", "app-web.3"]
+
+
+def test_a_new_image_is_a_rolling_update_and_the_other_service_is_untouched(lab, cluster, app_stack, web_images,
+                                                                            tmp_path):
+    newer = app(tmp_path, web_images[1], 3)
+    code, document = plan_json(cluster, newer)
+    assert code == 2 and ops(document)["service:web"] == "~update"
+    web_change = next(c for c in document["changes"] if c["name"] == "web")
+    assert web_change["fields"] == ["image"] and web_change["detail"] == "rolling update"
+    db_before = tasks(cluster, "app-db")["app-db.1"]["id"]
+    ok(cli(cluster, "apply", str(newer), timeout=400))
+    doc = service_ps(cluster, "app-web")
+    assert doc["service"]["version"] == 2 and doc["service"]["update"]["state"] == "completed"
+    assert {t["image"] for t in tasks(cluster, "app-web").values()} == {"web:v2"}
+    assert tasks(cluster, "app-db")["app-db.1"]["id"] == db_before
+    assert plan_json(cluster, newer)[0] == 0
+    ok(cli(cluster, "apply", str(app_stack), timeout=400))  # and back
+
+
+def test_the_db_volume_keeps_its_data_through_a_restart_of_its_task(lab, cluster, app_stack):
+    (db,) = tasks(cluster, "app-db").values()
+    pid = container_processes(lab, db["host"])[db["id"]]["pid"]
+    assert host_exec(lab, db["host"], "kill", "-9", str(pid)).returncode == 0  # its restart policy: always
+    wait_for(lambda: tasks(cluster, "app-db")["app-db.1"]["restart_count"] >= 1
+             and tasks(cluster, "app-db")["app-db.1"]["state"] == "running", 60, what="db to be restarted")
+    assert ok(cli(cluster, "exec", "app-db.1", "cat", "/data/log")) == "up\nup\n"
