@@ -10,6 +10,8 @@ The first failure stops the apply; what follows is reported as not done.
 """
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -264,10 +266,22 @@ class Applier:
         return await self._converged(change, f"updated to version {updated['version']}")
 
     async def _service_remove(self, change: Change) -> str:
+        """The service goes, and the apply waits until its tasks have (drained, stopped, removed): only
+        then are its volumes unused and its network empty, for the removals that follow."""
         from cantainer import services
 
         removed = await services.cluster_write(self.inventory, "service.rm", {"name": change.target})
-        return f"removed ({removed.get('tasks', 0)} tasks stopping)"
+        deadline = time.monotonic() + SERVICE_WAIT
+        while True:
+            listed = await self.client.call("container.ps", {"consistency": "linearizable"}, timeout=30)
+            left = [c["name"] for c in listed if c.get("service") == change.target]
+            if not left:
+                return f"removed with its {removed.get('tasks', 0)} task{'s' if removed.get('tasks') != 1 else ''}"
+            if time.monotonic() > deadline:
+                raise CantainerError(f"service {change.target} was removed, but its tasks {', '.join(left)} are "
+                                     f"still there after {SERVICE_WAIT:g} s", "see `cantainer ps -a`, then apply "
+                                     "again")
+            await asyncio.sleep(0.5)
 
     async def _converged(self, change: Change, done: str) -> str:
         from cantainer import services

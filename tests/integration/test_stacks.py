@@ -311,3 +311,20 @@ def test_the_db_volume_keeps_its_data_through_a_restart_of_its_task(lab, cluster
     wait_for(lambda: tasks(cluster, "app-db")["app-db.1"]["restart_count"] >= 1
              and tasks(cluster, "app-db")["app-db.1"]["state"] == "running", 60, what="db to be restarted")
     assert ok(cli(cluster, "exec", "app-db.1", "cat", "/data/log")) == "up\nup\n"
+
+
+def test_the_example_stack_file_runs_as_documented(cluster, tmp_path):
+    """stack.example.toml on the lab: every object up, the web tasks answer, a second apply changes nothing."""
+    example = Path(__file__).resolve().parents[2] / "stack.example.toml"
+    ok(cli(cluster, "apply", str(example), timeout=400))
+    try:
+        web = tasks(cluster, "shop-web")
+        assert sorted(web) == ["shop-web.1", "shop-web.2", "shop-web.3"]
+        assert all(t["state"] == "running" and (t["health"] or {}).get("status") == "healthy" for t in web.values())
+        answer = ok(cli(cluster, "exec", "shop-web.1", "wget", "-qO-", "http://127.0.0.1:80/"))
+        assert answer == "hello from shop-web-1\n"
+        assert ok(cli(cluster, "exec", "shop-db.1", "cat", "/data/state")) == "ready\n"
+        assert ok(cli(cluster, "logs", "shop-migrate")) == "migrated\n"
+        assert ok(cli(cluster, "apply", str(example))).splitlines()[-1] == "stack shop: no changes"
+    finally:
+        ok(cli(cluster, "rm-stack", "shop", "--volumes", timeout=300))

@@ -104,7 +104,7 @@ def test_the_example_reads_as_documented():
     web = stack["services"]["web"]
     assert (web["replicas"], web["ports"], web["network"], web["resources"]) == (
         3, ["8080:80"], "front", {"memory": 64 << 20, "cpus": 0.5, "pids": 256})
-    assert web["health"] == {"cmd": "wget -qO- localhost:80/", "interval": 5.0, "timeout": 2.0, "retries": 3}
+    assert web["health"] == {"cmd": "wget -qO- http://127.0.0.1:80/", "interval": 5.0, "timeout": 2.0, "retries": 3}
     assert web["update"] == {"parallelism": 1, "order": "start-first", "monitor": 5.0, "failure_action": "rollback"}
     db = stack["services"]["db"]
     assert db["command"] == ["sh", "-c", "echo ready > /data/state; exec sleep 1d"]
