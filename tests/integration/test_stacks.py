@@ -193,6 +193,24 @@ def test_rm_stack_removes_the_stack_and_keeps_its_volume_data(lab, cluster, appl
     assert ok(cli(cluster, "stack", "ls", "-q")) == ""
 
 
+def test_the_example_stack_file_runs_as_documented(cluster, tmp_path):
+    """stack.example.toml on the lab: every object up, the web tasks answer, a second apply changes nothing.
+    (Before the services below: its web publishes 8080 on every host, as theirs does.)"""
+    example = Path(__file__).resolve().parents[2] / "stack.example.toml"
+    ok(cli(cluster, "apply", str(example), timeout=400))
+    try:
+        web = tasks(cluster, "shop-web")
+        assert sorted(web) == ["shop-web.1", "shop-web.2", "shop-web.3"]
+        assert all(t["state"] == "running" and (t["health"] or {}).get("status") == "healthy" for t in web.values())
+        answer = ok(cli(cluster, "exec", "shop-web.1", "wget", "-qO-", "http://127.0.0.1:80/"))
+        assert answer == "hello from shop-web-1\n"
+        assert ok(cli(cluster, "exec", "shop-db.1", "cat", "/data/state")) == "ready\n"
+        assert ok(cli(cluster, "logs", "shop-migrate")) == "migrated\n"
+        assert ok(cli(cluster, "apply", str(example))).splitlines()[-1] == "stack shop: no changes"
+    finally:
+        ok(cli(cluster, "rm-stack", "shop", "--volumes", timeout=300))
+
+
 # -- services in a stack ---------------------------------------------------------------------------------
 APP = """\
 name = "app"
@@ -311,20 +329,3 @@ def test_the_db_volume_keeps_its_data_through_a_restart_of_its_task(lab, cluster
     wait_for(lambda: tasks(cluster, "app-db")["app-db.1"]["restart_count"] >= 1
              and tasks(cluster, "app-db")["app-db.1"]["state"] == "running", 60, what="db to be restarted")
     assert ok(cli(cluster, "exec", "app-db.1", "cat", "/data/log")) == "up\nup\n"
-
-
-def test_the_example_stack_file_runs_as_documented(cluster, tmp_path):
-    """stack.example.toml on the lab: every object up, the web tasks answer, a second apply changes nothing."""
-    example = Path(__file__).resolve().parents[2] / "stack.example.toml"
-    ok(cli(cluster, "apply", str(example), timeout=400))
-    try:
-        web = tasks(cluster, "shop-web")
-        assert sorted(web) == ["shop-web.1", "shop-web.2", "shop-web.3"]
-        assert all(t["state"] == "running" and (t["health"] or {}).get("status") == "healthy" for t in web.values())
-        answer = ok(cli(cluster, "exec", "shop-web.1", "wget", "-qO-", "http://127.0.0.1:80/"))
-        assert answer == "hello from shop-web-1\n"
-        assert ok(cli(cluster, "exec", "shop-db.1", "cat", "/data/state")) == "ready\n"
-        assert ok(cli(cluster, "logs", "shop-migrate")) == "migrated\n"
-        assert ok(cli(cluster, "apply", str(example))).splitlines()[-1] == "stack shop: no changes"
-    finally:
-        ok(cli(cluster, "rm-stack", "shop", "--volumes", timeout=300))
