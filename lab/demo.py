@@ -4,7 +4,8 @@ planned and applied, applied again without a change — whose 3-replica service 
 through a host crash and whose other service keeps its data in a volume; then a clean teardown.
 
 Each step is the real command a user would type, printed before it runs. Set DEMO_KEEP=1 to keep
-the lab and cluster running afterwards for exploring by hand.
+the lab and cluster running afterwards for exploring by hand, DEMO_LAB=NAME to use another lab name
+than "demo" (a demo already running, or a test lab, keeps its own).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from lab.lab import Lab, LabError
 
 console = Console()
 BIN = Path(sys.executable).parent
+LAB_NAME = os.environ.get("DEMO_LAB", "demo")  # another name runs the demo beside a lab of that name
 RESCHEDULE_AFTER = 10  # seconds (the default is 30): how long a host may be down before its tasks move
 
 
@@ -54,7 +56,7 @@ def step(title: str, argv: list[str], inventory: str | None = None, codes: tuple
 
 
 def main() -> int:
-    lab = Lab("demo")
+    lab = Lab(LAB_NAME)
     keep = os.environ.get("DEMO_KEEP") == "1"
     cantainer = str(BIN / "cantainer")
     try:
@@ -103,7 +105,7 @@ def main() -> int:
     finally:
         if keep:
             console.print(f"\nkept running. Try: [bold]{cantainer} status --watch -i {inventory}[/]\n"
-                          f"remove with: [bold]{sys.executable} -m lab down --name demo[/]")
+                          f"remove with: [bold]{sys.executable} -m lab down --name {LAB_NAME}[/]")
         else:
             lab.down()
             console.print("[green]lab down[/] — every namespace, link, mount and process removed")
@@ -125,7 +127,7 @@ def a_stack(cantainer: str, inventory: str, stack: Path) -> None:
 def service_survives_a_crash(lab: Lab, cantainer: str, inventory: str) -> None:
     step("the service hello: 3 replicas, placed by the cluster", [cantainer, "service", "ps", "demo-hello"],
          inventory)
-    step("h3 loses power", [sys.executable, "-m", "lab", "crash", "--name", "demo", "h3"])
+    step("h3 loses power", [sys.executable, "-m", "lab", "crash", "--name", LAB_NAME, "h3"])
     crashed = time.monotonic()
     with console.status(f"waiting: h3 is down after 6 s without a heartbeat, its task moves {RESCHEDULE_AFTER} s "
                         "later…"):
@@ -143,7 +145,7 @@ def service_survives_a_crash(lab: Lab, cantainer: str, inventory: str) -> None:
     console.print(f"[green]demo-hello has its 3 tasks running again[/] on {hosts}, "
                   f"{time.monotonic() - crashed:.0f} s after h3 crashed")
     step("the tasks now", [cantainer, "service", "ps", "demo-hello"], inventory)
-    step("h3 boots again …", [sys.executable, "-m", "lab", "boot", "--name", "demo", "h3"])
+    step("h3 boots again …", [sys.executable, "-m", "lab", "boot", "--name", LAB_NAME, "h3"])
     step("… `up` starts its agent: its stale copy is removed, never started", [cantainer, "up", inventory])
 
 
