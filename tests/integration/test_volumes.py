@@ -81,6 +81,7 @@ def test_a_container_on_another_host_than_its_volume_is_refused(lab, cluster, db
     assert result.returncode == 125
     one_line_error(result, "volume data lives on h2, not h1", "--host h2")
     assert cluster_snapshot(lab, cluster) == before
+    assert not host_path(lab, "h1", f"{VOLUME_DIR}/data").exists()  # refused before a directory was made
 
 
 def test_volume_rm_is_refused_while_in_use_then_deletes_the_data(lab, cluster, db):
