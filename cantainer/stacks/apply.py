@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from cantainer.client import AgentClient
-from cantainer.containers import HostSession, RunRequest, run_params
+from cantainer.containers import ClusterView, HostSession, RunRequest, distribute_image, parse_publish, run_params
 from cantainer.errors import CantainerError
 from cantainer.inventory import Inventory
-from cantainer.stacks.plan import Change, scoped
+from cantainer.stacks.plan import Change, network_name, scoped
 from cantainer.status import open_status_source
 from cantainer_agent import mounts as M
 
@@ -112,7 +112,9 @@ class Applier:
         return result
 
     async def _network_create(self, change: Change) -> str:
-        created = await self._write("network.create", {"cidr": change.target})
+        name = network_name(self.stack["name"], change.name)
+        created = await self._write("network.create", {"cidr": change.target, "internal": bool(change.spec.get(
+            "internal")), **({"name": name} if name else {})})
         return "created" if created.get("created", True) else "existed"
 
     async def _network_remove(self, change: Change) -> str:
@@ -183,18 +185,22 @@ class Applier:
         spec = change.spec
         mounts = self._mounts(spec)
         host = self._host_of(change, mounts)
-        if host is None:
-            raise CantainerError(f"container {change.target} has no host", "give it host = \"h1\" in the file "
-                                 "(or a volume that lives on a host)")
         resources = spec.get("resources") or {}
         request = RunRequest(host=host, network=spec["subnet"], image=spec.get("image") or "alpine",
                              name=change.target, command=spec.get("command"), env=spec.get("env") or {},
                              workdir=spec.get("workdir"), entrypoint=spec.get("entrypoint"), user=spec.get("user"),
                              memory=resources.get("memory"), cpus=resources.get("cpus"), pids=resources.get("pids"),
-                             mounts=mounts)
-        async with HostSession(self.inventory.host(host)) as session:
-            image = await run_image.resolve(session, self.inventory, request.image)
-            created = await session.write("container.run", run_params(request, image), timeout=60)
+                             mounts=mounts, publish=parse_publish(spec.get("ports") or []),
+                             restart=spec.get("restart"), health=_health(spec),
+                             constraints=list(spec.get("constraints") or []))
+        if host is None:  # the cluster places it (constraints), as `run` without --host
+            async with ClusterView(self.inventory) as cluster:
+                image = await distribute_image(self.inventory, cluster.status, request.image, request.constraints)
+                created = await cluster.write("container.place", run_params(request, image), timeout=90)
+        else:
+            async with HostSession(self.inventory.host(host)) as session:
+                image = await run_image.resolve(session, self.inventory, request.image)
+                created = await session.write("container.run", run_params(request, image), timeout=60)
         for mount in mounts:
             if mount["type"] == M.VOLUME:
                 self.volume_hosts.setdefault(mount["source"], created["host"])
@@ -218,10 +224,7 @@ class Applier:
     # -- services (the services API: cantainer/services.py) ---------------------------------------------
     def _service_params(self, change: Change) -> dict:
         spec = change.spec
-        health = spec.get("health")
-        if health and not health.get("disable"):
-            health = {"test": ["CMD-SHELL", health["cmd"]],
-                      **{k: v for k, v in health.items() if k != "cmd"}}
+        health = _health(spec)
         params = {"name": change.target, "network": spec["subnet"], "command": spec.get("command"),
                   "entrypoint": spec.get("entrypoint"), "env": spec.get("env"), "workdir": spec.get("workdir"),
                   "user": spec.get("user"), "limits": spec.get("resources"), "restart": spec.get("restart"),
@@ -294,3 +297,11 @@ class Applier:
             raise CantainerError(f"service {change.target}: {update['message']}",
                                  f"see `cantainer service ps {change.target}`")
         return f"{done}; {doc['service']['ready']}/{doc['service']['replicas']} ready"
+
+
+def _health(spec: dict) -> dict | None:
+    """The file's health table as the agent API takes it (what `run --health-cmd` sends)."""
+    health = spec.get("health")
+    if health and not health.get("disable"):
+        return {"test": ["CMD-SHELL", health["cmd"]], **{k: v for k, v in health.items() if k != "cmd"}}
+    return health or None

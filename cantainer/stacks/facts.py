@@ -38,7 +38,8 @@ async def read(client: AgentClient) -> dict:
 def shape(status: dict, stacks: list[dict], services: list[dict] | None) -> dict:
     """The plan's facts from the agent API's answers (pure)."""
     return {
-        "networks": {n["cidr"]: {"containers": n["containers"]} for n in status.get("networks", [])},
+        "networks": {n["cidr"]: {"containers": n["containers"], "name": n.get("name"), "internal": n.get("internal")}
+                     for n in status.get("networks", [])},
         "volumes": {v["name"]: {"host": v["host"], "containers": v["containers"]} for v in status.get("volumes", [])},
         "containers": {c["name"]: {"state": c["state"], "host": c["host"], "id": c["id"]}
                        for c in status.get("containers", [])},

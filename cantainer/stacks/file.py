@@ -12,7 +12,8 @@ A SPEC holds the file's inputs, normalised, with None for a key not given (so th
 the file asked for, not what a default became): image, command, entrypoint, env, workdir, user,
 network (one of the stack's), mounts (cantainer_agent.mounts dicts; a volume by its name in the file),
 restart, health, constraints, resources {memory, cpus, pids}; a service also mode, replicas, ports,
-update and volume_policy; a container host.
+update and volume_policy; a container host and ports (only when given: records of containers from
+before they had ports compare the same).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from cantainer.errors import CantainerError
 from cantainer.inventory import find_key_line, format_key_path
 from cantainer_agent import mounts as M
 from cantainer_agent.cluster import ipam
+from cantainer_agent.cluster import ports as P
 from cantainer_agent.cluster.stacks import STACK_NAME_RE
 from cantainer_agent.errors import StateError
 
@@ -46,7 +48,6 @@ DURATION_RE = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d
 SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
 CONSTRAINT_RE = re.compile(r"(host|label\.[a-z0-9][a-z0-9._-]{0,62})\s*(==|!=)\s*(\S+)")
-PORT_RE = re.compile(r"(\d{1,5}):(\d{1,5})(?:/(tcp|udp))?")
 MODES = ("replicated", "global")
 UPDATE_ORDERS = ("start-first", "stop-first")
 FAILURE_ACTIONS = ("rollback", "pause")
@@ -59,7 +60,7 @@ COMMON_KEYS = ("image", "command", "entrypoint", "env", "workdir", "user", "netw
                "health", "constraints", "resources")
 SERVICE_KEYS = (*COMMON_KEYS, "replicas", "mode", "ports", "update", "volume_policy")
 VOLUME_POLICIES = ("stay", "move-empty")
-CONTAINER_KEYS = (*COMMON_KEYS, "host")
+CONTAINER_KEYS = (*COMMON_KEYS, "ports", "host")
 HEALTH_KEYS = ("cmd", "interval", "timeout", "retries", "start_period")
 RESOURCE_KEYS = ("memory", "cpus", "pids")
 UPDATE_KEYS = ("parallelism", "order", "monitor", "failure_action", "drain")
@@ -326,20 +327,7 @@ class _Reader:
             if not 0 <= replicas <= MAX_REPLICAS:
                 raise self.err((*path, "replicas"), f"{replicas} is not a number of replicas",
                                f"use 0 to {MAX_REPLICAS}")
-        ports = None
-        if "ports" in table:
-            ports = self.strings((*path, "ports"), table["ports"], '["8080:80"]')
-            seen = set()
-            for port in ports:
-                match = PORT_RE.fullmatch(port)
-                if not match or not all(1 <= int(p) <= 65535 for p in match.groups()[:2]):
-                    raise self.err((*path, "ports"), f"published port {_quote(port)} is not HOST:CONTAINER[/tcp|udp]",
-                                   'write it like ports = ["8080:80"] (ports from 1 to 65535)')
-                key = (int(match[1]), match[3] or "tcp")
-                if key in seen:
-                    raise self.err((*path, "ports"), f"host port {key[0]}/{key[1]} is published twice",
-                                   "publish each host port once")
-                seen.add(key)
+        ports = self.ports(path, table)
         update = None
         if "update" in table:
             update = self.update((*path, "update"), table["update"])
@@ -365,7 +353,8 @@ class _Reader:
             if pinned and host and pinned != host:
                 raise self.err((*path, "host"), f"the container runs on {host}, but its volume {mount['source']} "
                                                 f"lives on {pinned}", "run it on its volume's host, or leave host out")
-        return {**spec, "host": host}
+        ports = self.ports(path, table)
+        return {**spec, **({"ports": ports} if ports is not None else {}), "host": host}
 
     def common(self, path: tuple, table: dict) -> dict:
         spec: dict[str, Any] = {"image": None, "command": None, "entrypoint": None, "env": None, "workdir": None,
@@ -443,6 +432,25 @@ class _Reader:
                 raise self.err((*path, key), f"expected a string, got {_describe(item)}", f'write it like {key} = "…"')
             env[key] = item
         return env
+
+    def ports(self, path: tuple, table: dict) -> list[str] | None:
+        """Published ports in docker's -p syntax (cluster/ports.py: the same parser and checks as
+        `run -p`); kept as written, so a plan compares what the file says. Refused on an internal
+        network (it has no published ports)."""
+        if "ports" not in table:
+            return None
+        items = self.strings((*path, "ports"), table["ports"], '["8080:80"]')
+        try:
+            P.check([P.parse(item) for item in items])
+        except P.PortError as error:
+            raise self.err((*path, "ports"), str(error).split(" — ")[0].replace("-p ", "published port ", 1),
+                           'write it like ports = ["8080:80"], "127.0.0.1:8080:80" or "5353:53/udp" (each host '
+                           "port once)") from None
+        network = self.declared["networks"].get(self.network_of(path, table) or "")
+        if items and network and network.get("internal"):
+            raise self.err((*path, "ports"), "an internal network has no published ports",
+                           "drop ports, or put it on a network without internal = true")
+        return items
 
     def network_of(self, path: tuple, table: dict) -> str | None:
         declared = self.declared["networks"]

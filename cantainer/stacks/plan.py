@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 
 from cantainer.errors import CantainerError
 from cantainer_agent import mounts as M
+from cantainer_agent.cluster.state import check_network_name
+from cantainer_agent.errors import StateError
 
 KINDS = ("network", "volume", "service", "container")
 SYMBOLS = {"create": "+", "update": "~", "remove": "-", "unchanged": "="}
@@ -69,6 +71,15 @@ def scoped(stack: str, kind: str, name: str) -> str:
     return f"{stack}_{name}" if kind == "volume" else f"{stack}-{name}"
 
 
+def network_name(stack: str, name: str) -> str | None:
+    """The name a network the stack makes gets (``STACK-NAME``, what containers resolve it by), or
+    None where that is no valid network name (a stack name starting with a digit): the default then."""
+    try:
+        return check_network_name(f"{stack}-{name}")
+    except StateError:
+        return None
+
+
 def plan(stack: dict, facts: dict, prune: bool = False, volumes: bool = False) -> dict:
     name = stack["name"]
     records = facts.get("stacks", {})
@@ -90,6 +101,12 @@ def plan(stack: dict, facts: dict, prune: bool = False, volumes: bool = False) -
     for net, spec in stack["networks"].items():
         target = spec["subnet"]
         recorded = mine.get(f"network:{net}")
+        existing = facts["networks"].get(target) or {}
+        if spec.get("internal") is not None and existing.get("internal") not in (None, spec["internal"]):
+            raise PlanError(f"network {net}: {target} exists and is {'' if existing['internal'] else 'not '}internal, "
+                            f"but the file says internal = {str(spec['internal']).lower()}",
+                            "a network's internal flag cannot change in place: give the network another subnet "
+                            "(its services and containers move to it), or remove it first")
         replaced = recorded is not None and recorded["name"] != target
         if replaced and recorded["owned"] and recorded["name"] in facts["networks"]:
             # the old subnet goes once its services and containers have moved (removals come last)

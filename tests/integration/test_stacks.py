@@ -76,6 +76,9 @@ def test_apply_brings_the_stack_up_named_after_it(lab, cluster, applied):
     assert listed["shop-db"]["state"] == listed["shop-web"]["state"] == "running"
     assert (listed["shop-db"]["host"], listed["shop-web"]["host"]) == ("h2", "h1")
     assert listed["shop-db"]["network"] == "10.80.0.0/24"
+    networks = {n["cidr"]: n for n in json.loads(ok(cli(cluster, "network", "ls", "--json")))}
+    assert networks["10.80.0.0/24"]["name"] == "shop-front" and networks["10.80.0.0/24"]["internal"] is False
+    assert "1 packets received" in ok(cli(cluster, "exec", "shop-web", "ping", "-c", "1", "-W", "5", "shop-db"))
     volumes = {v["name"]: v for v in json.loads(ok(cli(cluster, "volume", "ls", "--json")))}
     assert volumes["shop_db"]["host"] == "h2" and volumes["shop_db"]["labels"] == {"stack": "shop"}
     assert ok(cli(cluster, "exec", "shop-db", "cat", "/data/log")) == "started\n"
@@ -134,10 +137,12 @@ def test_two_stacks_live_side_by_side(lab, cluster, applied, tmp_path):
 
 
 def test_prune_removes_what_the_file_dropped_but_volumes_only_when_asked(lab, cluster, applied, tmp_path):
-    extra = '\n[containers.extra]\nhost = "h3"\ncommand = "sleep 1d"\nvolumes = ["logs:/l"]\n\n[volumes.logs]\n'
+    extra = ('\n[containers.extra]\nhost = "h3"\ncommand = "sleep 1d"\nvolumes = ["logs:/l"]\n'
+             'ports = ["127.0.0.1:8091:80"]\n\n[volumes.logs]\n')
     grown = write(tmp_path, extra=extra)
     ok(cli(cluster, "apply", str(grown)))
-    assert "shop-extra" in ps(cluster)
+    assert ps(cluster)["shop-extra"]["publish"] == [
+        {"host_ip": "127.0.0.1", "host_port": 8091, "container_port": 80, "protocol": "tcp"}]
     kept = ok(cli(cluster, "apply", str(applied)))  # no --prune: kept, and said so
     assert "shop-extra" in ps(cluster) and "2 kept (not in the file)" in kept.splitlines()[-1]
     code, document = plan_json(cluster, applied, "--prune")

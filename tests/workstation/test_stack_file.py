@@ -59,7 +59,14 @@ MISTAKES = [
     ("target in /proc", GOOD.replace('volumes = ["db:/data"]', 'volumes = ["db:/proc/x"]'), 15,
      ["mount target /proc/x is inside /proc"]),
     ("bad port", GOOD.replace('ports = ["8080:80"]', 'ports = ["80"]'), 10,
-     ['published port "80" is not HOST:CONTAINER[/tcp|udp]']),
+     ["services.web.ports: published port 80: give the host port too", 'ports = ["8080:80"]']),
+    ("port range", GOOD.replace('ports = ["8080:80"]', 'ports = ["8080-8081:80-81"]'), 10,
+     ["port ranges are not supported"]),
+    ("ports on an internal network",
+     GOOD.replace('subnet = "10.31.0.0/24"', 'subnet = "10.31.0.0/24"\ninternal = true'), 11,
+     ["services.web.ports: an internal network has no published ports"]),
+    ("a container's bad port", GOOD.replace('host = "h2"', 'host = "h2"\nports = ["80:99999"]'), 15,
+     ["containers.db.ports: published port 80:99999: container port '99999' is not a port number"]),
     ("port twice", GOOD.replace('ports = ["8080:80"]', 'ports = ["8080:80", "8080:81"]'), 10,
      ["host port 8080/tcp is published twice"]),
     ("bad restart", GOOD.replace("replicas = 2", 'restart = "sometimes"'), 9,
@@ -148,3 +155,18 @@ def test_the_only_network_is_every_services_and_values_are_normalised():
 def test_the_readme_shows_the_example_file_as_it_is():
     readme = (ROOT / "README.md").read_text()
     assert "```toml\n" + (ROOT / "stack.example.toml").read_text() + "```" in readme
+
+
+def test_ports_take_run_p_syntax_on_services_and_containers_and_stay_as_written():
+    text = GOOD.replace('host = "h2"', 'host = "h2"\nports = ["127.0.0.1:5432:5432", "5353:53/udp"]')
+    stack = parse_stack(text, Path("s.toml"), HOSTS)
+    assert stack["containers"]["db"]["ports"] == ["127.0.0.1:5432:5432", "5353:53/udp"]
+    assert stack["services"]["web"]["ports"] == ["8080:80"]
+    assert "ports" not in parse_stack(GOOD, Path("s.toml"), HOSTS)["containers"]["db"]  # not given: not compared
+
+
+def test_a_network_the_stack_makes_is_named_after_it_where_that_is_a_valid_name():
+    from cantainer.stacks.plan import network_name
+
+    assert network_name("shop", "front") == "shop-front"
+    assert network_name("2048", "front") is None  # a network name starts with a letter: the default name then
