@@ -281,7 +281,7 @@ def test_a_two_service_stack_runs_web_with_its_port_and_db_with_its_volume(lab, 
     assert all(t["state"] == "running" and t["image"] == "web:v1" for t in web.values())
     assert sorted(t["host"] for t in web.values()) == ["h1", "h2", "h3"]  # one 8080 per host
     assert service_ps(cluster, "app-web")["service"]["publish"] == [
-        {"host_port": 8080, "container_port": 80, "protocol": "tcp"}]
+        {"host_ip": "0.0.0.0", "host_port": 8080, "container_port": 80, "protocol": "tcp"}]
     (db,) = tasks(cluster, "app-db").values()
     volumes = {v["name"]: v for v in json.loads(ok(cli(cluster, "volume", "ls", "--json")))}
     assert volumes["app_db.1"]["host"] == db["host"] and volumes["app_db.1"]["containers"] == ["app-db.1"]
