@@ -66,7 +66,7 @@ HEADER = ["", "KIND", "NAME", "IN THE CLUSTER", "CHANGE"]
 
 def change_text(change) -> str:
     what = {"create": "create", "adopt": "use", "record": "record", "scale": "scale", "update": "update",
-            "replace": "replace", "remove": "remove", "forget": "forget", "first-use": "create",
+            "replace": "replace", "remove": "remove", "retire": "remove", "forget": "forget", "first-use": "create",
             "none": ""}[change.op]
     if change.fields:
         what += f" ({', '.join(change.fields)})"

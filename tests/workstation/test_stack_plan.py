@@ -59,6 +59,10 @@ def test_plan_from_fixture(path: Path):
     assert [projected(c) for c in result["changes"]] == case["changes"], case["about"]
     assert [projected(c) for c in result["kept"]] == case["kept"], case["about"]
     assert pending(result) == any(c["symbol"] != "=" for c in case["changes"])
+    from cantainer.cli.stacks import rows
+
+    shown = rows(result["changes"] + result["kept"])  # every op the planner makes has its words in the table
+    assert [row[1:3] for row in shown] == [[c.kind, c.name] for c in result["changes"] + result["kept"]]
 
 
 REFUSALS = json.loads((FIXTURES / "refusals.json").read_text())["cases"]
