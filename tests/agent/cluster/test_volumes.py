@@ -139,3 +139,23 @@ def test_only_the_volumes_host_reports_whether_it_holds_anything():
         state.apply_command("volume_observed", {"name": "w", "host": "h1", "empty": True})
     with pytest.raises(StateError, match="true or false"):
         state.apply_command("volume_observed", {"name": "v", "host": "h1", "empty": "no"})
+
+
+def test_the_feed_names_the_volumes_and_stacks_commands_touch_and_snapshots_copy_them():
+    state = state_with_nodes("h1", "h2")
+    seq = state.feed_seq
+    state.apply_command("create_container", {"spec": spec("db", host="h2", mounts=[vol("data")]), "ts": 5.0})
+    assert state.changes_since(seq) == {("containers", "db"), ("networks", "10.0.0.0/24"), ("volumes", "data")}
+    seq = state.feed_seq
+    state.apply_command("volume_observed", {"name": "data", "host": "h2", "empty": False})
+    state.apply_command("create_volume", {"name": "logs", "host": "h1", "ts": 6.0})
+    state.apply_command("set_stack_object", {"stack": "shop", "key": "volume:logs", "ts": 7.0, "entry": {
+        "kind": "volume", "name": "logs", "spec": {}, "owned": True}})
+    assert state.changes_since(seq) == {("volumes", "data"), ("volumes", "logs"), ("stacks", "shop")}
+    seq = state.feed_seq
+    state.apply_command("remove_container", {"name": "db"})
+    state.apply_command("remove_volume", {"name": "data", "host": "h2"})
+    assert state.changes_since(seq) == {("containers", "db"), ("networks", "10.0.0.0/24"), ("volumes", "data")}
+    copied = pickle.loads(state.to_bytes())  # what controllers and API reads get
+    assert copied["volumes"] == state.volumes and copied["stacks"] == state.stacks
+    assert pickle.loads(state.records_bytes({("volumes", "data")})) == {("volumes", "data"): None}
