@@ -290,18 +290,24 @@ class ClusterView:
 
     async def write(self, method: str, params: dict, timeout: float = 10.0):
         """A write with a session, resent (through any agent) while its outcome is unknown."""
-        session = SESSIONS.next()
+        return await resent_write(self, method, params, timeout)
 
-        async def attempt():
-            try:
-                return await self.client.call(method, params, timeout=timeout, session=session)
-            except HostError:
-                self.client.close()
-                self.client.connection.close()
-                self.client, _ = await open_status_source(self.inventory)
-                raise
 
-        return await retrying(attempt)
+async def resent_write(owner, method: str, params: dict, timeout: float):
+    """One write under one session, resent while its outcome is unknown; a failed agent is replaced
+    by another (`owner.client` is reopened from `owner.inventory`), so the session makes it exactly once."""
+    session = SESSIONS.next()
+
+    async def attempt():
+        try:
+            return await owner.client.call(method, params, timeout=timeout, session=session)
+        except HostError:
+            owner.client.close()
+            owner.client.connection.close()
+            owner.client, _ = await open_status_source(owner.inventory)
+            raise
+
+    return await retrying(attempt)
 
 
 async def find(inventory: Inventory, wanted: str) -> Found:

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from typing import Callable
 
 from cantainer.client import AgentClient
-from cantainer.containers import ClusterView, HostSession, RunRequest, distribute_image, parse_publish, run_params
+from cantainer.containers import (
+    ClusterView,
+    HostSession,
+    RunRequest,
+    distribute_image,
+    parse_publish,
+    resent_write,
+    run_params,
+)
 from cantainer.errors import CantainerError
 from cantainer.inventory import Inventory
 from cantainer.stacks.plan import Change, network_name, scoped
@@ -71,21 +79,7 @@ class Applier:
 
     # -- the cluster ------------------------------------------------------------------------------------
     async def _write(self, method: str, params: dict, timeout: float = 30.0):
-        from cantainer.client import SESSIONS, retrying
-        from cantainer.ssh import HostError
-
-        session = SESSIONS.next()
-
-        async def attempt():
-            try:
-                return await self.client.call(method, params, timeout=timeout, session=session)
-            except HostError:
-                self.client.close()
-                self.client.connection.close()
-                self.client, _ = await open_status_source(self.inventory)
-                raise
-
-        return await retrying(attempt)
+        return await resent_write(self, method, params, timeout)
 
     async def _record(self, change: Change, remove: bool = False) -> None:
         entry = None if remove else {"kind": change.kind, "name": change.target, "spec": change.spec,
