@@ -4,8 +4,10 @@
 tarball verified against its sha256 pin), ``$CANTAINER_SHARED_IMAGES`` or ``../shared/images``
 beside the checkout, a download from the pinned URL (checked; not tried with
 ``CANTAINER_OFFLINE=1``), and only then a busybox-static rootfs built here (deterministic bytes, so
-a stable sha256). Both carry ``/etc/os-release``: tests assert against what the image says it is,
-never against one of them.
+a stable sha256 on one machine). Both carry ``/etc/os-release``: tests assert against what the
+image says it is, never against one of them. Debian's busybox ``ping`` needs ``CAP_NET_RAW``, which
+containers never get, so the busybox rootfs carries the workstation's iputils ``ping`` (ICMP
+datagram sockets, as Alpine's busybox ``ping`` uses) with the shared objects it loads.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from pathlib import Path
 from cantainer.images import ALPINE, ImageError, cache_dir, cached_path, download, file_sha256
 
 BUSYBOX = Path("/bin/busybox")
+PINGS = (Path("/usr/bin/ping"), Path("/bin/ping"))  # iputils-ping (make setup installs it)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -96,8 +99,24 @@ def _add(tar: tarfile.TarFile, name: str, kind: bytes, mode: int, data: bytes = 
     tar.addfile(info, io.BytesIO(data) if data else None)
 
 
+def unprivileged_ping() -> dict[str, Path]:
+    """The workstation's iputils ``ping`` and every shared object it loads, {path in the rootfs: file
+    to copy}; empty when there is no such ping (the rootfs keeps busybox's, which needs NET_RAW)."""
+    ping = next((p for p in PINGS if p.exists() and p.resolve() != BUSYBOX.resolve()), None)
+    if ping is None:
+        return {}
+    listing = subprocess.run(["ldd", str(ping)], check=True, capture_output=True, text=True).stdout
+    files = {"bin/ping": ping.resolve()}
+    for line in listing.splitlines():  # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)", "/lib64/ld-… (0x…)"
+        match = re.search(r"(/\S+) \(0x[0-9a-f]+\)$", line.strip())
+        if match:
+            files[match.group(1).lstrip("/")] = Path(match.group(1)).resolve()
+    return files
+
+
 def busybox_rootfs_bytes() -> bytes:
     applets = subprocess.run([str(BUSYBOX), "--list-full"], check=True, capture_output=True, text=True).stdout.split()
+    extra = unprivileged_ping()
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for directory in (
@@ -118,9 +137,18 @@ def busybox_rootfs_bytes() -> bytes:
             _add(tar, f"./{directory}", tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755)
         _add(tar, "./bin/busybox", tarfile.REGTYPE, 0o755, BUSYBOX.read_bytes())
         for applet in sorted(applets):
-            if applet != "bin/busybox":
+            if applet != "bin/busybox" and applet not in extra:
                 depth = applet.count("/")
                 _add(tar, f"./{applet}", tarfile.SYMTYPE, 0o777, link="../" * depth + "bin/busybox")
+        made = {"bin"}
+        for name, source in sorted(extra.items()):
+            parts = name.split("/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                directory = "/".join(parts[:depth])
+                if directory not in made:
+                    made.add(directory)
+                    _add(tar, f"./{directory}", tarfile.DIRTYPE, 0o755)
+            _add(tar, f"./{name}", tarfile.REGTYPE, 0o755, source.read_bytes())
         _add(
             tar,
             "./etc/passwd",

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import http.server
+import os
 import shutil
+import subprocess
+import tarfile
 import threading
 from pathlib import Path
 
@@ -106,3 +109,22 @@ def test_with_no_source_at_all_the_busybox_rootfs_is_built(empty, monkeypatch):
 def test_a_failed_download_falls_back_to_busybox(empty, server):
     _, url, hits = server
     assert rootfs.base_image(url=f"{url}/nothing-here.tar.gz").kind == "busybox" and hits == ["/nothing-here.tar.gz"]
+
+
+def test_the_busybox_rootfs_pings_without_net_raw_as_containers_must(empty, monkeypatch, tmp_path):
+    """Containers never get CAP_NET_RAW: the fallback's ping must use an ICMP datagram socket (the
+    runtime sets net.ipv4.ping_group_range for it), as Alpine's does. Run it in a chroot of the built
+    image, in a fresh network namespace, with NET_RAW gone from every capability set."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (chroot, a network namespace)")  # `make test` runs as root
+    monkeypatch.setenv("CANTAINER_OFFLINE", "1")
+    image = rootfs.base_image()
+    root = tmp_path / "root"
+    root.mkdir()
+    with tarfile.open(image.path) as tar:
+        assert not tar.getmember("./bin/ping").issym()  # not busybox's applet, which needs NET_RAW
+        tar.extractall(root)
+    script = ('ip link set lo up && sysctl -qw net.ipv4.ping_group_range="0 2147483647" && '
+              f'exec setpriv --inh-caps -net_raw --bounding-set -net_raw chroot {root} /bin/ping -c 1 -W 2 127.0.0.1')
+    result = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "1 received" in result.stdout, result.stdout + result.stderr
