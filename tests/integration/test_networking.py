@@ -22,6 +22,7 @@ import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
 from tests.labcli import agent_pid, cli, host_exec, kill_agent, ok, one_line_error, ps, status, wait_for
+from tests.pingout import replies
 
 pytestmark = pytest.mark.lab
 OUTSIDE_NAME, OUTSIDE_ADDRESS = "outside.test", "203.0.113.7"  # documentation range: an answer, never contacted
@@ -311,9 +312,9 @@ def test_everything_holds_after_every_agent_is_killed_and_up_brings_them_back(la
     inventory, ips, hosts = net["inventory"], net["ips"], net["hosts"]
     ok(cli(inventory, "run", "--host", "h1", "-n", "backend", "--name", "pinger", "-d", "--",
            "ping", "-i", "0.1", "-w", "900", "db"))
-    wait_for(lambda: "seq=" in cli(inventory, "logs", "pinger").stdout, 30, what="pinger's first reply")
+    wait_for(lambda: replies(cli(inventory, "logs", "pinger").stdout), 30, what="pinger's first reply")
     time.sleep(1)
-    first = max(int(s) for s in re.findall(r"seq=(\d+)", ok(cli(inventory, "logs", "pinger"))))
+    first = max(replies(ok(cli(inventory, "logs", "pinger"))))
     old = {host: kill_agent(lab, host) for host in ("h1", "h2", "h3")}
     result = cli(inventory, "up", str(inventory))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -321,8 +322,7 @@ def test_everything_holds_after_every_agent_is_killed_and_up_brings_them_back(la
     time.sleep(1)
     cli(inventory, "exec", "pinger", "--", "kill", "-INT", "1")
     wait_for(lambda: ps(inventory)["pinger"]["state"] != "running", 30, what="pinger to stop")
-    seqs = {int(s) for s in re.findall(rf"bytes from {re.escape(ips['db'])}: seq=(\d+)",
-                                       ok(cli(inventory, "logs", "pinger")))}
+    seqs = replies(ok(cli(inventory, "logs", "pinger")), ips["db"])
     last = max(seqs)
     assert last > first + 10 and set(range(first, last + 1)) <= seqs, sorted(set(range(first, last + 1)) - seqs)
     ok(cli(inventory, "rm", "pinger"))

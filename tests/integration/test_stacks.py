@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.labcli import cli, cluster_snapshot, container_processes, host_exec, ok, one_line_error, ps, wait_for
+from tests.pingout import all_answered
 from tests.workstation.test_stack_file import MISTAKES
 
 pytestmark = pytest.mark.lab
@@ -78,7 +79,7 @@ def test_apply_brings_the_stack_up_named_after_it(lab, cluster, applied):
     assert listed["shop-db"]["network"] == "10.80.0.0/24"
     networks = {n["cidr"]: n for n in json.loads(ok(cli(cluster, "network", "ls", "--json")))}
     assert networks["10.80.0.0/24"]["name"] == "shop-front" and networks["10.80.0.0/24"]["internal"] is False
-    assert "1 packets received" in ok(cli(cluster, "exec", "shop-web", "ping", "-c", "1", "-W", "5", "shop-db"))
+    assert all_answered(ok(cli(cluster, "exec", "shop-web", "ping", "-c", "1", "-W", "5", "shop-db")), 1)
     volumes = {v["name"]: v for v in json.loads(ok(cli(cluster, "volume", "ls", "--json")))}
     assert volumes["shop_db"]["host"] == "h2" and volumes["shop_db"]["labels"] == {"stack": "shop"}
     assert ok(cli(cluster, "exec", "shop-db", "cat", "/data/log")) == "started\n"

@@ -2,16 +2,16 @@
 0.1 s while agents are SIGKILLed, a host crashes, or the leader's host is cut off — and not one
 ping may be lost, nor one running container disturbed.
 
-A pinger is a container whose PID 1 is `ping -i 0.1`; it is stopped with SIGINT (busybox ping
-then prints its summary) and its log is read back. Every reply carries its sequence number, so a
-lost ping is a gap in the sequence 0..last (a request still in flight at SIGINT is no gap).
+A pinger is a container whose PID 1 is `ping -i 0.1`; it is stopped with SIGINT (ping then
+prints its summary; tests/pingout.py reads either image's ping) and its log is read back. Every
+reply carries its sequence number, so a lost ping is a gap in the sequence 0..last (a request
+still in flight at SIGINT is no gap).
 "Undisturbed" means: every container that ran before still runs as the very same process (same
 pid and /proc start time, read on its host) afterwards.
 """
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from tests.labcli import (
     status,
     wait_for,
 )
+from tests.pingout import replies, summary
 
 pytestmark = [pytest.mark.lab, pytest.mark.reliability]
 AREA = "Faults with traffic flowing"
@@ -124,13 +125,13 @@ class Pingers:
             ok(cli(cluster, "run", "--host", host, "-n", NET, "--name", name, "-d", "--",
                    "ping", "-i", "0.1", "-w", "900", ip))
         for name in self.names:  # both see replies before any fault is injected
-            wait_for(lambda name=name: "seq=" in cli(cluster, "logs", name).stdout, 30, what=f"{name}'s first reply")
+            wait_for(lambda name=name: replies(cli(cluster, "logs", name).stdout), 30, what=f"{name}'s first reply")
         wait_converged(cluster)  # every host has programmed both pingers
 
     def _seqs(self, name: str) -> set[int]:
         ip = self.names[name]
         log = ok(cli(self.cluster, "logs", name))
-        return {int(seq) for seq in re.findall(rf"bytes from {re.escape(ip)}: seq=(\d+)", log)}
+        return replies(log, ip)
 
     def mark(self) -> None:
         """The fault begins now: losses count from the next request on."""
@@ -146,14 +147,13 @@ class Pingers:
         for name, ip in self.names.items():
             wait_for(lambda name=name: ps(self.cluster)[name]["state"] != "running", 30, what=f"{name} to exit")
             log = ok(cli(self.cluster, "logs", name))
-            seqs = {int(seq) for seq in re.findall(rf"bytes from {re.escape(ip)}: seq=(\d+)", log)}
-            summary = re.search(r"(\d+) packets transmitted, (\d+) packets received", log)
-            assert seqs and summary, log[-2000:]
+            seqs, counts = replies(log, ip), summary(log)
+            assert seqs and counts, log[-2000:]
             mark = self.marks.get(name, 0)
             after = {seq for seq in seqs if seq >= mark}
             results[name] = {"replies": len(seqs), "lost": max(seqs) + 1 - mark - len(after),
                              "before_mark": mark - len(seqs - after),
-                             "transmitted": int(summary[1]), "received": int(summary[2])}
+                             "transmitted": counts[0], "received": counts[1]}
         return results
 
     def remove(self) -> None:
