@@ -2,11 +2,11 @@
 
 ``build_layout(dir)`` makes an OCI layout holding:
 
-* ``app`` — 3 layers (~10 MB): the Alpine minirootfs; a layer that deletes /etc/motd through a
-  whiteout, makes /etc/apk opaque, adds a user ``web`` (uid 1000, in group ``www-data``) and an
-  entrypoint script; a layer adding Debian's busybox-static as a web server with a page. Config:
-  Entrypoint ``/app/entry.sh``, Cmd busybox httpd on 8080, Env, WorkingDir /srv/www, User web,
-  ExposedPorts 8080/tcp, StopSignal SIGUSR1;
+* ``app`` — 3 layers (~10 MB; 4 on the busybox base, see ``base_layers``): the base image; a
+  layer that deletes /etc/motd through a whiteout, makes /etc/apk opaque, adds a user ``web`` (uid
+  1000, in group ``www-data``) and an entrypoint script; a layer adding Debian's busybox-static as a
+  web server with a page. Config: Entrypoint ``/app/entry.sh``, Cmd busybox httpd on 8080, Env,
+  WorkingDir /srv/www, User web, ExposedPorts 8080/tcp, StopSignal SIGUSR1;
 * ``multi`` — an OCI index for linux/amd64, linux/arm64 and linux/arm/v7 (each the Alpine layer and
   a marker file /platform naming its platform; the arm ones are only labelled so).
 
@@ -54,9 +54,10 @@ def _tar(path: Path, members) -> Path:
     return path
 
 
-def base_layer(work: Path) -> Path:
-    """The base image (lab/rootfs.py: the pinned Alpine, else busybox) as a plain tar, with what the
-    later layers delete or hide added where it lacks it: /etc/motd and a file in /etc/apk."""
+def base_layers(work: Path) -> list[Path]:
+    """The base image (lab/rootfs.py: the pinned Alpine, else busybox) as a plain tar, byte for byte
+    (so a host that holds the base image holds this layer), then — only where the base lacks them —
+    a layer adding what the later layers delete or hide: /etc/motd and a file in /etc/apk."""
     from lab.rootfs import base_image
 
     path = work / "l1-base.tar"
@@ -66,16 +67,13 @@ def base_layer(work: Path) -> Path:
     extra = [m for name, m in (("etc/motd", _member("./etc/motd", b"welcome\n")),
                                ("etc/apk", _member("./etc/apk/", mode=0o755, kind=tarfile.DIRTYPE)),
                                ("etc/apk/world", _member("./etc/apk/world", b"busybox\n"))) if name not in names]
-    if extra:
-        with tarfile.open(path, "a") as tar:
-            for info, data in extra:
-                tar.addfile(info, data)
-    return path
+    return [path, _tar(work / "l1-lower.tar", extra)] if extra else [path]
 
 
 def layers(work: Path) -> list[Path]:
-    """The three layers of ``app`` as plain tars."""
-    base = base_layer(work)
+    """The layers of ``app`` as plain tars: the base image's (one, or two where it needed the lower
+    files), the config layer, the httpd layer."""
+    base = base_layers(work)
     second = _tar(work / "l2-config.tar", [
         _member("etc/", mode=0o755, kind=tarfile.DIRTYPE),
         _member("etc/.wh.motd"),
@@ -94,7 +92,7 @@ def layers(work: Path) -> list[Path]:
         _member("srv/", mode=0o755, kind=tarfile.DIRTYPE), _member("srv/www/", mode=0o755, kind=tarfile.DIRTYPE),
         _member("srv/www/index.html", b"served by busybox-static in a layered image\n"),
     ])
-    return [base, second, third]
+    return [*base, second, third]
 
 
 def _add_layers(layout: Path, tag: str, tars: list[Path]) -> None:
@@ -190,7 +188,7 @@ def build_web_layout(work: Path, versions: tuple[str, ...] = ("v1", "v2")) -> Pa
     if layout.exists():
         shutil.rmtree(layout)
     run("umoci", "init", "--layout", str(layout))
-    base = base_layer(work)
+    base = base_layers(work)[0]  # the base image's own layer: shared with what hosts already hold
     server = _tar(work / "l-web-busybox.tar", [
         _member("usr/", mode=0o755, kind=tarfile.DIRTYPE), _member("usr/local/", mode=0o755, kind=tarfile.DIRTYPE),
         _member("usr/local/bin/", mode=0o755, kind=tarfile.DIRTYPE),

@@ -118,7 +118,7 @@ def test_a_multi_platform_index_runs_the_hosts_platform(inv, registries):
 
 def test_a_host_that_has_some_layers_receives_only_the_rest(lab, inv, registries, oci_layout):
     pub, _ = registries
-    ok(cli(inv, "run", "--host", "h3", "-n", "10.40.0.0/24", "--name", "plain", "--", "true"))  # alpine: 1 layer
+    ok(cli(inv, "run", "--host", "h3", "-n", "10.40.0.0/24", "--name", "plain", "--", "true"))  # base image: 1 layer
     ok(cli(inv, "rm", "plain"))
     before = layer_dirs(lab, "h3")
     ok(cli(inv, "run", "--host", "h3", "-n", "10.40.0.0/24", "--name", "layered", "--image",
@@ -126,10 +126,10 @@ def test_a_host_that_has_some_layers_receives_only_the_rest(lab, inv, registries
     after = layer_dirs(lab, "h3")
     digests = [layer["digest"] for layer in manifest_of(oci_layout, "app")["layers"]]
     received = {name: info for name, info in after.items() if name not in before}
-    assert sorted(info["digest"] for info in received.values()) == sorted(digests[1:])  # not the Alpine layer
+    assert sorted(info["digest"] for info in received.values()) == sorted(digests[1:])  # not the base image's layer
     shared = [name for name, info in before.items() if info["diff_id"] in
               {a["diff_id"] for a in after.values()}]
-    assert len(shared) == 1 and after[shared[0]] == before[shared[0]]  # the Alpine layer, untouched
+    assert len(shared) == 1 and after[shared[0]] == before[shared[0]]  # the base image's layer, untouched
     ok(cli(inv, "rm", "layered"))
 
 
