@@ -133,6 +133,10 @@ def busybox_rootfs_bytes() -> bytes:
             "root",
             "var",
             "run",
+            "mnt",  # FHS mount point (tests mount a tmpfs there, as on Alpine)
+            "home",
+            "opt",
+            "srv",
         ):
             _add(tar, f"./{directory}", tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755)
         _add(tar, "./bin/busybox", tarfile.REGTYPE, 0o755, BUSYBOX.read_bytes())
