@@ -201,7 +201,8 @@ def build_web_layout(work: Path, versions: tuple[str, ...] = ("v1", "v2")) -> Pa
         _add_layers(layout, tag, [base, server, page])
         run("umoci", "config", "--image", f"{layout}:{tag}", "--config.cmd", "/bin/sh", "--config.cmd", "-c",
             "--config.cmd", WEB_CMD, "--config.exposedports", "80/tcp")
-        set_healthcheck(layout, tag, {"Test": ["CMD-SHELL", "wget -q -T 1 -O /dev/null http://127.0.0.1/"],
+        # `timeout`, not wget's -T: Debian's busybox-static 1.35 wget crashes (SIGSEGV) on -T
+        set_healthcheck(layout, tag, {"Test": ["CMD-SHELL", "timeout 1 wget -q -O /dev/null http://127.0.0.1/"],
                                       "Interval": 500_000_000, "Timeout": 2_000_000_000, "Retries": 2})
     return layout
 

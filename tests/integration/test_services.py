@@ -275,14 +275,15 @@ def test_a_global_service_runs_one_task_on_each_matching_host(inv, clean):
 class Poller:
     """A container on h1 fetching the service's serving addresses round robin every 50 ms (wget),
     logging `ok ADDRESS BODY` or `FAIL ADDRESS …`. The addresses are what `service ps` lists as
-    serving (cluster/views.service_endpoints — what DNS will answer), refreshed by a thread here."""
+    serving (cluster/views.service_endpoints — what DNS will answer), refreshed by a thread here.
+    `timeout`, not wget's -T: Debian's busybox-static 1.35 wget crashes on -T (the fallback image)."""
 
     SCRIPT = """i=0
 while true; do
   set -- $(cat /tmp/targets 2>/dev/null)
   if [ $# -gt 0 ]; then
     i=$(( (i + 1) % $# )); eval t=\\${$((i + 1))}
-    if out=$(wget -q -T 2 -O - "http://$t/" 2>&1); then echo "ok $t $out"; else echo "FAIL $t $out"; fi
+    if out=$(timeout 2 wget -q -O - "http://$t/" 2>&1); then echo "ok $t $out"; else echo "FAIL $t $out"; fi
   fi
   sleep 0.05
 done"""
