@@ -99,8 +99,9 @@ def net(lab, cluster, outside):
             ("web", "h1", "backend", ()), ("db", "h2", "backend", ("-p", "8080:80", "-p", "5353:53/udp")),
             ("o1", "h1", "other", ()), ("o2", "h2", "other", ()), ("v1", "h1", "vault", ())):
         ok(cli(cluster, "run", "--host", host, "-n", network, "--name", name, *extra, "-d", "--", "sleep", "100000"))
-    ok(cli(cluster, "exec", "db", "--", "sh", "-c", f"nohup sh -c '{TCP_SERVER}' >/dev/null 2>&1 &"))
-    ok(cli(cluster, "exec", "db", "--", "sh", "-c", f"nohup sh -c '{UDP_SERVER}' >/dev/null 2>&1 &"))
+    # setsid, not nohup: Debian's busybox-static (the fallback image) has no nohup
+    ok(cli(cluster, "exec", "db", "--", "sh", "-c", f"setsid sh -c '{TCP_SERVER}' >/dev/null 2>&1 &"))
+    ok(cli(cluster, "exec", "db", "--", "sh", "-c", f"setsid sh -c '{UDP_SERVER}' >/dev/null 2>&1 &"))
     ips = {name: c["ip"] for name, c in ps(cluster).items()}
     hosts = {node["name"]: node["address"] for node in status(cluster)["nodes"]}
     return {"ips": ips, "hosts": hosts, "inventory": cluster}
@@ -311,7 +312,7 @@ def test_networks_are_isolated_on_one_host_and_across_hosts(net):
 def test_everything_holds_after_every_agent_is_killed_and_up_brings_them_back(lab, net, outside):
     inventory, ips, hosts = net["inventory"], net["ips"], net["hosts"]
     ok(cli(inventory, "run", "--host", "h1", "-n", "backend", "--name", "pinger", "-d", "--",
-           "ping", "-i", "0.1", "-w", "900", "db"))
+           "ping", "-n", "-i", "0.1", "-w", "900", "db"))  # -n: iputils would look up every reply's name
     wait_for(lambda: replies(cli(inventory, "logs", "pinger").stdout), 30, what="pinger's first reply")
     time.sleep(1)
     first = max(replies(ok(cli(inventory, "logs", "pinger"))))
