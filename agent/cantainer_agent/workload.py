@@ -36,6 +36,7 @@ from .cluster.specs import hostname_of
 from .config import AgentConfig
 from .consensus import RaftError, RaftNode
 from .consensus.writes import Session, replicate
+from .errors import AgentError
 from .overlay import EndpointSpec, KernelGuard, NetworkSpec, overlay_mtu
 from .runtime import ContainerError, ContainerInfo, ContainerNotFound, ContainerSpec, LayerStore, Runtime
 
@@ -118,6 +119,9 @@ class Workload:
         self.image_lock = threading.RLock()
         self._pinned: dict[str, int] = {}
         self.on_layers_changed: Callable[[], None] | None = None  # the agent tells the cluster (placement)
+        # called with (record, network record) before a container's command runs: the agent serves
+        # that network's DNS then, not at its next reconcile pass
+        self.before_exec: Callable[[dict, dict], None] | None = None
 
     def close(self) -> None:
         self.runtime.close()  # stops the fork server only: containers keep running
@@ -263,7 +267,15 @@ class Workload:
         network = NetworkSpec(record["network"], net["vni"], net.get("gateway"), bool(net.get("internal")))
         endpoint = EndpointSpec(record["id"], record["network"], record["ip"], record["host"], self.cfg.address)
         mtu = overlay_mtu(self._underlay_mtu())
-        return lambda pid: attach_container(pid, endpoint, network, mtu, guard=self._guard)
+
+        def attach(pid: int) -> None:
+            attach_container(pid, endpoint, network, mtu, guard=self._guard)
+            if self.before_exec is not None:
+                try:
+                    self.before_exec(record, net)
+                except AgentError as error:  # the reconcile pass retries and reports it
+                    log.warning("container %s starts before its network's DNS: %s", record["name"], error)
+        return attach
 
     @contextlib.contextmanager
     def image_layers(self, diff_ids: list[str]) -> Iterator[list[str]]:

@@ -21,13 +21,24 @@ from pathlib import Path
 import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
-from tests.labcli import agent_pid, cli, host_exec, kill_agent, ok, one_line_error, ps, status, wait_for
+from tests import udpnet
+from tests.labcli import (
+    agent_pid,
+    cli,
+    container_processes,
+    host_exec,
+    kill_agent,
+    ok,
+    one_line_error,
+    ps,
+    status,
+    wait_for,
+)
 from tests.pingout import replies
 
 pytestmark = pytest.mark.lab
 OUTSIDE_NAME, OUTSIDE_ADDRESS = "outside.test", "203.0.113.7"  # documentation range: an answer, never contacted
 TCP_SERVER = "while true; do echo hello-from-$(hostname) | nc -l -p 80; done"
-UDP_SERVER = "while true; do nc -u -l -p 53 -e echo udp-hello; done"
 
 
 class Outside:
@@ -101,7 +112,6 @@ def net(lab, cluster, outside):
         ok(cli(cluster, "run", "--host", host, "-n", network, "--name", name, *extra, "-d", "--", "sleep", "100000"))
     # setsid, not nohup: Debian's busybox-static (the fallback image) has no nohup
     ok(cli(cluster, "exec", "db", "--", "sh", "-c", f"setsid sh -c '{TCP_SERVER}' >/dev/null 2>&1 &"))
-    ok(cli(cluster, "exec", "db", "--", "sh", "-c", f"setsid sh -c '{UDP_SERVER}' >/dev/null 2>&1 &"))
     ips = {name: c["ip"] for name, c in ps(cluster).items()}
     hosts = {node["name"]: node["address"] for node in status(cluster)["nodes"]}
     return {"ips": ips, "hosts": hosts, "inventory": cluster}
@@ -162,6 +172,15 @@ def test_names_and_name_dot_network_across_hosts(net):
     assert resolv.splitlines() == ["nameserver 10.40.0.1", "search backend"]
 
 
+def test_the_first_container_of_a_network_on_a_host_resolves_names_first_thing(net):
+    """h3 has no backend container yet: its DNS server must serve backend's gateway before the
+    command runs, not at the agent's next reconcile pass (nslookup's first query would be refused)."""
+    inventory, ips = net["inventory"], net["ips"]
+    result = cli(inventory, "run", "--rm", "--host", "h3", "-n", "backend", "--name", "first", "--",
+                 "nslookup", "db")
+    assert result.returncode == 0 and ips["db"] in result.stdout.split("Name:")[-1], result.stdout + result.stderr
+
+
 def test_other_names_are_forwarded_to_the_hosts_resolver(net, outside):
     inventory, hosts = net["inventory"], net["hosts"]
     assert resolves(inventory, "web", OUTSIDE_NAME) == [OUTSIDE_ADDRESS]
@@ -216,8 +235,11 @@ def test_published_tcp_from_the_workstation_another_host_and_the_host_itself(lab
     assert host_tcp_get(lab, "h1", "127.0.0.1", 8080).startswith("failed")  # published on h2 only
 
 
-def test_published_udp_from_the_workstation(net):
-    assert wait_for(lambda: udp_ask(net["hosts"]["h2"], 5353) == "udp-hello", 20, what="a UDP answer")
+def test_published_udp_from_the_workstation(lab, net):
+    pid = container_processes(lab, "h2")[ps(net["inventory"])["db"]["id"]]["pid"]
+    with udpnet.responder(lab, "h2", pid, 53, "udp-hello") as db:
+        assert wait_for(lambda: udp_ask(net["hosts"]["h2"], 5353) == "udp-hello", 20, what="a UDP answer")
+    assert db.datagrams == [b"ping\n"]  # answered in db's network namespace, port 53 (published as 5353)
 
 
 def test_hairpin_a_container_reaches_published_ports_through_a_hosts_address(net):

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from cantainer_agent import layout
+from tests import udpnet
 from tests.labcli import (
     cantainer,
     cli,
@@ -488,31 +489,30 @@ def rp_filter_drops(lab, host: str) -> int:
 
 
 @pytest.fixture
-def receiver(cluster):
-    """`rx` on h1 in NET: writes the first UDP datagram it gets on PORT to /tmp/got (busybox nc keeps
-    to that first sender)."""
+def receiver(lab, cluster):
+    """`rx` on h1 in NET and an endpoint in its network namespace recording every UDP datagram to
+    PORT until 'legit' comes (tests/udpnet.py)."""
     name = f"rx-{secrets.token_hex(2)}"
-    ok(cli(cluster, "run", "--host", "h1", "-n", NET, "--name", name, "-d", "--",
-           "sh", "-c", f"nc -lu -p {PORT} > /tmp/got"))
+    ok(cli(cluster, "run", "--host", "h1", "-n", NET, "--name", name, "-d", "--", "sleep", "100000"))
     try:
-        yield name, ps(cluster)[name]["ip"]
+        record = ps(cluster)[name]
+        pid = container_processes(lab, "h1")[record["id"]]["pid"]
+        with udpnet.receiver(lab, "h1", pid, PORT, until=b"legit\n") as endpoint:
+            yield endpoint, record["ip"]
     finally:
         cli(cluster, "rm", "-f", name)
 
 
-def received(inventory: Path, name: str) -> str:
-    return cli(inventory, "exec", name, "--", "cat", "/tmp/got").stdout
-
-
-def legit_datagram_then_read(inventory: Path, name: str, ip: str) -> str:
-    """Send 'legit' from `target` (h2, the member path) and wait until `name` has got something."""
-    ok(cli(inventory, "exec", "target", "--", "sh", "-c", f"echo legit | nc -u -w1 {ip} {PORT}"))
-    return wait_for(lambda: received(inventory, name), 30, what=f"a datagram in {name}")
+def legit_datagram_then_read(lab, inventory: Path, endpoint: udpnet.Endpoint, ip: str) -> list[bytes]:
+    """Send 'legit' from `target` (h2, the member path); every datagram the receiver got, in order."""
+    target = container_processes(lab, "h2")[ps(inventory)["target"]["id"]]["pid"]
+    udpnet.send(lab, "h2", target, ip, PORT, b"legit\n")
+    return endpoint.finish(timeout=30)
 
 
 def test_vxlan_from_a_non_member_is_dropped(lab, cluster, receiver, measured):
     """VXLAN from a non-member underlay address (the workstation) never reaches a container or its bridge"""
-    name, ip = receiver
+    endpoint, ip = receiver
     state = lab.load()
     vni = network_vni(cluster, NET)
     forged_mac = "02:42:0a:48:00:63"  # a container of NET that does not exist
@@ -522,19 +522,19 @@ def test_vxlan_from_a_non_member_is_dropped(lab, cluster, receiver, measured):
         sock.bind((str(state.network[1]), 0))  # the workstation: on the underlay, not a member
         for _ in range(3):
             sock.sendto(vxlan(vni, inner), (state.hosts["h1"].address, VXLAN))
-    got = legit_datagram_then_read(cluster, name, ip)
-    assert got == "legit\n", got  # the forged datagram (sent first) never arrived
+    got = legit_datagram_then_read(lab, cluster, endpoint, ip)
+    assert got == [b"legit\n"], got  # the forged datagrams (sent first) never arrived
     dropped = nft_counters(lab, "h1")["VXLAN from cluster members only"] - before
     assert dropped == 3
     learned = host_exec(lab, "h1", "bridge", "fdb", "show", "br", f"cbr-{vni}").stdout
     assert forged_mac not in learned  # and the bridge learned nothing from it
     measured("forged VXLAN datagrams", f"3 sent from {state.network[1]}, {dropped} dropped by nftables on h1; "
-                                       f"the receiver's first datagram: {got.strip()!r}")
+                                       f"the receiver got {[d.decode().strip() for d in got]}")
 
 
 def test_container_with_raw_sockets_cannot_reach_another_network(lab, cluster, receiver, measured):
     """A container of another network with CAP_NET_RAW forges VXLAN to its host: nothing crosses"""
-    name, ip = receiver
+    endpoint, ip = receiver
     state = lab.load()
     vni = network_vni(cluster, NET)
     ok(cli(cluster, "run", "--host", "h1", "-n", OTHER_NET, "--name", "raw", "--cap-add", "NET_RAW", "-d", "--",
@@ -558,8 +558,8 @@ def test_container_with_raw_sockets_cannot_reach_another_network(lab, cluster, r
         sent = host_exec(lab, "h1", "nsenter", "-t", str(pid), "-n", "python3", "-c", script,
                          *(frame.hex() for frame in frames))
         assert sent.returncode == 0, sent.stderr
-        got = legit_datagram_then_read(cluster, name, ip)
-        assert got == "legit\n", got  # nothing crossed into NET (sent first, it would have come first)
+        got = legit_datagram_then_read(lab, cluster, endpoint, ip)
+        assert got == [b"legit\n"], got  # nothing crossed into NET (sent first, it would have come first)
         nft = nft_counters(lab, "h1").get("tenant bridges never reach the host", 0) - \
             before[0].get("tenant bridges never reach the host", 0)
         rpf = rp_filter_drops(lab, "h1") - before[1]

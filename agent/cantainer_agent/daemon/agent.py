@@ -126,8 +126,10 @@ class Agent:
         # netfilter first in every pass: its table is in place before the overlay's devices
         self._names = LiveTable(self._read)
         self.dns = DnsServer(self._names, lambda: read_resolv_conf(RESOLV_CONF))
+        dns = DnsController(cfg.node, self.dns)
+        self.workload.before_exec = dns.serve_now
         view = LocalView(self.current_raft)  # the loop's copy of the state, patched per changed record
-        self.loop = ControllerLoop("reconcile", [netfilter, DnsController(cfg.node, self.dns), self.containers,
+        self.loop = ControllerLoop("reconcile", [netfilter, dns, self.containers,
                                                  self.overlay, volumes], view.read)
         voters = VotersController(lambda: self.raft, self._secret, voters=cfg.voters,
                                   heartbeat_interval=cfg.heartbeat_interval)

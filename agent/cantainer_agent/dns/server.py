@@ -126,6 +126,18 @@ class DnsServer:
             raise DnsError(f"cannot serve DNS on {', '.join(failures)} — is another DNS server bound to "
                            "port 53 on every address?")
 
+    def add(self, gateway: str, cidr: str) -> None:
+        """Serve *gateway* (network *cidr*) too, leaving the others as they are; raises DnsError."""
+        with self._lock:
+            if self._bound.get(gateway, (cidr,))[0] != cidr:
+                self._close(gateway)
+            if gateway not in self._bound:
+                try:
+                    self._open(gateway, cidr)
+                except OSError as error:
+                    raise DnsError(f"cannot serve DNS on {gateway}:{self._port} ({error.strerror or error})") from None
+        os.write(self._wake_w, b"x")
+
     def _open(self, gateway: str, cidr: str) -> None:
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -10,7 +10,8 @@ import time
 import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
-from cantainer_agent.controllers.dns import LiveTable, local_gateways
+from cantainer_agent.controllers import dns as dns_controller
+from cantainer_agent.controllers.dns import DnsController, LiveTable, local_gateways
 from cantainer_agent.dns import DnsError, DnsServer, build, read_resolv_conf
 
 NETWORKS = {"10.50.0.0/24": {"name": "backend", "gateway": "127.0.50.1"},
@@ -210,6 +211,39 @@ def test_a_taken_address_is_reported_and_the_rest_served():
     finally:
         server.close()
         blocker.close()
+
+
+def snapshot(containers: dict) -> dict:
+    return {"ready": True, "state": {"networks": NETWORKS, "containers": containers}}
+
+
+def test_a_started_container_is_served_before_any_pass_and_a_stale_pass_keeps_it(dns, monkeypatch):
+    """`run` starts a container between passes: serve_now answers its first query at once, and a pass
+    whose snapshot predates the container's record does not close its gateway; once a snapshot holds
+    the record (or the pin expires), the snapshot alone decides."""
+    server, port, _, state = dns
+    server.serve({})
+    controller = DnsController("h1", server)
+    web = CONTAINERS["web"] | {"id": "c-web"}
+    controller.serve_now(web, NETWORKS["10.50.0.0/24"])
+    assert addresses(ask(BACKEND_GW, port, "web")) == ["10.50.0.2"]
+    controller.sync(snapshot({}))  # a pass that read the state before the record's commit
+    assert server.gateways == {BACKEND_GW: "10.50.0.0/24"}
+    controller.sync(snapshot({"web": web}))  # the record arrived: the pin is dropped
+    controller.sync(snapshot({}))  # the container was removed since
+    assert server.gateways == {}
+    monkeypatch.setattr(dns_controller, "PIN_TTL", 0.0)  # a start whose record never arrives (refused)
+    controller.serve_now(web | {"id": "c-refused"}, NETWORKS["10.50.0.0/24"])
+    time.sleep(0.01)
+    controller.sync(snapshot({}))
+    assert server.gateways == {}
+
+
+def test_a_network_without_gateway_has_nothing_to_serve_now(dns):
+    server, _, _, _ = dns
+    server.serve({})
+    DnsController("h1", server).serve_now(CONTAINERS["web"] | {"id": "c"}, {"name": "flat"})
+    assert server.gateways == {}
 
 
 def test_a_table_that_cannot_be_read_yet_is_servfail():
