@@ -11,9 +11,11 @@ from pyroute2 import IPRoute, netns
 
 from lab.lab import Lab
 from lab.procs import start_time
+from tests.conftest import LAB_NAME
 
 pytestmark = pytest.mark.lab
-TEARDOWN_LAB = os.environ.get("CANTAINER_TEST_TEARDOWN_LAB", "cdown")
+# derived from the suite's lab name, so two suites side by side never share it
+TEARDOWN_LAB = os.environ.get("CANTAINER_TEST_TEARDOWN_LAB", f"{LAB_NAME[:6]}t")
 
 
 def machine_snapshot() -> tuple[set, set, set]:
