@@ -369,7 +369,10 @@ def all_reach_each_other(cluster: Path) -> tuple[int, int, list[str]]:
     failures, pairs = [], 0
     for name, own in running.items():
         others = [ip for ip in running.values() if ip != own]
-        script = "for ip in " + " ".join(others) + "; do ping -c1 -W2 $ip >/dev/null 2>&1 || echo FAIL $ip; done"
+        # /bin/ping, not ping: Debian's busybox-static sh (the fallback image) runs its own applets before
+        # PATH, and busybox's ping needs NET_RAW; /bin/ping is the image's ping in either image
+        script = ("for ip in " + " ".join(others) + "; do /bin/ping -c1 -W2 $ip >/dev/null 2>&1 || echo FAIL $ip; "
+                  "done")
         result = cli(cluster, "exec", name, "--", "sh", "-c", script)
         assert result.returncode == 0, result.stderr
         failures += [f"{name} -> {line.split()[1]}" for line in result.stdout.splitlines() if line.startswith("FAIL")]
