@@ -2,7 +2,9 @@
 
 Tables: key columns (names, addresses, CIDRs) are never cut; columns marked shrinkable (a command)
 give way first, ellipsised; when even that does not fit, each row wraps into a block of
-"FIELD value" lines. Piped output (no terminal) is not width-limited at all.
+"FIELD value" lines. Piped output (no terminal) is not width-limited at all. A cell shows control
+characters escaped (``\n``, ``\x1b``): a command's newline never breaks a row, and what a
+container was started with never reaches the terminal as escape sequences.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def table(header: list[str], rows: list[list], shrink: tuple[str, ...] = (), wid
     """Aligned columns. Within *width*: *shrink* columns give way (ellipsised); if the rest still
     does not fit, each row becomes a block ("NAME" value, then "FIELD value" pairs flowed to the
     width). Key fields are never cut. *width* None: no limit."""
-    cells = [[str(value) for value in row] for row in rows]
+    cells = [[printable(str(value)) for value in row] for row in rows]
     widths = [max([len(header[i])] + [len(row[i]) for row in cells]) for i in range(len(header))]
     excess = sum(widths) + GAP * (len(header) - 1) - (width or 0)
     if width is not None and excess > 0:
@@ -47,6 +49,13 @@ def table(header: list[str], rows: list[list], shrink: tuple[str, ...] = (), wid
         fitted = [_ellipsis(value, w) for value, w in zip(row, widths, strict=True)]
         lines.append((" " * GAP).join(value.ljust(w) for value, w in zip(fitted, widths, strict=True)).rstrip())
     return lines
+
+
+def printable(text: str) -> str:
+    """*text* with each control character (C0, DEL, C1) written as its Python escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _ellipsis(value: str, width: int) -> str:

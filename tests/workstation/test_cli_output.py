@@ -37,6 +37,18 @@ def test_piped_ps_is_not_width_limited():
     assert " ".join(COMMAND) in text and all(key in text for key in KEYS)
 
 
+@pytest.mark.parametrize("width", [None, 80])
+def test_a_command_with_newlines_and_escapes_stays_on_its_row_and_inert(width):
+    """`sh -c` scripts carry newlines, and a command is whatever the container was started with:
+    neither may break a row or reach the terminal as an escape sequence."""
+    lines = ps_lines(width, command=["sh", "-c", "echo a\necho b\x1b[2J\r\t"])
+    assert len(lines) == 2 if width is None else all("\n" not in line for line in lines)
+    text = "\n".join(lines)
+    assert "\x1b" not in text and "\r" not in text and "\t" not in text
+    assert "echo a\\necho b\\x1b[2J\\r\\t" in text if width is None else "echo a\\necho" in text
+    assert output.printable("café — ok") == "café — ok"  # printable text, non-ASCII too, is left alone
+
+
 @pytest.mark.parametrize("width", [200, 220])
 def test_ps_on_a_terminal_shrinks_only_the_command(width):
     lines = ps_lines(width)
