@@ -1,4 +1,5 @@
-"""`sudo make demo`: a 3-host lab, `cantainer up`, a named network, Alpine containers on two hosts
+"""`sudo make demo`: a 3-host lab, `cantainer up`, a named network, Alpine containers (busybox ones
+when no source has the pinned Alpine) on two hosts
 pinging each other by name over the VXLAN overlay, `cantainer status`, then a stack — one file,
 planned and applied, applied again without a change — whose 3-replica service keeps its 3 tasks
 through a host crash and whose other service keeps its data in a volume; then a clean teardown.
@@ -71,8 +72,10 @@ def main() -> int:
         step("re-run: nothing to do, nothing touched", [cantainer, "up", inventory])
         step("a network: one VXLAN segment, its gateway on every host", [cantainer, "network", "create",
                                                                         "10.0.0.0/24", "--name", "backend"], inventory)
-        step("an Alpine container on h1 …", [cantainer, "run", "--host", "h1", "-n", "backend", "--name", "web",
-                                              "-d", "--", "sleep", "3600"], inventory)
+        image = lab.base_image()  # the pinned Alpine, or the busybox rootfs when no source had it
+        what = "an Alpine container" if image.kind == "alpine" else f"a {image.label} container (no Alpine here)"
+        step(f"{what} on h1 …", [cantainer, "run", "--host", "h1", "-n", "backend", "--name", "web",
+                                "-d", "--", "sleep", "3600"], inventory)
         step("… and one on h2, same network", [cantainer, "run", "--host", "h2", "-n", "backend", "--name", "db",
                                                 "-d", "--", "sleep", "3600"], inventory)
         step(

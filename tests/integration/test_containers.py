@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cantainer_agent import layout
+from tests.conftest import LAB_NAME
 from tests.labcli import cli, host_exec, mac_for, ok, one_line_error, ps
 from tests.pingout import all_answered
 
@@ -23,27 +24,32 @@ pytestmark = pytest.mark.lab
 
 
 class Tmux:
-    """A terminal a test drives like a person: type keys, wait until the screen shows something."""
+    """A terminal a test drives like a person: type keys, wait until the screen shows something. Its own
+    tmux server per suite (`-L`, named after the suite's lab): a server another suite started would
+    also run our command with that suite's environment."""
 
     def __init__(self, session: str, command: str) -> None:
         self.session = session
-        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command], check=True)
+        self.tmux = ["tmux", "-L", f"cantainer-test-{LAB_NAME}"]
+        subprocess.run([*self.tmux, "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command], check=True)
 
     def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-t", self.session, "-p"], capture_output=True, text=True).stdout
+        return subprocess.run([*self.tmux, "capture-pane", "-t", self.session, "-p"], capture_output=True,
+                              text=True).stdout
 
     def send(self, *keys: str, wait_for: str, timeout: float = 30) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.session, *keys], check=True)
+        subprocess.run([*self.tmux, "send-keys", "-t", self.session, *keys], check=True)
         deadline = time.monotonic() + timeout
         while wait_for not in self.screen() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert wait_for in self.screen(), self.screen()
 
     def resize(self, columns: int, lines: int) -> None:
-        subprocess.run(["tmux", "resize-window", "-t", self.session, "-x", str(columns), "-y", str(lines)], check=True)
+        subprocess.run([*self.tmux, "resize-window", "-t", self.session, "-x", str(columns), "-y", str(lines)],
+                       check=True)
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.session], capture_output=True)
+        subprocess.run([*self.tmux, "kill-session", "-t", self.session], capture_output=True)
 
 
 def pings(inventory: Path, name: str, address: str, size: int = 56, count: int = 1) -> bool:
