@@ -17,10 +17,18 @@ from cantainer.inventory import Inventory
 from cantainer.status import open_status_source
 
 POLL = 0.5
+# Restarts of every task of the service's version, none of them ready: its command or image is broken,
+# and waiting out the timeout would not help. High enough for a task that restarts while what it
+# needs comes up (the back-off makes 8 restarts last at least ~25 s).
+CRASH_LOOP = 8
 
 
 class ServiceError(CantainerError):
     pass
+
+
+class NotConverging(ServiceError):
+    """Every task of the service keeps failing: `wait` gives up before its timeout."""
 
 
 async def cluster_write(inventory: Inventory, method: str, params: dict, timeout: float = 30.0):
@@ -87,9 +95,33 @@ def converged(doc: dict) -> bool:
             and not any(t["retiring"] for t in tasks))
 
 
+def _ready(task: dict) -> bool:
+    return task["state"] == "running" and (task["health"] is None or task["health"]["status"] == "healthy")
+
+
+def crash_looping(doc: dict) -> str | None:
+    """Pure: a ``service.ps`` answer whose service will not converge by waiting — no update running
+    (its monitor decides those), every task of the current version restarted CRASH_LOOP times or
+    more and none ready — as what its first task does ("web.1 exited with code 1, restarted 9
+    times"); None otherwise."""
+    service = doc["service"]
+    if service["update"]["state"] == "updating":
+        return None
+    current = sorted((t for t in doc["tasks"] if not t["retiring"] and t["version"] == service["version"]),
+                     key=lambda t: t["name"])
+    if not current or any(_ready(t) for t in current) or min(t["restart_count"] for t in current) < CRASH_LOOP:
+        return None
+    task = current[0]
+    last = (task.get("restarts") or [{}])[-1]
+    code = task["exit_code"] if task["exit_code"] is not None else last.get("exit_code")
+    how = f"exited with code {code}" if code is not None else (task.get("reason") or "ended")
+    return f"{task['name']} {how}, restarted {task['restart_count']} times"
+
+
 async def wait(inventory: Inventory, name: str, timeout: float, done: Callable[[dict], bool] = converged,
                progress: Callable[[dict], None] | None = None) -> dict:
-    """Poll `service.ps` until *done* (or its update is paused) or *timeout* (ServiceError)."""
+    """Poll `service.ps` until *done* (or its update is paused) or *timeout* (ServiceError); raises
+    NotConverging as soon as every task keeps failing (``crash_looping``)."""
     deadline = time.monotonic() + timeout
     while True:
         doc = await cluster_read(inventory, "service.ps", {"name": name})
@@ -97,6 +129,11 @@ async def wait(inventory: Inventory, name: str, timeout: float, done: Callable[[
             progress(doc)
         if done(doc) or doc["service"]["update"]["state"] == "paused":
             return doc
+        failing = crash_looping(doc)
+        if failing is not None:
+            raise NotConverging(f"service {name} does not come up: its tasks keep failing ({failing})",
+                                f"see `cantainer logs {failing.split()[0]}`; the service stays as it is — fix it "
+                                f"and update it, or remove it")
         if time.monotonic() > deadline:
             service = doc["service"]
             note = f": {service['note']}" if service.get("note") else ""

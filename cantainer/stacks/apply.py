@@ -38,6 +38,16 @@ class _Kept(Exception):
     """An object the stack would remove but something outside it still uses: kept, and still recorded."""
 
 
+class _Made(Exception):
+    """A service created as the file says that did not converge: recorded (else the next plan would
+    refuse it as not the stack's), then *error*. A failed update or scale keeps the record it had,
+    so the next plan offers it again."""
+
+    def __init__(self, error: CantainerError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass
 class Outcome:
     change: Change
@@ -101,6 +111,9 @@ class Applier:
             result = await handler(change)
         except _Kept as kept:
             return str(kept)
+        except _Made as made:
+            await self._record(change)
+            raise made.error from None
         if change.op != "retire":  # a replaced object's key already names its successor
             await self._record(change, remove=change.action == "remove")
         return result
@@ -240,7 +253,10 @@ class Applier:
                   **({"replicas": spec["replicas"] if spec.get("replicas") is not None else 1}
                      if (spec.get("mode") or "replicated") == "replicated" else {})}
         created = await services.create(self.inventory, params, spec.get("image") or "alpine")
-        return await self._converged(change, f"created (version {created['version']})")
+        try:
+            return await self._converged(change, f"created (version {created['version']})")
+        except CantainerError as error:
+            raise _Made(error) from None
 
     async def _service_scale(self, change: Change) -> str:
         from cantainer import services

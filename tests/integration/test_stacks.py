@@ -335,3 +335,35 @@ def test_the_db_volume_keeps_its_data_through_a_restart_of_its_task(lab, cluster
     wait_for(lambda: tasks(cluster, "app-db")["app-db.1"]["restart_count"] >= 1
              and tasks(cluster, "app-db")["app-db.1"]["state"] == "running", 60, what="db to be restarted")
     assert ok(cli(cluster, "exec", "app-db.1", "cat", "/data/log")) == "up\nup\n"
+
+
+# -- a service that never comes up ------------------------------------------------------------------------
+LOOP = """\
+name = "loop"
+
+[networks.back]
+subnet = "10.83.0.0/24"
+
+[services.bad]
+command = {command}
+"""
+
+
+def test_a_crash_looping_service_fails_the_apply_early_and_stays_the_stacks(cluster, tmp_path):
+    """Its tasks keep exiting: apply says so in one line once every task has restarted CRASH_LOOP times
+    (not after its 300 s wait), the service is recorded, so the next plan knows it, and a fixed file
+    updates it."""
+    path = tmp_path / "loop.toml"
+    path.write_text(LOOP.format(command='["sh", "-c", "echo broken >&2; exit 3"]'))
+    try:
+        result = cli(cluster, "apply", str(path), timeout=200)
+        one_line_error(result, "service loop-bad does not come up: its tasks keep failing (loop-bad.1 exited with "
+                               "code 3, restarted", "cantainer logs loop-bad.1")
+        assert "broken" in cli(cluster, "logs", "loop-bad.1").stderr
+        code, document = plan_json(cluster, path)
+        assert code == 0 and ops(document) == {"network:back": "=none", "service:bad": "=none"}, document
+        path.write_text(LOOP.format(command='"sleep 1d"'))
+        out = ok(cli(cluster, "apply", str(path), timeout=200))
+        assert "updated to version 2; 1/1 ready" in out and out.splitlines()[-1] == "stack loop: 1 updated", out
+    finally:
+        ok(cli(cluster, "rm-stack", "loop", timeout=200))
