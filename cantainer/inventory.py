@@ -13,9 +13,7 @@ Array indices in key paths count from 0, as in TOML tooling (``hosts[1]`` is the
 """
 from __future__ import annotations
 
-import difflib
 import ipaddress
-import json
 import math
 import os
 import re
@@ -31,6 +29,7 @@ else:  # pragma: no cover - Python 3.10 only
     import tomli as tomllib
 
 from cantainer.errors import CantainerError
+from cantainer.tomlcheck import describe, did_you_mean, quote
 from cantainer_agent import layout
 
 KeyPath = tuple[str | int, ...]
@@ -131,7 +130,7 @@ class Inventory:
                 return host
         known = [host.name for host in self.hosts]
         raise UnknownHostError(
-            f"unknown host {_quote(name)}{_did_you_mean(name, known)}: it is not in {self.path}",
+            f"unknown host {quote(name)}{did_you_mean(name, known)}: it is not in {self.path}",
             f"known hosts: {', '.join(known)}",
         )
 
@@ -262,36 +261,9 @@ def format_key_path(key_path: Sequence[str | int]) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
             continue
-        name = part if _BARE_KEY.fullmatch(part) else _quote(part)
+        name = part if _BARE_KEY.fullmatch(part) else quote(part)
         text += f".{name}" if text else name
     return text
-
-
-def _quote(value: str, limit: int = 60) -> str:
-    # JSON quoting escapes newlines and control characters, which keeps messages on one line.
-    shown = value if len(value) <= limit else value[:limit] + "…"
-    return json.dumps(shown, ensure_ascii=False)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"{str(value).lower()} (a boolean)"
-    if isinstance(value, str):
-        return f"{_quote(value)} (a string)"
-    if isinstance(value, int):
-        return f"{value} (an integer)"
-    if isinstance(value, float):
-        return f"{value} (a float)"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return f"{value} (a date/time)"
-
-
-def _did_you_mean(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {_quote(close[0])}?)" if close else ""
 
 
 # ------------------------------------------------------------------------------ locating key lines
@@ -378,7 +350,7 @@ _TYPE_NAMES = {(str,): "a string", (int,): "an integer", (bool,): "true or false
 
 def _table(source: _Source, key_path: KeyPath, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise source.error(key_path, f"expected a table, got {_describe(value)}",
+        raise source.error(key_path, f"expected a table, got {describe(value)}",
                            f"write it as a [section] of key = value lines; {EXAMPLE_HINT}")
     return value
 
@@ -386,7 +358,7 @@ def _table(source: _Source, key_path: KeyPath, value: Any) -> dict[str, Any]:
 def _check_keys(source: _Source, key_path: KeyPath, table: Mapping[str, Any], allowed: Sequence[str]) -> None:
     for key in table:
         if key not in allowed:
-            raise source.error((*key_path, key), f"unknown key{_did_you_mean(key, allowed)}",
+            raise source.error((*key_path, key), f"unknown key{did_you_mean(key, allowed)}",
                                f"allowed keys {_table_label(key_path)}: {', '.join(allowed)}")
 
 
@@ -409,7 +381,7 @@ def _read_value(source: _Source, key_path: KeyPath, value: Any, field: _Field) -
     # bool is a subclass of int in Python, but `port = true` is not a port.
     wrong_bool = isinstance(value, bool) and bool not in field.types
     if wrong_bool or not isinstance(value, field.types):
-        raise source.error(key_path, f"expected {_TYPE_NAMES[field.types]}, got {_describe(value)}",
+        raise source.error(key_path, f"expected {_TYPE_NAMES[field.types]}, got {describe(value)}",
                            f"write it like {key_path[-1]} = {field.example}")
     return field.check(source, key_path, value)
 
@@ -433,7 +405,7 @@ _USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 def _user_name(source: _Source, key_path: KeyPath, value: str) -> str:
     # Restricted to portable login names: the name ends up in sudo/ssh arguments on the host.
     if not _USER_NAME.fullmatch(value):
-        raise source.error(key_path, f"{_quote(value)} is not a valid user name",
+        raise source.error(key_path, f"{quote(value)} is not a valid user name",
                            'use a login name such as "root" or "deploy" (letters, digits, _ . -)')
     return value
 
@@ -473,7 +445,7 @@ HOST_KEY_CHECKING_MODES = ("strict", "accept-new")
 
 def _host_key_checking(source: _Source, key_path: KeyPath, value: str) -> str:
     if value not in HOST_KEY_CHECKING_MODES:
-        raise source.error(key_path, f"{_quote(value)} is not a host key checking mode",
+        raise source.error(key_path, f"{quote(value)} is not a host key checking mode",
                            'use "strict" (only known host keys) or "accept-new" (trust a new host\'s key once)')
     return value
 
@@ -484,7 +456,7 @@ _INTERPRETER = re.compile(r"/[A-Za-z0-9._+/-]*[A-Za-z0-9._+-]")
 def _interpreter(source: _Source, key_path: KeyPath, value: str) -> str:
     # Plain path characters only: the path becomes part of the command run on the host over SSH.
     if not _INTERPRETER.fullmatch(value):
-        raise source.error(key_path, f"{_quote(value)} is not an absolute path to an interpreter",
+        raise source.error(key_path, f"{quote(value)} is not an absolute path to an interpreter",
                            'use an absolute path without spaces or shell characters, e.g. "/usr/bin/python3"')
     return value
 
@@ -501,7 +473,7 @@ _HOST_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 def _host_name(source: _Source, key_path: KeyPath, value: str) -> str:
     if not _HOST_NAME.fullmatch(value):
-        raise source.error(key_path, f"{_quote(value)} is not a valid host name",
+        raise source.error(key_path, f"{quote(value)} is not a valid host name",
                            "use lowercase letters, digits and '-', starting with a letter or digit (at most 63)")
     return value
 
@@ -515,13 +487,13 @@ _IP_LOOKALIKE = re.compile(r"[0-9.]+|.*:.*")
 
 def _ssh_address(source: _Source, key_path: KeyPath, value: str) -> str:
     if value.startswith("[") and value.endswith("]"):
-        raise source.error(key_path, f"{_quote(value)} is in brackets",
+        raise source.error(key_path, f"{quote(value)} is in brackets",
                            "write IPv6 addresses without brackets; the port goes in port =")
     ip = _ip_literal(value)
     if ip is not None:
         _check_unicast(source, key_path, ip)
     elif _IP_LOOKALIKE.fullmatch(value) or not _DNS_NAME.fullmatch(value):
-        raise source.error(key_path, f"{_quote(value)} is not a valid IP address or DNS name",
+        raise source.error(key_path, f"{quote(value)} is not a valid IP address or DNS name",
                            'use an IP address such as "10.20.0.11" or a host name such as "node1.example.com"')
     return value
 
@@ -529,7 +501,7 @@ def _ssh_address(source: _Source, key_path: KeyPath, value: str) -> str:
 def _underlay_address(source: _Source, key_path: KeyPath, value: str) -> str:
     ip = _ip_literal(value)
     if ip is None:
-        raise source.error(key_path, f"{_quote(value)} is not an IP address",
+        raise source.error(key_path, f"{quote(value)} is not an IP address",
                            "use an IPv4 or IPv6 address, or leave underlay_address out to use address")
     _check_unicast(source, key_path, ip)
     return str(ip)
@@ -552,7 +524,7 @@ _CLUSTER_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 def _cluster_name(source: _Source, key_path: KeyPath, value: str) -> str:
     if not _CLUSTER_NAME.fullmatch(value):
-        raise source.error(key_path, f"{_quote(value)} is not a valid cluster name",
+        raise source.error(key_path, f"{quote(value)} is not a valid cluster name",
                            "use lowercase letters, digits and '-', starting with a letter (at most 32)")
     return value
 
@@ -572,14 +544,14 @@ def _sha256(source: _Source, key_path: KeyPath, value: str) -> str:
         return value
     if _SHA256.fullmatch(value.lower()):
         raise source.error(key_path, "hex digits must be lowercase", "write the digest in lowercase")
-    raise source.error(key_path, f"{_quote(value)} is not a SHA-256 digest (64 hex digits)",
+    raise source.error(key_path, f"{quote(value)} is not a SHA-256 digest (64 hex digits)",
                        "compute it with: sha256sum FILE")
 
 
 def _image_url(source: _Source, key_path: KeyPath, value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
-        raise source.error(key_path, f"{_quote(value)} is not an http(s) URL",
+        raise source.error(key_path, f"{quote(value)} is not an http(s) URL",
                            'use an http:// or https:// URL, or path = "..." for a local tarball')
     return value
 
@@ -615,10 +587,10 @@ def _labels(source: _Source, key_path: KeyPath, value: dict) -> tuple[tuple[str,
 
     for key, item in value.items():
         if not LABEL_KEY_RE.fullmatch(key):
-            raise source.error((*key_path, key), f"{_quote(key)} is not a valid label key",
+            raise source.error((*key_path, key), f"{quote(key)} is not a valid label key",
                                "use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit")
         if not isinstance(item, str) or not LABEL_VALUE_RE.fullmatch(item):
-            raise source.error((*key_path, key), f"{_describe(item)} is not a valid label value",
+            raise source.error((*key_path, key), f"{describe(item)} is not a valid label value",
                                'use a string of 1-63 letters, digits, dots, underscores and hyphens, e.g. zone = "a"')
     if len(value) > 64:
         raise source.error(key_path, f"{len(value)} labels are too many", "give a host at most 64 labels")
@@ -669,7 +641,7 @@ IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 def _pull_mode(source: _Source, key_path: KeyPath, value: str) -> str:
     if value not in ("workstation", "hosts"):
-        raise source.error(key_path, f"{_quote(value)} is not a pull mode",
+        raise source.error(key_path, f"{quote(value)} is not a pull mode",
                            'use "workstation" (pull here, push layers over SSH) or "hosts" (each host pulls)')
     return value
 
@@ -711,7 +683,7 @@ def _read_images(source: _Source, value: Any) -> dict[str, ImageSource]:
 def _read_image(source: _Source, name: str, entry: Any) -> ImageSource:
     key_path: KeyPath = ("images", name)
     if not IMAGE_NAME.fullmatch(name):
-        raise source.error(key_path, f"{_quote(name)} is not a valid image name",
+        raise source.error(key_path, f"{quote(name)} is not a valid image name",
                            "use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit")
     given = _read_table(source, key_path, entry, _IMAGE_FIELDS)
     if "path" in given and "url" in given:
@@ -733,7 +705,7 @@ def _read_registries(source: _Source, value: Any) -> dict[str, RegistrySettings]
     for host, entry in _table(source, ("registries",), value).items():
         key_path: KeyPath = ("registries", host)
         if not HOST_RE.fullmatch(host) or ("." not in host and ":" not in host and host != "localhost"):
-            raise source.error(key_path, f"{_quote(host)} is not a registry host",
+            raise source.error(key_path, f"{quote(host)} is not a registry host",
                                'name it as image references do: [registries."registry.example.org:5000"]')
         given = _read_table(source, key_path, entry, _REGISTRY_FIELDS)
         if ("username" in given) != ("password_file" in given):
@@ -749,7 +721,7 @@ def _read_hosts(source: _Source, value: Any, ssh_defaults: Mapping[str, Any]) ->
         raise source.error(("hosts",), "no hosts defined",
                            f'add a [[hosts]] table with name = "h1" and address = "..." per host; {EXAMPLE_HINT}')
     if not isinstance(value, list):
-        raise source.error(("hosts",), f"expected [[hosts]] tables, got {_describe(value)}",
+        raise source.error(("hosts",), f"expected [[hosts]] tables, got {describe(value)}",
                            "write each host as its own [[hosts]] table (double brackets)")
     hosts = tuple(_read_host(source, ("hosts", index), entry, ssh_defaults) for index, entry in enumerate(value))
     _check_hosts_distinct(source, hosts)
@@ -779,7 +751,7 @@ def _check_hosts_distinct(source: _Source, hosts: Sequence[Host]) -> None:
     underlays: dict[str, int] = {}
     for index, host in enumerate(hosts):
         if (first := names.setdefault(host.name, index)) != index:
-            raise source.error(("hosts", index, "name"), f"{_quote(host.name)} is already the name of hosts[{first}]",
+            raise source.error(("hosts", index, "name"), f"{quote(host.name)} is already the name of hosts[{first}]",
                                "give every host a unique name")
         endpoint = (_comparable_address(host.address), host.port)
         if (first := endpoints.setdefault(endpoint, index)) != index:

@@ -18,7 +18,6 @@ before they had ports compare the same).
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 import re
 import shlex
@@ -33,6 +32,7 @@ else:  # pragma: no cover - Python 3.10 only
 
 from cantainer.errors import CantainerError
 from cantainer.inventory import find_key_line, format_key_path
+from cantainer.tomlcheck import describe, did_you_mean, quote
 from cantainer_agent import mounts as M
 from cantainer_agent.cluster import ipam
 from cantainer_agent.cluster import ports as P
@@ -88,32 +88,6 @@ class _Source:
         key = format_key_path(key_path) if key_path else ""
         return StackError(" ".join(f"{where}: {key + ': ' if key else ''}{problem}".splitlines()),
                           " ".join(hint.splitlines()))
-
-
-def _quote(value: Any) -> str:
-    text = value if isinstance(value, str) else str(value)
-    return json.dumps(text if len(text) <= 60 else text[:60] + "…", ensure_ascii=False)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"{str(value).lower()} (a boolean)"
-    if isinstance(value, str):
-        return f"{_quote(value)} (a string)"
-    if isinstance(value, (int, float)):
-        return f"{value} (a number)"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return f"{value} (a date/time)"
-
-
-def _did_you_mean(word: str, choices: Sequence[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -174,11 +148,11 @@ class _Reader:
     # -- generic ------------------------------------------------------------------------------------
     def keys(self, path: tuple, table: Any, allowed: Sequence[str], what: str) -> dict:
         if not isinstance(table, dict):
-            raise self.err(path, f"expected a table, got {_describe(table)}",
+            raise self.err(path, f"expected a table, got {describe(table)}",
                            f"write it as [{format_key_path(path)}] with key = value lines; {EXAMPLE_HINT}")
         for key in table:
             if key not in allowed:
-                raise self.err((*path, key), f"unknown key{_did_you_mean(key, allowed)}",
+                raise self.err((*path, key), f"unknown key{did_you_mean(key, allowed)}",
                                f"{what} takes {', '.join(allowed)}")
         return table
 
@@ -187,7 +161,7 @@ class _Reader:
             names = {str: "a string", int: "an integer", bool: "true or false", float: "a number",
                      list: "an array", dict: "a table"}
             wanted = " or ".join(names[t] for t in types if t in names)
-            raise self.err(path, f"expected {wanted}, got {_describe(value)}", f"write it like {path[-1]} = {example}")
+            raise self.err(path, f"expected {wanted}, got {describe(value)}", f"write it like {path[-1]} = {example}")
         return value
 
     def string(self, path: tuple, value: Any, example: str, empty: bool = False) -> str:
@@ -202,28 +176,28 @@ class _Reader:
         items = self.typed(path, value, (list,), example)
         for index, item in enumerate(items):
             if not isinstance(item, str):
-                raise self.err(path, f"item {index} is {_describe(item)}, not a string", f"write it like {example}")
+                raise self.err(path, f"item {index} is {describe(item)}, not a string", f"write it like {example}")
         return list(items)
 
     def name(self, path: tuple, name: str, what: str, limit: int | None = None) -> str:
         """An object's name in the file; *limit*: of its name in the cluster, STACK-NAME."""
         if not OBJECT_NAME_RE.fullmatch(name):
-            raise self.err(path, f"{what} name {_quote(name)} is invalid",
+            raise self.err(path, f"{what} name {quote(name)} is invalid",
                            "use 1-32 lowercase letters, digits and hyphens, starting and ending with a letter or digit")
         full = f"{self.stack_name}-{name}"
         if limit is not None and len(full) > limit:
-            raise self.err(path, f"{what} name {_quote(name)} is too long in this stack: {full} has {len(full)} "
+            raise self.err(path, f"{what} name {quote(name)} is too long in this stack: {full} has {len(full)} "
                                  "characters", f"a {what}'s name in the cluster has at most {limit} characters; "
                                                "shorten the stack's name or this one")
         return name
 
     def duration(self, path: tuple, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise self.err(path, f"expected a duration, got {_describe(value)}", f'write it like {path[-1]} = "5s"')
+            raise self.err(path, f"expected a duration, got {describe(value)}", f'write it like {path[-1]} = "5s"')
         if isinstance(value, str):
             match = DURATION_RE.fullmatch(value.strip())
             if not value.strip() or not match or not any(match.groups()):
-                raise self.err(path, f"{_quote(value)} is not a duration", f'write it like {path[-1]} = "1m30s"'
+                raise self.err(path, f"{quote(value)} is not a duration", f'write it like {path[-1]} = "1m30s"'
                                                                            ' (h, m, s, ms) or a number of seconds')
             hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
             value = hours * 3600 + minutes * 60 + seconds + millis / 1000
@@ -239,7 +213,7 @@ class _Reader:
                                                           'after it, so two stacks can live side by side)')
         name = self.string(("name",), document["name"], '"myapp"')
         if not STACK_NAME_RE.match(name):
-            raise self.err(("name",), f"stack name {_quote(name)} is invalid",
+            raise self.err(("name",), f"stack name {quote(name)} is invalid",
                            "use 1-24 lowercase letters, digits and hyphens, starting and ending with a letter or digit")
         self.stack_name = name
         networks = self.section("networks", document, self.network)
@@ -303,7 +277,7 @@ class _Reader:
     def host(self, path: tuple, value: Any) -> str:
         host = self.string(path, value, '"h1"')
         if self.hosts is not None and host not in self.hosts:
-            raise self.err(path, f"host {_quote(host)} is not in the inventory{_did_you_mean(host, self.hosts)}",
+            raise self.err(path, f"host {quote(host)} is not in the inventory{did_you_mean(host, self.hosts)}",
                            f"known hosts: {', '.join(self.hosts)}")
         return host
 
@@ -316,7 +290,7 @@ class _Reader:
         if mode is not None:
             mode = self.string((*path, "mode"), mode, '"replicated"')
             if mode not in MODES:
-                raise self.err((*path, "mode"), f"{_quote(mode)} is not a mode{_did_you_mean(mode, MODES)}",
+                raise self.err((*path, "mode"), f"{quote(mode)} is not a mode{did_you_mean(mode, MODES)}",
                                "use replicated (replicas copies) or global (one on every host)")
         replicas = table.get("replicas")
         if replicas is not None:
@@ -335,8 +309,8 @@ class _Reader:
         if "volume_policy" in table:
             volume_policy = self.string((*path, "volume_policy"), table["volume_policy"], '"stay"')
             if volume_policy not in VOLUME_POLICIES:
-                raise self.err((*path, "volume_policy"), f"{_quote(volume_policy)} is not a volume policy"
-                                                         f"{_did_you_mean(volume_policy, VOLUME_POLICIES)}",
+                raise self.err((*path, "volume_policy"), f"{quote(volume_policy)} is not a volume policy"
+                                                         f"{did_you_mean(volume_policy, VOLUME_POLICIES)}",
                                "use stay (a task waits for its volume's host) or move-empty (an empty volume may "
                                "be made again where its task moves)")
         return {**spec, "mode": mode, "replicas": replicas, "ports": ports, "update": update,
@@ -371,13 +345,13 @@ class _Reader:
         if "workdir" in table:
             workdir = self.string((*path, "workdir"), table["workdir"], '"/app"')
             if not workdir.startswith("/"):
-                raise self.err((*path, "workdir"), f"{_quote(workdir)} is not an absolute path",
+                raise self.err((*path, "workdir"), f"{quote(workdir)} is not an absolute path",
                                f'write it like workdir = "/{workdir.lstrip("./")}"')
             spec["workdir"] = workdir
         if "user" in table:
             user = self.string((*path, "user"), table["user"], '"1000:1000"')
             if re.search(r"\s", user) or user.count(":") > 1:
-                raise self.err((*path, "user"), f"{_quote(user)} is not NAME|UID[:GROUP|GID]", 'write it like '
+                raise self.err((*path, "user"), f"{quote(user)} is not NAME|UID[:GROUP|GID]", 'write it like '
                                                                                              'user = "1000:1000"')
             spec["user"] = user
         spec["network"] = self.network_of(path, table)
@@ -388,7 +362,7 @@ class _Reader:
             policy, sep, count = restart.partition(":")
             if policy not in RESTART_POLICIES or (sep and (policy != "on-failure" or not count.isdigit()
                                                           or not 0 < int(count) <= 1_000_000)):
-                raise self.err((*path, "restart"), f"restart policy {_quote(restart)} is not understood",
+                raise self.err((*path, "restart"), f"restart policy {quote(restart)} is not understood",
                                "use no, on-failure, on-failure:MAX, always or unless-stopped")
             spec["restart"] = restart
         if "health" in table:
@@ -397,7 +371,7 @@ class _Reader:
             constraints = self.strings((*path, "constraints"), table["constraints"], '["label.zone==a"]')
             for constraint in constraints:
                 if not CONSTRAINT_RE.fullmatch(constraint):
-                    raise self.err((*path, "constraints"), f"constraint {_quote(constraint)} is not understood",
+                    raise self.err((*path, "constraints"), f"constraint {quote(constraint)} is not understood",
                                    "write host==NAME, host!=NAME, label.KEY==VALUE or label.KEY!=VALUE")
             spec["constraints"] = constraints
         if "resources" in table:
@@ -422,14 +396,14 @@ class _Reader:
         env = {}
         for key, item in table.items():
             if not ENV_KEY_RE.fullmatch(key):
-                raise self.err((*path, key), f"environment variable name {_quote(key)} is invalid",
+                raise self.err((*path, key), f"environment variable name {quote(key)} is invalid",
                                "use letters, digits and _, not starting with a digit")
             if isinstance(item, bool):
                 item = "true" if item else "false"
             elif isinstance(item, (int, float)):
                 item = str(item)
             elif not isinstance(item, str):
-                raise self.err((*path, key), f"expected a string, got {_describe(item)}", f'write it like {key} = "…"')
+                raise self.err((*path, key), f"expected a string, got {describe(item)}", f'write it like {key} = "…"')
             env[key] = item
         return env
 
@@ -465,8 +439,8 @@ class _Reader:
             raise self.err((*path, "networks"), f"{len(names)} networks given: a container joins one network",
                            'name exactly one, like networks = ["front"]')
         if names[0] not in declared:
-            raise self.err((*path, "networks"), f"network {_quote(names[0])} is not declared in this stack"
-                                                f"{_did_you_mean(names[0], list(declared))}",
+            raise self.err((*path, "networks"), f"network {quote(names[0])} is not declared in this stack"
+                                                f"{did_you_mean(names[0], list(declared))}",
                            f"declare it as [networks.{names[0]}] with a subnet, or use one of: "
                            f"{', '.join(declared) or 'none declared'}")
         return names[0]
@@ -482,8 +456,8 @@ class _Reader:
                 raise self.err(path, problem, hint or 'write volumes like ["NAME:/path", "/host/path:/path:ro"]') \
                     from None
             if mount["type"] == M.VOLUME and mount["source"] not in self.declared["volumes"]:
-                raise self.err(path, f"volume {_quote(mount['source'])} is not declared in this stack"
-                                     f"{_did_you_mean(mount['source'], list(self.declared['volumes']))}",
+                raise self.err(path, f"volume {quote(mount['source'])} is not declared in this stack"
+                                     f"{did_you_mean(mount['source'], list(self.declared['volumes']))}",
                                f"declare it as [volumes.{mount['source']}], or bind a host path (/srv/…:/path)")
             parsed.append(mount)
         try:
@@ -520,11 +494,11 @@ class _Reader:
             if isinstance(memory, str):
                 match = SIZE_RE.fullmatch(memory.strip())
                 if not match:
-                    raise self.err((*path, "memory"), f"{_quote(memory)} is not a size",
+                    raise self.err((*path, "memory"), f"{quote(memory)} is not a size",
                                    'write it like memory = "256m" (k, m, g) or a number of bytes')
                 memory = int(float(match[1]) * 1024 ** " kmgt".index(match[2].lower() or " "))
             elif isinstance(memory, bool) or not isinstance(memory, int):
-                raise self.err((*path, "memory"), f"expected a size, got {_describe(memory)}",
+                raise self.err((*path, "memory"), f"expected a size, got {describe(memory)}",
                                'write it like memory = "256m"')
             if memory < 6 << 20:
                 raise self.err((*path, "memory"), f"{memory} bytes is below the 6 MiB minimum", 'give at least "6m"')
@@ -553,8 +527,8 @@ class _Reader:
             if key in table:
                 text = self.string((*path, key), table[key], f'"{choices[0]}"')
                 if text not in choices:
-                    raise self.err((*path, key), f"{_quote(text)} is not one of {', '.join(choices)}"
-                                                 f"{_did_you_mean(text, choices)}", f"use {' or '.join(choices)}")
+                    raise self.err((*path, key), f"{quote(text)} is not one of {', '.join(choices)}"
+                                                 f"{did_you_mean(text, choices)}", f"use {' or '.join(choices)}")
                 out[key] = text
         for key in ("monitor", "drain"):
             if key in table:

@@ -98,7 +98,7 @@ MISTAKES = [
     ("bad memory", GOOD.replace("replicas = 2", 'resources = { memory = "lots" }'), 9, ['"lots" is not a size']),
     ("bad update order", GOOD.replace("replicas = 2", 'update = { order = "first" }'), 9,
      ['"first" is not one of start-first, stop-first']),
-    ("section not a table", 'name = "app"\nservices = 3\n', 2, ["services: expected a table, got 3 (a number)"]),
+    ("section not a table", 'name = "app"\nservices = 3\n', 2, ["services: expected a table, got 3 (an integer)"]),
     ("empty image", GOOD.replace("replicas = 2", 'image = ""'), 9, ["services.web.image: is empty"]),
 ]
 
