@@ -90,12 +90,12 @@ def converged(doc: dict) -> bool:
     tasks = doc["tasks"]
     current = [t for t in tasks if not t["retiring"]]
     return (update["state"] != "updating" and len(current) == service["replicas"]
-            and all(t["version"] == service["version"] and t["state"] == "running"
-                    and (t["health"] is None or t["health"]["status"] == "healthy") for t in current)
+            and all(t["version"] == service["version"] and _ready(t) for t in current)
             and not any(t["retiring"] for t in tasks))
 
 
 def _ready(task: dict) -> bool:
+    """Running, and healthy if it has a health check."""
     return task["state"] == "running" and (task["health"] is None or task["health"]["status"] == "healthy")
 
 

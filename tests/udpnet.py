@@ -11,9 +11,12 @@ from typing import Iterator
 
 from tests.labcli import LAB, host_exec
 
-_RESPOND = r"""
+# Records every datagram to PORT until one equals UNTIL (empty: the first ends it) or SECONDS pass;
+# answers each with REPLY when one is given.
+_ENDPOINT = r"""
 import socket, sys, time
-port, reply, deadline = int(sys.argv[1]), sys.argv[2].encode(), time.monotonic() + float(sys.argv[3])
+port, reply, until = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3])
+deadline = time.monotonic() + float(sys.argv[4])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", port))
 print("ready", flush=True)
@@ -23,25 +26,10 @@ while deadline > time.monotonic():
         data, peer = s.recvfrom(2048)
     except TimeoutError:
         break
-    s.sendto(reply, peer)
+    if reply:
+        s.sendto(reply, peer)
     print(data.hex(), flush=True)
-    break
-"""
-
-_RECEIVE = r"""
-import socket, sys, time
-port, until, deadline = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), time.monotonic() + float(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", port))
-print("ready", flush=True)
-while deadline > time.monotonic():
-    s.settimeout(deadline - time.monotonic())
-    try:
-        data = s.recv(2048)
-    except TimeoutError:
-        break
-    print(data.hex(), flush=True)
-    if data == until:
+    if not until or data == until:
         break
 """
 
@@ -72,9 +60,9 @@ class Endpoint:
 
 
 @contextlib.contextmanager
-def _endpoint(lab, host: str, pid: int, script: str, *args: str, seconds: float) -> Iterator[Endpoint]:
+def _endpoint(lab, host: str, pid: int, *args: str, seconds: float) -> Iterator[Endpoint]:
     process = subprocess.Popen([*LAB, "exec", "--name", lab.name, host, "--", "nsenter", "-t", str(pid), "-n",
-                                "python3", "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                "python3", "-c", _ENDPOINT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                stdin=subprocess.DEVNULL, text=True)
     endpoint = Endpoint(process)
     try:
@@ -89,13 +77,13 @@ def _endpoint(lab, host: str, pid: int, script: str, *args: str, seconds: float)
 def responder(lab, host: str, pid: int, port: int, reply: str, seconds: float = 30):
     """Answer the first datagram to *port* that comes within *seconds* with *reply*, in the netns
     of process *pid* (on lab host *host*)."""
-    return _endpoint(lab, host, pid, _RESPOND, str(port), reply, str(seconds), seconds=seconds)
+    return _endpoint(lab, host, pid, str(port), reply.encode().hex(), "", str(seconds), seconds=seconds)
 
 
 def receiver(lab, host: str, pid: int, port: int, until: bytes, seconds: float = 30):
     """Record every datagram to *port* until one equals *until* or *seconds* pass; ``finish()``
     returns them in arrival order."""
-    return _endpoint(lab, host, pid, _RECEIVE, str(port), until.hex(), str(seconds), seconds=seconds)
+    return _endpoint(lab, host, pid, str(port), "", until.hex(), str(seconds), seconds=seconds)
 
 
 def send(lab, host: str, pid: int, address: str, port: int, payload: bytes) -> None:
