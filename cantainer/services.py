@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from cantainer.client import SESSIONS, retrying
 from cantainer.containers import distribute_image
@@ -99,11 +99,19 @@ def _ready(task: dict) -> bool:
     return task["state"] == "running" and (task["health"] is None or task["health"]["status"] == "healthy")
 
 
-def crash_looping(doc: dict) -> str | None:
+class CrashLoop(NamedTuple):
+    """Which task shows that a service keeps failing, and what it does."""
+    task: str  # "web.1"
+    what: str  # "exited with code 1, restarted 9 times"
+
+    def __str__(self) -> str:
+        return f"{self.task} {self.what}"
+
+
+def crash_looping(doc: dict) -> CrashLoop | None:
     """Pure: a ``service.ps`` answer whose service will not converge by waiting — no update running
     (its monitor decides those), every task of the current version restarted CRASH_LOOP times or
-    more and none ready — as what its first task does ("web.1 exited with code 1, restarted 9
-    times"); None otherwise."""
+    more and none ready — as its first task and what that task does; None otherwise."""
     service = doc["service"]
     if service["update"]["state"] == "updating":
         return None
@@ -115,7 +123,7 @@ def crash_looping(doc: dict) -> str | None:
     last = (task.get("restarts") or [{}])[-1]
     code = task["exit_code"] if task["exit_code"] is not None else last.get("exit_code")
     how = f"exited with code {code}" if code is not None else (task.get("reason") or "ended")
-    return f"{task['name']} {how}, restarted {task['restart_count']} times"
+    return CrashLoop(task["name"], f"{how}, restarted {task['restart_count']} times")
 
 
 async def wait(inventory: Inventory, name: str, timeout: float, done: Callable[[dict], bool] = converged,
@@ -132,7 +140,7 @@ async def wait(inventory: Inventory, name: str, timeout: float, done: Callable[[
         failing = crash_looping(doc)
         if failing is not None:
             raise NotConverging(f"service {name} does not come up: its tasks keep failing ({failing})",
-                                f"see `cantainer logs {failing.split()[0]}`; the service stays as it is — fix it "
+                                f"see `cantainer logs {failing.task}`; the service stays as it is — fix it "
                                 f"and update it, or remove it")
         if time.monotonic() > deadline:
             service = doc["service"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from cantainer.services import CRASH_LOOP, converged, crash_looping
+from cantainer.services import CRASH_LOOP, CrashLoop, converged, crash_looping
 
 
 def task(slot: int, state: str = "exited", restarts: int = CRASH_LOOP, exit_code: int | None = 1, version: int = 1,
@@ -20,11 +20,12 @@ def doc(*tasks: dict, version: int = 1, replicas: int = 2, update: str = "comple
 
 
 def test_every_task_restarting_and_none_ready_is_a_crash_loop_named_by_its_first_task():
-    assert crash_looping(doc(task(2, exit_code=None), task(1))) == (
-        f"web.1 exited with code 1, restarted {CRASH_LOOP} times")
+    failing = crash_looping(doc(task(2, exit_code=None), task(1)))
+    assert failing == CrashLoop("web.1", f"exited with code 1, restarted {CRASH_LOOP} times")
+    assert str(failing) == f"web.1 exited with code 1, restarted {CRASH_LOOP} times"
     # between two runs the task shows no exit code: the last restart's is given
     assert crash_looping(doc(task(1, state="created", exit_code=None), task(2))) == (
-        f"web.1 exited with code 2, restarted {CRASH_LOOP} times")
+        CrashLoop("web.1", f"exited with code 2, restarted {CRASH_LOOP} times"))
 
 
 @pytest.mark.parametrize("case, answer", [
@@ -34,7 +35,8 @@ def test_every_task_restarting_and_none_ready_is_a_crash_loop_named_by_its_first
     pytest.param(doc(task(1), task(2), update="updating"), None, id="an update runs: its monitor decides"),
     pytest.param(doc(task(1, version=1, retiring=True), version=2), None, id="no task of the version yet"),
     pytest.param(doc(task(1, state="running", health={"status": "unhealthy"}), task(2)),
-                 f"web.1 exited with code 1, restarted {CRASH_LOOP} times", id="running but unhealthy is not ready"),
+                 CrashLoop("web.1", f"exited with code 1, restarted {CRASH_LOOP} times"),
+                 id="running but unhealthy is not ready"),
 ])
 def test_what_is_not_a_crash_loop(case, answer):
     assert crash_looping(case) == answer
