@@ -27,13 +27,14 @@ def register(commands: Commands) -> None:
     status.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C (reads are --stale)")
     status.add_argument("--stale", action="store_true", help=STALE_HELP)
     down = commands.add("down", "stop the agents and their containers", cmd_down, examples=[
-        "cantainer down                          # agents stopped, containers stopped gracefully, state kept",
+        "cantainer down inventory.toml           # agents stopped, containers stopped gracefully, state kept",
         "cantainer down --time 30                # give containers 30 s between SIGTERM and SIGKILL",
         "cantainer down --keep-containers        # only the agents: containers and the overlay keep working",
         "cantainer down --purge                  # everything cantainer wrote on the hosts removed, volumes too",
     ], description="Stop the agents (leader last), then each host's containers: SIGTERM, SIGKILL after --time;\n"
                    "a later `up` shows them exited, \"stopped by down\". Raft state, config, bundles and volumes\n"
                    "stay unless --purge (which names the volumes it deletes, host by host).")
+    down.add_argument("inventory_path", nargs="?", metavar="INVENTORY", help="inventory TOML (same as -i)")
     down.add_argument("--purge", action="store_true",
                       help="also remove containers, volumes (named in the output), raft state, config, bundles and "
                            "logs")

@@ -10,8 +10,13 @@ from cantainer.errors import UsageError
 
 
 def inventory_path(args: argparse.Namespace) -> Path:
-    chosen = (getattr(args, "inventory_path", None) or getattr(args, "inventory", None)
-              or getattr(args, "inventory_top", None) or os.environ.get(INVENTORY_ENV))
+    """The inventory a command acts on: `up`/`down`'s positional INVENTORY or -i (before or after the
+    subcommand), else $CANTAINER_INVENTORY; two different ones given is a usage error, not a guess."""
+    given = [p for p in (getattr(args, "inventory_path", None), getattr(args, "inventory", None),
+                         getattr(args, "inventory_top", None)) if p]
+    if len({os.path.normpath(p) for p in given}) > 1:
+        raise UsageError(f"two inventories given: {given[0]} and {given[1]}", "pass one, as INVENTORY or with -i")
+    chosen = given[0] if given else os.environ.get(INVENTORY_ENV)
     if not chosen:
         raise UsageError("no inventory given", f"pass -i INVENTORY (or set {INVENTORY_ENV})")
     return Path(chosen)

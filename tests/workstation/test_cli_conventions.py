@@ -44,6 +44,7 @@ def test_every_read_command_has_json_and_every_list_command_has_quiet():
 @pytest.mark.parametrize("argv", [
     ["-i", "INV", "ps"], ["--inventory", "INV", "ps"], ["ps", "-i", "INV"], ["-i", "INV", "volume", "ls"],
     ["-i", "INV", "run", "-n", "10.0.0.0/24", "--host", "h1", "true"],  # run's own -i is --interactive
+    ["up", "INV"], ["down", "INV", "--purge"], ["-i", "INV", "down", "INV"],  # the same one twice is fine
 ])
 def test_the_inventory_is_taken_before_the_subcommand_as_well_as_after(argv, tmp_path):
     from cantainer.cli.common import inventory_path
@@ -53,6 +54,14 @@ def test_the_inventory_is_taken_before_the_subcommand_as_well_as_after(argv, tmp
     assert inventory_path(args) == inventory
     if "run" in argv:
         assert args.interactive is False
+
+
+@pytest.mark.parametrize("argv", [["up", "a.toml", "-i", "b.toml"], ["-i", "a.toml", "down", "b.toml"],
+                                  ["-i", "a.toml", "ps", "-i", "b.toml"]])
+def test_two_different_inventories_are_refused_in_one_line(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "two inventories given: " in err and "a.toml" in err and "b.toml" in err
 
 
 def test_a_run_given_the_inventory_first_still_reports_its_own_failures_as_125(tmp_path, capsys):
