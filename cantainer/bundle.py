@@ -19,6 +19,7 @@ import os
 import platform
 import sys
 import tarfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,10 @@ COMPILED_MODULES = ("_cffi_backend",)
 # 22.04: 3.4.8): Fernet and PBKDF2HMAC with default_backend.
 MIN_HOST_CRYPTOGRAPHY = (3, 4)
 FORMAT = b"tar+gzip9 v2"  # part of the cache key: a change of the archive format rebuilds
+# Built bundles kept in the cache, most recently used first: every upgrade (or edit, in a checkout)
+# makes a new one, and they are 0.7-6 MB each. Enough for a pure and a compiled bundle of a few
+# versions or checkouts in use at once; an evicted one is rebuilt (a second) when needed again.
+KEEP_CACHED = 8
 
 
 class BundleError(CantainerError):
@@ -173,12 +178,27 @@ def build_bundle(target: Platform, compiled: bool = True) -> Bundle:
         wheels = _wheel_sources(target)
     key = _fingerprint([p for _, p in local] + wheels, target, compiled)
     cached = cache_root() / "bundles" / f"{key}.tar.gz"
-    if cached.exists():
+    try:
         data = cached.read_bytes()
-    else:
+        os.utime(cached)  # used: the eviction below keeps the most recently used
+    except FileNotFoundError:  # not built yet, or evicted by another `up` a moment ago
         data = _archive(_read_local(local) + _read_wheels(wheels) + [("__main__.py", BUNDLE_MAIN, 0o644)])
         cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(".partial")
+        partial = cached.with_name(f"{key}.{os.getpid()}.partial")
         partial.write_bytes(data)
         os.replace(partial, cached)
+        _evict(cached.parent, KEEP_CACHED)
     return Bundle(hashlib.sha256(data).hexdigest(), data, target, compiled)
+
+
+def _evict(folder: Path, keep: int) -> None:
+    """Delete all but the *keep* most recently used bundles (and partial files a crash left)."""
+    def used(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+    built = sorted(folder.glob("*.tar.gz"), key=used, reverse=True)
+    stale = [p for p in folder.glob("*.partial") if used(p) < time.time() - 3600]
+    for path in built[keep:] + stale:
+        path.unlink(missing_ok=True)

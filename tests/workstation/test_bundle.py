@@ -52,3 +52,32 @@ def test_a_bundle_for_a_host_with_its_own_cryptography_is_pure_python(cache):
     assert set(pure_names) < set(full_names)
     # a foreign platform needs no wheels when the host brings its cryptography
     assert build_bundle(Platform("riscv64", (3, 9)), compiled=False).digest == pure.digest
+
+
+def test_the_cache_keeps_only_the_most_recently_used_bundles(cache, monkeypatch):
+    """Every new bundle (an upgrade; an edit in a checkout) was kept forever: 112 of them, 509 MB."""
+    import os
+
+    import cantainer.bundle as bundle
+
+    folder = cache / "bundles"
+    folder.mkdir(parents=True)
+    old = []
+    for age in range(10):  # ten bundles of earlier versions, the last one used longest ago
+        path = folder / f"{age:032x}.tar.gz"
+        path.write_bytes(b"old")
+        os.utime(path, (1000.0 - age, 1000.0 - age))
+        old.append(path)
+    crashed = folder / "feed.123.partial"
+    crashed.write_bytes(b"half")
+    os.utime(crashed, (1000.0, 1000.0))
+    monkeypatch.setattr(bundle, "KEEP_CACHED", 4)
+    pure = build_bundle(Platform.local(), compiled=False)
+    (new,) = set(folder.iterdir()) - set(old)
+    # the new one and the three used most recently stay; the crash's leftover goes
+    assert set(folder.iterdir()) == {new, *old[:3]}
+    # a hit marks its bundle used: it outlives an older-used one at the next build
+    os.utime(new, (1.0, 1.0))
+    assert build_bundle(Platform.local(), compiled=False).data == pure.data and new.stat().st_mtime > 1000
+    build_bundle(Platform.local(), compiled=True)
+    assert new.exists() and not old[2].exists() and len(list(folder.iterdir())) == 4
