@@ -6,13 +6,15 @@ ratio = anchor_value / value (> 1: cantainer is faster). Needs root (the lab). R
 
 What each side does, per host count N (a fresh lab `bupN`, removed afterwards):
 
-* cantainer: `.venv/bin/cantainer up INVENTORY` — connect, probe, push the bundle, unpack it, write
+* cantainer: `.venv/bin/cantainer up INVENTORY` — connect, probe, push the bundle (kept as the zip it is
+  when it carries the host Python's bytecode, as on lab hosts; else unpacked), write
   config + secret, start the agent detached (bootstrap node first), wait until every agent reports a
   leader and itself as an up member.
 * Ansible (ansible-core from PyPI in bench/.ansible-venv, forks = N, pipelining, ControlPersist,
   gather_facts off, the lab's key and known_hosts with host-key checking on): one playbook that does
   the same steps into the same paths — `command: install -d` (creates=), `copy` the same bundle
-  (the one `up` chooses for these hosts: `lab_bundle()`), `unarchive` it on the host (creates=), `copy`
+  (the one `up` chooses for these hosts: `lab_bundle()`) to the bundle's path — or, for a bundle `up`
+  would unpack, `unarchive` it there (creates=; needs `unzip` on the host) — `copy`
   the secret and the per-host agent.json that cantainer's `plan.desired_config` would write, then start
   the real agent with `python3 BUNDLE_DIR run --config /etc/cantainer/agent.json --daemon` (which
   returns once the agent is ready and, for joiners, has joined) on every host at once, each only
@@ -54,22 +56,33 @@ PLAYBOOK = """\
       python3 {{ bundle_dir }} run --config /etc/cantainer/agent.json --daemon
   tasks:
     - name: directories
-      command: >-
-        install -d -m 700 /etc/cantainer /var/lib/cantainer /var/lib/cantainer/bundles /var/log/cantainer
-        {{ bundle_dir }}
+      command: install -d -m 700 /etc/cantainer /var/lib/cantainer /var/lib/cantainer/bundles /var/log/cantainer
       args:
-        creates: "{{ bundle_dir }}"
-    - name: copy the agent bundle
+        creates: /var/lib/cantainer/bundles
+    - name: copy the agent bundle (a zip the host runs as it is, as `up` keeps it)
       copy:
         src: "{{ bundle_file }}"
-        dest: "/var/lib/cantainer/bundles/.{{ bundle_digest }}.tar.gz"
+        dest: "{{ bundle_dir }}"
+        mode: "0644"
+      when: bundle_zipped | bool
+    - name: copy the agent bundle to unpack it
+      copy:
+        src: "{{ bundle_file }}"
+        dest: "/var/lib/cantainer/bundles/.{{ bundle_digest }}.zip"
         mode: "0600"
+      when: not (bundle_zipped | bool)
+    - name: its directory
+      command: install -d -m 755 {{ bundle_dir }}
+      args:
+        creates: "{{ bundle_dir }}"
+      when: not (bundle_zipped | bool)
     - name: unpack it
       unarchive:
-        src: "/var/lib/cantainer/bundles/.{{ bundle_digest }}.tar.gz"
+        src: "/var/lib/cantainer/bundles/.{{ bundle_digest }}.zip"
         dest: "{{ bundle_dir }}"
         remote_src: true
         creates: "{{ bundle_dir }}/__main__.py"
+      when: not (bundle_zipped | bool)
     - name: cluster secret
       copy:
         src: "{{ secret_file }}"
@@ -128,7 +141,7 @@ class AnsibleSide:
         secret = load_or_create_secret(inventory.cluster.secret_file)
         secret_file = workdir / "secret"
         secret_file.write_bytes(secret + b"\n")
-        bundle_file = workdir / "bundle.tar.gz"
+        bundle_file = workdir / "bundle.zip"
         bundle_file.write_bytes(bundle.data)
         addresses = {h.name: h.underlay_address or h.address for h in inventory.hosts}
         founders = founding_voters(inventory, inventory.hosts[0].name)  # the configs `up` writes
@@ -142,6 +155,7 @@ class AnsibleSide:
                   f"ansible_ssh_private_key_file={defaults.identity_file}",
                   "ansible_python_interpreter=/usr/bin/python3",
                   f"bundle_file={bundle_file}", f"bundle_digest={bundle.digest}",
+                  f"bundle_zipped={bundle.magic is not None}",
                   f"secret_file={secret_file}", f"config_dir={config_dir}"]
         (workdir / "hosts.ini").write_text("\n".join(lines) + "\n")
         (workdir / "site.yml").write_text(PLAYBOOK)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from cantainer import remote
-from cantainer.bundle import Bundle, Platform, build_bundle
+from cantainer.bundle import Bundle, Platform, build_bundle, bundle_key
 from cantainer.client import AgentClient, AgentError
 from cantainer.errors import CantainerError
 from cantainer.fleet import Fleet
@@ -158,7 +158,7 @@ class Bootstrapper:
         return {}
 
     def _bundle_for(self, target: Platform, compiled: bool) -> Bundle:
-        key = (target, compiled) if compiled else (Platform("any", (0, 0)), False)  # pure Python runs anywhere
+        key = bundle_key(target, compiled)
         if key not in self._bundles:
             self._bundles[key] = build_bundle(target, compiled)
         return self._bundles[key]
@@ -200,7 +200,7 @@ class Bootstrapper:
             self.report(host.name, "push", f"agent bundle {bundle.short} ({len(bundle.data) / 1e6:.1f} MB)")
             keep = [layout.bundle_dir(digest).rsplit("/", 1)[1]
                     for digest in (bundle.digest, (outcome.probe.config or {}).get("bundle")) if digest]
-            header["bundle"] = {"digest": bundle.digest, "size": len(bundle.data),
+            header["bundle"] = {"digest": bundle.digest, "size": len(bundle.data), "magic": bundle.magic,
                                 "target": layout.bundle_dir(bundle.digest), "keep": keep}
             blobs.append(bundle.data)
         if plan.write_secret:

@@ -57,7 +57,8 @@ print(json.dumps({
     "kernel": platform.release(),
     "hostname": platform.node(),
     "systemd": os.path.isdir("/run/systemd/system"),
-    "bundles": sorted(e.name for e in os.scandir(sys.argv[3]) if os.path.isfile(os.path.join(e.path, ".complete")))
+    "bundles": sorted(e.name for e in os.scandir(sys.argv[3]) if not e.name.endswith(".partial") and (e.is_file()
+                      or os.path.isfile(os.path.join(e.path, ".complete"))))
                if os.path.isdir(sys.argv[3]) else [],
     "secret_sha256": hashlib.sha256(read(sys.argv[5]) or b"").hexdigest() if read(sys.argv[5]) else None,
     "config": json.loads(config) if config else None,
@@ -72,11 +73,12 @@ print(json.dumps({
 # Brings a host to what the plan says in one process, reading everything from stdin: a header line
 # (JSON), then the blobs it announces in order — the bundle archive, the secret, the config. Each
 # file is written atomically (temp file with its mode set before the first byte, then rename); the
-# bundle is hashed before it is unpacked (it runs as root), unpacked beside its place and renamed
-# in, and old bundles pruned. Last, with "exec", the process becomes the agent's launcher (after
-# stopping a running agent, with "stop_first"), so `up` spends one round trip per host on all of it.
+# bundle is hashed first (it runs as root), then kept as the zip it is when it carries this Python's
+# bytecode, else unpacked beside its place and renamed in; old bundles are pruned. Last, with "exec",
+# the process becomes the agent's launcher (after stopping a running agent, with "stop_first"), so
+# `up` spends one round trip per host on all of it.
 APPLY = r"""
-import hashlib, io, json, os, shutil, signal, sys, tarfile, time
+import hashlib, importlib.util, io, json, os, shutil, signal, sys, time, zipfile
 stdin = sys.stdin.buffer
 header = json.loads(stdin.readline())
 def blob(size):
@@ -106,22 +108,36 @@ if bundle:
         sys.exit(f"the pushed agent bundle is corrupt (sha256 {actual}, expected {bundle['digest']}): "
                  "run `cantainer up` again")
     target = bundle["target"]
-    staging = target + ".partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging, mode=0o755)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(staging, filter="data")
-        else:
-            tar.extractall(staging)
-    open(os.path.join(staging, ".complete"), "w").close()
-    shutil.rmtree(target, ignore_errors=True)
-    os.rename(staging, target)
+    def remove(path):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.unlink(path)
+    if bundle.get("magic") == importlib.util.MAGIC_NUMBER.hex():
+        # It carries this Python's bytecode: kept as it is, run as a zip (nothing unpacked or compiled).
+        remove(target)
+        write(target, data, 0o644)
+    else:
+        staging = target + ".partial"
+        remove(staging)
+        os.makedirs(staging, mode=0o755)
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for info in archive.infolist():
+                path = os.path.realpath(os.path.join(staging, info.filename))
+                if not path.startswith(os.path.realpath(staging) + os.sep) or info.is_dir():
+                    continue  # names are ours, but never write outside the staging directory
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "wb") as handle:
+                    handle.write(archive.read(info))
+                os.chmod(path, (info.external_attr >> 16) & 0o777 or 0o644)
+        open(os.path.join(staging, ".complete"), "w").close()
+        remove(target)
+        os.rename(staging, target)
     keep = set(bundle["keep"])
     parent = os.path.dirname(target)
     for entry in os.scandir(parent):
         if entry.name.startswith("cantainer_agent-") and entry.name not in keep:
-            shutil.rmtree(entry.path, ignore_errors=True)
+            remove(entry.path)
 for key in ("secret", "config"):
     item = header.get(key)
     if item:

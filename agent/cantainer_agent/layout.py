@@ -52,7 +52,8 @@ MIN_FREE_BYTES = 1 << 30  # no new container while less is free where containers
 
 
 def bundle_dir(digest: str) -> str:
-    """Where a pushed agent bundle is unpacked; `python3 DIR` runs it, so `ps` shows its name."""
+    """Where a pushed agent bundle lives: the zip itself, or the directory it was unpacked into (see
+    cantainer/bundle.py); `python3 PATH` runs either, so `ps` shows its name."""
     return f"{BUNDLES_DIR}/cantainer_agent-{digest[:16]}"
 
 

@@ -1,9 +1,11 @@
 """The agent bundle: deterministic, complete, and a clear error when a host's platform lacks wheels."""
 from __future__ import annotations
 
-import gzip
+import importlib.util
 import io
-import tarfile
+import subprocess
+import sys
+import zipfile
 
 import pytest
 
@@ -17,13 +19,18 @@ def cache(tmp_path, monkeypatch):
 
 
 def names(data: bytes) -> list[str]:
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data))) as tar:
-        return tar.getnames()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return archive.namelist()
+
+
+def foreign() -> Platform:
+    """A host on another minor version of Python than this one."""
+    return Platform(Platform.local().machine, (3, 10 if sys.version_info[:2] != (3, 10) else 12))
 
 
 def test_the_bundle_is_deterministic_and_holds_the_agent_and_its_dependencies(cache):
     first = build_bundle(Platform.local())
-    for built in cache.glob("bundles/*.tar.gz"):
+    for built in cache.glob("bundles/*.zip"):
         built.unlink()  # force a rebuild from the sources, not the cache
     second = build_bundle(Platform.local())
     assert first.digest == second.digest and first.data == second.data
@@ -32,8 +39,32 @@ def test_the_bundle_is_deterministic_and_holds_the_agent_and_its_dependencies(ca
     for needed in ("__main__.py", "cantainer_agent/__main__.py", "cantainer_agent/layout.py",
                    "cantainer_agent/consensus/pysyncobj/journal.py", "pysyncobj/syncobj.py", "pyroute2/__init__.py"):
         assert needed in content
-    assert not [n for n in content if "__pycache__" in n or n.endswith(".pyc")]
+    assert not [n for n in content if "__pycache__" in n]
     assert not [n for n in content if n.startswith("cantainer/")]  # the workstation package stays home
+
+
+def test_a_pure_bundle_for_this_python_runs_as_a_zip_from_its_own_bytecode(cache, tmp_path):
+    bundle = build_bundle(Platform.local(), compiled=False)
+    assert bundle.magic == importlib.util.MAGIC_NUMBER.hex()
+    content = names(bundle.data)
+    sources = [n for n in content if n.endswith(".py") and n != "__main__.py"]
+    assert sources and all(f"{n}c" in content for n in sources)
+    path = tmp_path / "cantainer_agent-x"
+    path.write_bytes(bundle.data)
+    run = subprocess.run([sys.executable, str(path), "version"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip(), run.stderr
+    # its modules come from its bytecode (a .pyc zipimport refused would fall back to the .py)
+    origin = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(path)!r}); "
+                             "import cantainer_agent.daemon.agent as m, pyroute2 as p; print(m.__file__, p.__file__)"],
+                            capture_output=True, text=True, timeout=60)
+    assert origin.stdout.split() == [f"{path}/cantainer_agent/daemon/agent.pyc", f"{path}/pyroute2/__init__.pyc"], (
+        origin.stderr)
+
+
+def test_a_pure_bundle_for_another_python_carries_only_sources(cache):
+    other = build_bundle(foreign(), compiled=False)
+    assert other.magic is None and not [n for n in names(other.data) if n.endswith(".pyc")]
+    assert other.digest != build_bundle(Platform.local(), compiled=False).digest
 
 
 def test_a_foreign_platform_without_wheels_says_how_to_get_them(cache):
@@ -43,15 +74,15 @@ def test_a_foreign_platform_without_wheels_says_how_to_get_them(cache):
 
 
 def test_a_bundle_for_a_host_with_its_own_cryptography_is_pure_python(cache):
-    pure, full = build_bundle(Platform.local(), compiled=False), build_bundle(Platform.local())
-    assert pure.digest != full.digest and not pure.compiled and full.compiled
+    pure, full = build_bundle(foreign(), compiled=False), build_bundle(Platform.local())
+    assert pure.digest != full.digest and not pure.compiled and full.compiled and full.magic is None
     pure_names, full_names = names(pure.data), names(full.data)
     assert not [n for n in pure_names if n.startswith(("cryptography/", "cffi/", "_cffi_backend"))]
     assert not [n for n in pure_names if n.endswith((".so", ".pyd"))]
     assert "cryptography/fernet.py" in full_names and any(n.startswith("_cffi_backend") for n in full_names)
     assert set(pure_names) < set(full_names)
     # a foreign platform needs no wheels when the host brings its cryptography
-    assert build_bundle(Platform("riscv64", (3, 9)), compiled=False).digest == pure.digest
+    assert build_bundle(Platform("riscv64", foreign().python), compiled=False).digest == pure.digest
 
 
 def test_the_cache_keeps_only_the_most_recently_used_bundles(cache, monkeypatch):
@@ -64,17 +95,19 @@ def test_the_cache_keeps_only_the_most_recently_used_bundles(cache, monkeypatch)
     folder.mkdir(parents=True)
     old = []
     for age in range(10):  # ten bundles of earlier versions, the last one used longest ago
-        path = folder / f"{age:032x}.tar.gz"
+        path = folder / f"{age:032x}.zip"
         path.write_bytes(b"old")
         os.utime(path, (1000.0 - age, 1000.0 - age))
         old.append(path)
     crashed = folder / "feed.123.partial"
     crashed.write_bytes(b"half")
     os.utime(crashed, (1000.0, 1000.0))
+    tarball = folder / "feed.tar.gz"  # the archive format before zip
+    tarball.write_bytes(b"old format")
     monkeypatch.setattr(bundle, "KEEP_CACHED", 4)
     pure = build_bundle(Platform.local(), compiled=False)
     (new,) = set(folder.iterdir()) - set(old)
-    # the new one and the three used most recently stay; the crash's leftover goes
+    # the new one and the three used most recently stay; the crash's leftover and old tarballs go
     assert set(folder.iterdir()) == {new, *old[:3]}
     # a hit marks its bundle used: it outlives an older-used one at the next build
     os.utime(new, (1.0, 1.0))

@@ -2,22 +2,24 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
+import zipfile
 
 from cantainer import remote
 
 
 def archive(data: bytes = b"print('agent')\n") -> tuple[bytes, str]:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        info = tarfile.TarInfo("__main__.py")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("__main__.py", data)
+        info = zipfile.ZipInfo("bin/tool")
+        info.external_attr = 0o100755 << 16
+        archive.writestr(info, b"#!/bin/sh\n")
     return buffer.getvalue(), hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
@@ -36,12 +38,58 @@ def bundle_header(tmp_path, data: bytes, digest: str, keep=()) -> dict:
 def test_a_bundle_is_unpacked_only_when_its_hash_is_the_one_pushed_and_older_ones_are_pruned(tmp_path):
     data, digest = archive()
     (tmp_path / "bundles" / "cantainer_agent-old").mkdir(parents=True)   # not kept: pruned
+    (tmp_path / "bundles" / "cantainer_agent-older").write_bytes(b"zip")  # a zip, not kept: pruned
     (tmp_path / "bundles" / "cantainer_agent-live").mkdir(parents=True)  # the running agent's: kept
+    (tmp_path / "bundles" / "cantainer_agent-live" / ".complete").touch()
     result = apply(bundle_header(tmp_path, data, digest, keep=["cantainer_agent-live"]), data)
     assert result.returncode == 0, result.stderr
     target = tmp_path / "bundles" / "cantainer_agent-x"
     assert (target / "__main__.py").read_text() == "print('agent')\n" and (target / ".complete").exists()
+    assert (target / "bin" / "tool").stat().st_mode & 0o777 == 0o755  # modes come along
     assert sorted(os.listdir(tmp_path / "bundles")) == ["cantainer_agent-live", "cantainer_agent-x"]
+    assert probe_bundles(tmp_path / "bundles") == ["cantainer_agent-live", "cantainer_agent-x"]
+
+
+def probe_bundles(folder) -> list[str]:
+    """The bundles the probe reports as present (complete) in *folder*."""
+    out = subprocess.run([sys.executable, "-c", remote.PROBE, "/nonexistent", "/nonexistent", str(folder),
+                          "/nonexistent", "/nonexistent"], capture_output=True, text=True, timeout=60, check=True)
+    return list(remote.ProbeResult.parse(out.stdout).bundles)
+
+
+def test_a_bundle_with_this_pythons_bytecode_is_kept_as_the_zip_it_is_and_runs(tmp_path):
+    data, digest = archive()
+    (tmp_path / "bundles").mkdir()
+    (tmp_path / "bundles" / "cantainer_agent-x.partial").mkdir()  # an unpacking a crash cut short
+    (tmp_path / "bundles" / "cantainer_agent-x.77.partial").write_bytes(b"half")  # a write cut short
+    header = bundle_header(tmp_path, data, digest)
+    header["bundle"]["magic"] = importlib.util.MAGIC_NUMBER.hex()
+    result = apply(header, data)
+    assert result.returncode == 0, result.stderr
+    target = tmp_path / "bundles" / "cantainer_agent-x"
+    assert target.read_bytes() == data and target.stat().st_mode & 0o777 == 0o644
+    assert os.listdir(tmp_path / "bundles") == ["cantainer_agent-x"]  # leftovers pruned
+    assert probe_bundles(tmp_path / "bundles") == ["cantainer_agent-x"]
+    ran = subprocess.run([sys.executable, str(target)], capture_output=True, text=True, timeout=60)
+    assert ran.stdout == "agent\n"
+
+
+def test_a_bundle_for_another_python_is_unpacked_even_where_a_zip_of_that_name_was(tmp_path):
+    """The host's python3 changed under the same bundle name: bytecode of another magic is not run."""
+    data, digest = archive()
+    (tmp_path / "bundles").mkdir()
+    (tmp_path / "bundles" / "cantainer_agent-x").write_bytes(b"the zip of before")
+    header = bundle_header(tmp_path, data, digest)
+    header["bundle"]["magic"] = "00000000"
+    assert apply(header, data).returncode == 0
+    target = tmp_path / "bundles" / "cantainer_agent-x"
+    assert target.is_dir() and (target / "__main__.py").exists()
+
+
+def test_the_probe_lists_no_partial_bundle(tmp_path):
+    (tmp_path / "cantainer_agent-a").mkdir()  # unpacked but never completed
+    (tmp_path / "cantainer_agent-b.9.partial").write_bytes(b"half")
+    assert probe_bundles(tmp_path) == [] and probe_bundles(tmp_path / "none") == []
 
 
 def test_a_corrupted_bundle_is_refused_and_nothing_is_installed(tmp_path):
