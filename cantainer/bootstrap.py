@@ -42,9 +42,11 @@ from cantainer.plan import (
 from cantainer.secret import load_or_create_secret
 from cantainer.ssh import HostError, RemoteCommandError
 from cantainer_agent import layout, protocol
+from cantainer_agent.config import identity
 
 HEALTHY_TIMEOUT = 60.0
 MEMBER_WAIT = 20.0  # seconds one `member` call may wait on the agent
+ADOPT_WAIT = 10.0  # seconds an agent holding the lock may take to answer `hello` (a loaded host starts slowly)
 _ROLES = {"candidate": "follower"}  # a member between elections is shown as the follower it was
 
 # Progress callback: (host name, phase, detail).
@@ -219,9 +221,10 @@ class Bootstrapper:
             await self.fleet.connections[host.name].run([host.python, "-c", remote.APPLY], input=stdin,
                                                         timeout=120 if start else 60)
         except RemoteCommandError as error:
-            if start and "another agent is already running" in error.stderr:
+            if not (start and "another agent is already running" in error.stderr):
+                raise
+            if not await self._adopt(host, outcome):
                 raise self._taken(host) from None
-            raise
         outcome.pushed = plan.push_bundle
         if start:
             outcome.action = "started"
@@ -229,6 +232,29 @@ class Bootstrapper:
     def _launcher(self, host: Host, outcome: HostOutcome) -> list[str]:
         return [host.python, layout.bundle_dir(outcome.bundle.digest), "run", "--config", layout.CONFIG_FILE,
                 "--daemon"]
+
+    async def _adopt(self, host: Host, outcome: HostOutcome) -> bool:
+        """Is the agent that holds the host's lock one this `up` would have started — same bundle, and
+        a config that differs at most in the founding keys (``config.identity``)? That is an agent an
+        interrupted `up` of this inventory started late (its remote launcher outlived the Ctrl-C):
+        taken as started. Anything else (another workstation's, a stranger holding the lock) is not."""
+        client = AgentClient(self.fleet.connections[host.name])
+        deadline = time.monotonic() + ADOPT_WAIT
+        try:
+            while True:
+                try:
+                    hello = await client.call("hello", timeout=2)
+                    break
+                except HostError:  # still starting (no socket yet), or no agent at all
+                    client.close()
+                    if time.monotonic() > deadline:
+                        return False
+                    await asyncio.sleep(0.1)
+        except AgentError:
+            return False
+        finally:
+            client.close()
+        return hello.get("bundle") == outcome.bundle.digest and hello.get("config") == identity(outcome.plan.config)
 
     @staticmethod
     def _taken(host: Host) -> HostError:
@@ -265,7 +291,8 @@ class Bootstrapper:
             except RemoteCommandError as error:
                 if "another agent is already running" not in error.stderr:
                     raise
-                raise self._taken(host) from None
+                if not await self._adopt(host, outcome):
+                    raise self._taken(host) from None
         outcome.action = "restarted" if restarting else "started"
 
     async def _start_with_systemd(self, host: Host, outcome: HostOutcome) -> None:

@@ -14,6 +14,7 @@ from cantainer.bundle import host_has_cryptography
 from cantainer.inventory import Host, Inventory
 from cantainer.remote import ProbeResult
 from cantainer_agent import layout
+from cantainer_agent.config import identity
 
 
 @dataclass(frozen=True)
@@ -89,19 +90,11 @@ def desired_config(inventory: Inventory, host: Host, addresses: dict[str, str | 
     }
 
 
-FOUNDING_KEYS = ("bootstrap", "initial_voters")
-
-
 def config_changed(current: dict | None, wanted: dict) -> bool:
-    """`bootstrap` and `initial_voters` matter only before a node has state, so a change of them
-    alone needs no restart."""
-    if current is None:
-        return True
-
-    def strip(config: dict) -> dict:
-        return {k: v for k, v in config.items() if k not in FOUNDING_KEYS}
-
-    return strip(current) != strip(wanted)
+    """Would an agent running with *current* run differently with *wanted* (``config.identity``:
+    `bootstrap` and `initial_voters` matter only before a node has state, so a change of them alone
+    needs no restart)?"""
+    return current is None or identity(current) != identity(wanted)
 
 
 def plan_host(inventory: Inventory, host: Host, probe: ProbeResult, *, bundle_digest: str, secret_sha256: str,

@@ -28,6 +28,7 @@ Every error raised is a :class:`ConfigError` whose message names the file and th
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -62,6 +63,17 @@ DEFAULTS: dict[str, Any] = {
 }
 REQUIRED = ("cluster", "node", "address", "secret_file")
 KNOWN_KEYS = frozenset(REQUIRED) | frozenset(DEFAULTS)
+# Read only while a node has no raft state (it founds the cluster with these voters); once it has
+# state they change nothing, so `up` neither restarts an agent for them nor tells two configs apart by them.
+FOUNDING_KEYS = ("bootstrap", "initial_voters")
+
+
+def identity(data: dict) -> str:
+    """The sha256 of a config as an agent runs with it, founding keys aside: defaults filled in, so
+    a key left out and the same key at its default are one config. `up` compares an agent's (from
+    `hello`) with the config it planned, to tell an agent it would have started from someone else's."""
+    kept = {key: value for key, value in {**DEFAULTS, **data}.items() if key not in FOUNDING_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
 class ConfigError(AgentError, ValueError):
@@ -88,6 +100,7 @@ class AgentConfig:
     vxlan_port: int = layout.VXLAN_PORT
     labels: tuple[tuple[str, str], ...] = ()
     reschedule_after: float = layout.RESCHEDULE_AFTER
+    identity: str = ""  # of the config it was parsed from (``identity``)
 
     @property
     def raft_addr(self) -> str:
@@ -236,6 +249,7 @@ def parse_config(data: Any, where: str = "config", check_files: bool = True) -> 
         vxlan_port=_port(where, "vxlan_port", merged["vxlan_port"]),
         labels=tuple(labels.items()),
         reschedule_after=float(reschedule),
+        identity=identity(data),
     )
     if check_files:
         check_secret_file(cfg.secret_file)

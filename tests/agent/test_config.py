@@ -151,3 +151,16 @@ def test_read_secret(secret, tmp_path):
     os.close(fd)
     with pytest.raises(ConfigError, match="weak"):
         read_secret(str(weak))
+
+
+def test_identity_names_what_the_agent_runs_with_founding_keys_and_defaults_aside(secret):
+    """`up` takes a running agent as its own when the identities match (cantainer/bootstrap.py)."""
+    from cantainer_agent.config import identity
+
+    seeds = {"seeds": ["10.0.0.2:7481"]}
+    founding = parse_config(base(secret, **seeds, initial_voters=["10.0.0.1:7480", "10.0.0.2:7480"]))
+    member = parse_config(base(secret, **seeds, bootstrap=False))  # the same node after its cluster exists
+    explicit = parse_config(base(secret, **seeds, raft_port=7480, labels={}))  # defaults spelt out
+    assert founding.identity == member.identity == explicit.identity == identity(base(secret, **seeds))
+    for change in ({"raft_port": 7490}, {"labels": {"zone": "a"}}, {"bundle": "ab" * 32}, {"node": "h2"}):
+        assert parse_config(base(secret, **seeds, **change)).identity != founding.identity, change

@@ -30,7 +30,8 @@ def handlers(cfg: AgentConfig, get_raft: Callable[[], RaftNode | None], stop: Ca
              reads: Reads) -> dict[str, Callable[[dict], object]]:
     def hello(_params: dict) -> dict:
         return {"agent_version": __version__, "protocol": protocol.PROTOCOL_VERSION, "node": cfg.node,
-                "cluster": cfg.cluster, "pid": os.getpid(), "bundle": cfg.bundle, "machine": os.uname().machine}
+                "cluster": cfg.cluster, "pid": os.getpid(), "bundle": cfg.bundle, "machine": os.uname().machine,
+                "config": cfg.identity}
 
     def status(params: dict) -> dict:
         raft = get_raft()

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from cantainer_agent import protocol
+from cantainer_agent.config import identity
 from cantainer_agent.controllers.netfilter import remove_table
 from tests.agent.daemon.agentctl import api_call as _api_call
 from tests.agent.daemon.agentctl import pid_alive, wait_for
@@ -162,7 +163,8 @@ def test_cluster_forms(cluster):
     assert v["networks"] == [] and v["containers"] == []
     hello = api_call(nodes[1].sock, "hello")
     assert hello == {"agent_version": hello["agent_version"], "protocol": protocol.PROTOCOL_VERSION, "node": "n2",
-                     "cluster": "testc", "pid": nodes[1].pid, "bundle": "test-bundle", "machine": os.uname().machine}
+                     "cluster": "testc", "pid": nodes[1].pid, "bundle": "test-bundle", "machine": os.uname().machine,
+                     "config": identity(json.loads(nodes[1].config.read_text()))}
     with open(f"/proc/{nodes[0].pid}/cmdline", "rb") as f:
         assert b"cantainer_agent" in f.read()
     secret = cluster["secret"].read_text().strip()
