@@ -114,12 +114,13 @@ print(sock.makefile("rb").readline().decode(), end="")
 """
 
 
-def agent_call(lab, host: str, method: str, params: dict | None = None, timeout: float = 30):
+def agent_call(lab, host: str, method: str, params: dict | None = None, timeout: float = 30,
+               session: dict | None = None):
     """Call the agent API on `host` from inside it (its unix socket), not over the network: works on
     a cut-off host too. Returns the protocol Response (`.ok`, `.result`, `.error.code/.message`)."""
     from cantainer_agent import layout, protocol
 
-    line = protocol.encode_request(1, method, params or {}).decode()
+    line = protocol.encode_request(1, method, params or {}, session=session).decode()
     result = host_exec(lab, host, "python3", "-c", _AGENT_CALL, layout.SOCKET_PATH, line, str(timeout),
                        timeout=timeout + 15)
     assert result.returncode == 0, result.stderr

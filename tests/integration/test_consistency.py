@@ -1,6 +1,9 @@
 """Reads that are never stale, refusals with codes a script can act on — on the lab."""
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from cantainer_agent import protocol
@@ -50,3 +53,31 @@ def test_a_cut_off_host_refuses_a_read_it_cannot_confirm_instead_of_answering_st
         lab.cut("h3", up=True)
     wait_for(lambda: agent_call(lab, "h3", "network.ls", {}).ok, 30, what="h3 to confirm reads again")
     assert "10.93.0.0/24" not in {n["cidr"] for n in agent_call(lab, "h3", "network.ls", {}).result}
+
+
+def test_a_retried_rm_answers_as_its_first_attempt_did_and_spares_what_was_made_since(lab, cluster):
+    """Exactly once means the same answer too. A retry (same session) of an rm whose first attempt
+    removed the object, sent after another request made one of that name, gets the first attempt's
+    answer and leaves the new one alone. Found by the linearizability test: a retried `volume.rm`
+    answered "it is on another host" after another host had taken the name."""
+    client = f"retry-test-{os.getpid()}"
+    ok(cli(cluster, "volume", "create", "rv-a", "--host", "h1"))
+    first = agent_call(lab, "h1", "volume.rm", {"name": "rv-a"}, session={"client": client, "seq": 1})
+    assert first.ok, first
+    ok(cli(cluster, "volume", "create", "rv-a", "--host", "h2"))  # another host takes the name
+    again = agent_call(lab, "h1", "volume.rm", {"name": "rv-a"}, session={"client": client, "seq": 1})
+    assert again.ok and again.result["removed"] == "rv-a", again.error
+    volumes = {v["name"]: v["host"] for v in json.loads(ok(cli(cluster, "volume", "ls", "--json")))}
+    assert volumes.get("rv-a") == "h2"
+    ok(cli(cluster, "volume", "rm", "rv-a"))
+
+    ok(cli(cluster, "run", "--host", "h1", "-n", "10.94.0.0/24", "--name", "rc-a", "-d", "sleep", "600"))
+    first = agent_call(lab, "h1", "container.rm", {"name": "rc-a", "force": True}, session={"client": client, "seq": 2})
+    assert first.ok, first
+    ok(cli(cluster, "run", "--host", "h1", "-n", "10.94.0.0/24", "--name", "rc-a", "-d", "sleep", "600"))
+    again = agent_call(lab, "h1", "container.rm", {"name": "rc-a", "force": True}, session={"client": client, "seq": 2})
+    assert again.ok, again.error
+    listed = {c["name"]: c["state"] for c in json.loads(ok(cli(cluster, "ps", "-a", "--json")))}
+    assert listed.get("rc-a") == "running"  # the new container was not this request's to remove
+    ok(cli(cluster, "rm", "-f", "rc-a"))
+    ok(cli(cluster, "network", "rm", "10.94.0.0/24"))

@@ -48,7 +48,7 @@ from ..overlay import OverlayError
 from ..runtime import ContainerError, ContainerNotFound, ContainerRunning, ContainerSpec, ImageNotFound
 from ..workload import RecordOfAnotherAttempt, Workload
 from .errors import raft_of, rejected
-from .requests import Reads, session_of
+from .requests import Reads, applied_before, session_of
 
 MAX_STOP_TIMEOUT = 3600  # seconds between SIGTERM and SIGKILL
 RETRY_WAIT = 60.0  # seconds a retried `run` waits for its first attempt's start to finish
@@ -346,6 +346,9 @@ class ContainerHandlers:
         name = check_container_name(params.get("name"))
         state = self._reads.snapshot(raft, params)["state"]
         record = state["containers"].get(name)
+        if applied_before(raft, params):  # a retry: its answer is the first attempt's, and whatever
+            replicate(raft, "remove_container", {"name": name}, session_of(params, "container.rm"))
+            return {"removed": name}       # holds the name now (made since) is not this request's
         if record is not None and record["host"] != self._node:
             return self._rm_on_down_host(raft, state, record, params)
         if record is None:

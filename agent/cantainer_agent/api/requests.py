@@ -26,6 +26,25 @@ def session_of(params: dict, purpose: str) -> Session:
     return Session.for_request(session) if session else Session.new(purpose)
 
 
+def applied_before(raft: RaftNode, params: dict) -> bool:
+    """Is this request a retry whose first write was already applied (the session table holds its
+    outcome, or has forgotten it)? Then its answer is that outcome — which ``replicate`` returns —
+    not what a check of the state as it is now would say: a `volume.rm` whose first attempt removed
+    the volume, retried after another host created one of that name, must answer "removed", not "it
+    is on another host"; and it must touch nothing the other request made. Reads this replica: call
+    it after the request's (linearizable) read."""
+    session = params.get("session")
+    if not isinstance(session, dict):
+        return False
+    client, first = session.get("client"), Session.for_request(session).first
+
+    def known(state) -> bool:
+        record = state.sessions.clients.get(client)
+        return record is not None and (first in record["done"] or first < record["floor"])
+
+    return bool(raft.read(known))
+
+
 def consistency_of(params: dict) -> str:
     consistency = params.get("consistency", LINEARIZABLE)
     if consistency not in (LINEARIZABLE, STALE):

@@ -18,7 +18,7 @@ from ..consensus import RaftNode
 from ..consensus.writes import replicate
 from ..workload import Workload
 from .errors import raft_of
-from .requests import Reads, session_of
+from .requests import Reads, applied_before, session_of
 
 
 class VolumeHandlers:
@@ -57,8 +57,10 @@ class VolumeHandlers:
     def rm(self, params: dict) -> dict:
         raft = raft_of(self._get_raft)
         name = params.get("name")
-        record = self._reads.snapshot(raft, params)["state"].get("volumes", {}).get(name)
-        if record is not None and record["host"] != self._node:
+        state = self._reads.snapshot(raft, params)["state"]
+        record = state.get("volumes", {}).get(name)
+        retried = applied_before(raft, params)
+        if record is not None and record["host"] != self._node and not retried:
             raise protocol.ProtocolError(protocol.CONFLICT, f"volume {name} is on {record['host']}, not on "
                                          f"{self._node}: its data can only be deleted there")
         # One lock over both steps: a start that records the volume anew meanwhile mounts it only after
@@ -66,6 +68,8 @@ class VolumeHandlers:
         with self._workload.volumes_locked([name] if isinstance(name, str) else []):
             # the host is checked again inside the command: a volume made on another host since the read
             replicate(raft, "remove_volume", {"name": name, "host": self._node}, session_of(params, "volume.rm"))
+            if retried and record is not None:  # a volume made since the first attempt: its data stays
+                return {"removed": name, "deleted": False}
             try:
                 deleted = self._workload.delete_volume(name)
             except OSError as error:

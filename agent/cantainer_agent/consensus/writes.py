@@ -28,6 +28,7 @@ class Session:
 
     def __init__(self, client: str, first_seq: int = 0, last_seq: int | None = None) -> None:
         self.client = client
+        self.first = first_seq
         self._seqs = itertools.count(first_seq)
         self._last = last_seq
         self._lock = threading.Lock()
