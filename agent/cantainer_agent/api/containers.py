@@ -346,9 +346,11 @@ class ContainerHandlers:
         name = check_container_name(params.get("name"))
         state = self._reads.snapshot(raft, params)["state"]
         record = state["containers"].get(name)
-        if applied_before(raft, params):  # a retry: its answer is the first attempt's, and whatever
+        # A retry whose first attempt removed it: its answer is that attempt's, and a container that holds
+        # the name now (made since) is not this request's. (No record: `_missing` answers it so.)
+        if record is not None and applied_before(raft, params):
             replicate(raft, "remove_container", {"name": name}, session_of(params, "container.rm"))
-            return {"removed": name}       # holds the name now (made since) is not this request's
+            return {"removed": name}
         if record is not None and record["host"] != self._node:
             return self._rm_on_down_host(raft, state, record, params)
         if record is None:

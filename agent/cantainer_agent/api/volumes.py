@@ -59,7 +59,7 @@ class VolumeHandlers:
         name = params.get("name")
         state = self._reads.snapshot(raft, params)["state"]
         record = state.get("volumes", {}).get(name)
-        retried = applied_before(raft, params)
+        retried = record is not None and applied_before(raft, params)  # only then does it change anything
         if record is not None and record["host"] != self._node and not retried:
             raise protocol.ProtocolError(protocol.CONFLICT, f"volume {name} is on {record['host']}, not on "
                                          f"{self._node}: its data can only be deleted there")
