@@ -5,7 +5,8 @@ round trip, `plan.plan_host` compares them with what the inventory wants, and on
 pushed and agents (re)started. A host that already matches is not touched (same agent PID).
 
 Each host costs three round trips: connect, probe, and one `apply` program that writes what the
-plan says (bundle, secret, config: all on its stdin) and becomes the agent's launcher.
+plan says (bundle, secret, config: all on its stdin) and becomes the agent's launcher. A host whose
+agent runs is not probed: the agent reads the same facts with the probe's code (API `facts`).
 
 Ordering rules that keep raft safe:
 - a cluster is founded only when *every* inventory host was probed and none has raft state —
@@ -46,6 +47,7 @@ from cantainer_agent.config import identity
 
 HEALTHY_TIMEOUT = 60.0
 MEMBER_WAIT = 20.0  # seconds one `member` call may wait on the agent
+FACTS_WAIT = 3.0  # seconds a running agent may take to answer `facts` before the probe runs instead
 ADOPT_WAIT = 10.0  # seconds an agent holding the lock may take to answer `hello` (a loaded host starts slowly)
 _ROLES = {"candidate": "follower"}  # a member between elections is shown as the follower it was
 
@@ -106,6 +108,37 @@ class Bootstrapper:
     # -- read -------------------------------------------------------------------------------------
     async def _probe(self, host: Host) -> None:
         self.report(host.name, "probe", "")
+        probe = await self._facts_from_agent(host)
+        if probe is None:
+            probe = await self._run_probe(host)
+        if probe.python[:2] < layout.MIN_PYTHON:
+            version = ".".join(map(str, probe.python))
+            raise HostError(host.name, f"python {version} at {host.python} is too old (cantainer needs >= 3.10)",
+                            "install a newer python3 or point `python` in the inventory at one")
+        if probe.nftables_error:  # the agent would refuse to start: VXLAN would be open to the underlay
+            raise HostError(host.name, "libnftables.so.1 is missing (the agent needs nftables to protect the overlay)",
+                            "install the package libnftables1 there (apt-get install libnftables1)")
+        outcome = HostOutcome(host, probe)
+        outcome.bundle = self._bundle_for(Platform(probe.machine, probe.python[:2]), bundle_needs_compiled(probe))
+        self.result.outcomes[host.name] = outcome
+
+    async def _facts_from_agent(self, host: Host) -> remote.ProbeResult | None:
+        """The facts as the host's running agent reads them (API ``facts``, the probe's own code), or
+        None: no agent answers, an agent from before ``facts``, or a host whose underlay address only
+        the SSH server's view tells (an agent cannot see it) or that needs sudo (its socket relay is a
+        Python start anyway) — then the probe runs."""
+        connection = self.fleet.connections[host.name]
+        if host.underlay_address is None or connection.needs_sudo:
+            return None
+        client = AgentClient(connection)
+        try:
+            return remote.ProbeResult.from_document(await client.call("facts", timeout=FACTS_WAIT))
+        except (CantainerError, KeyError, TypeError, ValueError):
+            return None  # the probe is the authority: it reads the host itself
+        finally:
+            client.close()
+
+    async def _run_probe(self, host: Host) -> remote.ProbeResult:
         connection = self.fleet.connections[host.name]
         argv = [host.python, "-c", remote.PROBE, layout.PID_FILE, layout.CONFIG_FILE, layout.BUNDLES_DIR,
                 layout.MEMBERS_FILE, layout.SECRET_FILE]
@@ -118,17 +151,7 @@ class Bootstrapper:
                 host.name,
                 f"probe with {host.python} failed: {result.stderr.strip().splitlines()[-1:] or result.exit_status}",
             )
-        probe = remote.ProbeResult.parse(result.stdout)
-        if probe.python[:2] < layout.MIN_PYTHON:
-            version = ".".join(map(str, probe.python))
-            raise HostError(host.name, f"python {version} at {host.python} is too old (cantainer needs >= 3.10)",
-                            "install a newer python3 or point `python` in the inventory at one")
-        if probe.nftables_error:  # the agent would refuse to start: VXLAN would be open to the underlay
-            raise HostError(host.name, "libnftables.so.1 is missing (the agent needs nftables to protect the overlay)",
-                            "install the package libnftables1 there (apt-get install libnftables1)")
-        outcome = HostOutcome(host, probe)
-        outcome.bundle = self._bundle_for(Platform(probe.machine, probe.python[:2]), bundle_needs_compiled(probe))
-        self.result.outcomes[host.name] = outcome
+        return remote.ProbeResult.parse(result.stdout)
 
     async def _addresses(self) -> dict[str, str | None]:
         """Every inventory host's underlay address (plan.underlay_addresses): seeds come from the

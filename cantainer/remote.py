@@ -8,67 +8,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
+from cantainer_agent import facts
 from cantainer_agent.layout import CONFIG_FILE, bundle_dir
 
-PROBE = r"""
-import ctypes, hashlib, json, os, platform, sys
-def read(path):
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError:
-        return None
-def agent_pid():
-    raw = read(sys.argv[1])
-    try:
-        pid = int(raw.split()[0])
-        cmdline = read(f"/proc/{pid}/cmdline") or b""
-    except (AttributeError, IndexError, ValueError):
-        return None
-    return pid if b"cantainer_agent" in cmdline else None
-def nftables():
-    try:
-        ctypes.CDLL("libnftables.so.1")
-    except OSError as error:
-        return str(error)
-    return None
-def cryptography():
-    # The host's own cryptography (Ubuntu ships python3-cryptography): its version, read from the
-    # package without importing it (an import costs ~40 ms of CPU per host).
-    import importlib.util, re
-    try:
-        spec = importlib.util.find_spec("cryptography")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for name in ("__about__.py", "__init__.py"):
-        text = read(os.path.join(list(spec.submodule_search_locations)[0], name)) or b""
-        found = re.search(rb"__version__\s*=\s*[\x22']([0-9][^\x22']*)[\x22']", text)
-        if found:
-            return found.group(1).decode()
-    return None
-config = read(sys.argv[2])
-conn = os.environ.get("SSH_CONNECTION", "").split()
-print(json.dumps({
-    "python": list(sys.version_info[:3]),
-    "machine": platform.machine(),
-    "kernel": platform.release(),
-    "hostname": platform.node(),
-    "systemd": os.path.isdir("/run/systemd/system"),
-    "bundles": sorted(e.name for e in os.scandir(sys.argv[3]) if not e.name.endswith(".partial") and (e.is_file()
-                      or os.path.isfile(os.path.join(e.path, ".complete"))))
-               if os.path.isdir(sys.argv[3]) else [],
-    "secret_sha256": hashlib.sha256(read(sys.argv[5]) or b"").hexdigest() if read(sys.argv[5]) else None,
-    "config": json.loads(config) if config else None,
-    "has_state": os.path.exists(sys.argv[4]),
-    "agent_pid": agent_pid(),
-    "ssh_server_address": conn[2] if len(conn) == 4 else None,
-    "nftables_error": nftables(),
-    "cryptography": cryptography(),
-}))
-"""
+# The probe: the agent's facts module, run standalone (`python3 -c`): one source for the facts a
+# host's Python reads and those a running agent reports (API `facts`).
+PROBE = Path(facts.__file__).read_text()
 
 # Brings a host to what the plan says in one process, reading everything from stdin: a header line
 # (JSON), then the blobs it announces in order — the bundle archive, the secret, the config. Each
@@ -256,7 +203,11 @@ class ProbeResult:
 
     @classmethod
     def parse(cls, text: str) -> "ProbeResult":
-        data = json.loads(text)
+        return cls.from_document(json.loads(text))
+
+    @classmethod
+    def from_document(cls, data: dict) -> "ProbeResult":
+        """From the facts document (``cantainer_agent.facts.read``: the probe's output, or an agent's)."""
         return cls(tuple(data["python"]), data["machine"], data["kernel"], data["hostname"], data["systemd"],
                    tuple(data["bundles"]), data["secret_sha256"], data["config"], data["has_state"], data["agent_pid"],
                    data["ssh_server_address"], data.get("nftables_error"), data.get("cryptography"))

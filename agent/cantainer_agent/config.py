@@ -23,7 +23,8 @@ Keys (unknown keys are rejected so typos surface; defaults come from ``layout.py
     labels              {str: str} {}   this host's labels (placement constraints label.KEY==VALUE)
     reschedule_after    float 30.0      seconds a host is down before its service tasks move (1..86400)
 
-Every error raised is a :class:`ConfigError` whose message names the file and the key.
+Every error raised is a :class:`ConfigError` whose message names the file and the key. Once a node
+has raft state the agent drops the founding keys from its file (``forget_founding``).
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ import json
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import layout
 from .cluster.specs import check_labels
 from .errors import AgentError, StateError
+from .fsutil import atomic_write
 from .netaddr import split_hostport
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -101,6 +103,7 @@ class AgentConfig:
     labels: tuple[tuple[str, str], ...] = ()
     reschedule_after: float = layout.RESCHEDULE_AFTER
     identity: str = ""  # of the config it was parsed from (``identity``)
+    path: str = ""  # the file it was read from ("" when parsed from data)
 
     @property
     def raft_addr(self) -> str:
@@ -207,8 +210,6 @@ def parse_config(data: Any, where: str = "config", check_files: bool = True) -> 
     bootstrap = merged["bootstrap"]
     if type(bootstrap) is not bool:
         raise ConfigError(f"{where}: 'bootstrap' must be true or false, got {bootstrap!r}")
-    if not bootstrap and not seeds:
-        raise ConfigError(f"{where}: 'seeds' is empty and 'bootstrap' is false: this node could never join a cluster")
     initial_voters = _initial_voters(where, merged["initial_voters"], bootstrap, f"{address}:{raft_port}")
 
     voters = merged["voters"]
@@ -273,7 +274,21 @@ def load_config(path: str, check_files: bool = True) -> AgentConfig:
         raise ConfigError(f"{path}: config file is not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    return parse_config(data, where=path, check_files=check_files)
+    return replace(parse_config(data, where=path, check_files=check_files), path=path)
+
+
+def forget_founding(path: str) -> bool:
+    """Drop the founding keys from the config file at *path*; the agent calls it once the node has raft
+    state (they are read only by a node without any, and a node whose state is later lost must not
+    found a cluster again). The file is then what `up` plans for a member — ``bootstrap`` false, no
+    ``initial_voters`` — so `up` run again writes nothing. Returns whether the file changed."""
+    with open(path, "rb") as f:
+        data = json.loads(f.read())
+    if not isinstance(data, dict) or not (data.get("bootstrap") or "initial_voters" in data):
+        return False
+    kept = {key: value for key, value in data.items() if key != "initial_voters"}
+    atomic_write(path, (json.dumps({**kept, "bootstrap": False}, indent=1) + "\n").encode(), 0o600)
+    return True
 
 
 def check_secret_file(path: str) -> None:

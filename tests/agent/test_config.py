@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from cantainer_agent.config import AgentConfig, ConfigError, load_config, parse_config, read_secret
+from cantainer_agent.config import AgentConfig, ConfigError, forget_founding, load_config, parse_config, read_secret
 
 
 @pytest.fixture
@@ -68,7 +68,6 @@ def test_load_from_file(tmp_path, secret):
         ({"seeds": ["10.0.0.2"]}, "seeds[0]"),
         ({"seeds": ["10.0.0.2:99999"]}, "seeds[0]"),
         ({"bootstrap": "yes"}, "'bootstrap'"),
-        ({"bootstrap": False}, "could never join"),
         ({"initial_voters": "10.0.0.1:7480"}, "'initial_voters' must be a list"),
         ({"initial_voters": ["10.0.0.1"]}, "initial_voters[0]"),
         ({"initial_voters": ["10.0.0.2:7480", "10.0.0.3:7480"]}, "does not list this node's raft address 10.0.0.1"),
@@ -164,3 +163,28 @@ def test_identity_names_what_the_agent_runs_with_founding_keys_and_defaults_asid
     assert founding.identity == member.identity == explicit.identity == identity(base(secret, **seeds))
     for change in ({"raft_port": 7490}, {"labels": {"zone": "a"}}, {"bundle": "ab" * 32}, {"node": "h2"}):
         assert parse_config(base(secret, **seeds, **change)).identity != founding.identity, change
+
+
+def test_a_node_with_state_forgets_its_founding_keys_and_keeps_the_rest(secret, tmp_path):
+    path = tmp_path / "agent.json"
+    founding = base(secret, seeds=["10.0.0.2:7481"], initial_voters=["10.0.0.1:7480", "10.0.0.2:7480"])
+    path.write_text(json.dumps(founding, indent=1) + "\n")
+    os.chmod(path, 0o600)
+    before = load_config(str(path))
+    assert forget_founding(str(path)) is True
+    after = load_config(str(path))
+    assert json.loads(path.read_text()) == {**{k: v for k, v in founding.items() if k != "initial_voters"},
+                                            "bootstrap": False}
+    assert path.stat().st_mode & 0o777 == 0o600 and after.path == str(path)
+    assert (after.bootstrap, after.initial_voters) == (False, ()) and after.identity == before.identity
+    inode = path.stat().st_ino
+    assert forget_founding(str(path)) is False and path.stat().st_ino == inode  # nothing left to drop: untouched
+
+
+def test_forgetting_founding_keys_of_a_broken_file_raises_and_changes_nothing(tmp_path):
+    path = tmp_path / "agent.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError):
+        forget_founding(str(path))
+    assert path.read_text() == "{not json"
+

@@ -60,3 +60,16 @@ def test_one_voter_leads_at_once_and_the_others_join_as_standbys(lab, purge):
         assert members(lab, host)["role"] == "standby"
         assert re.search(r"joined through \S+ as standby", agent_log(lab, host))
     assert "raft role: candidate -> leader" in agent_log(lab, "h1")
+
+
+def test_a_founded_node_drops_its_founding_keys_so_up_again_writes_nothing(lab, purge):
+    purge.append(inventory := founded(lab, 3))
+    for host in HOSTS:
+        config = json.loads(host_path(lab, host, layout.CONFIG_FILE).read_text())
+        assert config["bootstrap"] is False and "initial_voters" not in config, config
+    assert "founding keys dropped" in agent_log(lab, "h1")
+    written = {host: host_path(lab, host, layout.CONFIG_FILE).stat().st_ino for host in HOSTS}
+    again = ok(cantainer("up", str(inventory)))
+    assert again.count("unchanged") == len(HOSTS), again
+    assert {host: host_path(lab, host, layout.CONFIG_FILE).stat().st_ino for host in HOSTS} == written  # not rewritten
+

@@ -16,6 +16,7 @@ from cantainer import remote
 from cantainer_agent import layout
 from tests.labcli import (
     CANTAINER,
+    agent_call,
     agent_pid,
     cantainer,
     cli,
@@ -84,6 +85,21 @@ def test_rerun_of_up_changes_nothing(lab, cluster):
     assert result.stdout.count("unchanged") == 3
     assert "pushed" not in result.stdout
     assert {h: agent_pid(lab, h) for h in ("h1", "h2", "h3")} == before
+
+
+def test_a_running_agent_reports_the_facts_its_hosts_probe_reads(lab, cluster):
+    """`up` asks a running agent instead of probing: the same document the probe prints on that host
+    (the same code, `cantainer_agent.facts`), but the SSH server's address, which only the probe sees."""
+    for host in ("h1", "h3"):
+        answer = agent_call(lab, host, "facts")
+        assert answer.ok, answer.error
+        probe = host_exec(lab, host, "python3", "-c", remote.PROBE, layout.PID_FILE, layout.CONFIG_FILE,
+                          layout.BUNDLES_DIR, layout.MEMBERS_FILE, layout.SECRET_FILE)
+        assert probe.returncode == 0, probe.stderr
+        expected = json.loads(probe.stdout)
+        assert answer.result == {**expected, "ssh_server_address": None}
+        assert answer.result["agent_pid"] == agent_pid(lab, host) and answer.result["config"]["node"] == host
+        assert remote.ProbeResult.from_document(answer.result).bundles  # what `up` makes of it
 
 
 def test_a_second_up_while_one_runs_says_so_and_touches_nothing(lab, cluster):

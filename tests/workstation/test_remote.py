@@ -92,6 +92,42 @@ def test_the_probe_lists_no_partial_bundle(tmp_path):
     assert probe_bundles(tmp_path) == [] and probe_bundles(tmp_path / "none") == []
 
 
+def test_the_probe_standalone_and_an_agents_facts_are_one_document(tmp_path):
+    """The probe is the agent's facts module sent as `python3 -c` (isolated: nothing of the package is
+    importable there); an agent answering `facts` runs the same code in-process."""
+    from cantainer_agent import facts
+
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    (bundles / "cantainer_agent-zip").write_bytes(b"PK")
+    (bundles / "cantainer_agent-dir").mkdir()
+    (bundles / "cantainer_agent-dir" / ".complete").touch()
+    (bundles / "cantainer_agent-half").mkdir()
+    (bundles / "cantainer_agent-x.3.partial").write_bytes(b"")
+    (tmp_path / "agent.json").write_text('{"node": "h1", "bootstrap": false}\n')
+    (tmp_path / "members.json").write_text("{}")
+    (tmp_path / "secret").write_bytes(b"s3cret\n")
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "cantainer_agent"])
+    try:
+        (tmp_path / "agent.pid").write_text(f"{agent.pid}\n")
+        paths = [str(tmp_path / name) for name in ("agent.pid", "agent.json")] + [str(bundles)] + [
+            str(tmp_path / name) for name in ("members.json", "secret")]
+        connection = "10.1.0.5 50000 10.1.0.9 22"
+        probed = subprocess.run([sys.executable, "-I", "-c", remote.PROBE, *paths], capture_output=True, text=True,
+                                timeout=60, check=True, env={**os.environ, "SSH_CONNECTION": connection})
+        read = facts.read(*paths, ssh_connection=connection)
+    finally:
+        agent.kill()
+        agent.wait()
+    assert json.loads(probed.stdout) == read
+    result = remote.ProbeResult.from_document(read)
+    assert result.agent_pid == agent.pid and result.bundles == ("cantainer_agent-dir", "cantainer_agent-zip")
+    assert result.config == {"node": "h1", "bootstrap": False} and result.has_state
+    assert result.secret_sha256 == hashlib.sha256(b"s3cret\n").hexdigest()
+    assert result.ssh_server_address == "10.1.0.9" and result.python == tuple(sys.version_info[:3])
+    assert facts.read(*paths)["agent_pid"] is None  # that process is gone: a stale pid file names nobody
+
+
 def test_a_corrupted_bundle_is_refused_and_nothing_is_installed(tmp_path):
     data, digest = archive()
     corrupt = bytearray(data)

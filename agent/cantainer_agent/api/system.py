@@ -4,6 +4,9 @@
 ``status {consistency?}`` -> ``{"node", "cluster", "leader": name|null, "term", "commit_index",
               "raft": {...}, "nodes": [...], "networks": [...], "containers": [...], "consistency"}``
               (cluster/views.build_status; linearizable unless ``consistency: stale``)
+``facts``  -> the host's facts for `up` (``cantainer_agent.facts``: what its probe reads, read by this
+              agent on the same paths; no ``ssh_server_address``) — a re-run of `up` asks this instead
+              of starting a Python on the host.
 ``member {wait?}`` -> ``{"node", "pid", "leader": raft address|null, "registered": bool, "role"}``: with
               ``wait`` (seconds, at most MEMBER_WAIT_MAX) it answers once this node knows a leader and
               is registered in the state, or when the time is up — `up` waits on it instead of polling.
@@ -15,7 +18,7 @@ import os
 import time
 from typing import Callable
 
-from .. import __version__, protocol
+from .. import __version__, facts, layout, protocol
 from ..cluster.views import build_status
 from ..config import AgentConfig
 from ..consensus import RaftNode
@@ -32,6 +35,10 @@ def handlers(cfg: AgentConfig, get_raft: Callable[[], RaftNode | None], stop: Ca
         return {"agent_version": __version__, "protocol": protocol.PROTOCOL_VERSION, "node": cfg.node,
                 "cluster": cfg.cluster, "pid": os.getpid(), "bundle": cfg.bundle, "machine": os.uname().machine,
                 "config": cfg.identity}
+
+    def host_facts(_params: dict) -> dict:
+        return facts.read(layout.PID_FILE, layout.CONFIG_FILE, layout.BUNDLES_DIR, layout.MEMBERS_FILE,
+                          layout.SECRET_FILE)
 
     def status(params: dict) -> dict:
         raft = get_raft()
@@ -61,4 +68,4 @@ def handlers(cfg: AgentConfig, get_raft: Callable[[], RaftNode | None], stop: Ca
     def stop_agent(_params: dict) -> AfterReply:
         return AfterReply({"stopping": True}, stop)
 
-    return {"hello": hello, "status": status, "member": member, "stop": stop_agent}
+    return {"hello": hello, "facts": host_facts, "status": status, "member": member, "stop": stop_agent}

@@ -29,7 +29,7 @@ from ..api.requests import Reads
 from ..api.server import ApiServer
 from ..cluster.liveness import heartbeat_period
 from ..cluster.state import ClusterState
-from ..config import AgentConfig
+from ..config import AgentConfig, forget_founding
 from ..consensus import RaftConfig, RaftError, RaftNode
 from ..consensus.writes import Session, replicate
 from ..controllers.containers import ContainersController
@@ -156,6 +156,12 @@ class Agent:
 
         start = decide_partners(cfg, self._secret)
         self.start_mode = start.mode
+        if (cfg.bootstrap or cfg.initial_voters) and cfg.path:  # the node has state now (members.json)
+            try:
+                if forget_founding(cfg.path):
+                    log.info("founding keys dropped from %s: this node has raft state now", cfg.path)
+            except (OSError, ValueError) as exc:  # harmless: the next `up` rewrites the file
+                log.warning("could not drop the founding keys from %s: %s", cfg.path, exc)
         raft = RaftNode(RaftConfig(cluster=cfg.cluster, self_addr=cfg.raft_addr, data_dir=cfg.data_dir,
                                    secret=self._secret, partners=tuple(start.partners),
                                    elect_early=start.elect_early), fsm=ClusterState)

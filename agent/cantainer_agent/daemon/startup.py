@@ -71,6 +71,9 @@ def decide_partners(cfg: AgentConfig, secret: bytes) -> Partners:
         save_members(cfg.data_dir, cfg.cluster, cfg.raft_addr, voters)
         partners = [v for v in voters if v != cfg.raft_addr]
         return Partners("bootstrap", partners, elect_early=voters[0] == cfg.raft_addr)
+    if not cfg.seeds:  # a config may say so once the node has state (one host: no seeds, founding keys dropped)
+        raise StartupError(f"{cfg.path or 'the config'}: 'seeds' is empty and 'bootstrap' is false, and {cfg.data_dir} "
+                           "has no raft state: this node could never join a cluster")
     return Partners("join", join(cfg, secret))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from cantainer_agent.config import parse_config
 from cantainer_agent.consensus import load_members, save_members
-from cantainer_agent.daemon.startup import Partners, decide_partners
+from cantainer_agent.daemon.startup import Partners, StartupError, decide_partners
 
 SECRET = b"s" * 32
 
@@ -66,3 +66,18 @@ def test_a_restarted_lone_voter_leads_at_once_and_a_member_of_a_group_does_not(c
     assert decide_partners(cfg, SECRET) == Partners("restart", VOTERS[1:], elect_early=False)
     save_members(cfg.data_dir, "c", cfg.raft_addr, VOTERS[1:], role="standby")
     assert decide_partners(cfg, SECRET).elect_early is False  # a standby never stands
+
+
+def test_a_lone_node_restarts_without_seeds_or_founding_keys_once_it_has_state(config):
+    """One host: its founding keys are dropped after it founded, and it has no seeds — still valid."""
+    cfg = config(bootstrap=True, seeds=[])
+    assert decide_partners(cfg, SECRET).mode == "bootstrap"
+    member = config(seeds=[])
+    assert decide_partners(member, SECRET) == Partners("restart", [], elect_early=True)
+
+
+def test_a_node_without_state_seeds_or_bootstrap_is_one_clear_error(config):
+    cfg = config(seeds=[])
+    with pytest.raises(StartupError, match="'seeds' is empty and 'bootstrap' is false, and .* has no raft state"):
+        decide_partners(cfg, SECRET)
+    assert load_members(cfg.data_dir) is None  # nothing written

@@ -1,0 +1,95 @@
+"""A host's facts for `cantainer up`, read the same way by two callers.
+
+* `up`'s probe sends this file's text as ``python3 -c`` (argv: pid file, config file, bundles dir,
+  members file, secret file), so it must stay standalone: stdlib only, nothing from this package.
+* A running agent answers the API's ``facts`` with ``read(...)`` on the same paths, which saves `up`'s
+  re-run a Python start per host. It cannot know ``ssh_server_address`` (None): `up` asks an agent
+  only for hosts whose underlay address the inventory names.
+
+The document is ``cantainer.remote.ProbeResult``'s input; both callers must give the same answer.
+"""
+import ctypes
+import hashlib
+import importlib.machinery
+import json
+import os
+import platform
+import re
+import sys
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def _agent_pid(pid_file):
+    raw = _read(pid_file)
+    try:
+        pid = int(raw.split()[0])
+        cmdline = _read(f"/proc/{pid}/cmdline") or b""
+    except (AttributeError, IndexError, ValueError):
+        return None
+    return pid if b"cantainer_agent" in cmdline else None
+
+
+def _nftables():
+    try:
+        ctypes.CDLL("libnftables.so.1")
+    except OSError as error:
+        return str(error)
+    return None
+
+
+def _cryptography(bundles_dir):
+    """The host's own cryptography's version, read from the package without importing it (an import
+    costs ~40 ms of CPU per host); a bundle's copy (the agent runs from one) is not the host's."""
+    path = [entry for entry in sys.path if not os.path.abspath(entry or ".").startswith(bundles_dir + os.sep)]
+    try:
+        spec = importlib.machinery.PathFinder.find_spec("cryptography", path)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for name in ("__about__.py", "__init__.py"):
+        text = _read(os.path.join(list(spec.submodule_search_locations)[0], name)) or b""
+        found = re.search(rb"__version__\s*=\s*[\x22']([0-9][^\x22']*)[\x22']", text)
+        if found:
+            return found.group(1).decode()
+    return None
+
+
+def _bundles(bundles_dir):
+    if not os.path.isdir(bundles_dir):
+        return []
+    return sorted(entry.name for entry in os.scandir(bundles_dir) if not entry.name.endswith(".partial") and (
+        entry.is_file() or os.path.isfile(os.path.join(entry.path, ".complete"))))
+
+
+def read(pid_file, config_file, bundles_dir, members_file, secret_file, ssh_connection=None):
+    """The facts document (JSON-able dict). *ssh_connection* is $SSH_CONNECTION as the probe sees it."""
+    config = _read(config_file)
+    secret = _read(secret_file)
+    conn = (ssh_connection or "").split()
+    return {
+        "python": list(sys.version_info[:3]),
+        "machine": platform.machine(),
+        "kernel": platform.release(),
+        "hostname": platform.node(),
+        "systemd": os.path.isdir("/run/systemd/system"),
+        "bundles": _bundles(bundles_dir),
+        "secret_sha256": hashlib.sha256(secret).hexdigest() if secret else None,
+        "config": json.loads(config) if config else None,
+        "has_state": os.path.exists(members_file),
+        "agent_pid": _agent_pid(pid_file),
+        "ssh_server_address": conn[2] if len(conn) == 4 else None,
+        "nftables_error": _nftables(),
+        "cryptography": _cryptography(bundles_dir),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(read(*sys.argv[1:6], ssh_connection=os.environ.get("SSH_CONNECTION"))))
