@@ -124,16 +124,20 @@ class Bootstrapper:
 
     async def _facts_from_agent(self, host: Host) -> remote.ProbeResult | None:
         """The facts as the host's running agent reads them (API ``facts``, the probe's own code), or
-        None: no agent answers, an agent from before ``facts``, or a host whose underlay address only
-        the SSH server's view tells (an agent cannot see it) or that needs sudo (its socket relay is a
-        Python start anyway) — then the probe runs."""
+        None: no agent answers, an agent from before ``facts`` or running under another Python than the
+        inventory's ``python``, or a host whose underlay address only the SSH server's view tells (an
+        agent cannot see it) or that needs sudo (its socket relay is a Python start anyway) — then the
+        probe runs."""
         connection = self.fleet.connections[host.name]
         if host.underlay_address is None or connection.needs_sudo:
             return None
         client = AgentClient(connection)
         try:
-            return remote.ProbeResult.from_document(await client.call("facts", timeout=FACTS_WAIT))
-        except (CantainerError, KeyError, TypeError, ValueError):
+            document = await client.call("facts", timeout=FACTS_WAIT)
+            if document.get("interpreter") != host.python:  # the inventory names another Python now: probe it
+                return None
+            return remote.ProbeResult.from_document(document)
+        except (CantainerError, AttributeError, KeyError, TypeError, ValueError):
             return None  # the probe is the authority: it reads the host itself
         finally:
             client.close()

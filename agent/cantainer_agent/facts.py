@@ -4,7 +4,8 @@
   members file, secret file), so it must stay standalone: stdlib only, nothing from this package.
 * A running agent answers the API's ``facts`` with ``read(...)`` on the same paths, which saves `up`'s
   re-run a Python start per host. It cannot know ``ssh_server_address`` (None): `up` asks an agent
-  only for hosts whose underlay address the inventory names.
+  only for hosts whose underlay address the inventory names, and takes its answer only when it runs
+  under the interpreter the inventory names (``interpreter``: the command it was started as).
 
 The document is ``cantainer.remote.ProbeResult``'s input; both callers must give the same answer.
 """
@@ -76,6 +77,7 @@ def read(pid_file, config_file, bundles_dir, members_file, secret_file, ssh_conn
     conn = (ssh_connection or "").split()
     return {
         "python": list(sys.version_info[:3]),
+        "interpreter": getattr(sys, "orig_argv", [None])[0],  # the command it was started as: `python`
         "machine": platform.machine(),
         "kernel": platform.release(),
         "hostname": platform.node(),

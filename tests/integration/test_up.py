@@ -93,12 +93,13 @@ def test_a_running_agent_reports_the_facts_its_hosts_probe_reads(lab, cluster):
     for host in ("h1", "h3"):
         answer = agent_call(lab, host, "facts")
         assert answer.ok, answer.error
-        probe = host_exec(lab, host, "python3", "-c", remote.PROBE, layout.PID_FILE, layout.CONFIG_FILE,
+        probe = host_exec(lab, host, "/usr/bin/python3", "-c", remote.PROBE, layout.PID_FILE, layout.CONFIG_FILE,
                           layout.BUNDLES_DIR, layout.MEMBERS_FILE, layout.SECRET_FILE)
         assert probe.returncode == 0, probe.stderr
         expected = json.loads(probe.stdout)
         assert answer.result == {**expected, "ssh_server_address": None}
         assert answer.result["agent_pid"] == agent_pid(lab, host) and answer.result["config"]["node"] == host
+        assert answer.result["interpreter"] == "/usr/bin/python3"  # as `up` started it: the inventory's `python`
         assert remote.ProbeResult.from_document(answer.result).bundles  # what `up` makes of it
 
 

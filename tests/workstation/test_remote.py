@@ -119,7 +119,9 @@ def test_the_probe_standalone_and_an_agents_facts_are_one_document(tmp_path):
     finally:
         agent.kill()
         agent.wait()
-    assert json.loads(probed.stdout) == read
+    probed = json.loads(probed.stdout)
+    assert probed.pop("interpreter") == sys.executable and read.pop("interpreter") == sys.orig_argv[0]
+    assert probed == read
     result = remote.ProbeResult.from_document(read)
     assert result.agent_pid == agent.pid and result.bundles == ("cantainer_agent-dir", "cantainer_agent-zip")
     assert result.config == {"node": "h1", "bootstrap": False} and result.has_state
