@@ -59,6 +59,7 @@ Reporter = Callable[[str, str, str], None]
 class HostOutcome:
     host: Host
     probe: remote.ProbeResult | None = None
+    from_agent: bool = False  # the facts came from the running agent (API `facts`), not from the probe
     bundle: Bundle | None = None
     plan: HostPlan | None = None
     pushed: bool = False
@@ -96,6 +97,8 @@ class Bootstrapper:
             addresses = await self._addresses()
             for host in self.fleet.healthy():
                 self._plan(host, addresses, bootstrap_node)
+            await self.fleet.each([h for h in self.fleet.healthy() if self._changes_by_agent_facts(h)],
+                                  lambda host: self._reprobe(host, addresses, bootstrap_node))
             await self.fleet.each(self.fleet.healthy(), self._apply)
             await self._start_rest()
             await self._wait_healthy()
@@ -109,8 +112,16 @@ class Bootstrapper:
     async def _probe(self, host: Host) -> None:
         self.report(host.name, "probe", "")
         probe = await self._facts_from_agent(host)
-        if probe is None:
-            probe = await self._run_probe(host)
+        self._take(host, probe or await self._run_probe(host), from_agent=probe is not None)
+
+    async def _reprobe(self, host: Host, addresses: dict[str, str | None], bootstrap_node: str | None) -> None:
+        """A host whose agent's answer says something must change is probed before it is changed: the
+        agent's facts decide only that nothing needs doing (a running agent has nftables loaded even
+        if the library is gone from the disk since, which the agent it would start must not meet)."""
+        self._take(host, await self._run_probe(host), from_agent=False)
+        self._plan(host, addresses, bootstrap_node)
+
+    def _take(self, host: Host, probe: remote.ProbeResult, from_agent: bool) -> None:
         if probe.python[:2] < layout.MIN_PYTHON:
             version = ".".join(map(str, probe.python))
             raise HostError(host.name, f"python {version} at {host.python} is too old (cantainer needs >= 3.10)",
@@ -118,7 +129,7 @@ class Bootstrapper:
         if probe.nftables_error:  # the agent would refuse to start: VXLAN would be open to the underlay
             raise HostError(host.name, "libnftables.so.1 is missing (the agent needs nftables to protect the overlay)",
                             "install the package libnftables1 there (apt-get install libnftables1)")
-        outcome = HostOutcome(host, probe)
+        outcome = HostOutcome(host, probe, from_agent=from_agent)
         outcome.bundle = self._bundle_for(Platform(probe.machine, probe.python[:2]), bundle_needs_compiled(probe))
         self.result.outcomes[host.name] = outcome
 
@@ -208,6 +219,10 @@ class Bootstrapper:
         outcome.plan = plan_host(self.inventory, host, outcome.probe, bundle_digest=outcome.bundle.digest,
                                  secret_sha256=secret_digest(self.secret), addresses=addresses,
                                  bootstrap_node=bootstrap_node)
+
+    def _changes_by_agent_facts(self, host: Host) -> bool:
+        outcome = self.result.outcomes[host.name]
+        return outcome.from_agent and (outcome.plan.touches_files or outcome.plan.start is not None)
 
     def _starts_in_apply(self, outcome: HostOutcome) -> bool:
         """A stopped agent without systemd starts in the same round trip as its files; restarts wait
