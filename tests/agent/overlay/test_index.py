@@ -144,3 +144,17 @@ def test_an_address_moving_between_containers_in_one_pass_stays_consistent():
     check(index, s)
     vx = vxlan_name(s.networks[NETS[0]]["vni"])
     assert index.fdb[(vx, s.containers["b"]["mac"])].dst == NODES["h3"]
+
+
+def test_the_overlay_has_nothing_to_do_without_networks_or_devices_of_ours():
+    """Until then the controller does not load netlink at all (controllers/overlay.no_overlay)."""
+    from cantainer_agent.controllers.overlay import no_overlay
+    from cantainer_agent.overlay.model import bridge_name, host_veth_name
+
+    empty = ClusterState().to_dict()
+    assert no_overlay(empty, ["lo", "eth0", "cvx-x", "docker0"])
+    for ours in (bridge_name(7), vxlan_name(7), host_veth_name("c1")):  # left behind: a pass must remove it
+        assert not no_overlay(empty, ["lo", ours]), ours
+    s = state_with_nodes()
+    create(s, "elsewhere", next(n for n in NODES if n != ME), "10.1.0.0/24")  # not even on this host
+    assert s.to_dict()["networks"] and not no_overlay(s.to_dict(), ["lo"])  # load it before one starts here
