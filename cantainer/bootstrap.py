@@ -42,7 +42,7 @@ from cantainer.plan import (
 )
 from cantainer.secret import load_or_create_secret
 from cantainer.ssh import HostError, RemoteCommandError
-from cantainer_agent import layout, protocol
+from cantainer_agent import layout, protocol, raftkey
 from cantainer_agent.config import identity
 
 HEALTHY_TIMEOUT = 60.0
@@ -84,6 +84,7 @@ class Bootstrapper:
         self.result = UpResult()
         self.secret = b""
         self._bundles: dict[tuple[Platform, bool], Bundle] = {}
+        self._raft_key: bytes | None = None  # the key file's content (raftkey.record), made on first use
 
     async def run(self) -> UpResult:
         started = time.monotonic()
@@ -250,6 +251,10 @@ class Bootstrapper:
         if plan.write_secret:
             header["secret"] = {"path": layout.SECRET_FILE, "size": len(self.secret) + 1}
             blobs.append(self.secret + b"\n")
+            if self._raft_key is None:  # derived once here rather than by every agent at its start
+                self._raft_key = raftkey.record(self.secret)
+            header["raft_key"] = {"path": raftkey.key_file(layout.SECRET_FILE), "size": len(self._raft_key)}
+            blobs.append(self._raft_key)
         if plan.write_config:
             self.report(host.name, "configure", "")
             config = json.dumps(plan.config, indent=1).encode() + b"\n"

@@ -18,7 +18,8 @@ from cantainer_agent.layout import CONFIG_FILE, bundle_dir
 PROBE = Path(facts.__file__).read_text()
 
 # Brings a host to what the plan says in one process, reading everything from stdin: a header line
-# (JSON), then the blobs it announces in order — the bundle archive, the secret, the config. Each
+# (JSON), then the blobs it announces in order — the bundle archive, the secret, its raft key
+# (cantainer_agent.raftkey), the config. Each
 # file is written atomically (temp file with its mode set before the first byte, then rename); the
 # bundle is hashed first (it runs as root), then kept as the zip it is when it carries this Python's
 # bytecode, else unpacked beside its place and renamed in; old bundles are pruned. Last, with "exec",
@@ -85,7 +86,7 @@ if bundle:
     for entry in os.scandir(parent):
         if entry.name.startswith("cantainer_agent-") and entry.name not in keep:
             remove(entry.path)
-for key in ("secret", "config"):
+for key in ("secret", "raft_key", "config"):
     item = header.get(key)
     if item:
         write(item["path"], blob(item["size"]), 0o600)

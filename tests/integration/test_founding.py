@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from cantainer_agent import layout
+from cantainer_agent import layout, raftkey
 from tests.labcli import cantainer, host_path, ok
 
 pytestmark = pytest.mark.lab
@@ -68,6 +68,10 @@ def test_a_founded_node_drops_its_founding_keys_so_up_again_writes_nothing(lab, 
         config = json.loads(host_path(lab, host, layout.CONFIG_FILE).read_text())
         assert config["bootstrap"] is False and "initial_voters" not in config, config
     assert "founding keys dropped" in agent_log(lab, "h1")
+    secret = (lab.dir / "cluster.secret").read_bytes().strip()
+    for host in HOSTS:  # up wrote the raft key beside the secret (derived once, on the workstation)
+        key = host_path(lab, host, raftkey.key_file(layout.SECRET_FILE))
+        assert key.read_bytes() == raftkey.record(secret) and key.stat().st_mode & 0o777 == 0o600
     written = {host: host_path(lab, host, layout.CONFIG_FILE).stat().st_ino for host in HOSTS}
     again = ok(cantainer("up", str(inventory)))
     assert again.count("unchanged") == len(HOSTS), again

@@ -46,6 +46,7 @@ class RaftConfig:
     elect_early: bool = False          # call the first election once a majority is reachable (startup.py)
     tuning: pso.SyncTuning = field(default_factory=pso.SyncTuning)
     leader_wait: float = LEADER_WAIT
+    key_file: str | None = None        # where the raft key derived from the secret is kept (raftkey.py)
 
 
 def disk_storage(data_dir: str) -> pso.JournalSpec:
@@ -119,7 +120,8 @@ class RaftNode:
                              getattr(journal, "dump_path", None), self.config.tuning, on_role=_log_role)
         try:
             sync = pso.AgentSyncObj(None if standby else self.self_addr, partners, conf, consumers=[store],
-                                    transportClass=functools.partial(self._transport, journal=journal))
+                                    transportClass=functools.partial(self._transport, journal=journal),
+                                    key_file=self.config.key_file)
         except pso.JournalError as exc:
             raise RaftError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - PySyncObj raises bare exceptions on bad input

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 
-from .. import __version__, layout
+from .. import __version__, layout, raftkey
 from ..api import containers as api_containers
 from ..api import images as api_images
 from ..api import networks as api_networks
@@ -164,7 +164,8 @@ class Agent:
                 log.warning("could not drop the founding keys from %s: %s", cfg.path, exc)
         raft = RaftNode(RaftConfig(cluster=cfg.cluster, self_addr=cfg.raft_addr, data_dir=cfg.data_dir,
                                    secret=self._secret, partners=tuple(start.partners),
-                                   elect_early=start.elect_early), fsm=ClusterState)
+                                   elect_early=start.elect_early, key_file=raftkey.key_file(cfg.secret_file)),
+                       fsm=ClusterState)
         try:
             raft.start()
         except RaftError as exc:

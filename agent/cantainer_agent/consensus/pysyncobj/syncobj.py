@@ -11,17 +11,20 @@ and read through a small public surface instead of private names.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from cryptography.fernet import Fernet
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.monotonic import monotonic as raft_clock  # CLOCK_MONOTONIC_RAW: PySyncObj's deadlines
 from pysyncobj.syncobj import SyncObjException
 
+from ... import raftkey
 from ...errors import StateError
 from ..errors import CommandFailed, CommandRejected, NotLeader, NotSubmitted, OutcomeUnknown, RaftError
 from . import election
@@ -94,8 +97,14 @@ class AgentSyncObj(SyncObj):
     _standby_beat_due = 0.0  # when the standbys get their next bare heartbeat (raft_clock)
     _standby_commit = -1  # the commit index the standbys were last sent
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, selfNode, otherNodes, conf: SyncObjConf, *args, key_file: str | None = None, **kwargs):
         # Set before SyncObj.__init__, which may start the tick thread.
+        if not conf.password:  # without a key PySyncObj unpickles whatever arrives on its port
+            raise RaftError("a cluster secret is mandatory for the raft port")
+        # PySyncObj's own encryptor, with its key derived once per secret (raftkey.py), not per start
+        self._fernet = Fernet(raftkey.load(conf.password, key_file))
+        conf = copy.copy(conf)
+        conf.password = None  # so PySyncObj does not derive it again; `encryptor` below gives ours
         self._prevote_term = 0        # the term the running pre-vote round asks for (0: none)
         self._prevote_grants: set[str] = set()
         self._election_cleared = False  # a pre-vote round was won: elect at the next tick
@@ -103,7 +112,14 @@ class AgentSyncObj(SyncObj):
         self._fast_until = 0.0        # the leader's connection closed: quick pre-vote rounds until then
         self.election_stats = {"prevote_rounds": 0, "prevotes_won": 0, "prevotes_granted": 0,
                                "prevotes_refused": 0, "fast_starts": 0}
-        super().__init__(*args, **kwargs)
+        super().__init__(selfNode, otherNodes, conf, *args, **kwargs)
+
+    @property
+    def encryptor(self):  # what PySyncObj's transport encrypts every connection with
+        return self._fernet
+
+    def _getEncryptor(self):
+        return self._fernet
 
     def _onTick(self, timeToWait=0.0):
         term = self.raftCurrentTerm
