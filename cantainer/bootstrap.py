@@ -251,8 +251,9 @@ class Bootstrapper:
         if plan.write_secret:
             header["secret"] = {"path": layout.SECRET_FILE, "size": len(self.secret) + 1}
             blobs.append(self.secret + b"\n")
-            if self._raft_key is None:  # derived once here rather than by every agent at its start
-                self._raft_key = raftkey.record(self.secret)
+            if self._raft_key is None:  # derived once per secret here, not by every agent at its start
+                kept = raftkey.key_file(str(self.inventory.cluster.secret_file))
+                self._raft_key = raftkey.record(self.secret, raftkey.load(self.secret, kept))
             header["raft_key"] = {"path": raftkey.key_file(layout.SECRET_FILE), "size": len(self._raft_key)}
             blobs.append(self._raft_key)
         if plan.write_config:

@@ -4,8 +4,9 @@ PySyncObj encrypts raft traffic with Fernet under ``PBKDF2-HMAC-SHA256(secret, i
 rounds)`` — ~40 ms of CPU, which every agent start and every raft role change paid. The key is the
 same for every node of a cluster (it must be: mixed versions talk during a rolling upgrade), so it
 is derived once: `up` writes it with the secret (``record``), and an agent that finds no valid file
-derives it and writes the file itself (``load``). The file names the secret's sha256, so a stale key
-(a secret changed under it) is never used. It is secret material: mode 0600, like the secret.
+derives it and writes the file itself (``load``; the workstation keeps one beside its copy of the
+secret the same way, so `up` derives it once per secret). The file names the secret's sha256, so a
+stale key (a secret changed under it) is never used. It is secret material: mode 0600, like the secret.
 Stdlib only: the workstation imports it too.
 """
 from __future__ import annotations
@@ -34,9 +35,9 @@ def derive(secret: bytes) -> bytes:
     return base64.urlsafe_b64encode(hashlib.pbkdf2_hmac("sha256", secret, PYSYNCOBJ_SALT, PYSYNCOBJ_ROUNDS, 32))
 
 
-def record(secret: bytes) -> bytes:
-    """The key file's content for *secret*: ``<sha256 of the secret> <key>``."""
-    return hashlib.sha256(secret).hexdigest().encode() + b" " + derive(secret) + b"\n"
+def record(secret: bytes, key: bytes | None = None) -> bytes:
+    """The key file's content for *secret*: ``<sha256 of the secret> <key>`` (*key*: derived if None)."""
+    return hashlib.sha256(secret).hexdigest().encode() + b" " + (key or derive(secret)) + b"\n"
 
 
 def load(secret: bytes, path: str | None) -> bytes:

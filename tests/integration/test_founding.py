@@ -69,6 +69,8 @@ def test_a_founded_node_drops_its_founding_keys_so_up_again_writes_nothing(lab, 
         assert config["bootstrap"] is False and "initial_voters" not in config, config
     assert "founding keys dropped" in agent_log(lab, "h1")
     secret = (lab.dir / "cluster.secret").read_bytes().strip()
+    kept = lab.dir / "cluster.secret.raftkey"  # derived once per secret, kept beside the workstation's copy
+    assert kept.read_bytes() == raftkey.record(secret) and kept.stat().st_mode & 0o777 == 0o600
     for host in HOSTS:  # up wrote the raft key beside the secret (derived once, on the workstation)
         key = host_path(lab, host, raftkey.key_file(layout.SECRET_FILE))
         assert key.read_bytes() == raftkey.record(secret) and key.stat().st_mode & 0o777 == 0o600
