@@ -1,5 +1,7 @@
 """The agent becomes ready without importing pyroute2 (~0.15 s of CPU of its ~0.3 s of imports): the
-overlay package exports what needs netlink lazily, and the reconcile thread loads it on its first pass."""
+overlay package exports what needs netlink lazily, and the reconcile thread loads it once the cluster
+has a network (controllers/overlay.no_overlay). dnslib and tarfile wait for the first packet and the
+first image."""
 from __future__ import annotations
 
 import subprocess
@@ -20,9 +22,17 @@ def imported_after(code: str) -> set[str]:
 def test_starting_the_agent_imports_no_netlink_library():
     modules = imported_after("import cantainer_agent.__main__, cantainer_agent.daemon.process, "
                              "cantainer_agent.daemon.agent")
-    assert not {m for m in modules if m.split(".")[0] in ("pyroute2", "asyncio")}
+    assert not {m for m in modules if m.split(".")[0] in ("pyroute2", "asyncio", "dnslib", "tarfile")}
 
 
 def test_the_overlay_still_offers_everything_and_loads_netlink_on_first_use():
     modules = imported_after("from cantainer_agent.overlay import attach_container, OverlayReconciler, observe")
     assert "pyroute2" in modules and "cantainer_agent.overlay.veth" in modules
+
+
+def test_the_dns_server_and_the_image_store_load_their_libraries_on_first_use():
+    modules = imported_after("from cantainer_agent.dns.server import _parse; "
+                             "_parse(bytes.fromhex('abcd01000001000000000000016102636e0000010001')); "
+                             "from cantainer_agent.runtime.images import extract_tarball; import io; "
+                             "extract_tarball(io.BytesIO(bytes(1024)), '/nonexistent')")
+    assert {"dnslib", "tarfile"} <= modules

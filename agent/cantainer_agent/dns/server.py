@@ -21,12 +21,13 @@ import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
-
-from dnslib import PTR, QTYPE, RCODE, RR, A, DNSRecord
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import AgentError
 from .records import Table, lookup
+
+if TYPE_CHECKING:
+    from dnslib import DNSRecord
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def read_resolv_conf(path: str) -> list[str]:
 
 def answer(table: Table, cidr: str, query: DNSRecord) -> DNSRecord | None:
     """The reply to *query* from network *cidr* if it is ours to answer; None: forward it."""
+    from dnslib import PTR, QTYPE, RCODE, RR, A  # noqa: PLC0415 - see _parse
     if len(query.questions) != 1 or query.header.opcode != 0:
         reply = query.reply()
         reply.header.rcode = RCODE.NOTIMP if query.header.opcode != 0 else RCODE.FORMERR
@@ -213,7 +215,7 @@ class DnsServer:
     def _local(self, cidr: str, data: bytes) -> bytes | None:
         """The packed local answer, b"" for a packet to drop, None for one to forward."""
         try:
-            query = DNSRecord.parse(data)
+            query = _parse(data)
         except Exception:  # noqa: BLE001 - dnslib raises several kinds on garbage
             return b""
         if query.header.qr:
@@ -222,9 +224,7 @@ class DnsServer:
             table = self._table()
         except Exception as error:  # noqa: BLE001 - e.g. raft still starting: the client retries
             log.debug("dns: no table yet: %s", error)
-            fail = query.reply()
-            fail.header.rcode = RCODE.SERVFAIL
-            return fail.pack()
+            return _servfail(query)
         reply = answer(table, cidr, query)
         if reply is None:
             return None
@@ -239,22 +239,20 @@ class DnsServer:
 
     def _forward(self, data: bytes, tcp: bool) -> bytes:
         """The host's resolvers' answer to *data*, or SERVFAIL when none answers in time."""
-        query = DNSRecord.parse(data)
+        query = _parse(data)
         for server in self._upstreams():
             try:
                 reply = _ask(server, self._upstream_port, data, self._timeout, tcp)
-                if not tcp and DNSRecord.parse(reply).header.tc:
+                if not tcp and _parse(reply).header.tc:
                     reply = _ask(server, self._upstream_port, data, self._timeout, True)
-                parsed = DNSRecord.parse(reply)
+                parsed = _parse(reply)
                 if parsed.header.id == query.header.id and parsed.q == query.q:
                     return reply
             except (OSError, ValueError, struct.error) as error:
                 log.debug("dns: upstream %s: %s", server, error)
             except Exception as error:  # noqa: BLE001 - dnslib's parse errors
                 log.debug("dns: upstream %s sent garbage: %s", server, error)
-        fail = query.reply()
-        fail.header.rcode = RCODE.SERVFAIL
-        return fail.pack()
+        return _servfail(query)
 
     def _accept(self, listener: socket.socket, cidr: str) -> None:
         try:
@@ -305,10 +303,28 @@ def _recv_exactly(conn: socket.socket, size: int, deadline: float) -> bytes | No
     return b"".join(chunks)
 
 
+def _parse(data: bytes) -> DNSRecord:
+    """dnslib is imported with the first packet, not with the agent (~18 ms of CPU at every start,
+    and a host serves DNS only once it has a network)."""
+    from dnslib import DNSRecord  # noqa: PLC0415
+
+    return DNSRecord.parse(data)
+
+
+def _servfail(query: DNSRecord) -> bytes:
+    from dnslib import RCODE  # noqa: PLC0415 - see _parse
+
+    fail = query.reply()
+    fail.header.rcode = RCODE.SERVFAIL
+    return fail.pack()
+
+
 def _fit(reply: bytes) -> bytes:
     """A UDP answer of at most UDP_MAX bytes: a longer one loses its records and gets TC set."""
     if len(reply) <= UDP_MAX:
         return reply
+    from dnslib import DNSRecord  # noqa: PLC0415 - see _parse
+
     record = DNSRecord.parse(reply)
     truncated = DNSRecord(record.header, q=record.q)
     truncated.header.tc = 1

@@ -22,12 +22,11 @@ import os
 import re
 import shutil
 import stat
-import tarfile
 import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .. import layout
 from .errors import (
@@ -42,6 +41,9 @@ from .errors import (
     UnsafeTarball,
 )
 from .linux import syncfs
+
+if TYPE_CHECKING:  # tarfile is imported with the first image, not at every agent start (~10 ms of CPU)
+    import tarfile
 
 DEFAULT_ROOT = layout.images_dir()
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -290,6 +292,8 @@ class _Extractor:
 
 def extract_tarball(fileobj: BinaryIO, dest: str, preserve_owner: bool = True) -> ExtractStats:
     """Safely extract the tar stream *fileobj* (any compression) into the existing directory *dest*."""
+    import tarfile  # noqa: PLC0415 - see TYPE_CHECKING above
+
     try:
         with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
             return _Extractor(dest, preserve_owner).extract(tar)
@@ -361,6 +365,8 @@ def extract_layer(fileobj: BinaryIO, dest: str, preserve_owner: bool = True) -> 
 
     Returns (stats, digest of the blob, digest of the uncompressed tar = its diff_id): both streams
     are read to the end and hashed in the same pass as the extraction."""
+    import tarfile  # noqa: PLC0415 - see TYPE_CHECKING above
+
     head = fileobj.read(6)
     raw = _Hashing(_Prefixed(head, fileobj))  # type: ignore[arg-type]
     try:
