@@ -23,6 +23,7 @@ def test_starting_the_agent_imports_no_netlink_library():
     modules = imported_after("import cantainer_agent.__main__, cantainer_agent.daemon.process, "
                              "cantainer_agent.daemon.agent")
     assert not {m for m in modules if m.split(".")[0] in ("pyroute2", "asyncio", "dnslib", "tarfile")}
+    assert "cantainer_agent.runtime.init" not in modules  # the container init (and seccomp, users): the zygote's
 
 
 def test_the_overlay_still_offers_everything_and_loads_netlink_on_first_use():

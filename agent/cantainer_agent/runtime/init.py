@@ -313,7 +313,3 @@ def container_init(req: dict, out_w: int, status_w: int, go_r: int, in_cgroup: b
     os._exit(code)
 
 
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

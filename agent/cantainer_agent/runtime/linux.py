@@ -311,3 +311,11 @@ def pidfd_open_verified(pid: int, start_time: int) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of *data* to *fd* (a pipe or file may take it in parts)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+

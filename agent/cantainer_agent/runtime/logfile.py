@@ -14,7 +14,7 @@ import os
 import time
 from typing import Iterable, Iterator, NamedTuple
 
-from .init import write_all
+from .linux import write_all  # not from init: the agent imports this module, not the container init
 
 NAME = "log.jsonl"
 LEGACY_NAME = "log"

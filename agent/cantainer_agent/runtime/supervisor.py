@@ -20,9 +20,10 @@ import time
 
 from . import linux
 from .attach import ATTACH_WAIT, hold_for_attach, listen, output_frame, relay
-from .init import container_init, prepare_init, write_all
+from .init import container_init, prepare_init
 from .linux import (
     CLONE_NEWPID,
+    write_all,
 )
 from .logfile import LogFile
 from .records import write_json as _write_json
