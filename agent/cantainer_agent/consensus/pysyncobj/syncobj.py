@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from cryptography.fernet import Fernet
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.monotonic import monotonic as raft_clock  # CLOCK_MONOTONIC_RAW: PySyncObj's deadlines
@@ -28,6 +27,7 @@ from ... import raftkey
 from ...errors import StateError
 from ..errors import CommandFailed, CommandRejected, NotLeader, NotSubmitted, OutcomeUnknown, RaftError
 from . import election
+from .fernet import Fernet
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class AgentSyncObj(SyncObj):
         # Set before SyncObj.__init__, which may start the tick thread.
         if not conf.password:  # without a key PySyncObj unpickles whatever arrives on its port
             raise RaftError("a cluster secret is mandatory for the raft port")
-        # PySyncObj's own encryptor, with its key derived once per secret (raftkey.py), not per start
+        # PySyncObj's encryption (fernet.py), its key derived once per secret (raftkey.py), not per start
         self._fernet = Fernet(raftkey.load(conf.password, key_file))
         conf = copy.copy(conf)
         conf.password = None  # so PySyncObj does not derive it again; `encryptor` below gives ours
