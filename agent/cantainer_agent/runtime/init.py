@@ -153,9 +153,17 @@ def exec_user(spec: str, env: dict[str, str]) -> users.ExecUser:
     return user
 
 
+_FILTERS: dict[int, bytes] = {}  # by capability mask; the zygote fills in the default one before its first fork
+
+
 def seccomp_program(caps: int, enabled: bool) -> bytes | None:
     """The filter a process holding *caps* gets (None: ``--security-opt seccomp=unconfined``)."""
-    return seccomp.program(os.uname().machine, capabilities.names_of(caps)) if enabled else None
+    if not enabled:
+        return None
+    code = _FILTERS.get(caps)
+    if code is None:
+        code = _FILTERS[caps] = seccomp.program(os.uname().machine, capabilities.names_of(caps))
+    return code
 
 
 def exec_command(argv: list[str], env: dict[str, str], caps: int, cap_last: int | None = None,

@@ -168,6 +168,8 @@ def run_shim(slot_fd: int, opts: dict) -> None:
             os.close(req_w)
     except BaseException:  # noqa: BLE001 - a broken slot: the zygote falls back to a fresh one
         _kill_and_exit(pid, 1)
+    # Our start time and the prepared init's are known now: read /proc here, not on the start's path.
+    starts = (linux.proc_start_time(os.getpid()), linux.proc_start_time(pid) if pid else None)
 
     # -- wait for the request (or for our prepared init to die, or the zygote to go away)
     poller = select.poll()
@@ -205,7 +207,7 @@ def run_shim(slot_fd: int, opts: dict) -> None:
         _kill_and_exit(pid, 1)
     linux.set_process_name(f"cshim-{req.get('id', '')}")
     _supervise(req, chan, pid, (out_r, out_w, err_r, err_w), (status_r, status_w), (go_r, go_w), (in_r, in_w),
-               (tty_shim, tty_init), slot)
+               (tty_shim, tty_init), slot, starts)
 
 
 def _supervise(
@@ -218,11 +220,13 @@ def _supervise(
     stdin: tuple[int, int],
     tty_pair: tuple[socket.socket, socket.socket | None],
     slot: socket.socket | None = None,
+    starts: tuple[int | None, int | None] = (None, None),
 ) -> None:
     """The shim once it has its request; *pid* is the prepared init (already given the request) or 0.
     *out* is (stdout read, write, stderr read, write): the two streams stay apart in the log.
     *slot* (the zygote's socket) is closed once the start is over: the zygote then prepares the
-    next warm slot (zygote.REFILL_MAX)."""
+    next warm slot (zygote.REFILL_MAX). *starts*: the /proc start times of this shim and of the
+    prepared init, read while the slot was warm (None: read them now)."""
     out_r, out_w, err_r, err_w = out
     status_r, status_w = status
     go_r, go_w = go
@@ -249,8 +253,10 @@ def _supervise(
         if not (req.get("stdin") and not tty):
             os.close(in_w)
             in_w = -1
-        identity = {"pid": pid, "pid_start": linux.proc_start_time(pid),
-                    "shim_pid": os.getpid(), "shim_start": linux.proc_start_time(os.getpid())}
+        shim_start, init_start = starts
+        identity = {"pid": pid, "pid_start": init_start if init_start is not None else linux.proc_start_time(pid),
+                    "shim_pid": os.getpid(),
+                    "shim_start": shim_start if shim_start is not None else linux.proc_start_time(os.getpid())}
         log = LogFile(req["log"], req.get("log_max", 0))
 
         first = os.read(status_r, 1)

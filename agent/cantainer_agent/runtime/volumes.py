@@ -71,6 +71,8 @@ def _reaches_protected(real: str, is_dir: bool, protected: set[tuple[int, int]])
 
 def open_sources(requested: list[dict], protected: list[str]) -> list[Opened]:
     """Open and check every source (host paths: call before pivot_root, in the new mount namespace)."""
+    if not requested:  # nothing to check against the protected paths (~30 stat calls saved per start)
+        return []
     names = sorted({os.path.realpath(p) for p in protected} | set(protected))
     identities = _identities(names)
     opened: list[Opened] = []

@@ -73,13 +73,12 @@ def _retire(slot: _Slot, wait: float = 0.0) -> None:
 
 def main(fd: int, opts_json: str) -> None:
     """Zygote process body."""
-    from .. import capabilities
-    from . import linux, seccomp, supervisor  # noqa: F401 - imported (warmed up) before the first fork
+    from . import init, linux, supervisor  # noqa: F401 - imported (warmed up) before the first fork
 
     opts = json.loads(opts_json)
     if "caps" in opts:  # the default containers' filter, built once here and shared by every fork
         try:
-            seccomp.program(os.uname().machine, capabilities.names_of(opts["caps"]))
+            init.seccomp_program(opts["caps"], True)
         except ValueError:
             pass  # an architecture without a profile: each start reports it
     try:  # the agent protects itself from the OOM killer; its containers must not inherit that
