@@ -33,6 +33,7 @@ from ..capabilities import DEFAULT_CAPS, DOCKER_DEFAULT_CAPS
 from . import linux, logfile
 from .cgroups import Cgroup, CgroupLayout, CgroupManager, LimitWrite
 from .errors import (
+    CgroupError,
     CommandFailed,
     ContainerExists,
     ContainerNotFound,
@@ -290,11 +291,9 @@ class Runtime:
         cdir = self.container_dir(cid)
         self._mount_requests(spec)  # a mount that cannot be made: said before anything is created
         with self._lock(cid):
-            os.makedirs(self.state_dir, 0o700, exist_ok=True)
-            os.makedirs(self.run_dir, 0o700, exist_ok=True)
             self._check_free_space(spec)
             try:
-                os.mkdir(cdir, 0o700)
+                _mkdir_in(cdir, self.state_dir)
             except FileExistsError:
                 raise ContainerExists(f"container {cid} already exists") from None
 
@@ -365,9 +364,11 @@ class Runtime:
         shim_fd = None
         hook_error = False
         try:
-            if os.path.lexists(rdir):
+            try:
+                _mkdir_in(rdir, self.run_dir)
+            except FileExistsError:  # left by an interrupted start or a removal (tmpfs: gone at reboot)
                 shutil.rmtree(rdir, ignore_errors=True)
-            os.mkdir(rdir, 0o700)
+                os.mkdir(rdir, 0o700)
             mount_requests = self._mount_requests(spec)  # (again for a restart: is the source still there?)
             created_at = prepare(cgroup)
             self.cgroups.cap_parent()  # all containers together leave the host (agent, sshd) headroom
@@ -457,7 +458,11 @@ class Runtime:
     def _check_free_space(self, spec: ContainerSpec) -> None:
         """Refuse a container while the file system of its writable layer (and of the raft journal,
         next to it) is below the floor: a full disk would stop the agent's raft vote too."""
-        info = os.statvfs(self.state_dir)
+        try:
+            info = os.statvfs(self.state_dir)
+        except FileNotFoundError:
+            os.makedirs(self.state_dir, 0o700, exist_ok=True)
+            info = os.statvfs(self.state_dir)
         free = info.f_bavail * info.f_frsize
         if free < self.min_free_bytes:
             raise StartError(
@@ -589,31 +594,40 @@ class Runtime:
 
     def _pidfd_for(self, info: ContainerInfo) -> int | None:
         """A verified pidfd of the process whose exit ends the container: the shim, else init."""
-        fd = self._verified_pidfd(info.id, "shim_pid")
-        return fd if fd is not None else self._verified_pidfd(info.id, "pid")
+        return self._pidfd_for_id(info.id)
+
+    def _pidfd_for_id(self, container_id: str) -> int | None:
+        pids = read_json(os.path.join(self._run_path(container_id), "pids.json")) or {}
+        fd = self._verified_pidfd(container_id, "shim_pid", pids)
+        return fd if fd is not None else self._verified_pidfd(container_id, "pid", pids)
 
     def wait(self, container_id: str, timeout: float | None = None) -> ContainerInfo:
         """Block until the container is no longer running (or *timeout*); return its state."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            info = self.inspect(container_id)
-            if info.state != RUNNING:
-                return info
-            fd = self._pidfd_for(info)
-            if fd is None:  # both processes just went away: the next inspect tells how
-                time.sleep(0.001)
+            # pids.json first: a container that runs is waited for without reading its other records
+            fd = self._pidfd_for_id(container_id)
+            if fd is None:
+                info = self.inspect(container_id)
+                if info.state != RUNNING:
+                    return info
+                time.sleep(0.001)  # both processes just went away: the next inspect tells how
                 continue
             try:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if not _poll_fd(fd, remaining):
-                    return self.inspect(container_id)
+                expired = not _poll_fd(fd, remaining)
             finally:
                 os.close(fd)
+            info = self.inspect(container_id)
+            if expired or info.state != RUNNING:
+                return info
 
     # -- stop / kill / remove --------------------------------------------------------------------
-    def _verified_pidfd(self, container_id: str, which: str) -> int | None:
-        """pidfd of the container's init ("pid") or shim ("shim_pid") if it is still that process."""
-        pids = read_json(os.path.join(self._run_path(container_id), "pids.json")) or {}
+    def _verified_pidfd(self, container_id: str, which: str, pids: dict | None = None) -> int | None:
+        """pidfd of the container's init ("pid") or shim ("shim_pid") if it is still that process
+        (*pids*: the container's pids.json, if already read)."""
+        if pids is None:
+            pids = read_json(os.path.join(self._run_path(container_id), "pids.json")) or {}
         pid = pids.get(which)
         start = pids.get("pid_start" if which == "pid" else "shim_start")
         if not pid or start is None or pids.get("boot_id") != linux.boot_id():
@@ -680,13 +694,17 @@ class Runtime:
                 self.stop(container_id, timeout=0)
             config = read_json(os.path.join(self.container_dir(container_id), "config.json")) or {}
             cgroup = Cgroup(self.cgroups.layout, config.get("cgroup") or self.cgroups.relpath(container_id))
-            self._kill_cgroup(cgroup)  # strays (e.g. init alive after its shim was killed and stop raced)
-            cgroup.remove(timeout=5.0)
-            for root in (self.container_dir(container_id), self._run_path(container_id)):
-                _unmount_below(root)
-                if root == self.container_dir(container_id) and self._reaper.take(root, container_id):
+            try:  # an empty cgroup goes at once; rmdir refuses one that still has tasks
+                cgroup.remove(timeout=0.0)
+            except CgroupError:
+                self._kill_cgroup(cgroup)  # strays (e.g. init alive after its shim was killed and stop raced)
+                cgroup.remove(timeout=5.0)
+            roots = (self.container_dir(container_id), self._run_path(container_id))
+            _unmount_below(*roots)
+            for root in roots:
+                if root == roots[0] and self._reaper.take(root, container_id):
                     continue  # deleted in the background (the run dir is on tmpfs: cheap)
-                shutil.rmtree(root, ignore_errors=True)
+                _remove_dir(root)
                 if os.path.lexists(root):
                     raise RuntimeFailure(f"cannot remove {root}")
 
@@ -776,9 +794,13 @@ class _Reaper:
 
     def take(self, directory: str, container_id: str) -> bool:
         """Move *directory* into the trash (False: could not; delete it the slow way)."""
+        target = os.path.join(self.trash, f"{container_id}.{os.urandom(4).hex()}")
         try:
-            os.makedirs(self.trash, 0o700, exist_ok=True)
-            os.rename(directory, os.path.join(self.trash, f"{container_id}.{os.urandom(4).hex()}"))
+            try:
+                os.rename(directory, target)
+            except FileNotFoundError:  # no trash yet (the directory itself is there: remove holds its lock)
+                os.makedirs(self.trash, 0o700, exist_ok=True)
+                os.rename(directory, target)
         except OSError as exc:
             log.warning("cannot move %s out of the way for background deletion: %s", directory, exc)
             return False
@@ -874,16 +896,38 @@ def _open_beneath(root: str, relpath: str) -> int:
     return fd
 
 
-def _unmount_below(root: str) -> None:
-    """Detach every mount at or below *root* in our mount namespace (normally there is none)."""
-    prefix = root.rstrip("/") + "/"
+def _mkdir_in(path: str, parent: str) -> None:
+    """mkdir *path* (0700), making its *parent* first if that is missing; FileExistsError if it exists."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileNotFoundError:
+        os.makedirs(parent, 0o700, exist_ok=True)
+        os.mkdir(path, 0o700)
+
+
+def _remove_dir(path: str) -> None:
+    """Delete a directory of plain files (a run dir), else fall back to rmtree; no error if absent."""
+    try:
+        for name in os.listdir(path):
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            shutil.rmtree(path, ignore_errors=True)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _unmount_below(*roots: str) -> None:
+    """Detach every mount at or below each of *roots* in our mount namespace (normally there is none)."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as handle:
             points = [line.split()[4] for line in handle]
     except OSError:
         return
     points = [p.replace("\\040", " ") for p in points]
-    for point in sorted((p for p in points if p == root or p.startswith(prefix)), key=len, reverse=True):
+    prefixes = tuple(root.rstrip("/") + "/" for root in roots)
+    for point in sorted((p for p in points if p in roots or p.startswith(prefixes)), key=len, reverse=True):
         try:
             linux.umount2(point, linux.MNT_DETACH)
         except OSError as exc:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from cantainer_agent import capabilities
+from cantainer_agent.runtime import ContainerNotFound, linux, seccomp, volumes
+from cantainer_agent.runtime import container as container_module
 from cantainer_agent.runtime import init as init_module
-from cantainer_agent.runtime import linux, seccomp, volumes
 
+from .conftest import needs_root
 from .test_container import spec
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -46,3 +50,92 @@ def test_the_pids_record_carries_the_start_times_read_while_the_slot_was_warm(ru
         assert runtime.inspect("starts").state == "running"
     finally:
         runtime.stop("starts", timeout=0.2)
+
+
+@pytest.mark.root
+def test_wait_follows_a_running_container_to_its_exit_and_answers_the_others_at_once(runtime, alpine):
+    runtime.start(spec("waited", ["/bin/sh", "-c", "sleep 0.2; exit 7"]), alpine)
+    info = runtime.wait("waited", timeout=30)
+    assert info.state == "exited" and info.exit_code == 7
+    assert runtime.wait("waited", timeout=30) == info  # exited: answered from the records
+    with pytest.raises(ContainerNotFound):
+        runtime.wait("never-started", timeout=1)
+    runtime.start(spec("slow", ["/bin/sleep", "30"]), alpine)
+    try:
+        assert runtime.wait("slow", timeout=0.05).state == "running"  # the timeout returns the state
+    finally:
+        runtime.stop("slow", timeout=0.2)
+
+
+@pytest.mark.root
+def test_remove_deletes_an_empty_cgroup_without_looking_for_strays(runtime, alpine, monkeypatch):
+    runtime.start(spec("tidy", ["/bin/true"]), alpine)
+    assert runtime.wait("tidy", timeout=30).state == "exited"
+
+    def no_strays(_cgroup):
+        raise AssertionError("strays searched in an empty cgroup")
+
+    monkeypatch.setattr(container_module.Runtime, "_kill_cgroup", staticmethod(no_strays))
+    runtime.remove("tidy")
+    assert not runtime.cgroups.cgroup("tidy").exists()
+
+
+@pytest.mark.root
+def test_remove_kills_a_stray_left_in_the_cgroup_and_then_deletes_it(runtime, alpine):
+    runtime.start(spec("strayed", ["/bin/true"]), alpine)
+    assert runtime.wait("strayed", timeout=30).state == "exited"
+    cgroup = runtime.cgroups.cgroup("strayed")
+    stray = subprocess.Popen(["sleep", "60"])
+    try:
+        cgroup.add(stray.pid)  # e.g. left by an exec whose container was killed
+        runtime.remove("strayed")
+        assert stray.wait(timeout=10) == -signal.SIGKILL
+        assert not cgroup.exists()
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()
+
+
+def test_remove_dir_deletes_files_and_falls_back_for_anything_else(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "pids.json").write_text("{}")
+    os.symlink("/etc", flat / "link")  # unlinked, never followed
+    container_module._remove_dir(str(flat))
+    assert not flat.exists() and Path("/etc").is_dir()
+    deep = tmp_path / "deep"
+    (deep / "sub").mkdir(parents=True)
+    (deep / "sub" / "file").write_text("x")
+    container_module._remove_dir(str(deep))
+    assert not deep.exists()
+    container_module._remove_dir(str(tmp_path / "absent"))  # no error
+
+
+@pytest.mark.root
+def test_one_read_of_the_mount_table_detaches_what_lies_below_each_root(tmp_path):
+    needs_root()
+    first, second, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for directory in (first / "x", second, other):
+        directory.mkdir(parents=True)
+    for point in (first / "x", second, other):
+        linux.mount("tmpfs", str(point), "tmpfs")
+    try:
+        container_module._unmount_below(str(first), str(second))
+        mounted = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+        assert str(first / "x") not in mounted and str(second) not in mounted
+        assert str(other) in mounted  # not below either root
+    finally:
+        for point in (first / "x", second, other):
+            try:
+                linux.umount2(str(point), linux.MNT_DETACH)
+            except OSError:
+                pass
+
+
+def test_a_missing_state_dir_is_made_by_the_first_start(tmp_path):
+    parent = tmp_path / "state"
+    container_module._mkdir_in(str(parent / "c1"), str(parent))
+    assert (parent / "c1").is_dir()
+    with pytest.raises(FileExistsError):
+        container_module._mkdir_in(str(parent / "c1"), str(parent))
