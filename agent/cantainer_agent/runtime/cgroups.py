@@ -8,6 +8,9 @@ levels copy cpus/mems from their parent), devices; v2 one directory, controllers
 (and swap = memory: an OOM kill, as docker users expect), cpus (CFS quota per 100 ms), pids; on v1
 the device allow-list of ``DEVICE_RULES`` (v2 has none without a BPF program: docs/security.md).
 ``parent_caps`` leaves the host headroom: the parent's memory and pids limits (``cap_parent``).
+v1 *slots* (``prepare_slot``): a warm slot's cgroup, made ahead under ``<parent>/.slot-<shim pid>``
+with the device list and the default pids limit, is renamed to the container's (``Cgroup.rename``,
+all or nothing) when its request arrives; ``remove_stale_slots`` deletes those of dead shims.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ DEVICE_RULES = ("c 1:3 rw", "c 1:5 rw", "c 1:7 rw", "c 1:8 rw", "c 1:9 rw", "c 5
 MEMORY_HEADROOM = (256 << 20, 0.05)  # kept free of containers: at least 256 MiB, at least 5 % of RAM
 PIDS_HEADROOM = (1024, 0.10)  # tasks kept for the host: at least 1024, at least 10 % of the kernel's maximum
 _COMPONENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+SLOT_PREFIX = ".slot-"  # v1: a warm slot's cgroup under the parent, named after its shim's pid
 
 
 def _unescape(field: str) -> str:
@@ -285,6 +289,12 @@ class Cgroup:
         self.write_all(limit_writes(self.layout.version, limits))
 
     def write_all(self, writes: list[LimitWrite]) -> None:
+        apply_plan(self.plan(writes))
+
+    def plan(self, writes: list[LimitWrite]) -> list[list]:
+        """*writes* as ``[path, value, optional, controller]`` lists for ``apply_plan`` (JSON, for a
+        warm slot's shim); a required controller that is not mounted is refused here."""
+        plan = []
         for write in writes:
             directory = self.paths.get(write.controller)
             if directory is None:
@@ -293,16 +303,28 @@ class Cgroup:
                 raise CgroupError(
                     f"cannot apply a {write.controller} limit: the {write.controller} cgroup controller is not mounted"
                 )
-            path = os.path.join(directory, write.filename)
-            try:
-                _write(path, write.value)
-            except FileNotFoundError:
-                if write.optional:
-                    continue
-                raise CgroupError(f"cannot apply a {write.controller} limit: {path} does not exist "
-                                  f"(is the {write.controller} controller enabled?)") from None
-            except OSError as exc:
-                raise _fail(f"write {write.value} to", path, exc) from None
+            plan.append([os.path.join(directory, write.filename), write.value, write.optional, write.controller])
+        return plan
+
+    def rename(self, relpath: str) -> "Cgroup":
+        """cgroup v1 (v2 has no rename): move this cgroup to *relpath* — same parent — in every
+        hierarchy, processes and settings included; all or nothing. Returns the renamed cgroup."""
+        target = Cgroup(self.layout, relpath)
+        done: list[tuple[str, str]] = []
+        try:
+            for old, new in zip(self.dirs, target.dirs, strict=True):
+                os.rename(old, new)
+                done.append((old, new))
+        except OSError as exc:
+            for old, new in reversed(done):
+                try:
+                    os.rename(new, old)
+                except OSError:
+                    pass
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise CgroupError(f"cgroup {exc.filename2 or relpath} already exists") from None
+            raise _fail("rename cgroup", exc.filename or self.relpath, exc) from None
+        return target
 
     def ensure(self, writes: list[LimitWrite]) -> None:
         """mkdir -p this cgroup in every hierarchy (a shared level: never removed here), then *writes*."""
@@ -361,6 +383,50 @@ class Cgroup:
                         raise _fail("remove cgroup", directory, exc) from None
                     time.sleep(delay)
                     delay = min(delay * 2, 0.05)
+
+
+def apply_plan(plan: list[list]) -> None:
+    """Write a ``Cgroup.plan``: each value to its file (an optional file that does not exist is skipped)."""
+    for path, value, optional, controller in plan:
+        try:
+            _write(path, value)
+        except FileNotFoundError:
+            if optional:
+                continue
+            raise CgroupError(f"cannot apply a {controller} limit: {path} does not exist "
+                              f"(is the {controller} controller enabled?)") from None
+        except OSError as exc:
+            raise _fail(f"write {value} to", path, exc) from None
+
+
+def prepare_slot(layout: CgroupLayout, parent: str, shim_pid: int | None, pids: int) -> Cgroup:
+    """cgroup v1: a warm slot's cgroup ``<parent>/.slot-<shim_pid>`` (*parent* itself if *shim_pid*
+    is None) with everything a container's cgroup gets before its limits (the device list, the
+    default pids limit *pids*)."""
+    cgroup = Cgroup(layout, parent if shim_pid is None else f"{parent}/{SLOT_PREFIX}{shim_pid}")
+    cgroup.create(None)
+    try:
+        cgroup.write_all([LimitWrite("pids", "pids.max", str(pids), optional=True)])
+    except BaseException:
+        cgroup.remove(timeout=0.0)
+        raise
+    return cgroup
+
+
+def remove_stale_slots(layout: CgroupLayout, parent: str, alive=lambda pid: os.path.exists(f"/proc/{pid}")) -> None:
+    """Delete the slot cgroups under *parent* whose shim is gone (e.g. killed with SIGKILL while warm)."""
+    for directory in CgroupManager(parent, layout).parent_dirs():
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(SLOT_PREFIX) and name[len(SLOT_PREFIX):].isdigit() \
+                    and not alive(int(name[len(SLOT_PREFIX):])):
+                try:
+                    os.rmdir(os.path.join(directory, name))
+                except OSError:
+                    pass  # tasks left in it: not ours to kill
 
 
 def oom_kill_count(memory_dir: str, version: int) -> int:

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 from .. import layout, mounts
 from ..capabilities import DEFAULT_CAPS, DOCKER_DEFAULT_CAPS
 from . import linux, logfile
-from .cgroups import Cgroup, CgroupLayout, CgroupManager, LimitWrite
+from .cgroups import Cgroup, CgroupLayout, CgroupManager, LimitWrite, limit_writes
 from .errors import (
     CgroupError,
     CommandFailed,
@@ -232,8 +232,7 @@ class Runtime:
         self.default_caps = tuple(capabilities)
         self.caps_mask = linux.caps_mask(capabilities)  # of a container without --cap-add/--cap-drop
         self.cap_last = linux.last_cap()
-        self.zygote = Zygote(python, lambda: {"caps": self.caps_mask, "cap_last": self.cap_last,
-                                              "prefork_init": self.cgroups.layout.version == 1})
+        self.zygote = Zygote(python, self._zygote_options)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._starting: set[str] = set()
@@ -246,6 +245,16 @@ class Runtime:
                     fd = self._pidfd_for(info)
                     if fd is not None:
                         self._watcher.add(info.id, fd)
+
+    def _zygote_options(self) -> dict:
+        """What the zygote's warm slots prepare (zygote.Zygote): on cgroup v1 the container's init,
+        forked ahead in the slot's own cgroup (renamed to the container's at start)."""
+        layout = self.cgroups.layout
+        options = {"caps": self.caps_mask, "cap_last": self.cap_last, "prefork_init": layout.version == 1}
+        if layout.version == 1:
+            options["cgroup_slot"] = {"v1_mounts": [list(item) for item in layout.v1_mounts],
+                                      "parent": self.cgroups.parent, "pids": self.default_pids}
+        return options
 
     def caps_of(self, spec: ContainerSpec) -> int:
         """The capability mask of *spec*'s processes: our default set with its --cap-add/--cap-drop."""
@@ -371,10 +380,18 @@ class Runtime:
                 os.mkdir(rdir, 0o700)
             mount_requests = self._mount_requests(spec)  # (again for a restart: is the source still there?)
             created_at = prepare(cgroup)
-            self.cgroups.cap_parent()  # all containers together leave the host (agent, sshd) headroom
-            cgroup.create(spec.limits)
-            if spec.limits.pids is None:  # the default limit (where the pids controller exists)
-                cgroup.write_all([LimitWrite("pids", "pids.max", str(self.default_pids), optional=True)])
+            slot_cgroup = None
+            if cgroup.layout.version == 1:
+                # The warm slot made the cgroup (device list, default pids limit; the parent capped so
+                # that all containers together leave the host headroom) and its init is in it already:
+                # the shim renames it to this container's and writes these limits (supervisor.py).
+                slot_cgroup = {"relpath": cgroup.relpath, "plan": cgroup.plan(limit_writes(1, spec.limits)),
+                               "v1_mounts": [list(item) for item in cgroup.layout.v1_mounts], "pids": self.default_pids}
+            else:
+                self.cgroups.cap_parent()  # all containers together leave the host (agent, sshd) headroom
+                cgroup.create(spec.limits)
+                if spec.limits.pids is None:  # the default limit (where the pids controller exists)
+                    cgroup.write_all([LimitWrite("pids", "pids.max", str(self.default_pids), optional=True)])
             chan = self.zygote.request({
                 "op": "start", "id": cid, "hostname": spec.hostname, "argv": list(spec.command),
                 "env": spec.environ(), "workdir": spec.workdir, "lower": ":".join(reversed(lowers)),
@@ -391,7 +408,7 @@ class Runtime:
                 "tty": spec.tty, "stdin": spec.stdin,
                 "attach_sock": self.attach_path(cid) if spec.attachable else None,
                 "attach_wait": self.attach_wait,
-                "mounts": mount_requests, "protected": list(self.protected),
+                "mounts": mount_requests, "protected": list(self.protected), "cgroup_slot": slot_cgroup,
             })
             if before_exec is not None:
                 ready = _recv(chan, timeout)

@@ -20,7 +20,8 @@ import time
 
 from . import linux
 from .attach import ATTACH_WAIT, hold_for_attach, listen, output_frame, relay
-from .init import container_init, prepare_init
+from .cgroups import Cgroup, CgroupError, CgroupLayout, CgroupManager, apply_plan, prepare_slot
+from .init import container_init, join_cgroup, prepare_init
 from .linux import (
     CLONE_NEWPID,
     write_all,
@@ -84,6 +85,26 @@ def _kill_and_exit(pid: int, code: int) -> None:
     os._exit(code)
 
 
+def _v1_layout(options: dict) -> CgroupLayout:
+    return CgroupLayout(1, tuple((controller, mount) for controller, mount in options["v1_mounts"]))
+
+
+def _abandon(pid: int, code: int, cgroup: Cgroup | None) -> None:
+    """Kill the prepared init (if any), delete the slot's cgroup (if still ours) and exit."""
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+    if cgroup is not None:
+        try:
+            cgroup.remove(timeout=1.0)
+        except CgroupError:
+            pass
+    os._exit(code)
+
+
 def _copy_to_log(sources: dict[int, str], log: LogFile) -> None:
     """Copy the container's stdout and stderr pipes to the log, each record tagged, until both end."""
     poller = select.poll()
@@ -116,6 +137,7 @@ def _oom_kills(memory_dir: str, version: int) -> int:
 
 
 SLOT_FD = 3
+WARM = b"W"  # a prepared init's first status byte: it tried to join the slot's cgroup (see _warm_init)
 EXEC_FAILURE_CODES = {b"N": 127, b"X": 126}  # init's markers (init.py): the command not found / not executable
 
 
@@ -128,9 +150,11 @@ class _CommandError(RuntimeError):
 def run_shim(slot_fd: int, opts: dict) -> None:
     """Body of a shim, forked by the zygote *before* its request arrives. Never returns.
 
-    Warm phase: own session, pipes, a new PID namespace and — where joining a cgroup later is
-    cheap (v1) — the container's init already forked and prepared (``prepare_init``). Then wait on
-    the slot socket for the request (+ the agent's channel); EOF means the zygote is gone: clean up.
+    Warm phase: own session, pipes, a new PID namespace and — on cgroup v1 — the slot's cgroup
+    (``cgroups.prepare_slot``: device list, default pids limit) with the container's init already
+    forked, prepared (``prepare_init``) and in it. Then wait on the slot socket for the request (+
+    the agent's channel); EOF means the zygote is gone: clean up. A request renames the slot's cgroup
+    to the container's and writes its limits (``cgroup_slot``) before init goes on.
     """
     os.dup2(slot_fd, SLOT_FD)
     os.closerange(SLOT_FD + 1, 1 << 30)  # zygote socket, any fd that came with the fork (close_range)
@@ -147,6 +171,7 @@ def run_shim(slot_fd: int, opts: dict) -> None:
     slot = socket.socket(fileno=SLOT_FD)
     slot.set_inheritable(False)
     pid = 0
+    slot_cgroup = None  # v1: made ahead for this slot; None once it is the container's (renamed)
     try:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -156,18 +181,27 @@ def run_shim(slot_fd: int, opts: dict) -> None:
         in_r, in_w = os.pipe()  # stdin (used by "stdin" containers without a tty)
         tty_shim, tty_init = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)  # pty master
         linux.unshare(CLONE_NEWPID)
+        slot_opts = opts.get("cgroup_slot")
+        if slot_opts:
+            try:
+                slot_cgroup = prepare_slot(_v1_layout(slot_opts), slot_opts["parent"], os.getpid(), slot_opts["pids"])
+            except (OSError, CgroupError):
+                pass  # the request's cgroup is made when it comes (and a failure then reported)
         if opts.get("prefork_init"):
             pid = os.fork()
             if pid == 0:
                 for fd in (slot.detach(), out_r, err_r, status_r, go_w, req_w, in_w, tty_shim.detach()):
                     os.close(fd)
-                _warm_init(opts, req_r, (out_w, err_w), status_w, go_r, in_r, tty_init.detach())
+                _warm_init(opts, req_r, (out_w, err_w), status_w, go_r, in_r, tty_init.detach(),
+                           slot_cgroup.join_files if slot_cgroup is not None else None)
             os.close(req_r)
+            if slot_cgroup is not None and os.read(status_r, 1) != WARM:  # init is in it (or failed to be)
+                raise RuntimeError("the prepared init died")
         else:
             os.close(req_r)
             os.close(req_w)
     except BaseException:  # noqa: BLE001 - a broken slot: the zygote falls back to a fresh one
-        _kill_and_exit(pid, 1)
+        _abandon(pid, 1, slot_cgroup)
     # Our start time and the prepared init's are known now: read /proc here, not on the start's path.
     starts = (linux.proc_start_time(os.getpid()), linux.proc_start_time(pid) if pid else None)
 
@@ -180,7 +214,7 @@ def run_shim(slot_fd: int, opts: dict) -> None:
     while True:
         events = dict(poller.poll())
         if init_fd >= 0 and init_fd in events:
-            _kill_and_exit(pid, 1)
+            _abandon(pid, 1, slot_cgroup)
         if events:
             break
     try:
@@ -192,19 +226,33 @@ def run_shim(slot_fd: int, opts: dict) -> None:
     if not message or not fds:
         for fd in fds:
             os.close(fd)
-        _kill_and_exit(pid, 0)
+        _abandon(pid, 0, slot_cgroup)
     chan = socket.socket(fileno=fds[0])
-    if pid:  # hand the request to the waiting init first: it has the longer way to go
+    try:
+        req = json.loads(message)
+    except ValueError as exc:
+        _send(chan, {"event": "error", "message": f"bad request: {exc}"})
+        _abandon(pid, 1, slot_cgroup)
+    claim = req.get("cgroup_slot")
+    if claim is not None or slot_cgroup is not None:  # (init is in the slot's: a claim is required)
+        try:  # the slot's cgroup becomes the container's before init goes on
+            if slot_cgroup is not None:
+                slot_cgroup.rename(claim["relpath"])
+                slot_cgroup = None  # the container's now: the agent removes it (also if the start fails)
+            else:  # this slot has none (it could not make one, or was not asked to): made now, init joins it
+                layout = _v1_layout(claim)
+                CgroupManager(claim["relpath"].rpartition("/")[0], layout).cap_parent()
+                prepare_slot(layout, claim["relpath"], None, claim["pids"])
+            apply_plan(claim["plan"])
+        except (OSError, CgroupError, KeyError, TypeError, ValueError) as exc:
+            _send(chan, {"event": "error", "message": f"cannot set up the container's cgroup: {exc}"})
+            _abandon(pid, 1, slot_cgroup)
+    if pid:  # the waiting init takes it from here
         try:
             write_all(req_w, message)
         except OSError:
             pass  # init died: reported below through the status pipe
         os.close(req_w)
-    try:
-        req = json.loads(message)
-    except ValueError as exc:
-        _send(chan, {"event": "error", "message": f"bad request: {exc}"})
-        _kill_and_exit(pid, 1)
     linux.set_process_name(f"cshim-{req.get('id', '')}")
     _supervise(req, chan, pid, (out_r, out_w, err_r, err_w), (status_r, status_w), (go_r, go_w), (in_r, in_w),
                (tty_shim, tty_init), slot, starts)
@@ -346,13 +394,21 @@ def _supervise(
 
 
 def _warm_init(opts: dict, req_r: int, out: tuple[int, int], status_w: int, go_r: int, in_r: int,
-               tty_sock: int) -> None:
-    """A prepared container init waiting for its request. Never returns."""
+               tty_sock: int, join: list[str] | None = None) -> None:
+    """A prepared container init waiting for its request, in the slot's cgroup if *join* names it
+    (v1: writing "0" to its ``tasks`` files moves only this thread, cheap). Never returns."""
+    failure = None
     try:
         prepare_init()
-        failure = None
     except BaseException as exc:  # noqa: BLE001 - reported once the request (and a channel) exists
         failure = f"cannot create namespaces: {exc}"
+    if join:
+        if failure is None:
+            try:
+                join_cgroup(join)
+            except OSError as exc:
+                failure = f"cannot join the cgroup: {exc}"
+        os.write(status_w, WARM)  # the shim renames the cgroup at the request only after this
     data = _read_to_eof(req_r)
     os.close(req_r)
     if not data:
@@ -362,4 +418,4 @@ def _warm_init(opts: dict, req_r: int, out: tuple[int, int], status_w: int, go_r
             os.write(status_w, b"E" + failure.encode())
         finally:
             os._exit(127)
-    container_init(json.loads(data), out[0], status_w, go_r, False, True, in_r, tty_sock, out[1])
+    container_init(json.loads(data), out[0], status_w, go_r, bool(join), True, in_r, tty_sock, out[1])

@@ -44,8 +44,16 @@ class _Slot:
         self.pid, self.sock = pid, sock
 
 
-def _spawn_slot(zygote_sock: socket.socket, opts: dict) -> _Slot:
+def _spawn_slot(zygote_sock: socket.socket, opts: dict, parent=None) -> _Slot:
+    """Fork a warm shim; *parent* (a CgroupManager, v1) gets its caps checked first: the slot's
+    cgroup is made below it."""
     from . import supervisor
+
+    if parent is not None:
+        try:
+            parent.cap_parent()
+        except (OSError, RuntimeError):
+            pass  # the slot cannot make its cgroup either, and says so to the request
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
@@ -93,6 +101,13 @@ def main(fd: int, opts_json: str) -> None:
         except OSError:  # not root: lowering nice is not allowed
             pass
     linux.boot_id()
+    parent = None
+    if opts.get("cgroup_slot"):  # v1: every slot makes its container's cgroup ahead (supervisor.py)
+        from .cgroups import CgroupLayout, CgroupManager, remove_stale_slots
+
+        slot_opts = opts["cgroup_slot"]
+        parent = CgroupManager(slot_opts["parent"], CgroupLayout(1, tuple(map(tuple, slot_opts["v1_mounts"]))))
+        remove_stale_slots(parent.layout, parent.parent)
     os.set_inheritable(fd, False)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # shims are reaped automatically
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -110,7 +125,7 @@ def main(fd: int, opts_json: str) -> None:
             delay = refill_at - time.monotonic() if not starting else 0.0
             if delay <= 0:
                 try:
-                    warm = _spawn_slot(sock, opts)
+                    warm = _spawn_slot(sock, opts, parent)
                     failures = 0
                 except OSError:
                     failures += 1
@@ -146,7 +161,7 @@ def main(fd: int, opts_json: str) -> None:
             slot, warm = warm, None
             try:
                 if slot is None:
-                    slot = _spawn_slot(sock, opts)
+                    slot = _spawn_slot(sock, opts, parent)
                 socket.send_fds(slot.sock, [message], [chan])
                 delivered = True
             except OSError as exc:
@@ -177,7 +192,8 @@ class Zygote:
         """*options* (or a function returning them, called at spawn): what warm slots prepare ahead
         of a request — {"prefork_init": bool (cgroup v1), "caps": the default capability mask (its
         seccomp filter is built once, before the first fork), "cap_last": int, "refill_max": seconds
-        (REFILL_MAX; tests)}."""
+        (REFILL_MAX; tests), "cgroup_slot": {"v1_mounts": [[controller, mount], …], "parent": str,
+        "pids": the default pids limit} (cgroup v1: each slot's cgroup, made ahead)}."""
         import threading  # noqa: PLC0415 - agent side only; the zygote process stays lean
 
         self.python = python or sys.executable

@@ -6,12 +6,13 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from cantainer_agent import capabilities
-from cantainer_agent.runtime import ContainerNotFound, linux, seccomp, volumes
+from cantainer_agent.runtime import ContainerNotFound, Limits, StartError, cgroups, linux, seccomp, volumes
 from cantainer_agent.runtime import container as container_module
 from cantainer_agent.runtime import init as init_module
 
@@ -139,3 +140,112 @@ def test_a_missing_state_dir_is_made_by_the_first_start(tmp_path):
     assert (parent / "c1").is_dir()
     with pytest.raises(FileExistsError):
         container_module._mkdir_in(str(parent / "c1"), str(parent))
+
+
+# -- cgroup v1: each warm slot makes its container's cgroup ahead, renamed at the request ----------
+def _slot_dirs(runtime) -> list[str]:
+    return sorted(name for directory in runtime.cgroups.parent_dirs() if os.path.isdir(directory)
+                  for name in os.listdir(directory) if name.startswith(cgroups.SLOT_PREFIX))
+
+
+def _v1(runtime) -> None:
+    if runtime.cgroups.layout.version != 1:
+        pytest.skip("cgroup v1 only (v2 has no rename: the agent makes the cgroup at the start)")
+
+
+@pytest.mark.root
+def test_the_warm_slots_init_waits_in_a_cgroup_that_becomes_the_containers(runtime, alpine):
+    _v1(runtime)
+    runtime.warm_up()
+    deadline = time.monotonic() + 10
+    while not _slot_dirs(runtime) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (slot,) = set(_slot_dirs(runtime))
+    shim = int(slot[len(cgroups.SLOT_PREFIX):])
+    slot_cgroup = cgroups.Cgroup(runtime.cgroups.layout, f"{runtime.cgroups.parent}/{slot}")
+    while not slot_cgroup.pids() and time.monotonic() < deadline:  # made by the shim, then joined by init
+        time.sleep(0.01)
+    (init_pid,) = slot_cgroup.pids()  # the prepared init, a child of the warm shim:
+    assert Path(f"/proc/{init_pid}/stat").read_text().split()[3] == str(shim)
+    assert slot_cgroup.read("pids", "pids.max") == str(runtime.default_pids)
+    assert "c 1:3 rw" in slot_cgroup.read("devices", "devices.list")
+    info = runtime.start(spec("claimed", ["/bin/sleep", "30"], limits=Limits(memory=64 << 20)), alpine)
+    try:
+        assert info.pid == init_pid and info.shim_pid == shim  # that slot served the start
+        mine = runtime.cgroups.cgroup("claimed")
+        assert mine.pids() == {init_pid} and mine.read("memory", "memory.limit_in_bytes") == str(64 << 20)
+        assert mine.read("pids", "pids.max") == str(runtime.default_pids)
+        assert not os.path.exists(slot_cgroup.dirs[0])  # renamed, not copied
+    finally:
+        runtime.remove("claimed", force=True)
+
+
+@pytest.mark.root
+def test_a_name_taken_in_one_hierarchy_fails_the_start_and_leaves_no_slot_cgroup(runtime, alpine):
+    _v1(runtime)
+    runtime.warm_up()
+    taken = os.path.join(runtime.cgroups.layout.mount_of("pids"), runtime.cgroups.parent, "taken")
+    deadline = time.monotonic() + 10
+    while not _slot_dirs(runtime) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.mkdir(taken)  # e.g. left behind by hand
+    try:
+        with pytest.raises(StartError, match="already exists"):
+            runtime.start(spec("taken", ["/bin/true"]), alpine)
+        with pytest.raises(ContainerNotFound):
+            runtime.inspect("taken")
+    finally:
+        if os.path.isdir(taken):  # (the failed start's clean-up removes a cgroup of its name, as before)
+            os.rmdir(taken)
+    # the fixture fails the test if the failed slot's cgroup (or any process) was left behind
+
+
+@pytest.mark.root
+def test_rename_is_all_or_nothing(runtimes):
+    manager = cgroups.CgroupManager(runtimes.cgroup_parent)
+    if manager.layout.version != 1:
+        pytest.skip("cgroup v1 only")
+    source = manager.cgroup("source")
+    source.create(None)
+    blocker = os.path.join(manager.layout.mount_of("memory"), manager.parent, "target")
+    os.mkdir(blocker)
+    try:
+        with pytest.raises(cgroups.CgroupError, match="already exists"):
+            source.rename(f"{manager.parent}/target")
+        assert all(os.path.isdir(directory) for directory in source.dirs)  # every rename undone
+        renamed = source.rename(f"{manager.parent}/free")
+        assert all(os.path.isdir(directory) for directory in renamed.dirs) and not source.exists()
+        renamed.remove()
+    finally:
+        os.rmdir(blocker)
+        source.remove()
+
+
+@pytest.mark.root
+def test_slot_cgroups_of_dead_shims_are_removed_and_live_ones_kept(runtimes):
+    manager = cgroups.CgroupManager(runtimes.cgroup_parent)
+    if manager.layout.version != 1:
+        pytest.skip("cgroup v1 only")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone = cgroups.prepare_slot(manager.layout, manager.parent, dead.pid, 64)
+    live = cgroups.prepare_slot(manager.layout, manager.parent, os.getpid(), 64)
+    try:
+        cgroups.remove_stale_slots(manager.layout, manager.parent, alive=lambda pid: pid == os.getpid())
+        assert not gone.exists() and live.exists()
+    finally:
+        live.remove()
+        gone.remove()
+
+
+@pytest.mark.root
+def test_a_slot_made_without_a_cgroup_gets_the_containers_at_the_request(runtime, alpine):
+    _v1(runtime)
+    runtime.zygote.options = lambda: {**runtime._zygote_options(), "cgroup_slot": None}
+    info = runtime.start(spec("late", ["/bin/sleep", "30"], limits=Limits(pids=77)), alpine)
+    try:
+        mine = runtime.cgroups.cgroup("late")
+        assert mine.pids() == {info.pid} and mine.read("pids", "pids.max") == "77"
+        assert _slot_dirs(runtime) == []
+    finally:
+        runtime.remove("late", force=True)
