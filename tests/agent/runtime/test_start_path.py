@@ -2,6 +2,7 @@
 cost"): each mechanism that skips work is checked to give the same result as the work it skips."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -12,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from cantainer_agent import capabilities
-from cantainer_agent.runtime import ContainerNotFound, Limits, StartError, cgroups, linux, seccomp, volumes
+from cantainer_agent.runtime import (
+    ContainerNotFound,
+    Limits,
+    StartError,
+    cgroups,
+    linux,
+    seccomp,
+    supervisor,
+    volumes,
+)
 from cantainer_agent.runtime import container as container_module
 from cantainer_agent.runtime import init as init_module
 
@@ -249,3 +259,22 @@ def test_a_slot_made_without_a_cgroup_gets_the_containers_at_the_request(runtime
         assert _slot_dirs(runtime) == []
     finally:
         runtime.remove("late", force=True)
+
+
+@pytest.mark.root
+def test_the_rehearsal_request_has_the_keys_of_a_real_one(runtime, alpine, monkeypatch):
+    """A warm slot runs the JSON codec on supervisor.REHEARSAL_REQUEST (so that the start does not
+    pay the copy-on-write faults): it stays shaped like what the agent really sends."""
+    seen = {}
+
+    def capture(payload):
+        seen.update(payload)
+        raise OSError(errno.EIO, "captured")
+
+    monkeypatch.setattr(runtime.zygote, "request", capture)
+    with pytest.raises(StartError):
+        runtime.start(spec("shape", ["/bin/true"]), alpine)
+    assert set(seen) == set(supervisor.REHEARSAL_REQUEST)
+    assert set(seen["cgroup_slot"] or {}) <= set(supervisor.REHEARSAL_REQUEST["cgroup_slot"])
+    with pytest.raises(ContainerNotFound):
+        runtime.inspect("shape")  # the failed start left nothing
