@@ -272,8 +272,9 @@ class Runtime:
             return self._locks.setdefault(container_id, threading.Lock())
 
     def warm_up(self) -> None:
-        """Start the zygote now rather than on the first ``start`` (it takes ~50 ms once)."""
-        self.zygote.ensure()
+        """Start the zygote now rather than on the first ``start`` (it takes ~50 ms once), and wait
+        (up to 5 s) until its first warm slot is ready for a start to go straight to."""
+        self.zygote.ensure(offer_timeout=5.0)
 
     # -- start -----------------------------------------------------------------------------------
     def start(self, spec: ContainerSpec, rootfs: str | Sequence[str],

@@ -137,6 +137,8 @@ def _oom_kills(memory_dir: str, version: int) -> int:
 
 
 SLOT_FD = 3
+DIRECT_FD = 4
+TAKEN = b"T"  # to the zygote (zygote.TAKEN): a request came straight from the agent
 WARM = b"W"  # a prepared init's first status byte: it tried to join the slot's cgroup (see _warm_init)
 # Shaped like a start request (container.py; a test keeps the keys in step): see _rehearse.
 REHEARSAL_REQUEST = {
@@ -167,17 +169,21 @@ class _CommandError(RuntimeError):
         self.exit_code = exit_code
 
 
-def run_shim(slot_fd: int, opts: dict) -> None:
+def run_shim(slot_fd: int, opts: dict, direct_fd: int = -1) -> None:
     """Body of a shim, forked by the zygote *before* its request arrives. Never returns.
 
     Warm phase: own session, pipes, a new PID namespace and — on cgroup v1 — the slot's cgroup
     (``cgroups.prepare_slot``: device list, default pids limit) with the container's init already
     forked, prepared (``prepare_init``) and in it. Then wait on the slot socket for the request (+
-    the agent's channel); EOF means the zygote is gone: clean up. A request renames the slot's cgroup
-    to the container's and writes its limits (``cgroup_slot``) before init goes on.
+    the agent's channel); EOF means the zygote is gone: clean up. The request comes from the zygote
+    or — the usual way — straight from the agent on *direct_fd* (zygote.py: the slot was offered);
+    then the zygote hears "taken". A request renames the slot's cgroup to the container's and writes
+    its limits (``cgroup_slot``) before init goes on.
     """
     os.dup2(slot_fd, SLOT_FD)
-    os.closerange(SLOT_FD + 1, 1 << 30)  # zygote socket, any fd that came with the fork (close_range)
+    if direct_fd >= 0:
+        os.dup2(direct_fd, DIRECT_FD)
+    os.closerange(DIRECT_FD + 1 if direct_fd >= 0 else SLOT_FD + 1, 1 << 30)  # the zygote's socket, the rest
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the zygote ignores it to auto-reap us
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP,
                 signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE):
@@ -190,6 +196,9 @@ def run_shim(slot_fd: int, opts: dict) -> None:
     linux.set_process_name("cshim-warm")
     slot = socket.socket(fileno=SLOT_FD)
     slot.set_inheritable(False)
+    direct = socket.socket(fileno=DIRECT_FD) if direct_fd >= 0 else None
+    if direct is not None:
+        direct.set_inheritable(False)
     pid = 0
     slot_cgroup = None  # v1: made ahead for this slot; None once it is the container's (renamed)
     try:
@@ -210,10 +219,15 @@ def run_shim(slot_fd: int, opts: dict) -> None:
         if opts.get("prefork_init"):
             pid = os.fork()
             if pid == 0:
-                for fd in (slot.detach(), out_r, err_r, status_r, go_w, req_w, in_w, tty_shim.detach()):
-                    os.close(fd)
-                _warm_init(opts, req_r, (out_w, err_w), status_w, go_r, in_r, tty_init.detach(),
-                           slot_cgroup.join_files if slot_cgroup is not None else None)
+                try:  # never back into the shim's code below, whatever happens
+                    for fd in (slot.detach(), out_r, err_r, status_r, go_w, req_w, in_w, tty_shim.detach()):
+                        os.close(fd)
+                    if direct is not None:
+                        direct.close()
+                    _warm_init(opts, req_r, (out_w, err_w), status_w, go_r, in_r, tty_init.detach(),
+                               slot_cgroup.join_files if slot_cgroup is not None else None)
+                finally:
+                    os._exit(127)
             os.close(req_r)
             if slot_cgroup is not None and os.read(status_r, 1) != WARM:  # init is in it (or failed to be)
                 raise RuntimeError("the prepared init died")
@@ -229,6 +243,8 @@ def run_shim(slot_fd: int, opts: dict) -> None:
     # -- wait for the request (or for our prepared init to die, or the zygote to go away)
     poller = select.poll()
     poller.register(slot.fileno(), select.POLLIN)
+    if direct is not None:
+        poller.register(direct.fileno(), select.POLLIN)
     init_fd = os.pidfd_open(pid) if pid else -1
     if init_fd >= 0:
         poller.register(init_fd, select.POLLIN)
@@ -236,18 +252,33 @@ def run_shim(slot_fd: int, opts: dict) -> None:
         events = dict(poller.poll())
         if init_fd >= 0 and init_fd in events:
             _abandon(pid, 1, slot_cgroup)
-        if events:
+        source = direct if direct is not None and direct.fileno() in events else slot
+        if source is slot and slot.fileno() not in events:
+            continue
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(source, 1 << 18, 1, socket.MSG_CMSG_CLOEXEC)
+        except OSError:
+            message, fds = b"", []
+        if source is slot or (message and fds):
             break
-    try:
-        message, fds, _flags, _addr = socket.recv_fds(slot, 1 << 18, 1, socket.MSG_CMSG_CLOEXEC)
-    except OSError:
-        message, fds = b"", []
+        for fd in fds:  # the agent dropped its way in (or sent nothing usable): the zygote's remains
+            os.close(fd)
+        poller.unregister(direct.fileno())
+        direct.close()
+        direct = None
     if init_fd >= 0:
         os.close(init_fd)
+    if direct is not None:
+        direct.close()
     if not message or not fds:
         for fd in fds:
             os.close(fd)
         _abandon(pid, 0, slot_cgroup)
+    if source is not slot:
+        try:
+            slot.send(TAKEN)  # the zygote prepares the next slot once this start is over
+        except OSError:
+            pass
     chan = socket.socket(fileno=fds[0])
     try:
         req = json.loads(message)
@@ -430,7 +461,10 @@ def _warm_init(opts: dict, req_r: int, out: tuple[int, int], status_w: int, go_r
                 join_cgroup(join)
             except OSError as exc:
                 failure = f"cannot join the cgroup: {exc}"
-        os.write(status_w, WARM)  # the shim renames the cgroup at the request only after this
+        try:
+            os.write(status_w, WARM)  # the shim renames the cgroup at the request only after this
+        except OSError:
+            os._exit(0)  # the shim is gone
     data = _read_to_eof(req_r)
     os.close(req_r)
     if not data:

@@ -3,9 +3,12 @@
 The agent is multi-threaded: Python in a child forked from it can deadlock on locks other threads
 held, and a new interpreter per container costs 20-50 ms. So one fresh interpreter (``python3 -I
 -S``, fork+exec from C) is started once, warms up, and forks (~1 ms) — keeping one *warm slot*
-ready. Requests arrive on a SOCK_SEQPACKET socket with a per-container channel (SCM_RIGHTS); all
-replies travel on the channel, so concurrent starts need no demultiplexing. EOF (the agent died)
-ends the zygote and its warm slot; running supervisors do not depend on it. docs/design/runtime.md.
+ready, which it *offers* to the agent: a socket straight to that shim (SCM_RIGHTS on the zygote
+socket), so a start reaches the shim without a hop through the zygote. The shim tells the zygote
+"taken"; a request that comes through the zygote instead (no offer at hand) gets a fresh slot.
+Requests carry a per-container channel (SCM_RIGHTS); all replies travel on it, so concurrent
+starts need no demultiplexing. EOF (the agent died) ends the zygote and its warm slot; running
+supervisors do not depend on it. docs/design/runtime.md.
 """
 
 from __future__ import annotations
@@ -37,34 +40,63 @@ def package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+_INT_SIZE = 4  # sizeof(int): a descriptor in SCM_RIGHTS
+OFFER = b"offer"  # zygote -> agent, with a socket to the warm shim (the agent's own way in)
+TAKEN = b"T"  # warm shim -> zygote: a request came the direct way
+
+
 class _Slot:
-    """A warm shim waiting for its request on *sock*."""
+    """A warm shim waiting for its request on *sock* (or on *direct*'s peer, held by the agent)."""
 
-    def __init__(self, pid: int, sock: socket.socket):
-        self.pid, self.sock = pid, sock
+    def __init__(self, pid: int, sock: socket.socket, direct: socket.socket | None = None):
+        self.pid, self.sock, self.direct = pid, sock, direct
 
 
-def _spawn_slot(zygote_sock: socket.socket, opts: dict, parent=None) -> _Slot:
+def _spawn_slot(zygote_sock: socket.socket, opts: dict, parent=None, stale: bool = False) -> _Slot:
     """Fork a warm shim; *parent* (a CgroupManager, v1) gets its caps checked first: the slot's
-    cgroup is made below it."""
+    cgroup is made below it. *stale*: a warm shim died, its slot's cgroup may be left: delete it."""
     from . import supervisor
 
     if parent is not None:
         try:
+            if stale:
+                from .cgroups import remove_stale_slots
+
+                remove_stale_slots(parent.layout, parent.parent)
             parent.cap_parent()
-        except (OSError, RuntimeError):
-            pass  # the slot cannot make its cgroup either, and says so to the request
+        except Exception:  # noqa: BLE001 - CgroupError, OSError: the slot then makes its cgroup at the request, or says why not
+            pass
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = os.fork()
+    direct, direct_shim = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = os.fork()
+    except OSError:
+        for end in (ours, theirs, direct, direct_shim):
+            end.close()
+        raise
     if pid == 0:
         try:
             ours.close()
-            supervisor.run_shim(theirs.detach(), opts)
+            direct.close()
+            supervisor.run_shim(theirs.detach(), opts, direct_shim.detach())
         finally:
             os._exit(70)
     theirs.close()
-    return _Slot(pid, ours)
+    direct_shim.close()
+    return _Slot(pid, ours, direct)
+
+
+def _offer(agent: socket.socket, slot: _Slot) -> None:
+    """Hand the agent its way straight to *slot*'s shim (our copy is closed: the shim's EOF on it
+    then means the agent dropped it)."""
+    direct, slot.direct = slot.direct, None
+    try:
+        socket.send_fds(agent, [OFFER], [direct.fileno()])
+    except OSError:
+        pass  # the agent is gone: the main loop sees EOF next
+    finally:
+        direct.close()
 
 
 def _retire(slot: _Slot, wait: float = 0.0) -> None:
@@ -122,18 +154,33 @@ def main(fd: int, opts_json: str) -> None:
     starting: list[_Slot] = []  # slots whose container is being started (their shim holds the socket)
     while True:
         if warm is None and (not starting or time.monotonic() >= refill_at):
-            delay = refill_at - time.monotonic() if not starting else 0.0
+            delay = refill_at - time.monotonic()
             if delay <= 0:
                 try:
-                    warm = _spawn_slot(sock, opts, parent)
-                    failures = 0
+                    warm = _spawn_slot(sock, opts, parent, stale=failures > 0)
+                    _offer(sock, warm)
                 except OSError:
                     failures += 1
                     refill_at = time.monotonic() + min(5.0, 0.05 * 2 ** failures)
                 continue
         timeout = None if warm is not None else max(0.0, refill_at - time.monotonic())
-        readable = select.select([sock, *[slot.sock for slot in starting]], [], [], timeout)[0]
+        watched = [sock, *([warm.sock] if warm is not None else []), *[slot.sock for slot in starting]]
+        readable = select.select(watched, [], [], timeout)[0]
         done = [slot for slot in starting if slot.sock in readable]
+        if warm is not None and warm.sock in readable:
+            try:
+                note = warm.sock.recv(16)
+            except OSError:
+                note = b""
+            if note == TAKEN:  # the agent started a container on it directly: refill once that is over
+                starting.append(warm)
+                refill_at = time.monotonic() + refill_max
+                failures = 0
+            else:  # the warm shim died before any request (e.g. its init could not be prepared)
+                warm.sock.close()
+                failures += 1
+                refill_at = time.monotonic() + min(5.0, 0.05 * 2 ** failures)
+            warm = None
         for slot in done:  # started (or failed): its shim closed the socket
             starting.remove(slot)
             slot.sock.close()
@@ -157,17 +204,18 @@ def main(fd: int, opts_json: str) -> None:
         for extra in fds[1:]:
             os.close(extra)
         delivered = False
-        for _attempt in (0, 1):  # the warm slot, else a fresh one
-            slot, warm = warm, None
+        for _attempt in (0, 1):  # a fresh slot: the warm one is the agent's (offered), maybe in use
+            slot = None
             try:
-                if slot is None:
-                    slot = _spawn_slot(sock, opts, parent)
+                slot = _spawn_slot(sock, opts, parent, stale=failures > 0)
+                slot.direct.close()
+                slot.direct = None
                 socket.send_fds(slot.sock, [message], [chan])
                 delivered = True
             except OSError as exc:
                 error = exc
             if delivered:
-                starting.append(slot)  # refill once it has started its container
+                starting.append(slot)
                 break
             if slot is not None:
                 slot.sock.close()
@@ -177,11 +225,14 @@ def main(fd: int, opts_json: str) -> None:
             except OSError:
                 pass
         os.close(chan)
-        refill_at = time.monotonic() + refill_max
     for slot in starting:
         slot.sock.close()
     if warm is not None:
         _retire(warm, wait=2.0)
+    if parent is not None and failures:  # a warm shim died: its slot's cgroup may still be there
+        from .cgroups import remove_stale_slots
+
+        remove_stale_slots(parent.layout, parent.parent)
     os._exit(0)
 
 
@@ -204,6 +255,7 @@ class Zygote:
         self._lock = threading.Lock()
         self._proc = None  # subprocess.Popen
         self._sock: socket.socket | None = None
+        self._offer: socket.socket | None = None  # a way straight to the zygote's warm shim
 
     def _options(self) -> dict:
         opts = dict((self.options() if callable(self.options) else self.options) or {})
@@ -244,10 +296,18 @@ class Zygote:
             theirs.close()
         self._sock = ours
 
-    def ensure(self) -> None:
+    def ensure(self, offer_timeout: float = 0.0) -> None:
+        """Spawn the zygote if it is not running; wait up to *offer_timeout* seconds until it has
+        offered its first warm slot (a start then goes straight to that shim)."""
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._spawn()
+            deadline = time.monotonic() + offer_timeout
+            while self._offer is None and self._sock is not None:
+                self._offer = self._take_offer_locked()
+                remaining = deadline - time.monotonic()
+                if self._offer is not None or remaining <= 0 or not select.select([self._sock], [], [], remaining)[0]:
+                    break
 
     def request(self, payload: dict) -> socket.socket:
         """Send a start request; return the agent's end of the new container's channel."""
@@ -260,6 +320,15 @@ class Zygote:
                 for attempt in (0, 1):
                     if self._proc is None or self._proc.poll() is not None:
                         self._spawn()
+                    offer = self._take_offer_locked()
+                    if offer is not None:  # straight to the warm shim
+                        try:
+                            socket.send_fds(offer, [data], [theirs.fileno()])
+                            break
+                        except OSError:
+                            pass  # that shim is gone: through the zygote, which forks a fresh one
+                        finally:
+                            offer.close()
                     try:
                         socket.send_fds(self._sock, [data], [theirs.fileno()])
                         break
@@ -274,9 +343,33 @@ class Zygote:
             theirs.close()
         return ours
 
+    def _take_offer_locked(self) -> socket.socket | None:
+        """The newest warm slot the zygote offered since the last request (older ones are dropped:
+        their shims are gone), or None."""
+        while self._sock is not None:
+            try:  # (socket.recv_fds ignores its flags before Python 3.12)
+                message, ancillary, _flags, _addr = self._sock.recvmsg(
+                    64, socket.CMSG_SPACE(_INT_SIZE), socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+            except OSError:  # BlockingIOError: no offer waiting
+                break
+            if not message:
+                break  # the zygote is gone: the send to it says so
+            fds = [int.from_bytes(data[i:i + _INT_SIZE], sys.byteorder, signed=True)
+                   for level, kind, data in ancillary if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+                   for i in range(0, len(data) - len(data) % _INT_SIZE, _INT_SIZE)]
+            for fd in fds:
+                if self._offer is not None:
+                    self._offer.close()
+                self._offer = socket.socket(fileno=fd)
+        offer, self._offer = self._offer, None
+        return offer
+
     def _close_locked(self) -> None:
         import subprocess  # noqa: PLC0415
 
+        if self._offer is not None:
+            self._offer.close()
+            self._offer = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None

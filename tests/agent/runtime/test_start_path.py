@@ -26,7 +26,7 @@ from cantainer_agent.runtime import (
 from cantainer_agent.runtime import container as container_module
 from cantainer_agent.runtime import init as init_module
 
-from .conftest import needs_root
+from .conftest import needs_root, wait_gone
 from .test_container import spec
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -278,3 +278,61 @@ def test_the_rehearsal_request_has_the_keys_of_a_real_one(runtime, alpine, monke
     assert set(seen["cgroup_slot"] or {}) <= set(supervisor.REHEARSAL_REQUEST["cgroup_slot"])
     with pytest.raises(ContainerNotFound):
         runtime.inspect("shape")  # the failed start left nothing
+
+
+# -- the agent writes the request straight to the warm shim the zygote offered -------------------
+@pytest.mark.root
+def test_a_start_goes_straight_to_the_offered_warm_shim_without_the_zygote(runtime, alpine):
+    runtime.warm_up()  # returns once the first warm slot is offered
+    zygote = runtime.zygote.pid
+    os.kill(zygote, signal.SIGSTOP)  # a hop through the zygote would now hang the start
+    try:
+        info = runtime.start(spec("direct", ["/bin/sh", "-c", "exit 3"]), alpine)
+    finally:
+        os.kill(zygote, signal.SIGCONT)
+    assert info.state == "running" and runtime.wait("direct", timeout=30).exit_code == 3
+    runtime.remove("direct")
+
+
+@pytest.mark.root
+def test_a_start_without_an_offer_at_hand_gets_a_fresh_slot_from_the_zygote(runtime, alpine):
+    runtime.zygote.options = lambda: {**runtime._zygote_options(), "refill_max": 300.0}
+    runtime.warm_up()
+    inner = []
+
+    def second_start(_pid):  # the offered slot serves "outer"; no new one until that start is over
+        inner.append(runtime.start(spec("inner", ["/bin/sleep", "30"]), alpine))
+
+    outer = runtime.start(spec("outer", ["/bin/sleep", "30"]), alpine, before_exec=second_start)
+    try:
+        assert inner[0].state == "running" and outer.state == "running"
+        assert inner[0].shim_pid != outer.shim_pid
+    finally:
+        runtime.remove("outer", force=True)
+        runtime.remove("inner", force=True)
+
+
+@pytest.mark.root
+def test_an_offer_whose_shim_died_falls_back_to_the_zygote_and_its_cgroup_goes(runtime, alpine):
+    runtime.warm_up()
+    (warm,) = [pid for pid in _children(runtime.zygote.pid)]
+    os.kill(warm, signal.SIGKILL)  # the agent still holds the way to it
+    assert wait_gone(warm)  # (a shim that dies after the request is sent fails that start, as ever)
+    info = runtime.start(spec("fallback", ["/bin/true"]), alpine)
+    assert info.shim_pid != warm
+    assert runtime.wait("fallback", timeout=30).exit_code == 0
+    runtime.remove("fallback")
+    # the fixture fails the test if the dead slot's cgroup (v1) is still there after close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
