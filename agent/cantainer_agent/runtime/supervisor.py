@@ -255,17 +255,11 @@ def run_shim(slot_fd: int, opts: dict, direct_fd: int = -1) -> None:
         source = direct if direct is not None and direct.fileno() in events else slot
         if source is slot and slot.fileno() not in events:
             continue
-        try:
-            message, fds, _flags, _addr = socket.recv_fds(source, 1 << 18, 1, socket.MSG_CMSG_CLOEXEC)
-        except OSError:
-            message, fds = b"", []
-        if source is slot or (message and fds):
-            break
-        for fd in fds:  # the agent dropped its way in (or sent nothing usable): the zygote's remains
-            os.close(fd)
-        poller.unregister(direct.fileno())
-        direct.close()
-        direct = None
+        break
+    try:  # (EOF on the direct way: the agent dropped it — this slot is done, the zygote makes another)
+        message, fds, _flags, _addr = socket.recv_fds(source, 1 << 18, 1, socket.MSG_CMSG_CLOEXEC)
+    except OSError:
+        message, fds = b"", []
     if init_fd >= 0:
         os.close(init_fd)
     if direct is not None:

@@ -52,9 +52,11 @@ class _Slot:
         self.pid, self.sock, self.direct = pid, sock, direct
 
 
-def _spawn_slot(zygote_sock: socket.socket, opts: dict, parent=None, stale: bool = False) -> _Slot:
-    """Fork a warm shim; *parent* (a CgroupManager, v1) gets its caps checked first: the slot's
-    cgroup is made below it. *stale*: a warm shim died, its slot's cgroup may be left: delete it."""
+def _spawn_slot(zygote_sock: socket.socket, opts: dict, parent=None, stale: bool = False,
+                offered: bool = True) -> _Slot:
+    """Fork a warm shim (*offered*: with a direct way in for the agent, ``_offer``); *parent* (a
+    CgroupManager, v1) gets its caps checked first: the slot's cgroup is made below it. *stale*: a
+    warm shim died, its slot's cgroup may be left: delete it."""
     from . import supervisor
 
     if parent is not None:
@@ -68,22 +70,25 @@ def _spawn_slot(zygote_sock: socket.socket, opts: dict, parent=None, stale: bool
             pass
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    direct, direct_shim = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    direct, direct_shim = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if offered else (None, None)
     try:
         pid = os.fork()
     except OSError:
         for end in (ours, theirs, direct, direct_shim):
-            end.close()
+            if end is not None:
+                end.close()
         raise
     if pid == 0:
         try:
             ours.close()
-            direct.close()
-            supervisor.run_shim(theirs.detach(), opts, direct_shim.detach())
+            if direct is not None:
+                direct.close()
+            supervisor.run_shim(theirs.detach(), opts, direct_shim.detach() if direct_shim is not None else -1)
         finally:
             os._exit(70)
     theirs.close()
-    direct_shim.close()
+    if direct_shim is not None:
+        direct_shim.close()
     return _Slot(pid, ours, direct)
 
 
@@ -207,9 +212,7 @@ def main(fd: int, opts_json: str) -> None:
         for _attempt in (0, 1):  # a fresh slot: the warm one is the agent's (offered), maybe in use
             slot = None
             try:
-                slot = _spawn_slot(sock, opts, parent, stale=failures > 0)
-                slot.direct.close()
-                slot.direct = None
+                slot = _spawn_slot(sock, opts, parent, stale=failures > 0, offered=False)
                 socket.send_fds(slot.sock, [message], [chan])
                 delivered = True
             except OSError as exc:
@@ -308,6 +311,9 @@ class Zygote:
                 remaining = deadline - time.monotonic()
                 if self._offer is not None or remaining <= 0 or not select.select([self._sock], [], [], remaining)[0]:
                     break
+                self._offer = self._take_offer_locked()
+                if self._offer is None:
+                    break  # readable, yet no offer: the zygote is gone (the next request respawns it)
 
     def request(self, payload: dict) -> socket.socket:
         """Send a start request; return the agent's end of the new container's channel."""
