@@ -32,7 +32,8 @@ from .model import (
 from .plan import Action, diff, health
 
 # What needs netlink (pyroute2, ~0.15 s of CPU to import) is imported on first use, not with the
-# package: the agent becomes ready without it, and its reconcile thread (nice +10) loads it later.
+# package: the agent becomes ready without it, and its reconcile thread (nice +10) loads it with the
+# cluster's first network (controllers/overlay.no_overlay).
 _LAZY = {"apply": "kernel", "observe": "kernel", "underlay_mtu": "kernel", "OverlayReconciler": "reconciler",
          "ReconcileResult": "reconciler", "reconcile": "reconciler", "attach_container": "veth",
          "detach_container": "veth"}
