@@ -28,7 +28,10 @@ PROBE = Path(facts.__file__).read_text()
 APPLY = r"""
 import hashlib, importlib.util, io, json, os, shutil, signal, sys, time, zipfile
 stdin = sys.stdin.buffer
-header = json.loads(stdin.readline())
+line = stdin.readline()
+if not line:
+    sys.exit(0)  # no input: nothing to change (a probe session `up` ended)
+header = json.loads(line)
 def blob(size):
     data = stdin.read(size)
     if len(data) != size:
@@ -113,6 +116,11 @@ if start:
     sys.stdout.flush()
     os.execv(start["argv"][0], start["argv"])
 """
+
+# The probe and then the apply in one process (one Python start, one round trip less) for a host
+# `up` has to probe: the facts line first; then, once `up` has planned every host, the apply's
+# input on stdin — or none (EOF): nothing to change there. Same argv as the probe.
+PROBE_THEN_APPLY = PROBE + "\nsys.stdout.flush()\n" + APPLY
 
 # Copies bytes between stdin/stdout and the agent socket; started under sudo for non-root logins.
 SOCKET_RELAY = r"""

@@ -26,7 +26,7 @@ from cantainer.errors import HostError, RemoteCommandError
 from cantainer.inventory import Host
 from cantainer.remote import CommandResult
 
-__all__ = ["CommandResult", "Connection", "HostError", "RemoteCommandError", "connect"]
+__all__ = ["CommandResult", "Connection", "HostError", "RemoteCommandError", "Session", "connect"]
 
 
 def _known_hosts_arg(host: Host) -> object:
@@ -76,6 +76,40 @@ def _record_host_key(host: Host, options: asyncssh.SSHClientConnectionOptions, k
         known_hosts.write(f"{name} {key.export_public_key().decode().strip()}\n")
 
 
+class Session:
+    """A remote program started by ``Connection.start``: its first line read, its input still to come."""
+
+    def __init__(self, connection: "Connection", argv: list[str], process: asyncssh.SSHClientProcess) -> None:
+        self._connection, self._argv, self._process = connection, argv, process
+        self.first_line = ""
+
+    async def finish(self, input: bytes = b"", check: bool = True, timeout: float | None = 120) -> CommandResult:
+        """Send *input* and end it (EOF), wait for the program to exit: what ``Connection.run`` returns."""
+        host = self._connection.host.name
+        try:
+            if input:
+                self._process.stdin.write(input)
+            self._process.stdin.write_eof()  # also with no input (communicate() would not send it)
+            stdout, stderr = await asyncio.wait_for(self._process.communicate(), timeout)
+        except asyncio.TimeoutError:
+            self.close()
+            raise HostError(host, f"`{self._argv[0]}` did not finish within {timeout:.0f}s") from None
+        except (asyncssh.Error, OSError) as error:
+            self.close()
+            raise HostError(host, f"connection lost: {error}") from None
+        status = self._process.exit_status if self._process.exit_status is not None else 255
+        out = CommandResult(status, (stdout or b"").decode("utf-8", "replace"),
+                            (stderr or b"").decode("utf-8", "replace"))
+        if status != 0 and self._connection.needs_sudo:
+            self._connection._check_sudo(status, out.stderr)
+        if check and status != 0:
+            raise RemoteCommandError(host, self._argv, status, out.stderr)
+        return out
+
+    def close(self) -> None:
+        self._process.close()
+
+
 class Connection:
     """An open SSH connection to one inventory host."""
 
@@ -118,6 +152,26 @@ class Connection:
         if check and status != 0:
             raise RemoteCommandError(self.host.name, argv, status, out.stderr)
         return out
+
+    async def start(self, argv: list[str], timeout: float | None = 60) -> "Session":
+        """Start *argv* and read the first line it prints; the process then waits for its input
+        (``Session.finish``). A program that exits before printing a line leaves ``first_line``
+        empty; ``finish`` then reports how it ended."""
+        try:
+            process = await self._conn.create_process(self.command_line(argv), encoding=None)
+        except (asyncssh.Error, OSError) as error:
+            raise HostError(self.host.name, f"connection lost: {error}") from None
+        session = Session(self, argv, process)
+        try:
+            session.first_line = (await asyncio.wait_for(process.stdout.readline(), timeout)).decode("utf-8",
+                                                                                                    "replace")
+        except asyncio.TimeoutError:
+            session.close()
+            raise HostError(self.host.name, f"`{argv[0]}` printed nothing within {timeout:.0f}s") from None
+        except (asyncssh.Error, OSError) as error:
+            session.close()
+            raise HostError(self.host.name, f"connection lost: {error}") from None
+        return session
 
     def _check_sudo(self, status: int, stderr: str) -> None:
         """sudo itself failed (not the command it ran): say so, whatever the command was."""

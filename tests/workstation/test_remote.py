@@ -130,6 +130,28 @@ def test_the_probe_standalone_and_an_agents_facts_are_one_document(tmp_path):
     assert facts.read(*paths)["agent_pid"] is None  # that process is gone: a stale pid file names nobody
 
 
+def test_one_process_probes_then_applies_what_it_is_sent_or_nothing(tmp_path):
+    """PROBE_THEN_APPLY: the facts line first, then the apply's input (or EOF: nothing to change)."""
+    paths = [str(tmp_path / name) for name in ("agent.pid", "agent.json", "bundles", "members.json", "secret")]
+    for header, blobs, written in (({"dirs": [], "secret": {"path": paths[4], "size": 7}}, b"s3cret\n", True),
+                                   (None, b"", False)):
+        process = subprocess.Popen([sys.executable, "-c", remote.PROBE_THEN_APPLY, *paths], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            facts_line = process.stdout.readline()  # before any input: the probe does not wait for it
+            assert remote.ProbeResult.parse(facts_line).secret_sha256 is None
+            out, err = process.communicate(json.dumps(header).encode() + b"\n" + blobs if header else b"", timeout=60)
+        finally:
+            process.kill()
+            process.wait()
+        assert process.returncode == 0 and out == b"", err
+        assert (tmp_path / "secret").exists() is written
+        if written:
+            secret = tmp_path / "secret"
+            assert secret.read_bytes() == b"s3cret\n" and secret.stat().st_mode & 0o777 == 0o600
+            (tmp_path / "secret").unlink()
+
+
 def test_a_corrupted_bundle_is_refused_and_nothing_is_installed(tmp_path):
     data, digest = archive()
     corrupt = bytearray(data)
