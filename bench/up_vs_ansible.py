@@ -201,14 +201,13 @@ def _row(name: str, value: float, anchor: str, anchor_value: float) -> dict:
 
 def lab_bundle():
     """The bundle `up` pushes to lab hosts, chosen from their facts as `up` does (they run this
-    machine's /usr/bin/python3: with Debian's python3-cryptography, the pure-Python bundle)."""
+    machine's /usr/bin/python3)."""
     from cantainer import remote
     from cantainer.bundle import Platform, build_bundle
-    from cantainer.plan import bundle_needs_compiled
 
-    probe = subprocess.run(["/usr/bin/python3", "-c", remote.PROBE, *["/nonexistent"] * 5], capture_output=True,
-                           text=True, check=True)
-    return build_bundle(Platform.local(), compiled=bundle_needs_compiled(remote.ProbeResult.parse(probe.stdout)))
+    probe = remote.ProbeResult.parse(subprocess.run(["/usr/bin/python3", "-c", remote.PROBE, *["/nonexistent"] * 5],
+                                                    capture_output=True, text=True, check=True).stdout)
+    return build_bundle(Platform(probe.machine, probe.python[:2]))
 
 
 def measure_hosts(count: int, runs: int, rerun: bool, log=print) -> list[dict]:

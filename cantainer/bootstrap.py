@@ -35,7 +35,6 @@ from cantainer.inventory import Host, Inventory
 from cantainer.plan import (
     HostPlan,
     NoFounder,
-    bundle_needs_compiled,
     choose_bootstrap,
     plan_host,
     secret_digest,
@@ -84,7 +83,7 @@ class Bootstrapper:
         self.fleet = Fleet(inventory, fanout)
         self.result = UpResult()
         self.secret = b""
-        self._bundles: dict[tuple[Platform, bool], Bundle] = {}
+        self._bundles: dict[bool, Bundle] = {}  # by bundle_key
         self._raft_key: bytes | None = None  # the key file's content (raftkey.record), made on first use
         self._sessions: dict[str, Session] = {}  # probed hosts' processes, waiting to apply the plan
 
@@ -135,7 +134,7 @@ class Bootstrapper:
             raise HostError(host.name, "libnftables.so.1 is missing (the agent needs nftables to protect the overlay)",
                             "install the package libnftables1 there (apt-get install libnftables1)")
         outcome = HostOutcome(host, probe, from_agent=from_agent)
-        outcome.bundle = self._bundle_for(Platform(probe.machine, probe.python[:2]), bundle_needs_compiled(probe))
+        outcome.bundle = self._bundle_for(Platform(probe.machine, probe.python[:2]))
         self.result.outcomes[host.name] = outcome
 
     async def _facts_from_agent(self, host: Host) -> remote.ProbeResult | None:
@@ -214,10 +213,10 @@ class Bootstrapper:
             return {node["name"]: node["address"] for node in status.get("nodes", []) if node.get("registered")}
         return {}
 
-    def _bundle_for(self, target: Platform, compiled: bool) -> Bundle:
-        key = bundle_key(target, compiled)
+    def _bundle_for(self, target: Platform) -> Bundle:
+        key = bundle_key(target)
         if key not in self._bundles:
-            self._bundles[key] = build_bundle(target, compiled)
+            self._bundles[key] = build_bundle(target)
         return self._bundles[key]
 
     def _choose_bootstrap_node(self) -> str | None:

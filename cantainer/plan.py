@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from cantainer.bundle import host_has_cryptography
 from cantainer.inventory import Host, Inventory
 from cantainer.remote import ProbeResult
 from cantainer_agent import layout
@@ -149,7 +148,3 @@ def founding_voters(inventory: Inventory, founder: str | None) -> list[str]:
     names = [host.name for host in inventory.hosts]
     return names[names.index(founder):][:inventory.cluster.voters]
 
-
-def bundle_needs_compiled(probe: ProbeResult) -> bool:
-    """Does the host need cryptography (and cffi) in its bundle, or can it use its own?"""
-    return not host_has_cryptography(probe.cryptography)

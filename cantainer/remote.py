@@ -208,7 +208,6 @@ class ProbeResult:
     agent_pid: int | None
     ssh_server_address: str | None
     nftables_error: str | None = None  # why libnftables.so.1 does not load (None: it does)
-    cryptography: str | None = None  # the version of the host's own cryptography package, if any
 
     @classmethod
     def parse(cls, text: str) -> "ProbeResult":
@@ -219,7 +218,7 @@ class ProbeResult:
         """From the facts document (``cantainer_agent.facts.read``: the probe's output, or an agent's)."""
         return cls(tuple(data["python"]), data["machine"], data["kernel"], data["hostname"], data["systemd"],
                    tuple(data["bundles"]), data["secret_sha256"], data["config"], data["has_state"], data["agent_pid"],
-                   data["ssh_server_address"], data.get("nftables_error"), data.get("cryptography"))
+                   data["ssh_server_address"], data.get("nftables_error"))
 
 
 def systemd_unit(python: str, digest: str, cluster: str) -> str:

@@ -11,11 +11,9 @@ The document is ``cantainer.remote.ProbeResult``'s input; both callers must give
 """
 import ctypes
 import hashlib
-import importlib.machinery
 import json
 import os
 import platform
-import re
 import sys
 
 
@@ -45,23 +43,6 @@ def _nftables():
     return None
 
 
-def _cryptography(bundles_dir):
-    """The host's own cryptography's version, read from the package without importing it (an import
-    costs ~40 ms of CPU per host); a bundle's copy (the agent runs from one) is not the host's."""
-    path = [entry for entry in sys.path if not os.path.abspath(entry or ".").startswith(bundles_dir + os.sep)]
-    try:
-        spec = importlib.machinery.PathFinder.find_spec("cryptography", path)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for name in ("__about__.py", "__init__.py"):
-        text = _read(os.path.join(list(spec.submodule_search_locations)[0], name)) or b""
-        found = re.search(rb"__version__\s*=\s*[\x22']([0-9][^\x22']*)[\x22']", text)
-        if found:
-            return found.group(1).decode()
-    return None
-
 
 def _bundles(bundles_dir):
     if not os.path.isdir(bundles_dir):
@@ -89,7 +70,6 @@ def read(pid_file, config_file, bundles_dir, members_file, secret_file, ssh_conn
         "agent_pid": _agent_pid(pid_file),
         "ssh_server_address": conn[2] if len(conn) == 4 else None,
         "nftables_error": _nftables(),
-        "cryptography": _cryptography(bundles_dir),
     }
 
 

@@ -1,4 +1,4 @@
-"""The agent bundle: deterministic, complete, and a clear error when a host's platform lacks wheels."""
+"""The agent bundle: deterministic, complete, pure Python for every host (bytecode for this Python's)."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from cantainer.bundle import BundleError, Platform, build_bundle
+from cantainer.bundle import Platform, build_bundle
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_the_bundle_is_deterministic_and_holds_the_agent_and_its_dependencies(ca
 
 
 def test_a_pure_bundle_for_this_python_runs_as_a_zip_from_its_own_bytecode(cache, tmp_path):
-    bundle = build_bundle(Platform.local(), compiled=False)
+    bundle = build_bundle(Platform.local())
     assert bundle.magic == importlib.util.MAGIC_NUMBER.hex()
     content = names(bundle.data)
     sources = [n for n in content if n.endswith(".py") and n != "__main__.py"]
@@ -62,27 +62,19 @@ def test_a_pure_bundle_for_this_python_runs_as_a_zip_from_its_own_bytecode(cache
 
 
 def test_a_pure_bundle_for_another_python_carries_only_sources(cache):
-    other = build_bundle(foreign(), compiled=False)
+    other = build_bundle(foreign())
     assert other.magic is None and not [n for n in names(other.data) if n.endswith(".pyc")]
-    assert other.digest != build_bundle(Platform.local(), compiled=False).digest
+    assert other.digest != build_bundle(Platform.local()).digest
 
 
-def test_a_foreign_platform_without_wheels_says_how_to_get_them(cache):
-    with pytest.raises(BundleError, match="no cryptography/cffi wheels for cp39-riscv64") as error:
-        build_bundle(Platform("riscv64", (3, 9)))
-    assert "pip download" in error.value.hint and "--python-version 3.9" in error.value.hint
-
-
-def test_a_bundle_for_a_host_with_its_own_cryptography_is_pure_python(cache):
-    pure, full = build_bundle(foreign(), compiled=False), build_bundle(Platform.local())
-    assert pure.digest != full.digest and not pure.compiled and full.compiled and full.magic is None
-    pure_names, full_names = names(pure.data), names(full.data)
-    assert not [n for n in pure_names if n.startswith(("cryptography/", "cffi/", "_cffi_backend"))]
-    assert not [n for n in pure_names if n.endswith((".so", ".pyd"))]
-    assert "cryptography/fernet.py" in full_names and any(n.startswith("_cffi_backend") for n in full_names)
-    assert set(pure_names) < set(full_names)
-    # a foreign platform needs no wheels when the host brings its cryptography
-    assert build_bundle(Platform("riscv64", foreign().python), compiled=False).digest == pure.digest
+def test_every_host_gets_pure_python_whatever_its_cpu_or_python(cache):
+    """Nothing compiled is pushed (the raft cipher is the libcrypto the host's Python links): a host on
+    another CPU or Python gets the sources-only bundle, no wheels needed."""
+    for bundle in (build_bundle(Platform.local()), build_bundle(foreign())):
+        content = names(bundle.data)
+        assert not [n for n in content if n.startswith(("cryptography/", "cffi/", "_cffi_backend"))]
+        assert not [n for n in content if n.endswith((".so", ".pyd"))]
+    assert build_bundle(Platform("riscv64", foreign().python)).digest == build_bundle(foreign()).digest
 
 
 def test_the_cache_keeps_only_the_most_recently_used_bundles(cache, monkeypatch):
@@ -105,12 +97,12 @@ def test_the_cache_keeps_only_the_most_recently_used_bundles(cache, monkeypatch)
     tarball = folder / "feed.tar.gz"  # the archive format before zip
     tarball.write_bytes(b"old format")
     monkeypatch.setattr(bundle, "KEEP_CACHED", 4)
-    pure = build_bundle(Platform.local(), compiled=False)
+    pure = build_bundle(Platform.local())
     (new,) = set(folder.iterdir()) - set(old)
     # the new one and the three used most recently stay; the crash's leftover and old tarballs go
     assert set(folder.iterdir()) == {new, *old[:3]}
     # a hit marks its bundle used: it outlives an older-used one at the next build
     os.utime(new, (1.0, 1.0))
-    assert build_bundle(Platform.local(), compiled=False).data == pure.data and new.stat().st_mtime > 1000
-    build_bundle(Platform.local(), compiled=True)
+    assert build_bundle(Platform.local()).data == pure.data and new.stat().st_mtime > 1000
+    build_bundle(foreign())  # the sources-only kind: one more file, the oldest used goes
     assert new.exists() and not old[2].exists() and len(list(folder.iterdir())) == 4

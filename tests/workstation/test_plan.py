@@ -9,7 +9,6 @@ import pytest
 from cantainer.inventory import load_inventory
 from cantainer.plan import (
     NoFounder,
-    bundle_needs_compiled,
     choose_bootstrap,
     desired_config,
     founding_voters,
@@ -155,14 +154,3 @@ def test_once_the_cluster_exists_the_founding_keys_change_nothing(five):
     assert plan.write_config and plan.start is None
 
 
-@pytest.mark.parametrize("version, compiled", [
-    ("38.0.4", False),   # Debian 12's python3-cryptography
-    ("3.4.8", False),    # Ubuntu 22.04's
-    ("41.0.7", False),   # Ubuntu 24.04's
-    ("2.8", True),       # too old for the agent: the bundle brings its own
-    ("3.3.2", True),
-    (None, True),        # none installed
-    ("dev", True),       # unreadable: better push ours
-])
-def test_the_bundle_carries_cryptography_only_for_hosts_without_a_usable_one(inventory, version, compiled):
-    assert bundle_needs_compiled(facts(inventory, {"cryptography": version})) is compiled
