@@ -22,7 +22,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from . import plan as P
 from .guard import KernelGuard, OverlayError
-from .kernel import apply, iproute, observe, observe_links
+from .kernel import apply, iproute, observe, observe_changed_links, observe_links
 from .model import DesiredHost, FdbEntry, NeighEntry, Observed
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,14 @@ class ReconcileResult:
 
 
 def reconcile(ipr: IPRoute, desired: DesiredSource, guard: KernelGuard, observed: Observed | None = None,
-              last: ReconcileResult | None = None) -> ReconcileResult:
+              last: ReconcileResult | None = None, indices: dict[str, int] | None = None) -> ReconcileResult:
     """One level-triggered pass: observe, then read the desired state, diff, apply.
 
     A callable *desired* gets what was observed: a container attached after the desired state
     was read is observed without being desired, and would be deleted as an orphan — the caller
     can see that and read the desired state again.
     *observed* (OverlayReconciler's cache) replaces the observe; with *last*, the pass that
-    produced that cache, an unchanged desired state ends the pass at once.
+    produced that cache, an unchanged desired state ends the pass at once. *indices*: kernel.apply's.
     """
     with guard:
         if observed is None:
@@ -83,7 +83,7 @@ def reconcile(ipr: IPRoute, desired: DesiredSource, guard: KernelGuard, observed
         if last is not None and observed is last.observed and last.ok and want == last.desired_state():
             return ReconcileResult([], [], want.skipped, want, observed)
         actions = P.diff(want, observed)
-        failures = apply(ipr, actions)
+        failures = apply(ipr, actions, indices)
         after = observed if not actions else (None if failures else P.fold(observed, actions))
         if after is None:
             after = observe(ipr)
@@ -114,9 +114,13 @@ class OverlayReconciler:
         self._kernel_changes_seen = -1
         self._entries: P.EntryIndex | None = None  # the entries of _entries_of, by key
         self._entries_of: Observed | None = None
-        self.passes = {"full_observe": 0, "links_observe": 0, "entries": 0, "full": 0}  # statistics (tests)
+        # statistics (tests); links_named: of the links_observe, those that read only the links a change named
+        self.passes = {"full_observe": 0, "links_observe": 0, "links_named": 0, "entries": 0, "full": 0}
         self._keep_socket = keep_socket
         self._ipr: IPRoute | None = None  # keep_socket: opened at the first pass, used by one thread only
+        # device -> ifindex for kernel.apply, as long as the view of the kernel is trusted: every
+        # remote container's two entries looked their VXLAN device up again (2 of an entry pass's 4 requests)
+        self._indices: dict[str, int] = {}
 
     def _cached_observation(self, ipr: IPRoute | None = None) -> Observed | None:
         """The kernel as the last pass left it, while that view can be trusted: the pass fully
@@ -131,13 +135,21 @@ class OverlayReconciler:
             return last.observed
         if ipr is None:
             return None
-        fresh = observe_links(ipr)
-        devices = fresh.links
-        observed = fresh.replace(fdb=frozenset(e for e in last.observed.fdb if e.dev in devices),
-                                 neigh=frozenset(e for e in last.observed.neigh if e.dev in devices))
+        names = self._guard.links_changed_since(self._kernel_changes_seen)
+        if names is not None:  # those links, and the bridges they were ports of
+            names |= {last.observed.links[n].master for n in names if n in last.observed.links} - {None}
+            observed = observe_changed_links(ipr, names, last.observed)
+            self.passes["links_named"] += 1
+        else:
+            fresh = observe_links(ipr)
+            devices = fresh.links
+            observed = fresh.replace(fdb=frozenset(e for e in last.observed.fdb if e.dev in devices),
+                                     neigh=frozenset(e for e in last.observed.neigh if e.dev in devices))
         self._kernel_changes_seen = self._guard.changes
+        self._indices = {}  # links came or went
         self.passes["links_observe"] += 1
-        self.last = dataclasses.replace(last, observed=observed)
+        # the view, without its desired state: the next pass diffs even if the desired state is unchanged
+        self.last = dataclasses.replace(last, observed=observed, desired=None, desired_source=None)
         return observed
 
     @contextlib.contextmanager
@@ -173,7 +185,8 @@ class OverlayReconciler:
                 observed = observe(ipr)
                 cost = time.thread_time() - started
                 self.passes["full_observe"] += 1
-            result = reconcile(ipr, self._desired, self._guard, observed, self.last)
+                self._indices = {}
+            result = reconcile(ipr, self._desired, self._guard, observed, self.last, self._indices)
             self.passes["full"] += 1
             last = self.last
             if (last is not None and not result.actions and result.observed is last.observed
@@ -201,11 +214,12 @@ class OverlayReconciler:
             failures: list = []
             if actions:
                 with self._netlink() as ipr:
-                    failures = apply(ipr, actions)
+                    failures = apply(ipr, actions, self._indices)
             after = observed
             if failures:
                 self._observed_at = float("-inf")  # observe the kernel again next time
                 self._entries_of = None
+                self._indices = {}
             elif actions:
                 self._entries.apply(actions)
                 after = self._entries_of = self._entries.observed(observed)
@@ -215,6 +229,7 @@ class OverlayReconciler:
     def _finish(self, result: ReconcileResult) -> ReconcileResult:
         self.last = result
         if result.failures:
+            self._indices = {}
             raise OverlayError(
                 f"{len(result.failures)} of {len(result.actions)} overlay changes failed, first: "
                 f"{result.failures[0][0]}: {result.failures[0][1]}"

@@ -58,8 +58,9 @@ def attach_container(pid: int, endpoint: EndpointSpec, network: NetworkSpec, mtu
         if _same_file(nsfd, "/proc/self/ns/net"):
             raise OverlayError(f"PID {pid} shares the agent's network namespace; refusing to add eth0 there")
         with guard, iproute(ipr) as host_ipr, IPRoute(fileno=_netlink_socket_in(nsfd).detach(), groups=0) as inside:
-            guard.changed()
+            guard.changed((host, network.bridge))  # the veth, and the bridge it joins
             if not host_ipr.link_lookup(ifname=network.bridge):
+                guard.changed()  # a new bridge brings its address and route
                 failures = apply(host_ipr, [P.CreateBridge(network.bridge, mtu, network.gateway_mac,
                                                            network.gateway_address,
                                                            tuple(P.bridge_inet(network).items()))])
@@ -177,7 +178,7 @@ def detach_container(container_id: str, *, guard: KernelGuard, ipr: IPRoute | No
     """
     host = host_veth_name(container_id)
     with guard, iproute(ipr) as host_ipr:
-        guard.changed()
+        guard.changed((host,))  # (the reconciler reads the bridge it was a port of too)
         found = host_ipr.link_lookup(ifname=host)
         for index in found:
             try:

@@ -463,21 +463,37 @@ def test_reconciler_diffs_against_its_folded_view_and_resyncs(fresh_cluster, mon
         detach_container("c4", guard=cluster.guards["hA"], ipr=ipr)
     result = rec.reconcile()
     assert result.actions == [] and len(observes) == 1 and rec.passes["links_observe"] == 1
+    assert rec.passes["links_named"] == 1  # only its veth and bridge
     assert result.observed == cluster.observe("hA")
     cluster.attach("c4")
     result = rec.reconcile()
     assert result.actions == [] and len(observes) == 1 and rec.passes["links_observe"] == 2
+    assert rec.passes["links_named"] == 2
     assert result.observed == cluster.observe("hA")
+
+    # A bridge the attach had to create (here: its bridge was deleted behind our back) brings an
+    # address and a route: every link is read again and diffed (the VXLAN device lost its master
+    # with the old bridge), though the desired state is the same.
+    with cluster.hosts["hA"].ipr() as ipr:
+        detach_container("c4", guard=cluster.guards["hA"], ipr=ipr)
+        ipr.link("del", index=ipr.link_lookup(ifname=bridge_name(NET_B.vni))[0])
+    cluster.attach("c4")
+    result = rec.reconcile()
+    assert rec.passes["links_observe"] == 3 and rec.passes["links_named"] == 2
+    assert [str(a) for a in result.actions] == [f"set {vxlan_name(NET_B.vni)} master {bridge_name(NET_B.vni)}"]
+    assert cluster.containers["c4"].ping(cluster.ip("c3"))
+    assert rec.reconcile().observed == cluster.observe("hA")
+    observes.clear()
 
     vx = vxlan_name(NET_A.vni)  # removed behind our back: put back at the next full observe
     with cluster.hosts["hA"].ipr() as ipr:
         ipr.fdb("del", ifindex=ipr.link_lookup(ifname=vx)[0], lladdr=mac_for_ip(cluster.ip("c2")),
                 dst=cluster.hosts["hB"].address)
-    assert rec.reconcile().actions == [] and len(observes) == 1
+    assert rec.reconcile().actions == [] and len(observes) == 0
     monkeypatch.setattr(rec, "_resync_after", 0.0)
     assert [str(a) for a in rec.reconcile().actions] == [
         f"fdb {mac_for_ip(cluster.ip('c2'))} dst {cluster.hosts['hB'].address} dev {vx} permanent"]
-    assert len(observes) == 2 and cluster.containers["c1"].ping(cluster.ip("c2"))
+    assert len(observes) == 1 and cluster.containers["c1"].ping(cluster.ip("c2"))
 
 
 def test_an_entries_pass_changes_only_the_named_entries_and_its_view_stays_exact(fresh_cluster, monkeypatch):
@@ -577,3 +593,47 @@ def test_a_gateway_is_programmed_on_every_host_and_read_back_exactly(make_fabric
         assert "default via 10.0.0.1 dev eth0" in routes
         assert cluster.containers[cid].ping("10.0.0.1")  # answered by its own host
     assert cluster.containers["c1"].ping(cluster.ip("c2"))
+
+
+def test_apply_remembers_device_indices_and_forgets_a_failed_one(fresh_cluster):
+    """kernel.apply looks a device's index up once for a caller's cache; an index gone stale (the
+    device replaced behind our back) fails that action and leaves the cache, so the next apply
+    looks it up again and succeeds."""
+    from cantainer_agent.overlay import plan
+    from cantainer_agent.overlay.kernel import apply
+
+    cluster = fresh_cluster
+    vx = vxlan_name(NET_A.vni)
+    ip, mac, dst = "10.0.0.77", mac_for_ip("10.0.0.77"), cluster.hosts["hB"].address
+    indices: dict[str, int] = {}
+    with cluster.hosts["hA"].ipr() as ipr:
+        index = ipr.link_lookup(ifname=vx)[0]
+        assert apply(ipr, [plan.ReplaceFdb(vx, mac, dst), plan.ReplaceNeigh(vx, ip, mac)], indices) == []
+        assert indices == {vx: index}
+        indices[vx] = index + 10_000  # as if the device had been deleted and made again meanwhile
+        failures = apply(ipr, [plan.ReplaceNeigh(vx, ip, mac)], indices)
+        assert len(failures) == 1 and vx not in indices
+        assert apply(ipr, [plan.DeleteNeigh(plan.NeighEntry(vx, ip, mac, True))], indices) == []
+        assert indices == {vx: index}
+    observed = cluster.observe("hA")
+    assert [e for e in observed.neigh if e.ip == ip] == []
+    assert [e for e in observed.fdb if e.mac == mac] == [plan.FdbEntry(vx, mac, dst, True)]
+
+
+def test_guard_names_the_links_changed_since_a_count():
+    guard = KernelGuard()
+    assert guard.links_changed_since(0) == frozenset() and guard.links_changed_since(-1) is None
+    with guard:
+        guard.changed(("cv1", "cbr-4096"))
+        guard.changed(("cv2",))
+    assert guard.links_changed_since(0) == {"cv1", "cv2", "cbr-4096"}
+    assert guard.links_changed_since(1) == {"cv2"} and guard.links_changed_since(2) == frozenset()
+    with guard:
+        guard.changed()  # a change that does not say which links: read them all
+        guard.changed(("cv3",))
+    assert guard.links_changed_since(1) is None and guard.links_changed_since(3) == {"cv3"}
+    with guard:
+        for _ in range(100):
+            guard.changed(("cv4",))
+    assert guard.links_changed_since(3) is None  # forgotten: read them all
+    assert guard.links_changed_since(guard.changes - 1) == {"cv4"}
