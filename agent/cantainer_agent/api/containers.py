@@ -160,6 +160,7 @@ class ContainerHandlers:
                 "publish": publish, **({"auto_remove": params["auto_remove"]} if "auto_remove" in params else {})},
                 "ts": ts, "observed": observed, "gateway": True}, session)
 
+        resent = False
         with contextlib.ExitStack() as pinned:
             try:  # the layers stay out of a concurrent prune's reach until the container is on disk
                 lowers = pinned.enter_context(self._workload.image_layers(layers))
@@ -171,6 +172,7 @@ class ContainerHandlers:
                     record, info = self._workload.create_and_start(raft, spec, lowers, create, session)
                 except RecordOfAnotherAttempt as earlier:  # a resent request: its first attempt recorded this
                     record, info = earlier.record, None
+                    resent = True
                 except (ContainerError, OverlayError, OSError) as error:
                     raise _start_failed(name, error) from None
             if info is None:
@@ -179,7 +181,10 @@ class ContainerHandlers:
                     info = self._started_before(record["id"]) or \
                         self._start(raft, record, fields["image_digest"][7:], lowers, params, session)
         self._workload.report(raft, record, info, session)  # the common path: nothing new to commit
-        self._trigger()
+        if resent:
+            self._trigger()
+        # else the record's commit woke a pass on every host already (this host's looks at its own
+        # containers and links in full); a full pass more cost this host an nftables listing per run
         return {"name": record["name"], "id": record["id"], "ip": record["ip"], "host": record["host"],
                 "network": record["network"], "network_name": self._network_name(raft, record),
                 "image_digest": record.get("image_digest") or fields["image_digest"],
