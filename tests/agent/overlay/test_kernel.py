@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -637,3 +638,41 @@ def test_guard_names_the_links_changed_since_a_count():
             guard.changed(("cv4",))
     assert guard.links_changed_since(3) is None  # forgotten: read them all
     assert guard.links_changed_since(guard.changes - 1) == {"cv4"}
+
+
+def test_entries_written_in_batches_are_what_pyroute2_writes(fresh_cluster, monkeypatch):
+    """kernel.apply writes FDB and neighbour entries in batches on a netlink socket of its own:
+    the kernel then holds exactly what pyroute2's fdb()/neigh() calls make (compared entry by entry
+    on the same device), across more than one batch; deleting an entry already gone is done."""
+    from cantainer_agent.overlay import kernel, plan
+
+    monkeypatch.setattr(kernel, "ENTRY_BATCH", 7)  # 20 entries: three batches
+    cluster = fresh_cluster
+    vx, dst = vxlan_name(NET_A.vni), cluster.hosts["hB"].address
+    ours = [f"10.0.0.{i}" for i in range(100, 110)]
+    theirs = [f"10.0.0.{i}" for i in range(120, 130)]
+    actions = [a for ip in ours
+               for a in (plan.ReplaceFdb(vx, mac_for_ip(ip), dst), plan.ReplaceNeigh(vx, ip, mac_for_ip(ip)))]
+    with cluster.hosts["hA"].ipr() as ipr:
+        assert kernel.apply(ipr, actions) == []
+        index = ipr.link_lookup(ifname=vx)[0]
+        for ip in theirs:  # the way every entry was written before the batches
+            ipr.fdb("replace", ifindex=index, lladdr=mac_for_ip(ip), dst=dst, state=0x80 | 0x40, flags=0x02)
+            ipr.neigh("replace", ifindex=index, dst=ip, lladdr=mac_for_ip(ip), state=0x80, family=2)
+    observed = cluster.observe("hA")
+
+    def shape(ip):  # an entry without its address: the same for ours and theirs
+        fdb = [replace(e, mac="") for e in observed.fdb if e.mac == mac_for_ip(ip)]
+        neigh = [replace(e, ip="", mac="") for e in observed.neigh if e.ip == ip]
+        return fdb, neigh
+
+    assert all(shape(ip) == shape(theirs[0]) for ip in ours + theirs)
+    assert shape(ours[0]) == ([plan.FdbEntry(vx, "", dst, True)], [plan.NeighEntry(vx, "", "", True)])
+
+    gone = [a for ip in ours + ["10.0.0.250"] for a in (plan.DeleteFdb(plan.FdbEntry(vx, mac_for_ip(ip), dst)),
+                                                       plan.DeleteNeigh(plan.NeighEntry(vx, ip, mac_for_ip(ip))))]
+    with cluster.hosts["hA"].ipr() as ipr:
+        assert kernel.apply(ipr, gone) == []  # 10.0.0.250 was never there: done all the same
+    observed = cluster.observe("hA")
+    assert all(shape(ip) == ([], []) for ip in ours) and shape(theirs[-1]) == shape(theirs[0])
+    assert cluster.containers["c1"].ping(cluster.ip("c2"))  # the scenario's own entries are untouched

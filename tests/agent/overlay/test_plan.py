@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import struct
 from dataclasses import replace
 
 import pytest
@@ -406,29 +407,52 @@ class FakeIPR:
 
 
 def test_apply_treats_already_gone_as_done_and_keeps_going():
-    ipr = FakeIPR(fail={("fdb", "del"): NetlinkError(errno.ENOENT), ("link", "del"): NetlinkError(errno.ENODEV)})
-    actions = [P.DeleteLink("cv000000000000"), P.DeleteFdb(FdbEntry(VX1, C2.mac, B)),
-               P.DeleteLink("missing"), P.ReplaceNeigh(VX1, "10.0.0.3", C2.mac)]
+    ipr = FakeIPR(fail={("link", "del"): NetlinkError(errno.ENODEV)})
+    actions = [P.DeleteLink("cv000000000000"), P.DeleteLink("missing"),
+               P.DeleteFdb(FdbEntry("missing", C2.mac, B)), P.SetUp(VX1)]  # no device: no entry either
     assert kernel.apply(ipr, actions) == []
-    assert ipr.calls[-1] == ("neigh", "replace", {"ifindex": 7, "dst": "10.0.0.3", "lladdr": C2.mac,
-                                                  "state": 0x80, "family": 2})
+    assert ipr.calls[-1] == ("link", "set", {"index": 7, "state": "up"})
 
 
 def test_apply_reports_failures_and_continues():
     boom = NetlinkError(errno.EPERM)
-    ipr = FakeIPR(fail={("fdb", "replace"): boom})
-    actions = [P.ReplaceFdb(VX1, C2.mac, B), P.SetMtu("missing", 1450), P.SetUp(VX1)]
+    ipr = FakeIPR(fail={("link", "del"): boom})
+    actions = [P.DeleteLink(VX1), P.SetMtu("missing", 1450), P.SetUp(VX1)]
     failures = kernel.apply(ipr, actions)
     assert [a for a, _ in failures] == actions[:2]
     assert failures[0][1] is boom
     assert ipr.calls[-1] == ("link", "set", {"index": 7, "state": "up"})
 
 
-def test_replace_fdb_targets_the_vxlan_device_itself():
-    ipr = FakeIPR()
-    kernel.apply(ipr, [P.ReplaceFdb(VX1, C2.mac, B)])
-    (_, command, kw), = ipr.calls
-    assert command == "replace" and kw["flags"] == 0x02 and kw["state"] & 0x80  # NTF_SELF, NUD_PERMANENT
+def test_entry_requests_are_what_pyroute2_would_send():
+    """The batched entry writes (kernel._entry_message): RTM_NEWNEIGH with create|replace|ack for a
+    permanent FDB entry on the VXLAN device itself (NTF_SELF, AF_BRIDGE) and a permanent neighbour
+    (AF_INET); RTM_DELNEIGH for deletes, with the remote port and VNI when the kernel reported them."""
+    known = kernel._KnownIndices(FakeIPR(), {})
+
+    def parse(data):
+        length, kind, flags, seq, _ = struct.unpack_from("=IHHII", data)
+        family, index, state, ntf, _type = struct.unpack_from("=BxxxiHBB", data, 16)
+        attrs, offset = {}, 28
+        while offset < length:
+            size, attr = struct.unpack_from("=HH", data, offset)
+            attrs[attr] = data[offset + 4:offset + size]
+            offset += (size + 3) & ~3
+        assert length == len(data) == offset
+        return kind, flags, seq, family, index, state, ntf, attrs
+
+    fdb = parse(kernel._entry_message(known, P.ReplaceFdb(VX1, "02:42:0a:00:00:03", "198.18.0.2"), 5))
+    assert fdb == (28, 0x1 | 0x4 | 0x100 | 0x400, 5, 7, 7, 0x80 | 0x40, 0x02,
+                   {2: bytes.fromhex("02420a000003"), 1: bytes([198, 18, 0, 2])})
+    neigh = parse(kernel._entry_message(known, P.ReplaceNeigh(VX1, "10.0.0.3", "02:42:0a:00:00:03"), 6))
+    assert neigh == (28, 0x1 | 0x4 | 0x100 | 0x400, 6, 2, 7, 0x80, 0,
+                     {1: bytes([10, 0, 0, 3]), 2: bytes.fromhex("02420a000003")})
+    gone = parse(kernel._entry_message(known, P.DeleteFdb(FdbEntry(VX1, C2.mac, B, port=8472, vni=9)), 7))
+    assert gone[:3] == (29, 0x1 | 0x4, 7)
+    assert gone[7][6] == struct.pack("!H", 8472) and gone[7][7] == struct.pack("=I", 9)
+    unneeded = parse(kernel._entry_message(known, P.DeleteNeigh(NeighEntry(VX1, "10.0.0.3", C2.mac, True)), 8))
+    assert unneeded[:4] == (29, 0x1 | 0x4, 8, 2) and unneeded[7] == {1: bytes([10, 0, 0, 3])}
+    assert known.indices == {VX1: 7}  # looked up once
 
 
 # ---------------------------------------------------------------------------------- fold
