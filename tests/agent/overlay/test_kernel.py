@@ -676,3 +676,30 @@ def test_entries_written_in_batches_are_what_pyroute2_writes(fresh_cluster, monk
     observed = cluster.observe("hA")
     assert all(shape(ip) == ([], []) for ip in ours) and shape(theirs[-1]) == shape(theirs[0])
     assert cluster.containers["c1"].ping(cluster.ip("c2"))  # the scenario's own entries are untouched
+
+
+def test_observe_decodes_entries_as_pyroute2_does(fresh_cluster):
+    """observe reads the FDB and neighbour dumps on a socket of its own and decodes them itself:
+    the entries are those pyroute2's decoding of the same dumps gives — an entry with its own
+    remote port and VNI included."""
+    from cantainer_agent.overlay import kernel, plan
+
+    cluster = fresh_cluster
+    vx = vxlan_name(NET_A.vni)
+    with cluster.hosts["hA"].ipr() as ipr:
+        index = ipr.link_lookup(ifname=vx)[0]
+        ipr.fdb("append", ifindex=index, lladdr="02:42:0a:00:00:63", dst="198.18.250.9", port=8472, vni=77,
+                state=0x80, flags=0x02)
+        ipr.neigh("replace", ifindex=index, dst="10.0.0.99", lladdr="02:42:0a:00:00:63", state=0x80, family=2)
+        observed = kernel.observe(ipr)
+        vxlans = {link.index: name for name, link in observed.links.items() if link.kind == "vxlan"}
+        fdb = {plan.FdbEntry(vxlans[m["ifindex"]], (m.get_attr("NDA_LLADDR") or "").lower(), m.get_attr("NDA_DST"),
+                        bool(m["state"] & 0x80), m.get_attr("NDA_PORT"), m.get_attr("NDA_VNI"))
+               for m in ipr.fdb("dump") if m["ifindex"] in vxlans and m["flags"] & 0x02}
+        neigh = {plan.NeighEntry(vxlans[m["ifindex"]], m.get_attr("NDA_DST"),
+                            m.get_attr("NDA_LLADDR").lower() if m.get_attr("NDA_LLADDR") else None,
+                            bool(m["state"] & 0x80))
+                 for m in ipr.neigh("dump", family=2) if m["ifindex"] in vxlans}
+    assert observed.fdb == fdb and observed.neigh == neigh
+    assert plan.FdbEntry(vx, "02:42:0a:00:00:63", "198.18.250.9", True, 8472, 77) in observed.fdb
+    assert len(observed.fdb) >= 3 and len(observed.neigh) >= 3  # the scenario's own entries too
