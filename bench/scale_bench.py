@@ -21,6 +21,8 @@ quick: 10 hosts, 100 containers) with a formed cluster (bench/lab_cluster.py), r
   with every container running (median of 3).
 * idle CPU: the agents' CPU time (all threads, from /proc through each host's PID 1) over 20 s in
   which nobody calls them, once before the containers and once with all of them running, as cores.
+* CPU per start: the agents' CPU time (all hosts) while the containers start, per container — what
+  the start rate costs, less sensitive than the rate to other work on the machine.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.lab_cluster import AgentSocket, agent_pid, cluster, host_root, idle_cores, lab_name
+from bench.lab_cluster import AgentSocket, agent_cpu_seconds, agent_pid, cluster, host_root, idle_cores, lab_name
 from bench.results import row
 from bench.up_vs_ansible import CANTAINER, BenchError
 from cantainer_agent import layout
@@ -154,8 +156,12 @@ def measure(quick: bool, log=print) -> list[dict]:
         time.sleep(IDLE_SETTLE)  # registrations and the first passes are over
         cores_empty = idle_cores(lab, names, IDLE_SECONDS)
         log(f"  idle cluster, no containers: {cores_empty:.3f} cores")
+        cpu_before = sum(agent_cpu_seconds(lab, h) for h in names)
+        load_before = os.getloadavg()[0]
         elapsed, retried = asyncio.run(start_containers(inventory, count))
-        log(f"  started {count} containers in {elapsed:.1f} s ({retried} calls retried)")
+        cpu_per_start = (sum(agent_cpu_seconds(lab, h) for h in names) - cpu_before) / count
+        log(f"  started {count} containers in {elapsed:.1f} s ({retried} calls retried); agents' CPU "
+            f"{cpu_per_start * 1000:.1f} ms per container; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
         # A start whose "running" report timed out under load is reported by its host's reconciler
         # a few seconds later: wait for the state to show every container running.
         deadline = time.monotonic() + 120
@@ -181,6 +187,7 @@ def measure(quick: bool, log=print) -> list[dict]:
         row(f"scale: start {where} (in-process API, {CONCURRENCY} in flight)", elapsed, "s"),
         row(f"scale: start rate, {where}", count / elapsed, "containers/s"),
         row(f"scale: container.run calls that failed with outcome unknown and were retried, {where}", retried, "calls"),
+        row(f"scale: CPU of all agents together per container started, {where}", cpu_per_start * 1000, "ms"),
         row(f"scale: idle cluster, all agents together, no containers ({hosts} hosts, {IDLE_SECONDS:.0f} s)",
             cores_empty, "cores"),
         row(f"scale: idle cluster, all agents together, {where} ({IDLE_SECONDS:.0f} s)", cores_full, "cores"),
