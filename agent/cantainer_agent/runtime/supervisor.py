@@ -75,21 +75,11 @@ def _fork_into(directory: str | None) -> tuple[int, bool]:
     return os.fork(), False
 
 
-def _kill_and_exit(pid: int, code: int) -> None:
-    if pid:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except OSError:
-            pass
-    os._exit(code)
-
-
 def _v1_layout(options: dict) -> CgroupLayout:
     return CgroupLayout(1, tuple((controller, mount) for controller, mount in options["v1_mounts"]))
 
 
-def _abandon(pid: int, code: int, cgroup: Cgroup | None) -> None:
+def _abandon(pid: int, code: int, cgroup: Cgroup | None = None) -> None:
     """Kill the prepared init (if any), delete the slot's cgroup (if still ours) and exit."""
     if pid:
         try:
@@ -374,7 +364,7 @@ def _supervise(
             except (OSError, ValueError):
                 reply = {}
             if reply.get("op") != "go":
-                _kill_and_exit(pid, 0)
+                _abandon(pid, 0)  # the cgroup is the container's now: the agent removes it
             promised = reply.get("started_at")  # the start time the agent recorded in raft, if it did
             if listener is None:
                 os.write(go_w, b"G")
@@ -393,7 +383,7 @@ def _supervise(
     except BaseException as exc:  # noqa: BLE001
         _send(chan, {"event": "error", "message": str(exc) or type(exc).__name__,
                      "exit_code": getattr(exc, "exit_code", None)})
-        _kill_and_exit(pid, 1)
+        _abandon(pid, 1)
     chan.close()
     if slot is not None:
         slot.close()  # the start is over: the zygote may prepare the next slot now
