@@ -163,7 +163,6 @@ class Bootstrapper:
         connection = self.fleet.connections[host.name]
         argv = [host.python, "-c", remote.PROBE_THEN_APPLY, layout.PID_FILE, layout.CONFIG_FILE, layout.BUNDLES_DIR,
                 layout.MEMBERS_FILE, layout.SECRET_FILE]
-        self._end_session(host)
         session = await connection.start(argv)
         if session.first_line:
             self._sessions[host.name] = session

@@ -97,14 +97,7 @@ class Session:
         except (asyncssh.Error, OSError) as error:
             self.close()
             raise HostError(host, f"connection lost: {error}") from None
-        status = self._process.exit_status if self._process.exit_status is not None else 255
-        out = CommandResult(status, (stdout or b"").decode("utf-8", "replace"),
-                            (stderr or b"").decode("utf-8", "replace"))
-        if status != 0 and self._connection.needs_sudo:
-            self._connection._check_sudo(status, out.stderr)
-        if check and status != 0:
-            raise RemoteCommandError(host, self._argv, status, out.stderr)
-        return out
+        return self._connection._completed(self._argv, self._process.exit_status, stdout, stderr, check)
 
     def close(self) -> None:
         self._process.close()
@@ -141,12 +134,17 @@ class Connection:
             raise HostError(self.host.name, f"`{argv[0]}` did not finish within {timeout:.0f}s") from None
         except (asyncssh.Error, OSError) as error:
             raise HostError(self.host.name, f"connection lost: {error}") from None
-        status = result.exit_status if result.exit_status is not None else 255
+        return self._completed(argv, result.exit_status, result.stdout, result.stderr, check)
+
+    def _completed(self, argv: list[str], exit_status: int | None, stdout, stderr, check: bool) -> CommandResult:
+        """What a finished remote program returned (text or bytes output); sudo's own failures and,
+        with *check*, any non-zero status raise."""
+        status = exit_status if exit_status is not None else 255
 
         def text(value) -> str:
             return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
 
-        out = CommandResult(status, text(result.stdout), text(result.stderr))
+        out = CommandResult(status, text(stdout), text(stderr))
         if status != 0 and self.needs_sudo:
             self._check_sudo(status, out.stderr)
         if check and status != 0:
