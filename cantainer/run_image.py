@@ -140,7 +140,7 @@ async def push_layers(session, image: RunImage) -> list[str]:
             continue
         assert layer.path is not None
         staging = f"{IMAGE_INCOMING}/{layer.digest[7:]}.{secrets.token_hex(4)}"  # concurrent runs push separately
-        await session.connection.run(["install", "-d", "-m", "700", IMAGE_INCOMING])
+        # image.status made IMAGE_INCOMING, since a layer was missing
         await session.connection.write_file(staging, layer.path, 0o600)
         await session.client.call("image.import", {"digest": layer.digest, "diff_id": layer.diff_id,
                                                    "path": staging}, timeout=IMPORT_TIMEOUT)

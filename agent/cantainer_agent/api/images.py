@@ -1,6 +1,7 @@
 """Image methods of the agent API: this host's layer store.
 
-``image.status {layers: [diff_id]}`` -> ``{missing: [diff_id]}``
+``image.status {layers: [diff_id]}`` -> ``{missing: [diff_id]}``: ``images/incoming`` exists if any are
+    missing; the host also starts preparing for a container start (Workload.prepare).
 ``image.import {digest, diff_id, path}`` -> ``{diff_id}``: a blob the workstation staged in
     ``images/incoming`` over SFTP, verified (blob digest and diff_id) and extracted once; the staged
     file is always removed.
@@ -56,9 +57,13 @@ def handlers(workload: Workload) -> dict[str, Callable[[dict], object]]:
 
     def status(params: dict) -> dict:
         try:
-            return {"missing": images.missing(_diff_ids(params))}
+            missing = images.missing(_diff_ids(params))
         except ImageError as error:
             raise rejected(str(error)) from None
+        if missing:  # the workstation stages them there next (SFTP), without making it first
+            os.makedirs(incoming, mode=0o700, exist_ok=True)
+        workload.prepare()  # a run comes next, as a rule: its first start's work begins now
+        return {"missing": missing}
 
     def import_blob(path: str, digest: str, diff_id: str) -> None:
         try:

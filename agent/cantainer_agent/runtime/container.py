@@ -276,6 +276,10 @@ class Runtime:
         (up to 5 s) until its first warm slot is ready for a start to go straight to."""
         self.zygote.ensure(offer_timeout=5.0)
 
+    def is_warm(self) -> bool:
+        """True while the zygote runs (a start need not spawn it first)."""
+        return self.zygote.running()
+
     # -- start -----------------------------------------------------------------------------------
     def start(self, spec: ContainerSpec, rootfs: str | Sequence[str],
               before_exec: Callable[[int], None] | None = None, timeout: float = START_TIMEOUT) -> ContainerInfo:

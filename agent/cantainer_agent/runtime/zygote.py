@@ -299,6 +299,11 @@ class Zygote:
             theirs.close()
         self._sock = ours
 
+    def running(self) -> bool:
+        """True while the zygote process this handle spawned is alive."""
+        proc = self._proc
+        return proc is not None and proc.poll() is None
+
     def ensure(self, offer_timeout: float = 0.0) -> None:
         """Spawn the zygote if it is not running; wait up to *offer_timeout* seconds until it has
         offered its first warm slot (a start then goes straight to that shim)."""
