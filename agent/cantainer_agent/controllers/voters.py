@@ -49,9 +49,10 @@ class VotersController:
     name = "voters"
 
     def __init__(self, raft: Callable[[], RaftNode | None], secret: bytes, *, voters: int,
-                 heartbeat_interval: float, promote_after: float = PROMOTE_AFTER) -> None:
+                 heartbeat_interval: float, promote_after: float = PROMOTE_AFTER, join_port: int | None = None) -> None:
         self._raft = raft
         self._secret = secret
+        self.join_port = join_port  # ours: where a partner's host is asked when the state names none
         self.voters = voters
         self.heartbeat_interval = heartbeat_interval
         self.promote_after = promote_after
@@ -108,6 +109,10 @@ class VotersController:
         me = status["self"]
         join_addrs = raft.read(lambda state: [rec["join_addr"] for rec in state.nodes.values()
                                               if rec.get("raft_addr") != me and rec.get("join_addr")])
+        if not join_addrs and self.join_port is not None:
+            # A restarted replica applies only what its persisted commit index covers (written about
+            # once a second), so it may not know the nodes yet: ask its partners' hosts, at our join port.
+            join_addrs = [f"{addr.rpartition(':')[0]}:{self.join_port}" for addr in status["members"] if addr != me]
         for addr in join_addrs:
             try:
                 body = request(addr, self._secret, "ping", {}, timeout=1.0)

@@ -132,7 +132,7 @@ class Agent:
         self.loop = ControllerLoop("reconcile", [netfilter, dns, self.containers,
                                                  self.overlay, volumes], view.read)
         voters = VotersController(lambda: self.raft, self._secret, voters=cfg.voters,
-                                  heartbeat_interval=cfg.heartbeat_interval)
+                                  heartbeat_interval=cfg.heartbeat_interval, join_port=cfg.join_port)
         self._voters_loop = ControllerLoop(
             "voters", [voters], self._status, nice=False,
             period=lambda: VOTERS_PERIOD if self._leading() else VOTERS_IDLE)
