@@ -9,8 +9,9 @@ name-mangled parts of it, and :mod:`.syncobj` reads a few more. Importing this p
 * puts a stand-in in place of ``pysyncobj.encryptor`` (it would import `cryptography`): the
   transport's Fernet is :mod:`.fernet`, on libcrypto.
 
-:func:`install` hooks the durable journal into ``SyncObj``'s journal factory and makes its
-snapshot file private; ``RaftNode.start`` calls it, so nothing is patched merely by importing.
+:func:`install` hooks the durable journal into ``SyncObj``'s journal factory, makes its
+snapshot file private and its tick thread tick at once (no fixed 0.1 s sleep first);
+``RaftNode.start`` calls it, so nothing is patched merely by importing.
 See docs/design/raft.md ("PySyncObj traps").
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ from .syncobj import (  # noqa: E402 - as above
     StateStore,
     SyncTuning,
     change_membership,
+    install_prompt_tick,
     make_conf,
     submit,
     transfer_succeeded,
@@ -71,7 +73,8 @@ __all__ = ["pysyncobj", "DurableJournal", "JournalError", "JournalSpec", "ROLE_N
 
 
 def install() -> None:
-    """Idempotent: make ``SyncObj`` build a :class:`DurableJournal` for a :class:`JournalSpec`, and
-    its snapshot file (raft.dump) be written 0600."""
+    """Idempotent: make ``SyncObj`` build a :class:`DurableJournal` for a :class:`JournalSpec`, write
+    its snapshot file (raft.dump) 0600, and tick as soon as its transport is ready."""
     install_journal_hook()
     install_private_dump()
+    install_prompt_tick()

@@ -22,12 +22,14 @@ from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.monotonic import monotonic as raft_clock  # CLOCK_MONOTONIC_RAW: PySyncObj's deadlines
 from pysyncobj.syncobj import SyncObjException
+from pysyncobj.transport import TransportNotReadyError
 
 from ... import raftkey
 from ...errors import StateError
 from ..errors import CommandFailed, CommandRejected, NotLeader, NotSubmitted, OutcomeUnknown, RaftError
 from . import election
 from .fernet import Fernet
+from .transport import START_RETRY
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,9 @@ class AgentSyncObj(SyncObj):
             timeToWait = tick_wait(timeToWait, raft_clock(), self._SyncObj__raftState == _LEADER,
                                    self._SyncObj__selfNode is not None, self._SyncObj__raftElectionDeadline,
                                    self._SyncObj__newAppendEntriesTime)
+            reaching = getattr(self._SyncObj__transport, "reaching", None)  # AgentTransport's
+            if reaching is not None and reaching():  # a founding peer was not listening yet: retry soon
+                timeToWait = min(timeToWait, START_RETRY)
         super()._onTick(timeToWait)
         if (self.raftCurrentTerm > term and self._SyncObj__raftState == _CANDIDATE
                 and raft_clock() < self._fast_until):
@@ -517,3 +522,41 @@ def change_membership(node: AgentSyncObj, kind: str, addr: str, *, deadline: flo
 
 def transfer_succeeded(err: int) -> bool:
     return err == FAIL_REASON.SUCCESS
+
+
+# ------------------------------------------------------------------ the tick thread
+
+def _tick_thread(sync: Any) -> None:
+    """PySyncObj's tick thread (``SyncObj._autoTickThread``: started with a weak proxy of the node)
+    without its fixed 0.1 s sleep between getting the transport ready and the first tick: every
+    agent start paid it, and its first snapshot, first election and join waited for it. The rest
+    as PySyncObj does it: signal the constructor, tick until destroyed or its creator thread ends."""
+    try:
+        sync._SyncObj__transport.tryGetReady()
+    except TransportNotReadyError:
+        log.exception("raft: the transport did not get ready")
+        return
+    finally:
+        sync._SyncObj__initialised.set()
+    try:
+        period = sync._SyncObj__conf.autoTickPeriod
+        while sync._SyncObj__mainThread.is_alive():
+            if sync._SyncObj__destroying:
+                sync._doDestroy()
+                break
+            try:
+                sync._onTick(period)
+            except Exception:  # noqa: BLE001 - as PySyncObj: log, wait a little and tick again
+                log.exception("raft: a tick failed")
+                time.sleep(period)
+    except ReferenceError:  # the node was garbage-collected
+        pass
+
+
+def install_prompt_tick() -> None:
+    """Idempotent: SyncObj starts ``_tick_thread`` (it names its target as ``SyncObj._autoTickThread``)."""
+    SyncObj._autoTickThread = _tick_thread
+
+
+if not callable(getattr(SyncObj, "_autoTickThread", None)):  # pragma: no cover - guarded upgrade
+    raise ImportError("PySyncObj has no SyncObj._autoTickThread: review consensus/pysyncobj/syncobj.py")

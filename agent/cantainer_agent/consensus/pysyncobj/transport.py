@@ -8,7 +8,8 @@
 * both — a round number on append-entries, echoed in the answers: the leader's proof, for a read,
   that a majority still followed it after the read began (ReadIndex);
 * ``_connectIfNecessarySingle`` / ``_onNewIncomingConnection`` — ``TCP_USER_TIMEOUT`` 2 s and
-  keepalive on every raft socket (a vanished peer is noticed in ~2 s, not 30);
+  keepalive on every raft socket (a vanished peer is noticed in ~2 s, not 30); a peer not reached
+  yet is retried every 50 ms for the first seconds (``reaching``), not every 0.5 s;
 * ``_onTick`` — starts syncing the tick's entries in the background, drops connections that do not
   authenticate within 5 s, refuses more than 64 at once (8 from one address), and caps an
   unauthenticated frame at 64 KiB; what it drops is logged as periodic summaries (ratelog.py).
@@ -25,6 +26,7 @@ import time
 import types
 from typing import Any, Callable
 
+from pysyncobj.monotonic import monotonic as raft_clock  # PySyncObj's clock (CLOCK_MONOTONIC_RAW)
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import TCPTransport
 
@@ -40,6 +42,12 @@ PREAUTH_TIMEOUT = 5.0       # seconds to finish the key exchange and name the pe
 MAX_PREAUTH = 64            # concurrent unauthenticated incoming connections
 MAX_PREAUTH_PER_SOURCE = 8  # ... of them from one address
 MAX_PREAUTH_BYTES = 64 * 1024
+# Voters founding a cluster start within ~0.1-0.2 s of each other, and a connection to a peer not
+# listening yet is refused at once: retried after the configured 0.5 s, that cost the first
+# election up to half a second. A peer this node has never reached is retried every START_RETRY
+# during the first START_WINDOW seconds; later (a peer down for good) the configured retry holds.
+START_RETRY = 0.05
+START_WINDOW = 10.0
 
 # The private PySyncObj 0.3.17 members used here (guarded, so an upgrade fails loudly at import):
 _READ_ATTR = "_TcpConnection__processRead"
@@ -100,6 +108,8 @@ class AgentTransport(TCPTransport):
         self._received: dict[str, int] = {}  # follower: the last round number received, per leader
         self.echoed: dict[str, int] = {}     # leader: the highest round number each follower answered
         self.echo_arrived = threading.Condition()
+        self._reached: set = set()  # peers this node has had an outgoing connection to
+        self._start_until = raft_clock() + START_WINDOW
         super().__init__(syncObj, selfNode, otherNodes)
 
     def send(self, node, message):
@@ -147,9 +157,23 @@ class AgentTransport(TCPTransport):
         if before is not None and after is not None and after < before:
             next_index[node] = before
 
+    def reaching(self) -> bool:
+        """True while a peer this node connects to has never been reached and the start window
+        is open: the tick wakes every START_RETRY to retry it (tick thread)."""
+        if raft_clock() >= self._start_until:
+            return False
+        return any(node not in self._reached and self._shouldConnect(node) for node in self._connections)
+
     def _connectIfNecessarySingle(self, node):
         conn = self._connections.get(node)
         before = conn.state if conn is not None else None
+        if conn is not None and node not in self._reached:
+            if before == CONNECTION_STATE.CONNECTED:
+                self._reached.add(node)
+            elif before == CONNECTION_STATE.DISCONNECTED and raft_clock() < self._start_until:
+                last = self._lastConnectAttempt.get(node)  # in PySyncObj's clock
+                if last is not None and raft_clock() - last >= START_RETRY:
+                    del self._lastConnectAttempt[node]  # PySyncObj then tries now
         result = super()._connectIfNecessarySingle(node)
         if conn is not None and before == CONNECTION_STATE.DISCONNECTED and conn.state != CONNECTION_STATE.DISCONNECTED:
             fd = conn.fileno()
