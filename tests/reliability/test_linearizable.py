@@ -184,21 +184,23 @@ def nemesis(lab, cluster: Path, rounds: int, log: list[str]) -> None:
         time.sleep(3)
         leader = wait_for(lambda: status(cluster).get("leader"), 30, what="a leader")
         kill_agent(lab, leader)
-        log.append(f"SIGKILL of the leader's agent ({leader})")
+        log.append(f"[{time.monotonic():.3f}] SIGKILL of the leader's agent ({leader})")
         time.sleep(2)
         ok(cli(cluster, "up", str(cluster), timeout=180))
         time.sleep(2)
         victim = random.choice(["h1", "h2", "h3"])
         lab.cut(victim)
-        log.append(f"{victim} cut off")
+        log.append(f"[{time.monotonic():.3f}] {victim} cut off")
         time.sleep(6)
         lab.cut(victim, up=True)
+        log.append(f"[{time.monotonic():.3f}] {victim} back")
         time.sleep(3)
         for host in ("h1", "h2", "h3"):
             kill_agent(lab, host)
-        log.append("SIGKILL of every agent")
+        log.append(f"[{time.monotonic():.3f}] SIGKILL of every agent")
         time.sleep(1)
         ok(cli(cluster, "up", str(cluster), timeout=180))
+        log.append(f"[{time.monotonic():.3f}] up done")
 
 
 def clean_slate(cluster: Path) -> None:
@@ -250,11 +252,14 @@ def run_workload(lab, cluster: Path, rounds: int) -> tuple[Recorder, list[str]]:
     return recorder, faults
 
 
-def dump_history(ops: list[Op], folder: Path, label: str) -> Path:
+def dump_history(ops: list[Op], folder: Path, label: str, faults: list[str] = ()) -> Path:
     """The whole history of a partition, one operation per line (sorted by invocation), to study a
-    violation: the checker names only the operations none of which fits at the furthest point."""
+    violation: the checker names only the operations none of which fits at the furthest point. The
+    faults come first, stamped on the operations' clock."""
     path = folder / f"history-{label}.jsonl"
     with path.open("w") as out:
+        for fault in faults:
+            out.write(json.dumps({"fault": fault}) + "\n")
         for op in sorted(ops, key=lambda o: o.call):
             result = sorted(op.result) if isinstance(op.result, frozenset) else op.result
             out.write(json.dumps({"client": op.client, "kind": op.kind, "arg": op.arg, "call": round(op.call, 4),
@@ -285,7 +290,7 @@ def check_and_report(recorder: Recorder, faults: list[str], measured, folder: Pa
         violation = check(model, ops)
         measured(f"{label} history", f"{len(ops)} ops, checked in {time.monotonic() - started:.2f} s, "
                  f"{'violation' if violation else 'linearizable'}")
-        assert violation is None, f"{violation}\nthe whole history: {dump_history(ops, folder, label)}"
+        assert violation is None, f"{violation}\nthe whole history: {dump_history(ops, folder, label, faults)}"
 
 
 def test_api_is_linearizable_while_agents_die_and_a_host_is_cut(lab, cluster, measured, tmp_path):

@@ -409,3 +409,66 @@ def test_standbys_get_bare_heartbeats_less_often_and_entries_at_once(trio, tmp_p
              "the standby applying the writes")
     finally:
         standby.stop()
+
+
+def test_a_follower_receiving_a_snapshot_applies_nothing_of_its_own_uncommitted_tail(trio, caplog, monkeypatch):
+    """A leader cut off appends commands it never commits; the majority moves on and compacts its
+    log, so when the old leader returns it is sent a snapshot, in several messages. PySyncObj took
+    the commit index of every such message as covering the follower's own log (no prevLogIdx
+    checks it): the old leader applied its never-committed tail and answered its waiting writers
+    "done" before the snapshot replaced its state — a write acknowledged that never happened."""
+    import logging
+
+    from cantainer_agent.cluster.state import ClusterState
+
+    caplog.set_level(logging.CRITICAL, logger="pysyncobj")
+    for i in range(3):
+        trio.start(i)
+    old = trio.leader()
+    create_networks(old, 1, 3)
+    others = [n for n in trio.nodes if n is not old]
+    transports = {n: n._sync._SyncObj__transport for n in trio.nodes}
+    real_sends = {n: t.send for n, t in transports.items()}
+    transports[old].send = lambda node, msg: None
+    for n in others:
+        transports[n].send = lambda node, msg, real=real_sends[n]: None if node.id == old.self_addr else real(node, msg)
+    answers = []
+    for k in (4, 5):  # appended to the cut-off leader's log only: never committed
+        old._write_store.apply("create_network", {"cidr": f"10.{k}.0.0/24", "ts": 1.0},
+                               callback=lambda res, err, k=k: answers.append((k, err)))
+    applied = []  # every command the old leader's state machine applies from now on
+    real_apply = ClusterState.apply_command
+
+    def spy(self, command, args, session=None):
+        if self is old._write_store.state:
+            applied.append(args.get("cidr"))
+        return real_apply(self, command, args, session)
+
+    ClusterState.apply_command = spy
+    # A large snapshot arrives over several polls, with ticks (which apply what is committed) between
+    # its messages: staged by applying right after each message of the transfer.
+    from pysyncobj import SyncObj
+
+    real_receive = SyncObj._SyncObj__onMessageReceived
+
+    def receive(self, node, message):
+        real_receive(self, node, message)
+        if self is old._sync and isinstance(message, dict) and "serialized" in message:
+            self._SyncObj__applyLogEntries()
+
+    monkeypatch.setattr(SyncObj, "_SyncObj__onMessageReceived", receive)
+    try:
+        new = trio.leader(among=others)
+        create_networks(new, 6, 30)
+        for node in others:
+            node.compact_log()
+        wait(lambda: all(journal_of(trio, n)[0][1] > 10 for n in others), 10, "log compaction on the majority")
+        for n, t in transports.items():
+            t.send = real_sends[n]
+        expected = networks(new)
+        wait(lambda: networks(old) == expected, 15, "the old leader taking the new leader's snapshot")
+    finally:
+        ClusterState.apply_command = real_apply
+    assert "10.4.0.0/24" not in expected
+    assert not [a for a in answers if a[1] == 0], answers  # 0: FAIL_REASON.SUCCESS
+    assert "10.4.0.0/24" not in applied and "10.5.0.0/24" not in applied, applied

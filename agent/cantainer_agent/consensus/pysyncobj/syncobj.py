@@ -226,7 +226,23 @@ class AgentSyncObj(SyncObj):
         if kind == "append_entries" and message.get("term", -1) >= self.raftCurrentTerm:
             self._leader_heard = raft_clock()  # the current leader (a lower term is ignored)
             self._fast_until = 0.0
+            if "prevLogIdx" not in message:
+                return self._receive_snapshot_part(node, message)
         return SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    # A message of a snapshot transfer carries no prevLogIdx: nothing in it proves that this node's
+    # log matches the leader's, yet PySyncObj took its commit index as covering our log up to its
+    # end. A follower with a tail the cluster never committed (a cut-off leader's own entries) then
+    # applied that tail — and told the writers waiting for it "done" — before the last part of the
+    # snapshot replaced its state. Such a message moves the commit index only as far as the
+    # snapshot it completes (committed by definition); append-entries with prevLogIdx do the rest.
+    def _receive_snapshot_part(self, node, message):
+        capped = min(message["commit_index"], self._SyncObj__raftCommitIndex)
+        SyncObj._SyncObj__onMessageReceived(self, node, {**message, "commit_index": capped})
+        applied = self._SyncObj__raftLastApplied
+        if applied > self._SyncObj__raftCommitIndex:  # the snapshot was loaded: it is committed up to there
+            self._SyncObj__raftCommitIndex = applied
+            self._SyncObj__raftLog.setRaftCommitIndex(applied)
 
     def _SyncObj__onNodeDisconnected(self, node):
         was_connected = self.isNodeConnected(node)
