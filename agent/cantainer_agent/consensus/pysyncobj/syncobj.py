@@ -87,11 +87,16 @@ class AgentSyncObj(SyncObj):
     started an election although the leader's heartbeats sat unread (leaders flapped under load).
     A zero-timeout poll first makes the checks judge what peers actually sent — but only once the
     transport is up and the dump file loaded, before which no message may be handled.
+
+    A tick sends at most one append round: the one PySyncObj sends after applying committed
+    entries (to spread the commit index) waits until the tick has appended the queued commands,
+    so a single round carries both.
     """
 
     _settled = False  # a tick has got past transport start-up and loading the dump file
     _queueing = False  # inside _checkCommandsToApply
     _send_owed = False  # an append-entries round was asked for while queueing
+    _deferring = False  # from the start of PySyncObj's tick until its commands are queued
     _read_round = False  # a read asked for a round this tick (all reads of a tick share it)
     _elect_early = False  # stand for election as soon as a majority is connected (elect_early)
     _standby_beat_due = 0.0  # when the standbys get their next bare heartbeat (raft_clock)
@@ -131,7 +136,13 @@ class AgentSyncObj(SyncObj):
             timeToWait = tick_wait(timeToWait, raft_clock(), self._SyncObj__raftState == _LEADER,
                                    self._SyncObj__selfNode is not None, self._SyncObj__raftElectionDeadline,
                                    self._SyncObj__newAppendEntriesTime)
-        super()._onTick(timeToWait)
+        self._deferring = True
+        try:
+            super()._onTick(timeToWait)
+        finally:
+            if self._deferring:  # PySyncObj returned before queueing (transport not ready)
+                self._deferring = False
+                self._send_owed_round()
         if (self.raftCurrentTerm > term and self._SyncObj__raftState == _CANDIDATE
                 and raft_clock() < self._fast_until):
             # An election while the leader is known dead: should the vote split, retry soon.
@@ -240,19 +251,27 @@ class AgentSyncObj(SyncObj):
         log.info("raft: the connection to leader %s closed; pre-vote in %.0f ms", node.id, 1000 * delay)
 
     # With appendEntriesUseBatch=False PySyncObj sends a full append round to every member after
-    # *each* command it appends; one round after the whole queue carries the same entries.
+    # *each* command it appends; one round after the whole queue carries the same entries. And
+    # its tick sends a round after applying committed entries, then appends the queued commands
+    # and sends another: the first waits (``_deferring``) and the one round carries both — under
+    # concurrent writes, half the messages, acknowledgements and their encryption on every node.
     def _checkCommandsToApply(self):
         self._queueing = True
         try:
             super()._checkCommandsToApply()
         finally:
             self._queueing = False
+            self._deferring = False
+        self._send_owed_round()
+
+    def _send_owed_round(self) -> None:
         if self._send_owed:
             self._send_owed = False
-            self._send_round()
+            if self._SyncObj__raftState == _LEADER:
+                self._send_round()
 
     def _SyncObj__sendAppendEntries(self):  # what SyncObj's own calls resolve to
-        if self._queueing:
+        if self._queueing or self._deferring:
             self._send_owed = True
             return
         self._send_round()
