@@ -430,6 +430,40 @@ def test_the_commit_round_waits_for_the_queued_commands_one_round_carries_both(t
     assert "10.51.0.0/24" in networks(leader)
 
 
+def test_commands_queued_while_the_tick_is_busy_wake_it_once(trio):
+    """Each queued command wrote a byte to the tick thread's wake-up pipe (a system call per write in
+    the writer's thread); one byte per batch suffices, and the next command after the tick took the
+    queue wakes it again. Staged: the tick thread is held while 20 commands queue up."""
+    import threading
+
+    for i in range(3):
+        trio.start(i)
+    leader = trio.leader()
+    sync = leader._sync
+    notifier = sync._SyncObj__pipeNotifier
+    real_notify, wakes = notifier.notify, []
+    notifier.notify = lambda: (wakes.append(1), real_notify())[1]
+    held, go, done = threading.Event(), threading.Event(), []
+    stall = threading.Thread(target=leader.run_in_tick, args=(lambda: (held.set(), go.wait(10)),),
+                             kwargs={"timeout": 15})
+    stall.start()
+    try:
+        wait(held.is_set, 10, "the tick thread to be held")
+        wakes.clear()
+        for k in range(20):
+            leader._write_store.apply("create_network", {"cidr": f"10.{k}.0.0/24", "ts": 1.0},
+                                      callback=lambda res, err: done.append(err))
+        assert len(wakes) == 1
+    finally:
+        go.set()
+        stall.join(15)
+    wait(lambda: len(done) == 20, 10, "the 20 commands to commit")
+    assert done == [0] * 20
+    wakes.clear()
+    leader.apply("create_network", {"cidr": "10.99.0.0/24", "ts": 1.0}, timeout=5)  # after the tick took the queue
+    assert len(wakes) >= 1 and len(networks(leader)) == 21
+
+
 def test_standbys_get_bare_heartbeats_less_often_and_entries_at_once(trio, tmp_path):
     """A standby neither votes, nor counts for a commit, nor times anything out: the leader sends
     it a heartbeat carrying nothing new every STANDBY_HEARTBEAT (0.5 s) instead of every append

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from queue import Full as QueueFull
 from typing import Any, Callable
 
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
@@ -97,6 +98,7 @@ class AgentSyncObj(SyncObj):
     _queueing = False  # inside _checkCommandsToApply
     _send_owed = False  # an append-entries round was asked for while queueing
     _deferring = False  # from the start of PySyncObj's tick until its commands are queued
+    _wake_pending = False  # a wake-up byte is in the pipe and the tick has not taken the commands yet
     _read_round = False  # a read asked for a round this tick (all reads of a tick share it)
     _elect_early = False  # stand for election as soon as a majority is connected (elect_early)
     _standby_beat_due = 0.0  # when the standbys get their next bare heartbeat (raft_clock)
@@ -257,12 +259,32 @@ class AgentSyncObj(SyncObj):
     # concurrent writes, half the messages, acknowledgements and their encryption on every node.
     def _checkCommandsToApply(self):
         self._queueing = True
+        self._wake_pending = False  # before taking the queue: a command put after this wakes the tick again
         try:
             super()._checkCommandsToApply()
         finally:
             self._queueing = False
             self._deferring = False
         self._send_owed_round()
+        if getattr(self._SyncObj__commandsQueue, "_FastQueue__queue", None):
+            self.wake()  # PySyncObj stopped taking commands after an append period: the next tick goes on
+
+    # Every command PySyncObj queues writes a byte to the tick thread's wake-up pipe: a system call
+    # (and a GIL hand-off) per write in the writer's thread, and a tick woken for nothing when it
+    # was busy anyway. One byte per batch suffices: the tick takes the whole queue.
+    def _applyCommand(self, command, callback, commandType=None):
+        queue = self._SyncObj__commandsQueue
+        try:
+            if commandType is None:
+                queue.put_nowait((command, callback))
+            else:
+                queue.put_nowait((bytes([commandType]) + command, callback))
+        except QueueFull:
+            self._SyncObj__callErrCallback(FAIL_REASON.QUEUE_FULL, callback)
+            return
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.wake()
 
     def _send_owed_round(self) -> None:
         if self._send_owed:
