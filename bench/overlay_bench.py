@@ -33,7 +33,15 @@ import threading
 import time
 from pathlib import Path
 
-from bench.lab_cluster import AgentSocket, cluster, container_netns, host_netns, lab_name, socket_in_netns
+from bench.lab_cluster import (
+    AgentSocket,
+    agent_cpu_seconds,
+    cluster,
+    container_netns,
+    host_netns,
+    lab_name,
+    socket_in_netns,
+)
 from bench.results import percentile, row
 from bench.up_vs_ansible import CANTAINER, BenchError
 
@@ -132,11 +140,16 @@ def iperf3(server_ns: str, client_ns: str, server_ip: str, seconds: int) -> floa
         server.stdout.close()
 
 
+def writes_made(writes: int, clients: int) -> int:
+    """How many writes api_writes makes of *writes*: an even number per client (every create is undone)."""
+    return max(2, writes // clients // 2 * 2) * clients
+
+
 def api_writes(lab, host: str, writes: int, clients: int, sessions: bool = True) -> float:
     """Committed writes/s through the agent API on `host`: `clients` connections, each alternating
     network.create / network.rm of its own CIDR (so the state is as before afterwards). With
     *sessions* every write carries one, as the CLI's do (exactly-once); without, none does."""
-    per = max(2, writes // clients // 2 * 2)  # even: every create is undone
+    per = writes_made(writes, clients) // clients
     sockets = [AgentSocket(lab, host) for _ in range(clients)]
     start = threading.Barrier(clients + 1)
     errors: list[BaseException] = []
@@ -274,12 +287,16 @@ def api_write_rows(lab, writes: int, clients: int, runs: int, log=print) -> list
 
     with AgentSocket(lab, "h1") as api:
         leader = api.call("status")["leader"]
-    seq, conc, base = [], [], []
+    hosts = sorted(lab.host("h1")[0].hosts)
+    seq, conc, base, cpu = [], [], [], []
     for _ in range(runs):  # alternate with the anchor: the machine's load drifts
         seq.append(api_writes(lab, leader, writes, 1))
+        before = sum(agent_cpu_seconds(lab, h) for h in hosts)
         conc.append(api_writes(lab, leader, writes, clients))
+        cpu.append(sum(agent_cpu_seconds(lab, h) for h in hosts) - before)
         base.append(raft_bench.writes_per_second(True, writes, clients))
-    log(f"  API writes/s sequential {seq}, {clients} clients {conc}; bare PySyncObj {base}")
+    log(f"  API writes/s sequential {seq}, {clients} clients {conc}; bare PySyncObj {base}; "
+        f"agents' CPU for the {clients}-client writes {[round(c, 2) for c in cpu]} s (load {os.getloadavg()[0]:.1f})")
     anchor = "bare PySyncObj, 3 processes on loopback (bench/raft_bench.py --baseline)"
     med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
     return [
@@ -298,6 +315,14 @@ def api_write_rows(lab, writes: int, clients: int, runs: int, log=print) -> list
             "writes/s",
             anchor + f", {clients} threads",
             med(base, "concurrent"),
+        ),
+        # CPU per write moves far less with the machine's load than writes/s do (no anchor: PySyncObj
+        # alone has no API, state machine or controllers to compare with)
+        row(
+            f"agents' CPU per committed write through the API, {clients} clients (all {len(hosts)} agents, "
+            f"every thread; median of {runs})",
+            1000 * statistics.median(c / (writes_made(writes, clients)) for c in cpu),
+            "ms",
         ),
     ]
 

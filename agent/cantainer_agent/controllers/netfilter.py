@@ -9,14 +9,16 @@ so the first pass after a start re-creates the tables once and every later pass 
 A published port that goes away also takes its connections out of conntrack (a UDP flow would
 otherwise keep reaching the old address until it times out). Stopping the agent leaves the tables
 in place: the kernel keeps filtering while no agent runs. ``remove`` (teardown) deletes them.
-A pass woken only by commits lists nothing when what the tables are built from (members, networks,
-ports) is what the last good pass programmed; the periodic pass always compares.
+A pass woken only by commits lists nothing: when what the tables are built from (members, networks,
+ports) is what the last good pass programmed it does nothing, else it changes the elements that differ
+from what that pass left (the structure never depends on the state); the periodic pass always lists
+and compares, so a table changed behind our back is repaired within the period.
 """
 from __future__ import annotations
 
 import logging
 import socket
-from typing import Iterable
+from typing import Hashable, Iterable, Mapping
 
 from ..cluster.ports import ANY, host_ip
 from ..netfilter import Nft, ruleset
@@ -65,11 +67,14 @@ class NetfilterController:
         self.changes = 0  # batches applied (tests read it)
         self.members: frozenset[str] = frozenset()  # as of the last pass (the join port reserves them slots)
         self._synced: tuple | None = None  # (members, networks, ports, published) the last good pass programmed
+        self._programmed: ruleset.Ruleset | None = None  # what the kernel held after the last good pass
+        self.listings = 0  # observe() calls (tests read it)
 
     def is_member(self, address: str) -> bool:
         return address in self.members
 
     def observe(self) -> ruleset.Observed | None:
+        self.listings += 1
         tables = self._nft.run([{"list": {"tables": None}}])
         have = {(item["table"].get("family"), item["table"].get("name")) for item in tables if "table" in item}
         if not all(table in have for table in ruleset.TABLES):
@@ -86,17 +91,24 @@ class NetfilterController:
         wanted = ruleset.build(members, self._vxlan_port, networks, ports, published)
         self.members = frozenset(wanted.elements[ruleset.MEMBERS4] | wanted.elements[ruleset.MEMBERS6])
         self._synced = None
-        observed = self.observe()
-        if not snapshot["ready"] and observed is not None:
-            return  # a replica still catching up may know too few members: keep the rules we have
-        # (no table at all, e.g. after a reboot: what the replica knows beats no rules)
-        self.apply(wanted, observed)
+        programmed, self._programmed = self._programmed, None  # unknown until this pass succeeds
+        if snapshot.get("commits_only") and snapshot["ready"] and programmed is not None \
+                and programmed.structure == wanted.structure:
+            # Only elements changed since the last good pass (a network, a member, a port): change
+            # those, without listing both tables back (most of a pass's cost, on every host, per commit).
+            self._change_elements(wanted, programmed.elements)
+        else:
+            observed = self.observe()
+            if not snapshot["ready"] and observed is not None:
+                return  # a replica still catching up may know too few members: keep the rules we have
+            # (no table at all, e.g. after a reboot: what the replica knows beats no rules)
+            self.apply(wanted, observed)
         gone = (self._ports or set()) - set(ports)
         self._ports = set(ports)
         if gone:
             forget_connections(gone)
         if snapshot["ready"]:
-            self._synced = inputs
+            self._synced, self._programmed = inputs, wanted
 
     def apply(self, wanted: ruleset.Ruleset, observed: ruleset.Observed | None) -> None:
         if observed is None or self._baseline != (wanted.key, observed.structure):
@@ -108,7 +120,10 @@ class NetfilterController:
                      "/".join(f"{family} {name}" for family, name in ruleset.TABLES),
                      len(wanted.elements[ruleset.MEMBERS4] | wanted.elements[ruleset.MEMBERS6]))
             return
-        commands = wanted.element_commands(observed.elements)
+        self._change_elements(wanted, observed.elements)
+
+    def _change_elements(self, wanted: ruleset.Ruleset, have: Mapping[str, frozenset[Hashable]]) -> None:
+        commands = wanted.element_commands(have)
         if commands:
             self._nft.run(commands)
             self.changes += 1

@@ -371,6 +371,99 @@ def test_commands_queued_together_share_one_append_round(trio, monkeypatch):
     assert len(networks(leader)) == 60
 
 
+def test_the_commit_round_waits_for_the_queued_commands_one_round_carries_both(trio, monkeypatch):
+    """PySyncObj's tick sent a round after applying committed entries (the commit index) and then
+    another after appending the commands queued meanwhile; AgentSyncObj sends one round with both.
+    Staged: the leader's tick thread is held right after it sent command A, until both followers
+    have acknowledged A and command C is queued; the next tick commits A and appends C."""
+    import threading
+
+    from pysyncobj import SyncObj
+
+    for i in range(3):
+        trio.start(i)
+    leader = trio.leader()
+    create_networks(leader, 1, 1)  # the leader's no-op and a first entry are committed
+    sync = leader._sync
+    index_a = sync._SyncObj__getCurrentLogIndex() + 1
+    followers = [n for n in trio.nodes if n is not leader]
+    acked = {n.self_addr: threading.Event() for n in followers}
+    for node in followers:
+        transport, addr = node._sync._SyncObj__transport, node.self_addr
+        real_send = transport.send
+
+        def send(peer, message, real_send=real_send, addr=addr):
+            if message.get("type") == "next_node_idx" and message.get("success") \
+                    and message["next_node_idx"] > index_a:
+                acked[addr].set()
+            return real_send(peer, message)
+
+        transport.send = send
+    held, go = threading.Event(), threading.Event()
+
+    def hold_after_sending_a():  # a tick callback: PySyncObj has queued and sent the tick's commands
+        if sync._SyncObj__getCurrentLogIndex() >= index_a and not go.is_set():
+            held.set()
+            go.wait(10)
+
+    sync.addOnTickCallback(hold_after_sending_a)
+    rounds = []  # (commit index, last log index) of every round the leader sends
+    real_round = SyncObj._SyncObj__sendAppendEntries
+    monkeypatch.setattr(SyncObj, "_SyncObj__sendAppendEntries", lambda self: (
+        rounds.append((self.raftCommitIndex, self._SyncObj__getCurrentLogIndex())) if self is sync else None,
+        real_round(self))[1])
+    done = []
+    store = leader._write_store
+    store.apply("create_network", {"cidr": "10.50.0.0/24", "ts": 1.0}, callback=lambda res, err: done.append(err))
+    try:
+        wait(held.is_set, 10, "the leader's tick to send command A")
+        wait(lambda: all(e.is_set() for e in acked.values()), 10, "both followers to acknowledge A")
+        store.apply("create_network", {"cidr": "10.51.0.0/24", "ts": 1.0}, callback=lambda res, err: done.append(err))
+    finally:
+        go.set()
+    wait(lambda: len(done) == 2, 10, "A and C to commit")
+    sync.removeOnTickCallback(hold_after_sending_a)
+    assert done == [0, 0]
+    first_with_a = next(r for r in rounds if r[0] >= index_a)
+    assert first_with_a[1] >= index_a + 1, rounds  # the round spreading A's commit carries C too
+    wait(lambda: all(networks(n) == networks(leader) for n in followers), 10, "the followers to apply both")
+    assert "10.51.0.0/24" in networks(leader)
+
+
+def test_commands_queued_while_the_tick_is_busy_wake_it_once(trio):
+    """Each queued command wrote a byte to the tick thread's wake-up pipe (a system call per write in
+    the writer's thread); one byte per batch suffices, and the next command after the tick took the
+    queue wakes it again. Staged: the tick thread is held while 20 commands queue up."""
+    import threading
+
+    for i in range(3):
+        trio.start(i)
+    leader = trio.leader()
+    sync = leader._sync
+    notifier = sync._SyncObj__pipeNotifier
+    real_notify, wakes = notifier.notify, []
+    notifier.notify = lambda: (wakes.append(1), real_notify())[1]
+    held, go, done = threading.Event(), threading.Event(), []
+    stall = threading.Thread(target=leader.run_in_tick, args=(lambda: (held.set(), go.wait(10)),),
+                             kwargs={"timeout": 15})
+    stall.start()
+    try:
+        wait(held.is_set, 10, "the tick thread to be held")
+        wakes.clear()
+        for k in range(20):
+            leader._write_store.apply("create_network", {"cidr": f"10.{k}.0.0/24", "ts": 1.0},
+                                      callback=lambda res, err: done.append(err))
+        assert len(wakes) == 1
+    finally:
+        go.set()
+        stall.join(15)
+    wait(lambda: len(done) == 20, 10, "the 20 commands to commit")
+    assert done == [0] * 20
+    wakes.clear()
+    leader.apply("create_network", {"cidr": "10.99.0.0/24", "ts": 1.0}, timeout=5)  # after the tick took the queue
+    assert len(wakes) >= 1 and len(networks(leader)) == 21
+
+
 def test_standbys_get_bare_heartbeats_less_often_and_entries_at_once(trio, tmp_path):
     """A standby neither votes, nor counts for a commit, nor times anything out: the leader sends
     it a heartbeat carrying nothing new every STANDBY_HEARTBEAT (0.5 s) instead of every append

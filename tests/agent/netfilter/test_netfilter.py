@@ -220,3 +220,57 @@ def test_a_pass_woken_by_commits_that_left_the_members_alone_does_not_list_the_t
     in_netns(host, lambda: controller.sync(snapshot("10.99.0.2", "10.99.0.7")))
     assert listing(host).elements["members4"] == {"10.99.0.1", "10.99.0.2", "10.99.0.7"}
     in_netns(host, remove_table)
+
+
+def test_a_commits_only_pass_changes_elements_from_what_the_last_pass_programmed(fabric):
+    """A commits-only pass whose inputs did change (a network comes and goes) changes the elements that
+    differ from what the last good pass left, without listing the tables back; a full pass lists and
+    repairs what was changed behind the controller's back; a failed pass makes the next one list."""
+    host = fabric["host"]
+    controller = in_netns(host, lambda: NetfilterController("10.99.0.1", PORT))
+    net = {"cidr": "10.1.0.0/24", "vni": 1, "gateway": "10.1.0.1", "internal": False}
+
+    def commits_only(with_network: bool) -> dict:
+        snap = {**snapshot("10.99.0.2"), "commits_only": True, "changes": {("networks", "10.1.0.0/24")}}
+        if with_network:
+            snap["state"]["networks"]["10.1.0.0/24"] = net
+        return snap
+
+    in_netns(host, lambda: controller.sync(snapshot("10.99.0.2")))  # full pass: lists, creates
+    listed = controller.listings
+    in_netns(host, lambda: controller.sync(commits_only(True)))
+    assert controller.listings == listed  # nothing listed ...
+    have = listing(host).elements
+    assert have["overlay4"] == {"10.1.0.0/24"} and have["egress4"] == {"10.1.0.0/24"}  # ... the kernel has it
+    assert have["dns4"] == {("cbr-1", "10.1.0.1")}
+    in_netns(host, lambda: controller.sync(commits_only(False)))
+    assert controller.listings == listed
+    assert listing(host).elements["overlay4"] == frozenset()
+
+    # an element deleted behind our back: a full pass lists and puts it back
+    in_netns(host, lambda: controller.sync(commits_only(True)))
+    prefix = {"prefix": {"addr": "10.1.0.0", "len": 24}}
+    in_netns(host, lambda: Nft().run([{"delete": {"element": {"family": "inet", "table": "cantainer",
+                                                              "name": "overlay4", "elem": [prefix]}}}]))
+    assert listing(host).elements["overlay4"] == frozenset()
+    full = snapshot("10.99.0.2")
+    full["state"]["networks"]["10.1.0.0/24"] = net
+    in_netns(host, lambda: controller.sync(full))
+    assert controller.listings > listed and listing(host).elements["overlay4"] == {"10.1.0.0/24"}
+
+    # a failing pass leaves nothing trusted: the next commits-only pass lists again
+    real_run = controller._nft.run
+
+    def failing(commands):
+        if any("element" in next(iter(c.values())) for c in commands):
+            raise OSError("injected")
+        return real_run(commands)
+
+    controller._nft.run = failing
+    with pytest.raises(OSError):
+        in_netns(host, lambda: controller.sync(commits_only(False)))
+    controller._nft.run = real_run
+    listed = controller.listings
+    in_netns(host, lambda: controller.sync(commits_only(False)))
+    assert controller.listings > listed and listing(host).elements["overlay4"] == frozenset()
+    in_netns(host, remove_table)

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from queue import Full as QueueFull
 from typing import Any, Callable
 
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
@@ -89,11 +90,17 @@ class AgentSyncObj(SyncObj):
     started an election although the leader's heartbeats sat unread (leaders flapped under load).
     A zero-timeout poll first makes the checks judge what peers actually sent — but only once the
     transport is up and the dump file loaded, before which no message may be handled.
+
+    A tick sends at most one append round: the one PySyncObj sends after applying committed
+    entries (to spread the commit index) waits until the tick has appended the queued commands,
+    so a single round carries both.
     """
 
     _settled = False  # a tick has got past transport start-up and loading the dump file
     _queueing = False  # inside _checkCommandsToApply
     _send_owed = False  # an append-entries round was asked for while queueing
+    _deferring = False  # from the start of PySyncObj's tick until its commands are queued
+    _wake_pending = False  # a wake-up byte is in the pipe and the tick has not taken the commands yet
     _read_round = False  # a read asked for a round this tick (all reads of a tick share it)
     _elect_early = False  # stand for election as soon as a majority is connected (elect_early)
     _standby_beat_due = 0.0  # when the standbys get their next bare heartbeat (raft_clock)
@@ -136,7 +143,13 @@ class AgentSyncObj(SyncObj):
             reaching = getattr(self._SyncObj__transport, "reaching", None)  # AgentTransport's
             if reaching is not None and reaching():  # a founding peer was not listening yet: retry soon
                 timeToWait = min(timeToWait, START_RETRY)
-        super()._onTick(timeToWait)
+        self._deferring = True
+        try:
+            super()._onTick(timeToWait)
+        finally:
+            if self._deferring:  # PySyncObj returned before queueing (transport not ready)
+                self._deferring = False
+                self._send_owed_round()
         if (self.raftCurrentTerm > term and self._SyncObj__raftState == _CANDIDATE
                 and raft_clock() < self._fast_until):
             # An election while the leader is known dead: should the vote split, retry soon.
@@ -261,19 +274,47 @@ class AgentSyncObj(SyncObj):
         log.info("raft: the connection to leader %s closed; pre-vote in %.0f ms", node.id, 1000 * delay)
 
     # With appendEntriesUseBatch=False PySyncObj sends a full append round to every member after
-    # *each* command it appends; one round after the whole queue carries the same entries.
+    # *each* command it appends; one round after the whole queue carries the same entries. And
+    # its tick sends a round after applying committed entries, then appends the queued commands
+    # and sends another: the first waits (``_deferring``) and the one round carries both — under
+    # concurrent writes, half the messages, acknowledgements and their encryption on every node.
     def _checkCommandsToApply(self):
         self._queueing = True
+        self._wake_pending = False  # before taking the queue: a command put after this wakes the tick again
         try:
             super()._checkCommandsToApply()
         finally:
             self._queueing = False
+            self._deferring = False
+        self._send_owed_round()
+        if getattr(self._SyncObj__commandsQueue, "_FastQueue__queue", None):
+            self.wake()  # PySyncObj stopped taking commands after an append period: the next tick goes on
+
+    # Every command PySyncObj queues writes a byte to the tick thread's wake-up pipe: a system call
+    # (and a GIL hand-off) per write in the writer's thread, and a tick woken for nothing when it
+    # was busy anyway. One byte per batch suffices: the tick takes the whole queue.
+    def _applyCommand(self, command, callback, commandType=None):
+        queue = self._SyncObj__commandsQueue
+        try:
+            if commandType is None:
+                queue.put_nowait((command, callback))
+            else:
+                queue.put_nowait((bytes([commandType]) + command, callback))
+        except QueueFull:
+            self._SyncObj__callErrCallback(FAIL_REASON.QUEUE_FULL, callback)
+            return
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.wake()
+
+    def _send_owed_round(self) -> None:
         if self._send_owed:
             self._send_owed = False
-            self._send_round()
+            if self._SyncObj__raftState == _LEADER:
+                self._send_round()
 
     def _SyncObj__sendAppendEntries(self):  # what SyncObj's own calls resolve to
-        if self._queueing:
+        if self._queueing or self._deferring:
             self._send_owed = True
             return
         self._send_round()
