@@ -4,6 +4,7 @@ controller finds nothing to report afterwards. Proven from the raft journal and 
 And the host gets ready for a start while `run` is still asking which image layers it has."""
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
@@ -69,3 +70,17 @@ def test_asking_a_host_for_layers_readies_it_for_the_start_that_follows(lab, clu
         assert zygotes(lab, "h3") == ready
     finally:
         cli(cluster, "rm", "-f", name)
+
+
+def test_ssh_connections_send_with_aes_gcm_first(lab, cluster):
+    from cantainer import ssh
+    from cantainer.inventory import load_inventory
+
+    async def negotiated() -> str:
+        connection = await ssh.connect(load_inventory(cluster).host("h1"))
+        try:
+            return connection.cipher
+        finally:
+            connection.close()
+
+    assert asyncio.run(negotiated()) == ssh.CIPHERS[0] == "aes128-gcm@openssh.com"
