@@ -24,6 +24,7 @@ def test_starting_the_agent_imports_no_netlink_library():
                              "cantainer_agent.daemon.agent")
     assert not {m for m in modules if m.split(".")[0] in ("pyroute2", "asyncio", "dnslib", "tarfile", "cryptography")}
     assert "cantainer_agent.runtime.init" not in modules  # the container init (and seccomp, users): the zygote's
+    assert "cantainer_agent.overlay.plan" not in modules  # the overlay's planner comes with its first network
 
 
 def test_the_overlay_still_offers_everything_and_loads_netlink_on_first_use():

@@ -40,9 +40,7 @@ from ..cluster.views import MAYBE_RUNNING, container_view, down_hosts
 from ..consensus import RaftNode
 from ..consensus.writes import Session, replicate
 from ..errors import StateError
-from ..images.config import ImageConfig, effective, effective_health
 from ..images.errors import ImageSourceError
-from ..images.reference import DIGEST_RE
 from ..netfilter import listeners
 from ..overlay import OverlayError
 from ..runtime import ContainerError, ContainerNotFound, ContainerRunning, ContainerSpec, ImageNotFound
@@ -68,6 +66,10 @@ def _placement_hint(state, name: str, spec: dict, now: float, heartbeat_interval
 def container_fields(name: str, params: dict) -> dict:
     """The record fields of a container `run`/`place`/a service asks for: the image's config and the
     options merged docker's way (images/config.effective), validated before anything is recorded."""
+    # imported by the first run, not at the agent's start (their dataclasses and patterns: ~4 ms)
+    from ..images.config import ImageConfig, effective, effective_health
+    from ..images.reference import DIGEST_RE
+
     image = params.get("image")
     if not isinstance(image, dict):
         raise rejected("image must be an object {reference, digest, layers, config}")

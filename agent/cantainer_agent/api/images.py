@@ -19,8 +19,6 @@ from typing import Callable
 
 from .. import layout
 from ..images.errors import ImageSourceError
-from ..images.manifest import Platform, check_layer_type, host_platform
-from ..images.reference import parse_reference
 from ..runtime import ChecksumMismatch, ImageError
 from ..workload import Workload
 from .errors import rejected
@@ -87,6 +85,9 @@ def handlers(workload: Workload) -> dict[str, Callable[[dict], object]]:
         return {"diff_id": diff_id}
 
     def pull(params: dict) -> dict:
+        from ..images.manifest import Platform, check_layer_type, host_platform  # a pull's, not the start's
+        from ..images.reference import parse_reference
+
         try:
             reference = parse_reference(params.get("reference", ""))
             platform = Platform.parse(params["platform"]) if params.get("platform") else host_platform()

@@ -18,7 +18,7 @@ import os
 import time
 from typing import Callable
 
-from .. import __version__, facts, layout, protocol
+from .. import __version__, layout, protocol
 from ..cluster.views import build_status
 from ..config import AgentConfig
 from ..consensus import RaftNode
@@ -37,6 +37,8 @@ def handlers(cfg: AgentConfig, get_raft: Callable[[], RaftNode | None], stop: Ca
                 "config": cfg.identity}
 
     def host_facts(_params: dict) -> dict:
+        from .. import facts  # only `up` asks (and facts.py imports `platform`)
+
         return facts.read(layout.PID_FILE, layout.CONFIG_FILE, layout.BUNDLES_DIR, layout.MEMBERS_FILE,
                           layout.SECRET_FILE)
 

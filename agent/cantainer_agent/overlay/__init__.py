@@ -29,14 +29,14 @@ from .model import (
     overlay_mtu,
     vxlan_name,
 )
-from .plan import Action, diff, health
 
 # What needs netlink (pyroute2, ~0.15 s of CPU to import) is imported on first use, not with the
 # package: the agent becomes ready without it, and its reconcile thread (nice +10) loads it with the
-# cluster's first network (controllers/overlay.no_overlay).
+# cluster's first network (controllers/overlay.no_overlay). The planner goes with it: its 17
+# dataclasses cost ~5 ms of every agent start (and every host's, in a cold `up`) that needs no plan yet.
 _LAZY = {"apply": "kernel", "observe": "kernel", "underlay_mtu": "kernel", "OverlayReconciler": "reconciler",
          "ReconcileResult": "reconciler", "reconcile": "reconciler", "attach_container": "veth",
-         "detach_container": "veth"}
+         "detach_container": "veth", "Action": "plan", "diff": "plan", "health": "plan"}
 
 
 def __getattr__(name: str):
