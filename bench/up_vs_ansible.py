@@ -207,7 +207,7 @@ def lab_bundle():
 
     probe = remote.ProbeResult.parse(subprocess.run(["/usr/bin/python3", "-c", remote.PROBE, *["/nonexistent"] * 5],
                                                     capture_output=True, text=True, check=True).stdout)
-    return build_bundle(Platform(probe.machine, probe.python[:2]))
+    return build_bundle(Platform(probe.machine, probe.python[:2], probe.bytecode))
 
 
 def measure_hosts(count: int, runs: int, rerun: bool, log=print) -> list[dict]:

@@ -134,7 +134,7 @@ class Bootstrapper:
             raise HostError(host.name, "libnftables.so.1 is missing (the agent needs nftables to protect the overlay)",
                             "install the package libnftables1 there (apt-get install libnftables1)")
         outcome = HostOutcome(host, probe, from_agent=from_agent)
-        outcome.bundle = self._bundle_for(Platform(probe.machine, probe.python[:2]))
+        outcome.bundle = self._bundle_for(Platform(probe.machine, probe.python[:2], probe.bytecode))
         self.result.outcomes[host.name] = outcome
 
     async def _facts_from_agent(self, host: Host) -> remote.ProbeResult | None:

@@ -4,9 +4,10 @@ Contents: the `cantainer_agent` package, pysyncobj, pyroute2 and dnslib — pure
 serves every CPU and Python (the raft transport's cipher is the libcrypto the host's Python links:
 no compiled package is pushed; until 2026-11-30 hosts without python3-cryptography got one).
 
-A bundle for a host whose Python is the workstation's minor version also carries the bytecode
-of every module (``Bundle.magic`` names its interpreter): the host keeps the zip as it is and runs
-it (``python3 BUNDLE``), importing from it, with nothing unpacked or compiled. Any other bundle is
+A bundle for a host whose Python is the workstation's minor version and magic number also carries
+the bytecode of every module, and of the libraries only that (``Bundle.magic`` names its
+interpreter): the host keeps the zip as it is and runs it (``python3 BUNDLE``), importing from it,
+with nothing unpacked or compiled. Any other bundle is
 unpacked into a directory of the same name on the host (``remote.APPLY`` decides, by the magic).
 
 The archive is deterministic (sorted entries, fixed times, deflate -9; built once and cached), so the
@@ -29,7 +30,8 @@ from pathlib import Path
 from cantainer.errors import CantainerError
 
 PURE_PACKAGES = ("cantainer_agent", "pysyncobj", "pyroute2", "dnslib")
-FORMAT = b"zip+deflate9 v3"  # part of the cache key: a change of the archive format rebuilds
+LIBRARY_PREFIXES = tuple(f"{name}/" for name in PURE_PACKAGES if name != "cantainer_agent")
+FORMAT = b"zip+deflate9 v4"  # part of the cache key: a change of the archive format rebuilds
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can say: entries carry no build time
 # Built bundles kept in the cache, most recently used first: every upgrade (or edit, in a checkout)
 # makes a new one, and they are 0.9-2.8 MB each. Enough for the two kinds (with and without bytecode)
@@ -43,10 +45,12 @@ class BundleError(CantainerError):
 
 @dataclass(frozen=True)
 class Platform:
-    """A host's CPU architecture and CPython minor version (the bytecode must match the latter)."""
+    """A host's CPU architecture, CPython minor version and bytecode magic number (hex; None: not
+    reported, taken to be its minor version's): a bundle with bytecode needs both to match ours."""
 
     machine: str
     python: tuple[int, int]
+    magic: str | None = None
 
     @property
     def tag(self) -> str:
@@ -54,7 +58,7 @@ class Platform:
 
     @classmethod
     def local(cls) -> "Platform":
-        return cls(platform.machine(), sys.version_info[:2])
+        return cls(platform.machine(), sys.version_info[:2], importlib.util.MAGIC_NUMBER.hex())
 
 
 
@@ -108,11 +112,14 @@ def _bytecode(arcname: str, source: bytes) -> bytes:
 
 def _archive(entries: list[tuple[str, bytes, int]], bytecode: bool) -> bytes:
     """Deflate -9, once per change of the inputs (the result is cached): the bundle is 3 MB of
-    sources -> 0.9 MB, or 2.8 MB with its bytecode (which saves the host unpacking ~380 files and
-    compiling what the agent imports at its first start)."""
+    sources -> 0.9 MB, or 2.2 MB with its bytecode (which saves the host unpacking ~380 files and
+    compiling what the agent imports at its first start). With bytecode, the libraries' sources
+    stay home (0.5 MB less to push to every host; their frames in a traceback show no source
+    line); the agent's own stay, for its tracebacks."""
     if bytecode:
-        entries = entries + [(f"{name}c", _bytecode(name, data), 0o644) for name, data, _ in entries
-                             if name.endswith(".py") and name != "__main__.py"]
+        compiled = [(f"{name}c", _bytecode(name, data), 0o644) for name, data, _ in entries
+                    if name.endswith(".py") and name != "__main__.py"]
+        entries = [entry for entry in entries if not entry[0].startswith(LIBRARY_PREFIXES)] + compiled
     packed = io.BytesIO()
     with zipfile.ZipFile(packed, "w") as archive:
         for arcname, data, mode in sorted(entries):
@@ -139,8 +146,9 @@ BUNDLE_MAIN = b"import sys\n\nfrom cantainer_agent.__main__ import main\n\nsys.e
 
 def carries_bytecode(target: Platform) -> bool:
     """Does the bundle for *target* carry bytecode: for a host on this interpreter's minor version
-    (whose magic number it almost always shares; the host checks before it runs the zip)."""
-    return target.python == Platform.local().python
+    and magic number (a pre-release has its own; the host checks again before it runs the zip)."""
+    local = Platform.local()
+    return target.python == local.python and target.magic in (None, local.magic)
 
 
 def bundle_key(target: Platform) -> bool:

@@ -208,6 +208,7 @@ class ProbeResult:
     agent_pid: int | None
     ssh_server_address: str | None
     nftables_error: str | None = None  # why libnftables.so.1 does not load (None: it does)
+    bytecode: str | None = None  # the host Python's bytecode magic number, hex (None: an agent from before)
 
     @classmethod
     def parse(cls, text: str) -> "ProbeResult":
@@ -218,7 +219,7 @@ class ProbeResult:
         """From the facts document (``cantainer_agent.facts.read``: the probe's output, or an agent's)."""
         return cls(tuple(data["python"]), data["machine"], data["kernel"], data["hostname"], data["systemd"],
                    tuple(data["bundles"]), data["secret_sha256"], data["config"], data["has_state"], data["agent_pid"],
-                   data["ssh_server_address"], data.get("nftables_error"))
+                   data["ssh_server_address"], data.get("nftables_error"), data.get("bytecode"))
 
 
 def systemd_unit(python: str, digest: str, cluster: str) -> str:

@@ -11,6 +11,7 @@ The document is ``cantainer.remote.ProbeResult``'s input; both callers must give
 """
 import ctypes
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -58,6 +59,7 @@ def read(pid_file, config_file, bundles_dir, members_file, secret_file, ssh_conn
     conn = (ssh_connection or "").split()
     return {
         "python": list(sys.version_info[:3]),
+        "bytecode": importlib.util.MAGIC_NUMBER.hex(),  # the bundle carries bytecode only for this magic
         "interpreter": getattr(sys, "orig_argv", [None])[0],  # the command it was started as: `python`
         "machine": platform.machine(),
         "kernel": platform.release(),

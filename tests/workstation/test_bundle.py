@@ -37,7 +37,7 @@ def test_the_bundle_is_deterministic_and_holds_the_agent_and_its_dependencies(ca
     content = names(first.data)
     assert content == sorted(content)
     for needed in ("__main__.py", "cantainer_agent/__main__.py", "cantainer_agent/layout.py",
-                   "cantainer_agent/consensus/pysyncobj/journal.py", "pysyncobj/syncobj.py", "pyroute2/__init__.py"):
+                   "cantainer_agent/consensus/pysyncobj/journal.py", "pysyncobj/syncobj.pyc", "pyroute2/__init__.pyc"):
         assert needed in content
     assert not [n for n in content if "__pycache__" in n]
     assert not [n for n in content if n.startswith("cantainer/")]  # the workstation package stays home
@@ -49,6 +49,9 @@ def test_a_pure_bundle_for_this_python_runs_as_a_zip_from_its_own_bytecode(cache
     content = names(bundle.data)
     sources = [n for n in content if n.endswith(".py") and n != "__main__.py"]
     assert sources and all(f"{n}c" in content for n in sources)
+    # the agent's sources ride along for its tracebacks; the libraries' stay home (0.5 MB per host)
+    assert all(n.startswith("cantainer_agent/") for n in sources)
+    assert "pyroute2/iproute/linux.pyc" in content and "dnslib/dns.pyc" in content
     path = tmp_path / "cantainer_agent-x"
     path.write_bytes(bundle.data)
     run = subprocess.run([sys.executable, str(path), "version"], capture_output=True, text=True, timeout=60)
@@ -64,7 +67,17 @@ def test_a_pure_bundle_for_this_python_runs_as_a_zip_from_its_own_bytecode(cache
 def test_a_pure_bundle_for_another_python_carries_only_sources(cache):
     other = build_bundle(foreign())
     assert other.magic is None and not [n for n in names(other.data) if n.endswith(".pyc")]
+    assert "pyroute2/__init__.py" in names(other.data)
     assert other.digest != build_bundle(Platform.local()).digest
+
+
+def test_a_host_whose_python_has_another_magic_number_gets_sources(cache):
+    """A pre-release of this minor version compiles to another magic: it could not import our
+    bytecode, and the libraries carry no sources beside theirs."""
+    local = Platform.local()
+    prerelease = build_bundle(Platform(local.machine, local.python, "0d0d0d0a"))
+    assert prerelease.magic is None and "pyroute2/__init__.py" in names(prerelease.data)
+    assert build_bundle(Platform(local.machine, local.python, local.magic)).magic == local.magic
 
 
 def test_every_host_gets_pure_python_whatever_its_cpu_or_python(cache):
