@@ -7,7 +7,7 @@ import os
 import pytest
 
 from cantainer_agent import protocol
-from tests.labcli import agent_call, cli, ok, one_line_error, wait_for
+from tests.labcli import agent_call, cli, host_exec, ok, one_line_error, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -81,3 +81,36 @@ def test_a_retried_rm_answers_as_its_first_attempt_did_and_spares_what_was_made_
     assert listed.get("rc-a") == "running"  # the new container was not this request's to remove
     ok(cli(cluster, "rm", "-f", "rc-a"))
     ok(cli(cluster, "network", "rm", "10.94.0.0/24"))
+
+
+def test_a_resent_run_whose_first_attempt_failed_to_start_fails_too_and_starts_nothing(lab, cluster):
+    """A `run` whose start fails takes its record back (Workload.undo_create). Its resend (same
+    session: the answer was lost) used to find the record in its replayed create, start the
+    container anyway and answer ok, for a container the cluster no longer had. Found by reading the
+    code after a linearizability failure; staged here with a command that exists only for the resend."""
+    from cantainer.containers import RunRequest, run_params
+    from cantainer.inventory import load_inventory
+    from cantainer.run_image import tarball_image
+    from cantainer_agent import mounts
+
+    net, name, client = "10.95.0.0/24", f"resent-{os.getpid()}", f"resend-test-{os.getpid()}"
+    tool = "/srv/resend-tool"
+    assert host_exec(lab, "h1", "sh", "-c", f"rm -rf {tool} && mkdir -p {tool}").returncode == 0
+    ok(cli(cluster, "run", "--host", "h1", "-n", net, "--rm", "true"))  # the image's layer is on h1 now
+    request = RunRequest(host="h1", network=net, name=name, command=["/tool/run"],
+                         mounts=mounts.check_all([mounts.parse(f"{tool}:/tool:ro")]))
+    params = run_params(request, tarball_image("alpine", load_inventory(cluster)))
+    try:
+        first = agent_call(lab, "h1", "container.run", params, session={"client": client, "seq": 1})
+        assert not first.ok and first.error.code == protocol.COMMAND_NOT_FOUND, first
+        assert host_exec(lab, "h1", "sh", "-c", f"printf '#!/bin/sh\\nexec sleep 600\\n' > {tool}/run "
+                                                f"&& chmod +x {tool}/run").returncode == 0
+        again = agent_call(lab, "h1", "container.run", params, session={"client": client, "seq": 1})
+        assert not again.ok and "first attempt" in again.error.message, again
+        assert name not in {c["name"] for c in json.loads(ok(cli(cluster, "ps", "-a", "--json")))}
+        fresh = agent_call(lab, "h1", "container.run", params, session={"client": client, "seq": 2})
+        assert fresh.ok, fresh.error  # a new request runs it: the command exists now
+    finally:
+        cli(cluster, "rm", "-f", name)
+        cli(cluster, "network", "rm", net)
+        host_exec(lab, "h1", "rm", "-rf", tool)

@@ -39,7 +39,7 @@ from ..cluster.state import check_container_name, ports_conflict
 from ..cluster.views import MAYBE_RUNNING, container_view, down_hosts
 from ..consensus import RaftNode
 from ..consensus.writes import Session, replicate
-from ..errors import StateError
+from ..errors import Expired, StateError
 from ..images.errors import ImageSourceError
 from ..netfilter import listeners
 from ..overlay import OverlayError
@@ -109,6 +109,26 @@ def container_fields(name: str, params: dict) -> dict:
             **({"security": {k: list(v) if k != "seccomp" else v for k, v in security.items()}} if changed else {})}
 
 
+HERE, TAKEN_BACK, GONE = "here", "taken back", "gone"
+
+
+def first_attempt_fate(state, session: Session, record: dict) -> str:
+    """A resent `run` found the record its first attempt created (its create replayed). HERE: the
+    cluster still has that container. TAKEN_BACK: that attempt's start failed and it removed the
+    record again (Workload.undo_create does so with the request's next write, replayed here too).
+    GONE: it started, and was removed since (`rm`, --rm): answered as then, never started again."""
+    current = state.containers.get(record["name"])
+    if current is not None and current["id"] == record["id"]:
+        return HERE
+    try:
+        undone = state.sessions.outcome(session.client, session.first + 1)
+    except Expired:
+        undone = None
+    if undone is not None and undone[0] is None and isinstance(undone[1], dict) and undone[1].get("id") == record["id"]:
+        return TAKEN_BACK
+    return GONE
+
+
 def _start_failed(name: str, error: Exception) -> protocol.ProtocolError:
     code = {127: protocol.COMMAND_NOT_FOUND, 126: protocol.COMMAND_NOT_EXECUTABLE}.get(
         getattr(error, "exit_code", None), protocol.INTERNAL)  # docker's 127/126: the command cannot run
@@ -163,6 +183,7 @@ class ContainerHandlers:
                 "ts": ts, "observed": observed, "gateway": True}, session)
 
         resent = False
+        fate = HERE  # GONE: a resent request whose first attempt ran it, removed since: answered, not restarted
         with contextlib.ExitStack() as pinned:
             try:  # the layers stay out of a concurrent prune's reach until the container is on disk
                 lowers = pinned.enter_context(self._workload.image_layers(layers))
@@ -179,10 +200,17 @@ class ContainerHandlers:
                     raise _start_failed(name, error) from None
             if info is None:
                 self._workload.wait_not_in_flight(record["id"], RETRY_WAIT)  # the first attempt may still start it
-                with self._workload.in_flight(record["id"]):
-                    info = self._started_before(record["id"]) or \
-                        self._start(raft, record, fields["image_digest"][7:], lowers, params, session)
-        self._workload.report(raft, record, info, session)  # the common path: nothing new to commit
+                fate = raft.read(lambda state: first_attempt_fate(state, session, record))
+                if fate == TAKEN_BACK:  # that attempt's answer was an error: so is this one
+                    raise protocol.ProtocolError(
+                        protocol.INTERNAL, f"container {name} failed to start at this request's first attempt, "
+                                           "which removed it again; run it again")
+                if fate == HERE:
+                    with self._workload.in_flight(record["id"]):
+                        info = self._started_before(record["id"]) or \
+                            self._start(raft, record, fields["image_digest"][7:], lowers, params, session)
+        if fate == HERE:
+            self._workload.report(raft, record, info, session)  # the common path: nothing new to commit
         if resent:
             self._trigger()
         # else the record's commit woke a pass on every host already (this host's looks at its own
