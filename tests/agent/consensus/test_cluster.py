@@ -92,6 +92,23 @@ def journal_of(trio, node):
     return trio.journals[node.data_dir].journal
 
 
+def cut_off(trio, old):
+    """Partition *old* from the other nodes (it sends nothing, and nobody sends to it); returns the
+    others and a function that heals the partition."""
+    others = [n for n in trio.nodes if n is not old]
+    transports = {n: n._sync._SyncObj__transport for n in trio.nodes}
+    real_sends = {n: t.send for n, t in transports.items()}
+    transports[old].send = lambda node, msg: None
+    for n in others:
+        transports[n].send = lambda node, msg, real=real_sends[n]: None if node.id == old.self_addr else real(node, msg)
+
+    def heal() -> None:
+        for n, t in transports.items():
+            t.send = real_sends[n]
+
+    return others, heal
+
+
 def test_member_down_through_compaction_catches_up_from_snapshot(trio):
     for i in range(3):
         trio.start(i)
@@ -330,19 +347,12 @@ def test_member_with_a_conflicting_tail_catches_up_when_far_behind(trio, caplog)
         trio.start(i)
     old = trio.leader()
     create_networks(old, 1, 3)
-    others = [n for n in trio.nodes if n is not old]
-    transports = {n: n._sync._SyncObj__transport for n in trio.nodes}
-    real_sends = {n: t.send for n, t in transports.items()}
-    # Partition the leader: it sends nothing, and nobody sends to it.
-    transports[old].send = lambda node, msg: None
-    for n in others:
-        transports[n].send = lambda node, msg, real=real_sends[n]: None if node.id == old.self_addr else real(node, msg)
+    others, heal = cut_off(trio, old)
     for k in (4, 5):  # appended to the old leader's log only: they conflict with the next leader's
         old._write_store.apply("create_network", {"cidr": f"10.{k}.0.0/24", "ts": 1.0}, callback=lambda *_: None)
     new = trio.leader(among=others)
     create_networks(new, 6, 30)  # the majority moves far ahead meanwhile
-    for n, t in transports.items():
-        t.send = real_sends[n]
+    heal()
     expected = networks(new)
     assert len(expected) == 33 and "10.4.0.0/24" not in expected
     wait(lambda: networks(old) == expected, 15, "the old leader taking the new leader's log")
@@ -519,12 +529,7 @@ def test_a_follower_receiving_a_snapshot_applies_nothing_of_its_own_uncommitted_
         trio.start(i)
     old = trio.leader()
     create_networks(old, 1, 3)
-    others = [n for n in trio.nodes if n is not old]
-    transports = {n: n._sync._SyncObj__transport for n in trio.nodes}
-    real_sends = {n: t.send for n, t in transports.items()}
-    transports[old].send = lambda node, msg: None
-    for n in others:
-        transports[n].send = lambda node, msg, real=real_sends[n]: None if node.id == old.self_addr else real(node, msg)
+    others, heal = cut_off(trio, old)
     answers = []
     for k in (4, 5):  # appended to the cut-off leader's log only: never committed
         old._write_store.apply("create_network", {"cidr": f"10.{k}.0.0/24", "ts": 1.0},
@@ -556,8 +561,7 @@ def test_a_follower_receiving_a_snapshot_applies_nothing_of_its_own_uncommitted_
         for node in others:
             node.compact_log()
         wait(lambda: all(journal_of(trio, n)[0][1] > 10 for n in others), 10, "log compaction on the majority")
-        for n, t in transports.items():
-            t.send = real_sends[n]
+        heal()
         expected = networks(new)
         wait(lambda: networks(old) == expected, 15, "the old leader taking the new leader's snapshot")
     finally:
