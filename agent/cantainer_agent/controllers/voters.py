@@ -18,6 +18,7 @@ from typing import Callable
 from ..cluster.liveness import down_after
 from ..consensus import RaftNode
 from ..join.wire import request
+from ..netaddr import split_hostport
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class VotersController:
         if not join_addrs and self.join_port is not None:
             # A restarted replica applies only what its persisted commit index covers (written about
             # once a second), so it may not know the nodes yet: ask its partners' hosts, at our join port.
-            join_addrs = [f"{addr.rpartition(':')[0]}:{self.join_port}" for addr in status["members"] if addr != me]
+            join_addrs = [f"{split_hostport(addr)[0]}:{self.join_port}" for addr in status["members"] if addr != me]
         for addr in join_addrs:
             try:
                 body = request(addr, self._secret, "ping", {}, timeout=1.0)
