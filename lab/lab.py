@@ -9,7 +9,8 @@ Layout on disk (``$CANTAINER_LAB_ROOT``, default /var/lib/cantainer-lab, one fol
 login key), ``known_hosts``, ``inventory.toml`` and ``hosts/hN/`` (host key, console.log, and the
 host's disk: for namespace hosts the directories bound over /root, /var/lib/cantainer,
 /etc/cantainer and /var/log/cantainer; for full-OS hosts the overlay's upper layer), which survive
-a crash like a disk would. `down --keep-logs` leaves each host's console.log in place.
+a crash like a disk would. `hosts/` is the lab's disk (lab/disk.py: an ext4 image, ``disk.img``,
+loop-mounted there). `down --keep-logs` leaves each host's console.log in place.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lab import fullos, procs, underlay
+from lab import disk, fullos, procs, underlay
 from lab.hostinit import cgroup_mount_points, enter_host_cgroups
 from lab.procs import ProcessRef
 
@@ -154,6 +155,10 @@ class Lab:
             self._rootfs(state)  # built (or found) before anything else is created
         self.save(state)  # before creating anything, so `down` always knows what may exist
         self._ensure_keys()
+        try:
+            disk.attach(self.dir)
+        except disk.DiskError as error:
+            raise LabError(f"lab {self.name!r}: {error}") from None
         underlay.ensure_bridge(self.bridge, state.gateway)
         starting = [host for host in state.hosts.values() if not host.running()]
         for host in starting:
@@ -416,24 +421,27 @@ class Lab:
                 raise LabError(str(error)) from None
         if any(fullos.is_mounted(fullos.host_root(hdir)) for hdir in (self.dir / "hosts").glob("*")):
             raise LabError(f"a host root of lab {self.name!r} is still mounted — unmount it, then run down again")
-        if keep_logs:
-            self._remove_all_but_console_logs()
-        else:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        logs = self._console_logs() if keep_logs else {}
+        try:
+            disk.detach(self.dir)
+        except disk.DiskError as error:
+            raise LabError(f"lab {self.name!r}: {error}") from None
+        shutil.rmtree(self.dir, ignore_errors=True)
+        for host, text in logs.items():  # back where they were, on the machine's disk now
+            self.host_dir(host).mkdir(parents=True, exist_ok=True)
+            (self.host_dir(host) / "console.log").write_bytes(text)
         if not any(lab_root().glob("*/state.json")):
             _remove_created_mountpoints()
             _rmdir_quietly(lab_root())
 
-    def _remove_all_but_console_logs(self) -> None:
-        if not self.dir.is_dir():
-            return
-        for entry in self.dir.iterdir():
-            if entry.name != "hosts":
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        for hdir in (self.dir / "hosts").glob("*"):
-            for entry in hdir.iterdir():
-                if entry.name != "console.log":
-                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    def _console_logs(self) -> dict[str, bytes]:
+        logs = {}
+        for log in sorted((self.dir / "hosts").glob("*/console.log")):
+            try:
+                logs[log.parent.name] = log.read_bytes()
+            except OSError:
+                pass
+        return logs
 
     # -- per-host verbs -----------------------------------------------------------------------
     def host(self, name: str) -> tuple[LabState, HostState]:
@@ -475,6 +483,10 @@ class Lab:
         state, entry = self.host(host)
         if entry.running():
             return
+        try:  # mounted since `up`, unless the machine rebooted
+            disk.attach(self.dir)
+        except disk.DiskError as error:
+            raise LabError(f"lab {self.name!r}: {error}") from None
         self._create_host_network(state, entry)
         self._start_host(state, entry)
         self.save(state)

@@ -30,14 +30,20 @@ def _another_labs(text: str) -> bool:
     return any(lab not in (None, TEARDOWN_LAB) for match in _OWNED.finditer(text) for lab in match.groups())
 
 
-def machine_snapshot() -> tuple[set, set, set]:
-    """The machine's namespaces, links and mounts, but for those of other labs."""
+def machine_snapshot() -> tuple[set, set, set, set]:
+    """The machine's namespaces, links, mounts and loop devices' files, but for those of other labs."""
     with IPRoute() as ipr:
         links = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
     with open("/proc/mounts") as mounts:
         mount_lines = set(mounts)
+    loops = set()
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):  # a lab's disk (lab/disk.py)
+        try:
+            loops.add(backing.read_text().strip() + "\n")
+        except OSError:  # cleared meanwhile
+            pass
     return tuple({item for item in items if not _another_labs(item)}
-                 for items in (set(netns.listnetns()), links, mount_lines))
+                 for items in (set(netns.listnetns()), links, mount_lines, loops))
 
 
 @pytest.fixture
@@ -61,6 +67,27 @@ def test_down_leaves_no_namespace_link_mount_or_process(scratch_lab):
     assert machine_snapshot() == before
     assert all(start_time(pid) is None for pid in pids)  # gone or a zombie awaiting its reaper
     assert not lab.dir.exists()
+
+
+def test_a_host_of_another_lab_never_holds_this_labs_disk(scratch_lab):
+    """Hosts copy the machine's mounts when they start; the disk's shared mount takes its unmount
+    into their copies, so its loop device goes with `down` while the other lab runs on."""
+    lab, before = scratch_lab
+    lab.up(1)
+    other = Lab(f"{TEARDOWN_LAB[:6]}o")
+    other.down()
+    try:
+        other.up(1)  # its host's mount namespace starts with a copy of `lab`'s disk mount
+        pid = other.load().hosts["h1"].pid1.pid
+        with open(f"/proc/{pid}/mountinfo") as mountinfo:
+            assert f"{lab.dir}/hosts" in mountinfo.read()
+        lab.down()
+        with open(f"/proc/{pid}/mountinfo") as mountinfo:
+            assert f"{lab.dir}/hosts" not in mountinfo.read()
+        assert not any(str(lab.dir) in item for item in machine_snapshot()[3])
+    finally:
+        other.down()
+    assert machine_snapshot() == before
 
 
 def test_down_cleans_up_after_the_lab_tool_lost_its_state(scratch_lab):
