@@ -84,12 +84,16 @@ class NetfilterController:
     def sync(self, snapshot: dict) -> None:
         state = snapshot["state"]
         networks, ports, published = rules_of(state, self._node)
-        members = frozenset(members_of(state, self._address))
+        self.members = everyone = frozenset(members_of(state, self._address))
+        # The members sets filter VXLAN and what a network may reach; while the cluster has no
+        # network there is neither (no VXLAN device, no bridge), so they hold this host alone and a
+        # join changes nothing here. Else a cold `up` of N hosts changed the sets on every host
+        # at every registration: N² nft calls (100 hosts: ~9000, most of its CPU).
+        members = everyone if networks else frozenset({self._address})
         inputs = (members, networks, ports, published)
         if snapshot.get("commits_only") and snapshot["ready"] and inputs == self._synced:
             return  # nothing these tables depend on changed; the periodic pass still compares
         wanted = ruleset.build(members, self._vxlan_port, networks, ports, published)
-        self.members = frozenset(wanted.elements[ruleset.MEMBERS4] | wanted.elements[ruleset.MEMBERS6])
         self._synced = None
         programmed, self._programmed = self._programmed, None  # unknown until this pass succeeds
         if snapshot.get("commits_only") and snapshot["ready"] and programmed is not None \

@@ -80,9 +80,15 @@ def fabric():
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
-def snapshot(*addresses: str, ready: bool = True) -> dict:
+# The members sets matter once the cluster has a network (VXLAN, what a network may reach):
+# snapshots carry one unless a test says otherwise.
+NETWORK = {"10.9.0.0/24": {"cidr": "10.9.0.0/24", "vni": 9, "gateway": "10.9.0.1", "internal": False}}
+
+
+def snapshot(*addresses: str, ready: bool = True, networks: dict | None = None) -> dict:
     return {"ready": ready, "state": {"nodes": {f"n{i}": {"address": a} for i, a in enumerate(addresses)},
-                                      "networks": {}, "containers": {}}}
+                                      "networks": dict(NETWORK if networks is None else networks),
+                                      "containers": {}}}
 
 
 def send(source: str, payload: bytes) -> None:
@@ -231,12 +237,12 @@ def test_a_commits_only_pass_changes_elements_from_what_the_last_pass_programmed
     net = {"cidr": "10.1.0.0/24", "vni": 1, "gateway": "10.1.0.1", "internal": False}
 
     def commits_only(with_network: bool) -> dict:
-        snap = {**snapshot("10.99.0.2"), "commits_only": True, "changes": {("networks", "10.1.0.0/24")}}
+        snap = {**snapshot("10.99.0.2", networks={}), "commits_only": True, "changes": {("networks", "10.1.0.0/24")}}
         if with_network:
             snap["state"]["networks"]["10.1.0.0/24"] = net
         return snap
 
-    in_netns(host, lambda: controller.sync(snapshot("10.99.0.2")))  # full pass: lists, creates
+    in_netns(host, lambda: controller.sync(snapshot("10.99.0.2", networks={})))  # full pass: lists, creates
     listed = controller.listings
     in_netns(host, lambda: controller.sync(commits_only(True)))
     assert controller.listings == listed  # nothing listed ...
@@ -253,7 +259,7 @@ def test_a_commits_only_pass_changes_elements_from_what_the_last_pass_programmed
     in_netns(host, lambda: Nft().run([{"delete": {"element": {"family": "inet", "table": "cantainer",
                                                               "name": "overlay4", "elem": [prefix]}}}]))
     assert listing(host).elements["overlay4"] == frozenset()
-    full = snapshot("10.99.0.2")
+    full = snapshot("10.99.0.2", networks={})
     full["state"]["networks"]["10.1.0.0/24"] = net
     in_netns(host, lambda: controller.sync(full))
     assert controller.listings > listed and listing(host).elements["overlay4"] == {"10.1.0.0/24"}
@@ -273,4 +279,32 @@ def test_a_commits_only_pass_changes_elements_from_what_the_last_pass_programmed
     listed = controller.listings
     in_netns(host, lambda: controller.sync(commits_only(False)))
     assert controller.listings > listed and listing(host).elements["overlay4"] == frozenset()
+    in_netns(host, remove_table)
+
+
+def test_without_a_network_the_members_sets_hold_this_host_alone_and_joins_cost_nothing(fabric):
+    """No network: no VXLAN device, no bridge, nothing the members sets filter. A node's registration
+    then changes nothing in the kernel (a cold `up` of N hosts made N² nft calls); the join port
+    still knows every member; the first network brings them all in."""
+    host = fabric["host"]
+    controller = in_netns(host, lambda: NetfilterController("10.99.0.1", PORT))
+    calls = []
+    real_run = controller._nft.run
+    controller._nft.run = lambda commands: (calls.append(commands), real_run(commands))[1]
+
+    def commits_only(*addresses: str, networks: dict | None = None) -> dict:
+        return {**snapshot(*addresses, networks=networks or {}), "commits_only": True, "changes": set()}
+
+    in_netns(host, lambda: controller.sync(snapshot("10.99.0.1", networks={})))  # the start: tables made
+    assert listing(host).elements["members4"] == {"10.99.0.1"}
+    calls.clear()
+    for joined in range(2, 6):  # hosts register, one commit each
+        registered = commits_only(*(f"10.99.0.{i}" for i in range(1, joined + 1)))
+        in_netns(host, lambda snap=registered: controller.sync(snap))
+    assert calls == [] and listing(host).elements["members4"] == {"10.99.0.1"}
+    assert controller.is_member("10.99.0.5") and not controller.is_member("10.99.0.6")
+    in_netns(host, lambda: controller.sync(commits_only(*(f"10.99.0.{i}" for i in range(1, 6)), networks=NETWORK)))
+    assert len(calls) == 1  # one batch of element changes, nothing listed
+    assert listing(host).elements["members4"] == {f"10.99.0.{i}" for i in range(1, 6)}
+    assert listing(host).elements["overlay4"] == {"10.9.0.0/24"}
     in_netns(host, remove_table)
