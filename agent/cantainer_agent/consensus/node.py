@@ -90,6 +90,7 @@ class RaftNode:
         self._restart_to: str | None = None
         self._voter_seen: dict[str, float] = {}  # leader: last time each voter was connected
         self._leader_seen = time.monotonic()     # last time this node knew a leader
+        self._leader_known = threading.Event()   # set by the tick thread while a leader is known
         # Called (in the tick thread; must only signal) when the state's revision moves on.
         self.on_state_change: Callable[[], None] | None = None
         self._seen_revision = -1
@@ -200,6 +201,10 @@ class RaftNode:
         now = time.monotonic()
         if sync.leader_id() is not None:
             self._leader_seen = now
+            if not self._leader_known.is_set():
+                self._leader_known.set()
+        elif self._leader_known.is_set():
+            self._leader_known.clear()
         if sync.is_leader():
             connected = sync.connected_ids()
             for peer in sync.peer_ids():
@@ -329,6 +334,12 @@ class RaftNode:
                                     "(cut off from the majority, or the majority is down)")
         self.wait_applied(index, deadline - time.monotonic())
         return index
+
+    def wait_for_leader(self, timeout: float) -> bool:
+        """Block until this node knows a leader (as of its last tick), at most *timeout* seconds;
+        True if it does. No call into the tick thread: any number of threads may wait at no cost
+        to it (a founding `up` sends every joiner's request to the voters before they elect)."""
+        return self._leader_known.wait(timeout)
 
     def wait_applied(self, index: int, timeout: float = READ_WAIT) -> None:
         """Until this node's replica has applied *index* (a read index from the leader)."""

@@ -112,8 +112,13 @@ def join(cfg: AgentConfig, secret: bytes) -> list[str]:
     if role == "voter" and cfg.raft_addr not in members:
         raise StartupError(f"join answer from {result.get('via')} does not list this node {cfg.raft_addr}")
     save_members(cfg.data_dir, cfg.cluster, cfg.raft_addr, members, role=role)
-    log.info("joined through %s as %s (already member: %s); voters %s", result.get("via"), role,
-             result.get("already_member"), members)
+    log.info("joined through %s as %s (already member: %s) after %d attempt(s) in %.1f s; voters %s",
+             result.get("via"), role, result.get("already_member"), result.get("attempts", 1),
+             result.get("seconds", 0.0), members)
+    if result.get("errors"):  # a slow join says what held it up (the first few addresses and answers)
+        errors = sorted(result["errors"].items())
+        log.info("join: before that, %d address(es) failed: %s%s", len(errors),
+                 "; ".join(f"{addr}: {why}" for addr, why in errors[:5]), " …" if len(errors) > 5 else "")
     return [m for m in members if m != cfg.raft_addr]
 
 

@@ -15,7 +15,9 @@ class JoinError(AgentError):
 def join_cluster(seeds: list[str] | tuple[str, ...], secret: bytes, params: dict, *, deadline: float = 30.0,
                  attempt_timeout: float = 12.0, rounds: int | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> dict:
-    """Ask *seeds* (following leader redirects) until one adds us; returns the join result.
+    """Ask *seeds* (following leader redirects) until one adds us; returns the join result, with
+    ``via`` (who answered), ``attempts``, ``seconds`` and ``errors`` (the last error of each
+    address that failed before) added.
 
     Bounded by *deadline* seconds (and at most *rounds* passes over the seeds, if given).
     Raises :class:`JoinError` naming every seed and its last error; fatal answers (wrong
@@ -23,10 +25,11 @@ def join_cluster(seeds: list[str] | tuple[str, ...], secret: bytes, params: dict
     """
     if not seeds:
         raise JoinError("no seeds to join through")
-    end = time.monotonic() + deadline
+    started = time.monotonic()
+    end = started + deadline
     last: dict[str, str] = {}
     backoff = 0.2
-    n = 0
+    n = attempts = 0
     while True:
         n += 1
         mismatched = 0
@@ -37,6 +40,7 @@ def join_cluster(seeds: list[str] | tuple[str, ...], secret: bytes, params: dict
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     break
+                attempts += 1
                 try:
                     body = request(target, secret, "join", params, timeout=min(attempt_timeout, max(remaining, 0.5)))
                 except SecretMismatch as exc:
@@ -52,6 +56,8 @@ def join_cluster(seeds: list[str] | tuple[str, ...], secret: bytes, params: dict
                         last[target] = "malformed join answer"
                         break
                     result["via"] = target
+                    # how it went, for the joiner's log: attempts, seconds, what the others answered
+                    result["attempts"], result["seconds"], result["errors"] = attempts, time.monotonic() - started, last
                     return result
                 err = body.get("error") or {}
                 code, message = err.get("code"), err.get("message", "")
