@@ -134,12 +134,20 @@ def test_join_cluster_follows_redirect_to_leader():
     leader_addr = addr(lsrv)
     lsrv.start()
     fsrv.start()
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    nobody = f"127.0.0.1:{dead.getsockname()[1]}"
+    dead.close()  # nothing listens there: the first seed refuses
     try:
-        result = join_cluster([addr(fsrv)], SECRET, {"raft_addr": "127.0.0.1:2"}, deadline=5)
+        result = join_cluster([nobody, addr(fsrv)], SECRET, {"raft_addr": "127.0.0.1:2"}, deadline=5)
     finally:
         lsrv.stop()
         fsrv.stop()
     assert result["members"] == ["127.0.0.1:1", "127.0.0.1:2"] and result["via"] == leader_addr
+    # what the joiner logs of how it went: 3 requests (dead seed, follower, leader), and why the first two failed
+    assert result["attempts"] == 3 and 0 < result["seconds"] < 5
+    assert set(result["errors"]) == {nobody, addr(fsrv)} and "refused" in result["errors"][nobody].lower()
+    assert result["errors"][addr(fsrv)].startswith("not_leader")
 
 
 def test_fatal_answer_stops_at_once(server):
