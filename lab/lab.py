@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lab import disk, fullos, procs, underlay
+from lab import disk, fullos, neighbours, procs, underlay
 from lab.hostinit import cgroup_mount_points, enter_host_cgroups
 from lab.procs import ProcessRef
 
@@ -155,6 +155,10 @@ class Lab:
             self._rootfs(state)  # built (or found) before anything else is created
         self.save(state)  # before creating anything, so `down` always knows what may exist
         self._ensure_keys()
+        try:  # every lab's hosts share this kernel's ARP table: room for all of them to meet
+            neighbours.ensure(sum(len(lab.load().hosts) for lab in list_labs()), lab_root() / _NEIGHBOUR_LIMITS)
+        except OSError as error:
+            raise LabError(f"cannot size the machine's neighbour table for the labs' hosts: {error}") from None
         try:
             disk.attach(self.dir)
         except disk.DiskError as error:
@@ -430,6 +434,10 @@ class Lab:
         for host, text in logs.items():  # back where they were, on the machine's disk now
             self.host_dir(host).mkdir(parents=True, exist_ok=True)
             (self.host_dir(host) / "console.log").write_bytes(text)
+        try:  # back toward the machine's own limits, as far as the labs still running allow
+            neighbours.settle(sum(len(lab.load().hosts) for lab in list_labs()), lab_root() / _NEIGHBOUR_LIMITS)
+        except OSError as error:
+            raise LabError(f"cannot put the machine's neighbour table limits back: {error}") from None
         if not any(lab_root().glob("*/state.json")):
             _remove_created_mountpoints()
             _rmdir_quietly(lab_root())
@@ -604,6 +612,7 @@ def _sshd_config(address: str, host_key: Path, authorized_keys: Path) -> str:
 
 
 _CREATED_MOUNTPOINTS = "created-mountpoints.json"
+_NEIGHBOUR_LIMITS = "neighbour-limits.json"  # the machine's ARP table limits before a lab raised them
 
 
 def _ensure_mountpoint(path: Path) -> None:

@@ -154,3 +154,26 @@ def test_down_with_keep_logs_leaves_each_console_log_in_place(scratch_lab):
     assert machine_snapshot() == before and not lab.exists()
     lab.down()
     assert not lab.dir.exists()
+
+
+def test_up_sizes_the_neighbour_table_and_the_last_down_puts_it_back(scratch_lab, tmp_path, monkeypatch):
+    """On a stand-in for /proc/sys/net/ipv4/neigh/default whose limits are too small for 2 hosts."""
+    from lab import neighbours
+    from lab.lab import list_labs
+
+    lab, _before = scratch_lab
+    others = sum(len(other.load().hosts) for other in list_labs() if other.name != lab.name)
+    stand_in = tmp_path / "neigh"
+    stand_in.mkdir()
+    low = neighbours.needed(others)  # just enough for the labs already running (the suite's own)
+    (stand_in / "gc_thresh2").write_text(f"{low['gc_thresh2']}\n")
+    (stand_in / "gc_thresh3").write_text(f"{low['gc_thresh3']}\n")
+    monkeypatch.setattr(neighbours, "SYSCTL", stand_in)
+    monkeypatch.setattr("lab.lab._NEIGHBOUR_LIMITS", "test-neighbour-limits.json")  # not the machine's record
+    lab.up(2)
+    raised = neighbours.needed(others + 2)
+    assert (stand_in / "gc_thresh3").read_text() == str(raised["gc_thresh3"])
+    assert (stand_in / "gc_thresh2").read_text() == str(raised["gc_thresh2"])
+    lab.down()
+    assert (stand_in / "gc_thresh3").read_text() == str(low["gc_thresh3"])
+    assert (stand_in / "gc_thresh2").read_text() == str(low["gc_thresh2"])
