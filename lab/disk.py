@@ -21,6 +21,8 @@ import struct
 import subprocess
 from pathlib import Path
 
+from lab.fullos import is_mounted
+
 IMAGE = "disk.img"
 MOUNTPOINT = "hosts"
 SIZE = 64 << 30  # sparse: only what the hosts write takes space; room for MAX_HOSTS hosts' images
@@ -47,12 +49,6 @@ def image_of(lab_dir: Path) -> Path:
 
 def mountpoint_of(lab_dir: Path) -> Path:
     return lab_dir / MOUNTPOINT
-
-
-def is_mounted(path: Path) -> bool:
-    wanted = str(path)
-    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
-        return any(line.split()[4] == wanted for line in mountinfo)
 
 
 def attach(lab_dir: Path, report=print) -> bool:

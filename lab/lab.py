@@ -156,13 +156,10 @@ class Lab:
         self.save(state)  # before creating anything, so `down` always knows what may exist
         self._ensure_keys()
         try:  # every lab's hosts share this kernel's ARP table: room for all of them to meet
-            neighbours.ensure(sum(len(lab.load().hosts) for lab in list_labs()), lab_root() / _NEIGHBOUR_LIMITS)
+            neighbours.ensure(_hosts_of_all_labs(), lab_root() / _NEIGHBOUR_LIMITS)
         except OSError as error:
             raise LabError(f"cannot size the machine's neighbour table for the labs' hosts: {error}") from None
-        try:
-            disk.attach(self.dir)
-        except disk.DiskError as error:
-            raise LabError(f"lab {self.name!r}: {error}") from None
+        self._attach_disk()
         underlay.ensure_bridge(self.bridge, state.gateway)
         starting = [host for host in state.hosts.values() if not host.running()]
         for host in starting:
@@ -435,12 +432,18 @@ class Lab:
             self.host_dir(host).mkdir(parents=True, exist_ok=True)
             (self.host_dir(host) / "console.log").write_bytes(text)
         try:  # back toward the machine's own limits, as far as the labs still running allow
-            neighbours.settle(sum(len(lab.load().hosts) for lab in list_labs()), lab_root() / _NEIGHBOUR_LIMITS)
+            neighbours.settle(_hosts_of_all_labs(), lab_root() / _NEIGHBOUR_LIMITS)
         except OSError as error:
             raise LabError(f"cannot put the machine's neighbour table limits back: {error}") from None
         if not any(lab_root().glob("*/state.json")):
             _remove_created_mountpoints()
             _rmdir_quietly(lab_root())
+
+    def _attach_disk(self) -> None:
+        try:
+            disk.attach(self.dir)
+        except disk.DiskError as error:
+            raise LabError(f"lab {self.name!r}: {error}") from None
 
     def _console_logs(self) -> dict[str, bytes]:
         logs = {}
@@ -491,10 +494,7 @@ class Lab:
         state, entry = self.host(host)
         if entry.running():
             return
-        try:  # mounted since `up`, unless the machine rebooted
-            disk.attach(self.dir)
-        except disk.DiskError as error:
-            raise LabError(f"lab {self.name!r}: {error}") from None
+        self._attach_disk()  # mounted since `up`, unless the machine rebooted
         self._create_host_network(state, entry)
         self._start_host(state, entry)
         self.save(state)
@@ -524,6 +524,11 @@ class Lab:
 
 def list_labs() -> list[Lab]:
     return [Lab(path.parent.name) for path in sorted(lab_root().glob("*/state.json"))]
+
+
+def _hosts_of_all_labs() -> int:
+    """How many hosts every lab on this machine has together (they share its one ARP table)."""
+    return sum(len(lab.load().hosts) for lab in list_labs())
 
 
 # -- helpers ------------------------------------------------------------------------------------
