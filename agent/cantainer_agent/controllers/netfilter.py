@@ -9,20 +9,23 @@ so the first pass after a start re-creates the tables once and every later pass 
 A published port that goes away also takes its connections out of conntrack (a UDP flow would
 otherwise keep reaching the old address until it times out). Stopping the agent leaves the tables
 in place: the kernel keeps filtering while no agent runs. ``remove`` (teardown) deletes them.
-A pass woken only by commits lists nothing: when what the tables are built from (members, networks,
-ports) is what the last good pass programmed it does nothing, else it changes the elements that differ
-from what that pass left (the structure never depends on the state); the periodic pass always lists
-and compares, so a table changed behind our back is repaired within the period.
+Between full reads (resync.py: every 15 s at least, at most 0.1 % of a CPU on them) a pass lists
+nothing: when what the tables are built from (members, networks, ports) is what the last good pass
+programmed it does nothing, else it changes the elements that differ from what that pass left (the
+structure never depends on the state). A pass due to read lists and compares, so a table changed
+behind our back is repaired within that time; a failed pass makes the next one list.
 """
 from __future__ import annotations
 
 import logging
 import socket
-from typing import Hashable, Iterable, Mapping
+import time
+from typing import Callable, Hashable, Iterable, Mapping
 
 from ..cluster.ports import ANY, host_ip
 from ..netfilter import Nft, ruleset
 from ..overlay.model import bridge_name
+from ..resync import Resync
 
 log = logging.getLogger(__name__)
 GONE_STATES = ("exited", "dead")  # no process, no veth: nothing to forward to (as the overlay controller)
@@ -57,7 +60,8 @@ def rules_of(state: dict, node: str) -> tuple[list[ruleset.NetworkRules], list[r
 class NetfilterController:
     name = "netfilter"
 
-    def __init__(self, address: str, vxlan_port: int, nft: Nft | None = None, node: str = "") -> None:
+    def __init__(self, address: str, vxlan_port: int, nft: Nft | None = None, node: str = "",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._address = address
         self._vxlan_port = vxlan_port
         self._node = node
@@ -69,6 +73,7 @@ class NetfilterController:
         self._synced: tuple | None = None  # (members, networks, ports, published) the last good pass programmed
         self._programmed: ruleset.Ruleset | None = None  # what the kernel held after the last good pass
         self.listings = 0  # observe() calls (tests read it)
+        self._resync = Resync(clock=clock)  # when a pass lists the tables again
 
     def is_member(self, address: str) -> bool:
         return address in self.members
@@ -91,17 +96,19 @@ class NetfilterController:
         # at every registration: N² nft calls (100 hosts: ~9000, most of its CPU).
         members = everyone if networks else frozenset({self._address})
         inputs = (members, networks, ports, published)
-        if snapshot.get("commits_only") and snapshot["ready"] and inputs == self._synced:
-            return  # nothing these tables depend on changed; the periodic pass still compares
+        # Until a full read is due a pass trusts what the last good pass programmed: listing both
+        # tables back (libnftables and its JSON) was most of every host's pass, at rest too.
+        trusting = snapshot["ready"] and (snapshot.get("commits_only") or not self._resync.due())
+        if trusting and inputs == self._synced:
+            return  # nothing these tables depend on changed
         wanted = ruleset.build(members, self._vxlan_port, networks, ports, published)
         self._synced = None
         programmed, self._programmed = self._programmed, None  # unknown until this pass succeeds
-        if snapshot.get("commits_only") and snapshot["ready"] and programmed is not None \
-                and programmed.structure == wanted.structure:
-            # Only elements changed since the last good pass (a network, a member, a port): change
-            # those, without listing both tables back (most of a pass's cost, on every host, per commit).
+        if trusting and programmed is not None and programmed.structure == wanted.structure:
+            # Only elements changed since the last good pass (a network, a member, a port): change those.
             self._change_elements(wanted, programmed.elements)
         else:
+            self._resync.start()
             observed = self.observe()
             if not snapshot["ready"] and observed is not None:
                 return  # a replica still catching up may know too few members: keep the rules we have
@@ -113,6 +120,7 @@ class NetfilterController:
             forget_connections(gone)
         if snapshot["ready"]:
             self._synced, self._programmed = inputs, wanted
+            self._resync.done()  # a listing pass (else nothing to do): trusted until the next read is due
 
     def apply(self, wanted: ruleset.Ruleset, observed: ruleset.Observed | None) -> None:
         if observed is None or self._baseline != (wanted.key, observed.structure):

@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Union
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ..resync import RESYNC_CPU_SHARE, RESYNC_MIN
 from . import plan as P
 from .guard import KernelGuard, OverlayError
 from .kernel import apply, iproute, observe, observe_changed_links, observe_links
@@ -28,14 +29,11 @@ from .model import DesiredHost, FdbEntry, NeighEntry, Observed
 log = logging.getLogger(__name__)
 
 DesiredSource = Union[DesiredHost, Callable[[Observed], DesiredHost]]
-# A full observe at most every RESYNC_MIN seconds, and at most RESYNC_CPU_SHARE of a CPU on it:
-# with ~1000 remote containers an observe costs ~0.05 s of CPU (0.3 s when pyroute2 decoded the
-# entries: kernel._dump_entries), so a host re-reads the kernel every ~50 s and trusts its exact
-# folded view (plan.fold) in between. Entries removed behind our back are restored within that
-# time. Every host pays it: 5 s and 2 % cost 0.6 of the 2 cores of a 30-host lab at rest, 0.3 %
-# still ~0.09 (the idle target of the whole 30-host cluster is 0.3).
-RESYNC_MIN = 15.0
-RESYNC_CPU_SHARE = 0.001
+# A full observe at most every RESYNC_MIN seconds, and at most RESYNC_CPU_SHARE of a CPU on such
+# passes (resync.py; the observe and the diff after it count): with ~1000 remote containers an
+# observe costs ~0.05 s of CPU and its diff as much again, so a host re-reads the kernel every
+# ~100 s and trusts its exact folded view (plan.fold) in between. Entries removed behind our back
+# are restored within that time.
 
 
 @dataclass
@@ -184,7 +182,6 @@ class OverlayReconciler:
             if fresh:
                 started, observed_at = time.thread_time(), time.monotonic()
                 observed = observe(ipr)
-                cost = time.thread_time() - started
                 self.passes["full_observe"] += 1
                 self._indices = {}
             result = reconcile(ipr, self._desired, self._guard, observed, self.last, self._indices)
@@ -195,7 +192,7 @@ class OverlayReconciler:
                 result = last  # nothing changed: keep its health, computed once (heartbeats read it)
             if fresh:  # after the pass: one that stopped early (replica not ready) left the old view, still aged
                 self._observed_at, self._kernel_changes_seen = observed_at, self._guard.changes
-                self._resync_after = max(RESYNC_MIN, cost / RESYNC_CPU_SHARE)
+                self._resync_after = max(RESYNC_MIN, (time.thread_time() - started) / RESYNC_CPU_SHARE)
         return self._finish(result)
 
     def reconcile_entries(self, want_fdb: dict[tuple[str, str], FdbEntry],

@@ -18,6 +18,7 @@ import pytest
 
 from cantainer_agent.controllers.netfilter import NetfilterController, remove_table
 from cantainer_agent.netfilter import Nft, ruleset
+from cantainer_agent.resync import RESYNC_MIN
 from cantainer_agent.runtime import linux
 
 pytestmark = pytest.mark.root
@@ -46,6 +47,19 @@ def in_netns(name: str, fn):
     if "error" in box:
         raise box["error"]
     return box.get("value")
+
+
+class Clock:
+    """A monotonic clock the test moves: when the controller's next full read is due."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def resync_due(self) -> None:
+        self.now += RESYNC_MIN
 
 
 def ip(*argv: str) -> str:
@@ -147,7 +161,8 @@ def test_stranger_and_tenant_packets_are_dropped_members_pass(fabric):
 
 def test_sync_is_idempotent_follows_members_and_repairs_tampering(fabric):
     host = fabric["host"]
-    controller = in_netns(host, lambda: NetfilterController("10.99.0.1", PORT))
+    clock = Clock()
+    controller = in_netns(host, lambda: NetfilterController("10.99.0.1", PORT, clock=clock))
     in_netns(host, lambda: controller.sync(snapshot("10.99.0.2")))
     assert controller.changes == 1
     first = listing(host)
@@ -162,7 +177,7 @@ def test_sync_is_idempotent_follows_members_and_repairs_tampering(fabric):
     assert {name: second.elements[name] for name in ("members4", "members6")} == {
         "members4": {"10.99.0.1", "10.99.0.2", "10.99.0.7"}, "members6": {"fd00::7"}}
 
-    # someone deletes a rule and a member: the next pass re-creates the table as it should be
+    # someone deletes a rule and a member: the next pass due to list re-creates the table as it should be
     def tamper() -> None:
         with Nft() as nft:
             handle = next(item["rule"]["handle"] for item in nft.run(ruleset.list_command()) if "rule" in item
@@ -171,6 +186,7 @@ def test_sync_is_idempotent_follows_members_and_repairs_tampering(fabric):
                                           "handle": handle}}}])
     in_netns(host, tamper)
     assert listing(host).structure != first.structure
+    clock.resync_due()
     in_netns(host, lambda: controller.sync(snapshot("10.99.0.2", "10.99.0.7", "fd00::7")))
     assert listing(host).structure == first.structure and controller.changes == 3
 
@@ -195,9 +211,10 @@ def test_sync_is_idempotent_follows_members_and_repairs_tampering(fabric):
 
 def test_a_pass_woken_by_commits_that_left_the_members_alone_does_not_list_the_table(fabric):
     """A commits-only pass whose members, networks and published ports are those of the last good pass
-    asks libnftables nothing; a new network (or port) is looked at; the periodic (full) pass still compares."""
+    asks libnftables nothing; a new network (or port) is looked at; a pass due to read still compares."""
     host = fabric["host"]
-    controller = in_netns(host, lambda: NetfilterController("10.99.0.1", PORT))
+    clock = Clock()
+    controller = in_netns(host, lambda: NetfilterController("10.99.0.1", PORT, clock=clock))
     calls = []
     real_run = controller._nft.run
     controller._nft.run = lambda commands: (calls.append(commands), real_run(commands))[1]
@@ -219,10 +236,12 @@ def test_a_pass_woken_by_commits_that_left_the_members_alone_does_not_list_the_t
     in_netns(host, lambda: controller.sync(with_network))  # a network: its rules depend on it
     assert calls
     in_netns(host, lambda: controller.sync(commits_only("10.99.0.2", "10.99.0.7")))  # and gone again
-    in_netns(host, remove_table)  # removed behind our back: the periodic pass puts it back
+    in_netns(host, remove_table)  # removed behind our back: the next pass due to read puts it back
     calls.clear()
     in_netns(host, lambda: controller.sync(commits_only("10.99.0.2", "10.99.0.7")))
+    in_netns(host, lambda: controller.sync(snapshot("10.99.0.2", "10.99.0.7")))  # a full pass, not due yet
     assert calls == [] and listing(host) is None
+    clock.resync_due()
     in_netns(host, lambda: controller.sync(snapshot("10.99.0.2", "10.99.0.7")))
     assert listing(host).elements["members4"] == {"10.99.0.1", "10.99.0.2", "10.99.0.7"}
     in_netns(host, remove_table)
@@ -233,7 +252,8 @@ def test_a_commits_only_pass_changes_elements_from_what_the_last_pass_programmed
     differ from what the last good pass left, without listing the tables back; a full pass lists and
     repairs what was changed behind the controller's back; a failed pass makes the next one list."""
     host = fabric["host"]
-    controller = in_netns(host, lambda: NetfilterController("10.99.0.1", PORT))
+    clock = Clock()
+    controller = in_netns(host, lambda: NetfilterController("10.99.0.1", PORT, clock=clock))
     net = {"cidr": "10.1.0.0/24", "vni": 1, "gateway": "10.1.0.1", "internal": False}
 
     def commits_only(with_network: bool) -> dict:
@@ -261,6 +281,7 @@ def test_a_commits_only_pass_changes_elements_from_what_the_last_pass_programmed
     assert listing(host).elements["overlay4"] == frozenset()
     full = snapshot("10.99.0.2", networks={})
     full["state"]["networks"]["10.1.0.0/24"] = net
+    clock.resync_due()
     in_netns(host, lambda: controller.sync(full))
     assert controller.listings > listed and listing(host).elements["overlay4"] == {"10.1.0.0/24"}
 
