@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from . import __version__, layout
+
+if TYPE_CHECKING:
+    from .config import AgentConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,14 +64,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from .config import ConfigError, load_config
-    from .daemon.process import run_daemon, run_foreground
 
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         print(f"cantainer-agent: error: {exc}", file=sys.stderr)
         return 1
-    return run_daemon(cfg) if args.daemon else run_foreground(cfg)
+    if args.daemon:
+        from .daemon.detach import detach
+
+        return detach(cfg.log_file, lambda ready_fd: _daemon(cfg, ready_fd))  # the agent is imported after the forks
+    from .daemon.process import run_foreground
+
+    return run_foreground(cfg)
+
+
+def _daemon(cfg: AgentConfig, ready_fd: int) -> None:
+    """The detached grandchild: only now the agent itself is imported."""
+    from .daemon.process import daemon_main
+
+    daemon_main(cfg, ready_fd)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ has a network (controllers/overlay.no_overlay). dnslib and tarfile wait for the 
 first image. `cryptography` is not imported at all (the raft transport's Fernet is on libcrypto)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,21 @@ def test_starting_the_agent_imports_no_netlink_library():
     assert not {m for m in modules if m.split(".")[0] in ("pyroute2", "asyncio", "dnslib", "tarfile", "cryptography")}
     assert "cantainer_agent.runtime.init" not in modules  # the container init (and seccomp, users): the zygote's
     assert "cantainer_agent.overlay.plan" not in modules  # the overlay's planner comes with its first network
+
+
+def test_the_launcher_forks_before_it_imports_the_agent(tmp_path):
+    """`run --daemon`: the launcher loads the config and detaches; the daemon imports the agent after
+    the forks (a launcher that imported it first made the daemon copy-on-write that whole heap)."""
+    config = tmp_path / "agent.json"
+    config.write_text(json.dumps({"cluster": "c", "node": "h1", "address": "10.0.0.1", "bootstrap": True,
+                                  "secret_file": str(tmp_path / "secret"), "log_dir": str(tmp_path)}))
+    modules = imported_after("import cantainer_agent.daemon.detach as d; "
+                             "d.detach = lambda log_file, daemon: print(' '.join(sorted(sys.modules))) or sys.exit(0); "
+                             f"from cantainer_agent.__main__ import main; main(['run', '--config', {str(config)!r}, "
+                             "'--daemon'])")
+    assert "cantainer_agent.config" in modules  # it did get as far as detaching ...
+    assert not {"cantainer_agent.daemon.process", "cantainer_agent.daemon.agent", "cantainer_agent.consensus",
+                "pysyncobj", "logging"} & modules  # ... with none of the agent loaded
 
 
 def test_the_overlay_still_offers_everything_and_loads_netlink_on_first_use():

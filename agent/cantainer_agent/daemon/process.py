@@ -3,10 +3,11 @@
 ``python3 -m cantainer_agent run --config PATH [--daemon]``
 
 Foreground by default (for systemd: ``READY=1`` goes to ``$NOTIFY_SOCKET`` when set). ``--daemon``
-detaches (fork, setsid, fork; stdin ``/dev/null``; stdout/stderr appended to ``log_dir/agent.log``;
-pid file ``run_dir/agent.pid``): the launching process waits on a readiness pipe and exits 0 once
-the agent serves its API, join and raft ports (after joining, if it had to), or prints one error
-line and exits 1 — with nothing left behind (socket, pid file, ports). agent.log (0640) rotates at
+detaches (daemon/detach.py: fork, setsid, fork, then :func:`daemon_main`; stdin ``/dev/null``;
+stdout/stderr appended to ``log_dir/agent.log``; pid file ``run_dir/agent.pid``): the launching
+process waits on a readiness pipe and exits 0 once the agent serves its API, join and raft ports
+(after joining, if it had to), or prints one error line and exits 1 — with nothing left behind
+(socket, pid file, ports). agent.log (0640) rotates at
 ``LOG_MAX_BYTES`` keeping ``LOG_BACKUPS`` old files; the agent sets its own ``oom_score_adj``.
 """
 from __future__ import annotations
@@ -14,11 +15,9 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
-import select
 import signal
 import socket
 import sys
-import time
 from typing import Callable
 
 from ..config import AgentConfig, ConfigError, read_secret
@@ -28,7 +27,6 @@ from .startup import StartupError
 
 log = logging.getLogger("cantainer_agent")
 
-READY_TIMEOUT = 90.0  # launcher's wait; start-up itself is bounded well below this
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 3  # agent.log.1 .. .3: at most 40 MiB of log whatever arrives
 OOM_SCORE_ADJ = -900  # the kernel's OOM killer takes containers first (the zygote resets it to 0 for them)
@@ -158,54 +156,8 @@ def run_foreground(cfg: AgentConfig) -> int:
     return run_agent(cfg, ready)
 
 
-def run_daemon(cfg: AgentConfig) -> int:
-    """Detach; the calling process returns 0 once the daemon is ready, else prints one line and returns 1."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid > 0:
-        os.close(w)
-        os.waitpid(pid, 0)  # the intermediate child exits right after the second fork
-        return _await_ready(r, cfg)
-    # intermediate child
-    try:
-        os.close(r)
-        os.setsid()
-        if os.fork() > 0:
-            os._exit(0)
-        _daemon_child(cfg, w)
-    except BaseException:  # noqa: BLE001
-        pass
-    os._exit(1)
-
-
-def _await_ready(r: int, cfg: AgentConfig) -> int:
-    buf = b""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            print(f"cantainer-agent: error: agent did not become ready within {READY_TIMEOUT:.0f} s "
-                  f"(see {cfg.log_file})", file=sys.stderr)
-            return 1
-        ready_fds, _, _ = select.select([r], [], [], left)
-        if not ready_fds:
-            continue
-        chunk = os.read(r, 4096)
-        if not chunk:
-            break
-        buf += chunk
-    os.close(r)
-    text = buf.decode("utf-8", "replace").strip()
-    if text.startswith("READY"):
-        return 0
-    if text.startswith("ERROR "):
-        print(f"cantainer-agent: error: {text[6:].splitlines()[0]}", file=sys.stderr)
-    else:
-        print(f"cantainer-agent: error: agent exited during start-up (see {cfg.log_file})", file=sys.stderr)
-    return 1
-
-
-def _daemon_child(cfg: AgentConfig, w: int) -> None:
+def daemon_main(cfg: AgentConfig, w: int) -> None:
+    """The detached agent (daemon/detach.py runs it): stdio to the log, readiness on *w*; never returns."""
     os.chdir("/")
     os.umask(0o022)
     reported = False
