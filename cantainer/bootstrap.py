@@ -161,8 +161,8 @@ class Bootstrapper:
         """The probe's facts, from a process that stays to apply the plan (``remote.PROBE_THEN_APPLY``:
         one Python start and one round trip less per host); ``_apply`` ends it, with or without input."""
         connection = self.fleet.connections[host.name]
-        argv = [host.python, "-c", remote.PROBE_THEN_APPLY, layout.PID_FILE, layout.CONFIG_FILE, layout.BUNDLES_DIR,
-                layout.MEMBERS_FILE, layout.SECRET_FILE]
+        argv = [*remote.python(host.python), "-c", remote.PROBE_THEN_APPLY, layout.PID_FILE, layout.CONFIG_FILE,
+                layout.BUNDLES_DIR, layout.MEMBERS_FILE, layout.SECRET_FILE]
         session = await connection.start(argv)
         if session.first_line:
             self._sessions[host.name] = session
@@ -286,8 +286,8 @@ class Bootstrapper:
             if session is not None:
                 await session.finish(stdin, timeout=120 if start else 60)
             else:  # its facts came from its agent: no process waits
-                await self.fleet.connections[host.name].run([host.python, "-c", remote.APPLY], input=stdin,
-                                                            timeout=120 if start else 60)
+                await self.fleet.connections[host.name].run([*remote.python(host.python), "-c", remote.APPLY],
+                                                            input=stdin, timeout=120 if start else 60)
         except RemoteCommandError as error:
             if not (start and "another agent is already running" in error.stderr):
                 raise
@@ -298,8 +298,8 @@ class Bootstrapper:
             outcome.action = "started"
 
     def _launcher(self, host: Host, outcome: HostOutcome) -> list[str]:
-        return [host.python, layout.bundle_dir(outcome.bundle.digest), "run", "--config", layout.CONFIG_FILE,
-                "--daemon"]
+        return [*remote.python(host.python), layout.bundle_dir(outcome.bundle.digest), "run", "--config",
+                layout.CONFIG_FILE, "--daemon"]
 
     async def _adopt(self, host: Host, outcome: HostOutcome) -> bool:
         """Is the agent that holds the host's lock one this `up` would have started — same bundle, and
@@ -354,8 +354,8 @@ class Bootstrapper:
             header = {"dirs": [], "exec": {"argv": self._launcher(host, outcome), "stop_first": restarting,
                                            "pid_file": layout.PID_FILE}}
             try:
-                await connection.run([host.python, "-c", remote.APPLY], input=json.dumps(header).encode() + b"\n",
-                                     timeout=120)
+                await connection.run([*remote.python(host.python), "-c", remote.APPLY],
+                                     input=json.dumps(header).encode() + b"\n", timeout=120)
             except RemoteCommandError as error:
                 if "another agent is already running" not in error.stderr:
                     raise

@@ -16,6 +16,7 @@ from cantainer.connection import connect
 from cantainer.errors import CantainerError, HostError, Interrupted, UsageError
 from cantainer.image_store import RunImage
 from cantainer.inventory import Host, Inventory
+from cantainer.remote import python
 from cantainer.status import open_status_source
 from cantainer.terminal import stream_command
 from cantainer.timefmt import age
@@ -98,7 +99,7 @@ class HostSession:
 
     def tool(self, *args: str) -> list[str]:
         """argv for one of the agent bundle's host-side tools."""
-        return [self.host.python, self.bundle, *args]
+        return [*python(self.host.python), self.bundle, *args]
 
 
 def run_params(request: RunRequest, image: RunImage, interactive: bool = False, use_tty: bool = False) -> dict:

@@ -13,6 +13,18 @@ from pathlib import Path
 from cantainer_agent import facts
 from cantainer_agent.layout import CONFIG_FILE, bundle_dir
 
+# How every program here and the agent itself start on a host: isolated (-I: no PYTHON* variables,
+# no user site directory, no script directory on sys.path: root runs them) and without the site
+# module (-S: they import nothing beyond the standard library and the bundle; ~2.5 ms less CPU per
+# start, twice per host in a cold `up`).
+PYTHON_FLAGS = ("-I", "-S")
+
+
+def python(interpreter: str) -> list[str]:
+    """The start of the argv that runs the host's *interpreter* (the inventory's ``python``)."""
+    return [interpreter, *PYTHON_FLAGS]
+
+
 # The probe: the agent's facts module, run standalone (`python3 -c`): one source for the facts a
 # host's Python reads and those a running agent reports (API `facts`).
 PROBE = Path(facts.__file__).read_text()
@@ -222,7 +234,7 @@ class ProbeResult:
                    data["ssh_server_address"], data.get("nftables_error"), data.get("bytecode"))
 
 
-def systemd_unit(python: str, digest: str, cluster: str) -> str:
+def systemd_unit(interpreter: str, digest: str, cluster: str) -> str:
     """The agent's unit. KillMode=process: containers are not the agent's to take down with it."""
     return (
         "[Unit]\n"
@@ -230,7 +242,7 @@ def systemd_unit(python: str, digest: str, cluster: str) -> str:
         "After=network-online.target\nWants=network-online.target\n\n"
         "[Service]\n"
         "Type=simple\n"
-        f"ExecStart={python} {bundle_dir(digest)} run --config {CONFIG_FILE}\n"
+        f"ExecStart={' '.join(python(interpreter))} {bundle_dir(digest)} run --config {CONFIG_FILE}\n"
         "Restart=always\nRestartSec=1\nKillMode=process\n"
         f"RuntimeDirectory=cantainer\nRuntimeDirectoryPreserve=yes\n\n"
         "[Install]\nWantedBy=multi-user.target\n"

@@ -248,11 +248,11 @@ class Connection:
     async def open_agent(self, socket_path: str) -> tuple[asyncssh.SSHReader, asyncssh.SSHWriter]:
         """A byte stream to the agent's root-only socket: direct-streamlocal for root, else a relay
         run under sudo (remote.SOCKET_RELAY)."""
-        from cantainer.remote import SOCKET_RELAY
+        from cantainer.remote import SOCKET_RELAY, python
 
         try:
             if self.needs_sudo:
-                return await self.open_exec_stream([self.host.python, "-c", SOCKET_RELAY, socket_path])
+                return await self.open_exec_stream([*python(self.host.python), "-c", SOCKET_RELAY, socket_path])
             return await self.open_unix(socket_path)
         except (asyncssh.Error, OSError) as error:  # ChannelOpenError and friends: the agent is not listening
             raise HostError(self.host.name, f"agent is not running (cannot open {socket_path}: {error})",

@@ -85,7 +85,8 @@ class Teardown:
 
     async def _stop(self, host: Host) -> None:
         connection = self.fleet.connections[host.name]
-        probe = await connection.run([host.python, "-c", "import os; print(os.path.isdir('/run/systemd/system'))"])
+        probe = await connection.run([*remote.python(host.python), "-c",
+                                      "import os; print(os.path.isdir('/run/systemd/system'))"])
         if probe.stdout.strip() == "True":
             active = await connection.run(["systemctl", "is-active", "--quiet", layout.UNIT_NAME], check=False)
             await connection.run(["systemctl", "disable", "--now", layout.UNIT_NAME], check=False)
@@ -93,7 +94,8 @@ class Teardown:
             await connection.run(["systemctl", "daemon-reload"])
             was_running = active.exit_status == 0
         else:
-            stopped = await connection.run([host.python, "-c", remote.STOP_AGENT, layout.PID_FILE, "10"])
+            stopped = await connection.run([*remote.python(host.python), "-c", remote.STOP_AGENT, layout.PID_FILE,
+                                            "10"])
             was_running = stopped.stdout.strip() == "stopped"
         outcome = HostTeardown(was_running)
         if self.options.keep_containers:
@@ -110,12 +112,12 @@ class Teardown:
         paths = [layout.RUN_DIR]
         if self.options.purge:
             paths += [layout.DATA_DIR, layout.CONFIG_DIR, layout.LOG_DIR]
-        await connection.run([host.python, "-c", remote.REMOVE_TREES, *paths])
+        await connection.run([*remote.python(host.python), "-c", remote.REMOVE_TREES, *paths])
         self.result.hosts[host.name] = outcome
 
     async def _teardown(self, host: Host, bundle: str) -> dict:
         connection = self.fleet.connections[host.name]
-        argv = [host.python, bundle, "teardown", "--stop-timeout", f"{self.options.stop_timeout:g}",
+        argv = [*remote.python(host.python), bundle, "teardown", "--stop-timeout", f"{self.options.stop_timeout:g}",
                 *(["--remove"] if self.options.purge else [])]
         try:
             result = await connection.run(argv, timeout=self.options.stop_timeout + 120)
@@ -123,7 +125,7 @@ class Teardown:
             if error.exit_status != 2:
                 raise
             # An agent bundle older than this CLI: its teardown takes no options and removes everything.
-            await connection.run([host.python, bundle, "teardown"])
+            await connection.run([*remote.python(host.python), bundle, "teardown"])
             return {}
         lines = result.stdout.strip().splitlines()
         try:

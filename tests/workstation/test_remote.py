@@ -12,6 +12,8 @@ import zipfile
 
 from cantainer import remote
 
+HOST_PYTHON = remote.python(sys.executable)  # as `up` runs them on a host
+
 
 def archive(data: bytes = b"print('agent')\n") -> tuple[bytes, str]:
     buffer = io.BytesIO()
@@ -25,7 +27,7 @@ def archive(data: bytes = b"print('agent')\n") -> tuple[bytes, str]:
 
 def apply(header: dict, *blobs: bytes) -> subprocess.CompletedProcess:
     stdin = json.dumps(header).encode() + b"\n" + b"".join(blobs)
-    return subprocess.run([sys.executable, "-c", remote.APPLY], input=stdin, capture_output=True, timeout=60)
+    return subprocess.run([*HOST_PYTHON, "-c", remote.APPLY], input=stdin, capture_output=True, timeout=60)
 
 
 def bundle_header(tmp_path, data: bytes, digest: str, keep=()) -> dict:
@@ -52,7 +54,7 @@ def test_a_bundle_is_unpacked_only_when_its_hash_is_the_one_pushed_and_older_one
 
 def probe_bundles(folder) -> list[str]:
     """The bundles the probe reports as present (complete) in *folder*."""
-    out = subprocess.run([sys.executable, "-c", remote.PROBE, "/nonexistent", "/nonexistent", str(folder),
+    out = subprocess.run([*HOST_PYTHON, "-c", remote.PROBE, "/nonexistent", "/nonexistent", str(folder),
                           "/nonexistent", "/nonexistent"], capture_output=True, text=True, timeout=60, check=True)
     return list(remote.ProbeResult.parse(out.stdout).bundles)
 
@@ -135,7 +137,7 @@ def test_one_process_probes_then_applies_what_it_is_sent_or_nothing(tmp_path):
     paths = [str(tmp_path / name) for name in ("agent.pid", "agent.json", "bundles", "members.json", "secret")]
     for header, blobs, written in (({"dirs": [], "secret": {"path": paths[4], "size": 7}}, b"s3cret\n", True),
                                    (None, b"", False)):
-        process = subprocess.Popen([sys.executable, "-c", remote.PROBE_THEN_APPLY, *paths], stdin=subprocess.PIPE,
+        process = subprocess.Popen([*HOST_PYTHON, "-c", remote.PROBE_THEN_APPLY, *paths], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             facts_line = process.stdout.readline()  # before any input: the probe does not wait for it
@@ -192,7 +194,7 @@ def test_it_becomes_the_launcher_in_the_same_process(tmp_path):
     header = {"dirs": [], "config": {"path": str(tmp_path / "agent.json"), "size": len(config)},
               "exec": {"argv": [sys.executable, "-c", "import os, sys; print(os.getpid(), open(sys.argv[1]).read())",
                                 str(tmp_path / "agent.json")]}}
-    process = subprocess.Popen([sys.executable, "-c", remote.APPLY], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    process = subprocess.Popen([*HOST_PYTHON, "-c", remote.APPLY], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     out, _ = process.communicate(json.dumps(header).encode() + b"\n" + config, timeout=60)
     assert process.returncode == 0
     pid, seen = out.decode().split(" ", 1)
