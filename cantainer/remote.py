@@ -38,7 +38,7 @@ PROBE = Path(facts.__file__).read_text()
 # the process becomes the agent's launcher (after stopping a running agent, with "stop_first"), so
 # `up` spends one round trip per host on all of it.
 APPLY = r"""
-import hashlib, importlib.util, io, json, os, shutil, signal, sys, time, zipfile
+import hashlib, importlib.util, json, os, signal, sys, time  # the rest where needed: a fresh host needs none
 stdin = sys.stdin.buffer
 line = stdin.readline()
 if not line:
@@ -73,6 +73,7 @@ if bundle:
     target = bundle["target"]
     def remove(path):
         if os.path.isdir(path) and not os.path.islink(path):
+            import shutil
             shutil.rmtree(path, ignore_errors=True)
         elif os.path.lexists(path):
             os.unlink(path)
@@ -81,6 +82,7 @@ if bundle:
         remove(target)
         write(target, data, 0o644)
     else:
+        import io, zipfile
         staging = target + ".partial"
         remove(staging)
         os.makedirs(staging, mode=0o755)

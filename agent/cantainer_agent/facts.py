@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import platform
 import sys
 
 
@@ -57,13 +56,14 @@ def read(pid_file, config_file, bundles_dir, members_file, secret_file, ssh_conn
     config = _read(config_file)
     secret = _read(secret_file)
     conn = (ssh_connection or "").split()
+    uname = os.uname()  # what `platform` would say, without its import (~5 ms of a probe's ~20)
     return {
         "python": list(sys.version_info[:3]),
         "bytecode": importlib.util.MAGIC_NUMBER.hex(),  # the bundle carries bytecode only for this magic
         "interpreter": getattr(sys, "orig_argv", [None])[0],  # the command it was started as: `python`
-        "machine": platform.machine(),
-        "kernel": platform.release(),
-        "hostname": platform.node(),
+        "machine": uname.machine,
+        "kernel": uname.release,
+        "hostname": uname.nodename,
         "systemd": os.path.isdir("/run/systemd/system"),
         "bundles": _bundles(bundles_dir),
         "secret_sha256": hashlib.sha256(secret).hexdigest() if secret else None,

@@ -37,7 +37,7 @@ def handlers(cfg: AgentConfig, get_raft: Callable[[], RaftNode | None], stop: Ca
                 "config": cfg.identity}
 
     def host_facts(_params: dict) -> dict:
-        from .. import facts  # only `up` asks (and facts.py imports `platform`)
+        from .. import facts  # only `up` asks (and facts.py imports ctypes and hashlib)
 
         return facts.read(layout.PID_FILE, layout.CONFIG_FILE, layout.BUNDLES_DIR, layout.MEMBERS_FILE,
                           layout.SECRET_FILE)
