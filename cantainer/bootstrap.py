@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -77,10 +78,11 @@ class UpResult:
 
 
 class Bootstrapper:
-    def __init__(self, inventory: Inventory, report: Reporter, fanout: int) -> None:
+    def __init__(self, inventory: Inventory, report: Reporter, fanout: int,
+                 early: dict[str, socket.socket] | None = None) -> None:
         self.inventory = inventory
         self.report = report
-        self.fleet = Fleet(inventory, fanout)
+        self.fleet = Fleet(inventory, fanout, early=early if early is not None else {})
         self.result = UpResult()
         self.secret = b""
         self._bundles: dict[bool, Bundle] = {}  # by bundle_key
@@ -420,5 +422,7 @@ class Bootstrapper:
         await self.fleet.each(self.fleet.healthy(), self._wait_member)
 
 
-def run_up(inventory: Inventory, report: Reporter, fanout: int) -> UpResult:
-    return asyncio.run(Bootstrapper(inventory, report, fanout).run())
+def run_up(inventory: Inventory, report: Reporter, fanout: int,
+           early: dict[str, socket.socket] | None = None) -> UpResult:
+    """*early*: TCP connections to hosts opened before this module's imports (preconnect.py)."""
+    return asyncio.run(Bootstrapper(inventory, report, fanout, early).run())

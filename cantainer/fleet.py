@@ -5,6 +5,7 @@ A failing host never stops the others; its error is kept and reported in the sum
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, TypeVar
 
@@ -22,6 +23,7 @@ class Fleet:
     fanout: int = DEFAULT_FANOUT
     connections: dict[str, ssh.Connection] = field(default_factory=dict)
     errors: dict[str, CantainerError] = field(default_factory=dict)
+    early: dict[str, socket.socket] = field(default_factory=dict)  # TCP connections opened before (preconnect.py)
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(self.fanout)
@@ -37,7 +39,7 @@ class Fleet:
         await self.each(hosts or self.hosts, self._connect)
 
     async def _connect(self, host: Host) -> None:
-        self.connections[host.name] = await ssh.connect(host)
+        self.connections[host.name] = await ssh.connect(host, early=self.early)
 
     async def each(self, hosts: list[Host], action: Callable[[Host], Awaitable[T]]) -> dict[str, T]:
         """Run `action` for every host still healthy, at most `fanout` at once; record failures."""
@@ -59,6 +61,9 @@ class Fleet:
         self.errors[host.name] = error
 
     async def close(self) -> None:
+        for sock in self.early.values():  # hosts never connected (failed before, or not in this run)
+            sock.close()
+        self.early.clear()
         for connection in self.connections.values():
             connection.close()
         await asyncio.gather(*(c.wait_closed() for c in self.connections.values()), return_exceptions=True)

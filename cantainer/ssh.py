@@ -18,6 +18,7 @@ import asyncio
 import os
 import secrets
 import shlex
+import socket
 from pathlib import Path
 
 import asyncssh
@@ -311,8 +312,9 @@ CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly130
            "aes256-ctr", "aes192-ctr", "aes128-ctr")
 
 
-async def connect(host: Host, agent_path: object = ()) -> Connection:
-    """*agent_path*: the ssh-agent socket to use (None: none; default: $SSH_AUTH_SOCK, as OpenSSH)."""
+async def connect(host: Host, agent_path: object = (), early: dict[str, socket.socket] | None = None) -> Connection:
+    """*agent_path*: the ssh-agent socket to use (None: none; default: $SSH_AUTH_SOCK, as OpenSSH);
+    *early*: TCP connections opened before asyncssh was imported (cantainer/preconnect.py), by host."""
     settings: dict = {
         "port": host.port,
         "username": host.user,
@@ -333,8 +335,19 @@ async def connect(host: Host, agent_path: object = ()) -> Connection:
     except (OSError, ValueError, asyncssh.Error) as error:
         raise HostError(host.name, f"invalid SSH settings: {error}") from None
     policy = _HostKeyPolicy(options, accept_new=host.host_key_checking == "accept-new")
+    sock = None
+    if early:
+        from cantainer.preconnect import take
+
+        sock = take(early, host, options.host, options.port, bool(options.tunnel or options.proxy_command))
     try:
-        conn, _ = await asyncssh.create_connection(lambda: policy, host.address, options=options)
+        try:
+            conn, _ = await asyncssh.create_connection(lambda: policy, host.address, options=options, sock=sock)
+        except (OSError, asyncssh.ConnectionLost):
+            if sock is None:
+                raise
+            # the early connection broke before SSH got going (sshd closed it): connect afresh
+            conn, _ = await asyncssh.create_connection(lambda: policy, host.address, options=options)
     except (OSError, asyncssh.Error, asyncio.TimeoutError) as error:
         raise _describe_connect_failure(host, error, policy) from None
     if policy.accepted is not None:

@@ -46,15 +46,21 @@ def register(commands: Commands) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from cantainer.bootstrap import run_up
-    from cantainer.lock import cluster_lock
-    from cantainer.progress import UpProgress
+    from cantainer.preconnect import close_all, open_early
 
     inventory = load(args)
     if args.fanout < 1:
         raise UsageError(f"--fanout {args.fanout} must be at least 1")
-    with cluster_lock(inventory, "up"), UpProgress(inventory) as progress:
-        result = run_up(inventory, progress.report, args.fanout)
+    early = open_early(inventory.hosts, args.fanout)  # each sshd gets going while asyncssh is imported
+    try:
+        from cantainer.bootstrap import run_up
+        from cantainer.lock import cluster_lock
+        from cantainer.progress import UpProgress
+
+        with cluster_lock(inventory, "up"), UpProgress(inventory) as progress:
+            result = run_up(inventory, progress.report, args.fanout, early)
+    finally:
+        close_all(early)  # those no connection took
     progress.summary(result)
     return 1 if result.errors else 0
 

@@ -476,3 +476,29 @@ def test_down_stops_agents_and_purge_removes_state(lab, cluster):
     for host in ("h1", "h2", "h3"):
         assert host_exec(lab, host, "test", "-e", layout.MEMBERS_FILE).returncode != 0
         assert host_exec(lab, host, "test", "-e", layout.CONFIG_FILE).returncode != 0
+
+
+def test_a_connection_opened_before_asyncssh_is_the_one_ssh_runs_over(cluster):
+    """`up` opens each host's TCP connection before it imports asyncssh (cantainer/preconnect.py):
+    the SSH connection must run over that very socket, not a second one."""
+    import asyncio
+
+    from cantainer.inventory import load_inventory
+    from cantainer.preconnect import open_early
+    from cantainer.ssh import connect
+
+    host = load_inventory(cluster).hosts[0]
+    early = open_early([host], limit=1)
+    fileno = early[host.name].fileno()
+
+    async def scenario() -> tuple[int, str]:
+        connection = await connect(host, early=early)
+        try:
+            used = connection._conn.get_extra_info("socket").fileno()
+            return used, (await connection.run(["hostname"])).stdout.strip()
+        finally:
+            connection.close()
+
+    time.sleep(0.2)  # the handshake completes long before asyncssh would be imported
+    used, name = asyncio.run(scenario())
+    assert early == {} and used == fileno and name == host.name
