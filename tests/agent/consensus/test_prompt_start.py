@@ -52,3 +52,26 @@ def test_a_founding_peer_not_listening_yet_is_retried_soon(tmp_path):
         for node in (dialer, listener):
             if node is not None:
                 node.stop(handover_timeout=0)
+
+
+def test_a_peer_that_connects_to_the_leader_learns_of_it_at_once(tmp_path):
+    """The leader greets a peer whose connection comes up with an append round in the same tick
+    (AgentSyncObj.peer_connected), not at its next heartbeat: here 60 s away, beyond the test's wait."""
+    addrs = [free_addr() for _ in range(3)]
+    no_heartbeat = SyncTuning(election_min=300.0, election_max=301.0, append_period=60.0, leader_fallback=200.0,
+                              extra=(("connectionTimeout", 301.0),))
+    nodes = []
+    for index, addr in enumerate(addrs):
+        (tmp_path / str(index)).mkdir()
+        nodes.append(raft_node(tmp_path / str(index), addr, partners=[a for a in addrs if a != addr],
+                               tuning=no_heartbeat, elect_early=index == 0))  # one candidate: no split vote
+    try:
+        for node in nodes[:2]:  # a majority elects; the third starts after that
+            node.start()
+        leader = leader_of(nodes[:2], time.monotonic() + WAIT)
+        assert leader == addrs[0]
+        nodes[2].start()
+        assert leader_of(nodes, time.monotonic() + WAIT) == leader
+    finally:
+        for node in nodes:
+            node.stop(handover_timeout=0)

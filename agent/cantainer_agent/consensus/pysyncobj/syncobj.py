@@ -123,6 +123,13 @@ class AgentSyncObj(SyncObj):
                                "prevotes_refused": 0, "fast_starts": 0}
         super().__init__(selfNode, otherNodes, conf, *args, **kwargs)
 
+    def peer_connected(self, _node) -> None:
+        """A peer's connection is up (tick thread). A leader sends its next append round in this
+        tick instead of at the next heartbeat (``append_period`` away): the peer learns who leads
+        now, and can forward its first write (a starting node's registration) at once."""
+        if self._SyncObj__raftState == _LEADER:
+            self._SyncObj__newAppendEntriesTime = 0
+
     @property
     def encryptor(self):  # what PySyncObj's transport encrypts every connection with
         return self._fernet

@@ -7,6 +7,8 @@
 * ``_onMessageReceived`` — on the leader, a success acknowledgement never moves ``nextIndex`` back;
 * both — a round number on append-entries, echoed in the answers: the leader's proof, for a read,
   that a majority still followed it after the read began (ReadIndex);
+* ``_onNodeConnected`` — tells the SyncObj (``AgentSyncObj.peer_connected``: a leader greets a
+  peer at once);
 * ``_connectIfNecessarySingle`` / ``_onNewIncomingConnection`` — ``TCP_USER_TIMEOUT`` 2 s and
   keepalive on every raft socket (a vanished peer is noticed in ~2 s, not 30); a peer not reached
   yet is retried every 50 ms for the first seconds (``reaching``), not every 0.5 s;
@@ -138,6 +140,12 @@ class AgentTransport(TCPTransport):
         if hint >= message["next_node_idx"]:
             return message
         return {**message, "next_node_idx": hint}
+
+    def _onNodeConnected(self, node):
+        super()._onNodeConnected(node)
+        peer_connected = getattr(self._syncObj, "peer_connected", None)  # AgentSyncObj's
+        if peer_connected is not None:
+            peer_connected(node)
 
     def _onMessageReceived(self, node, message):
         if isinstance(message, dict) and type(message.get("rq")) is int:
