@@ -1,4 +1,4 @@
-"""Free TCP ports on loopback for tests that start real servers."""
+"""Free TCP ports on loopback for tests that start real servers (or need one nothing listens on)."""
 from __future__ import annotations
 
 import socket
@@ -13,3 +13,8 @@ def free_ports(n: int) -> list[int]:
     for sock in socks:
         sock.close()
     return ports
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (handed out by the kernel a moment ago, then released)."""
+    return free_ports(1)[0]

@@ -19,6 +19,7 @@ from cantainer.errors import HostError
 from cantainer.inventory import Host
 from cantainer.persist import client, settings, wire
 from cantainer.persist.settings import PersistError
+from tests.ports import closed_port
 
 WAIT = 30.0  # generous bound for a process to do what is asserted (never a speed assertion)
 
@@ -34,14 +35,6 @@ def runtime(tmp_path, monkeypatch):
     from tests.conftest import stop_connection_processes
 
     stop_connection_processes(directory / "cantainer")
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def host(port: int | None = None) -> Host:

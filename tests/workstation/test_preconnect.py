@@ -9,6 +9,7 @@ import pytest
 
 from cantainer.inventory import Host
 from cantainer.preconnect import close_all, open_early, take
+from tests.ports import closed_port
 
 
 def host(name: str, port: int, address: str = "127.0.0.1") -> Host:
@@ -24,14 +25,6 @@ def listener():
     server.listen(8)
     yield server
     server.close()
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def settled(sock: socket.socket) -> None:

@@ -5,23 +5,15 @@ starts at once."""
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
 from cantainer_agent.config import parse_config
 from cantainer_agent.consensus import load_members, save_members
 from cantainer_agent.daemon.startup import Partners, StartupError, decide_partners
+from tests.ports import closed_port
 
 SECRET = b"s" * 32
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture
