@@ -23,7 +23,8 @@ class Fleet:
     fanout: int = DEFAULT_FANOUT
     connections: dict[str, ssh.Connection] = field(default_factory=dict)
     errors: dict[str, CantainerError] = field(default_factory=dict)
-    early: dict[str, socket.socket] = field(default_factory=dict)  # TCP connections opened before (preconnect.py)
+    # TCP connections opened before (preconnect.py); whoever opened them closes those never taken
+    early: dict[str, socket.socket] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(self.fanout)
@@ -61,9 +62,6 @@ class Fleet:
         self.errors[host.name] = error
 
     async def close(self) -> None:
-        for sock in self.early.values():  # hosts never connected (failed before, or not in this run)
-            sock.close()
-        self.early.clear()
         for connection in self.connections.values():
             connection.close()
         await asyncio.gather(*(c.wait_closed() for c in self.connections.values()), return_exceptions=True)

@@ -19,12 +19,11 @@ RESYNC_CPU_SHARE = 0.001
 class Resync:
     """The clock of one controller's full reads (one thread uses it)."""
 
-    def __init__(self, minimum: float = RESYNC_MIN, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
                  cpu: Callable[[], float] = time.thread_time) -> None:
-        self._minimum = minimum
         self._clock, self._cpu = clock, cpu
         self._read_at = float("-inf")
-        self._wait = minimum
+        self._wait = RESYNC_MIN
         self._started: tuple[float, float] | None = None
 
     def due(self) -> bool:
@@ -39,5 +38,5 @@ class Resync:
         """That pass succeeded: trust its view until the next read is due."""
         if self._started is not None:
             at, cpu = self._started
-            self._read_at, self._wait = at, max(self._minimum, (self._cpu() - cpu) / RESYNC_CPU_SHARE)
+            self._read_at, self._wait = at, max(RESYNC_MIN, (self._cpu() - cpu) / RESYNC_CPU_SHARE)
             self._started = None
