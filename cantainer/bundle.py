@@ -140,8 +140,10 @@ def _fingerprint(paths: list[Path], bytecode: bool) -> str:
     return digest.hexdigest()[:32]
 
 
-# `python3 BUNDLE ...` runs this; the bundle (zip file or unpacked directory) is the import root.
-BUNDLE_MAIN = b"import sys\n\nfrom cantainer_agent.__main__ import main\n\nsys.exit(main())\n"
+# `python3 BUNDLE ...` runs this; the bundle (zip file or unpacked directory) is the import root. From a
+# zip, every module is read once, not twice (cantainer_agent/bundleimport.py).
+BUNDLE_MAIN = (b"import sys\n\nfrom cantainer_agent.bundleimport import install\n\ninstall(sys.path[0])\n\n"
+               b"from cantainer_agent.__main__ import main\n\nsys.exit(main())\n")
 
 
 def carries_bytecode(target: Platform) -> bool:
