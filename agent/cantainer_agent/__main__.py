@@ -2,17 +2,54 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import TYPE_CHECKING
 
 from . import __version__, layout
 
 if TYPE_CHECKING:
+    import argparse
+
     from .config import AgentConfig
 
 
+def plain_run(argv: list[str]) -> tuple[str, bool] | None:
+    """(config path, daemon) for the two command lines hosts start the agent with — ``run --config
+    PATH --daemon`` (`up`) and ``run --config PATH`` (the systemd unit) — else None: argparse reads
+    anything else. Parsed by hand because importing argparse is ~5 ms of every host's start."""
+    if len(argv) in (3, 4) and argv[:2] == ["run", "--config"] and argv[2] and not argv[2].startswith("-"):
+        if len(argv) == 3 or argv[3] == "--daemon":
+            return argv[2], len(argv) == 4
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    plain = plain_run(argv)
+    if plain is not None:
+        return _run(*plain)
+    args = parser().parse_args(argv)
+    if args.command == "probe":
+        from .tools import probe as run_probe
+
+        return run_probe(args.state_dir, args.run_dir, args.id, args.argv[1:] if args.argv[:1] == ["--"] else
+                         args.argv, args.timeout)
+    if args.command in ("logs", "exec", "attach", "teardown"):
+        from .tools import main as tool_main
+
+        if args.command == "exec":
+            args.argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        return tool_main(args.command, args)
+
+    if args.command == "version":
+        print(__version__)
+        return 0
+    return _run(args.config, args.daemon)
+
+
+def parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="cantainer_agent", description="cantainer host agent")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the agent")
@@ -46,31 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--timeout", type=float, required=True)
     probe.add_argument("id")
     probe.add_argument("argv", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    if args.command == "probe":
-        from .tools import probe as run_probe
+    return parser
 
-        return run_probe(args.state_dir, args.run_dir, args.id, args.argv[1:] if args.argv[:1] == ["--"] else
-                         args.argv, args.timeout)
-    if args.command in ("logs", "exec", "attach", "teardown"):
-        from .tools import main as tool_main
 
-        if args.command == "exec":
-            args.argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-        return tool_main(args.command, args)
-
-    if args.command == "version":
-        print(__version__)
-        return 0
-
+def _run(config: str, daemon: bool) -> int:
     from .config import ConfigError, load_config
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(config)
     except ConfigError as exc:
         print(f"cantainer-agent: error: {exc}", file=sys.stderr)
         return 1
-    if args.daemon:
+    if daemon:
         from .daemon.detach import detach
 
         return detach(cfg.log_file, lambda ready_fd: _daemon(cfg, ready_fd))  # the agent is imported after the forks

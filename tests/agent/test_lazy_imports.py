@@ -41,6 +41,20 @@ def test_the_launcher_forks_before_it_imports_the_agent(tmp_path):
     assert "cantainer_agent.config" in modules  # it did get as far as detaching ...
     assert not {"cantainer_agent.daemon.process", "cantainer_agent.daemon.agent", "cantainer_agent.consensus",
                 "pysyncobj", "logging"} & modules  # ... with none of the agent loaded
+    assert "argparse" not in modules  # the command lines `up` and the unit use are read by hand
+
+
+def test_the_hand_read_command_lines_mean_what_argparse_reads_in_them():
+    from cantainer_agent.__main__ import parser, plain_run
+
+    for argv in (["run", "--config", "/etc/cantainer/agent.json", "--daemon"], ["run", "--config", "a.json"]):
+        args = parser().parse_args(argv)
+        assert plain_run(argv) == (args.config, args.daemon)
+    # anything else is argparse's: other orders, options, help, tools, missing or option-like values
+    for argv in (["run", "--daemon", "--config", "a.json"], ["run", "--config=a.json"], ["run", "--config"],
+                 ["run", "--config", "--daemon"], ["run", "--config", "a.json", "--daemon", "x"],
+                 ["run", "--config", "a.json", "-h"], ["version"], ["logs", "c1"], []):
+        assert plain_run(argv) is None, argv
 
 
 def test_the_overlay_still_offers_everything_and_loads_netlink_on_first_use():
