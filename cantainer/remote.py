@@ -38,7 +38,7 @@ PROBE = Path(facts.__file__).read_text()
 # the process becomes the agent's launcher (after stopping a running agent, with "stop_first"), so
 # `up` spends one round trip per host on all of it.
 APPLY = r"""
-import hashlib, importlib.util, json, os, signal, sys, time  # the rest where needed: a fresh host needs none
+import json, os, signal, sys, time  # the rest where needed: a fresh host needs none
 stdin = sys.stdin.buffer
 line = stdin.readline()
 if not line:
@@ -65,6 +65,11 @@ for path in header["dirs"]:
     os.makedirs(path, 0o700, exist_ok=True)
 bundle = header.get("bundle")
 if bundle:
+    import hashlib
+    try:
+        from _frozen_importlib_external import MAGIC_NUMBER
+    except ImportError:
+        from importlib.util import MAGIC_NUMBER
     data = blob(bundle["size"])
     actual = hashlib.sha256(data).hexdigest()
     if actual != bundle["digest"]:
@@ -77,7 +82,7 @@ if bundle:
             shutil.rmtree(path, ignore_errors=True)
         elif os.path.lexists(path):
             os.unlink(path)
-    if bundle.get("magic") == importlib.util.MAGIC_NUMBER.hex():
+    if bundle.get("magic") == MAGIC_NUMBER.hex():
         # It carries this Python's bytecode: kept as it is, run as a zip (nothing unpacked or compiled).
         remove(target)
         write(target, data, 0o644)

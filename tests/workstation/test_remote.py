@@ -212,3 +212,30 @@ def test_stop_first_leaves_a_process_that_is_not_our_agent_alone(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_the_probe_finds_libnftables_where_the_loaders_cache_names_a_shared_object(tmp_path):
+    """The probe reads the dynamic loader's cache instead of loading the library (no ctypes): a file
+    the cache names that is an ELF object counts; a name without a file, a file that is not one (empty,
+    as /dev/null bound over the library reads) or no entry at all does not."""
+    from cantainer_agent import facts
+
+    library = tmp_path / "lib" / "libnftables.so.1"
+    library.parent.mkdir()
+    library.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(57))
+
+    def cache(*paths: str) -> str:
+        entries = b"".join(name + b"\0" for path in paths for name in (b"libnftables.so.1", path.encode()))
+        file = tmp_path / f"ld.so.cache.{len(list(tmp_path.iterdir()))}"
+        file.write_bytes(b"glibc-ld.so.cache1.1" + bytes(16) + b"libc.so.6\0/lib/libc.so.6\0" + entries)
+        return str(file)
+
+    assert facts._nftables(cache(str(library))) is None
+    assert facts._nftables(cache("/nonexistent/libnftables.so.1", str(library))) is None
+    empty = tmp_path / "empty" / "libnftables.so.1"
+    empty.parent.mkdir()
+    empty.write_bytes(b"")
+    for missing in (cache(), cache("/nonexistent/libnftables.so.1"), cache(str(empty))):
+        assert "no such library in the dynamic loader's cache" in facts._nftables(missing)
+    # no cache at all (not glibc): the library is loaded, as the agent will (the machine has it: make setup)
+    assert facts._nftables(str(tmp_path / "no-cache")) is None

@@ -37,10 +37,10 @@ def handlers(cfg: AgentConfig, get_raft: Callable[[], RaftNode | None], stop: Ca
                 "config": cfg.identity}
 
     def host_facts(_params: dict) -> dict:
-        from .. import facts  # only `up` asks (and facts.py imports ctypes and hashlib)
+        from .. import facts  # only `up` asks
 
         return facts.read(layout.PID_FILE, layout.CONFIG_FILE, layout.BUNDLES_DIR, layout.MEMBERS_FILE,
-                          layout.SECRET_FILE)
+                          layout.SECRET_FILE, nftables_loaded=True)
 
     def status(params: dict) -> dict:
         raft = get_raft()
