@@ -34,6 +34,10 @@ class Resync:
         """A full-reading pass begins (its CPU counts from here)."""
         self._started = (self._clock(), self._cpu())
 
+    def forget(self) -> None:
+        """What the last read saw can no longer be trusted (a change failed): the next pass reads."""
+        self._read_at = float("-inf")
+
     def done(self) -> None:
         """That pass succeeded: trust its view until the next read is due."""
         if self._started is not None:

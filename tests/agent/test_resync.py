@@ -47,3 +47,13 @@ def test_a_read_that_never_finished_is_not_trusted():
     resync.start()  # this pass fails: done() is never called
     clocks.cpu += 0.001
     assert resync.due()
+
+
+def test_a_forgotten_read_is_due_at_once():
+    """A controller whose change failed cannot trust what it last read: the next pass reads again."""
+    resync, _clocks = make()
+    resync.start()
+    resync.done()
+    assert not resync.due()
+    resync.forget()
+    assert resync.due()

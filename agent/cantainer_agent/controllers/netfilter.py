@@ -104,7 +104,8 @@ class NetfilterController:
         wanted = ruleset.build(members, self._vxlan_port, networks, ports, published)
         self._synced = None
         programmed, self._programmed = self._programmed, None  # unknown until this pass succeeds
-        if trusting and programmed is not None and programmed.structure == wanted.structure:
+        listed = not (trusting and programmed is not None and programmed.structure == wanted.structure)
+        if not listed:
             # Only elements changed since the last good pass (a network, a member, a port): change those.
             self._change_elements(wanted, programmed.elements)
         else:
@@ -120,7 +121,8 @@ class NetfilterController:
             forget_connections(gone)
         if snapshot["ready"]:
             self._synced, self._programmed = inputs, wanted
-            self._resync.done()  # a listing pass (else nothing to do): trusted until the next read is due
+            if listed:
+                self._resync.done()  # trusted until the next read is due
 
     def apply(self, wanted: ruleset.Ruleset, observed: ruleset.Observed | None) -> None:
         if observed is None or self._baseline != (wanted.key, observed.structure):

@@ -13,14 +13,13 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Union
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ..resync import RESYNC_CPU_SHARE, RESYNC_MIN
+from ..resync import Resync
 from . import plan as P
 from .guard import KernelGuard, OverlayError
 from .kernel import apply, iproute, observe, observe_changed_links, observe_links
@@ -29,8 +28,8 @@ from .model import DesiredHost, FdbEntry, NeighEntry, Observed
 log = logging.getLogger(__name__)
 
 DesiredSource = Union[DesiredHost, Callable[[Observed], DesiredHost]]
-# A full observe at most every RESYNC_MIN seconds, and at most RESYNC_CPU_SHARE of a CPU on such
-# passes (resync.py; the observe and the diff after it count): with ~1000 remote containers an
+# A full observe when the reconciler's Resync says so (resync.py: at most every RESYNC_MIN seconds and
+# RESYNC_CPU_SHARE of a CPU; the observe and the diff after it count): with ~1000 remote containers an
 # observe costs ~0.05 s of CPU and its diff as much again, so a host re-reads the kernel every
 # ~100 s and trusts its exact folded view (plan.fold) in between. Entries removed behind our back
 # are restored within that time.
@@ -102,14 +101,13 @@ class OverlayReconciler:
 
     def __init__(
         self, desired: Callable[[Observed], DesiredHost], guard: KernelGuard, netns: str | None = None,
-        *, keep_socket: bool = False,
+        *, keep_socket: bool = False, resync: Resync | None = None,
     ) -> None:
         self._desired = desired
         self._guard = guard
         self._netns = netns
         self.last: ReconcileResult | None = None
-        self._observed_at = float("-inf")
-        self._resync_after = RESYNC_MIN
+        self._resync = resync if resync is not None else Resync()  # when to observe the kernel in full again
         self._kernel_changes_seen = -1
         self._entries: P.EntryIndex | None = None  # the entries of _entries_of, by key
         self._entries_of: Observed | None = None
@@ -127,8 +125,7 @@ class OverlayReconciler:
         changed links only (outside a pass): with *ipr* the links are read again and the entries
         kept; without, there is no trusted view. Under the guard."""
         last = self.last
-        if (last is None or not last.ok or last.observed is None
-                or time.monotonic() - self._observed_at >= self._resync_after):
+        if last is None or not last.ok or last.observed is None or self._resync.due():
             return None
         if self._guard.changes == self._kernel_changes_seen:
             return last.observed
@@ -180,7 +177,7 @@ class OverlayReconciler:
             observed = self._cached_observation(ipr)
             fresh = observed is None
             if fresh:
-                started, observed_at = time.thread_time(), time.monotonic()
+                self._resync.start()
                 observed = observe(ipr)
                 self.passes["full_observe"] += 1
                 self._indices = {}
@@ -191,8 +188,8 @@ class OverlayReconciler:
                     and result.desired is last.desired_state()):
                 result = last  # nothing changed: keep its health, computed once (heartbeats read it)
             if fresh:  # after the pass: one that stopped early (replica not ready) left the old view, still aged
-                self._observed_at, self._kernel_changes_seen = observed_at, self._guard.changes
-                self._resync_after = max(RESYNC_MIN, (time.thread_time() - started) / RESYNC_CPU_SHARE)
+                self._kernel_changes_seen = self._guard.changes
+                self._resync.done()
         return self._finish(result)
 
     def reconcile_entries(self, want_fdb: dict[tuple[str, str], FdbEntry],
@@ -215,7 +212,7 @@ class OverlayReconciler:
                     failures = apply(ipr, actions, self._indices)
             after = observed
             if failures:
-                self._observed_at = float("-inf")  # observe the kernel again next time
+                self._resync.forget()  # observe the kernel again next time
                 self._entries_of = None
                 self._indices = {}
             elif actions:

@@ -32,6 +32,7 @@ from cantainer_agent.overlay import (
     vxlan_name,
 )
 from cantainer_agent.overlay import reconciler as reconciler_module
+from cantainer_agent.resync import Resync
 
 from .conftest import Fabric, fabric_factory
 
@@ -443,11 +444,11 @@ def test_reconciler_diffs_against_its_folded_view_and_resyncs(fresh_cluster, mon
     resync time is up; a container attached or detached changes links only, and only the links
     are read again (the view stays exact)."""
     cluster = fresh_cluster
-    monkeypatch.setattr(reconciler_module, "RESYNC_MIN", 60.0)
     observes = []
     # Counts the reconciler's reads; Cluster.observe uses this module's own import, uncounted.
     monkeypatch.setattr(reconciler_module, "observe", lambda ipr: (observes.append(1), observe(ipr))[1])
-    rec = OverlayReconciler(lambda _observed: cluster.desired("hA"), cluster.guards["hA"], netns=cluster.hosts["hA"].ns)
+    rec = OverlayReconciler(lambda _observed: cluster.desired("hA"), cluster.guards["hA"], netns=cluster.hosts["hA"].ns,
+                            resync=Resync(clock=lambda: 0.0))  # time stands still: no resync but when told
     assert rec.reconcile().actions == [] and len(observes) == 1
 
     c2 = cluster.endpoints.pop("c2")  # gone from hB: hA drops its entries without looking again
@@ -491,7 +492,7 @@ def test_reconciler_diffs_against_its_folded_view_and_resyncs(fresh_cluster, mon
         ipr.fdb("del", ifindex=ipr.link_lookup(ifname=vx)[0], lladdr=mac_for_ip(cluster.ip("c2")),
                 dst=cluster.hosts["hB"].address)
     assert rec.reconcile().actions == [] and len(observes) == 0
-    monkeypatch.setattr(rec, "_resync_after", 0.0)
+    rec._resync.forget()  # the resync is due
     assert [str(a) for a in rec.reconcile().actions] == [
         f"fdb {mac_for_ip(cluster.ip('c2'))} dst {cluster.hosts['hB'].address} dev {vx} permanent"]
     assert len(observes) == 1 and cluster.containers["c1"].ping(cluster.ip("c2"))
@@ -503,10 +504,10 @@ def test_an_entries_pass_changes_only_the_named_entries_and_its_view_stays_exact
     from cantainer_agent.overlay import plan as P
 
     cluster = fresh_cluster
-    monkeypatch.setattr(reconciler_module, "RESYNC_MIN", 60.0)
     observes = []
     monkeypatch.setattr(reconciler_module, "observe", lambda ipr: (observes.append(1), observe(ipr))[1])
-    rec = OverlayReconciler(lambda _observed: cluster.desired("hA"), cluster.guards["hA"], netns=cluster.hosts["hA"].ns)
+    rec = OverlayReconciler(lambda _observed: cluster.desired("hA"), cluster.guards["hA"], netns=cluster.hosts["hA"].ns,
+                            resync=Resync(clock=lambda: 0.0))  # time stands still: no resync but when told
     assert rec.reconcile().actions == [] and len(observes) == 1
 
     def wanted():
@@ -529,7 +530,7 @@ def test_an_entries_pass_changes_only_the_named_entries_and_its_view_stays_exact
     assert cluster.containers["c1"].ping(cluster.ip("c2"))
     # a full pass after it trusts the same view and finds nothing to do
     assert rec.reconcile().actions == [] and len(observes) == 1
-    rec._resync_after = 0.0  # no trusted view: an entries pass declines, the caller runs a full one
+    rec._resync.forget()  # no trusted view: an entries pass declines, the caller runs a full one
     assert rec.reconcile_entries(*wanted(), keys, lambda: cluster.desired("hA")) is None
 
 
@@ -547,7 +548,7 @@ def test_a_reconciler_may_keep_its_netlink_socket_between_passes(fresh_cluster, 
             assert rec.reconcile().actions == []
         assert len(opened) == 1
         rec._ipr.close()  # broken under our feet
-        rec._resync_after = 0.0  # a pass that must read the kernel
+        rec._resync.forget()  # a pass that must read the kernel
         with pytest.raises(OSError):
             rec.reconcile()
         assert rec.reconcile().actions == [] and len(opened) == 2
