@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.lab_cluster import private_connection_process
 from bench.results import row
 from bench.scale_bench import start_containers
 from bench.up_vs_ansible import CANTAINER, BenchError, _run
@@ -62,6 +63,13 @@ async def _wait_rescheduled(inventory_path: Path, crashed: str, replicas: int, t
 
 
 def measure(quick: bool, log=print) -> list[dict]:
+    """The rows below; CLI calls share a connection process of this run, stopped afterwards (it
+    used to be the user's own, left to exit when idle)."""
+    with private_connection_process():
+        return _measure(quick, log)
+
+
+def _measure(quick: bool, log=print) -> list[dict]:
     hosts, replicas = (5, 15) if quick else (10, 30)
     lab = Lab(LAB)
     lab.down()
