@@ -24,10 +24,10 @@ LOADER_CACHE = "/etc/ld.so.cache"
 _CACHED_NFTABLES = re.compile(rb"/[^\0]*/libnftables\.so\.1(?=\0)")
 
 
-def _read(path):
+def _read(path, size=-1):
     try:
         with open(path, "rb") as handle:
-            return handle.read()
+            return handle.read(size)
     except OSError:
         return None
 
@@ -57,18 +57,9 @@ def _nftables(loader_cache=LOADER_CACHE):
             return str(error)
         return None
     for path in _CACHED_NFTABLES.findall(cache):
-        if (_read_head(path.decode(errors="replace")) or b"").startswith(b"\x7fELF"):
+        if (_read(path.decode(errors="replace"), 4) or b"").startswith(b"\x7fELF"):
             return None
     return f"libnftables.so.1: no such library in the dynamic loader's cache ({loader_cache})"
-
-
-def _read_head(path):
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(4)
-    except OSError:
-        return None
-
 
 
 def _sha256(data):

@@ -105,16 +105,16 @@ class NetfilterController:
         self._synced = None
         programmed, self._programmed = self._programmed, None  # unknown until this pass succeeds
         listed = not (trusting and programmed is not None and programmed.structure == wanted.structure)
-        if not listed:
-            # Only elements changed since the last good pass (a network, a member, a port): change those.
-            self._change_elements(wanted, programmed.elements)
-        else:
+        if listed:
             self._resync.start()
             observed = self.observe()
             if not snapshot["ready"] and observed is not None:
                 return  # a replica still catching up may know too few members: keep the rules we have
             # (no table at all, e.g. after a reboot: what the replica knows beats no rules)
             self.apply(wanted, observed)
+        else:
+            # Only elements changed since the last good pass (a network, a member, a port): change those.
+            self._change_elements(wanted, programmed.elements)
         gone = (self._ports or set()) - set(ports)
         self._ports = set(ports)
         if gone:
